@@ -1,0 +1,5 @@
+import sys
+
+from jlservice.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""Reap every child of the supervisor, and end whatever a dead JupyterLab left behind.
+
+The supervisor is a child subreaper, so orphaned kernels (and anything they started) are
+re-parented to it. One SIGCHLD handler reaps them all with waitpid(-1, WNOHANG); the exit of
+a watched pid (JupyterLab) resolves its future at once — no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psutil
+
+from jlservice import log
+
+logger = log.get("jlservice.children")
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    pid: int
+    code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait_status(cls, pid: int, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(pid, None, os.WTERMSIG(status))
+        return cls(pid, os.waitstatus_to_exitcode(status), None)
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal.Signals(self.signal).name}"
+        return f"exited with status {self.code}"
+
+
+class Reaper:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
+        self._changed = asyncio.Event()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        self.reap()  # children that exited before the handler existed
+
+    def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
+        """A future resolved with `pid`'s exit status. Call right after starting `pid`."""
+        assert self._loop is not None
+        future = self._loop.create_future()
+        self._watched[pid] = future
+        return future
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            future = self._watched.pop(pid, None)
+            if future is not None and not future.done():
+                future.set_result(ExitStatus.from_wait_status(pid, status))
+            else:
+                logger.debug("orphan_reaped", pid=pid)
+        self._changed.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        """Wait until some child exits (or `timeout` passes)."""
+        self._changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+def descendants(exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every live process below the supervisor, except the trees rooted at `exclude`."""
+    skip = set(exclude)
+    try:
+        found = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    kept = []
+    for proc in found:
+        if proc.pid in skip or _has_ancestor(proc, skip):
+            continue
+        kept.append(proc)
+    return kept
+
+
+def _has_ancestor(proc: psutil.Process, pids: set[int]) -> bool:
+    if not pids:
+        return False
+    try:
+        return any(p.pid in pids for p in proc.parents())
+    except psutil.Error:
+        return False
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+            if sig == signal.SIGTERM:
+                proc.send_signal(signal.SIGCONT)  # a stopped process must run to handle it
+        except psutil.Error:
+            pass
+
+
+async def sweep(reaper: Reaper, grace: float, exclude: Iterable[int] = ()) -> int:
+    """End every leftover descendant: SIGTERM, then SIGKILL after `grace` seconds.
+
+    Returns how many processes were found. New descendants that appear meanwhile (a kernel
+    forking while dying) are caught on the next pass.
+    """
+    exclude = tuple(exclude)
+    procs = descendants(exclude)
+    if not procs:
+        return 0
+    for proc in procs:
+        logger.info("leftover_process", pid=proc.pid, name=_name(proc))
+    _signal_all(procs, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    killed = False
+    while True:
+        live = [p for p in descendants(exclude) if _alive(p)]
+        if not live:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if killed:
+                logger.error("leftover_unkillable", pids=[p.pid for p in live])
+                break
+            logger.warning("leftover_killed", pids=[p.pid for p in live], grace_s=grace)
+            _signal_all(live, signal.SIGKILL)
+            killed = True
+            deadline = time.monotonic() + 5.0
+            continue
+        _signal_all([p for p in live if p not in procs], signal.SIGTERM)
+        procs.extend(p for p in live if p not in procs)
+        # Orphans exit as our children (SIGCHLD); grandchildren whose parent still lives do
+        # not wake us, so look again at least every 100 ms.
+        await reaper.wait_change(min(left, 0.1))
+    return len(procs)
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:120] or proc.name()
+    except psutil.Error:
+        return "?"

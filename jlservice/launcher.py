@@ -1,0 +1,236 @@
+"""Build the exact JupyterLab launch (argv, environment, user, files) and start it.
+
+The launch is a frozen value: two launches that compare equal start the same server, which is
+how a reload decides whether JupyterLab must restart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from jlservice import notify, state, users
+from jlservice.config import Config, OptionValue
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# Never handed to JupyterLab: systemd's per-service settings and our own.
+_PRIVATE_ENV = {
+    *notify.PRIVATE_ENV,
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "JUPYTER_TOKEN",
+    "JUPYTER_TOKEN_FILE",
+    "JUPYTER_RUNTIME_DIR",
+    "JLSERVICE_CONFIG",
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "CONFIGURATION_DIRECTORY",
+    "CACHE_DIRECTORY",
+    "LOGS_DIRECTORY",
+    "INVOCATION_ID",
+    "MAINPID",
+    "MANAGERPID",
+    "SYSTEMD_EXEC_PID",
+}
+# What survives a switch to another user: locale and PATH, nothing of the admin's session.
+_KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
+
+
+class LaunchError(Exception):
+    """JupyterLab could not be started; str() says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    account: users.Account
+    switch_user: bool
+    umask: int
+    private_dir: Path
+    ip: str
+    port: int
+
+    @property
+    def token_file(self) -> Path:
+        return self.private_dir / "token"
+
+    @property
+    def cookie_secret_file(self) -> Path:
+        return self.private_dir / "cookie_secret"
+
+    @property
+    def jupyter_runtime_dir(self) -> Path:
+        return self.private_dir / "runtime"
+
+
+def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
+    """The launch `config` asks for. Pure apart from reading the password database."""
+    environ = os.environ if environ is None else environ
+    lab = config.lab
+    account = config.account
+    switch_user = account.uid != os.geteuid()
+    private_dir = config.service.runtime_dir / "lab"
+    cookie_name = (
+        "jlservice-" + hashlib.sha256(str(config.service.state_dir).encode()).hexdigest()[:12]
+    )
+    argv = [
+        *lab.command,
+        f"--ServerApp.ip={lab.ip}",
+        f"--ServerApp.port={lab.port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.base_url={lab.base_url}",
+        f"--ServerApp.root_dir={lab.notebook_dir}",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.cookie_secret_file={private_dir / 'cookie_secret'}",
+        f"--IdentityProvider.cookie_name={cookie_name}",
+    ]
+    if account.is_root:
+        argv.append("--ServerApp.allow_root=True")
+    for key, value in lab.options.items():
+        argv.extend(_option_args(key, value))
+
+    if switch_user:
+        env = {k: environ[k] for k in _KEPT_ACROSS_USERS if k in environ}
+        env.update({k: v for k, v in environ.items() if k.startswith("LC_")})
+    else:
+        env = {k: v for k, v in environ.items() if k not in _PRIVATE_ENV}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    bindir = os.path.dirname(lab.command[0])
+    if bindir not in env["PATH"].split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env["PATH"]
+    env.update(HOME=account.home, USER=account.name, LOGNAME=account.name, SHELL=account.shell)
+    env.update(lab.env)
+    env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
+    env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
+    return Launch(
+        argv=tuple(argv),
+        env=env,
+        cwd=str(lab.notebook_dir),
+        account=account,
+        switch_user=switch_user,
+        umask=lab.umask,
+        private_dir=private_dir,
+        ip=lab.ip,
+        port=lab.port,
+    )
+
+
+def _option_args(key: str, value: OptionValue) -> list[str]:
+    """Traitlets command-line form: lists repeat the flag, tables repeat it with key=value."""
+    if isinstance(value, tuple):
+        return [f"--{key}={v[0]}={v[1]}" if isinstance(v, tuple) else f"--{key}={v}" for v in value]
+    return [f"--{key}={value}"]  # True/False, numbers and strings as traitlets reads them
+
+
+def prepare_private_dir(
+    launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
+) -> None:
+    """Give JupyterLab its token and cookie secret in a 0700 directory only its user can read.
+
+    The token file has no trailing newline: jupyter_server reads it verbatim.
+    """
+    state.ensure_dir(runtime_dir, 0o755 if launch.switch_user else 0o700)
+    owner = (launch.account.uid, launch.account.gid)
+    for directory in (launch.private_dir, launch.jupyter_runtime_dir):
+        state.ensure_dir(directory, 0o700)
+        if launch.switch_user:
+            os.chown(directory, *owner)
+    state.write_atomic(launch.token_file, token.encode(), owner=owner)
+    state.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
+
+
+def check_port(ip: str, port: int) -> str | None:
+    """Why JupyterLab could not listen on ip:port right now, or None."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError as exc:
+            if exc.errno == 98:  # EADDRINUSE
+                return f"port {port} on {ip} is in use{_holder(port)}; stop it or change [lab] port"
+            if exc.errno == 99:  # EADDRNOTAVAIL
+                return f"{ip} is not an address of this machine; fix [lab] ip"
+            return f"cannot listen on {ip}:{port}: {exc.strerror}"
+    return None
+
+
+def _holder(port: int) -> str:
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (kernels of a dead JupyterLab) are re-parented to us, not init."""
+    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _die_with_parent(parent_pid: int):
+    def setup() -> None:
+        # Runs after the uid switch (a uid change would clear the setting again).
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the supervisor died before we got here
+            os._exit(1)
+
+    return setup
+
+
+def spawn(launch: Launch) -> subprocess.Popen[bytes]:
+    """Start JupyterLab; its stdout and stderr arrive on one pipe."""
+    kwargs: dict[str, object] = {}
+    if launch.switch_user:
+        kwargs.update(
+            user=launch.account.uid,
+            group=launch.account.gid,
+            extra_groups=list(launch.account.groups),
+        )
+    try:
+        return subprocess.Popen(
+            launch.argv,
+            env=dict(launch.env),
+            cwd=launch.cwd,
+            umask=launch.umask,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+            **kwargs,
+        )
+    except PermissionError as exc:
+        raise LaunchError(
+            f"user {launch.account.name} may not execute {launch.argv[0]} or "
+            f"enter {launch.cwd}: {exc.strerror}"
+        ) from None
+    except FileNotFoundError as exc:
+        raise LaunchError(
+            f"{exc.filename or launch.argv[0]}: no such file; check [lab] command and notebook_dir"
+        ) from None
+    except OSError as exc:
+        raise LaunchError(f"cannot start {launch.argv[0]}: {exc.strerror}") from None

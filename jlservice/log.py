@@ -1,0 +1,84 @@
+"""structlog set-up: console or JSON lines, journald priorities, and secret redaction."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import structlog
+
+# syslog priorities, for `journalctl -p` when stderr is the journal
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+_TOKEN_PARAM = re.compile(r"(token=)[0-9A-Za-z_\-]{8,}")
+_REDACTED = "<redacted>"
+_secrets: set[str] = set()
+
+
+def add_secret(secret: str) -> None:
+    """Never let `secret` reach a log line again (tokens, passwords)."""
+    if len(secret) >= 8:
+        _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, _REDACTED)
+    return _TOKEN_PARAM.sub(r"\1" + _REDACTED, text)
+
+
+def stderr_is_journal(environ: Mapping[str, str], stream: TextIO) -> bool:
+    try:
+        dev, ino = (int(x) for x in environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class _Renderer:
+    def __init__(self, fmt: str, journal: bool, colors: bool) -> None:
+        self._journal = journal
+        if fmt == "json":
+            self._inner: Any = structlog.processors.JSONRenderer()
+        else:
+            self._inner = structlog.dev.ConsoleRenderer(colors=colors, pad_event_to=0)
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        level = event.get("level", method)
+        line = redact(self._inner(logger, method, event))
+        if self._journal:
+            prefix = f"<{_PRIORITY.get(level, 6)}>"
+            line = "\n".join(prefix + part for part in line.split("\n"))
+        return line
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "console",
+    stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    stream = stream or sys.stderr
+    environ = os.environ if environ is None else environ
+    journal = stderr_is_journal(environ, stream)
+    timestamps = [] if journal else [structlog.processors.TimeStamper(fmt="iso", utc=False)]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            *timestamps,
+            structlog.processors.format_exc_info,
+            _Renderer(fmt, journal, colors=stream.isatty() and not journal),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str | None = None) -> Any:
+    return structlog.get_logger(name) if name else structlog.get_logger()

@@ -1,0 +1,43 @@
+"""Ask JupyterLab whether it serves: unauthenticated GET {base_url}api answers 200."""
+
+from __future__ import annotations
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+
+def probe_host(ip: str) -> str:
+    """Where to reach a server listening on `ip` from this machine."""
+    if ip == "0.0.0.0":
+        return "127.0.0.1"
+    if ip == "::":
+        return "::1"
+    return ip
+
+
+def base_url(ip: str, port: int, path: str, scheme: str = "http") -> str:
+    host = probe_host(ip)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}{path}"
+
+
+async def api_problem(url: str, timeout: float) -> str | None:
+    """None if GET `url` answers 200 within `timeout` seconds, else what went wrong."""
+    client = AsyncHTTPClient()
+    try:
+        response = await client.fetch(
+            url,
+            request_timeout=timeout,
+            connect_timeout=timeout,
+            validate_cert=False,
+            follow_redirects=False,
+            raise_error=False,
+        )
+    except HTTPClientError as exc:  # timeouts arrive here as code 599
+        return f"{url}: {exc.message}"
+    except OSError as exc:
+        return f"{url}: {exc.strerror or exc}"
+    if response.code == 200:
+        return None
+    if response.code == 599:
+        return f"{url}: {response.error}"
+    return f"{url} answered HTTP {response.code}"

@@ -1,0 +1,202 @@
+"""The state directory: login token, cookie secret and state.json.
+
+Kept light on purpose: `jlservice token` and `jlservice status` import only this module
+and config, so that printing the token costs little more than starting Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+COOKIE_SECRET_FILE = "cookie_secret"
+
+STARTING, READY, BACKOFF, STOPPING, STOPPED, FAILED = (
+    "starting",
+    "ready",
+    "backoff",
+    "stopping",
+    "stopped",
+    "failed",
+)
+
+
+class StateError(Exception):
+    """The state file cannot be used; str() says which problem and what to do."""
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
+
+
+def new_cookie_secret() -> bytes:
+    return base64.b64encode(secrets.token_bytes(48))
+
+
+@dataclass(frozen=True)
+class LastExit:
+    code: int | None
+    signal: int | None
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class State:
+    token: str
+    url: str
+    ip: str
+    port: int
+    base_url: str
+    user: str
+    notebook_dir: str
+    config_path: str | None
+    supervisor_pid: int | None
+    supervisor_started_at: float | None
+    lab_pid: int | None = None
+    status: str = STARTING
+    started_at: float | None = None
+    ready_at: float | None = None
+    restarts: int = 0
+    last_exit: LastExit | None = None
+    last_error: str | None = None
+
+    def evolve(self, **changes: Any) -> State:
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
+        data = dict(data)
+        if data.get("last_exit") is not None:
+            data["last_exit"] = LastExit(**data["last_exit"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def ensure_dir(path: Path, mode: int) -> None:
+    """Create `path` (and parents) and make sure it has exactly `mode` if we own it."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and (st.st_mode & 0o777) != mode:
+        path.chmod(mode)
+
+
+def write_atomic(
+    path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> None:
+    """Write `data` so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_state(state_dir: Path, state: State) -> None:
+    write_atomic(state_dir / STATE_FILE, state.to_json().encode())
+
+
+def read_state(state_dir: Path) -> State:
+    path = state_dir / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StateError(
+            f"no state at {path}: jlservice has not run with this "
+            "configuration (start it with `jlservice run`)"
+        ) from None
+    except PermissionError:
+        owner = _owner(path)
+        raise StateError(f"permission denied reading {path}: run as {owner} or root") from None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return State.from_dict(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise StateError(f"{path} is damaged ({exc}); restart jlservice to rewrite it") from None
+
+
+def load_or_create_token(state_dir: Path) -> str:
+    """The token of the previous run (so logged-in browsers stay logged in), else a new one."""
+    try:
+        token = read_state(state_dir).token
+    except StateError:
+        return new_token()
+    return token if isinstance(token, str) and len(token) >= 48 else new_token()
+
+
+def load_or_create_cookie_secret(state_dir: Path) -> bytes:
+    path = state_dir / COOKIE_SECRET_FILE
+    try:
+        secret = path.read_bytes()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    secret = new_cookie_secret()
+    write_atomic(path, secret)
+    return secret
+
+
+def write_cookie_secret(state_dir: Path, secret: bytes) -> None:
+    write_atomic(state_dir / COOKIE_SECRET_FILE, secret)
+
+
+def _owner(path: Path) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "its owner"
+
+
+def login_url(state: State, with_token: bool = True) -> str:
+    url = f"{state.url}lab"
+    return f"{url}?token={state.token}" if with_token else url
+
+
+def supervisor_alive(state: State) -> bool:
+    """Whether the supervisor recorded in `state` still runs (guarding against pid reuse)."""
+    pid, started = state.supervisor_pid, state.supervisor_started_at
+    if not pid or started is None:
+        return False
+    start = process_start_time(pid)
+    return start is not None and abs(start - started) < 1.0
+
+
+def process_start_time(pid: int) -> float | None:
+    """Start time of `pid` in seconds since the epoch, from /proc (no psutil import)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,119 @@
+"""Accounts from the password database, and whether an account may execute a file."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    shell: str
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+def lookup(name: str) -> Account | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return _account(entry)
+
+
+def current() -> Account:
+    return _account(pwd.getpwuid(os.geteuid()))
+
+
+def _account(entry: pwd.struct_passwd) -> Account:
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+    return Account(
+        name=entry.pw_name,
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        groups=groups,
+        home=entry.pw_dir,
+        shell=entry.pw_shell or "/bin/sh",
+    )
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _allowed(st: os.stat_result, account: Account, bit: int) -> bool:
+    """bit is the 'other' permission bit (4 read, 1 execute); same test the kernel makes."""
+    if account.is_root:
+        return bit != 1 or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    if st.st_uid == account.uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid in account.groups:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def execute_denied(path: str | os.PathLike[str], account: Account) -> str | None:
+    """Why `account` cannot execute `path` (following symlinks and a #! interpreter), or None.
+
+    The check is made from the permission bits, so that a root supervisor can tell before
+    launching that the target user would get EACCES (the classic case: a venv made from a
+    Python that lives under /root, which is mode 0700).
+    """
+    return _denied(Path(path), account, depth=0)
+
+
+def _denied(path: Path, account: Account, depth: int) -> str | None:
+    if not path.is_absolute():
+        return f"{path} is not an absolute path"
+    # Every directory on the way, before and after resolving symlinks, must be searchable.
+    for candidate in (path, path.resolve()):
+        for parent in reversed(candidate.parents):
+            try:
+                st = parent.stat()
+            except OSError as exc:
+                return f"{parent}: {exc.strerror}"
+            if not _allowed(st, account, 1):
+                return f"{parent} is mode {stat.S_IMODE(st.st_mode):04o}, owned by uid {st.st_uid}"
+    real = path.resolve()
+    try:
+        st = real.stat()
+    except OSError as exc:
+        return f"{real}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{real} is not a regular file"
+    if not _allowed(st, account, 1):
+        return f"{real} is not executable by {account.name} (mode {stat.S_IMODE(st.st_mode):04o})"
+    interpreter = _shebang_interpreter(real)
+    if interpreter is None or depth > 2:
+        return None
+    if not _allowed(st, account, 4):
+        return f"{real} is a script that {account.name} cannot read"
+    return _denied(Path(interpreter), account, depth + 1)
+
+
+def _shebang_interpreter(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].strip()
+    if not line:
+        return None
+    return os.fsdecode(line.split()[0])
