@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from jlservice import EX_CONFIG, children, lab_output, launcher, log, probe, state
-from jlservice.config import Config
+from jlservice.config import Config, RestartConfig
 from jlservice.notify import Notifier
 
 logger = log.get("jlservice.supervisor")
@@ -92,6 +92,18 @@ class RunningLab:
             self.start_timer.cancel()
         for task in self.tasks:
             task.cancel()
+
+
+def backoff_delay(failures: int, restart: RestartConfig) -> float:
+    """Seconds to wait before start number `failures` + 1.
+
+    The first failure after a healthy run restarts at once (a single crash should cost no
+    more than a cold start); further failures in a row wait initial_delay, doubling each
+    time up to max_delay.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
 
 
 class Supervisor:
@@ -371,11 +383,7 @@ class Supervisor:
             self.notifier.status(f"Failed: {message}")
             self.exit_code = 1
             return
-        delay = (
-            0.0
-            if self.failures == 1
-            else min(restart.initial_delay * 2 ** (self.failures - 2), restart.max_delay)
-        )
+        delay = backoff_delay(self.failures, restart)
         self._save(status=state.BACKOFF, last_error=problem, restarts=self.state.restarts + 1)
         self.notifier.status(f"Restarting JupyterLab in {delay:g} s: {problem}")
         logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
