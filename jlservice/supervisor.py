@@ -256,7 +256,13 @@ class Supervisor:
             tasks=[loop.create_task(self._wait_ready(popen.pid))],
         )
         now = time.time()
-        self._save(status=state.STARTING, lab_pid=popen.pid, started_at=now, ready_at=None)
+        self._save(
+            status=state.STARTING,
+            lab_pid=popen.pid,
+            started_at=now,
+            ready_at=None,
+            token=self.token,
+        )
         self.notifier.status(f"Starting JupyterLab on {self.url} as {self.config.lab.user}")
         logger.info(
             "lab_starting", pid=popen.pid, user=self.config.lab.user, port=self.config.lab.port
@@ -412,7 +418,8 @@ class Supervisor:
         self.cookie_secret = state.new_cookie_secret()
         log.add_secret(self.token)
         state.write_cookie_secret(self.config.service.state_dir, self.cookie_secret)
-        self._save(token=self.token)
         logger.info("token_rotated")
         if self.lab is not None:
-            await self._stop_lab("rotate")
+            await self._stop_lab("rotate")  # the next start publishes the new token
+        else:
+            self._save(token=self.token)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, Service
+
+from jlservice import users
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator:
+    """Make Service objects; every one of them is cleaned up after the test."""
+    made: list[Service] = []
+
+    def make(subdir: str = "svc", **sections) -> Service:
+        root = tmp_path / subdir
+        root.mkdir()
+        root.chmod(0o755)
+        svc = Service(root, **sections)
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.cleanup()
+
+
+@pytest.fixture
+def service(service_factory) -> Service:
+    return service_factory()
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[users.Account]:
+    """A throw-away unprivileged account (needs root)."""
+    if not IS_ROOT:
+        pytest.skip("needs root to create a user with useradd and switch to it")
+    name = "jlst" + secrets.token_hex(3)
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    try:
+        account = users.lookup(name)
+        assert account is not None
+        yield account
+    finally:
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    # pytest's base temp dir is 0700; services that switch users need to enter it.
+    for parent in (tmp_path, *list(tmp_path.parents)[:3]):
+        if parent.stat().st_uid == os.geteuid():
+            parent.chmod(parent.stat().st_mode | 0o711)
+    return tmp_path

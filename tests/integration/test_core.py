@@ -1,0 +1,254 @@
+"""The core promises, against a real jlservice supervising a real JupyterLab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import psutil
+import requests
+from support import IS_ROOT, files_exposing, pid_alive, wait_for
+
+
+def test_token_logs_in_and_state_file_is_private(service):
+    service.start()
+    result = service.cli("token")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert len(token) >= 48 and all(c in "0123456789abcdef" for c in token)
+
+    assert service.api("GET", "api/contents", token).status_code == 200
+    assert service.api("GET", "api/contents").status_code == 403
+    assert service.api("GET", "api/contents", "0" * 64).status_code == 403
+
+    state_file = service.state_dir / "state.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert state_file.stat().st_uid == os.geteuid()
+    state = json.loads(state_file.read_text())
+    assert state["token"] == token
+    assert state["status"] == "ready"
+    assert state["supervisor_pid"] == service.proc.pid
+    assert pid_alive(state["lab_pid"])
+    for key in (
+        "url",
+        "ip",
+        "port",
+        "base_url",
+        "user",
+        "notebook_dir",
+        "started_at",
+        "ready_at",
+        "restarts",
+        "last_exit",
+        "last_error",
+    ):
+        assert key in state
+
+    url = service.cli("token", "--url").stdout.strip()
+    assert url == f"http://127.0.0.1:{service.port}/lab?token={token}"
+    assert requests.get(url, timeout=30).status_code == 200
+
+
+def test_token_is_in_no_cmdline_no_log_and_no_readable_file(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, _ = service.start_kernel(token)
+    service.execute(token, kernel_id, "print(1)")
+
+    for proc in psutil.process_iter(["cmdline"]):
+        assert token not in " ".join(proc.info["cmdline"] or []), proc
+
+    service.cli("status")
+    log = service.log_text()
+    assert "lab_ready" in log  # the log is there, and JupyterLab's own lines are in it
+    assert "Jupyter Server" in log
+    assert token not in log
+
+    home = Path(os.environ.get("HOME", "/root"))
+    roots = [service.root, Path("/tmp"), Path("/var/tmp"), home / ".local", home / ".jupyter"]
+    assert files_exposing(token, [r for r in roots if r.exists()]) == []
+
+
+def test_kill9_restarts_with_same_token_and_ends_orphans(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    session = requests.Session()
+    assert service.api("GET", f"lab?token={token}", session=session).status_code == 200
+    assert session.cookies, "logging in with the token sets a cookie"
+    kernel_id, kernel_pid = service.start_kernel(token)
+    sleep_pid = int(
+        service.execute(
+            token,
+            kernel_id,
+            "import subprocess\n"
+            "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\nprint(p.pid)",
+        )
+    )
+    assert pid_alive(sleep_pid)
+
+    old_lab = service.lab_pid
+    os.kill(old_lab, signal.SIGKILL)
+    state = service.wait_ready(not_pid=old_lab)
+
+    assert state["restarts"] == 1
+    assert state["last_exit"]["signal"] == signal.SIGKILL
+    assert state["last_exit"]["reason"] == "crash"
+    assert not pid_alive(kernel_pid)
+    assert not pid_alive(sleep_pid)
+    assert service.cli("token").stdout.strip() == token
+    assert service.api("GET", "api/contents", token).status_code == 200
+    # The browser that was logged in stays logged in: its cookie alone still works.
+    assert service.api("GET", "api/contents", session=session).status_code == 200
+
+
+def test_hung_jupyterlab_is_detected_and_replaced(service):
+    service.start()
+    hung = service.lab_pid
+    os.kill(hung, signal.SIGSTOP)
+    state = service.wait_ready(not_pid=hung, timeout=60)
+    assert state["last_exit"]["reason"] == "unhealthy"
+    assert not pid_alive(hung)
+    events = [e["event"] for e in service.log_events()]
+    assert "lab_probe_failed" in events and "lab_unhealthy" in events
+
+
+def test_always_crashing_command_backs_off_then_gives_up(service_factory):
+    svc = service_factory()
+    script = svc.root / "crash.sh"
+    script.write_text("#!/bin/sh\necho 'no GPU driver found, giving up' >&2\nexit 3\n")
+    script.chmod(0o755)
+    svc.sections["lab"]["command"] = [str(script)]
+    svc.sections["restart"].update(initial_delay=0.2, max_delay=5, max_failures=4)
+    svc.write_config()
+    svc.start(wait=False)
+
+    assert svc.wait_exit(timeout=60) == 1
+    delays = [e["delay_s"] for e in svc.log_events() if e["event"] == "lab_restart_scheduled"]
+    assert delays == [0.0, 0.2, 0.4]
+    starts = [e["timestamp"] for e in svc.log_events() if e["event"] == "lab_starting"]
+    assert len(starts) == 4
+    state = svc.state()
+    assert state["status"] == "failed"
+    assert "no GPU driver found" in state["last_error"]
+    assert "gave up after 4" in state["last_error"]
+    status = svc.cli("status")
+    assert status.returncode == 3
+    assert "no GPU driver found" in status.stdout
+
+
+def test_sigterm_stops_everything_in_time(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    _, kernel_pid = service.start_kernel(token)
+    lab = service.lab_pid
+    started = time.monotonic()
+    service.signal(signal.SIGTERM)
+    assert service.wait_exit(timeout=15) == 0
+    assert time.monotonic() - started < 10  # the stop timeout
+    assert not pid_alive(lab)
+    assert not pid_alive(kernel_pid)
+    assert service.leftovers() == []
+    assert service.state()["status"] == "stopped"
+    stopped = service.cli("token")
+    assert stopped.returncode == 3
+    assert "not running" in stopped.stderr
+
+
+def test_sigkill_of_supervisor_takes_jupyterlab_down(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    _, kernel_pid = service.start_kernel(token)
+    lab = service.lab_pid
+    service.signal(signal.SIGKILL)
+    service.wait_exit(timeout=5)
+    wait_for(lambda: not pid_alive(lab), 20, "JupyterLab to exit after its supervisor died")
+    wait_for(lambda: not pid_alive(kernel_pid), 20, "the kernel to be shut down")
+
+
+def test_port_in_use_is_reported_and_recovered(service):
+    import socket
+
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", service.port))
+    blocker.listen()
+    service.sections["restart"].update(initial_delay=0.5, max_failures=10)
+    service.write_config()
+    try:
+        service.start(wait=False)
+        state = wait_for(
+            lambda: (s := service.state()).get("last_error") and s,
+            30,
+            "the start failure to be recorded",
+        )
+        assert f"port {service.port} on 127.0.0.1 is in use" in state["last_error"]
+        assert "change [lab] port" in state["last_error"]
+        assert "in use" in service.cli("status").stdout
+    finally:
+        blocker.close()
+    service.wait_ready(timeout=60)
+
+
+def test_token_rotation_logs_everyone_out(service):
+    service.start()
+    old = service.cli("token").stdout.strip()
+    session = requests.Session()
+    service.api("GET", f"lab?token={old}", session=session)
+    old_lab = service.lab_pid
+
+    rotated = service.cli("token", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip()
+    assert new != old and len(new) >= 48
+    assert service.lab_pid != old_lab
+    assert service.api("GET", "api/contents", new).status_code == 200
+    assert service.api("GET", "api/contents", old).status_code == 403
+    assert service.api("GET", "api/contents", session=session).status_code == 403
+    assert old not in service.log_text() and new not in service.log_text()
+
+
+def test_status_reports_running_server(service):
+    service.start()
+    human = service.cli("status")
+    assert human.returncode == 0
+    assert "running" in human.stdout and "ready" in human.stdout
+    token = service.cli("token").stdout.strip()
+    assert token not in human.stdout
+    report = json.loads(service.cli("status", "--json").stdout)
+    assert report["running"] is True
+    assert report["status"] == "ready"
+    assert report["lab_pid"] == service.lab_pid
+    assert token not in json.dumps(report)
+
+
+def test_broken_config_exits_78_with_one_line(service):
+    service.sections["lab"]["port"] = 70000
+    service.write_config()
+    service.start(wait=False)
+    assert service.wait_exit(timeout=30) == 78
+    lines = service.log_text().strip().splitlines()
+    assert lines == [f"jlservice: {service.config_path}: [lab] port: 70000 is not a port (1–65535)"]
+
+
+def test_child_does_not_inherit_systemd_sockets(service, tmp_path):
+    service.start(
+        env={
+            "NOTIFY_SOCKET": str(tmp_path / "nosuch.sock"),
+            "WATCHDOG_USEC": "0",
+            "JUPYTER_TOKEN": "leaked",
+        }
+    )
+    environ = psutil.Process(service.lab_pid).environ()
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JUPYTER_TOKEN"):
+        assert name not in environ
+    token_file = Path(environ["JUPYTER_TOKEN_FILE"])
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    assert token_file.read_text() == service.cli("token").stdout.strip()  # no newline
+    runtime = Path(environ["JUPYTER_RUNTIME_DIR"])
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    assert list(runtime.glob("jpserver-*.json")), "JupyterLab writes its files there"
+    assert not IS_ROOT or psutil.Process(service.lab_pid).uids().real == 0

@@ -1,0 +1,330 @@
+"""Drive a real `jlservice run` (and the real JupyterLab it starts) from tests.
+
+Every process a test starts is recorded by PID and ended in cleanup(); nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+import websocket
+
+PYTHON = sys.executable
+IS_ROOT = os.geteuid() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    return repr(value)
+
+
+def render_toml(sections: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for name, values in sections.items():
+        out.append(f"[{name}]")
+        out.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+        out.append("")
+    return "\n".join(out)
+
+
+class Service:
+    """One jlservice supervisor under test, with its own config, dirs and port."""
+
+    def __init__(self, tmp_path: Path, **sections: dict[str, Any]) -> None:
+        self.root = tmp_path
+        self.port = free_port()
+        self.notebooks = tmp_path / "notebooks"
+        self.notebooks.mkdir(exist_ok=True)
+        self.state_dir = tmp_path / "state"
+        self.config_path = tmp_path / "jlservice.toml"
+        self.log_path = tmp_path / "jlservice.log"
+        self.sections: dict[str, dict[str, Any]] = {
+            "lab": {"port": self.port, "notebook_dir": str(self.notebooks), "allow_root": IS_ROOT},
+            "service": {"state_dir": str(self.state_dir), "runtime_dir": str(tmp_path / "run")},
+            "restart": {"stop_timeout": 10, "start_timeout": 60},
+            "health": {"interval": 1, "timeout": 2, "failures": 2},
+            "log": {"format": "json", "level": "debug"},
+        }
+        for name, values in sections.items():
+            self.sections.setdefault(name, {}).update(values)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen: dict[int, float] = {}  # pid -> create_time of everything we saw
+        self.write_config()
+
+    # ── config and CLI ──────────────────────────────────────────────────────
+
+    def write_config(self, text: str | None = None) -> None:
+        self.config_path.write_text(text if text is not None else render_toml(self.sections))
+
+    def cli(self, *args: str, user: str | None = None, **kw: Any) -> subprocess.CompletedProcess:
+        cmd = [PYTHON, "-m", "jlservice", *args, "--config", str(self.config_path)]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=240, user=user, cwd=self.root, **kw
+        )
+
+    # ── lifecycle ───────────────────────────────────────────────────────────
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Service:
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "NOTIFY_SOCKET",
+                "WATCHDOG_USEC",
+                "WATCHDOG_PID",
+                "JLSERVICE_CONFIG",
+                "STATE_DIRECTORY",
+                "RUNTIME_DIRECTORY",
+            )
+        }
+        environ.update(env or {})
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "jlservice", "run", "--config", str(self.config_path)],
+            cwd=self.root,
+            env=environ,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        self._remember(self.proc.pid)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def state(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.state_dir / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        if data.get("lab_pid"):
+            self._remember(data["lab_pid"])
+        return data
+
+    def wait_ready(self, not_pid: int | None = None, timeout: float = 90) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"jlservice exited with {self.proc.returncode}:\n" + self.log_text()[-3000:]
+                )
+            s = self.state()
+            if s.get("status") == "ready" and s.get("lab_pid") != not_pid:
+                return s
+            return None
+
+        state = wait_for(ready, timeout, "JupyterLab to be ready")
+        self.snapshot()
+        return state
+
+    @property
+    def lab_pid(self) -> int:
+        return self.state()["lab_pid"]
+
+    def snapshot(self) -> list[psutil.Process]:
+        """Remember every descendant of the supervisor, for cleanup and for assertions."""
+        if self.proc is None:
+            return []
+        try:
+            procs = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for p in procs:
+            self._remember(p.pid)
+        return procs
+
+    def _remember(self, pid: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.seen.setdefault(pid, psutil.Process(pid).create_time())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def leftovers(self) -> list[int]:
+        """PIDs we saw that still run (same pid and start time: not a reused pid)."""
+        alive = []
+        for pid, created in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+        return alive
+
+    def cleanup(self) -> None:
+        self.snapshot()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if hasattr(self, "log_file"):
+            self.log_file.close()
+
+    # ── talking to JupyterLab ───────────────────────────────────────────────
+
+    @property
+    def base(self) -> str:
+        base_url = self.sections["lab"].get("base_url", "/").strip("/")
+        return f"http://127.0.0.1:{self.port}/" + (base_url + "/" if base_url else "")
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        session: requests.Session | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"token {token}"
+        return (session or requests).request(
+            method, self.base + path, headers=headers, timeout=30, **kw
+        )
+
+    def start_kernel(self, token: str) -> tuple[str, int]:
+        """Start a kernel over REST; returns its id and the pid of its process."""
+        response = self.api("POST", "api/kernels", token, json={"name": "python3"})
+        response.raise_for_status()
+        kernel_id = response.json()["id"]
+
+        def kernel_pid() -> int | None:
+            for p in self.snapshot():
+                with contextlib.suppress(psutil.Error):
+                    if any(f"kernel-{kernel_id}.json" in a for a in p.cmdline()):
+                        return p.pid
+            return None
+
+        return kernel_id, wait_for(kernel_pid, 30, "the kernel process")
+
+    def execute(self, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
+        """Run `code` in the kernel over its websocket; returns what it printed."""
+        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        ws = websocket.create_connection(
+            url, header=[f"Authorization: token {token}"], timeout=timeout
+        )
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "username": "test",
+                            "session": uuid.uuid4().hex,
+                            "msg_type": "execute_request",
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": False,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                        },
+                    }
+                )
+            )
+            out = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream":
+                    out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "error":
+                    raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    return "".join(out)
+            raise AssertionError("kernel did not finish in time")
+        finally:
+            ws.close()
+
+
+def files_exposing(secret: str, roots: list[Path]) -> list[str]:
+    """Files under `roots` that contain `secret` and that another user could read."""
+    exposed = []
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    if secret.encode() in path.read_bytes() and _world_readable(path):
+                        exposed.append(str(path))
+    return exposed
+
+
+def _world_readable(path: Path) -> bool:
+    """Could a user who is neither owner nor in the group read `path`?"""
+    if not path.stat().st_mode & 0o004:
+        return False
+    return all(p.stat().st_mode & 0o001 for p in path.parents)
