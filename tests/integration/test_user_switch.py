@@ -1,0 +1,111 @@
+"""jlservice as root runs JupyterLab, its kernels and their files as the configured user."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from support import IS_ROOT
+
+from jlservice import users
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+
+
+@pytest.fixture
+def user_service(service_factory, other_user):
+    why = users.execute_denied(str(Path(sys.executable).parent / "jupyter-lab"), other_user)
+    assert why is None, (f"the test venv must be usable by other users ({why}); make it outside "
+                         "/root from Debian's python3, as tests/run.sh does")
+    svc = service_factory(lab={"user": other_user.name, "allow_root": False})
+    svc.notebooks.chmod(0o755)
+    os.chown(svc.notebooks, other_user.uid, other_user.gid)
+    return svc
+
+
+def test_lab_kernels_and_files_belong_to_the_user(user_service, other_user):
+    svc = user_service.start()
+    lab = psutil.Process(svc.lab_pid)
+    assert lab.uids().real == lab.uids().effective == other_user.uid
+    assert lab.gids().real == other_user.gid
+    environ = lab.environ()
+    assert environ["HOME"] == other_user.home
+    assert environ["USER"] == environ["LOGNAME"] == other_user.name
+    assert environ["SHELL"] == "/bin/bash"
+    assert Path(lab.cwd()) == svc.notebooks
+
+    token = svc.cli("token").stdout.strip()
+    kernel_id, kernel_pid = svc.start_kernel(token)
+    assert psutil.Process(kernel_pid).uids().real == other_user.uid
+    out = svc.execute(token, kernel_id, "import os\n"
+                      "open('made-by-kernel.txt', 'w').write('hi')\n"
+                      "print(os.getuid(), os.getgid(), sorted(os.getgroups()), os.getcwd())")
+    uid, gid, *rest = out.split(maxsplit=2)
+    assert (int(uid), int(gid)) == (other_user.uid, other_user.gid)
+    created = svc.notebooks / "made-by-kernel.txt"
+    assert created.stat().st_uid == other_user.uid
+    assert stat.S_IMODE(created.stat().st_mode) == 0o600  # the 0077 umask
+
+    # Notebooks created through the contents API belong to the user too.
+    made = svc.api("POST", "api/contents", token, json={"type": "notebook"})
+    assert made.status_code == 201
+    assert (svc.notebooks / made.json()["path"]).stat().st_uid == other_user.uid
+
+    # The token file JupyterLab reads is the user's, and nobody else's.
+    token_file = Path(environ["JUPYTER_TOKEN_FILE"])
+    assert token_file.stat().st_uid == other_user.uid
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+
+
+def test_state_file_is_not_readable_by_the_lab_user(user_service, other_user):
+    svc = user_service.start()
+    denied = svc.cli("token", user=other_user.name)
+    assert denied.returncode != 0
+    assert "permission denied" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1
+
+
+def test_command_the_user_cannot_execute_is_refused(service_factory, other_user, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    script = private / "jupyter-lab"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    svc = service_factory(lab={"user": other_user.name, "allow_root": False,
+                               "command": [str(script)]})
+    os.chown(svc.notebooks, other_user.uid, other_user.gid)
+    result = svc.cli("check-config")
+    assert result.returncode == 78
+    assert f"user {other_user.name} cannot execute {script}" in result.stderr
+    assert f"{private} is mode 0700" in result.stderr
+    svc.start(wait=False)
+    assert svc.wait_exit(timeout=30) == 78
+
+    # The same trap one level down: a script whose interpreter the user cannot reach.
+    public = tmp_path / "public"
+    public.mkdir(mode=0o755)
+    wrapper = public / "jupyter-lab"
+    wrapper.write_text(f"#!{script}\n")
+    wrapper.chmod(0o755)
+    svc.sections["lab"]["command"] = [str(wrapper)]
+    svc.write_config()
+    result = svc.cli("check-config")
+    assert result.returncode == 78
+    assert f"{private} is mode 0700" in result.stderr
+
+
+def test_non_root_cannot_run_lab_as_someone_else(tmp_path, other_user):
+    config = tmp_path / "jlservice.toml"
+    config.write_text('[lab]\nuser = "root"\n')
+    config.chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "jlservice", "check-config", "--config",
+                             str(config)], capture_output=True, text=True, user=other_user.name,
+                            cwd="/")
+    assert result.returncode == 78
+    assert f"jlservice runs as {other_user.name}, not root" in result.stderr

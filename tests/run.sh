@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it. Safe to run again.
+#  - as root (CI): Debian packages via apt-get, a venv in /opt (outside root's home, so the
+#    unprivileged users the tests create can run JupyterLab from it);
+#  - as a normal user: a venv in .venv; tests that need root say so and skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=/usr/bin/python3
+[ -x "$python" ] || python=$(command -v python3)
+
+if [ "$(id -u)" = 0 ]; then
+    packages=(python3-venv gcc procps)
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    venv=${JLSERVICE_TEST_VENV:-/opt/jlservice-test-venv}
+else
+    venv=${JLSERVICE_TEST_VENV:-.venv}
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+# Not editable: the package must live in the venv, readable by the users the tests create.
+"$venv/bin/python" -m pip install -q --force-reinstall --no-deps .
+"$venv/bin/python" -m pip install -q ".[test]"
+
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+exec "$venv/bin/python" -m pytest "$@"
