@@ -252,3 +252,35 @@ def test_child_does_not_inherit_systemd_sockets(service, tmp_path):
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
     assert list(runtime.glob("jpserver-*.json")), "JupyterLab writes its files there"
     assert not IS_ROOT or psutil.Process(service.lab_pid).uids().real == 0
+
+
+def test_base_url_is_served_and_printed(service_factory):
+    svc = service_factory(lab={"base_url": "jupyter"})
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    url = svc.cli("token", "--url").stdout.strip()
+    assert url == f"http://127.0.0.1:{svc.port}/jupyter/lab?token={token}"
+    assert requests.get(url, timeout=30).status_code == 200
+    assert svc.api("GET", "api/contents", token).url.endswith("/jupyter/api/contents")
+    assert svc.api("GET", "api/contents", token).status_code == 200
+
+
+def test_jupyterlab_output_keeps_its_level(service):
+    service.start()
+    assert service.api("GET", "api/contents").status_code == 403  # JupyterLab logs a warning
+    wait_for(
+        lambda: any(
+            e["event"] == "lab_output"
+            and e["level"] == "warning"
+            and "403 GET /api/contents" in e["line"]
+            for e in service.log_events()
+        ),
+        10,
+        "the 403 warning in our log",
+    )
+    running = [
+        e
+        for e in service.log_events()
+        if e["event"] == "lab_output" and "is running at" in e["line"]
+    ]
+    assert running and running[0]["level"] == "info"

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason="switching users needs root"
 @pytest.fixture
 def user_service(service_factory, other_user):
     why = users.execute_denied(str(Path(sys.executable).parent / "jupyter-lab"), other_user)
-    assert why is None, (f"the test venv must be usable by other users ({why}); make it outside "
-                         "/root from Debian's python3, as tests/run.sh does")
+    assert why is None, (
+        f"the test venv must be usable by other users ({why}); make it outside "
+        "/root from Debian's python3, as tests/run.sh does"
+    )
     svc = service_factory(lab={"user": other_user.name, "allow_root": False})
     svc.notebooks.chmod(0o755)
     os.chown(svc.notebooks, other_user.uid, other_user.gid)
@@ -42,9 +44,13 @@ def test_lab_kernels_and_files_belong_to_the_user(user_service, other_user):
     token = svc.cli("token").stdout.strip()
     kernel_id, kernel_pid = svc.start_kernel(token)
     assert psutil.Process(kernel_pid).uids().real == other_user.uid
-    out = svc.execute(token, kernel_id, "import os\n"
-                      "open('made-by-kernel.txt', 'w').write('hi')\n"
-                      "print(os.getuid(), os.getgid(), sorted(os.getgroups()), os.getcwd())")
+    out = svc.execute(
+        token,
+        kernel_id,
+        "import os\n"
+        "open('made-by-kernel.txt', 'w').write('hi')\n"
+        "print(os.getuid(), os.getgid(), sorted(os.getgroups()), os.getcwd())",
+    )
     uid, gid, *rest = out.split(maxsplit=2)
     assert (int(uid), int(gid)) == (other_user.uid, other_user.gid)
     created = svc.notebooks / "made-by-kernel.txt"
@@ -77,8 +83,9 @@ def test_command_the_user_cannot_execute_is_refused(service_factory, other_user,
     script = private / "jupyter-lab"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
-    svc = service_factory(lab={"user": other_user.name, "allow_root": False,
-                               "command": [str(script)]})
+    svc = service_factory(
+        lab={"user": other_user.name, "allow_root": False, "command": [str(script)]}
+    )
     os.chown(svc.notebooks, other_user.uid, other_user.gid)
     result = svc.cli("check-config")
     assert result.returncode == 78
@@ -104,8 +111,12 @@ def test_non_root_cannot_run_lab_as_someone_else(tmp_path, other_user):
     config = tmp_path / "jlservice.toml"
     config.write_text('[lab]\nuser = "root"\n')
     config.chmod(0o644)
-    result = subprocess.run([sys.executable, "-m", "jlservice", "check-config", "--config",
-                             str(config)], capture_output=True, text=True, user=other_user.name,
-                            cwd="/")
+    result = subprocess.run(
+        [sys.executable, "-m", "jlservice", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        user=other_user.name,
+        cwd="/",
+    )
     assert result.returncode == 78
     assert f"jlservice runs as {other_user.name}, not root" in result.stderr
