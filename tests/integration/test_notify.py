@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -62,7 +63,7 @@ def test_ready_status_watchdog_and_stopping(service, notify_socket):
     notify_socket.messages.clear()
     notify_socket.read_until(lambda m: m.get("READY") == "1", timeout=60)
     pings = [t for t, m in notify_socket.messages if m.get("WATCHDOG") == "1"]
-    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert pings and max(gaps) > 2.0, f"pings went on while JupyterLab hung: {gaps}"
     service.wait_ready(not_pid=hung)
 
