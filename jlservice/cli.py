@@ -1,4 +1,4 @@
-"""Command line: `jlservice run | token | status | check-config`.
+"""Command line: `jlservice run | token | status | reload | check-config`.
 
 `token` and `status` read the state file and import nothing heavy (no jupyter_server,
 structlog, watchdog or pynvml): they must cost little more than starting Python.
@@ -98,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
+    reload = sub.add_parser(
+        "reload",
+        parents=[common],
+        help="apply the configuration file now (like SIGHUP)",
+        description="Ask the running supervisor to re-read its configuration file (the same "
+        "as SIGHUP or `systemctl reload jlservice`). JupyterLab restarts only if a "
+        "setting it sees has changed; an invalid file is rejected and the running "
+        f"server keeps its settings (exit status {EX_CONFIG}). --config only "
+        "locates the running supervisor's state.",
+    )
+    reload.set_defaults(func=cmd_reload)
+
     check = sub.add_parser(
         "check-config",
         parents=[common],
@@ -145,18 +157,63 @@ def _rotate(args: argparse.Namespace) -> int:
         print(rotated.token)
         return 0
     os.kill(current.supervisor_pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        latest = state.read_state(service.state_dir)
-        if latest.token != current.token and latest.status == state.READY:
-            print(latest.token)
-            return 0
-        if latest.status == state.FAILED:
-            raise CommandError(f"JupyterLab did not come back after rotation: {latest.last_error}")
-    raise CommandError(
-        "the token was rotated but JupyterLab is not ready after 180 s; see `jlservice status`"
+    latest = _wait_state(
+        service.state_dir,
+        lambda s: s.token != current.token and s.status in (state.READY, state.FAILED),
+        300,
+        "restart JupyterLab",
     )
+    if latest.status == state.FAILED:
+        raise CommandError(f"JupyterLab did not come back after rotation: {latest.last_error}")
+    print(latest.token)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    service = config.load_service(_config_path(args))
+    current = _running_state(args)
+    asked = time.time()
+    os.kill(current.supervisor_pid, signal.SIGHUP)
+    latest = _wait_state(
+        service.state_dir,
+        lambda s: s.last_reload is not None and s.last_reload.at >= asked - 0.01,
+        30,
+        "answer the reload",
+    )
+    result = latest.last_reload.result
+    if result == "rejected":
+        raise CommandError(
+            f"configuration rejected, JupyterLab keeps its settings: {latest.config_error}",
+            EX_CONFIG,
+        )
+    if result == "pending":
+        print(f"reload pending: {latest.reload_pending}")
+        return 0
+    if result == "applied":
+        latest = _wait_state(
+            service.state_dir,
+            lambda s: s.status in (state.READY, state.FAILED) and s.lab_pid != current.lab_pid,
+            300,
+            "restart JupyterLab",
+        )
+        if latest.status == state.FAILED:
+            raise CommandError(f"reloaded, but JupyterLab failed: {latest.last_error}")
+        print(f"reloaded: JupyterLab restarted with the new settings ({latest.url})")
+        return 0
+    print("reloaded: nothing JupyterLab sees changed, so it kept running")
+    return 0
+
+
+def _wait_state(state_dir: Path, done, timeout: float, what: str) -> state.State:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = state.read_state(state_dir)
+        if done(latest):
+            return latest
+        if not state.supervisor_alive(latest):
+            raise CommandError("jlservice stopped before it could " + what)
+        time.sleep(0.05)
+    raise CommandError(f"jlservice did not {what} within {timeout:g} s; see `jlservice status`")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -206,6 +263,10 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"last exit:   {what} at {when} ({e.reason})")
     if s.last_error:
         lines.append(f"last error:  {s.last_error}")
+    if running and s.config_error:
+        lines.append(f"config error: {s.config_error} (still serving with the previous one)")
+    if running and s.reload_pending:
+        lines.append(f"reload:      pending, {s.reload_pending}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from jlservice import notify, state, users
+from jlservice import notify, probe, state, users
 from jlservice.config import Config, OptionValue
 
 PR_SET_PDEATHSIG = 1
@@ -62,6 +62,12 @@ class Launch:
     private_dir: Path
     ip: str
     port: int
+    base_url: str
+
+    @property
+    def api_url(self) -> str:
+        """Where this server answers its unauthenticated readiness probe."""
+        return probe.base_url(self.ip, self.port, f"{self.base_url}api")
 
     @property
     def token_file(self) -> Path:
@@ -125,6 +131,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         private_dir=private_dir,
         ip=lab.ip,
         port=lab.port,
+        base_url=lab.base_url,
     )
 
 

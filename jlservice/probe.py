@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 
@@ -41,3 +43,26 @@ async def api_problem(url: str, timeout: float) -> str | None:
     if response.code == 599:
         return f"{url}: {response.error}"
     return f"{url} answered HTTP {response.code}"
+
+
+async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
+    """How many kernels are executing code right now (GET api/kernels), or None if unknown."""
+    client = AsyncHTTPClient()
+    try:
+        response = await client.fetch(
+            url,
+            headers={"Authorization": f"token {token}"},
+            request_timeout=timeout,
+            connect_timeout=timeout,
+            validate_cert=False,
+            raise_error=False,
+        )
+    except (HTTPClientError, OSError):
+        return None
+    if response.code != 200:
+        return None
+    try:
+        kernels = json.loads(response.body)
+    except ValueError:
+        return None
+    return sum(1 for k in kernels if k.get("execution_state") == "busy")

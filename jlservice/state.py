@@ -48,6 +48,13 @@ class LastExit:
 
 
 @dataclass(frozen=True)
+class LastReload:
+    at: float
+    source: str  # SIGHUP, file
+    result: str  # applied, unchanged, rejected, pending
+
+
+@dataclass(frozen=True)
 class State:
     token: str
     url: str
@@ -66,6 +73,9 @@ class State:
     restarts: int = 0
     last_exit: LastExit | None = None
     last_error: str | None = None
+    config_error: str | None = None
+    reload_pending: str | None = None
+    last_reload: LastReload | None = None
 
     def evolve(self, **changes: Any) -> State:
         return replace(self, **changes)
@@ -78,6 +88,8 @@ class State:
         data = dict(data)
         if data.get("last_exit") is not None:
             data["last_exit"] = LastExit(**data["last_exit"])
+        if data.get("last_reload") is not None:
+            data["last_reload"] = LastReload(**data["last_reload"])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -1,10 +1,11 @@
 """The supervisor: one asyncio loop, one event queue, one state machine.
 
     starting ──ready──▶ ready ──exit / unhealthy──▶ (sweep) ──▶ backoff ──▶ starting
-        │                 │                                       │
-        └──exit / timeout─┴──────────── stop signal ──────────────┴──▶ stopped
+        │                 │  ╰──reload / rotate──▶ (stop, sweep) ──▶ starting
+        └──exit / timeout─┴──────────── stop signal ─────────────────▶ stopped
 
-Signal handlers, timers, probes and the child reaper only post events; `_handle` decides.
+Signal handlers, timers, probes, the file watcher and the child reaper only post events
+(jlservice.events); `_handle` decides.
 """
 
 from __future__ import annotations
@@ -18,59 +19,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from jlservice import EX_CONFIG, children, lab_output, launcher, log, probe, state
+from jlservice import EX_CONFIG, children, health, lab_output, launcher, log, probe, reload, state
 from jlservice.config import Config, RestartConfig
+from jlservice.events import (
+    BackoffElapsed,
+    ChildExited,
+    Event,
+    LabReady,
+    LabUnhealthy,
+    PendingReloadDue,
+    ReloadRequested,
+    RotateRequested,
+    StartTimedOut,
+    StopRequested,
+)
 from jlservice.notify import Notifier
+from jlservice.watch import ConfigWatcher, fingerprint
 
 logger = log.get("jlservice.supervisor")
-
-
-@dataclass(frozen=True)
-class ChildExited:
-    pid: int
-    status: children.ExitStatus
-
-
-@dataclass(frozen=True)
-class LabReady:
-    pid: int
-
-
-@dataclass(frozen=True)
-class LabUnhealthy:
-    pid: int
-    problem: str
-
-
-@dataclass(frozen=True)
-class StartTimedOut:
-    pid: int
-
-
-@dataclass(frozen=True)
-class BackoffElapsed:
-    attempt: int
-
-
-@dataclass(frozen=True)
-class StopRequested:
-    signal: str
-
-
-@dataclass(frozen=True)
-class RotateRequested:
-    pass
-
-
-Event = (
-    ChildExited
-    | LabReady
-    | LabUnhealthy
-    | StartTimedOut
-    | BackoffElapsed
-    | StopRequested
-    | RotateRequested
-)
 
 
 @dataclass
@@ -81,17 +47,26 @@ class RunningLab:
     output: lab_output.LabOutput
     exited: asyncio.Future[children.ExitStatus]
     started: float
+    start_timer: asyncio.TimerHandle
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ready_at: float | None = None
     stop_reason: str | None = None
-    probe_failed: bool = False
-    start_timer: asyncio.TimerHandle | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    answering: bool = True
 
     def cancel_watchers(self) -> None:
-        if self.start_timer is not None:
-            self.start_timer.cancel()
+        self.start_timer.cancel()
         for task in self.tasks:
             task.cancel()
+
+
+@dataclass
+class PendingReload:
+    """A restart-requiring reload waiting for idle kernels ([reload] when = "idle")."""
+
+    launch: launcher.Launch
+    deadline: float
+    generation: int
+    task: asyncio.Task[None] | None = None
 
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
@@ -117,11 +92,14 @@ class Supervisor:
         self.failures = 0
         self.attempt = 0
         self.stopping = False
+        self.reloading = False  # RELOADING=1 sent, READY=1 still owed to systemd
+        self.pending: PendingReload | None = None
         self.exit_code: int | None = None
         self.token = ""
         self.cookie_secret = b""
         self.state: state.State | None = None
-        self._lines = asyncio.Event()
+        self.watcher: ConfigWatcher | None = None
+        self._output = asyncio.Event()
 
     # ── plumbing ────────────────────────────────────────────────────────────
 
@@ -141,19 +119,29 @@ class Supervisor:
         return f"http://{host}:{lab.port}{lab.base_url}"
 
     def _status_line(self) -> str:
-        assert self.lab is not None
-        return f"JupyterLab ready on {self.url} as {self.config.lab.user} (pid {self.lab.pid})"
+        if self.lab is not None and self.lab.ready_at is not None:
+            line = f"JupyterLab ready on {self.url} as {self.config.lab.user} (pid {self.lab.pid})"
+        else:
+            line = f"JupyterLab {self.state.status} on {self.url}"
+        if self.state.config_error:
+            line += "; configuration rejected, still using the previous one: "
+            line += self.state.config_error
+        elif self.state.reload_pending:
+            line += f"; reload pending: {self.state.reload_pending}"
+        return line
 
     # ── main loop ───────────────────────────────────────────────────────────
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        launcher.become_subreaper()
-        self.reaper.install(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.post, StopRequested(sig.name))
+        loop.add_signal_handler(signal.SIGHUP, self.post, ReloadRequested("SIGHUP"))
         loop.add_signal_handler(signal.SIGUSR1, self.post, RotateRequested())
+        launcher.become_subreaper()
+        self.reaper.install(loop)
         self._load_secrets()
+        self._watch_config(loop)
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         logger.info(
             "supervisor_started",
@@ -167,6 +155,8 @@ class Supervisor:
             await self._handle(await self.events.get())
         if watchdog:
             watchdog.cancel()
+        if self.watcher:
+            self.watcher.stop()
         return self.exit_code
 
     def _load_secrets(self) -> None:
@@ -175,8 +165,7 @@ class Supervisor:
         self.token = state.load_or_create_token(service.state_dir)
         self.cookie_secret = state.load_or_create_cookie_secret(service.state_dir)
         log.add_secret(self.token)
-        lab = self.config.lab
-        me = os.getpid()
+        lab, me = self.config.lab, os.getpid()
         self.state = state.State(
             token=self.token,
             url=self.url,
@@ -190,6 +179,19 @@ class Supervisor:
             supervisor_started_at=state.process_start_time(me),
         )
         self._save()
+
+    def _watch_config(self, loop: asyncio.AbstractEventLoop) -> None:
+        wanted = self.config.path is not None and self.config.reload.watch
+        if wanted and self.watcher is None:
+            self.watcher = ConfigWatcher(self.config.path, loop, self._config_changed)
+            self.watcher.start()
+        elif not wanted and self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def _config_changed(self, first_event: float) -> None:
+        logger.info("config_change_detected", after_s=round(time.monotonic() - first_event, 3))
+        self.post(ReloadRequested("file"))
 
     async def _handle(self, event: Event) -> None:
         lab = self.lab
@@ -212,8 +214,13 @@ class Supervisor:
                 await self._start()
             case StopRequested():
                 await self._on_stop(event.signal)
-            case RotateRequested():
+            case RotateRequested() if not self.stopping:
                 await self._on_rotate()
+            case ReloadRequested() if not self.stopping:
+                await self._on_reload(event.source)
+            case PendingReloadDue() if self.pending and event.generation == self.pending.generation:
+                self.notifier.reloading()
+                await self._restart_with(self.pending.launch)
             case _:
                 logger.debug("event_ignored", event=repr(event))
 
@@ -238,85 +245,69 @@ class Supervisor:
             self.exit_code = EX_CONFIG
             return
         loop = asyncio.get_running_loop()
-        exited = self.reaper.watch(popen.pid)
-        exited.add_done_callback(lambda f: self.post(ChildExited(popen.pid, f.result())))
+        pid = popen.pid
+        exited = self.reaper.watch(pid)
+        exited.add_done_callback(lambda f: self.post(ChildExited(pid, f.result())))
         _, output = await loop.connect_read_pipe(
-            lambda: lab_output.LabOutput(popen.pid, self._lines.set), popen.stdout
+            lambda: lab_output.LabOutput(pid, self._output.set), popen.stdout
         )
         popen.stdout = None  # the pipe belongs to the protocol's transport now
         popen.returncode = 0  # reaped by us; keeps Popen from ever waiting on a reused pid
         self.lab = RunningLab(
-            pid=popen.pid,
+            pid=pid,
             output=output,
             exited=exited,
             started=time.monotonic(),
             start_timer=loop.call_later(
-                self.config.restart.start_timeout, self.post, StartTimedOut(popen.pid)
+                self.config.restart.start_timeout, self.post, StartTimedOut(pid)
             ),
-            tasks=[loop.create_task(self._wait_ready(popen.pid))],
+            tasks=[
+                loop.create_task(
+                    health.wait_ready(pid, self.launch.api_url, self._output, self.post)
+                )
+            ],
         )
-        now = time.time()
         self._save(
             status=state.STARTING,
-            lab_pid=popen.pid,
-            started_at=now,
+            lab_pid=pid,
+            started_at=time.time(),
             ready_at=None,
             token=self.token,
         )
         self.notifier.status(f"Starting JupyterLab on {self.url} as {self.config.lab.user}")
-        logger.info(
-            "lab_starting", pid=popen.pid, user=self.config.lab.user, port=self.config.lab.port
-        )
-
-    async def _wait_ready(self, pid: int) -> None:
-        """Probe as soon as JupyterLab prints something, and at least every 100 ms."""
-        url = probe.base_url(self.launch.ip, self.launch.port, f"{self.config.lab.base_url}api")
-        while await probe.api_problem(url, timeout=2.0) is not None:
-            self._lines.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lines.wait(), 0.1)
-        self.post(LabReady(pid))
+        logger.info("lab_starting", pid=pid, user=self.config.lab.user, port=self.config.lab.port)
 
     def _on_ready(self) -> None:
         lab = self.lab
         assert lab is not None
         lab.ready_at = time.monotonic()
         lab.start_timer.cancel()
-        lab.tasks.append(asyncio.get_running_loop().create_task(self._watch_health(lab)))
-        ready_s = round(lab.ready_at - lab.started, 3)
+        lab.tasks.append(
+            asyncio.get_running_loop().create_task(
+                health.watch(
+                    lab.pid,
+                    self.launch.api_url,
+                    lambda: self.config.health,
+                    lambda ok: setattr(lab, "answering", ok),
+                    self.post,
+                )
+            )
+        )
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
+        self.reloading = False
         self.notifier.ready(self._status_line())
-        logger.info("lab_ready", pid=lab.pid, url=self.url, ready_s=ready_s)
+        logger.info(
+            "lab_ready", pid=lab.pid, url=self.url, ready_s=round(lab.ready_at - lab.started, 3)
+        )
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
-
-    async def _watch_health(self, lab: RunningLab) -> None:
-        health = self.config.health
-        url = probe.base_url(self.launch.ip, self.launch.port, f"{self.config.lab.base_url}api")
-        failures = 0
-        while True:
-            await asyncio.sleep(health.interval)
-            problem = await probe.api_problem(url, timeout=health.timeout)
-            lab.probe_failed = problem is not None
-            failures = failures + 1 if problem else 0
-            if problem:
-                logger.warning(
-                    "lab_probe_failed",
-                    pid=lab.pid,
-                    problem=problem,
-                    failures=failures,
-                    limit=health.failures,
-                )
-            if failures >= health.failures:
-                self.post(LabUnhealthy(lab.pid, problem or ""))
-                return
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 while JupyterLab is alive and answering (or being brought back)."""
         interval = self.notifier.watchdog_interval
         assert interval is not None
         while True:
-            if self.lab is None or not self.lab.probe_failed:
+            if self.lab is None or self.lab.answering:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
@@ -333,12 +324,11 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(lab.pid, signal.SIGTERM)
             os.kill(lab.pid, signal.SIGCONT)  # a stopped (hung) process must run to exit
+        timeout = self.config.restart.stop_timeout
         try:
-            await asyncio.wait_for(asyncio.shield(lab.exited), self.config.restart.stop_timeout)
+            await asyncio.wait_for(asyncio.shield(lab.exited), timeout)
         except asyncio.TimeoutError:
-            logger.warning(
-                "lab_stop_timeout", pid=lab.pid, timeout_s=self.config.restart.stop_timeout
-            )
+            logger.warning("lab_stop_timeout", pid=lab.pid, timeout_s=timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(lab.pid, signal.SIGKILL)
             await lab.exited
@@ -351,8 +341,9 @@ class Supervisor:
             await asyncio.wait_for(asyncio.shield(lab.output.closed), 1.0)
         self.lab = None
         reason = lab.stop_reason or "crash"
-        log_level = logger.info if lab.stop_reason else logger.error
-        log_level("lab_exited", pid=lab.pid, status=status.describe(), reason=reason)
+        (logger.info if lab.stop_reason else logger.error)(
+            "lab_exited", pid=lab.pid, status=status.describe(), reason=reason
+        )
         swept = await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
         if swept:
             logger.info("leftovers_ended", count=swept)
@@ -362,26 +353,27 @@ class Supervisor:
         self._save(lab_pid=None, last_exit=last_exit)
         if self.stopping:
             return self._finish()
-        if reason == "rotate":
+        if reason in ("rotate", "reload"):  # asked for: not a failure
             self._save(restarts=self.state.restarts + 1)
             return await self._start()
-        problem = None
-        if lab.ready_at is None and reason == "crash":
-            problem = lab.output.last_problem() or status.describe()
-            problem = f"JupyterLab {status.describe()} during start-up: {problem}"
-        elif reason == "crash":
+        if reason == "crash":
             problem = f"JupyterLab {status.describe()}"
-        if (
-            lab.ready_at is not None
-            and time.monotonic() - lab.ready_at >= self.config.restart.reset_after
-        ):
+            if lab.ready_at is None:
+                problem += f" during start-up: {lab.output.last_problem() or 'no output'}"
+        else:
+            problem = self.state.last_error or status.describe()
+        healthy_for = time.monotonic() - lab.ready_at if lab.ready_at is not None else 0.0
+        if healthy_for >= self.config.restart.reset_after:
             self.failures = 0
-        self._failed(problem or self.state.last_error or status.describe())
+        self._failed(problem)
 
     def _failed(self, problem: str) -> None:
         """Count a failure; restart after the backoff delay or give up."""
         self.failures += 1
         restart = self.config.restart
+        if self.reloading:  # systemd waits for the end of the reload: it has ended, badly
+            self.reloading = False
+            self.notifier.ready(f"Reloaded, but JupyterLab failed to start: {problem}")
         if self.failures >= restart.max_failures:
             message = f"gave up after {self.failures} failed starts in a row: {problem}"
             logger.error("supervisor_giving_up", failures=self.failures, problem=problem)
@@ -399,6 +391,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self._drop_pending()
         logger.info("supervisor_stopping", signal=signame)
         self.notifier.stopping("Stopping JupyterLab")
         self._save(status=state.STOPPING)
@@ -409,7 +402,7 @@ class Supervisor:
             self._finish()
 
     def _finish(self) -> None:
-        self._save(status=state.STOPPED, lab_pid=None)
+        self._save(status=state.STOPPED, lab_pid=None, reload_pending=None)
         logger.info("supervisor_stopped")
         self.exit_code = 0
 
@@ -423,3 +416,103 @@ class Supervisor:
             await self._stop_lab("rotate")  # the next start publishes the new token
         else:
             self._save(token=self.token)
+
+    # ── reloading ───────────────────────────────────────────────────────────
+
+    async def _on_reload(self, source: str) -> None:
+        self.notifier.reloading()
+        if self.watcher is not None:
+            self.watcher.accept(fingerprint(self.config.path))
+        plan = reload.plan(self.config, self.launch)
+        now = time.time()
+        if plan.result == reload.REJECTED:
+            logger.error("config_rejected", source=source, problem=plan.error)
+            self._save(
+                config_error=plan.error, last_reload=state.LastReload(now, source, reload.REJECTED)
+            )
+            self.notifier.ready(self._status_line())
+            return
+        self._apply_supervisor_settings(plan.config)
+        if plan.result == reload.UNCHANGED:
+            self._drop_pending()
+            logger.info("config_reloaded", source=source, result=plan.result)
+            self._save(
+                config_error=None,
+                reload_pending=None,
+                last_reload=state.LastReload(now, source, reload.UNCHANGED),
+            )
+            self.notifier.ready(self._status_line())
+            return
+        if self.config.reload.when == "idle" and self.lab and self.lab.ready_at is not None:
+            self._defer_until_idle(plan.launch, source)
+            self.notifier.ready(self._status_line())
+            return
+        self._save(last_reload=state.LastReload(now, source, reload.APPLIED))
+        logger.info("config_reloaded", source=source, result=plan.result)
+        await self._restart_with(plan.launch)
+
+    def _apply_supervisor_settings(self, new: Config) -> None:
+        """Settings JupyterLab never sees take effect at once."""
+        if (new.log.level, new.log.format) != (self.config.log.level, self.config.log.format):
+            log.configure(new.log.level, new.log.format)
+        self.config = new
+        self._watch_config(asyncio.get_running_loop())
+
+    async def _restart_with(self, launch: launcher.Launch) -> None:
+        self._drop_pending()
+        self.launch = launch
+        lab = self.config.lab
+        self._save(
+            config_error=None,
+            reload_pending=None,
+            url=self.url,
+            ip=lab.ip,
+            port=lab.port,
+            base_url=lab.base_url,
+            user=lab.user,
+            notebook_dir=str(lab.notebook_dir),
+        )
+        self.reloading = True
+        if self.lab is not None:
+            await self._stop_lab("reload")  # its exit starts the new launch
+        else:  # waiting in backoff: a new configuration deserves a fresh start now
+            self.failures = 0
+            await self._start()
+
+    def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
+        deadline = (
+            self.pending.deadline
+            if self.pending
+            else time.monotonic() + self.config.reload.max_wait
+        )
+        generation = self.pending.generation + 1 if self.pending else 1
+        self._drop_pending()
+        self.pending = PendingReload(launch, deadline, generation)
+        self.pending.task = asyncio.get_running_loop().create_task(self._wait_idle(self.pending))
+        logger.info(
+            "config_reload_pending", source=source, max_wait_s=round(deadline - time.monotonic(), 1)
+        )
+        self._save(
+            config_error=None,
+            reload_pending="waiting for busy kernels to finish",
+            last_reload=state.LastReload(time.time(), source, reload.PENDING),
+        )
+
+    async def _wait_idle(self, pending: PendingReload) -> None:
+        url = self.launch.api_url + "/kernels"
+        while (left := pending.deadline - time.monotonic()) > 0:
+            busy = await probe.busy_kernels(url, self.token, timeout=min(5.0, left))
+            if not busy:
+                break
+            self._save(
+                reload_pending=f"waiting for {busy} busy kernel(s) to finish, "
+                f"at most {left:.0f} s more"
+            )
+            await asyncio.sleep(min(1.0, max(left, 0)))
+        self.post(PendingReloadDue(pending.generation))
+
+    def _drop_pending(self) -> None:
+        if self.pending is not None:
+            if self.pending.task is not None:
+                self.pending.task.cancel()
+            self.pending = None

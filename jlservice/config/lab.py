@@ -1,0 +1,203 @@
+"""The [lab] section: who runs JupyterLab, where, on which address, with what."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jlservice import users
+from jlservice.config.model import LabConfig, OptionValue
+from jlservice.config.reader import Reader, kind_of
+
+# Traitlets that jlservice sets itself; letting [lab] options override them would break
+# readiness checks, the token, or the login cookie.
+RESERVED_OPTIONS = {
+    "ServerApp.ip": "[lab] ip",
+    "ServerApp.port": "[lab] port",
+    "ServerApp.port_retries": "nothing: jlservice pins it to 0 so JupyterLab never moves port",
+    "ServerApp.base_url": "[lab] base_url",
+    "ServerApp.root_dir": "[lab] notebook_dir",
+    "ServerApp.notebook_dir": "[lab] notebook_dir",
+    "ServerApp.preferred_dir": "[lab] notebook_dir",
+    "ServerApp.open_browser": "nothing: a service never opens a browser",
+    "ServerApp.allow_root": "[lab] allow_root",
+    "ServerApp.token": "`jlservice token --rotate`",
+    "IdentityProvider.token": "`jlservice token --rotate`",
+    "ServerApp.cookie_secret": "`jlservice token --rotate`",
+    "ServerApp.cookie_secret_file": "nothing: jlservice keeps the cookie secret in its state dir",
+    "IdentityProvider.cookie_name": "nothing: jlservice fixes it so logins survive port changes",
+    "ServerApp.runtime_dir": "nothing: jlservice gives JupyterLab a private runtime dir",
+}
+RESERVED_ENV = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR"}
+_OPTION_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_lab(r: Reader, t: Mapping[str, Any], running_as: users.Account, cwd: Path) -> LabConfig:
+    s = "lab"
+    r.only(
+        t,
+        s,
+        {
+            "user",
+            "notebook_dir",
+            "ip",
+            "port",
+            "base_url",
+            "command",
+            "env",
+            "options",
+            "allow_root",
+            "umask",
+        },
+    )
+    name = r.get(t, s, "user", str, running_as.name)
+    account = users.lookup(name)
+    if account is None:
+        r.fail(s, "user", f"no such user {name!r} (create it with useradd, or fix the name)")
+    if not running_as.is_root and account.uid != running_as.uid:
+        r.fail(
+            s,
+            "user",
+            f"jlservice runs as {running_as.name}, not root, so it cannot start "
+            f"JupyterLab as {name}: run jlservice as root, or remove this key",
+        )
+    allow_root = r.get(t, s, "allow_root", bool, False)
+    if account.is_root and not allow_root:
+        r.fail(
+            s,
+            "user",
+            "JupyterLab would run as root: set user to an unprivileged account "
+            "(as root, jlservice switches to it), or set allow_root = true",
+        )
+
+    default_dir = account.home if running_as.is_root and not account.is_root else str(cwd)
+    notebook_dir = _notebook_dir(r, r.get(t, s, "notebook_dir", str, default_dir), account)
+
+    ip = r.get(t, s, "ip", str, "127.0.0.1")
+    try:
+        ip = str(ipaddress.ip_address(ip.strip("[]")))
+    except ValueError:
+        r.fail(s, "ip", f"{ip!r} is not an IP address (e.g. 127.0.0.1, ::1, or 0.0.0.0 for all)")
+    port = r.get(t, s, "port", int, 8888)
+    if not 1 <= port <= 65535:
+        r.fail(s, "port", f"{port} is not a port (1–65535)")
+    base_url = r.get(t, s, "base_url", str, "/")
+    if any(c in base_url for c in "?#% \t\r\n"):
+        r.fail(s, "base_url", f"{base_url!r} must be a plain URL path such as /jupyter/")
+    base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
+
+    command = _command(r, t, account)
+    env = r.get(t, s, "env", dict, {})
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key):
+            r.fail(s, f"env.{key}", "not a valid environment variable name")
+        if key in RESERVED_ENV:
+            r.fail(s, f"env.{key}", "is set by jlservice (token and runtime dir); remove it")
+        if not isinstance(value, str):
+            r.fail(s, f"env.{key}", f"expected a string, got {kind_of(value)}")
+    options = {
+        key: _option(r, key, value) for key, value in r.get(t, s, "options", dict, {}).items()
+    }
+    umask_text = r.get(t, s, "umask", str, "0077")
+    try:
+        umask = int(umask_text, 8)
+    except ValueError:
+        umask = -1
+    if not 0 <= umask <= 0o777:
+        r.fail(s, "umask", f'{umask_text!r} is not an octal umask such as "0077" or "0022"')
+    return LabConfig(
+        user=name,
+        notebook_dir=notebook_dir,
+        ip=ip,
+        port=port,
+        base_url=base_url,
+        command=command,
+        env=dict(env),
+        options=options,
+        allow_root=allow_root,
+        umask=umask,
+    )
+
+
+def _notebook_dir(r: Reader, text: str, account: users.Account) -> Path:
+    if text == "~" or text.startswith("~/"):
+        text = account.home + text[1:]
+    path = Path(text)
+    if not path.is_absolute():
+        r.fail("lab", "notebook_dir", f"{text!r} must be an absolute path (or start with ~/)")
+    if not path.exists():
+        r.fail("lab", "notebook_dir", f"{path} does not exist (create it, owned by {account.name})")
+    if not path.is_dir():
+        r.fail("lab", "notebook_dir", f"{path} is not a directory")
+    return path
+
+
+def default_command() -> tuple[str, ...]:
+    """The jupyter-lab next to the Python running jlservice (its own environment)."""
+    return (str(Path(sys.executable).parent / "jupyter-lab"),)
+
+
+def _command(r: Reader, t: Mapping[str, Any], account: users.Account) -> tuple[str, ...]:
+    argv = r.get(t, "lab", "command", list, None)
+    if argv is None:
+        argv = list(default_command())
+    elif not argv or not all(isinstance(a, str) and a for a in argv):
+        r.fail(
+            "lab",
+            "command",
+            'expected a non-empty list of non-empty strings, e.g. ["/opt/conda/bin/jupyter-lab"]',
+        )
+    program = argv[0]
+    if "/" not in program:
+        found = shutil.which(program)
+        if found is None:
+            r.fail("lab", "command", f"{program!r} is not on PATH; give an absolute path")
+        program = found
+    program = os.path.abspath(program)
+    if not os.path.exists(program):
+        r.fail(
+            "lab",
+            "command",
+            f"{program} does not exist: install jupyterlab there "
+            "(pip install jupyterlab) or point command at its jupyter-lab",
+        )
+    why = users.execute_denied(program, account)
+    if why:
+        r.fail(
+            "lab",
+            "command",
+            f"user {account.name} cannot execute {program}: {why}; install "
+            "JupyterLab where that user can read it (e.g. a venv under /opt)",
+        )
+    return (program, *argv[1:])
+
+
+def _option(r: Reader, key: str, value: Any) -> OptionValue:
+    where = f'options."{key}"'
+    if not _OPTION_KEY.fullmatch(key):
+        r.fail("lab", where, 'expected a traitlet name such as "ServerApp.allow_origin"')
+    if key in RESERVED_OPTIONS:
+        r.fail("lab", where, f"is managed by jlservice; use {RESERVED_OPTIONS[key]}")
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
+        return tuple(value)
+    if isinstance(value, dict) and all(
+        isinstance(v, str | int | float | bool) for v in value.values()
+    ):
+        return tuple(value.items())
+    r.fail(
+        "lab",
+        where,
+        "expected a string, number, boolean, list of those or a table of those "
+        "(deeper nesting cannot pass JupyterLab's command line; put it in the "
+        "user's jupyter_server_config.json)",
+    )
+    raise AssertionError  # unreachable: fail() raises

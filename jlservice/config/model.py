@@ -1,0 +1,84 @@
+"""The validated configuration: frozen dataclasses, and the one error type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jlservice import users
+
+Scalar = str | int | float | bool
+OptionValue = Scalar | tuple[Scalar, ...] | tuple[tuple[str, Scalar], ...]
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is the one line to show the user."""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    user: str
+    notebook_dir: Path
+    ip: str
+    port: int
+    base_url: str
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    options: Mapping[str, OptionValue]
+    allow_root: bool
+    umask: int
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    state_dir: Path
+    runtime_dir: Path
+
+
+@dataclass(frozen=True)
+class RestartConfig:
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    reset_after: float = 60.0
+    max_failures: int = 5
+    start_timeout: float = 120.0
+    stop_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: float = 10.0
+    timeout: float = 5.0
+    failures: int = 3
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    watch: bool = True
+    when: str = "immediate"
+    max_wait: float = 300.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "console"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    lab: LabConfig
+    service: ServiceConfig
+    restart: RestartConfig = field(default_factory=RestartConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def account(self) -> users.Account:
+        account = users.lookup(self.lab.user)
+        if account is None:  # the user was deleted after validation
+            raise ConfigError(f"[lab] user: no such user {self.lab.user!r}")
+        return account

@@ -1,0 +1,90 @@
+"""Typed access to a parsed TOML document; every failure names source, section and key."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from jlservice.config.model import ConfigError
+
+
+def kind_of(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+
+
+class Reader:
+    """Typed access to one TOML document; every failure names source, section and key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, section: str, key: str, problem: str) -> None:
+        where = f"[{section}] {key}" if section else key
+        raise ConfigError(f"{self.source}: {where}: {problem}")
+
+    def only(self, t: Mapping[str, Any], section: str, allowed: set[str]) -> None:
+        for key in t:
+            if key not in allowed:
+                hint = _closest(key, allowed)
+                what = "section" if not section else "key"
+                self.fail(
+                    section,
+                    key,
+                    f"unknown {what}"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
+                    + f"; known: {', '.join(sorted(allowed))}",
+                )
+
+    def table(self, doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+        value = doc.get(name, {})
+        if not isinstance(value, dict):
+            self.fail("", name, f"expected a [{name}] table, got {kind_of(value)}")
+        return value
+
+    def get(self, t: Mapping[str, Any], section: str, key: str, kind: type, default: Any) -> Any:
+        if key not in t:
+            return default
+        value = t[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            got = f"{kind_of(value)} {_show(value)}"
+            self.fail(section, key, f"expected {kind_of(kind())}, got {got}")
+        return value
+
+    def seconds(
+        self, t: Mapping[str, Any], section: str, key: str, default: float, minimum: float
+    ) -> float:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(
+                section, key, f"expected a number of seconds, got {kind_of(value)} {_show(value)}"
+            )
+        if not minimum <= value <= 86400:
+            self.fail(section, key, f"{value} is out of range ({minimum}–86400 seconds)")
+        return float(value)
+
+    def count(self, t: Mapping[str, Any], section: str, key: str, default: int) -> int:
+        value = self.get(t, section, key, int, default)
+        if not 1 <= value <= 1000:
+            self.fail(section, key, f"{value} is out of range (1–1000)")
+        return value
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _closest(key: str, allowed: set[str]) -> str | None:
+    matches = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
+    return matches[0] if matches else None

@@ -1,0 +1,101 @@
+"""The supervisor's own sections: [service], [restart], [health], [reload], [log]."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jlservice import users
+from jlservice.config.model import (
+    HealthConfig,
+    LogConfig,
+    ReloadConfig,
+    RestartConfig,
+    ServiceConfig,
+)
+from jlservice.config.reader import Reader
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
+RELOAD_WHEN = ("immediate", "idle")
+
+
+def parse_service(
+    r: Reader, t: Mapping[str, Any], running_as: users.Account, environ: Mapping[str, str]
+) -> ServiceConfig:
+    r.only(t, "service", {"state_dir", "runtime_dir"})
+    if environ.get("STATE_DIRECTORY"):
+        state_default = environ["STATE_DIRECTORY"].split(":")[0]
+    elif running_as.is_root:
+        state_default = "/var/lib/jlservice"
+    else:
+        xdg = environ.get("XDG_STATE_HOME") or os.path.join(running_as.home, ".local", "state")
+        state_default = os.path.join(xdg, "jlservice")
+    state_dir = Path(r.get(t, "service", "state_dir", str, state_default))
+    if environ.get("RUNTIME_DIRECTORY"):
+        runtime_default = environ["RUNTIME_DIRECTORY"].split(":")[0]
+    elif running_as.is_root:
+        runtime_default = "/run/jlservice"
+    elif environ.get("XDG_RUNTIME_DIR"):
+        runtime_default = os.path.join(environ["XDG_RUNTIME_DIR"], "jlservice")
+    else:
+        runtime_default = str(state_dir / "run")
+    runtime_dir = Path(r.get(t, "service", "runtime_dir", str, runtime_default))
+    for key, value in (("state_dir", state_dir), ("runtime_dir", runtime_dir)):
+        if not value.is_absolute():
+            r.fail("service", key, f"{str(value)!r} must be an absolute path")
+        if value.exists() and not value.is_dir():
+            r.fail("service", key, f"{value} exists and is not a directory")
+    return ServiceConfig(state_dir=state_dir, runtime_dir=runtime_dir)
+
+
+def parse_restart(r: Reader, t: Mapping[str, Any]) -> RestartConfig:
+    d = RestartConfig()
+    r.only(t, "restart", set(d.__dataclass_fields__))
+    c = RestartConfig(
+        initial_delay=r.seconds(t, "restart", "initial_delay", d.initial_delay, minimum=0),
+        max_delay=r.seconds(t, "restart", "max_delay", d.max_delay, minimum=0),
+        reset_after=r.seconds(t, "restart", "reset_after", d.reset_after, minimum=0),
+        max_failures=r.count(t, "restart", "max_failures", d.max_failures),
+        start_timeout=r.seconds(t, "restart", "start_timeout", d.start_timeout, minimum=1),
+        stop_timeout=r.seconds(t, "restart", "stop_timeout", d.stop_timeout, minimum=0.1),
+    )
+    if c.max_delay < c.initial_delay:
+        r.fail("restart", "max_delay", f"{c.max_delay} is below initial_delay {c.initial_delay}")
+    return c
+
+
+def parse_health(r: Reader, t: Mapping[str, Any]) -> HealthConfig:
+    d = HealthConfig()
+    r.only(t, "health", set(d.__dataclass_fields__))
+    return HealthConfig(
+        interval=r.seconds(t, "health", "interval", d.interval, minimum=0.1),
+        timeout=r.seconds(t, "health", "timeout", d.timeout, minimum=0.1),
+        failures=r.count(t, "health", "failures", d.failures),
+    )
+
+
+def parse_reload(r: Reader, t: Mapping[str, Any]) -> ReloadConfig:
+    d = ReloadConfig()
+    r.only(t, "reload", set(d.__dataclass_fields__))
+    when = r.get(t, "reload", "when", str, d.when)
+    if when not in RELOAD_WHEN:
+        r.fail("reload", "when", f"{when!r} is not one of {', '.join(RELOAD_WHEN)}")
+    return ReloadConfig(
+        watch=r.get(t, "reload", "watch", bool, d.watch),
+        when=when,
+        max_wait=r.seconds(t, "reload", "max_wait", d.max_wait, minimum=0),
+    )
+
+
+def parse_log(r: Reader, t: Mapping[str, Any]) -> LogConfig:
+    r.only(t, "log", {"level", "format"})
+    level = r.get(t, "log", "level", str, "info").lower()
+    if level not in LOG_LEVELS:
+        r.fail("log", "level", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    fmt = r.get(t, "log", "format", str, "console")
+    if fmt not in LOG_FORMATS:
+        r.fail("log", "format", f"{fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+    return LogConfig(level=level, format=fmt)

@@ -1,0 +1,42 @@
+"""Decide what a configuration reload needs: nothing, a JupyterLab restart, or a rejection.
+
+The decision compares the *effective* launch (argv, environment, user, directory, files) of
+the new configuration with the running one, so comment edits, reordering and supervisor-only
+settings (restart backoff, health probes, logging) never restart JupyterLab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jlservice import config, launcher
+from jlservice.config import Config, ConfigError
+
+APPLIED, UNCHANGED, REJECTED, PENDING = "applied", "unchanged", "rejected", "pending"
+
+# Moving these would strand the running server's token, cookie secret and state.
+_FIXED_WHILE_RUNNING = ("state_dir", "runtime_dir")
+
+
+@dataclass(frozen=True)
+class Plan:
+    result: str  # APPLIED (JupyterLab must restart), UNCHANGED or REJECTED
+    config: Config | None = None
+    launch: launcher.Launch | None = None
+    error: str | None = None
+
+
+def plan(current: Config, running: launcher.Launch) -> Plan:
+    """Read the configuration file again and say what applying it takes."""
+    try:
+        new = config.load(current.path)
+        for key in _FIXED_WHILE_RUNNING:
+            if getattr(new.service, key) != getattr(current.service, key):
+                raise ConfigError(
+                    f"{current.path}: [service] {key}: cannot change while "
+                    "jlservice runs; restart jlservice to move it"
+                )
+        launch = launcher.build(new)
+    except ConfigError as exc:
+        return Plan(REJECTED, error=str(exc))
+    return Plan(UNCHANGED if launch == running else APPLIED, new, launch)
