@@ -47,18 +47,19 @@ def _fail(message: str, status: int) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $JLSERVICE_CONFIG, else "
-        f"{config.DEFAULT_PATH} if it exists, else built-in defaults)",
+    config_help = (
+        "configuration file (default: $JLSERVICE_CONFIG, else "
+        f"{config.DEFAULT_PATH} if it exists, else built-in defaults)"
     )
+    # --config is accepted before and after the command; the sub-command's copy must not
+    # overwrite a value given before it, hence SUPPRESS.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(
         prog="jlservice",
-        parents=[common],
         description="Run JupyterLab on a server as a proper service.",
     )
+    parser.add_argument("--config", metavar="PATH", default=None, help=config_help)
     parser.add_argument("--version", action="version", version=f"jlservice {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

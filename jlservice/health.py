@@ -17,8 +17,10 @@ async def wait_ready(
     pid: int, url: str, output: asyncio.Event, post: Callable[[Event], None]
 ) -> None:
     """Probe as soon as JupyterLab prints something, and at least every 100 ms."""
-    while await probe.api_problem(url, timeout=2.0) is not None:
-        output.clear()
+    while True:
+        output.clear()  # before the probe: a line printed while it runs means "try again now"
+        if await probe.api_problem(url, timeout=2.0) is None:
+            break
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(output.wait(), 0.1)
     post(LabReady(pid))

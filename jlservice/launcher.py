@@ -241,3 +241,5 @@ def spawn(launch: Launch) -> subprocess.Popen[bytes]:
         ) from None
     except OSError as exc:
         raise LaunchError(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
+    except ValueError as exc:  # e.g. an embedded NUL that validation let through
+        raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None

@@ -49,11 +49,23 @@ class _Renderer:
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
         level = event.get("level", method)
+        # Redact before rendering (JSON would escape a secret's quotes and non-ASCII letters
+        # out of recognition) and after (a secret inside a formatted exception).
+        event = {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
         line = redact(self._inner(logger, method, event))
         if self._journal:
             prefix = f"<{_PRIORITY.get(level, 6)}>"
             line = "\n".join(prefix + part for part in line.split("\n"))
         return line
+
+
+class _LibraryLogs(logging.Handler):
+    """Libraries log through the standard logging module: re-emit their lines through ours."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(
+            record.levelno, "library_log", logger=record.name, line=record.getMessage()
+        )
 
 
 def configure(
@@ -78,6 +90,7 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    logging.basicConfig(handlers=[_LibraryLogs()], level=logging.WARNING, force=True)
 
 
 def get(name: str | None = None) -> Any:

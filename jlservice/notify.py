@@ -13,11 +13,11 @@ PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        self.enabled = bool(environ.get("NOTIFY_SOCKET"))
+    def __init__(self) -> None:
+        # sdnotify reads NOTIFY_SOCKET from the process environment itself.
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._sd = sdnotify.SystemdNotifier() if self.enabled else None
-        self.watchdog_interval = _watchdog_interval(environ)
+        self.watchdog_interval = watchdog_interval(os.environ)
 
     def _send(self, *lines: str) -> None:
         if self._sd is not None:
@@ -40,7 +40,7 @@ class Notifier:
         self._send("WATCHDOG=1")
 
 
-def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
+def watchdog_interval(environ: Mapping[str, str]) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked."""
     try:
         usec = int(environ.get("WATCHDOG_USEC", "0"))

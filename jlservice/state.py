@@ -147,6 +147,10 @@ def read_state(state_dir: Path) -> State:
         raise StateError(f"permission denied reading {path}: run as {owner} or root") from None
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise StateError(
+            f"{path} is damaged (not UTF-8); restart jlservice to rewrite it"
+        ) from None
     try:
         return State.from_dict(json.loads(text))
     except (ValueError, TypeError) as exc:

@@ -321,6 +321,7 @@ class Supervisor:
         lab.stop_reason = lab.stop_reason or reason
         lab.cancel_watchers()
         logger.info("lab_stopping", pid=lab.pid, reason=reason)
+        self._save(status=state.STOPPING)
         with contextlib.suppress(ProcessLookupError):
             os.kill(lab.pid, signal.SIGTERM)
             os.kill(lab.pid, signal.SIGCONT)  # a stopped (hung) process must run to exit
@@ -337,8 +338,6 @@ class Supervisor:
         lab = self.lab
         assert lab is not None
         lab.cancel_watchers()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(lab.output.closed), 1.0)
         self.lab = None
         reason = lab.stop_reason or "crash"
         (logger.info if lab.stop_reason else logger.error)(
@@ -347,6 +346,10 @@ class Supervisor:
         swept = await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
         if swept:
             logger.info("leftovers_ended", count=swept)
+        # Kernels inherit JupyterLab's output pipe; with them gone it closes, and the last
+        # lines (the reason a start failed) have been read.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(lab.output.closed), 1.0)
         last_exit = state.LastExit(
             code=status.code, signal=status.signal, at=time.time(), reason=reason
         )
@@ -426,21 +429,21 @@ class Supervisor:
         plan = reload.plan(self.config, self.launch)
         now = time.time()
         if plan.result == reload.REJECTED:
-            logger.error("config_rejected", source=source, problem=plan.error)
             self._save(
                 config_error=plan.error, last_reload=state.LastReload(now, source, reload.REJECTED)
             )
+            logger.error("config_rejected", source=source, problem=plan.error)
             self.notifier.ready(self._status_line())
             return
         self._apply_supervisor_settings(plan.config)
         if plan.result == reload.UNCHANGED:
             self._drop_pending()
-            logger.info("config_reloaded", source=source, result=plan.result)
             self._save(
                 config_error=None,
                 reload_pending=None,
                 last_reload=state.LastReload(now, source, reload.UNCHANGED),
             )
+            logger.info("config_reloaded", source=source, result=plan.result)
             self.notifier.ready(self._status_line())
             return
         if self.config.reload.when == "idle" and self.lab and self.lab.ready_at is not None:

@@ -27,7 +27,7 @@ class Account:
 def lookup(name: str) -> Account | None:
     try:
         entry = pwd.getpwnam(name)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: an embedded NUL
         return None
     return _account(entry)
 
@@ -80,7 +80,11 @@ def _denied(path: Path, account: Account, depth: int) -> str | None:
     if not path.is_absolute():
         return f"{path} is not an absolute path"
     # Every directory on the way, before and after resolving symlinks, must be searchable.
-    for candidate in (path, path.resolve()):
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        return f"{path} cannot be resolved: {exc}"
+    for candidate in (path, real):
         for parent in reversed(candidate.parents):
             try:
                 st = parent.stat()
@@ -88,7 +92,6 @@ def _denied(path: Path, account: Account, depth: int) -> str | None:
                 return f"{parent}: {exc.strerror}"
             if not _allowed(st, account, 1):
                 return f"{parent} is mode {stat.S_IMODE(st.st_mode):04o}, owned by uid {st.st_uid}"
-    real = path.resolve()
     try:
         st = real.stat()
     except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,7 @@ class ConfigWatcher(FileSystemEventHandler):
 
     def stop(self) -> None:
         self._observer.stop()
+        self._observer.join(timeout=2)
         if self._timer is not None:
             self._timer.cancel()
 
@@ -63,7 +65,20 @@ class ConfigWatcher(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
-        self._loop.call_soon_threadsafe(self._arm)
+        if self._concerns_config(event):
+            self._loop.call_soon_threadsafe(self._arm)
+
+    def _concerns_config(self, event: FileSystemEvent) -> bool:
+        # A symlinked config (e.g. a Kubernetes ConfigMap) changes when its *target* is
+        # swapped, which names other files: then every event in the directory counts.
+        if self.path.is_symlink():
+            return True
+        name = self.path.name
+        return any(
+            os.path.basename(os.fsdecode(p)) == name
+            for p in (event.src_path, getattr(event, "dest_path", ""))
+            if p
+        )
 
     def _arm(self) -> None:
         now = time.monotonic()

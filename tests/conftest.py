@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, Service
+from support import IS_ROOT, NotifySocket, Service
 
 from jlservice import users
 
@@ -57,3 +57,11 @@ def tmp_path(tmp_path: Path) -> Path:
         if parent.stat().st_uid == os.geteuid():
             parent.chmod(parent.stat().st_mode | 0o711)
     return tmp_path
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    """A fake systemd notification socket (unix datagram) the test reads from."""
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()

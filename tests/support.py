@@ -154,7 +154,7 @@ class Service:
                     f"jlservice exited with {self.proc.returncode}:\n" + self.log_text()[-3000:]
                 )
             s = self.state()
-            if s.get("status") == "ready" and s.get("lab_pid") != not_pid:
+            if s.get("status") == "ready" and s.get("lab_pid") not in (None, not_pid):
                 return s
             return None
 
@@ -328,3 +328,28 @@ def _world_readable(path: Path) -> bool:
     if not path.stat().st_mode & 0o004:
         return False
     return all(p.stat().st_mode & 0o001 for p in path.parents)
+
+
+class NotifySocket:
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def read_until(self, predicate, timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+            if predicate(fields):
+                return fields
+        raise AssertionError(f"no matching notification; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()

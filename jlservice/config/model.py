@@ -15,6 +15,11 @@ OptionValue = Scalar | tuple[Scalar, ...] | tuple[tuple[str, Scalar], ...]
 class ConfigError(Exception):
     """A configuration problem; str() is the one line to show the user."""
 
+    def __init__(self, message: str) -> None:
+        # Names and values come from the file: control characters (a newline in a quoted
+        # key) must not break the one-line promise.
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
 
 @dataclass(frozen=True)
 class LabConfig:

@@ -59,7 +59,20 @@ class Reader:
         if not ok:
             got = f"{kind_of(value)} {_show(value)}"
             self.fail(section, key, f"expected {kind_of(kind())}, got {got}")
+        self.no_nul(section, key, value)
         return value
+
+    def no_nul(self, section: str, key: str, value: Any) -> None:
+        """Strings reach exec(), paths and the environment, none of which can hold a NUL."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.no_nul(section, f"{key}.{k}", k)
+                self.no_nul(section, f"{key}.{k}", v)
+        elif isinstance(value, list):
+            for item in value:
+                self.no_nul(section, key, item)
+        elif isinstance(value, str) and "\0" in value:
+            self.fail(section, key, "contains a NUL character")
 
     def seconds(
         self, t: Mapping[str, Any], section: str, key: str, default: float, minimum: float

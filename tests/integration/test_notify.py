@@ -5,42 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import time
-
-import pytest
-
-
-class NotifySocket:
-    def __init__(self, path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-
-    def read_until(self, predicate, timeout: float) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
-            try:
-                data = self.sock.recv(4096).decode()
-            except TimeoutError:
-                break
-            fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-            if predicate(fields):
-                return fields
-        raise AssertionError(f"no matching notification; got {self.messages}")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    sock = NotifySocket(tmp_path / "notify.sock")
-    yield sock
-    sock.close()
 
 
 def test_ready_status_watchdog_and_stopping(service, notify_socket):
@@ -73,7 +38,7 @@ def test_ready_status_watchdog_and_stopping(service, notify_socket):
     assert service.wait_exit(timeout=30) == 0
 
 
-def _drain_pings(sock: NotifySocket) -> int:
+def _drain_pings(sock) -> int:
     """Count the WATCHDOG=1 messages already queued on the socket."""
     count = 0
     sock.sock.settimeout(0.2)

@@ -1,0 +1,367 @@
+"""Core jlservice benchmark: start-up, crash recovery, CLI cost and idle cost.
+
+    /opt/jlsvenv/bin/python bench/core.py [--runs 5] [--idle-seconds 60] [--json PATH]
+
+Each figure is a median over --runs runs (the CLI ones over --cli-runs), with its baseline
+measured in the same invocation, interleaved with it:
+
+1. start -> ready: `jlservice run` vs plain `jupyter-lab` on the same port and directory,
+   from spawn to the first 200 on GET /api (polled every --poll-ms ms, same poller for both).
+2. kill -9 JupyterLab -> /api answering again, as a ratio to the plain cold start; and from
+   the JSON log: kill -> lab_exited (exit noticed), lab_exited -> lab_restart_scheduled
+   (restart decided, orphan sweep included).
+3. `jlservice token` vs `jupyter server list` vs `python -c pass`, wall time.
+4. idle supervisor with JupyterLab ready: CPU % of one core and RSS; JupyterLab's for context.
+
+Every process started is ended by PID. Exit status 1 when something fails to start or
+answer, 3 with --strict when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ is a directory of scripts, not a package: its helpers are imported from beside it
+from _common import BenchError, Processes, event_time, exited, log_events, run_timed, wait_for
+from _lab import Lab, Started, first_event, need_event, wait_event
+from _report import Metric, describe_machine, machine_info, table
+
+PHASES = ("start", "kill", "cli", "idle")
+KERNELS = {
+    "none": "no kernel running",
+    "python3": "a python3 kernel running",
+    "stubborn": "a kernel running that ignores its parent's death (as ipykernel < 7)",
+}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ── 1. start -> ready ────────────────────────────────────────────────────────
+
+
+def measure_start(lab: Lab, args: argparse.Namespace, plain: list[float]) -> list[Metric]:
+    """Alternate plain and jlservice cold starts after one untimed warm-up of each.
+
+    Appends the plain samples to `plain` (the crash-recovery baseline).
+    """
+    say("start -> ready: warm-up (plain, jlservice)")
+    lab.plain_start()
+    started = lab.service_start()
+    lab.service_stop(started.proc, started.log)
+    runs: list[Started] = []
+    for i in range(args.runs):
+        plain.append(lab.plain_start())
+        runs.append(started := lab.service_start())
+        lab.service_stop(started.proc, started.log)
+        say(
+            f"  run {i + 1}/{args.runs}: plain {plain[-1]:.3f} s, jlservice "
+            f"{started.api_s:.3f} s (lab spawned at {started.spawned_s:.3f} s, "
+            f"declared ready at {started.declared_s:.3f} s)"
+        )
+    base = "plain jupyter-lab"
+    return [
+        Metric("start->ready: plain jupyter-lab", "s", list(plain)),
+        Metric("start->ready: jlservice run", "s", [r.api_s for r in runs], base, plain, 1.05),
+        Metric(
+            "  spawn -> lab_starting",
+            "s",
+            [r.spawned_s for r in runs],
+            note="supervisor start-up until it has spawned JupyterLab (context)",
+        ),
+        Metric(
+            "start->declared ready: jlservice run",
+            "s",
+            [r.declared_s for r in runs],
+            base,
+            plain,
+            note="spawn -> lab_ready event (state.json ready, READY=1); context, no goal",
+        ),
+    ]
+
+
+# ── 2. kill -9 JupyterLab -> answering again ─────────────────────────────────
+
+
+def measure_kill(lab: Lab, args: argparse.Namespace, plain: list[float]) -> list[Metric]:
+    """A fresh supervisor per run, so that every kill is a first crash (no backoff)."""
+    if not plain:  # the start phase was skipped: measure the baseline here
+        say("kill: plain cold starts for the baseline (after a warm-up)")
+        lab.plain_start()
+        plain.extend(lab.plain_start() for _ in range(args.runs))
+    kernel = lab.add_stubborn_kernelspec() if args.kernel == "stubborn" else args.kernel
+    back, teardown, noticed, decided, respawn, swept = [], [], [], [], [], []
+    for i in range(args.runs):
+        proc, log, current = lab.service_start()[:3]
+        time.sleep(args.settle)
+        old = current["lab_pid"]
+        if args.kernel != "none":
+            lab.start_kernel(current["token"], old, kernel)
+            time.sleep(args.settle)
+        offset = log.stat().st_size
+        kill_wall, kill = time.time(), time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda pid=old: exited(pid), 5.0, f"pid {old} to exit", interval=0.0002)
+        teardown.append((time.monotonic() - kill) * 1000)
+        ready = lab.wait_api(proc, log, "jlservice run after kill -9")
+        back.append(ready - kill)
+        new = lab.wait_state_ready(proc, log, not_pid=old)
+        lab.procs.adopt(new["lab_pid"])
+        starting = wait_event(log, "lab_starting", offset, pid=new["lab_pid"])
+        events = log_events(log, offset)
+        gone = need_event(events, "lab_exited", pid=old)
+        scheduled = need_event(events[events.index(gone) :], "lab_restart_scheduled")
+        ended = first_event(events, "leftovers_ended")
+        swept.append(ended.get("count", 0) if ended else 0)
+        noticed.append((event_time(gone) - kill_wall) * 1000)
+        decided.append((event_time(scheduled) - event_time(gone)) * 1000)
+        respawn.append((event_time(starting) - event_time(scheduled)) * 1000)
+        lab.service_stop(proc, log)
+        say(
+            f"  run {i + 1}/{args.runs}: back in {back[-1]:.3f} s, exit {teardown[-1]:.2f} ms, "
+            f"noticed {noticed[-1]:.2f} ms, decided {decided[-1]:.2f} ms, respawned "
+            f"{respawn[-1]:.2f} ms, swept {swept[-1]}"
+        )
+    return [
+        Metric(
+            "kill -9 lab -> /api 200",
+            "s",
+            back,
+            "plain cold start",
+            plain,
+            1.10,
+            note=f"fresh supervisor per run (first crash: no backoff), {KERNELS[args.kernel]}",
+        ),
+        Metric(
+            "kill -9 -> pid gone/zombie (OS)",
+            "ms",
+            teardown,
+            note="when the kernel has torn the process down (polled every 0.2 ms); context",
+        ),
+        Metric("kill -9 -> lab_exited (noticed)", "ms", noticed),
+        Metric(
+            "  of which after the OS exit",
+            "ms",
+            [n - t for n, t in zip(noticed, teardown, strict=True)],
+            note="noticed minus OS exit: the supervisor's own share (approximate)",
+        ),
+        Metric("lab_exited -> restart_scheduled", "ms", decided),
+        Metric(
+            "noticed + decided",
+            "ms",
+            [a + b for a, b in zip(noticed, decided, strict=True)],
+            goal=10,
+            goal_on="median",
+            note=f"orphans swept per run: {swept}",
+        ),
+        Metric("restart_scheduled -> lab_starting", "ms", respawn, note="respawn; context"),
+    ]
+
+
+# ── 3. CLI and 4. idle, on one supervisor ────────────────────────────────────
+
+
+def measure_cli_and_idle(lab: Lab, args: argparse.Namespace, cli: bool, idle: bool):
+    proc, log, current = lab.service_start()[:3]
+    time.sleep(args.settle)
+    metrics = measure_cli(lab, args, current) if cli else []
+    if idle:
+        metrics += measure_idle(lab, args, proc, current)
+    lab.service_stop(proc, log)
+    return metrics
+
+
+def measure_cli(lab: Lab, args: argparse.Namespace, current: dict[str, Any]) -> list[Metric]:
+    """The three commands in rotating order; `jupyter server list` sees the running server."""
+    env = dict(lab.env, JUPYTER_RUNTIME_DIR=str(lab.runtime_dir / "lab" / "runtime"))
+    commands = {
+        "python -c pass": [str(lab.bin / "python"), "-c", "pass"],
+        "jlservice token": [str(lab.bin / "jlservice"), "token", "--config", str(lab.config)],
+        "jupyter server list": [str(lab.bin / "jupyter"), "server", "list"],
+    }
+    say("cli: warm-up")
+    out = {name: run_timed(argv, env)[1] for name, argv in commands.items()}
+    if out["jlservice token"].strip() != current["token"]:
+        raise BenchError("`jlservice token` did not print the token of state.json")
+    if f":{lab.port}/" not in out["jupyter server list"]:
+        raise BenchError(f"`jupyter server list` did not list the server on port {lab.port}")
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    names = list(commands)
+    for i in range(args.cli_runs):
+        for name in names[i % 3 :] + names[: i % 3]:
+            times[name].append(run_timed(commands[name], env)[0])
+    say("  " + ", ".join(f"{n} {statistics.median(t):.3f} s" for n, t in times.items()))
+    bare, token, listing = (times[n] for n in names)
+    return [
+        Metric("python -c pass", "s", bare),
+        Metric("jupyter server list", "s", listing),
+        Metric("jlservice token", "s", token, "server list", listing, 0.1),
+        Metric("jlservice token", "s", token, "python -c pass", bare, 2.0),
+    ]
+
+
+def measure_idle(
+    lab: Lab, args: argparse.Namespace, proc: subprocess.Popen, current: dict[str, Any]
+) -> list[Metric]:
+    """CPU (user+system, psutil) and RSS of the supervisor over consecutive idle windows."""
+    seconds, windows = args.idle_seconds, args.idle_windows or args.runs
+    say(f"idle: settling {args.idle_settle:g} s, then {windows} x {seconds:g} s")
+    time.sleep(args.idle_settle)
+    sup, jl = psutil.Process(proc.pid), psutil.Process(current["lab_pid"])
+    restarts = lab.state().get("restarts")
+    sup_cpu, sup_rss, lab_cpu, lab_rss = [], [], [], []
+    for _ in range(windows):
+        s0, l0, t0 = _cpu(sup), _cpu(jl), time.monotonic()
+        time.sleep(seconds)
+        s1, l1, t1 = _cpu(sup), _cpu(jl), time.monotonic()
+        sup_cpu.append((s1 - s0) / (t1 - t0) * 100)
+        lab_cpu.append((l1 - l0) / (t1 - t0) * 100)
+        sup_rss.append(sup.memory_info().rss / 2**20)
+        lab_rss.append(jl.memory_info().rss / 2**20)
+        say(f"  supervisor {sup_cpu[-1]:.3f} % {sup_rss[-1]:.1f} MiB, lab {lab_cpu[-1]:.3f} %")
+    if proc.poll() is not None or lab.state().get("restarts") != restarts:
+        raise BenchError("JupyterLab restarted or jlservice exited during the idle windows")
+    tick = 100 / os.sysconf("SC_CLK_TCK") / seconds
+    note = (
+        f"{windows} windows of {seconds:g} s, % of one core (user+system); resolution "
+        f"{tick:.3f} % (one clock tick per window)"
+    )
+    return [
+        Metric("idle supervisor CPU", "%", sup_cpu, goal=0.2, goal_on="median", note=note),
+        Metric("idle supervisor RSS", "MiB", sup_rss, goal=60, goal_on="median"),
+        Metric("idle JupyterLab CPU (context)", "%", lab_cpu),
+        Metric("idle JupyterLab RSS (context)", "MiB", lab_rss),
+    ]
+
+
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+# ── command line ─────────────────────────────────────────────────────────────
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    p.add_argument("--cli-runs", type=int, default=20, help="runs per CLI command (default 20)")
+    p.add_argument("--idle-seconds", type=float, default=60, help="idle window (default 60)")
+    p.add_argument("--idle-windows", type=int, help="idle windows (default: --runs)")
+    p.add_argument("--idle-settle", type=float, default=5, help="wait before idle (default 5 s)")
+    p.add_argument("--settle", type=float, default=1.0, help="wait after ready (default 1 s)")
+    p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
+    p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
+    p.add_argument(
+        "--kernel",
+        choices=tuple(KERNELS),
+        default="none",
+        help="kernel running when JupyterLab is killed (default none); stubborn: a `sleep` "
+        "that does not exit when JupyterLab dies, like ipykernel < 7 or a kernel's children",
+    )
+    p.add_argument(
+        "--bytecode",
+        choices=("cached", "env"),
+        default="cached",
+        help="cached (default): children compile .pyc once into a private cache and then "
+        "read it, as an installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
+    )
+    p.add_argument("--only", action="append", choices=PHASES, help="run only these phases")
+    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
+    args = p.parse_args(argv)
+    if min(args.runs, args.cli_runs, args.idle_windows or 1) < 1 or args.idle_seconds <= 0:
+        p.error("--runs, --cli-runs, --idle-windows and --idle-seconds must be positive")
+    if args.poll_ms > 10:
+        p.error("--poll-ms must be 10 or less")
+    for tool in ("jlservice", "jupyter-lab", "jupyter", "python"):
+        if not (Path(args.bin_dir) / tool).exists():
+            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    phases = args.only or list(PHASES)
+    procs = Processes()
+    work = Path(tempfile.mkdtemp(prefix="jlservice-bench-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally below
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    began = time.time()
+    try:
+        lab = Lab(
+            work,
+            procs,
+            Path(args.bin_dir),
+            args.poll_ms / 1000,
+            args.start_timeout,
+            args.bytecode == "cached",
+        )
+        machine = machine_info(str(lab.bin / "python"), lab.env)
+        print("jlservice core benchmark\n\nmachine:\n" + describe_machine(machine), flush=True)
+        if args.runs < 5:
+            print(f"\n  WARNING: --runs {args.runs} < 5: a smoke run, not a measurement")
+        if machine["loadavg_at_start"][0] > 0.5:
+            print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
+        metrics: list[Metric] = []
+        plain: list[float] = []
+        if "start" in phases:
+            metrics += measure_start(lab, args, plain)
+        if "kill" in phases:
+            metrics += measure_kill(lab, args, plain)
+        if "cli" in phases or "idle" in phases:
+            metrics += measure_cli_and_idle(lab, args, "cli" in phases, "idle" in phases)
+    except BenchError as exc:
+        print(f"\nbench/core.py: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        left = procs.cleanup()
+        if left:
+            print(f"bench/core.py: had to kill leftover pids {left}", file=sys.stderr)
+        if args.keep:
+            print(f"work directory (logs): {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nresults ({time.time() - began:.0f} s):\n")
+    print(table(metrics))
+    for warning in lab.warnings:
+        print(f"WARNING: {warning}")
+    if args.json:
+        report = {
+            "benchmark": "bench/core.py",
+            "started_at": began,
+            "args": vars(args),
+            "machine": machine,
+            "metrics": [m.to_dict() for m in metrics],
+            "warnings": lab.warnings,
+        }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {path}")
+    missed = [m.name for m in metrics if m.ok is False]
+    return 3 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

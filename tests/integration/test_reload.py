@@ -1,0 +1,242 @@
+"""Live configuration: file edits, SIGHUP and `jlservice reload` do the least a change needs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+from support import free_port, pid_alive, render_toml, wait_for
+
+
+def _events(svc, name):
+    return [e for e in svc.log_events() if e.get("event") == name]
+
+
+def _wait_reload(svc, count, timeout=30):
+    return wait_for(
+        lambda: len(_events(svc, "config_reloaded") + _events(svc, "config_rejected")) >= count,
+        timeout,
+        f"{count} reload(s)",
+    )
+
+
+def save_in_place(path, text):
+    with open(path, "r+") as f:  # truncate and write: the inode stays
+        f.truncate(0)
+        f.write(text)
+
+
+def save_by_rename(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_with_sed(path, text, old_port, new_port):
+    subprocess.run(
+        ["sed", "-i", f"s/^port = {old_port}$/port = {new_port}/", str(path)], check=True
+    )
+    assert path.read_text() == text
+
+
+def test_comment_edit_restarts_nothing(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    _, kernel_pid = service.start_kernel(token)
+    lab = service.lab_pid
+    service.config_path.write_text("# just a comment\n" + service.config_path.read_text())
+    _wait_reload(service, 1)
+    assert _events(service, "config_reloaded")[-1]["result"] == "unchanged"
+    assert service.state()["last_reload"]["result"] == "unchanged"
+    assert service.lab_pid == lab and pid_alive(lab)
+    assert pid_alive(kernel_pid)
+    assert len(_events(service, "lab_starting")) == 1
+
+
+@pytest.mark.parametrize("style", ["in_place", "rename", "sed"])
+def test_port_change_moves_server_and_keeps_login(service, style):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    browser = requests.Session()
+    assert service.api("GET", f"lab?token={token}", session=browser).status_code == 200
+    old_port, new_port, lab = service.port, free_port(), service.lab_pid
+
+    service.sections["lab"]["port"] = new_port
+    text = render_toml(service.sections)
+    if style == "in_place":
+        save_in_place(service.config_path, text)
+    elif style == "rename":
+        save_by_rename(service.config_path, text)
+    else:
+        save_with_sed(service.config_path, text, old_port, new_port)
+
+    state = service.wait_ready(not_pid=lab)
+    service.port = new_port
+    assert state["port"] == new_port
+    assert service.api("GET", "api").status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{old_port}/api", timeout=5)
+    assert service.cli("token", "--url").stdout.strip() == (
+        f"http://127.0.0.1:{new_port}/lab?token={token}"
+    )
+    assert service.cli("token").stdout.strip() == token
+    # The browser logged in on the old port is still logged in on the new one.
+    assert service.api("GET", "api/contents", session=browser).status_code == 200
+    assert state["restarts"] == 1 and state["last_reload"]["result"] == "applied"
+
+
+def test_supervisor_only_setting_applies_live(service):
+    service.start()
+    lab = service.lab_pid
+    service.sections["log"]["format"] = "console"
+    service.sections["restart"]["max_failures"] = 9
+    service.write_config()
+    wait_for(lambda: service.state().get("last_reload"), 30, "the reload")
+    assert service.state()["last_reload"]["result"] == "unchanged"
+    service.api("GET", "api/contents")  # JupyterLab logs a 403 warning: in the new format
+    wait_for(lambda: "403 GET /api/contents" in service.log_text(), 10, "the next log line")
+    last = service.log_text().strip().splitlines()[-1]
+    assert not last.startswith("{") and "lab_output" in last
+    assert service.lab_pid == lab
+
+
+def test_invalid_file_keeps_serving_and_fix_clears(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    lab = service.lab_pid
+    good = service.config_path.read_text()
+
+    service.config_path.write_text(good.replace(f"port = {service.port}", "port = 99999"))
+    _wait_reload(service, 1)
+    state = service.state()
+    assert "[lab] port: 99999 is not a port" in state["config_error"]
+    assert state["status"] == "ready" and state["lab_pid"] == lab
+    assert service.api("GET", "api/contents", token).status_code == 200
+    status = service.cli("status").stdout
+    assert "config error" in status and "[lab] port" in status
+    assert _events(service, "config_rejected")[-1]["level"] == "error"
+
+    service.config_path.unlink()  # deleted: an error like any other
+    _wait_reload(service, 2)
+    assert "no such file" in service.state()["config_error"]
+    assert service.api("GET", "api/contents", token).status_code == 200
+
+    service.config_path.write_text(good)
+    _wait_reload(service, 3)
+    assert service.state()["config_error"] is None
+    assert "config error" not in service.cli("status").stdout
+    assert service.lab_pid == lab
+
+
+def test_burst_of_saves_restarts_once(service):
+    service.start()
+    lab = service.lab_pid
+    ports = [free_port() for _ in range(10)]
+    for port in ports:  # ten saves within ~100 ms
+        service.sections["lab"]["port"] = port
+        save_by_rename(service.config_path, render_toml(service.sections))
+        time.sleep(0.01)
+    state = service.wait_ready(not_pid=lab)
+    assert state["port"] == ports[-1]
+    time.sleep(1.5)  # nothing else may follow
+    assert len(_events(service, "lab_starting")) == 2
+    assert len(_events(service, "config_change_detected")) == 1
+    assert service.lab_pid == state["lab_pid"]
+
+
+@pytest.mark.parametrize("trigger", ["SIGHUP", "jlservice reload"])
+def test_sighup_and_reload_command_with_notify_handshake(service_factory, trigger, notify_socket):
+    svc = service_factory(reload={"watch": False})
+    sock = notify_socket
+    svc.start(env={"NOTIFY_SOCKET": sock.path})
+    sock.read_until(lambda m: m.get("READY") == "1", timeout=30)
+
+    def reload_now():
+        if trigger == "SIGHUP":
+            svc.signal(signal.SIGHUP)
+            return None
+        return svc.cli("reload")
+
+    def handshake():
+        before = sock.read_until(lambda m: m.get("RELOADING") == "1", timeout=60)
+        usec = int(before["MONOTONIC_USEC"])
+        assert abs(usec - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000) < 60e6
+        return sock.read_until(lambda m: m.get("READY") == "1", timeout=60)
+
+    # 1. nothing changed
+    lab = svc.lab_pid
+    result = reload_now()
+    after = handshake()
+    assert "JupyterLab ready" in after["STATUS"] and svc.lab_pid == lab
+    if result is not None:
+        assert result.returncode == 0 and "kept running" in result.stdout
+
+    # 2. an invalid file: rejected, still ready, and the error names the key
+    svc.sections["log"]["level"] = "loud"
+    svc.write_config()
+    result = reload_now()
+    after = handshake()
+    assert "configuration rejected" in after["STATUS"] and svc.lab_pid == lab
+    assert "[log] level" in after["STATUS"]
+    if result is not None:
+        assert result.returncode == 78 and "[log] level" in result.stderr
+        # A file that is not even TOML cannot name the running supervisor's state: the
+        # command says what is wrong without disturbing the server.
+        svc.config_path.write_text("[lab\n")
+        broken = reload_now()
+        assert broken.returncode == 78 and "invalid TOML" in broken.stderr
+        assert svc.lab_pid == lab
+
+    # 3. a port change: restarted, READY=1 once the new server answers
+    svc.sections["log"]["level"] = "debug"
+    new_port = free_port()
+    svc.sections["lab"]["port"] = new_port
+    svc.write_config()
+    result = reload_now()
+    after = handshake()
+    assert f":{new_port}/" in after["STATUS"]
+    assert requests.get(f"http://127.0.0.1:{new_port}/api", timeout=10).status_code == 200
+    if result is not None:
+        assert result.returncode == 0 and "restarted" in result.stdout
+    assert svc.state()["config_error"] is None
+
+
+def test_reload_without_a_running_supervisor_says_so(service):
+    result = service.cli("reload")
+    assert result.returncode != 0
+    assert "no state" in result.stderr
+
+
+def test_idle_policy_waits_for_busy_kernel(service_factory):
+    svc = service_factory(reload={"when": "idle", "max_wait": 60})
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    kernel_id, _ = svc.start_kernel(token)
+    lab = svc.lab_pid
+    worker = threading.Thread(
+        target=svc.execute, args=(token, kernel_id, "import time; time.sleep(5)")
+    )
+    worker.start()
+    wait_for(
+        lambda: any(
+            k["execution_state"] == "busy" for k in svc.api("GET", "api/kernels", token).json()
+        ),
+        10,
+        "a busy kernel",
+    )
+    busy_since = time.monotonic()
+    svc.sections["lab"]["port"] = free_port()
+    svc.write_config()
+    wait_for(lambda: svc.state().get("reload_pending"), 10, "the pending reload")
+    assert "busy kernel" in svc.cli("status").stdout
+    assert svc.lab_pid == lab
+    state = svc.wait_ready(not_pid=lab, timeout=60)
+    waited = time.monotonic() - busy_since
+    worker.join(timeout=30)
+    assert waited >= 4, f"restarted after {waited:.1f} s, while the kernel was busy"
+    assert state["reload_pending"] is None

@@ -1,0 +1,130 @@
+"""notify: sd_notify datagrams to a socket we own, watchdog interval, silence elsewhere."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jlservice import notify
+
+
+@pytest.fixture
+def listener(short_dir: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A unix datagram socket standing in for systemd's notify socket."""
+    path = str(short_dir / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(path)
+        sock.settimeout(2)
+        yield sock, path
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def systemd(listener, monkeypatch) -> socket.socket:
+    """The process environment of a Type=notify service whose socket is `listener`."""
+    sock, path = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    return sock
+
+
+def receive(sock: socket.socket) -> str:
+    return sock.recv(4096).decode()
+
+
+def assert_silent(sock: socket.socket) -> None:
+    sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
+
+
+def test_ready_sends_ready_and_status(systemd: socket.socket) -> None:
+    notifier = notify.Notifier()
+    assert notifier.enabled
+    notifier.ready("serving on http://127.0.0.1:8888/")
+    assert receive(systemd) == "READY=1\nSTATUS=serving on http://127.0.0.1:8888/"
+
+
+def test_reloading_sends_monotonic_usec(systemd: socket.socket) -> None:
+    notifier = notify.Notifier()
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    notifier.reloading()
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    lines = receive(systemd).split("\n")
+    assert lines[0] == "RELOADING=1"
+    name, _, value = lines[1].partition("=")
+    assert name == "MONOTONIC_USEC"
+    assert before <= int(value) <= after
+    assert len(lines) == 2
+
+
+def test_stopping_status_and_watchdog(systemd: socket.socket) -> None:
+    notifier = notify.Notifier()
+    notifier.stopping("stopping on SIGTERM")
+    assert receive(systemd) == "STOPPING=1\nSTATUS=stopping on SIGTERM"
+    notifier.status("restarting in 2 s")
+    assert receive(systemd) == "STATUS=restarting in 2 s"
+    notifier.watchdog()
+    assert receive(systemd) == "WATCHDOG=1"
+
+
+def test_abstract_socket(monkeypatch) -> None:
+    name = f"jls-unit-{secrets.token_hex(6)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        notify.Notifier().ready("x")
+        assert receive(sock) == "READY=1\nSTATUS=x"
+
+
+def test_without_notify_socket_nothing_fails(monkeypatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = notify.Notifier()
+    assert not notifier.enabled
+    notifier.ready("x")
+    notifier.reloading()
+    notifier.stopping("x")
+    notifier.status("x")
+    notifier.watchdog()
+
+
+def test_dead_notify_socket_does_not_fail(short_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(short_dir / "gone"))
+    notifier = notify.Notifier()
+    notifier.ready("x")
+    notifier.watchdog()
+
+
+# --- watchdog ----------------------------------------------------------------------------
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    environ = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    assert notify.watchdog_interval(environ) == pytest.approx(15.0)
+
+
+def test_watchdog_interval_without_pid() -> None:
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "5000000"}) == 2.5
+
+
+def test_watchdog_meant_for_another_process() -> None:
+    environ = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert notify.watchdog_interval(environ) is None
+
+
+@pytest.mark.parametrize("usec", ["", "0", "-5", "abc", "1.5"])
+def test_no_watchdog(usec: str) -> None:
+    environ = {"WATCHDOG_USEC": usec} if usec else {}
+    assert notify.watchdog_interval(environ) is None
+
+
+def test_private_env_names() -> None:
+    assert set(notify.PRIVATE_ENV) >= {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}

@@ -1,0 +1,342 @@
+"""state: atomic 0600 writes, the state file round trip, its errors, tokens, liveness."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jlservice import state
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
+
+
+def sample_state(**changes: object) -> state.State:
+    base = state.State(
+        token="ab" * 32,
+        url="http://127.0.0.1:8888/",
+        ip="127.0.0.1",
+        port=8888,
+        base_url="/",
+        user="alice",
+        notebook_dir="/srv/notebooks",
+        config_path="/etc/jlservice/jlservice.toml",
+        supervisor_pid=None,
+        supervisor_started_at=None,
+    )
+    return base.evolve(**changes)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def permissive_umask():
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# --- write_atomic ------------------------------------------------------------------------
+
+
+def test_write_atomic_is_0600_even_with_umask_0(tmp_path: Path, permissive_umask) -> None:
+    path = tmp_path / "secret"
+    state.write_atomic(path, b"data")
+    assert mode_of(path) == 0o600
+    assert path.read_bytes() == b"data"
+
+
+def test_write_atomic_tightens_an_existing_file(tmp_path: Path, permissive_umask) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(b"old")
+    path.chmod(0o666)
+    state.write_atomic(path, b"new")
+    assert mode_of(path) == 0o600
+    assert path.read_bytes() == b"new"
+
+
+def test_write_atomic_honours_a_given_mode(tmp_path: Path, permissive_umask) -> None:
+    path = tmp_path / "public"
+    state.write_atomic(path, b"x", mode=0o644)
+    assert mode_of(path) == 0o644
+
+
+def test_write_atomic_replaces_rather_than_rewrites(tmp_path: Path) -> None:
+    """A reader that opened the old file keeps seeing the whole old content."""
+    path = tmp_path / "state.json"
+    state.write_atomic(path, b"old content")
+    with path.open("rb") as reader:
+        state.write_atomic(path, b"new")
+        assert reader.read() == b"old content"
+    assert path.read_bytes() == b"new"
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    for i in range(5):
+        state.write_atomic(path, f"{i}".encode() * 10_000)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    assert path.read_bytes() == b"4" * 10_000
+
+
+def test_failed_write_keeps_old_content_and_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state.write_atomic(path, b"good")
+    with pytest.raises(TypeError):
+        state.write_atomic(path, "not bytes")  # type: ignore[arg-type]
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_write_atomic_into_missing_directory_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        state.write_atomic(tmp_path / "missing" / "state.json", b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_root
+def test_write_atomic_sets_the_owner(tmp_path: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "token"
+    state.write_atomic(path, b"t", owner=(nobody.pw_uid, nobody.pw_gid))
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert mode_of(path) == 0o600
+
+
+def test_ensure_dir_sets_the_mode(tmp_path: Path, permissive_umask) -> None:
+    target = tmp_path / "a" / "b"
+    state.ensure_dir(target, 0o700)
+    assert mode_of(target) == 0o700
+    target.chmod(0o777)
+    state.ensure_dir(target, 0o700)
+    assert mode_of(target) == 0o700
+
+
+# --- the state file ----------------------------------------------------------------------
+
+
+def test_state_round_trip(tmp_path: Path) -> None:
+    original = sample_state(
+        supervisor_pid=1234,
+        supervisor_started_at=1_700_000_000.25,
+        lab_pid=1240,
+        status=state.READY,
+        started_at=1_700_000_001.0,
+        ready_at=1_700_000_004.5,
+        restarts=3,
+        last_exit=state.LastExit(code=None, signal=9, at=1_700_000_000.0, reason="killed"),
+        last_error="port 8888 in use",
+    )
+    assert state.State.from_dict(json.loads(original.to_json())) == original
+    state.write_state(tmp_path, original)
+    assert state.read_state(tmp_path) == original
+    assert mode_of(tmp_path / state.STATE_FILE) == 0o600
+
+
+def test_state_json_is_readable_json(tmp_path: Path) -> None:
+    state.write_state(tmp_path, sample_state(restarts=2))
+    data = json.loads((tmp_path / state.STATE_FILE).read_text())
+    assert data["restarts"] == 2 and data["port"] == 8888
+    assert data["last_exit"] is None
+
+
+def test_state_ignores_unknown_fields() -> None:
+    data = json.loads(sample_state().to_json())
+    data["from_a_newer_version"] = {"x": 1}
+    assert state.State.from_dict(data) == sample_state()
+
+
+def test_evolve_makes_a_new_state() -> None:
+    before = sample_state()
+    after = before.evolve(status=state.STOPPED, restarts=1)
+    assert (before.status, before.restarts) == (state.STARTING, 0)
+    assert (after.status, after.restarts) == (state.STOPPED, 1)
+
+
+def test_read_state_missing(tmp_path: Path) -> None:
+    with pytest.raises(state.StateError) as info:
+        state.read_state(tmp_path)
+    assert "no state at" in str(info.value)
+    assert str(tmp_path / state.STATE_FILE) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"token": "abc", "url": ',
+        b"",
+        b"[1, 2, 3]",
+        b"42",
+        b'"text"',
+        b"null",
+        b"{}",
+        b'{"token": "x"}',
+        b'{"token": "x", "url": "u", "ip": "i", "port": 1, "base_url": "/", "user": "u",'
+        b' "notebook_dir": "/", "config_path": null, "supervisor_pid": null,'
+        b' "supervisor_started_at": null, "last_exit": "crashed"}',
+        b"\xff\xfe\x00\x01 not text",
+        b'{"token": "\xe9"}',
+    ],
+    ids=[
+        "truncated",
+        "empty",
+        "list",
+        "number",
+        "string",
+        "null",
+        "no-fields",
+        "few-fields",
+        "bad-last-exit",
+        "binary",
+        "latin-1",
+    ],
+)
+def test_read_state_damaged(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / state.STATE_FILE).write_bytes(content)
+    with pytest.raises(state.StateError) as info:
+        state.read_state(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / state.STATE_FILE) in message
+
+
+@needs_root
+def test_read_state_permission_denied(open_dir: Path) -> None:
+    state.write_state(open_dir, sample_state())  # 0600, owned by root
+    code = (
+        "import sys; from pathlib import Path; from jlservice import state\n"
+        "try: state.read_state(Path(sys.argv[1]))\n"
+        "except state.StateError as e: print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(open_dir)],
+        user="nobody",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("permission denied reading"), out.stdout
+    assert "run as root" in out.stdout
+
+
+# --- tokens and secrets ------------------------------------------------------------------
+
+
+def test_new_token_is_long_random_hex() -> None:
+    tokens = {state.new_token() for _ in range(50)}
+    assert len(tokens) == 50
+    for token in tokens:
+        assert len(token) >= 48
+        int(token, 16)
+        assert token == token.lower()
+
+
+def test_load_or_create_token_reuses_the_previous_one(tmp_path: Path) -> None:
+    first = state.load_or_create_token(tmp_path)
+    assert len(first) >= 48
+    state.write_state(tmp_path, sample_state(token=first))
+    assert state.load_or_create_token(tmp_path) == first
+
+
+def test_load_or_create_token_replaces_a_short_token(tmp_path: Path) -> None:
+    state.write_state(tmp_path, sample_state(token="short"))
+    token = state.load_or_create_token(tmp_path)
+    assert token != "short" and len(token) >= 48
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe binary"], ids=["json", "binary"])
+def test_load_or_create_token_survives_a_damaged_state(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / state.STATE_FILE).write_bytes(content)
+    assert len(state.load_or_create_token(tmp_path)) >= 48
+
+
+def test_cookie_secret_is_created_0600_and_reused(tmp_path: Path, permissive_umask) -> None:
+    secret = state.load_or_create_cookie_secret(tmp_path)
+    assert len(secret) >= 32
+    assert mode_of(tmp_path / state.COOKIE_SECRET_FILE) == 0o600
+    assert state.load_or_create_cookie_secret(tmp_path) == secret
+    state.write_cookie_secret(tmp_path, b"x" * 64)
+    assert state.load_or_create_cookie_secret(tmp_path) == b"x" * 64
+
+
+def test_login_url() -> None:
+    s = sample_state(url="http://127.0.0.1:9999/jupyter/")
+    assert state.login_url(s) == f"http://127.0.0.1:9999/jupyter/lab?token={s.token}"
+    assert state.login_url(s, with_token=False) == "http://127.0.0.1:9999/jupyter/lab"
+
+
+# --- is the supervisor alive? ------------------------------------------------------------
+
+
+def test_process_start_time_matches_psutil() -> None:
+    started = state.process_start_time(os.getpid())
+    assert started is not None
+    assert abs(started - psutil.Process().create_time()) < 0.05
+    assert started <= time.time()
+
+
+def test_process_start_time_of_a_missing_pid() -> None:
+    assert state.process_start_time(2**22 + 12345) is None
+
+
+def test_process_start_time_of_a_process_with_odd_name(tmp_path: Path) -> None:
+    """comm may hold spaces and ')' : the parser must split on the last ')'."""
+    program = tmp_path / "a) b (c"
+    os.symlink(sys.executable, program)
+    child = subprocess.Popen([str(program), "-c", "import time; time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).name() != "a) b (c" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = state.process_start_time(child.pid)
+        assert started is not None
+        assert abs(started - psutil.Process(child.pid).create_time()) < 0.05
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_supervisor_alive_for_this_process() -> None:
+    s = sample_state(
+        supervisor_pid=os.getpid(), supervisor_started_at=state.process_start_time(os.getpid())
+    )
+    assert state.supervisor_alive(s)
+
+
+def test_supervisor_alive_false_for_a_reused_pid() -> None:
+    started = state.process_start_time(os.getpid())
+    assert started is not None
+    s = sample_state(supervisor_pid=os.getpid(), supervisor_started_at=started - 100)
+    assert not state.supervisor_alive(s)
+
+
+def test_supervisor_alive_false_for_a_dead_pid() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = state.process_start_time(child.pid)
+    child.wait()
+    s = sample_state(supervisor_pid=child.pid, supervisor_started_at=started or time.time())
+    assert not state.supervisor_alive(s)
+
+
+@pytest.mark.parametrize(("pid", "started"), [(None, None), (None, 1.0), (1, None), (0, 1.0)])
+def test_supervisor_alive_false_without_pid_or_start(pid, started) -> None:
+    assert not state.supervisor_alive(
+        sample_state(supervisor_pid=pid, supervisor_started_at=started)
+    )

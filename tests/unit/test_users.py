@@ -1,0 +1,200 @@
+"""users: may an account execute a file (directories, modes, #! interpreters)?"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jlservice import users
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (files owned by others)")
+
+
+def account(name: str) -> users.Account:
+    found = users.lookup(name)
+    assert found is not None, name
+    return found
+
+
+def script(path: Path, body: str, mode: int = 0o755) -> Path:
+    path.write_text(body)
+    path.chmod(mode)
+    return path
+
+
+def really_runs(path: Path, user: str) -> bool:
+    """What the kernel says: run `path` as `user` (the ground truth for execute_denied)."""
+    who = account(user)
+    try:
+        result = subprocess.run(
+            [str(path)],
+            user=who.uid,
+            group=who.gid,
+            extra_groups=list(who.groups),
+            capture_output=True,
+            timeout=30,
+            cwd="/",
+        )
+    except PermissionError:
+        return False
+    return result.returncode == 0
+
+
+def test_lookup_and_current() -> None:
+    me = users.current()
+    entry = pwd.getpwuid(os.geteuid())
+    assert (me.name, me.uid, me.gid, me.home) == (
+        entry.pw_name,
+        entry.pw_uid,
+        entry.pw_gid,
+        entry.pw_dir,
+    )
+    assert me.gid in me.groups
+    assert me.is_root == (os.geteuid() == 0)
+    assert users.lookup("no-such-user-jls") is None
+
+
+def test_root_may_execute_an_executable(tmp_path: Path) -> None:
+    root = account("root")
+    assert users.execute_denied("/bin/sh", root) is None
+    assert users.execute_denied(script(tmp_path / "run.sh", "#!/bin/sh\n"), root) is None
+
+
+def test_root_may_not_execute_a_file_without_x_bits(tmp_path: Path) -> None:
+    why = users.execute_denied(script(tmp_path / "data", "#!/bin/sh\n", 0o644), account("root"))
+    assert why is not None and "not executable" in why
+
+
+def test_relative_path_is_refused() -> None:
+    assert users.execute_denied("bin/sh", account("root")) is not None
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    why = users.execute_denied(tmp_path / "nope", account("root"))
+    assert why is not None and str(tmp_path / "nope") in why
+
+
+def test_directory_is_not_executable(tmp_path: Path) -> None:
+    why = users.execute_denied(tmp_path, account("root"))
+    assert why is not None and "not a regular file" in why
+
+
+def test_nobody_may_run_bin_sh() -> None:
+    assert users.execute_denied("/bin/sh", account("nobody")) is None
+
+
+@needs_root
+def test_nobody_may_run_a_script_in_an_open_directory(open_dir: Path) -> None:
+    path = script(open_dir / "ok.sh", "#!/bin/sh\nexit 0\n")
+    assert users.execute_denied(path, account("nobody")) is None
+    assert really_runs(path, "nobody")
+
+
+@needs_root
+def test_nobody_blocked_by_a_0700_directory(open_dir: Path) -> None:
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    path = script(private / "jupyter-lab", "#!/bin/sh\nexit 0\n")
+    why = users.execute_denied(path, account("nobody"))
+    assert why is not None
+    assert str(private) in why and "0700" in why
+    assert not really_runs(path, "nobody")
+
+
+@needs_root
+def test_nobody_blocked_by_an_interpreter_in_a_0700_directory(open_dir: Path) -> None:
+    """The classic: a venv made from a Python under /root (mode 0700)."""
+    private = open_dir / "root-home"
+    private.mkdir(mode=0o700)
+    python = script(private / "python3", "#!/bin/sh\nexit 0\n")
+    path = script(open_dir / "jupyter-lab", f"#!{python}\nprint('hi')\n")
+    why = users.execute_denied(path, account("nobody"))
+    assert why is not None and str(private) in why
+    assert not really_runs(path, "nobody")
+
+
+@needs_root
+def test_nobody_blocked_through_a_symlink(open_dir: Path) -> None:
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    target = script(private / "python3", "#!/bin/sh\nexit 0\n")
+    link = open_dir / "python"
+    link.symlink_to(target)
+    assert users.execute_denied(link, account("nobody")) is not None
+    assert not really_runs(link, "nobody")
+
+
+@needs_root
+def test_nobody_cannot_run_a_script_it_cannot_read(open_dir: Path) -> None:
+    path = script(open_dir / "secret.sh", "#!/bin/sh\nexit 0\n", 0o711)
+    why = users.execute_denied(path, account("nobody"))
+    assert why is not None and "read" in why
+    assert not really_runs(path, "nobody")
+
+
+@needs_root
+def test_nobody_may_run_a_binary_it_cannot_read(open_dir: Path) -> None:
+    """A compiled program needs only the x bit."""
+    path = open_dir / "true"
+    path.write_bytes(Path("/bin/true").read_bytes())
+    path.chmod(0o711)
+    assert users.execute_denied(path, account("nobody")) is None
+    assert really_runs(path, "nobody")
+
+
+@needs_root
+def test_owner_bits_win_over_other_bits(open_dir: Path) -> None:
+    """The kernel checks the owner's bits for the owner, even if 'other' could run it."""
+    nobody = account("nobody")
+    path = script(open_dir / "odd.sh", "#!/bin/sh\nexit 0\n", 0o075)
+    os.chown(path, nobody.uid, 0)
+    assert users.execute_denied(path, nobody) is not None
+    assert not really_runs(path, "nobody")
+
+
+@needs_root
+def test_group_bits_apply_to_group_members(open_dir: Path) -> None:
+    nobody = account("nobody")
+    path = script(open_dir / "group.sh", "#!/bin/sh\nexit 0\n", 0o750)
+    os.chown(path, 0, nobody.gid)
+    assert users.execute_denied(path, nobody) is None
+    assert really_runs(path, "nobody")
+
+
+def test_shebang_with_a_missing_interpreter(tmp_path: Path) -> None:
+    path = script(tmp_path / "broken", "#!/no/such/python\n")
+    why = users.execute_denied(path, account("root"))
+    assert why is not None and why.startswith("/no")
+
+
+def test_shebang_with_a_relative_interpreter(tmp_path: Path) -> None:
+    path = script(tmp_path / "broken", "#!python3\n")
+    assert users.execute_denied(path, account("root")) is not None
+
+
+def test_shebang_with_arguments(tmp_path: Path) -> None:
+    path = script(tmp_path / "env-style", "#!/usr/bin/env python3\n")
+    assert users.execute_denied(path, account("root")) is None
+
+
+def test_shebang_loop_ends(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    script(a, f"#!{b}\n")
+    script(b, f"#!{a}\n")
+    result = users.execute_denied(a, account("root"))  # returns: no endless recursion
+    assert result is None or isinstance(result, str)
+
+
+def test_interpreter_that_is_a_symlink_loop(tmp_path: Path) -> None:
+    """A broken install: the #! interpreter is a symlink loop. A reason, not a crash."""
+    loop = tmp_path / "python3"
+    loop.symlink_to(loop)
+    path = script(tmp_path / "jupyter-lab", f"#!{loop}\n")
+    why = users.execute_denied(path, account("root"))
+    assert why is not None and str(loop) in why
