@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import subprocess
 import sys
 from pathlib import Path
 
@@ -501,11 +502,28 @@ def test_defaults(write_config, lab_base, tmp_path: Path) -> None:
     assert (cfg.log.level, cfg.log.format) == ("info", "console")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="as root the built-in defaults need allow_root")
-def test_built_in_defaults(tmp_path: Path) -> None:
-    cfg = config.load(None, environ={}, cwd=tmp_path)
-    assert cfg.path is None
-    assert cfg.lab.user == ME and cfg.lab.notebook_dir == tmp_path
+def test_built_in_defaults_serve_the_current_user_and_directory(open_dir: Path) -> None:
+    """Without any file: the user running jlservice, its current directory, 127.0.0.1:8888.
+
+    Root is refused by those defaults (JupyterLab as root), so as root the check runs as an
+    unprivileged account, the way a user would run it.
+    """
+    code = (
+        "from jlservice import config; c = config.load(None, environ={}); "
+        "print(c.path, c.lab.user, c.lab.notebook_dir, c.lab.ip, c.lab.port)"
+    )
+    as_user = {"user": "nobody"} if IS_ROOT else {}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=open_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **as_user,
+    )
+    assert result.returncode == 0, result.stderr
+    user = "nobody" if IS_ROOT else ME
+    assert result.stdout.split() == ["None", user, str(open_dir), "127.0.0.1", "8888"]
 
 
 @pytest.mark.parametrize(

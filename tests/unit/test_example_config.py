@@ -20,6 +20,7 @@ SECTIONS = {
     "service": config.ServiceConfig,
     "restart": config.RestartConfig,
     "health": config.HealthConfig,
+    "reload": config.ReloadConfig,
     "log": config.LogConfig,
 }
 
@@ -47,7 +48,7 @@ def test_every_key_is_documented():
 
 def test_documented_defaults_are_the_real_ones():
     documented = _documented()
-    for section in ("restart", "health", "log"):
+    for section in ("restart", "health", "reload", "log"):
         defaults = SECTIONS[section]()
         for key, text in documented[section].items():
             assert tomllib.loads(f"v = {text}")["v"] == getattr(defaults, key), (section, key)
