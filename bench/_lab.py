@@ -55,7 +55,9 @@ class Lab:
         poll: float,
         start_timeout: float,
         cached_bytecode: bool,
+        config_dir: Path | None = None,
     ) -> None:
+        """`config_dir`: where jlservice.toml lives (default `work`); it is created."""
         self.work = work
         self.procs = procs
         self.bin = bin_dir
@@ -66,7 +68,8 @@ class Lab:
         self.notebooks.mkdir()
         self.state_dir = work / "state"
         self.runtime_dir = work / "run"
-        self.config = work / "jlservice.toml"
+        self.config = (config_dir or work) / "jlservice.toml"
+        self.config.parent.mkdir(parents=True, exist_ok=True)
         self.logs = work / "logs"
         self.env = child_env()
         if cached_bytecode:  # as an installed package: compiled once, then read
@@ -77,9 +80,16 @@ class Lab:
         self._write_config()
 
     def _write_config(self) -> None:
-        self.config.write_text(
-            "[lab]\n"
-            f"port = {self.port}\n"
+        self.config.write_text(self.config_text())
+
+    def config_text(self, port: int | None = None, comment: str | None = None) -> str:
+        """The jlservice.toml this Lab uses, on `port` (default self.port), with `comment`.
+
+        Deterministic: two texts that differ only in `comment` configure the same launch.
+        """
+        return (
+            (f"# {comment}\n" if comment else "") + "[lab]\n"
+            f"port = {self.port if port is None else port}\n"
             f'ip = "{HOST}"\n'
             f"notebook_dir = {json.dumps(str(self.notebooks))}\n"
             f"allow_root = {'true' if os.geteuid() == 0 else 'false'}\n"
@@ -109,18 +119,20 @@ class Lab:
 
     # ── plain jupyter-lab ───────────────────────────────────────────────────
 
-    def plain_start(self) -> float:
+    def plain_start(self, port: int | None = None) -> float:
         """Seconds from spawning plain jupyter-lab to the first 200 on /api; then stop it.
 
+        On `port` (default self.port, e.g. another one while `jlservice run` holds that).
         The token goes in the environment, not on the command line (every user can read
         /proc/*/cmdline); for start-up time the two are the same.
         """
+        port = self.port if port is None else port
         argv = [
             str(self.bin / "jupyter-lab"),
             *(["--allow-root"] if os.geteuid() == 0 else []),
             "--no-browser",
             f"--ServerApp.ip={HOST}",
-            f"--ServerApp.port={self.port}",
+            f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0",
             f"--ServerApp.root_dir={self.notebooks}",
         ]
@@ -130,10 +142,10 @@ class Lab:
             JUPYTER_RUNTIME_DIR=str(self.work / "plain-runtime"),
         )
         log = self.new_log("plain")
-        wait_port_free(self.port)
+        wait_port_free(port)
         start = time.monotonic()
         proc = self.procs.spawn(argv, env, log)
-        ready = self.wait_api(proc, log, "plain jupyter-lab")
+        ready = self.wait_api(proc, log, "plain jupyter-lab", port)
         self.procs.stop(proc)
         return ready - start
 
@@ -193,12 +205,14 @@ class Lab:
 
         return wait_for(ready, self.start_timeout, "state.json to say ready")
 
-    def wait_api(self, proc: subprocess.Popen, log: Path, what: str) -> float:
-        """time.monotonic() of the first 200 on /api while `proc` runs."""
+    def wait_api(
+        self, proc: subprocess.Popen, log: Path, what: str, port: int | None = None
+    ) -> float:
+        """time.monotonic() of the first 200 on /api (of `port`, default self.port) while
+        `proc` runs."""
+        port = self.port if port is None else port
         try:
-            return wait_api(
-                self.port, self.start_timeout, self.poll, lambda: proc.poll() is None, what
-            )
+            return wait_api(port, self.start_timeout, self.poll, lambda: proc.poll() is None, what)
         except BenchError as exc:
             raise BenchError(f"{exc}\n--- last lines of {log} ---\n{tail(log)}") from None
 

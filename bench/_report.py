@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 class Metric:
     """One row: samples of jlservice, optionally samples of a baseline, and a goal.
 
-    goal_on says what the goal bounds: "ratio" (median ÷ baseline median) or "median".
+    goal_on says what the goal bounds: "ratio" (median ÷ baseline median), "median",
+    "difference" (median − baseline median, in `unit`) or "max" (the largest sample).
     """
 
     name: str
@@ -51,10 +52,19 @@ class Metric:
         return self.median / base if base else None
 
     @property
+    def difference(self) -> float | None:
+        base = self.baseline_median
+        return None if base is None else self.median - base
+
+    @property
     def ok(self) -> bool | None:
         if self.goal is None:
             return None
-        value = self.ratio if self.goal_on == "ratio" else self.median
+        value = {
+            "ratio": self.ratio,
+            "difference": self.difference,
+            "max": max(self.samples),
+        }.get(self.goal_on, self.median)
         return None if value is None else value <= self.goal
 
     def goal_text(self) -> str:
@@ -62,6 +72,10 @@ class Metric:
             return ""
         if self.goal_on == "ratio":
             return f"ratio <= {self.goal:g}"
+        if self.goal_on == "difference":
+            return f"median - baseline <= {self.goal:g} {self.unit}"
+        if self.goal_on == "max":
+            return f"max <= {self.goal:g} {self.unit}"
         return f"<= {self.goal:g} {self.unit}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +87,7 @@ class Metric:
             n=len(self.samples),
             baseline_median=self.baseline_median,
             ratio=self.ratio,
+            difference=self.difference,
             goal_text=self.goal_text(),
             ok=self.ok,
         )

@@ -6,13 +6,10 @@ and config, so that printing the token costs little more than starting Python.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 STATE_FILE = "state.json"
 COOKIE_SECRET_FILE = "cookie_secret"
@@ -31,31 +28,36 @@ class StateError(Exception):
     """The state file cannot be used; str() says which problem and what to do."""
 
 
+# secrets and base64 are imported where a secret is made, not on the `jlservice token` path.
 def new_token() -> str:
+    import secrets
+
     return secrets.token_hex(32)
 
 
 def new_cookie_secret() -> bytes:
+    import base64
+    import secrets
+
     return base64.b64encode(secrets.token_bytes(48))
 
 
-@dataclass(frozen=True)
-class LastExit:
+# NamedTuples rather than dataclasses: importing dataclasses (and inspect) would double the
+# time `jlservice token` takes.
+class LastExit(NamedTuple):
     code: int | None
     signal: int | None
     at: float
     reason: str
 
 
-@dataclass(frozen=True)
-class LastReload:
+class LastReload(NamedTuple):
     at: float
     source: str  # SIGHUP, file
     result: str  # applied, unchanged, rejected, pending
 
 
-@dataclass(frozen=True)
-class State:
+class State(NamedTuple):
     token: str
     url: str
     ip: str
@@ -78,10 +80,13 @@ class State:
     last_reload: LastReload | None = None
 
     def evolve(self, **changes: Any) -> State:
-        return replace(self, **changes)
+        return self._replace(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v._asdict() if isinstance(v, tuple) else v for k, v in self._asdict().items()}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> State:
@@ -90,7 +95,7 @@ class State:
             data["last_exit"] = LastExit(**data["last_exit"])
         if data.get("last_reload") is not None:
             data["last_reload"] = LastReload(**data["last_reload"])
-        known = set(cls.__dataclass_fields__)
+        known = set(cls._fields)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -7,18 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jlservice import users
+from jlservice.config.reader import ConfigError
+from jlservice.config.service import ServiceConfig
 
 Scalar = str | int | float | bool
 OptionValue = Scalar | tuple[Scalar, ...] | tuple[tuple[str, Scalar], ...]
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is the one line to show the user."""
-
-    def __init__(self, message: str) -> None:
-        # Names and values come from the file: control characters (a newline in a quoted
-        # key) must not break the one-line promise.
-        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 @dataclass(frozen=True)
@@ -33,12 +26,6 @@ class LabConfig:
     options: Mapping[str, OptionValue]
     allow_root: bool
     umask: int
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    state_dir: Path
-    runtime_dir: Path
 
 
 @dataclass(frozen=True)

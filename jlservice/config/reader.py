@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
-import difflib
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
-from jlservice.config.model import ConfigError
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is the one line to show the user."""
+
+    def __init__(self, message: str) -> None:
+        # Names and values come from the file: control characters (a newline in a quoted
+        # key) must not break the one-line promise.
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """Parse the TOML file at `path`; every failure is a ConfigError naming it."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create it, or see etc/jlservice.toml)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (run as its owner or root)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def kind_of(value: Any) -> str:
@@ -99,5 +132,7 @@ def _show(value: Any) -> str:
 
 
 def _closest(key: str, allowed: set[str]) -> str | None:
+    import difflib  # only on the error path
+
     matches = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
     return matches[0] if matches else None

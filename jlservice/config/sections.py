@@ -1,54 +1,21 @@
-"""The supervisor's own sections: [service], [restart], [health], [reload], [log]."""
+"""The supervisor's own sections: [restart], [health], [reload], [log]."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from jlservice import users
 from jlservice.config.model import (
     HealthConfig,
     LogConfig,
     ReloadConfig,
     RestartConfig,
-    ServiceConfig,
 )
 from jlservice.config.reader import Reader
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
 RELOAD_WHEN = ("immediate", "idle")
-
-
-def parse_service(
-    r: Reader, t: Mapping[str, Any], running_as: users.Account, environ: Mapping[str, str]
-) -> ServiceConfig:
-    r.only(t, "service", {"state_dir", "runtime_dir"})
-    if environ.get("STATE_DIRECTORY"):
-        state_default = environ["STATE_DIRECTORY"].split(":")[0]
-    elif running_as.is_root:
-        state_default = "/var/lib/jlservice"
-    else:
-        xdg = environ.get("XDG_STATE_HOME") or os.path.join(running_as.home, ".local", "state")
-        state_default = os.path.join(xdg, "jlservice")
-    state_dir = Path(r.get(t, "service", "state_dir", str, state_default))
-    if environ.get("RUNTIME_DIRECTORY"):
-        runtime_default = environ["RUNTIME_DIRECTORY"].split(":")[0]
-    elif running_as.is_root:
-        runtime_default = "/run/jlservice"
-    elif environ.get("XDG_RUNTIME_DIR"):
-        runtime_default = os.path.join(environ["XDG_RUNTIME_DIR"], "jlservice")
-    else:
-        runtime_default = str(state_dir / "run")
-    runtime_dir = Path(r.get(t, "service", "runtime_dir", str, runtime_default))
-    for key, value in (("state_dir", state_dir), ("runtime_dir", runtime_dir)):
-        if not value.is_absolute():
-            r.fail("service", key, f"{str(value)!r} must be an absolute path")
-        if value.exists() and not value.is_dir():
-            r.fail("service", key, f"{value} exists and is not a directory")
-    return ServiceConfig(state_dir=state_dir, runtime_dir=runtime_dir)
 
 
 def parse_restart(r: Reader, t: Mapping[str, Any]) -> RestartConfig:

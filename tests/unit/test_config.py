@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -578,26 +579,38 @@ def test_root_state_dir_default(tmp_path: Path) -> None:
     assert service.runtime_dir == Path("/run/jlservice")
 
 
-def _as_nobody(monkeypatch) -> users.Account:
-    nobody = users.lookup("nobody")
-    assert nobody is not None
-    monkeypatch.setattr(users, "current", lambda: nobody)
-    return nobody
+def _service_as_unprivileged(environ: dict[str, str], cwd: Path) -> list[str]:
+    """[service] defaults as an unprivileged account sees them (as root: really as nobody)."""
+    code = (
+        "import sys, json; from jlservice import config; "
+        "s = config.load_service(None, environ=json.loads(sys.argv[1])); "
+        "print(s.state_dir, s.runtime_dir)"
+    )
+    as_user = {"user": "nobody"} if IS_ROOT else {}
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(environ)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **as_user,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
 
 
-def test_unprivileged_state_dir_follows_xdg(tmp_path: Path, monkeypatch) -> None:
-    _as_nobody(monkeypatch)
+def test_unprivileged_state_dir_follows_xdg(open_dir: Path) -> None:
     environ = {"XDG_STATE_HOME": "/xdg/state", "XDG_RUNTIME_DIR": "/xdg/run"}
-    service = _service(environ, None, tmp_path)
-    assert service.state_dir == Path("/xdg/state/jlservice")
-    assert service.runtime_dir == Path("/xdg/run/jlservice")
+    assert _service_as_unprivileged(environ, open_dir) == [
+        "/xdg/state/jlservice",
+        "/xdg/run/jlservice",
+    ]
 
 
-def test_unprivileged_state_dir_without_xdg(tmp_path: Path, monkeypatch) -> None:
-    nobody = _as_nobody(monkeypatch)
-    service = _service({}, None, tmp_path)
-    assert service.state_dir == Path(nobody.home) / ".local/state/jlservice"
-    assert service.runtime_dir == service.state_dir / "run"
+def test_unprivileged_state_dir_without_xdg(open_dir: Path) -> None:
+    home = pwd.getpwnam("nobody").pw_dir if IS_ROOT else str(Path.home())
+    state_dir = f"{home}/.local/state/jlservice"
+    assert _service_as_unprivileged({}, open_dir) == [state_dir, f"{state_dir}/run"]
 
 
 def test_load_service_ignores_a_broken_lab_section(tmp_path: Path) -> None:
@@ -638,7 +651,7 @@ def test_locate_environment_second() -> None:
 
 def test_locate_system_file_only_if_present(tmp_path: Path, monkeypatch) -> None:
     system = tmp_path / "etc-jlservice.toml"
-    monkeypatch.setattr(config, "DEFAULT_PATH", system)
+    monkeypatch.setattr(config.service, "DEFAULT_PATH", system)
     assert config.locate(None, {}) is None
     assert config.locate(None, {"JLSERVICE_CONFIG": ""}) is None
     system.write_text("")

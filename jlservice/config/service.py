@@ -1,0 +1,68 @@
+"""Where the configuration and the state live: the config file's location and [service].
+
+Light on purpose (no dataclasses, no jlservice.users): `jlservice token` and `status` import
+only this, to find state.json fast, even while the rest of the file is invalid.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from jlservice.config.reader import Reader, read_toml
+
+DEFAULT_PATH = Path("/etc/jlservice/jlservice.toml")
+
+
+class ServiceConfig(NamedTuple):
+    state_dir: Path
+    runtime_dir: Path
+
+
+def locate(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: --config, else $JLSERVICE_CONFIG, else the system default if present."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get("JLSERVICE_CONFIG"):
+        return Path(environ["JLSERVICE_CONFIG"])
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load_service(path: Path | None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Only the [service] section of `path` (None: the built-in defaults)."""
+    environ = os.environ if environ is None else environ
+    doc = read_toml(str(path)) if path is not None else {}
+    reader = Reader(str(path) if path else "built-in defaults")
+    return parse_service(reader, reader.table(doc, "service"), environ)
+
+
+def parse_service(r: Reader, t: Mapping[str, Any], environ: Mapping[str, str]) -> ServiceConfig:
+    r.only(t, "service", {"state_dir", "runtime_dir"})
+    is_root = os.geteuid() == 0
+    if environ.get("STATE_DIRECTORY"):
+        state_default = environ["STATE_DIRECTORY"].split(":")[0]
+    elif is_root:
+        state_default = "/var/lib/jlservice"
+    else:
+        home = pwd.getpwuid(os.geteuid()).pw_dir
+        xdg = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+        state_default = os.path.join(xdg, "jlservice")
+    state_dir = Path(r.get(t, "service", "state_dir", str, state_default))
+    if environ.get("RUNTIME_DIRECTORY"):
+        runtime_default = environ["RUNTIME_DIRECTORY"].split(":")[0]
+    elif is_root:
+        runtime_default = "/run/jlservice"
+    elif environ.get("XDG_RUNTIME_DIR"):
+        runtime_default = os.path.join(environ["XDG_RUNTIME_DIR"], "jlservice")
+    else:
+        runtime_default = str(state_dir / "run")
+    runtime_dir = Path(r.get(t, "service", "runtime_dir", str, runtime_default))
+    for key, value in (("state_dir", state_dir), ("runtime_dir", runtime_dir)):
+        if not value.is_absolute():
+            r.fail("service", key, f"{str(value)!r} must be an absolute path")
+        if value.exists() and not value.is_dir():
+            r.fail("service", key, f"{value} exists and is not a directory")
+    return ServiceConfig(state_dir=state_dir, runtime_dir=runtime_dir)

@@ -1,0 +1,50 @@
+"""Read the whole configuration file and validate every section into a Config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jlservice import users
+from jlservice.config.lab import parse_lab
+from jlservice.config.model import Config
+from jlservice.config.reader import Reader, read_toml
+from jlservice.config.sections import parse_health, parse_log, parse_reload, parse_restart
+from jlservice.config.service import parse_service
+
+SECTIONS = {"lab", "service", "restart", "health", "reload", "log"}
+
+
+def load(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Read and validate `path` (None: built-in defaults)."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        return parse({}, "built-in defaults", None, environ, cwd or Path.cwd())
+    return parse(read_toml(str(path)), str(path), path, environ, cwd or Path.cwd())
+
+
+def parse(
+    doc: Mapping[str, Any],
+    source: str,
+    path: Path | None,
+    environ: Mapping[str, str],
+    cwd: Path,
+) -> Config:
+    reader = Reader(source)
+    reader.only(doc, "", SECTIONS)
+    lab = parse_lab(reader, reader.table(doc, "lab"), users.current(), cwd)
+    return Config(
+        path=path,
+        lab=lab,
+        service=parse_service(reader, reader.table(doc, "service"), environ),
+        restart=parse_restart(reader, reader.table(doc, "restart")),
+        health=parse_health(reader, reader.table(doc, "health")),
+        reload=parse_reload(reader, reader.table(doc, "reload")),
+        log=parse_log(reader, reader.table(doc, "log")),
+    )
