@@ -1,10 +1,12 @@
-"""Ask JupyterLab whether it serves: unauthenticated GET {base_url}api answers 200."""
+"""Ask JupyterLab whether it serves: unauthenticated GET {base_url}api answers 200.
+
+tornado is imported on the first probe, not with this module: by then JupyterLab has been
+spawned, and the import overlaps its start-up instead of delaying it.
+"""
 
 from __future__ import annotations
 
 import json
-
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 
 def probe_host(ip: str) -> str:
@@ -24,6 +26,8 @@ def base_url(ip: str, port: int, path: str, scheme: str = "http") -> str:
 
 async def api_problem(url: str, timeout: float) -> str | None:
     """None if GET `url` answers 200 within `timeout` seconds, else what went wrong."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
     client = AsyncHTTPClient()
     try:
         response = await client.fetch(
@@ -47,6 +51,8 @@ async def api_problem(url: str, timeout: float) -> str | None:
 
 async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
     """How many kernels are executing code right now (GET api/kernels), or None if unknown."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
     client = AsyncHTTPClient()
     try:
         response = await client.fetch(

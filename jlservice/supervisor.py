@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from jlservice import EX_CONFIG, children, health, lab_output, launcher, log, probe, reload, state
 from jlservice.config import Config, RestartConfig
@@ -34,7 +35,9 @@ from jlservice.events import (
     StopRequested,
 )
 from jlservice.notify import Notifier
-from jlservice.watch import ConfigWatcher, fingerprint
+
+if TYPE_CHECKING:
+    from jlservice.watch import ConfigWatcher
 
 logger = log.get("jlservice.supervisor")
 
@@ -141,7 +144,6 @@ class Supervisor:
         launcher.become_subreaper()
         self.reaper.install(loop)
         self._load_secrets()
-        self._watch_config(loop)
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         logger.info(
             "supervisor_started",
@@ -151,6 +153,7 @@ class Supervisor:
             port=self.config.lab.port,
         )
         await self._start()
+        self._watch_config(loop)  # after the spawn: importing watchdog need not delay it
         while self.exit_code is None:
             await self._handle(await self.events.get())
         if watchdog:
@@ -183,6 +186,8 @@ class Supervisor:
     def _watch_config(self, loop: asyncio.AbstractEventLoop) -> None:
         wanted = self.config.path is not None and self.config.reload.watch
         if wanted and self.watcher is None:
+            from jlservice.watch import ConfigWatcher
+
             self.watcher = ConfigWatcher(self.config.path, loop, self._config_changed)
             self.watcher.start()
         elif not wanted and self.watcher is not None:
@@ -425,7 +430,7 @@ class Supervisor:
     async def _on_reload(self, source: str) -> None:
         self.notifier.reloading()
         if self.watcher is not None:
-            self.watcher.accept(fingerprint(self.config.path))
+            self.watcher.accept(self.config.path)
         plan = reload.plan(self.config, self.launch)
         now = time.time()
         if plan.result == reload.REJECTED:

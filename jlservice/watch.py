@@ -57,9 +57,9 @@ class ConfigWatcher(FileSystemEventHandler):
         if self._timer is not None:
             self._timer.cancel()
 
-    def accept(self, content_fingerprint: str | None) -> None:
-        """The supervisor has read this content (e.g. on SIGHUP): no need to report it again."""
-        self._seen = content_fingerprint
+    def accept(self, path: Path) -> None:
+        """The supervisor reads `path` now (e.g. on SIGHUP): no need to report this content."""
+        self._seen = fingerprint(path)
 
     # Runs on watchdog's thread: hand over to the loop and do nothing else.
     def on_any_event(self, event: FileSystemEvent) -> None:
