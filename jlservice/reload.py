@@ -37,6 +37,10 @@ def plan(current: Config, running: launcher.Launch) -> Plan:
                     "jlservice runs; restart jlservice to move it"
                 )
         launch = launcher.build(new)
+        if (launch.ip, launch.port) != (running.ip, running.port):
+            problem = launcher.check_port(launch.ip, launch.port)
+            if problem:  # refuse now, rather than stop a working server for nothing
+                raise ConfigError(f"{current.path}: [lab] port: {problem}")
     except ConfigError as exc:
         return Plan(REJECTED, error=str(exc))
     return Plan(UNCHANGED if launch == running else APPLIED, new, launch)

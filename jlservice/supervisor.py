@@ -188,7 +188,9 @@ class Supervisor:
         if wanted and self.watcher is None:
             from jlservice.watch import ConfigWatcher
 
-            self.watcher = ConfigWatcher(self.config.path, loop, self._config_changed)
+            self.watcher = ConfigWatcher(
+                self.config.path, loop, self._config_changed, seen=self.config.digest
+            )
             self.watcher.start()
         elif not wanted and self.watcher is not None:
             self.watcher.stop()
@@ -429,9 +431,9 @@ class Supervisor:
 
     async def _on_reload(self, source: str) -> None:
         self.notifier.reloading()
-        if self.watcher is not None:
-            self.watcher.accept(self.config.path)
         plan = reload.plan(self.config, self.launch)
+        if self.watcher is not None and plan.config is not None:
+            self.watcher.accept(plan.config.digest)
         now = time.time()
         if plan.result == reload.REJECTED:
             self._save(

@@ -35,12 +35,17 @@ def fingerprint(path: Path) -> str | None:
 
 class ConfigWatcher(FileSystemEventHandler):
     def __init__(
-        self, path: Path, loop: asyncio.AbstractEventLoop, on_change: Callable[[float], None]
+        self,
+        path: Path,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[float], None],
+        seen: str | None,
     ) -> None:
+        """`seen`: the fingerprint of the content the running configuration was read from."""
         self.path = path
         self._loop = loop
         self._on_change = on_change
-        self._seen = fingerprint(path)
+        self._seen = seen
         self._timer: asyncio.TimerHandle | None = None
         self._first_event: float | None = None
         self._observer = Observer()
@@ -57,9 +62,9 @@ class ConfigWatcher(FileSystemEventHandler):
         if self._timer is not None:
             self._timer.cancel()
 
-    def accept(self, path: Path) -> None:
-        """The supervisor reads `path` now (e.g. on SIGHUP): no need to report this content."""
-        self._seen = fingerprint(path)
+    def accept(self, seen: str | None) -> None:
+        """The supervisor has read this content (e.g. on SIGHUP): no need to report it again."""
+        self._seen = seen
 
     # Runs on watchdog's thread: hand over to the loop and do nothing else.
     def on_any_event(self, event: FileSystemEvent) -> None:

@@ -67,6 +67,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    digest: str | None = None  # sha256 of the file's bytes this configuration was read from
 
     @property
     def account(self) -> users.Account:

@@ -24,9 +24,13 @@ class ConfigError(Exception):
 
 def read_toml(path: str) -> dict[str, Any]:
     """Parse the TOML file at `path`; every failure is a ConfigError naming it."""
+    return parse_toml(read_bytes(path), path)
+
+
+def read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (create it, or see etc/jlservice.toml)") from None
     except IsADirectoryError:
@@ -35,6 +39,9 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: permission denied (run as its owner or root)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def parse_toml(raw: bytes, path: str) -> dict[str, Any]:
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

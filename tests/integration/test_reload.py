@@ -240,3 +240,24 @@ def test_idle_policy_waits_for_busy_kernel(service_factory):
     worker.join(timeout=30)
     assert waited >= 4, f"restarted after {waited:.1f} s, while the kernel was busy"
     assert state["reload_pending"] is None
+
+
+def test_reload_to_a_port_in_use_is_rejected_and_keeps_serving(service):
+    import socket
+
+    service.start()
+    token = service.cli("token").stdout.strip()
+    lab = service.lab_pid
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        service.sections["lab"]["port"] = taken
+        service.write_config()
+        state = wait_for(
+            lambda: (s := service.state()).get("config_error") and s, 30, "the rejected reload"
+        )
+    assert f"[lab] port: port {taken} on 127.0.0.1 is in use" in state["config_error"]
+    assert state["status"] == "ready" and service.lab_pid == lab
+    assert service.api("GET", "api/contents", token).status_code == 200
+    assert len(_events(service, "lab_starting")) == 1
