@@ -5,22 +5,20 @@
         └──exit / timeout─┴──────────── stop signal ─────────────────▶ stopped
 
 Signal handlers, timers, probes, the file watcher and the child reaper only post events
-(jlservice.events); `_handle` decides.
+(jlservice.events); `_handle` decides. The process itself is a jlservice.lab.Lab; reloads
+are handled by the jlservice.reloading mixin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from jlservice import EX_CONFIG, children, health, lab_output, launcher, log, probe, reload, state
+from jlservice import EX_CONFIG, children, launcher, log, state
 from jlservice.config import Config, RestartConfig
 from jlservice.events import (
     BackoffElapsed,
@@ -34,42 +32,11 @@ from jlservice.events import (
     StartTimedOut,
     StopRequested,
 )
+from jlservice.lab import Lab
 from jlservice.notify import Notifier
-
-if TYPE_CHECKING:
-    from jlservice.watch import ConfigWatcher
+from jlservice.reloading import Reloading
 
 logger = log.get("jlservice.supervisor")
-
-
-@dataclass
-class RunningLab:
-    """One JupyterLab process and everything that watches it."""
-
-    pid: int
-    output: lab_output.LabOutput
-    exited: asyncio.Future[children.ExitStatus]
-    started: float
-    start_timer: asyncio.TimerHandle
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    ready_at: float | None = None
-    stop_reason: str | None = None
-    answering: bool = True
-
-    def cancel_watchers(self) -> None:
-        self.start_timer.cancel()
-        for task in self.tasks:
-            task.cancel()
-
-
-@dataclass
-class PendingReload:
-    """A restart-requiring reload waiting for idle kernels ([reload] when = "idle")."""
-
-    launch: launcher.Launch
-    deadline: float
-    generation: int
-    task: asyncio.Task[None] | None = None
 
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
@@ -84,25 +51,22 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
     return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
 
 
-class Supervisor:
+class Supervisor(Reloading):
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
         self.launch = launcher.build(config)
         self.reaper = children.Reaper()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.lab: RunningLab | None = None
+        self.lab: Lab | None = None
         self.failures = 0
         self.attempt = 0
         self.stopping = False
         self.reloading = False  # RELOADING=1 sent, READY=1 still owed to systemd
-        self.pending: PendingReload | None = None
         self.exit_code: int | None = None
         self.token = ""
         self.cookie_secret = b""
         self.state: state.State | None = None
-        self.watcher: ConfigWatcher | None = None
-        self._output = asyncio.Event()
 
     # ── plumbing ────────────────────────────────────────────────────────────
 
@@ -122,7 +86,7 @@ class Supervisor:
         return f"http://{host}:{lab.port}{lab.base_url}"
 
     def _status_line(self) -> str:
-        if self.lab is not None and self.lab.ready_at is not None:
+        if self.lab is not None and self.lab.ready:
             line = f"JupyterLab ready on {self.url} as {self.config.lab.user} (pid {self.lab.pid})"
         else:
             line = f"JupyterLab {self.state.status} on {self.url}"
@@ -183,36 +147,19 @@ class Supervisor:
         )
         self._save()
 
-    def _watch_config(self, loop: asyncio.AbstractEventLoop) -> None:
-        wanted = self.config.path is not None and self.config.reload.watch
-        if wanted and self.watcher is None:
-            from jlservice.watch import ConfigWatcher
-
-            self.watcher = ConfigWatcher(
-                self.config.path, loop, self._config_changed, seen=self.config.digest
-            )
-            self.watcher.start()
-        elif not wanted and self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
-
-    def _config_changed(self, first_event: float) -> None:
-        logger.info("config_change_detected", after_s=round(time.monotonic() - first_event, 3))
-        self.post(ReloadRequested("file"))
-
     async def _handle(self, event: Event) -> None:
         lab = self.lab
         current = lab is not None and getattr(event, "pid", None) == lab.pid
         match event:
             case ChildExited() if current:
                 await self._on_exit(event.status)
-            case LabReady() if current and lab.ready_at is None:
+            case LabReady() if current and not lab.ready:
                 self._on_ready()
             case LabUnhealthy() if current and lab.stop_reason is None:
                 logger.warning("lab_unhealthy", pid=lab.pid, problem=event.problem)
                 self._save(last_error=f"JupyterLab stopped answering: {event.problem}")
                 await self._stop_lab("unhealthy")
-            case StartTimedOut() if current and lab.ready_at is None:
+            case StartTimedOut() if current and not lab.ready:
                 timeout = self.config.restart.start_timeout
                 logger.error("lab_start_timeout", pid=lab.pid, timeout_s=timeout)
                 self._save(last_error=f"JupyterLab did not answer within {timeout:g} s")
@@ -244,36 +191,16 @@ class Supervisor:
             self.launch, self.config.service.runtime_dir, self.token, self.cookie_secret
         )
         try:
-            popen = launcher.spawn(self.launch)
+            self.lab = await Lab.spawn(
+                self.launch, self.reaper, self.post, self.config.restart.start_timeout
+            )
         except launcher.LaunchError as exc:
             logger.error("lab_start_failed", problem=str(exc))
             self._save(status=state.FAILED, last_error=str(exc))
             self.notifier.status(f"Failed: {exc}")
             self.exit_code = EX_CONFIG
             return
-        loop = asyncio.get_running_loop()
-        pid = popen.pid
-        exited = self.reaper.watch(pid)
-        exited.add_done_callback(lambda f: self.post(ChildExited(pid, f.result())))
-        _, output = await loop.connect_read_pipe(
-            lambda: lab_output.LabOutput(pid, self._output.set), popen.stdout
-        )
-        popen.stdout = None  # the pipe belongs to the protocol's transport now
-        popen.returncode = 0  # reaped by us; keeps Popen from ever waiting on a reused pid
-        self.lab = RunningLab(
-            pid=pid,
-            output=output,
-            exited=exited,
-            started=time.monotonic(),
-            start_timer=loop.call_later(
-                self.config.restart.start_timeout, self.post, StartTimedOut(pid)
-            ),
-            tasks=[
-                loop.create_task(
-                    health.wait_ready(pid, self.launch.api_url, self._output, self.post)
-                )
-            ],
-        )
+        pid = self.lab.pid
         self._save(
             status=state.STARTING,
             lab_pid=pid,
@@ -287,25 +214,11 @@ class Supervisor:
     def _on_ready(self) -> None:
         lab = self.lab
         assert lab is not None
-        lab.ready_at = time.monotonic()
-        lab.start_timer.cancel()
-        lab.tasks.append(
-            asyncio.get_running_loop().create_task(
-                health.watch(
-                    lab.pid,
-                    self.launch.api_url,
-                    lambda: self.config.health,
-                    lambda ok: setattr(lab, "answering", ok),
-                    self.post,
-                )
-            )
-        )
+        ready_s = lab.mark_ready(self.launch.api_url, lambda: self.config.health, self.post)
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
         self.reloading = False
         self.notifier.ready(self._status_line())
-        logger.info(
-            "lab_ready", pid=lab.pid, url=self.url, ready_s=round(lab.ready_at - lab.started, 3)
-        )
+        logger.info("lab_ready", pid=lab.pid, url=self.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
 
@@ -321,25 +234,9 @@ class Supervisor:
     # ── stopping and exits ──────────────────────────────────────────────────
 
     async def _stop_lab(self, reason: str) -> None:
-        """SIGTERM (JupyterLab shuts its kernels down), SIGKILL after the stop timeout."""
-        lab = self.lab
-        if lab is None or lab.exited.done():
-            return
-        lab.stop_reason = lab.stop_reason or reason
-        lab.cancel_watchers()
-        logger.info("lab_stopping", pid=lab.pid, reason=reason)
-        self._save(status=state.STOPPING)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(lab.pid, signal.SIGTERM)
-            os.kill(lab.pid, signal.SIGCONT)  # a stopped (hung) process must run to exit
-        timeout = self.config.restart.stop_timeout
-        try:
-            await asyncio.wait_for(asyncio.shield(lab.exited), timeout)
-        except asyncio.TimeoutError:
-            logger.warning("lab_stop_timeout", pid=lab.pid, timeout_s=timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(lab.pid, signal.SIGKILL)
-            await lab.exited
+        if self.lab is not None and not self.lab.exited.done():
+            self._save(status=state.STOPPING)
+            await self.lab.stop(reason, self.config.restart.stop_timeout)
 
     async def _on_exit(self, status: children.ExitStatus) -> None:
         lab = self.lab
@@ -353,10 +250,7 @@ class Supervisor:
         swept = await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
         if swept:
             logger.info("leftovers_ended", count=swept)
-        # Kernels inherit JupyterLab's output pipe; with them gone it closes, and the last
-        # lines (the reason a start failed) have been read.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(lab.output.closed), 1.0)
+        last_words = await lab.drain_output()
         last_exit = state.LastExit(
             code=status.code, signal=status.signal, at=time.time(), reason=reason
         )
@@ -368,8 +262,8 @@ class Supervisor:
             return await self._start()
         if reason == "crash":
             problem = f"JupyterLab {status.describe()}"
-            if lab.ready_at is None:
-                problem += f" during start-up: {lab.output.last_problem() or 'no output'}"
+            if not lab.ready:
+                problem += f" during start-up: {last_words or 'no output'}"
         else:
             problem = self.state.last_error or status.describe()
         healthy_for = time.monotonic() - lab.ready_at if lab.ready_at is not None else 0.0
@@ -426,103 +320,3 @@ class Supervisor:
             await self._stop_lab("rotate")  # the next start publishes the new token
         else:
             self._save(token=self.token)
-
-    # ── reloading ───────────────────────────────────────────────────────────
-
-    async def _on_reload(self, source: str) -> None:
-        self.notifier.reloading()
-        plan = reload.plan(self.config, self.launch)
-        if self.watcher is not None and plan.config is not None:
-            self.watcher.accept(plan.config.digest)
-        now = time.time()
-        if plan.result == reload.REJECTED:
-            self._save(
-                config_error=plan.error, last_reload=state.LastReload(now, source, reload.REJECTED)
-            )
-            logger.error("config_rejected", source=source, problem=plan.error)
-            self.notifier.ready(self._status_line())
-            return
-        self._apply_supervisor_settings(plan.config)
-        if plan.result == reload.UNCHANGED:
-            self._drop_pending()
-            self._save(
-                config_error=None,
-                reload_pending=None,
-                last_reload=state.LastReload(now, source, reload.UNCHANGED),
-            )
-            logger.info("config_reloaded", source=source, result=plan.result)
-            self.notifier.ready(self._status_line())
-            return
-        if self.config.reload.when == "idle" and self.lab and self.lab.ready_at is not None:
-            self._defer_until_idle(plan.launch, source)
-            self.notifier.ready(self._status_line())
-            return
-        self._save(last_reload=state.LastReload(now, source, reload.APPLIED))
-        logger.info("config_reloaded", source=source, result=plan.result)
-        await self._restart_with(plan.launch)
-
-    def _apply_supervisor_settings(self, new: Config) -> None:
-        """Settings JupyterLab never sees take effect at once."""
-        if (new.log.level, new.log.format) != (self.config.log.level, self.config.log.format):
-            log.configure(new.log.level, new.log.format)
-        self.config = new
-        self._watch_config(asyncio.get_running_loop())
-
-    async def _restart_with(self, launch: launcher.Launch) -> None:
-        self._drop_pending()
-        self.launch = launch
-        lab = self.config.lab
-        self._save(
-            config_error=None,
-            reload_pending=None,
-            url=self.url,
-            ip=lab.ip,
-            port=lab.port,
-            base_url=lab.base_url,
-            user=lab.user,
-            notebook_dir=str(lab.notebook_dir),
-        )
-        self.reloading = True
-        if self.lab is not None:
-            await self._stop_lab("reload")  # its exit starts the new launch
-        else:  # waiting in backoff: a new configuration deserves a fresh start now
-            self.failures = 0
-            await self._start()
-
-    def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
-        deadline = (
-            self.pending.deadline
-            if self.pending
-            else time.monotonic() + self.config.reload.max_wait
-        )
-        generation = self.pending.generation + 1 if self.pending else 1
-        self._drop_pending()
-        self.pending = PendingReload(launch, deadline, generation)
-        self.pending.task = asyncio.get_running_loop().create_task(self._wait_idle(self.pending))
-        logger.info(
-            "config_reload_pending", source=source, max_wait_s=round(deadline - time.monotonic(), 1)
-        )
-        self._save(
-            config_error=None,
-            reload_pending="waiting for busy kernels to finish",
-            last_reload=state.LastReload(time.time(), source, reload.PENDING),
-        )
-
-    async def _wait_idle(self, pending: PendingReload) -> None:
-        url = self.launch.api_url + "/kernels"
-        while (left := pending.deadline - time.monotonic()) > 0:
-            busy = await probe.busy_kernels(url, self.token, timeout=min(5.0, left))
-            if not busy:
-                break
-            self._save(
-                reload_pending=f"waiting for {busy} busy kernel(s) to finish, "
-                f"at most {left:.0f} s more"
-            )
-            await asyncio.sleep(min(1.0, max(left, 0)))
-        self.post(PendingReloadDue(pending.generation))
-
-    def _drop_pending(self) -> None:
-        if self.pending is not None:
-            if self.pending.task is not None:
-                self.pending.task.cancel()
-            self.pending = None

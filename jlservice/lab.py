@@ -1,0 +1,118 @@
+"""One running JupyterLab: its process, its output, its exit, and the probes that watch it.
+
+A Lab reports what happens to it only by posting events (ChildExited, LabReady, LabUnhealthy,
+StartTimedOut); the supervisor decides what to do about them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from jlservice import children, health, launcher, log
+from jlservice.config import HealthConfig
+from jlservice.events import ChildExited, Event, StartTimedOut
+from jlservice.lab_output import LabOutput
+
+logger = log.get("jlservice.lab")
+
+
+class Lab:
+    def __init__(
+        self,
+        pid: int,
+        output: LabOutput,
+        exited: asyncio.Future[children.ExitStatus],
+        start_timer: asyncio.TimerHandle,
+        ready_probe: asyncio.Task[None],
+    ) -> None:
+        self.pid = pid
+        self.output = output
+        self.exited = exited
+        self.started = time.monotonic()
+        self.ready_at: float | None = None
+        self.stop_reason: str | None = None
+        self.answering = True  # the last health probe succeeded
+        self._start_timer = start_timer
+        self._tasks = [ready_probe]
+
+    @classmethod
+    async def spawn(
+        cls,
+        launch: launcher.Launch,
+        reaper: children.Reaper,
+        post: Callable[[Event], None],
+        start_timeout: float,
+    ) -> Lab:
+        """Start JupyterLab (LaunchError if it cannot be) and begin waiting for it."""
+        popen = launcher.spawn(launch)
+        loop = asyncio.get_running_loop()
+        pid = popen.pid
+        exited = reaper.watch(pid)
+        exited.add_done_callback(lambda f: post(ChildExited(pid, f.result())))
+        printed = asyncio.Event()
+        _, output = await loop.connect_read_pipe(lambda: LabOutput(pid, printed.set), popen.stdout)
+        popen.stdout = None  # the pipe belongs to the protocol's transport now
+        popen.returncode = 0  # reaped by the Reaper; keeps Popen from waiting on a reused pid
+        return cls(
+            pid,
+            output,
+            exited,
+            start_timer=loop.call_later(start_timeout, post, StartTimedOut(pid)),
+            ready_probe=loop.create_task(health.wait_ready(pid, launch.api_url, printed, post)),
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+    def mark_ready(
+        self, api_url: str, settings: Callable[[], HealthConfig], post: Callable[[Event], None]
+    ) -> float:
+        """JupyterLab answers: watch its health from now on. Returns seconds since spawn."""
+        self.ready_at = time.monotonic()
+        self._start_timer.cancel()
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(
+                health.watch(
+                    self.pid, api_url, settings, lambda ok: setattr(self, "answering", ok), post
+                )
+            )
+        )
+        return self.ready_at - self.started
+
+    def cancel_watchers(self) -> None:
+        self._start_timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+    async def stop(self, reason: str, timeout: float) -> None:
+        """SIGTERM (JupyterLab shuts its kernels down), SIGKILL after `timeout` seconds."""
+        if self.exited.done():
+            return
+        self.stop_reason = self.stop_reason or reason
+        self.cancel_watchers()
+        logger.info("lab_stopping", pid=self.pid, reason=reason)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, signal.SIGCONT)  # a stopped (hung) process must run to exit
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("lab_stop_timeout", pid=self.pid, timeout_s=timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            await self.exited
+
+    async def drain_output(self) -> str | None:
+        """Once the process and its leftovers are gone: the line that best explains its end.
+
+        Kernels inherit JupyterLab's output pipe; with them swept it closes promptly.
+        """
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.output.closed), 1.0)
+        return self.output.last_problem()

@@ -1,0 +1,155 @@
+"""How the supervisor applies its configuration file again: the reload half of its loop.
+
+A reload parses and validates the whole file first. Invalid: nothing changes and the error
+is shown (state, status, systemd STATUS=). Valid: settings JupyterLab never sees apply at
+once; a different JupyterLab launch restarts it, at once or when the kernels are idle.
+Every reload is framed by RELOADING=1 … READY=1 for systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jlservice import launcher, log, probe, reload, state
+from jlservice.config import Config
+from jlservice.events import PendingReloadDue, ReloadRequested
+
+if TYPE_CHECKING:
+    from jlservice.watch import ConfigWatcher
+
+logger = log.get("jlservice.supervisor")
+
+
+@dataclass
+class PendingReload:
+    """A restart-requiring reload waiting for idle kernels ([reload] when = "idle")."""
+
+    launch: launcher.Launch
+    deadline: float
+    generation: int
+    task: asyncio.Task[None] | None = None
+
+
+class Reloading:
+    """Mixed into Supervisor, whose state (config, launch, lab, notifier, _save…) it uses."""
+
+    watcher: ConfigWatcher | None = None
+    pending: PendingReload | None = None
+
+    def _watch_config(self, loop: asyncio.AbstractEventLoop) -> None:
+        wanted = self.config.path is not None and self.config.reload.watch
+        if wanted and self.watcher is None:
+            from jlservice.watch import ConfigWatcher
+
+            self.watcher = ConfigWatcher(
+                self.config.path, loop, self._config_changed, seen=self.config.digest
+            )
+            self.watcher.start()
+        elif not wanted and self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def _config_changed(self, first_event: float) -> None:
+        logger.info("config_change_detected", after_s=round(time.monotonic() - first_event, 3))
+        self.post(ReloadRequested("file"))
+
+    async def _on_reload(self, source: str) -> None:
+        self.notifier.reloading()
+        plan = reload.plan(self.config, self.launch)
+        if self.watcher is not None and plan.config is not None:
+            self.watcher.accept(plan.config.digest)
+        now = time.time()
+        if plan.result == reload.REJECTED:
+            self._save(
+                config_error=plan.error, last_reload=state.LastReload(now, source, reload.REJECTED)
+            )
+            logger.error("config_rejected", source=source, problem=plan.error)
+            self.notifier.ready(self._status_line())
+            return
+        self._apply_supervisor_settings(plan.config)
+        if plan.result == reload.UNCHANGED:
+            self._drop_pending()
+            self._save(
+                config_error=None,
+                reload_pending=None,
+                last_reload=state.LastReload(now, source, reload.UNCHANGED),
+            )
+            logger.info("config_reloaded", source=source, result=plan.result)
+            self.notifier.ready(self._status_line())
+            return
+        if self.config.reload.when == "idle" and self.lab and self.lab.ready:
+            self._defer_until_idle(plan.launch, source)
+            self.notifier.ready(self._status_line())
+            return
+        self._save(last_reload=state.LastReload(now, source, reload.APPLIED))
+        logger.info("config_reloaded", source=source, result=plan.result)
+        await self._restart_with(plan.launch)
+
+    def _apply_supervisor_settings(self, new: Config) -> None:
+        """Settings JupyterLab never sees take effect at once."""
+        if (new.log.level, new.log.format) != (self.config.log.level, self.config.log.format):
+            log.configure(new.log.level, new.log.format)
+        self.config = new
+        self._watch_config(asyncio.get_running_loop())
+
+    async def _restart_with(self, launch: launcher.Launch) -> None:
+        self._drop_pending()
+        self.launch = launch
+        lab = self.config.lab
+        self._save(
+            config_error=None,
+            reload_pending=None,
+            url=self.url,
+            ip=lab.ip,
+            port=lab.port,
+            base_url=lab.base_url,
+            user=lab.user,
+            notebook_dir=str(lab.notebook_dir),
+        )
+        self.reloading = True
+        if self.lab is not None:
+            await self._stop_lab("reload")  # its exit starts the new launch
+        else:  # waiting in backoff: a new configuration deserves a fresh start now
+            self.failures = 0
+            await self._start()
+
+    def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
+        deadline = (
+            self.pending.deadline
+            if self.pending
+            else time.monotonic() + self.config.reload.max_wait
+        )
+        generation = self.pending.generation + 1 if self.pending else 1
+        self._drop_pending()
+        self.pending = PendingReload(launch, deadline, generation)
+        self.pending.task = asyncio.get_running_loop().create_task(self._wait_idle(self.pending))
+        logger.info(
+            "config_reload_pending", source=source, max_wait_s=round(deadline - time.monotonic(), 1)
+        )
+        self._save(
+            config_error=None,
+            reload_pending="waiting for busy kernels to finish",
+            last_reload=state.LastReload(time.time(), source, reload.PENDING),
+        )
+
+    async def _wait_idle(self, pending: PendingReload) -> None:
+        url = self.launch.api_url + "/kernels"
+        while (left := pending.deadline - time.monotonic()) > 0:
+            busy = await probe.busy_kernels(url, self.token, timeout=min(5.0, left))
+            if not busy:
+                break
+            self._save(
+                reload_pending=f"waiting for {busy} busy kernel(s) to finish, "
+                f"at most {left:.0f} s more"
+            )
+            await asyncio.sleep(min(1.0, max(left, 0)))
+        self.post(PendingReloadDue(pending.generation))
+
+    def _drop_pending(self) -> None:
+        if self.pending is not None:
+            if self.pending.task is not None:
+                self.pending.task.cancel()
+            self.pending = None
