@@ -42,19 +42,16 @@ class ExitStatus:
 
 class Reaper:
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
         self._changed = asyncio.Event()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
         self.reap()  # children that exited before the handler existed
 
     def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
         """A future resolved with `pid`'s exit status. Call right after starting `pid`."""
-        assert self._loop is not None
-        future = self._loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         self._watched[pid] = future
         return future
 

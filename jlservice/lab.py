@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 
-from jlservice import children, health, launcher, log
+from jlservice import children, health, launcher, log, state
 from jlservice.config import HealthConfig
 from jlservice.events import ChildExited, Event, StartTimedOut
 from jlservice.lab_output import LabOutput
@@ -33,7 +34,8 @@ class Lab:
         self.pid = pid
         self.output = output
         self.exited = exited
-        self.started = time.monotonic()
+        # The process may have been started a moment before it was adopted (run.py).
+        self.started = state.process_start_time(pid) or time.time()
         self.ready_at: float | None = None
         self.stop_reason: str | None = None
         self.answering = True  # the last health probe succeeded
@@ -41,15 +43,15 @@ class Lab:
         self._tasks = [ready_probe]
 
     @classmethod
-    async def spawn(
+    async def adopt(
         cls,
+        popen: subprocess.Popen[bytes],
         launch: launcher.Launch,
         reaper: children.Reaper,
         post: Callable[[Event], None],
         start_timeout: float,
     ) -> Lab:
-        """Start JupyterLab (LaunchError if it cannot be) and begin waiting for it."""
-        popen = launcher.spawn(launch)
+        """Take charge of a JupyterLab just started by launcher.start, and wait for it."""
         loop = asyncio.get_running_loop()
         pid = popen.pid
         exited = reaper.watch(pid)
@@ -74,7 +76,7 @@ class Lab:
         self, api_url: str, settings: Callable[[], HealthConfig], post: Callable[[Event], None]
     ) -> float:
         """JupyterLab answers: watch its health from now on. Returns seconds since spawn."""
-        self.ready_at = time.monotonic()
+        self.ready_at = time.time()
         self._start_timer.cancel()
         self._tasks.append(
             asyncio.get_running_loop().create_task(

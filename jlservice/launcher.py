@@ -48,7 +48,11 @@ _KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
 
 
 class LaunchError(Exception):
-    """JupyterLab could not be started; str() says why and what to do."""
+    """JupyterLab cannot be started as configured; str() says why and what to do."""
+
+
+class AddressUnavailable(Exception):
+    """JupyterLab cannot listen where configured right now (port in use…); may pass."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,21 @@ def _die_with_parent(parent_pid: int):
             os._exit(1)
 
     return setup
+
+
+def start(
+    launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
+) -> subprocess.Popen[bytes]:
+    """Check the address, hand over the secrets, spawn JupyterLab.
+
+    Raises AddressUnavailable (worth retrying) or LaunchError (a configuration problem).
+    Synchronous and light, so that `jlservice run` can call it before its heavier imports.
+    """
+    problem = check_port(launch.ip, launch.port)
+    if problem:
+        raise AddressUnavailable(problem)
+    prepare_private_dir(launch, runtime_dir, token, cookie_secret)
+    return spawn(launch)
 
 
 def spawn(launch: Launch) -> subprocess.Popen[bytes]:

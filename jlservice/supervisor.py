@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -52,10 +53,20 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
 
 
 class Supervisor(Reloading):
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        launch: launcher.Launch,
+        secrets: tuple[str, bytes],
+        started: subprocess.Popen[bytes] | Exception | None = None,
+    ) -> None:
+        """`secrets`: the token and cookie secret; `started`: JupyterLab if run.py has already
+        started it (or why it could not), else None."""
         self.config = config
-        self.notifier = notifier or Notifier()
-        self.launch = launcher.build(config)
+        self.notifier = Notifier()
+        self.launch = launch
+        self.token, self.cookie_secret = secrets
+        self._started = started
         self.reaper = children.Reaper()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.lab: Lab | None = None
@@ -64,8 +75,6 @@ class Supervisor(Reloading):
         self.stopping = False
         self.reloading = False  # RELOADING=1 sent, READY=1 still owed to systemd
         self.exit_code: int | None = None
-        self.token = ""
-        self.cookie_secret = b""
         self.state: state.State | None = None
 
     # ── plumbing ────────────────────────────────────────────────────────────
@@ -105,9 +114,7 @@ class Supervisor(Reloading):
             loop.add_signal_handler(sig, self.post, StopRequested(sig.name))
         loop.add_signal_handler(signal.SIGHUP, self.post, ReloadRequested("SIGHUP"))
         loop.add_signal_handler(signal.SIGUSR1, self.post, RotateRequested())
-        launcher.become_subreaper()
-        self.reaper.install(loop)
-        self._load_secrets()
+        self._init_state()
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         logger.info(
             "supervisor_started",
@@ -116,7 +123,10 @@ class Supervisor(Reloading):
             user=self.config.lab.user,
             port=self.config.lab.port,
         )
-        await self._start()
+        await self._start(self._started)
+        self._started = None
+        # Only now: a JupyterLab that already exited must be reaped as itself, not an orphan.
+        self.reaper.install(loop)
         self._watch_config(loop)  # after the spawn: importing watchdog need not delay it
         while self.exit_code is None:
             await self._handle(await self.events.get())
@@ -126,11 +136,7 @@ class Supervisor(Reloading):
             self.watcher.stop()
         return self.exit_code
 
-    def _load_secrets(self) -> None:
-        service = self.config.service
-        state.ensure_dir(service.state_dir, 0o700)
-        self.token = state.load_or_create_token(service.state_dir)
-        self.cookie_secret = state.load_or_create_cookie_secret(service.state_dir)
+    def _init_state(self) -> None:
         log.add_secret(self.token)
         lab, me = self.config.lab, os.getpid()
         self.state = state.State(
@@ -180,26 +186,29 @@ class Supervisor(Reloading):
 
     # ── starting ────────────────────────────────────────────────────────────
 
-    async def _start(self) -> None:
+    async def _start(self, started: subprocess.Popen[bytes] | Exception | None = None) -> None:
+        """Start JupyterLab, or take charge of the one `jlservice run` started before the
+        supervisor existed (`started`: its process, or why it could not start)."""
         self.attempt += 1
-        problem = launcher.check_port(self.launch.ip, self.launch.port)
-        if problem:
-            logger.error("lab_start_failed", problem=problem)
-            self._failed(problem)
-            return
-        launcher.prepare_private_dir(
-            self.launch, self.config.service.runtime_dir, self.token, self.cookie_secret
-        )
         try:
-            self.lab = await Lab.spawn(
-                self.launch, self.reaper, self.post, self.config.restart.start_timeout
+            if isinstance(started, Exception):
+                raise started
+            popen = started or launcher.start(
+                self.launch, self.config.service.runtime_dir, self.token, self.cookie_secret
             )
+        except launcher.AddressUnavailable as exc:
+            logger.error("lab_start_failed", problem=str(exc))
+            self._failed(str(exc))
+            return
         except launcher.LaunchError as exc:
             logger.error("lab_start_failed", problem=str(exc))
             self._save(status=state.FAILED, last_error=str(exc))
             self.notifier.status(f"Failed: {exc}")
             self.exit_code = EX_CONFIG
             return
+        self.lab = await Lab.adopt(
+            popen, self.launch, self.reaper, self.post, self.config.restart.start_timeout
+        )
         pid = self.lab.pid
         self._save(
             status=state.STARTING,
@@ -266,7 +275,7 @@ class Supervisor(Reloading):
                 problem += f" during start-up: {last_words or 'no output'}"
         else:
             problem = self.state.last_error or status.describe()
-        healthy_for = time.monotonic() - lab.ready_at if lab.ready_at is not None else 0.0
+        healthy_for = time.time() - lab.ready_at if lab.ready_at is not None else 0.0
         if healthy_for >= self.config.restart.reset_after:
             self.failures = 0
         self._failed(problem)
