@@ -9,6 +9,7 @@ import platform
 import socket
 import statistics
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -244,3 +245,35 @@ def describe_machine(info: Mapping[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def finish(
+    script: str,
+    began: float,
+    metrics: Sequence[Metric],
+    warnings: Sequence[str],
+    args: Any,
+    extra: Mapping[str, Any],
+) -> int:
+    """Print the table and warnings, write --json, and return the exit status (--strict)."""
+    print(f"\nresults ({time.time() - began:.0f} s):\n")
+    print(table(metrics))
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+    if args.json:
+        report = {
+            "benchmark": script,
+            "started_at": began,
+            "args": vars(args),
+            **extra,
+            "metrics": [m.to_dict() for m in metrics],
+            "warnings": list(warnings),
+        }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {path}")
+    missed = [m.name for m in metrics if m.ok is False]
+    if missed:
+        print(f"goals missed: {', '.join(missed)}")
+    return 3 if args.strict and missed else 0

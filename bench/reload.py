@@ -20,7 +20,6 @@ answer, 3 with --strict when a goal is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a directory of scripts, not a package: its helpers are imported from beside it
 from _common import BenchError, Processes, api_ok, event_time, free_port, log_events, tail
 from _lab import Lab, need_event, wait_event
-from _report import Metric, describe_machine, machine_info, table
+from _report import Metric, describe_machine, finish, machine_info
 
 from jlservice.watch import DEBOUNCE_S
 
@@ -358,35 +357,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nresults ({time.time() - began:.0f} s):\n")
-    print(table(results))
+    status = finish(
+        "bench/reload.py",
+        began,
+        results,
+        lab.warnings,
+        args,
+        {"machine": machine, "debounce_s": DEBOUNCE_S, "runs": raw},
+    )
     reload_row = results[1]
     print(
         f"\nsave -> new port vs plain cold start (medians): "
         f"{reload_row.difference:+.3f} s (goal <= +{RELOAD_GOAL_S:g} s), "
         f"ratio {reload_row.ratio:.3f}"
     )
-    for warning in lab.warnings:
-        print(f"WARNING: {warning}")
-    if args.json:
-        report = {
-            "benchmark": "bench/reload.py",
-            "started_at": began,
-            "args": vars(args),
-            "machine": machine,
-            "debounce_s": DEBOUNCE_S,
-            "metrics": [m.to_dict() for m in results],
-            "runs": raw,
-            "warnings": lab.warnings,
-        }
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {path}")
-    missed = [m.name for m in results if m.ok is False]
-    if missed:
-        print(f"goals missed: {', '.join(missed)}")
-    return 3 if args.strict and missed else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ class Launch:
     base_url: str
 
     @property
+    def url(self) -> str:
+        """The server's address for people: on a wildcard address, this machine's name."""
+        host = self.ip if self.ip not in ("0.0.0.0", "::") else socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}{self.base_url}"
+
+    @property
     def api_url(self) -> str:
         """Where this server answers its unauthenticated readiness probe."""
         return probe.base_url(self.ip, self.port, f"{self.base_url}api")

@@ -102,7 +102,7 @@ class Reloading:
         self._save(
             config_error=None,
             reload_pending=None,
-            url=self.url,
+            url=self.launch.url,
             ip=lab.ip,
             port=lab.port,
             base_url=lab.base_url,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -87,18 +86,12 @@ class Supervisor(Reloading):
         self.state = self.state.evolve(**changes)
         state.write_state(self.config.service.state_dir, self.state)
 
-    @property
-    def url(self) -> str:
-        lab = self.config.lab
-        host = lab.ip if lab.ip not in ("0.0.0.0", "::") else socket.getfqdn()
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{lab.port}{lab.base_url}"
-
     def _status_line(self) -> str:
         if self.lab is not None and self.lab.ready:
-            line = f"JupyterLab ready on {self.url} as {self.config.lab.user} (pid {self.lab.pid})"
+            launch = self.launch
+            line = f"JupyterLab ready on {launch.url} as {launch.account.name} (pid {self.lab.pid})"
         else:
-            line = f"JupyterLab {self.state.status} on {self.url}"
+            line = f"JupyterLab {self.state.status} on {self.launch.url}"
         if self.state.config_error:
             line += "; configuration rejected, still using the previous one: "
             line += self.state.config_error
@@ -141,7 +134,7 @@ class Supervisor(Reloading):
         lab, me = self.config.lab, os.getpid()
         self.state = state.State(
             token=self.token,
-            url=self.url,
+            url=self.launch.url,
             ip=lab.ip,
             port=lab.port,
             base_url=lab.base_url,
@@ -217,8 +210,10 @@ class Supervisor(Reloading):
             ready_at=None,
             token=self.token,
         )
-        self.notifier.status(f"Starting JupyterLab on {self.url} as {self.config.lab.user}")
-        logger.info("lab_starting", pid=pid, user=self.config.lab.user, port=self.config.lab.port)
+        self.notifier.status(
+            f"Starting JupyterLab on {self.launch.url} as {self.launch.account.name}"
+        )
+        logger.info("lab_starting", pid=pid, user=self.launch.account.name, port=self.launch.port)
 
     def _on_ready(self) -> None:
         lab = self.lab
@@ -227,7 +222,7 @@ class Supervisor(Reloading):
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
         self.reloading = False
         self.notifier.ready(self._status_line())
-        logger.info("lab_ready", pid=lab.pid, url=self.url, ready_s=round(ready_s, 3))
+        logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
 
