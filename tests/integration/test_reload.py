@@ -261,3 +261,30 @@ def test_reload_to_a_port_in_use_is_rejected_and_keeps_serving(service):
     assert state["status"] == "ready" and service.lab_pid == lab
     assert service.api("GET", "api/contents", token).status_code == 200
     assert len(_events(service, "lab_starting")) == 1
+
+
+def test_change_during_a_reload_leads_to_exactly_one_more(service):
+    service.start()
+    first_lab = service.lab_pid
+    port_a, port_b = free_port(), free_port()
+    service.sections["lab"]["port"] = port_a
+    save_by_rename(service.config_path, render_toml(service.sections))
+    # The restart for port A is under way (old JupyterLab stopping or new one starting)...
+    wait_for(lambda: _events(service, "config_reloaded"), 30, "the first reload")
+    assert service.state()["status"] in ("stopping", "starting")
+    service.sections["lab"]["port"] = port_b  # ...when the file changes again.
+    save_by_rename(service.config_path, render_toml(service.sections))
+
+    state = wait_for(
+        lambda: (s := service.state()).get("status") == "ready" and s.get("port") == port_b and s,
+        90,
+        "JupyterLab on the newest port",
+    )
+    time.sleep(1.5)  # nothing else may follow
+    assert [e["result"] for e in _events(service, "config_reloaded")] == ["applied", "applied"]
+    assert len(_events(service, "lab_starting")) == 3  # first start, port A, port B
+    assert service.lab_pid == state["lab_pid"] != first_lab
+    service.port = port_b
+    assert service.api("GET", "api").status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port_a}/api", timeout=5)
