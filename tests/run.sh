@@ -6,11 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=/usr/bin/python3
-[ -x "$python" ] || python=$(command -v python3)
-
 if [ "$(id -u)" = 0 ]; then
-    packages=(python3-venv gcc procps)
+    packages=(python3-venv)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +21,8 @@ else
     venv=${JLSERVICE_TEST_VENV:-.venv}
 fi
 
+python=/usr/bin/python3  # the system Python: users made by the tests can run a venv from it
+[ -x "$python" ] || python=$(command -v python3)
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 # Not editable: the package must live in the venv, readable by the users the tests create.
