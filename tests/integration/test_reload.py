@@ -282,7 +282,10 @@ def test_change_during_a_reload_leads_to_exactly_one_more(service):
     )
     time.sleep(1.5)  # nothing else may follow
     assert [e["result"] for e in _events(service, "config_reloaded")] == ["applied", "applied"]
-    assert len(_events(service, "lab_starting")) == 3  # first start, port A, port B
+    # Port A starts only if the second change came after A was already being started; either
+    # way the newest content is what runs, and nothing starts after it.
+    restarts = [e["port"] for e in _events(service, "lab_starting")][1:]
+    assert restarts in ([port_b], [port_a, port_b]), restarts
     assert service.lab_pid == state["lab_pid"] != first_lab
     service.port = port_b
     assert service.api("GET", "api").status_code == 200
