@@ -156,16 +156,21 @@ def _option_args(key: str, value: OptionValue) -> list[str]:
 def prepare_private_dir(
     launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
 ) -> None:
-    """Give JupyterLab its token and cookie secret in a 0700 directory only its user can read.
+    """Give JupyterLab its token and cookie secret, readable by its user alone.
 
-    The token file has no trailing newline: jupyter_server reads it verbatim.
+    When root switches users, `private_dir` itself stays root's (0711): the user can reach
+    the files in it but cannot replace them, or its `runtime` directory, with symlinks that
+    root would then follow. The token file has no trailing newline: jupyter_server reads it
+    verbatim.
     """
-    state.ensure_dir(runtime_dir, 0o755 if launch.switch_user else 0o700)
     owner = (launch.account.uid, launch.account.gid)
-    for directory in (launch.private_dir, launch.jupyter_runtime_dir):
-        state.ensure_dir(directory, 0o700)
-        if launch.switch_user:
-            os.chown(directory, *owner)
+    if launch.switch_user:
+        state.ensure_dir(runtime_dir, 0o755)
+        state.ensure_dir(launch.private_dir, 0o711, owner=(os.geteuid(), os.getegid()))
+        state.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
+    else:
+        for directory in (runtime_dir, launch.private_dir, launch.jupyter_runtime_dir):
+            state.ensure_dir(directory, 0o700)
     state.write_atomic(launch.token_file, token.encode(), owner=owner)
     state.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
 

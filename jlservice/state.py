@@ -99,20 +99,36 @@ class State(NamedTuple):
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def ensure_dir(path: Path, mode: int) -> None:
-    """Create `path` (and parents) and make sure it has exactly `mode` if we own it."""
+def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Create `path` (and parents); give it `mode` (and `owner`) if it is ours to change.
+
+    Never follows a symlink at `path`: a directory another user can write to could hold
+    one pointing anywhere, and root would chown or chmod the target.
+    """
     path.mkdir(mode=mode, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid == os.geteuid() and (st.st_mode & 0o777) != mode:
-        path.chmod(mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"{path} is not a plain directory ({exc.strerror})", str(path)
+        ) from None
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        if os.fstat(fd).st_uid == os.geteuid() or owner is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(
     path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
 ) -> None:
     """Write `data` so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    import tempfile  # O_EXCL with a random name: nothing planted in advance is followed
+
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = Path(name)
     try:
         os.fchmod(fd, mode)
         if owner is not None:

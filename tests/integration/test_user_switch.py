@@ -66,7 +66,40 @@ def test_lab_kernels_and_files_belong_to_the_user(user_service, other_user):
     # The token file JupyterLab reads is the user's, and nobody else's.
     token_file = Path(environ["JUPYTER_TOKEN_FILE"])
     assert token_file.stat().st_uid == other_user.uid
-    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    # Its directory stays root's, so the user cannot swap what root writes there.
+    assert token_file.parent.stat().st_uid == 0
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o711
+
+
+def test_lab_user_cannot_make_root_follow_a_symlink(user_service, other_user, tmp_path):
+    """From a kernel, the user tries to swap the runtime dir for a link to a root directory."""
+    svc = user_service.start()
+    environ = psutil.Process(svc.lab_pid).environ()
+    runtime = Path(environ["JUPYTER_RUNTIME_DIR"])
+    target = tmp_path / "roots-own"
+    target.mkdir(mode=0o755)
+    token = svc.cli("token").stdout.strip()
+    kernel_id, _ = svc.start_kernel(token)
+    out = svc.execute(
+        token,
+        kernel_id,
+        f"""
+import os, shutil
+try:
+    shutil.rmtree({str(runtime)!r})
+    os.symlink({str(target)!r}, {str(runtime)!r})
+    print("swapped")
+except OSError as exc:
+    print("refused", exc.errno)
+""",
+    )
+    assert out.startswith("refused"), out
+    old = svc.lab_pid
+    os.kill(old, 9)  # a restart makes root prepare the directory again
+    svc.wait_ready(not_pid=old)
+    assert target.stat().st_uid == 0 and stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert runtime.is_dir() and not runtime.is_symlink()
 
 
 def test_state_file_is_not_readable_by_the_lab_user(user_service, other_user):
