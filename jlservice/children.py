@@ -36,7 +36,10 @@ class ExitStatus:
 
     def describe(self) -> str:
         if self.signal is not None:
-            return f"killed by {signal.Signals(self.signal).name}"
+            try:
+                return f"killed by {signal.Signals(self.signal).name}"
+            except ValueError:  # real-time signals have no name
+                return f"killed by signal {self.signal}"
         return f"exited with status {self.code}"
 
 

@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), getattr(exc, "status", 1))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the machine said no: permissions, disk full, …
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1)
 
 
 def _fail(message: str, status: int) -> int:
@@ -160,7 +163,14 @@ def _rotate(args: argparse.Namespace) -> int:
     os.kill(current.supervisor_pid, signal.SIGUSR1)
     latest = _wait_state(
         service.state_dir,
-        lambda s: s.token != current.token and s.status in (state.READY, state.FAILED),
+        lambda s: (
+            s.status == state.FAILED
+            or (
+                s.token != current.token
+                and s.status == state.READY
+                and s.lab_pid not in (None, current.lab_pid)
+            )
+        ),
         300,
         "restart JupyterLab",
     )

@@ -13,6 +13,7 @@ logger = log.get("jlservice.lab")
 
 # "[W 2026-11-22 03:51:41.512 ServerApp] message"
 _LINE = re.compile(r"^\[(?P<level>[DIWEC]) \S+ \S+ (?P<source>[^\]]+)\] ?(?P<message>.*)$")
+MAX_LINE = 64 * 1024
 _LEVELS = {"D": "debug", "I": "info", "W": "warning", "E": "error", "C": "critical"}
 
 
@@ -29,8 +30,13 @@ class LabOutput(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        # A carriage return (progress bars) ends a line too, and no line grows without limit:
+        # kernels and their children inherit this pipe.
+        self._buffer += data.replace(b"\r", b"\n")
         *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > MAX_LINE:
+            lines.append(self._buffer)
+            self._buffer = b""
         for raw in lines:
             self._emit(raw.decode("utf-8", "replace").rstrip("\r"))
         if lines:

@@ -51,8 +51,8 @@ class LaunchError(Exception):
     """JupyterLab cannot be started as configured; str() says why and what to do."""
 
 
-class AddressUnavailable(Exception):
-    """JupyterLab cannot listen where configured right now (port in use…); may pass."""
+class CannotStartNow(Exception):
+    """JupyterLab cannot start right now (port in use, fork failed…); worth retrying."""
 
 
 @dataclass(frozen=True)
@@ -229,13 +229,16 @@ def start(
 ) -> subprocess.Popen[bytes]:
     """Check the address, hand over the secrets, spawn JupyterLab.
 
-    Raises AddressUnavailable (worth retrying) or LaunchError (a configuration problem).
+    Raises CannotStartNow (worth retrying) or LaunchError (a configuration problem).
     Synchronous and light, so that `jlservice run` can call it before its heavier imports.
     """
     problem = check_port(launch.ip, launch.port)
     if problem:
-        raise AddressUnavailable(problem)
-    prepare_private_dir(launch, runtime_dir, token, cookie_secret)
+        raise CannotStartNow(problem)
+    try:
+        prepare_private_dir(launch, runtime_dir, token, cookie_secret)
+    except OSError as exc:
+        raise CannotStartNow(f"cannot prepare {launch.private_dir}: {exc.strerror}") from None
     return spawn(launch)
 
 
@@ -270,7 +273,7 @@ def spawn(launch: Launch) -> subprocess.Popen[bytes]:
         raise LaunchError(
             f"{exc.filename or launch.argv[0]}: no such file; check [lab] command and notebook_dir"
         ) from None
-    except OSError as exc:
-        raise LaunchError(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
+    except OSError as exc:  # EAGAIN, ENOMEM…: the machine, not the configuration
+        raise CannotStartNow(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
     except ValueError as exc:  # e.g. an embedded NUL that validation let through
         raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None

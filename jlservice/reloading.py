@@ -67,7 +67,7 @@ class Reloading:
                 config_error=plan.error, last_reload=state.LastReload(now, source, reload.REJECTED)
             )
             logger.error("config_rejected", source=source, problem=plan.error)
-            self.notifier.ready(self._status_line())
+            self._reload_done()
             return
         self._apply_supervisor_settings(plan.config)
         if plan.result == reload.UNCHANGED:
@@ -78,15 +78,23 @@ class Reloading:
                 last_reload=state.LastReload(now, source, reload.UNCHANGED),
             )
             logger.info("config_reloaded", source=source, result=plan.result)
-            self.notifier.ready(self._status_line())
+            self._reload_done()
             return
         if self.config.reload.when == "idle" and self.lab and self.lab.ready:
             self._defer_until_idle(plan.launch, source)
-            self.notifier.ready(self._status_line())
+            self._reload_done()
             return
         self._save(last_reload=state.LastReload(now, source, reload.APPLIED))
         logger.info("config_reloaded", source=source, result=plan.result)
         await self._restart_with(plan.launch)
+
+    def _reload_done(self) -> None:
+        """End systemd's reload: READY=1 now if JupyterLab answers, else once it does."""
+        if self.lab is not None and self.lab.ready:
+            self.notifier.ready(self._status_line())
+        else:
+            self.reloading = True
+            self.notifier.status(self._status_line())
 
     def _apply_supervisor_settings(self, new: Config) -> None:
         """Settings JupyterLab never sees take effect at once."""
@@ -96,9 +104,22 @@ class Reloading:
         self._watch_config(asyncio.get_running_loop())
 
     async def _restart_with(self, launch: launcher.Launch) -> None:
+        self._use_launch(launch)
+        self.reloading = True
+        if self.lab is not None:
+            await self._stop_lab("reload")  # its exit starts the new launch
+        else:  # waiting in backoff: a new configuration deserves a fresh start now
+            self.failures = 0
+            await self._start()
+
+    def _use_launch(self, launch: launcher.Launch) -> None:
+        """From now on start `launch` (the one a pending reload waited to apply, if any)."""
         self._drop_pending()
         self.launch = launch
         lab = self.config.lab
+        last = self.state.last_reload
+        if last is not None and last.result == reload.PENDING:
+            self._save(last_reload=last._replace(result=reload.APPLIED))
         self._save(
             config_error=None,
             reload_pending=None,
@@ -109,12 +130,6 @@ class Reloading:
             user=lab.user,
             notebook_dir=str(lab.notebook_dir),
         )
-        self.reloading = True
-        if self.lab is not None:
-            await self._stop_lab("reload")  # its exit starts the new launch
-        else:  # waiting in backoff: a new configuration deserves a fresh start now
-            self.failures = 0
-            await self._start()
 
     def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
         deadline = (

@@ -6,6 +6,7 @@ psutil, the supervisor): its ~2 s cold start then overlaps them instead of waiti
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 from jlservice import launcher, state
@@ -32,11 +33,15 @@ def run(config: Config) -> int:
     )
     launch = launcher.build(config)
     launcher.become_subreaper()  # before the first child: its orphans must come back to us
+    # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
+    early_signals: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, lambda received, _frame: early_signals.append(received))
     try:
         started: subprocess.Popen[bytes] | Exception = launcher.start(
             launch, service.runtime_dir, *secrets
         )
-    except (launcher.AddressUnavailable, launcher.LaunchError) as exc:
+    except (launcher.CannotStartNow, launcher.LaunchError) as exc:
         started = exc  # the supervisor reports it, in its log and state, like any later start
 
     import asyncio
@@ -45,4 +50,4 @@ def run(config: Config) -> int:
     from jlservice.supervisor import Supervisor
 
     log.configure(config.log.level, config.log.format)
-    return asyncio.run(Supervisor(config, launch, secrets, started).run())
+    return asyncio.run(Supervisor(config, launch, secrets, started, early_signals).run())

@@ -39,6 +39,18 @@ from jlservice.reloading import Reloading
 logger = log.get("jlservice.supervisor")
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def signal_event(signum: int) -> Event:
+    """Signals are commands: stop, reload, rotate the token."""
+    if signum == signal.SIGHUP:
+        return ReloadRequested("SIGHUP")
+    if signum == signal.SIGUSR1:
+        return RotateRequested()
+    return StopRequested(signal.Signals(signum).name)
+
+
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
     """Seconds to wait before start number `failures` + 1.
 
@@ -58,14 +70,17 @@ class Supervisor(Reloading):
         launch: launcher.Launch,
         secrets: tuple[str, bytes],
         started: subprocess.Popen[bytes] | Exception | None = None,
+        early_signals: list[int] | None = None,
     ) -> None:
         """`secrets`: the token and cookie secret; `started`: JupyterLab if run.py has already
-        started it (or why it could not), else None."""
+        started it (or why it could not), else None; `early_signals`: signals received before
+        the loop could handle them."""
         self.config = config
         self.notifier = Notifier()
         self.launch = launch
         self.token, self.cookie_secret = secrets
         self._started = started
+        self._early_signals = early_signals or []
         self.reaper = children.Reaper()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.lab: Lab | None = None
@@ -102,11 +117,22 @@ class Supervisor(Reloading):
     # ── main loop ───────────────────────────────────────────────────────────
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        except Exception:
+            # A bug must not leave JupyterLab's kernels (and their GPU memory) behind.
+            logger.exception("supervisor_failed")
+            if self.lab is not None:
+                await self.lab.stop("supervisor_failed", self.config.restart.stop_timeout)
+            await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
+            return 1
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.post, StopRequested(sig.name))
-        loop.add_signal_handler(signal.SIGHUP, self.post, ReloadRequested("SIGHUP"))
-        loop.add_signal_handler(signal.SIGUSR1, self.post, RotateRequested())
+        for signum in SIGNALS:
+            loop.add_signal_handler(signum, self.post, signal_event(signum))
+        for signum in self._early_signals:  # arrived while jlservice was still importing
+            self.post(signal_event(signum))
         self._init_state()
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         logger.info(
@@ -152,13 +178,14 @@ class Supervisor(Reloading):
         match event:
             case ChildExited() if current:
                 await self._on_exit(event.status)
-            case LabReady() if current and not lab.ready:
+            case LabReady() if current and not lab.ready and lab.stop_reason is None:
                 self._on_ready()
             case LabUnhealthy() if current and lab.stop_reason is None:
                 logger.warning("lab_unhealthy", pid=lab.pid, problem=event.problem)
+                self.notifier.watchdog()  # jlservice acts on it; systemd need not
                 self._save(last_error=f"JupyterLab stopped answering: {event.problem}")
                 await self._stop_lab("unhealthy")
-            case StartTimedOut() if current and not lab.ready:
+            case StartTimedOut() if current and not lab.ready and lab.stop_reason is None:
                 timeout = self.config.restart.start_timeout
                 logger.error("lab_start_timeout", pid=lab.pid, timeout_s=timeout)
                 self._save(last_error=f"JupyterLab did not answer within {timeout:g} s")
@@ -183,13 +210,15 @@ class Supervisor(Reloading):
         """Start JupyterLab, or take charge of the one `jlservice run` started before the
         supervisor existed (`started`: its process, or why it could not start)."""
         self.attempt += 1
+        if self.pending is not None:  # any restart applies the reload that waited for idle
+            self._use_launch(self.pending.launch)
         try:
             if isinstance(started, Exception):
                 raise started
             popen = started or launcher.start(
                 self.launch, self.config.service.runtime_dir, self.token, self.cookie_secret
             )
-        except launcher.AddressUnavailable as exc:
+        except launcher.CannotStartNow as exc:
             logger.error("lab_start_failed", problem=str(exc))
             self._failed(str(exc))
             return
@@ -227,11 +256,16 @@ class Supervisor(Reloading):
             print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
 
     async def _watchdog(self) -> None:
-        """WATCHDOG=1 while JupyterLab is alive and answering (or being brought back)."""
+        """WATCHDOG=1, except while JupyterLab fails its probes and jlservice has not acted.
+
+        [health] defaults detect a hang well inside systemd's WatchdogSec, so jlservice
+        replaces JupyterLab itself; systemd steps in only if jlservice does not.
+        """
         interval = self.notifier.watchdog_interval
         assert interval is not None
         while True:
-            if self.lab is None or self.lab.answering:
+            lab = self.lab
+            if lab is None or lab.answering or lab.stop_reason is not None:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
@@ -319,8 +353,7 @@ class Supervisor(Reloading):
         self.cookie_secret = state.new_cookie_secret()
         log.add_secret(self.token)
         state.write_cookie_secret(self.config.service.state_dir, self.cookie_secret)
+        self._save(token=self.token)  # at once: a rotated token must never come back
         logger.info("token_rotated")
         if self.lab is not None:
-            await self._stop_lab("rotate")  # the next start publishes the new token
-        else:
-            self._save(token=self.token)
+            await self._stop_lab("rotate")

@@ -40,9 +40,10 @@ class RestartConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    interval: float = 10.0
-    timeout: float = 5.0
-    failures: int = 3
+    # A hang is acted on within interval + 2 × timeout (16 s): well inside WatchdogSec=30.
+    interval: float = 5.0
+    timeout: float = 3.0
+    failures: int = 2
 
 
 @dataclass(frozen=True)

@@ -256,14 +256,11 @@ def test_prepare_private_dir_for_another_user(tmp_path: Path) -> None:
     launch = build(tmp_path, user="nobody", notebook_dir=str(tmp_path))
     launcher.prepare_private_dir(launch, tmp_path / "run", TOKEN, b"c" * 64)
     nobody = pwd.getpwnam("nobody")
-    for path in (
-        launch.private_dir,
-        launch.jupyter_runtime_dir,
-        launch.token_file,
-        launch.cookie_secret_file,
-    ):
+    for path in (launch.jupyter_runtime_dir, launch.token_file, launch.cookie_secret_file):
         assert path.stat().st_uid == nobody.pw_uid, path
     assert _mode(launch.token_file) == 0o600
+    # The directory holding them stays root's: nobody cannot swap its entries for symlinks.
+    assert launch.private_dir.stat().st_uid == 0 and _mode(launch.private_dir) == 0o711
     assert _mode(tmp_path / "run") == 0o755  # nobody must get through to its own dir
 
 
