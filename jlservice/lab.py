@@ -111,10 +111,11 @@ class Lab:
             await self.exited
 
     async def drain_output(self) -> str | None:
-        """Once the process and its leftovers are gone: the line that best explains its end.
+        """Once the process and its leftovers are gone: its last line (jupyter_server's last
+        words, which say why a start failed).
 
         Kernels inherit JupyterLab's output pipe; with them swept it closes promptly.
         """
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.output.closed), 1.0)
-        return self.output.last_problem()
+        return self.output.last_line

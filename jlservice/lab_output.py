@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import deque
 from collections.abc import Callable
 
 from jlservice import log
@@ -26,7 +25,7 @@ class LabOutput(asyncio.Protocol):
         self._buffer = b""
         self._level = "info"
         self._source = "lab"
-        self.tail: deque[str] = deque(maxlen=30)
+        self.last_line: str | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
@@ -59,9 +58,5 @@ class LabOutput(asyncio.Protocol):
             message = match["message"]
         else:  # continuation lines (URLs, tracebacks) keep the level of the line above
             message = line
-        self.tail.append(message.strip())
+        self.last_line = message.strip()
         getattr(logger, self._level)("lab_output", pid=self.pid, source=self._source, line=message)
-
-    def last_problem(self) -> str | None:
-        """The line that best explains a failed start: jupyter_server's last words."""
-        return self.tail[-1] if self.tail else None

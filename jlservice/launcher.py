@@ -7,6 +7,7 @@ how a reload decides whether JupyterLab must restart.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import signal
@@ -183,9 +184,9 @@ def check_port(ip: str, port: int) -> str | None:
         try:
             sock.bind((ip, port))
         except OSError as exc:
-            if exc.errno == 98:  # EADDRINUSE
+            if exc.errno == errno.EADDRINUSE:
                 return f"port {port} on {ip} is in use{_holder(port)}; stop it or change [lab] port"
-            if exc.errno == 99:  # EADDRNOTAVAIL
+            if exc.errno == errno.EADDRNOTAVAIL:
                 return f"{ip} is not an address of this machine; fix [lab] ip"
             return f"cannot listen on {ip}:{port}: {exc.strerror}"
     return None

@@ -101,8 +101,10 @@ def _denied(path: Path, account: Account, depth: int) -> str | None:
     if not _allowed(st, account, 1):
         return f"{real} is not executable by {account.name} (mode {stat.S_IMODE(st.st_mode):04o})"
     interpreter = _shebang_interpreter(real)
-    if interpreter is None or depth > 2:
+    if interpreter is None:
         return None
+    if depth >= 4:  # Linux follows at most 4 levels of #! interpreters, then fails with ELOOP
+        return f"{path}: too many levels of #! interpreters"
     if not _allowed(st, account, 4):
         return f"{real} is a script that {account.name} cannot read"
     return _denied(Path(interpreter), account, depth + 1)

@@ -9,7 +9,6 @@ last ones seen, and only a real change (or a disappearance) is reported — once
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from jlservice import log
+from jlservice.config.reader import digest
 
 logger = log.get("jlservice.watch")
 
@@ -28,7 +28,7 @@ MAX_DELAY_S = 1.0  # a file that never stops changing is still reloaded this oft
 
 def fingerprint(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return digest(path.read_bytes())
     except OSError:
         return None
 

@@ -26,7 +26,7 @@ _LAZY = {
     "ReloadConfig": "model",
     "LogConfig": "model",
     "OptionValue": "model",
-    "RESERVED_OPTIONS": "lab",
+    "RESERVED_TRAITS": "lab",
     "RESERVED_ENV": "lab",
     "default_command": "lab",
 }

@@ -15,25 +15,34 @@ from jlservice import users
 from jlservice.config.model import LabConfig, OptionValue
 from jlservice.config.reader import Reader, kind_of
 
-# Traitlets that jlservice sets itself; letting [lab] options override them would break
-# readiness checks, the token, or the login cookie.
-RESERVED_OPTIONS = {
-    "ServerApp.ip": "[lab] ip",
-    "ServerApp.port": "[lab] port",
-    "ServerApp.port_retries": "nothing: jlservice pins it to 0 so JupyterLab never moves port",
-    "ServerApp.base_url": "[lab] base_url",
-    "ServerApp.root_dir": "[lab] notebook_dir",
-    "ServerApp.notebook_dir": "[lab] notebook_dir",
-    "ServerApp.preferred_dir": "[lab] notebook_dir",
-    "ServerApp.open_browser": "nothing: a service never opens a browser",
-    "ServerApp.allow_root": "[lab] allow_root",
-    "ServerApp.token": "`jlservice token --rotate`",
-    "IdentityProvider.token": "`jlservice token --rotate`",
-    "ServerApp.cookie_secret": "`jlservice token --rotate`",
-    "ServerApp.cookie_secret_file": "nothing: jlservice keeps the cookie secret in its state dir",
-    "IdentityProvider.cookie_name": "nothing: jlservice fixes it so logins survive port changes",
-    "ServerApp.runtime_dir": "nothing: jlservice gives JupyterLab a private runtime dir",
+# Traits that jlservice sets itself; letting [lab] options override them would break
+# readiness checks, the token, or the login cookie. They are refused on any *App class
+# (ServerApp, LabApp, JupyterApp…) and any *IdentityProvider, where traitlets would apply them.
+RESERVED_TRAITS = {
+    "ip": "[lab] ip",
+    "port": "[lab] port",
+    "port_retries": "nothing: jlservice pins it to 0 so JupyterLab never moves port",
+    "base_url": "[lab] base_url",
+    "root_dir": "[lab] notebook_dir",
+    "notebook_dir": "[lab] notebook_dir",
+    "preferred_dir": "[lab] notebook_dir",
+    "open_browser": "nothing: a service never opens a browser",
+    "allow_root": "[lab] allow_root",
+    "token": "`jlservice token --rotate`",
+    "cookie_secret": "`jlservice token --rotate`",
+    "cookie_secret_file": "nothing: jlservice keeps the cookie secret in its state dir",
+    "cookie_name": "nothing: jlservice fixes it so logins survive port changes",
+    "runtime_dir": "nothing: jlservice gives JupyterLab a private runtime dir",
 }
+_RESERVED_CLASSES = ("App", "IdentityProvider")
+
+
+def reserved_option(key: str) -> str | None:
+    """What to use instead of the traitlet `key`, if jlservice manages it."""
+    cls, _, trait = key.rpartition(".")
+    return RESERVED_TRAITS.get(trait) if cls.endswith(_RESERVED_CLASSES) else None
+
+
 RESERVED_ENV = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR"}
 _OPTION_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -183,8 +192,9 @@ def _option(r: Reader, key: str, value: Any) -> OptionValue:
     where = f'options."{key}"'
     if not _OPTION_KEY.fullmatch(key):
         r.fail("lab", where, 'expected a traitlet name such as "ServerApp.allow_origin"')
-    if key in RESERVED_OPTIONS:
-        r.fail("lab", where, f"is managed by jlservice; use {RESERVED_OPTIONS[key]}")
+    instead = reserved_option(key)
+    if instead:
+        r.fail("lab", where, f"is managed by jlservice; use {instead}")
     if isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):

@@ -27,6 +27,13 @@ def read_toml(path: str) -> dict[str, Any]:
     return parse_toml(read_bytes(path), path)
 
 
+def digest(raw: bytes) -> str:
+    """The fingerprint of a configuration file's content (the reload watcher compares it)."""
+    import hashlib  # not on the `jlservice token` path
+
+    return hashlib.sha256(raw).hexdigest()
+
+
 def read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from jlservice import users
 from jlservice.config.lab import parse_lab
 from jlservice.config.model import Config
-from jlservice.config.reader import Reader, parse_toml, read_bytes
+from jlservice.config.reader import Reader, digest, parse_toml, read_bytes
 from jlservice.config.sections import parse_health, parse_log, parse_reload, parse_restart
 from jlservice.config.service import parse_service
 
@@ -30,7 +29,7 @@ def load(
         return parse({}, "built-in defaults", None, environ, cwd or Path.cwd())
     raw = read_bytes(str(path))
     config = parse(parse_toml(raw, str(path)), str(path), path, environ, cwd or Path.cwd())
-    return dataclasses.replace(config, digest=hashlib.sha256(raw).hexdigest())
+    return dataclasses.replace(config, digest=digest(raw))
 
 
 def parse(

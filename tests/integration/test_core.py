@@ -239,6 +239,7 @@ def test_child_does_not_inherit_systemd_sockets(service, tmp_path):
         env={
             "NOTIFY_SOCKET": str(tmp_path / "nosuch.sock"),
             "WATCHDOG_USEC": "0",
+            "WATCHDOG_PID": "1",
             "JUPYTER_TOKEN": "leaked",
         }
     )

@@ -270,8 +270,11 @@ def test_change_during_a_reload_leads_to_exactly_one_more(service):
     service.sections["lab"]["port"] = port_a
     save_by_rename(service.config_path, render_toml(service.sections))
     # The restart for port A is under way (old JupyterLab stopping or new one starting)...
-    wait_for(lambda: _events(service, "config_reloaded"), 30, "the first reload")
-    assert service.state()["status"] in ("stopping", "starting")
+    wait_for(
+        lambda: service.state().get("status") in ("stopping", "starting"),
+        30,
+        "the restart for the first change",
+    )
     service.sections["lab"]["port"] = port_b  # ...when the file changes again.
     save_by_rename(service.config_path, render_toml(service.sections))
 

@@ -805,3 +805,24 @@ def test_command_with_a_looping_interpreter(write_config, lab_base, tmp_path: Pa
     program.chmod(0o755)
     message = lab_error(write_config, lab_base, command=[str(program)])
     assert "[lab] command:" in message
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "PasswordIdentityProvider.token",
+        "IdentityProvider.cookie_name",
+        "JupyterApp.runtime_dir",
+        "LabApp.port",
+        "ServerApp.root_dir",
+    ],
+)
+def test_managed_traits_are_refused_on_any_app_or_identity_provider(lab_base, tmp_path, key):
+    with pytest.raises(config.ConfigError, match="is managed by jlservice"):
+        config.parse({"lab": {**lab_base, "options": {key: "x"}}}, "x", None, {}, tmp_path)
+
+
+def test_same_trait_names_on_other_classes_are_allowed(lab_base, tmp_path):
+    options = {"KernelManager.ip": "127.0.0.1", "ZMQChannelsWebsocketConnection.token": "x"}
+    cfg = config.parse({"lab": {**lab_base, "options": options}}, "x", None, {}, tmp_path)
+    assert dict(cfg.lab.options) == options

@@ -124,7 +124,3 @@ def test_watchdog_meant_for_another_process() -> None:
 def test_no_watchdog(usec: str) -> None:
     environ = {"WATCHDOG_USEC": usec} if usec else {}
     assert notify.watchdog_interval(environ) is None
-
-
-def test_private_env_names() -> None:
-    assert set(notify.PRIVATE_ENV) >= {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
