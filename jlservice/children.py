@@ -80,28 +80,12 @@ class Reaper:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
 
-def descendants(exclude: Iterable[int] = ()) -> list[psutil.Process]:
-    """Every live process below the supervisor, except the trees rooted at `exclude`."""
-    skip = set(exclude)
+def descendants() -> list[psutil.Process]:
+    """Every process below the supervisor (orphans of a dead JupyterLab included)."""
     try:
-        found = psutil.Process().children(recursive=True)
+        return psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
-    kept = []
-    for proc in found:
-        if proc.pid in skip or _has_ancestor(proc, skip):
-            continue
-        kept.append(proc)
-    return kept
-
-
-def _has_ancestor(proc: psutil.Process, pids: set[int]) -> bool:
-    if not pids:
-        return False
-    try:
-        return any(p.pid in pids for p in proc.parents())
-    except psutil.Error:
-        return False
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -121,14 +105,13 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             pass
 
 
-async def sweep(reaper: Reaper, grace: float, exclude: Iterable[int] = ()) -> int:
+async def sweep(reaper: Reaper, grace: float) -> int:
     """End every leftover descendant: SIGTERM, then SIGKILL after `grace` seconds.
 
     Returns how many processes were found. New descendants that appear meanwhile (a kernel
     forking while dying) are caught on the next pass.
     """
-    exclude = tuple(exclude)
-    procs = descendants(exclude)
+    procs = descendants()
     if not procs:
         return 0
     for proc in procs:
@@ -137,7 +120,7 @@ async def sweep(reaper: Reaper, grace: float, exclude: Iterable[int] = ()) -> in
     deadline = time.monotonic() + grace
     killed = False
     while True:
-        live = [p for p in descendants(exclude) if _alive(p)]
+        live = [p for p in descendants() if _alive(p)]
         if not live:
             break
         left = deadline - time.monotonic()

@@ -18,10 +18,10 @@ def probe_host(ip: str) -> str:
     return ip
 
 
-def base_url(ip: str, port: int, path: str, scheme: str = "http") -> str:
+def base_url(ip: str, port: int, path: str) -> str:
     host = probe_host(ip)
     host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{port}{path}"
+    return f"http://{host}:{port}{path}"
 
 
 async def api_problem(url: str, timeout: float) -> str | None:

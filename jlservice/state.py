@@ -213,9 +213,8 @@ def _owner(path: Path) -> str:
         return "its owner"
 
 
-def login_url(state: State, with_token: bool = True) -> str:
-    url = f"{state.url}lab"
-    return f"{url}?token={state.token}" if with_token else url
+def login_url(state: State) -> str:
+    return f"{state.url}lab?token={state.token}"
 
 
 def supervisor_alive(state: State) -> bool:

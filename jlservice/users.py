@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import stat
@@ -46,13 +45,6 @@ def _account(entry: pwd.struct_passwd) -> Account:
         home=entry.pw_dir,
         shell=entry.pw_shell or "/bin/sh",
     )
-
-
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _allowed(st: os.stat_result, account: Account, bit: int) -> bool:

@@ -279,7 +279,6 @@ def test_cookie_secret_is_created_0600_and_reused(tmp_path: Path, permissive_uma
 def test_login_url() -> None:
     s = sample_state(url="http://127.0.0.1:9999/jupyter/")
     assert state.login_url(s) == f"http://127.0.0.1:9999/jupyter/lab?token={s.token}"
-    assert state.login_url(s, with_token=False) == "http://127.0.0.1:9999/jupyter/lab"
 
 
 # --- is the supervisor alive? ------------------------------------------------------------
