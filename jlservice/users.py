@@ -27,12 +27,24 @@ def lookup(name: str) -> Account | None:
     try:
         entry = pwd.getpwnam(name)
     except (KeyError, ValueError):  # ValueError: an embedded NUL
-        return None
+        me = current()
+        return me if name == me.name else None  # the nameless uid jlservice runs as
     return _account(entry)
 
 
 def current() -> Account:
-    return _account(pwd.getpwuid(os.geteuid()))
+    uid = os.geteuid()
+    try:
+        return _account(pwd.getpwuid(uid))
+    except KeyError:  # a uid with no passwd entry (containers run with --user 12345)
+        return Account(
+            name=str(uid),
+            uid=uid,
+            gid=os.getegid(),
+            groups=tuple(sorted(set(os.getgroups()) | {os.getegid()})),
+            home=os.environ.get("HOME") or "/",
+            shell="/bin/sh",
+        )
 
 
 def _account(entry: pwd.struct_passwd) -> Account:

@@ -47,7 +47,10 @@ def parse_service(r: Reader, t: Mapping[str, Any], environ: Mapping[str, str]) -
     elif is_root:
         state_default = "/var/lib/jlservice"
     else:
-        home = pwd.getpwuid(os.geteuid()).pw_dir
+        try:
+            home = pwd.getpwuid(os.geteuid()).pw_dir
+        except KeyError:  # a uid with no passwd entry
+            home = environ.get("HOME") or "/"
         xdg = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
         state_default = os.path.join(xdg, "jlservice")
     state_dir = Path(r.get(t, "service", "state_dir", str, state_default))

@@ -826,3 +826,23 @@ def test_same_trait_names_on_other_classes_are_allowed(lab_base, tmp_path):
     options = {"KernelManager.ip": "127.0.0.1", "ZMQChannelsWebsocketConnection.token": "x"}
     cfg = config.parse({"lab": {**lab_base, "options": options}}, "x", None, {}, tmp_path)
     assert dict(cfg.lab.options) == options
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="running as a uid with no passwd entry needs root")
+def test_a_uid_without_passwd_entry_gets_defaults(open_dir: Path) -> None:
+    """Containers often run as a bare uid (docker --user 54321): no traceback, sane defaults."""
+    code = (
+        "from jlservice import config; c = config.load(None); "
+        "print(c.lab.user, c.lab.notebook_dir, c.service.state_dir)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=open_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=54321,
+        env={"HOME": str(open_dir)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["54321", str(open_dir), f"{open_dir}/.local/state/jlservice"]
