@@ -248,3 +248,28 @@ def event_time(event: Mapping[str, Any]) -> float:
     makes it comparable with time.time().
     """
     return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+@contextlib.contextmanager
+def session(script: str, keep: bool):
+    """A work directory and the process registry of one benchmark run, cleaned up at the end
+    (also on SIGTERM/SIGHUP); yields (procs, work)."""
+    import shutil
+    import sys
+    import tempfile
+
+    procs = Processes()
+    name = Path(script).stem
+    work = Path(tempfile.mkdtemp(prefix=f"jlservice-bench-{name}-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally below
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    try:
+        yield procs, work
+    finally:
+        left = procs.cleanup()
+        if left:
+            print(f"{script}: had to kill leftover pids {left}", file=sys.stderr)
+        if keep:
+            print(f"work directory (logs): {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)

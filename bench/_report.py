@@ -277,3 +277,14 @@ def finish(
     if missed:
         print(f"goals missed: {', '.join(missed)}")
     return 3 if args.strict and missed else 0
+
+
+def announce(title: str, python: str, env: Mapping[str, str], runs: int) -> dict[str, Any]:
+    """Print the title, the machine and why this run may not be a measurement."""
+    machine = machine_info(python, env)
+    print(f"{title}\n\nmachine:\n" + describe_machine(machine), flush=True)
+    if runs < 5:
+        print(f"\n  WARNING: --runs {runs} < 5: a smoke run, not a measurement")
+    if machine["loadavg_at_start"][0] > 0.5:
+        print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
+    return machine

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +33,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a directory of scripts, not a package: its helpers are imported from beside it
-from _common import BenchError, Processes, event_time, exited, log_events, run_timed, wait_for
+from _common import BenchError, event_time, exited, log_events, run_timed, session, wait_for
 from _lab import Lab, Started, first_event, need_event, wait_event
-from _report import Metric, describe_machine, finish, machine_info
+from _report import Metric, announce, finish
 
 PHASES = ("start", "kill", "cli", "idle")
 KERNELS = {
@@ -300,48 +298,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     phases = args.only or list(PHASES)
-    procs = Processes()
-    work = Path(tempfile.mkdtemp(prefix="jlservice-bench-"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally below
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     began = time.time()
-    try:
-        lab = Lab(
-            work,
-            procs,
-            Path(args.bin_dir),
-            args.poll_ms / 1000,
-            args.start_timeout,
-            args.bytecode == "cached",
-        )
-        machine = machine_info(str(lab.bin / "python"), lab.env)
-        print("jlservice core benchmark\n\nmachine:\n" + describe_machine(machine), flush=True)
-        if args.runs < 5:
-            print(f"\n  WARNING: --runs {args.runs} < 5: a smoke run, not a measurement")
-        if machine["loadavg_at_start"][0] > 0.5:
-            print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
-        metrics: list[Metric] = []
-        plain: list[float] = []
-        if "start" in phases:
-            metrics += measure_start(lab, args, plain)
-        if "kill" in phases:
-            metrics += measure_kill(lab, args, plain)
-        if "cli" in phases or "idle" in phases:
-            metrics += measure_cli_and_idle(lab, args, "cli" in phases, "idle" in phases)
-    except BenchError as exc:
-        print(f"\nbench/core.py: FAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        left = procs.cleanup()
-        if left:
-            print(f"bench/core.py: had to kill leftover pids {left}", file=sys.stderr)
-        if args.keep:
-            print(f"work directory (logs): {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
+    with session("bench/core.py", args.keep) as (procs, work):
+        try:
+            lab = Lab(
+                work,
+                procs,
+                Path(args.bin_dir),
+                args.poll_ms / 1000,
+                args.start_timeout,
+                args.bytecode == "cached",
+            )
+            machine = announce(
+                "jlservice core benchmark", str(lab.bin / "python"), lab.env, args.runs
+            )
+            metrics: list[Metric] = []
+            plain: list[float] = []
+            if "start" in phases:
+                metrics += measure_start(lab, args, plain)
+            if "kill" in phases:
+                metrics += measure_kill(lab, args, plain)
+            if "cli" in phases or "idle" in phases:
+                metrics += measure_cli_and_idle(lab, args, "cli" in phases, "idle" in phases)
+        except BenchError as exc:
+            print(f"\nbench/core.py: FAILED: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     return finish("bench/core.py", began, metrics, lab.warnings, args, {"machine": machine})
 
 

@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a directory of scripts, not a package: its helpers are imported from beside it
-from _common import BenchError, Processes, api_ok, event_time, free_port, log_events, tail
+from _common import BenchError, api_ok, event_time, free_port, log_events, session, tail
 from _lab import Lab, need_event, wait_event
-from _report import Metric, describe_machine, finish, machine_info
+from _report import Metric, announce, finish
 
 from jlservice.watch import DEBOUNCE_S
 
@@ -321,41 +318,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    procs = Processes()
-    work = Path(tempfile.mkdtemp(prefix="jlservice-bench-reload-"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally below
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     began = time.time()
-    try:
-        lab = Lab(
-            work,
-            procs,
-            Path(args.bin_dir),
-            args.poll_ms / 1000,
-            args.start_timeout,
-            args.bytecode == "cached",
-            config_dir=work / "config",  # the logs (work/logs) stay out of the watched directory
-        )
-        machine = machine_info(str(lab.bin / "python"), lab.env)
-        print("jlservice reload benchmark\n\nmachine:\n" + describe_machine(machine), flush=True)
-        if args.runs < 5:
-            print(f"\n  WARNING: --runs {args.runs} < 5: a smoke run, not a measurement")
-        if machine["loadavg_at_start"][0] > 0.5:
-            print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
-        results, raw = measure(lab, args)
-    except (BenchError, subprocess.TimeoutExpired) as exc:
-        print(f"\nbench/reload.py: FAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        left = procs.cleanup()
-        if left:
-            print(f"bench/reload.py: had to kill leftover pids {left}", file=sys.stderr)
-        if args.keep:
-            print(f"work directory (logs): {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with session("bench/reload.py", args.keep) as (procs, work):
+        try:
+            lab = Lab(
+                work,
+                procs,
+                Path(args.bin_dir),
+                args.poll_ms / 1000,
+                args.start_timeout,
+                args.bytecode == "cached",
+                config_dir=work / "config",  # the logs (work/logs) stay out of the watched dir
+            )
+            machine = announce(
+                "jlservice reload benchmark", str(lab.bin / "python"), lab.env, args.runs
+            )
+            results, raw = measure(lab, args)
+        except (BenchError, subprocess.TimeoutExpired) as exc:
+            print(f"\nbench/reload.py: FAILED: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
 
     status = finish(
         "bench/reload.py",

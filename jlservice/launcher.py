@@ -76,6 +76,17 @@ class Launch:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}{self.base_url}"
 
+    def published(self) -> dict[str, object]:
+        """What state.json says about this launch (`jlservice token --url`, `status`)."""
+        return {
+            "url": self.url,
+            "ip": self.ip,
+            "port": self.port,
+            "base_url": self.base_url,
+            "user": self.account.name,
+            "notebook_dir": self.cwd,
+        }
+
     @property
     def api_url(self) -> str:
         """Where this server answers its unauthenticated readiness probe."""

@@ -24,20 +24,28 @@ def base_url(ip: str, port: int, path: str) -> str:
     return f"http://{host}:{port}{path}"
 
 
+async def _get(url: str, timeout: float, token: str | None = None):
+    """GET `url` without raising on HTTP errors (tornado imported on first use)."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    headers = {"Authorization": f"token {token}"} if token else None
+    return await AsyncHTTPClient().fetch(
+        url,
+        headers=headers,
+        request_timeout=timeout,
+        connect_timeout=timeout,
+        validate_cert=False,
+        follow_redirects=False,
+        raise_error=False,
+    )
+
+
 async def api_problem(url: str, timeout: float) -> str | None:
     """None if GET `url` answers 200 within `timeout` seconds, else what went wrong."""
-    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+    from tornado.httpclient import HTTPClientError
 
-    client = AsyncHTTPClient()
     try:
-        response = await client.fetch(
-            url,
-            request_timeout=timeout,
-            connect_timeout=timeout,
-            validate_cert=False,
-            follow_redirects=False,
-            raise_error=False,
-        )
+        response = await _get(url, timeout)
     except HTTPClientError as exc:  # timeouts arrive here as code 599
         return f"{url}: {exc.message}"
     except OSError as exc:
@@ -51,18 +59,10 @@ async def api_problem(url: str, timeout: float) -> str | None:
 
 async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
     """How many kernels are executing code right now (GET api/kernels), or None if unknown."""
-    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+    from tornado.httpclient import HTTPClientError
 
-    client = AsyncHTTPClient()
     try:
-        response = await client.fetch(
-            url,
-            headers={"Authorization": f"token {token}"},
-            request_timeout=timeout,
-            connect_timeout=timeout,
-            validate_cert=False,
-            raise_error=False,
-        )
+        response = await _get(url, timeout, token)
     except (HTTPClientError, OSError):
         return None
     if response.code != 200:

@@ -116,20 +116,10 @@ class Reloading:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
         self._drop_pending()
         self.launch = launch
-        lab = self.config.lab
         last = self.state.last_reload
         if last is not None and last.result == reload.PENDING:
-            self._save(last_reload=last._replace(result=reload.APPLIED))
-        self._save(
-            config_error=None,
-            reload_pending=None,
-            url=self.launch.url,
-            ip=lab.ip,
-            port=lab.port,
-            base_url=lab.base_url,
-            user=lab.user,
-            notebook_dir=str(lab.notebook_dir),
-        )
+            last = last._replace(result=reload.APPLIED)
+        self._save(config_error=None, reload_pending=None, last_reload=last, **launch.published())
 
     def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
         deadline = (

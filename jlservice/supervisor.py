@@ -157,15 +157,10 @@ class Supervisor(Reloading):
 
     def _init_state(self) -> None:
         log.add_secret(self.token)
-        lab, me = self.config.lab, os.getpid()
+        me = os.getpid()
         self.state = state.State(
             token=self.token,
-            url=self.launch.url,
-            ip=lab.ip,
-            port=lab.port,
-            base_url=lab.base_url,
-            user=lab.user,
-            notebook_dir=str(lab.notebook_dir),
+            **self.launch.published(),
             config_path=str(self.config.path) if self.config.path else None,
             supervisor_pid=me,
             supervisor_started_at=state.process_start_time(me),
@@ -218,12 +213,11 @@ class Supervisor(Reloading):
             popen = started or launcher.start(
                 self.launch, self.config.service.runtime_dir, self.token, self.cookie_secret
             )
-        except launcher.CannotStartNow as exc:
+        except (launcher.CannotStartNow, launcher.LaunchError) as exc:
             logger.error("lab_start_failed", problem=str(exc))
-            self._failed(str(exc))
-            return
-        except launcher.LaunchError as exc:
-            logger.error("lab_start_failed", problem=str(exc))
+            if isinstance(exc, launcher.CannotStartNow):
+                self._failed(str(exc))
+                return
             self._save(status=state.FAILED, last_error=str(exc))
             self.notifier.status(f"Failed: {exc}")
             self.exit_code = EX_CONFIG
