@@ -1,0 +1,27 @@
+"""`jlservice run`: the supervisor in the foreground (what a unit's ExecStart runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from jlservice import config
+from jlservice.cli.common import config_path
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the supervisor in the foreground",
+        description="Start JupyterLab and keep it running: restart it when it "
+        "crashes or hangs, end its orphaned kernels, stop it "
+        "cleanly on SIGTERM. This is what a unit's ExecStart runs.",
+    )
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = config.load(config_path(args))
+    from jlservice import run  # heavy: jupyter-facing machinery, structlog, psutil
+
+    return run.run(cfg)

@@ -1,0 +1,82 @@
+"""`jlservice status [--json]`: the supervisor and JupyterLab state, exit 3 when not running."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from jlservice import config, state
+from jlservice.cli.common import EX_NOT_RUNNING, config_path, mask
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show whether it runs, and how",
+        description="Show the supervisor and JupyterLab state. Exit status "
+        "0 when running, 3 when not.",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    service = config.load_service(config_path(args))
+    current = state.read_state(service.state_dir)
+    running = state.supervisor_alive(current)
+    masked = current.evolve(token=mask(current.token))
+    if args.json:
+        report = json.loads(masked.to_json())
+        report["running"] = running
+        report["login_url"] = state.login_url(masked)
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(_describe(masked, running))
+    return 0 if running else EX_NOT_RUNNING
+
+
+def _describe(s: state.State, running: bool) -> str:
+    now = time.time()
+    lines = []
+    if running:
+        up = _duration(now - s.supervisor_started_at) if s.supervisor_started_at else "?"
+        lines.append(f"jlservice:   running (pid {s.supervisor_pid}, up {up})")
+    else:
+        lines.append("jlservice:   not running")
+    lab = s.status if running else "stopped"
+    if running and s.lab_pid:
+        lab += f" (pid {s.lab_pid}"
+        since = s.ready_at if s.status == state.READY else s.started_at
+        lab += f", for {_duration(now - since)})" if since else ")"
+    lines += [
+        f"JupyterLab:  {lab}",
+        f"URL:         {state.login_url(s)}",
+        f"user:        {s.user}",
+        f"notebooks:   {s.notebook_dir}",
+        f"config:      {s.config_path or 'built-in defaults'}",
+        f"restarts:    {s.restarts}",
+    ]
+    if s.last_exit:
+        e = s.last_exit
+        what = f"killed by signal {e.signal}" if e.signal else f"exit status {e.code}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+        lines.append(f"last exit:   {what} at {when} ({e.reason})")
+    if s.last_error:
+        lines.append(f"last error:  {s.last_error}")
+    if running and s.config_error:
+        lines.append(f"config error: {s.config_error} (still serving with the previous one)")
+    if running and s.reload_pending:
+        lines.append(f"reload:      pending, {s.reload_pending}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{n}{unit}" for n, unit in parts if n] or ["0s"]
+    return " ".join(shown[:2])
