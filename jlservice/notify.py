@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import os
+import select
+import socket
 import time
 from collections.abc import Mapping
 
@@ -21,7 +24,9 @@ class Notifier:
 
     def _send(self, *lines: str) -> None:
         if self._sd is not None:
-            self._sd.notify("\n".join(lines))
+            # sdnotify encodes as Latin-1 and silently drops what does not fit (a "–" in an
+            # error, a non-ASCII path); systemd reads UTF-8, so hand it UTF-8 bytes that way.
+            self._sd.notify("\n".join(lines).encode().decode("latin-1"))
 
     def ready(self, status: str) -> None:
         self._send("READY=1", f"STATUS={status}")
@@ -38,6 +43,33 @@ class Notifier:
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
+
+    def last_words(self, status: str, timeout: float = 5.0) -> None:
+        """STATUS= right before exiting: wait until systemd has read it (sd_notify_barrier(3)),
+        or it may see the exit first and drop a message from a PID it no longer knows."""
+        if self._sd is None:
+            return
+        self.status(status)
+        address = os.environ["NOTIFY_SOCKET"]
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        done, handed_over = os.pipe()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                fds = array.array("i", [handed_over])
+                sock.sendmsg(
+                    [b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, address
+                )
+            os.close(handed_over)
+            handed_over = -1
+            # systemd closes its copy once it has processed everything sent before.
+            select.select([done], [], [], timeout)
+        except OSError:
+            pass  # no systemd listening: nothing to wait for
+        finally:
+            os.close(done)
+            if handed_over >= 0:
+                os.close(handed_over)
 
 
 def watchdog_interval(environ: Mapping[str, str]) -> float | None:

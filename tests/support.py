@@ -232,20 +232,8 @@ class Service:
         base_url = self.sections["lab"].get("base_url", "/").strip("/")
         return f"http://127.0.0.1:{self.port}/" + (base_url + "/" if base_url else "")
 
-    def api(
-        self,
-        method: str,
-        path: str,
-        token: str | None = None,
-        session: requests.Session | None = None,
-        **kw: Any,
-    ) -> requests.Response:
-        headers = kw.pop("headers", {})
-        if token:
-            headers["Authorization"] = f"token {token}"
-        return (session or requests).request(
-            method, self.base + path, headers=headers, timeout=30, **kw
-        )
+    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> requests.Response:
+        return LabClient(self.base).api(method, path, token, **kw)
 
     def start_kernel(self, token: str) -> tuple[str, int]:
         """Start a kernel over REST; returns its id and the pid of its process."""
@@ -261,6 +249,31 @@ class Service:
             return None
 
         return kernel_id, wait_for(kernel_pid, 30, "the kernel process")
+
+    def execute(self, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
+        return LabClient(self.base).execute(token, kernel_id, code, timeout)
+
+
+class LabClient:
+    """JupyterLab's REST API and a kernel's websocket, at `base` (http://HOST:PORT/BASE_URL/)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        session: requests.Session | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"token {token}"
+        return (session or requests).request(
+            method, self.base + path, headers=headers, timeout=30, **kw
+        )
 
     def execute(self, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
         """Run `code` in the kernel over its websocket; returns what it printed."""

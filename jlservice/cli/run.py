@@ -21,7 +21,14 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = config.load(config_path(args))
-    from jlservice import run  # heavy: jupyter-facing machinery, structlog, psutil
+    try:
+        cfg = config.load(config_path(args))
+        from jlservice import run  # heavy: jupyter-facing machinery, structlog, psutil
 
-    return run.run(cfg)
+        return run.run(cfg)
+    except config.ConfigError as exc:
+        from jlservice.notify import Notifier
+
+        # `systemctl status` shows it, not only the journal.
+        Notifier().last_words(f"configuration error: {exc}")
+        raise

@@ -18,6 +18,7 @@ from jlservice.config.service import DEFAULT_PATH, ServiceConfig, load_service, 
 _LAZY = {
     "load": "validate",
     "parse": "validate",
+    "parse_text": "validate",
     "render": "effective",
     "Config": "model",
     "LabConfig": "model",

@@ -23,12 +23,37 @@ class ServiceConfig(NamedTuple):
 
 
 def locate(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
-    """The file to read: --config, else $JLSERVICE_CONFIG, else the system default if present."""
+    """The file to read: --config, else $JLSERVICE_CONFIG, else (not root) the user's own
+    file, else the system default; None when none of them exists."""
     if cli_path:
         return Path(cli_path)
     if environ.get("JLSERVICE_CONFIG"):
         return Path(environ["JLSERVICE_CONFIG"])
+    if os.geteuid() != 0:
+        own = user_config_path(environ)
+        if own.exists():
+            return own
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def user_config_path(environ: Mapping[str, str]) -> Path:
+    """$XDG_CONFIG_HOME/jlservice/jlservice.toml: what the user unit runs with (%E)."""
+    xdg = environ.get("XDG_CONFIG_HOME") or os.path.join(_home(environ), ".config")
+    return Path(xdg, "jlservice", "jlservice.toml")
+
+
+def instance_of(path: Path | None) -> str | None:
+    """`alice` for /etc/jlservice/alice.toml, the file of the template unit's jlservice@alice."""
+    if path is None or path.parent != DEFAULT_PATH.parent or path.suffix != ".toml":
+        return None
+    return None if path == DEFAULT_PATH else path.stem
+
+
+def _home(environ: Mapping[str, str]) -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:  # a uid with no passwd entry
+        return environ.get("HOME") or "/"
 
 
 def load_service(path: Path | None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -36,28 +61,30 @@ def load_service(path: Path | None, environ: Mapping[str, str] | None = None) ->
     environ = os.environ if environ is None else environ
     doc = read_toml(str(path)) if path is not None else {}
     reader = Reader(str(path) if path else "built-in defaults")
-    return parse_service(reader, reader.table(doc, "service"), environ)
+    return parse_service(reader, reader.table(doc, "service"), environ, path)
 
 
-def parse_service(r: Reader, t: Mapping[str, Any], environ: Mapping[str, str]) -> ServiceConfig:
+def parse_service(
+    r: Reader, t: Mapping[str, Any], environ: Mapping[str, str], path: Path | None
+) -> ServiceConfig:
+    """Defaults follow systemd: $STATE_DIRECTORY / $RUNTIME_DIRECTORY under a unit, else the
+    directories the units would give (jlservice/<instance> for /etc/jlservice/<instance>.toml),
+    so `jlservice token` run by hand finds the state of the service."""
     r.only(t, "service", {"state_dir", "runtime_dir"})
     is_root = os.geteuid() == 0
+    instance = [name] if (name := instance_of(path)) else []
     if environ.get("STATE_DIRECTORY"):
         state_default = environ["STATE_DIRECTORY"].split(":")[0]
     elif is_root:
-        state_default = "/var/lib/jlservice"
+        state_default = os.path.join("/var/lib/jlservice", *instance)
     else:
-        try:
-            home = pwd.getpwuid(os.geteuid()).pw_dir
-        except KeyError:  # a uid with no passwd entry
-            home = environ.get("HOME") or "/"
-        xdg = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+        xdg = environ.get("XDG_STATE_HOME") or os.path.join(_home(environ), ".local", "state")
         state_default = os.path.join(xdg, "jlservice")
     state_dir = Path(r.get(t, "service", "state_dir", str, state_default))
     if environ.get("RUNTIME_DIRECTORY"):
         runtime_default = environ["RUNTIME_DIRECTORY"].split(":")[0]
     elif is_root:
-        runtime_default = "/run/jlservice"
+        runtime_default = os.path.join("/run/jlservice", *instance)
     elif environ.get("XDG_RUNTIME_DIR"):
         runtime_default = os.path.join(environ["XDG_RUNTIME_DIR"], "jlservice")
     else:

@@ -32,6 +32,14 @@ def load(
     return dataclasses.replace(config, digest=digest(raw))
 
 
+def parse_text(text: str, path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate `text` as if it were the content of `path`."""
+    raw = text.encode()
+    environ = os.environ if environ is None else environ
+    config = parse(parse_toml(raw, str(path)), str(path), path, environ, Path.cwd())
+    return dataclasses.replace(config, digest=digest(raw))
+
+
 def parse(
     doc: Mapping[str, Any],
     source: str,
@@ -45,7 +53,7 @@ def parse(
     return Config(
         path=path,
         lab=lab,
-        service=parse_service(reader, reader.table(doc, "service"), environ),
+        service=parse_service(reader, reader.table(doc, "service"), environ, path),
         restart=parse_restart(reader, reader.table(doc, "restart")),
         health=parse_health(reader, reader.table(doc, "health")),
         reload=parse_reload(reader, reader.table(doc, "reload")),

@@ -124,3 +124,37 @@ def test_watchdog_meant_for_another_process() -> None:
 def test_no_watchdog(usec: str) -> None:
     environ = {"WATCHDOG_USEC": usec} if usec else {}
     assert notify.watchdog_interval(environ) is None
+
+
+def test_status_text_is_sent_as_utf8(systemd: socket.socket) -> None:
+    notify.Notifier().status("port 8888–8890 in /srv/notebooks/café …")
+    assert systemd.recv(4096) == "STATUS=port 8888–8890 in /srv/notebooks/café …".encode()
+
+
+def test_last_words_wait_until_systemd_has_read_them(systemd: socket.socket) -> None:
+    import array
+    import threading
+
+    received: list[str] = []
+
+    def systemd_side() -> None:
+        received.append(receive(systemd))
+        fds = array.array("i")
+        msg, ancdata, _, _ = systemd.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+        received.append(msg.decode())
+        fds.frombytes(ancdata[0][2][: fds.itemsize])
+        time.sleep(0.3)  # "processing"; last_words must not return before the fd is closed
+        received.append("closed")
+        os.close(fds[0])
+
+    thread = threading.Thread(target=systemd_side)
+    thread.start()
+    notify.Notifier().last_words("configuration error: [lab] port: …")
+    assert received == ["STATUS=configuration error: [lab] port: …", "BARRIER=1", "closed"]
+    thread.join()
+
+
+def test_last_words_give_up_when_systemd_never_answers(systemd: socket.socket) -> None:
+    started = time.monotonic()
+    notify.Notifier().last_words("bye", timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 2

@@ -1,0 +1,198 @@
+"""The system unit under a real systemd: install, enable, start, reload, crashes, reboot, stop.
+
+Each test boots its own systemd (see sandbox.py), installs jlservice with `jlservice install`
+for a throw-away user, and drives it with systemctl.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sandbox import JLSERVICE, Sandbox
+from support import LabClient, free_port, pid_alive, wait_for
+
+UNIT = "jlservice"
+
+
+class Installed:
+    """jlservice installed and enabled in a sandbox, for one user on one port."""
+
+    def __init__(self, box: Sandbox, user: str, home: Path) -> None:
+        self.box = box
+        self.port = free_port()
+        self.user = user
+        out = box.run(JLSERVICE, "install", "--user", user, "--port", str(self.port)).stdout
+        assert "wrote /etc/jlservice/jlservice.toml" in out, out
+        assert "systemctl enable --now jlservice" in out, out
+        self.log = box.log_to_file("jlservice.service")
+        self.config = box.root / "etc-jlservice" / "jlservice.toml"
+        self.notebooks = Path(home)
+        self.lab = LabClient(f"http://127.0.0.1:{self.port}/")
+
+    def start(self) -> dict[str, str]:
+        self.box.systemctl("daemon-reload")
+        self.box.systemctl("enable", UNIT)
+        self.box.systemctl("start", UNIT)  # Type=notify: returns once READY=1 came
+        return self.box.show(UNIT, "ActiveState", "StatusText", "NRestarts", "MainPID")
+
+    def token(self) -> str:
+        return self.box.run(JLSERVICE, "token").stdout.strip()
+
+    def answers(self, token: str) -> bool:
+        try:
+            return self.lab.api("GET", "api/status", token).status_code == 200
+        except OSError:
+            return False
+
+    def main_pid(self) -> int:
+        return self.box.host_pid(int(self.box.show(UNIT, "MainPID")["MainPID"]))
+
+    def lab_pid(self) -> int:
+        """JupyterLab's PID as this test sees it (the supervisor's one child)."""
+        (child,) = psutil.Process(self.main_pid()).children()
+        return child.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def installed(sandbox: Sandbox, other_user) -> Installed:
+    return Installed(sandbox, other_user.name, Path(other_user.home))
+
+
+def test_start_returns_when_jupyterlab_answers_and_root_gets_the_token(installed) -> None:
+    props = installed.start()
+    # `systemctl start` returned: with Type=notify that means READY=1 came, so it answers now.
+    token = installed.token()
+    assert installed.answers(token)
+    assert props["ActiveState"] == "active"
+    assert re.fullmatch(
+        rf"JupyterLab ready on http://127\.0\.0\.1:{installed.port}/ as {installed.user} "
+        r"\(pid \d+\)",
+        props["StatusText"],
+    ), props["StatusText"]
+    lab = psutil.Process(installed.lab_pid())
+    assert lab.username() == installed.user
+    assert installed.box.run(JLSERVICE, "token", "--url").stdout.strip() == (
+        f"http://127.0.0.1:{installed.port}/lab?token={token}"
+    )
+    # The hardening did not break kernels: one starts, runs as the user, computes.
+    kernel = installed.lab.api("POST", "api/kernels", token, json={"name": "python3"}).json()
+    out = installed.lab.execute(token, kernel["id"], "import os; print(os.getuid(), 6 * 7)")
+    assert out.split() == [str(psutil.Process(installed.lab_pid()).uids().real), "42"]
+
+
+def test_systemctl_reload_applies_a_port_change(installed) -> None:
+    installed.start()
+    token = installed.token()
+    old_port, new_port = installed.port, free_port()
+    installed.config.write_text(installed.config.read_text().replace(str(old_port), str(new_port)))
+    # The file watcher may already have applied it; `systemctl reload` must still complete
+    # its RELOADING=1 … READY=1 handshake and leave the new port serving.
+    installed.box.systemctl("reload", UNIT)
+    new = LabClient(f"http://127.0.0.1:{new_port}/")
+    wait_for(lambda: _status(new, token) == 200, 90, "JupyterLab on the new port")
+    props = installed.box.show(UNIT, "ActiveState", "NRestarts", "StatusText")
+    assert props["ActiveState"] == "active"
+    assert props["NRestarts"] == "0"
+    assert f":{new_port}/" in props["StatusText"]
+    assert installed.box.run(JLSERVICE, "token").stdout.strip() == token
+
+
+def test_jupyterlab_killed_is_restarted_by_jlservice_not_systemd(installed) -> None:
+    installed.start()
+    token = installed.token()
+    supervisor, lab = installed.main_pid(), installed.lab_pid()
+    psutil.Process(lab).send_signal(signal.SIGKILL)
+    wait_for(lambda: installed.answers(token) and installed.lab_pid() != lab, 90, "a new lab")
+    props = installed.box.show(UNIT, "ActiveState", "NRestarts")
+    assert props == {"ActiveState": "active", "NRestarts": "0"}
+    assert installed.main_pid() == supervisor
+
+
+def test_jlservice_killed_is_restarted_by_systemd_without_leftovers(installed) -> None:
+    installed.start()
+    token = installed.token()
+    lab = installed.lab.api("POST", "api/kernels", token, json={"name": "python3"}).json()
+    old = [p.pid for p in psutil.Process(installed.main_pid()).children(recursive=True)]
+    assert len(old) >= 2, "JupyterLab and its kernel"
+    psutil.Process(installed.main_pid()).send_signal(signal.SIGKILL)
+
+    def restarted() -> bool:
+        props = installed.box.show(UNIT, "ActiveState", "NRestarts")
+        return props["NRestarts"] == "1" and props["ActiveState"] == "active"
+
+    wait_for(restarted, 120, "systemd to restart the service")
+    assert not [pid for pid in old if pid_alive(pid)], "a process of the old instance survived"
+    assert installed.token() == token
+    assert installed.answers(token)
+    assert lab["id"] not in [k["id"] for k in installed.lab.api("GET", "api/kernels", token).json()]
+
+
+def test_stopped_jlservice_is_killed_by_the_watchdog_and_restarted(installed) -> None:
+    installed.box.drop_in("jlservice.service", "test-watchdog", "[Service]\nWatchdogSec=3\n")
+    installed.start()
+    token = installed.token()
+    stuck = installed.main_pid()
+    psutil.Process(stuck).suspend()  # SIGSTOP: alive, but no more WATCHDOG=1
+
+    def replaced() -> bool:
+        props = installed.box.show(UNIT, "ActiveState", "NRestarts")
+        return props["NRestarts"] == "1" and props["ActiveState"] == "active"
+
+    wait_for(replaced, 120, "the watchdog to replace the stopped jlservice")
+    assert not pid_alive(stuck)  # nothing but the watchdog ends a stopped process here
+    assert installed.answers(token)
+
+
+def test_broken_config_fails_once_naming_the_key(installed) -> None:
+    installed.config.write_text(installed.config.read_text() + "\n[restart]\nmax_delay = -1\n")
+    installed.box.systemctl("daemon-reload")
+    result = installed.box.systemctl("start", UNIT, check=False)
+    assert result.returncode != 0
+    props = installed.box.show(UNIT, "ActiveState", "ExecMainStatus", "NRestarts", "StatusText")
+    assert props["ExecMainStatus"] == "78"
+    assert "[restart] max_delay" in props["StatusText"], installed.box.systemctl(
+        "status", UNIT, check=False
+    ).stdout
+    assert "[restart] max_delay" in installed.log_text()
+    # RestartPreventExitStatus=78: no loop, even after RestartSec has long passed.
+    time.sleep(7)  # RestartSec=5: a restart would have happened by now
+    props = installed.box.show(UNIT, "ActiveState", "NRestarts")
+    assert props == {"ActiveState": "failed", "NRestarts": "0"}
+
+
+def test_reboot_starts_the_enabled_service_with_the_same_token(installed) -> None:
+    installed.start()
+    token = installed.token()
+    installed.box.reboot()
+    installed.box.wait_active(UNIT)
+    assert installed.answers(token)
+    assert installed.token() == token
+
+
+def test_stop_ends_everything_within_the_stop_timeout(installed) -> None:
+    installed.start()
+    token = installed.token()
+    installed.lab.api("POST", "api/kernels", token, json={"name": "python3"})
+    supervisor = psutil.Process(installed.main_pid())
+    wait_for(lambda: len(supervisor.children(recursive=True)) >= 2, 30, "the kernel process")
+    procs = [supervisor.pid, *(p.pid for p in supervisor.children(recursive=True))]
+    installed.box.systemctl("stop", UNIT)
+    props = installed.box.show(UNIT, "ActiveState", "Result")
+    assert props == {"ActiveState": "inactive", "Result": "success"}  # no SIGKILL was needed
+    assert not [pid for pid in procs if pid_alive(pid)]
+    assert installed.box.processes() == []
+
+
+def _status(lab: LabClient, token: str) -> int | None:
+    try:
+        return lab.api("GET", "api/status", token).status_code
+    except OSError:
+        return None
