@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -38,6 +39,19 @@ def service(service_factory) -> Service:
 @pytest.fixture(scope="session")
 def other_user() -> Iterator[users.Account]:
     """A throw-away unprivileged account (needs root)."""
+    with _throwaway_user() as account:
+        yield account
+
+
+@pytest.fixture(scope="session")
+def second_user() -> Iterator[users.Account]:
+    """Another one, for two services side by side."""
+    with _throwaway_user() as account:
+        yield account
+
+
+@contextlib.contextmanager
+def _throwaway_user() -> Iterator[users.Account]:
     if not IS_ROOT:
         pytest.skip("needs root to create a user with useradd and switch to it")
     name = "jlst" + secrets.token_hex(3)

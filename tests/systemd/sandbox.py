@@ -212,6 +212,32 @@ exec env container={self.name} SYSTEMD_UNIT_PATH={INSIDE}/units:/etc/systemd/sys
 
         return wait_for(active, timeout, f"{unit} to be active", interval=0.1)
 
+    def user_manager(self, account) -> UserSession:
+        """Start `systemd --user` for `account`, as user@.service would after a login (that
+        unit needs logind and PAM, which the sandbox does not have)."""
+        units = self.units / "user"
+        units.mkdir(exist_ok=True)
+        (units / "default.target").write_text("[Unit]\nDescription=user default (stub)\n")
+        for name in ("basic", "sockets", "timers", "paths", "shutdown", "exit"):
+            (units / f"{name}.target").write_text(f"[Unit]\nDescription={name} (stub)\n")
+        runtime = f"/run/user/{account.uid}"
+        unit = f"test-user-manager-{account.uid}"
+        (self.units / f"{unit}.service").write_text(
+            f"""[Service]
+Type=notify
+User={account.name}
+Delegate=yes
+RuntimeDirectory=user/{account.uid}
+RuntimeDirectoryMode=0700
+Environment=XDG_RUNTIME_DIR={runtime}
+Environment=SYSTEMD_UNIT_PATH={INSIDE}/units/user:{account.home}/.config/systemd/user
+ExecStart={SYSTEMD} --user
+"""
+        )
+        self.systemctl("daemon-reload")
+        self.systemctl("start", unit)
+        return UserSession(self, account, runtime)
+
     # ── set-up ──────────────────────────────────────────────────────────────
 
     def _write_stub_targets(self) -> None:
@@ -221,6 +247,27 @@ exec env container={self.name} SYSTEMD_UNIT_PATH={INSIDE}/units:/etc/systemd/sys
         )
         for name in STUB_TARGETS:
             (self.units / f"{name}.target").write_text(f"[Unit]\nDescription={name} (stub)\n")
+
+
+class UserSession:
+    """Commands run inside the sandbox as `account`, with its user manager at hand."""
+
+    def __init__(self, box: Sandbox, account, runtime_dir: str) -> None:
+        self.box = box
+        self.account = account
+        self.env = {
+            "HOME": account.home,
+            "USER": account.name,
+            "XDG_RUNTIME_DIR": runtime_dir,
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+        }
+
+    def run(self, *argv: str, check: bool = True):
+        become = ("setpriv", f"--reuid={self.account.uid}", f"--regid={self.account.gid}")
+        return self.box.run(*become, "--init-groups", *argv, check=check, env=self.env)
+
+    def systemctl(self, *args: str, check: bool = True):
+        return self.run("systemctl", "--user", "--no-pager", *args, check=check)
 
 
 def available() -> str | None:

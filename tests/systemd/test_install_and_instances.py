@@ -1,0 +1,129 @@
+"""`jlservice install` / `uninstall` and the template unit, under a real systemd."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import psutil
+import tomllib
+from sandbox import JLSERVICE, Sandbox
+from support import LabClient, free_port, pid_alive, wait_for
+
+
+def test_two_template_instances_run_two_users_on_two_ports(
+    sandbox: Sandbox, other_user, second_user
+) -> None:
+    ports = {}
+    for account in (other_user, second_user):
+        ports[account.name] = free_port()
+        out = sandbox.run(
+            JLSERVICE, "install", "--instance", account.name, "--port", str(ports[account.name])
+        ).stdout
+        assert f"systemctl enable --now jlservice@{account.name}" in out
+        assert f"jlservice token --url --config /etc/jlservice/{account.name}.toml" in out
+        sandbox.log_to_file(f"jlservice@{account.name}.service")
+    sandbox.systemctl("daemon-reload")
+    for name in ports:
+        sandbox.systemctl("enable", "--now", f"jlservice@{name}")
+    for name, port in ports.items():
+        config = f"/etc/jlservice/{name}.toml"
+        token = sandbox.run(JLSERVICE, "token", "--config", config).stdout.strip()
+        lab = LabClient(f"http://127.0.0.1:{port}/")
+        assert lab.api("GET", "api/status", token).status_code == 200
+        # Each instance has its own state dir (and so its own token), and runs as its user.
+        state = sandbox.root / "var-lib" / "jlservice" / name / "state.json"
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600
+        main = sandbox.host_pid(int(sandbox.show(f"jlservice@{name}", "MainPID")["MainPID"]))
+        (jupyterlab,) = psutil.Process(main).children()
+        assert jupyterlab.username() == name
+    tokens = {
+        name: sandbox.run(JLSERVICE, "token", "--config", f"/etc/jlservice/{name}.toml").stdout
+        for name in ports
+    }
+    assert len(set(tokens.values())) == 2
+
+
+def test_install_twice_changes_nothing_and_never_overwrites_the_config(
+    sandbox: Sandbox, other_user
+) -> None:
+    port = free_port()
+    first = sandbox.run(JLSERVICE, "install", "--user", other_user.name, "--port", str(port))
+    config = sandbox.root / "etc-jlservice" / "jlservice.toml"
+    unit = sandbox.root / "etc-systemd" / "jlservice.service"
+    written = tomllib.loads(config.read_text())["lab"]
+    assert written == {"user": other_user.name, "notebook_dir": other_user.home, "port": port}
+    assert f"ExecStart={JLSERVICE} run --config /etc/jlservice/jlservice.toml" in unit.read_text()
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+    assert "wrote /etc/jlservice/jlservice.toml" in first.stdout
+
+    config.write_text(config.read_text() + "# my own edit\n")
+    before = (config.read_bytes(), unit.read_bytes())
+    second = sandbox.run(JLSERVICE, "install", "--user", other_user.name, "--port", "9")
+    assert (config.read_bytes(), unit.read_bytes()) == before
+    assert "kept /etc/jlservice/jlservice.toml" in second.stdout
+    assert "not applied to it: notebook_dir, port" in second.stdout
+    assert "/etc/systemd/system/jlservice.service is up to date" in second.stdout
+    assert sandbox.show("jlservice", "LoadState")["LoadState"] == "loaded"
+
+
+def test_install_refuses_what_cannot_run(sandbox: Sandbox, other_user) -> None:
+    missing = sandbox.run(JLSERVICE, "install", "--user", "no-such-user-x", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "jlservice: no such user 'no-such-user-x': create it first (useradd)"
+    )
+    bad_dir = sandbox.run(
+        JLSERVICE,
+        "install",
+        "--user",
+        other_user.name,
+        "--notebook-dir",
+        "/nonexistent/nb",
+        check=False,
+    )
+    assert bad_dir.returncode == 78
+    assert "[lab] notebook_dir" in bad_dir.stderr
+    assert len(bad_dir.stderr.strip().splitlines()) == 1
+    assert not (sandbox.root / "etc-jlservice" / "jlservice.toml").exists()
+    assert not (sandbox.root / "etc-systemd" / "jlservice.service").exists()
+
+
+def test_uninstall_stops_and_removes_the_unit_and_purge_removes_the_rest(
+    sandbox: Sandbox, other_user
+) -> None:
+    sandbox.run(JLSERVICE, "install", "--user", other_user.name, "--port", str(free_port()))
+    sandbox.systemctl("enable", "--now", "jlservice")
+    main = sandbox.host_pid(int(sandbox.show("jlservice", "MainPID")["MainPID"]))
+    state_dir = sandbox.root / "var-lib" / "jlservice"
+    assert (state_dir / "state.json").exists()
+
+    out = sandbox.run(JLSERVICE, "uninstall").stdout
+    assert "stopped and disabled jlservice" in out
+    wait_for(lambda: not pid_alive(main), 60, "jlservice to stop")
+    assert not (sandbox.root / "etc-systemd" / "jlservice.service").exists()
+    assert not list((sandbox.root / "etc-systemd").glob("*.wants/jlservice.service"))
+    assert sandbox.show("jlservice", "LoadState")["LoadState"] == "not-found"
+    assert (sandbox.root / "etc-jlservice" / "jlservice.toml").exists()
+    assert (state_dir / "state.json").exists(), "the token survives a plain uninstall"
+
+    again = sandbox.run(JLSERVICE, "uninstall", "--purge").stdout
+    assert "removed /etc/jlservice/jlservice.toml" in again
+    assert not (sandbox.root / "etc-jlservice" / "jlservice.toml").exists()
+    assert not state_dir.exists()
+    assert sandbox.run(JLSERVICE, "uninstall", "--purge").returncode == 0
+
+
+def test_install_as_non_root_points_to_user_unit(sandbox: Sandbox, other_user) -> None:
+    result = sandbox.run(
+        "setpriv",
+        f"--reuid={other_user.uid}",
+        f"--regid={other_user.gid}",
+        "--clear-groups",
+        JLSERVICE,
+        "install",
+        check=False,
+        env={**os.environ, "HOME": other_user.home},
+    )
+    assert result.returncode == 1
+    assert "run this as root (sudo), or add --user-unit" in result.stderr

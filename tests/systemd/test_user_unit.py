@@ -1,0 +1,40 @@
+"""The user unit, for people without root: `install --user-unit` and `systemctl --user`."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from sandbox import JLSERVICE, Sandbox
+from support import LabClient, free_port
+
+
+def test_user_unit_runs_jupyterlab_for_its_user_without_root(sandbox: Sandbox, other_user) -> None:
+    session = sandbox.user_manager(other_user)
+    port = free_port()
+    out = session.run(JLSERVICE, "install", "--user-unit", "--port", str(port)).stdout
+    home = Path(other_user.home)
+    assert f"wrote {home}/.config/jlservice/jlservice.toml" in out
+    assert f"wrote {home}/.config/systemd/user/jlservice.service" in out
+    assert "systemctl --user enable --now jlservice" in out
+    assert "loginctl enable-linger" in out
+
+    session.systemctl("enable", "--now", "jlservice")  # Type=notify: back once it answers
+    url = session.run(JLSERVICE, "token", "--url").stdout.strip()
+    token = url.rsplit("token=", 1)[1]
+    assert url == f"http://127.0.0.1:{port}/lab?token={token}"
+    lab = LabClient(f"http://127.0.0.1:{port}/")
+    kernel = lab.api("POST", "api/kernels", token, json={"name": "python3"}).json()
+    assert lab.execute(token, kernel["id"], "import os; print(os.getuid())").strip() == str(
+        other_user.uid
+    )
+    # The state is the user's own, where `jlservice token` looks without flags.
+    state = home / ".local" / "state" / "jlservice" / "state.json"
+    assert state.stat().st_uid == other_user.uid
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
+
+    session.systemctl("reload", "jlservice")
+    assert session.systemctl("is-active", "jlservice").stdout.strip() == "active"
+    session.systemctl("stop", "jlservice")
+    assert session.systemctl("is-active", "jlservice", check=False).stdout.strip() == "inactive"
