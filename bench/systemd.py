@@ -28,11 +28,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 # bench/ is a directory of scripts; the sandbox is the one the tests use
-sys.path.insert(0, str(HERE.parent / "tests" / "systemd"))
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "systemd"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BenchError, child_env, free_port, session, wait_for
 from _report import Metric, announce, finish
 from sandbox import JLSERVICE, Sandbox, available
