@@ -59,6 +59,11 @@ def _where(parser: argparse.ArgumentParser) -> None:
 def _target(args: argparse.Namespace):
     from jlservice import install
 
+    if args.config:
+        raise CommandError(
+            "--config does not apply: install and uninstall use /etc/jlservice/jlservice.toml, "
+            "/etc/jlservice/NAME.toml (--instance) or ~/.config/jlservice (--user-unit)"
+        )
     if args.user_unit:
         if os.geteuid() == 0:
             raise CommandError(
