@@ -22,6 +22,9 @@ from jlservice import __version__, config, state
 from jlservice.config.service import DEFAULT_PATH, user_config_path
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+# What the system units' ReadWritePaths= already open under ProtectSystem=strict.
+WRITABLE_IN_UNIT = (Path("/home"), Path("/srv"))
+NOTEBOOK_DROP_IN = "jlservice-notebook-dir.conf"
 
 
 class InstallError(Exception):
@@ -142,8 +145,38 @@ def install(target: Target, settings: Mapping[str, str | int], run: Run = _run) 
         state.ensure_dir(unit_path.parent, 0o755)
         state.write_atomic(unit_path, unit.encode(), mode=0o644)
         done.append(f"wrote {unit_path}")
+    if target.systemctl == ("systemctl",):  # the user unit does not protect the file system
+        done += _notebook_drop_in(target)
     _systemctl(target, run, done, "daemon-reload")
     return done
+
+
+def _notebook_drop_in(target: Target) -> list[str]:
+    """ReadWritePaths= for a notebook dir outside /home and /srv, which ProtectSystem=strict
+    would make read-only; kept in step with the config's notebook_dir."""
+    path = target.unit_dir / f"{target.service}.service.d" / NOTEBOOK_DROP_IN
+    try:
+        notebooks = config.load(target.config_path).lab.notebook_dir
+    except config.ConfigError as exc:
+        return [f"warning: {exc}; fix it before starting the service"]
+    if any(notebooks.is_relative_to(p) for p in WRITABLE_IN_UNIT):
+        if path.exists():
+            path.unlink()
+            return [f"removed {path} ({notebooks} is writable without it)"]
+        return []
+    value = str(notebooks).replace("%", "%%")
+    if any(c.isspace() or c in "\"'\\" for c in value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = (
+        "# Written by `jlservice install`: ProtectSystem=strict makes all but /home and /srv\n"
+        "# read-only, and notebooks must be saved.\n"
+        f"[Service]\nReadWritePaths={value}\n"
+    )
+    if path.exists() and path.read_text() == text:
+        return [f"{path} is up to date"]
+    state.ensure_dir(path.parent, 0o755)
+    state.write_atomic(path, text.encode(), mode=0o644)
+    return [f"wrote {path} (makes {notebooks} writable for the service)"]
 
 
 def uninstall(target: Target, purge: bool, run: Run = _run) -> list[str]:
@@ -163,6 +196,7 @@ def uninstall(target: Target, purge: bool, run: Run = _run) -> list[str]:
         unit_path.unlink()
         shutil.rmtree(unit_path.with_name(unit_path.name + ".d"), ignore_errors=True)
         done.append(f"removed {unit_path}")
+    (target.unit_dir / f"{target.service}.service.d" / NOTEBOOK_DROP_IN).unlink(missing_ok=True)
     if purge:
         done += _purge(target)
     elif target.config_path.exists():

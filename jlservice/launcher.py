@@ -220,6 +220,21 @@ _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
+def read_only_notebooks(launch: Launch) -> str | None:
+    """Why notebooks cannot be saved when the notebook dir sits on a read-only mount (as
+    everything outside ReadWritePaths= does under ProtectSystem=strict), or None."""
+    try:
+        if not os.statvfs(launch.cwd).f_flag & os.ST_RDONLY:
+            return None
+    except OSError:
+        return None  # a missing dir is reported by the start itself
+    return (
+        f"notebook_dir {launch.cwd} is on a read-only mount here, so notebooks cannot be saved; "
+        f"under systemd, allow it with `systemctl edit jlservice` and ReadWritePaths={launch.cwd} "
+        "(`jlservice install` does this for the directory it is given)"
+    )
+
+
 def become_subreaper() -> None:
     """Orphaned descendants (kernels of a dead JupyterLab) are re-parented to us, not init."""
     if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:

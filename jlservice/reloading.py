@@ -116,6 +116,8 @@ class Reloading:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
         self._drop_pending()
         self.launch = launch
+        if why := launcher.read_only_notebooks(launch):
+            logger.warning("notebook_dir_read_only", problem=why)
         last = self.state.last_reload
         if last is not None and last.result == reload.PENDING:
             last = last._replace(result=reload.APPLIED)

@@ -142,6 +142,8 @@ class Supervisor(Reloading):
             user=self.config.lab.user,
             port=self.config.lab.port,
         )
+        if why := launcher.read_only_notebooks(self.launch):
+            logger.warning("notebook_dir_read_only", problem=why)
         await self._start(self._started)
         self._started = None
         # Only now: a JupyterLab that already exited must be reaped as itself, not an orphan.

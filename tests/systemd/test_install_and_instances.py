@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import stat
+from pathlib import Path
 
 import psutil
 import tomllib
 from sandbox import JLSERVICE, Sandbox
 from support import LabClient, free_port, pid_alive, wait_for
+
+from jlservice.install import NOTEBOOK_DROP_IN
 
 
 def test_two_template_instances_run_two_users_on_two_ports(
@@ -127,3 +132,50 @@ def test_install_as_non_root_points_to_user_unit(sandbox: Sandbox, other_user) -
     )
     assert result.returncode == 1
     assert "run this as root (sudo), or add --user-unit" in result.stderr
+
+
+def test_notebook_dir_outside_home_is_made_writable_by_a_drop_in(
+    sandbox: Sandbox, other_user
+) -> None:
+    notebooks = Path(f"/opt/jlservice-test-notebooks-{secrets.token_hex(3)}")
+    notebooks.mkdir()
+    try:
+        os.chown(notebooks, other_user.uid, other_user.gid)
+        port = free_port()
+        out = sandbox.run(
+            JLSERVICE,
+            "install",
+            "--user",
+            other_user.name,
+            "--notebook-dir",
+            str(notebooks),
+            "--port",
+            str(port),
+        ).stdout
+        drop_in = sandbox.root / "etc-systemd" / "jlservice.service.d" / NOTEBOOK_DROP_IN
+        assert f"ReadWritePaths={notebooks}\n" in drop_in.read_text()
+        assert "makes" in out and str(notebooks) in out
+        log = sandbox.log_to_file("jlservice.service")
+        sandbox.systemctl("daemon-reload")
+        sandbox.systemctl("start", "jlservice")
+        token = sandbox.run(JLSERVICE, "token").stdout.strip()
+        lab = LabClient(f"http://127.0.0.1:{port}/")
+        saved = lab.api("PUT", "api/contents/saved.txt", token, json=SAVE)
+        assert saved.status_code == 201, saved.text
+        assert (notebooks / "saved.txt").read_text() == "kept"
+
+        # Without it, ProtectSystem=strict makes the directory read-only: saving fails, and
+        # jlservice says why and what to do.
+        drop_in.unlink()
+        sandbox.systemctl("daemon-reload")
+        sandbox.systemctl("restart", "jlservice")
+        refused = lab.api("PUT", "api/contents/lost.txt", token, json=SAVE)
+        assert refused.status_code >= 400
+        assert "notebook_dir_read_only" in log.read_text()
+        assert f"ReadWritePaths={notebooks}" in log.read_text()
+    finally:
+        sandbox.crash()  # nothing may hold the directory while it goes
+        shutil.rmtree(notebooks)
+
+
+SAVE = {"type": "file", "format": "text", "content": "kept"}

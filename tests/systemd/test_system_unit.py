@@ -6,9 +6,12 @@ for a throw-away user, and drives it with systemctl.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -66,7 +69,19 @@ def installed(sandbox: Sandbox, other_user) -> Installed:
     return Installed(sandbox, other_user.name, Path(other_user.home))
 
 
-def test_start_returns_when_jupyterlab_answers_and_root_gets_the_token(installed) -> None:
+@pytest.fixture
+def fake_gpu() -> Iterator[Path]:
+    """A device node named like an NVIDIA one (the driver is not here: it behaves as /dev/null)."""
+    node = Path(f"/dev/nvidia-jlservice-test-{os.getpid()}")
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    node.chmod(0o666)
+    try:
+        yield node
+    finally:
+        node.unlink()
+
+
+def test_start_returns_when_jupyterlab_answers_and_root_gets_the_token(installed, fake_gpu) -> None:
     props = installed.start()
     # `systemctl start` returned: with Type=notify that means READY=1 came, so it answers now.
     token = installed.token()
@@ -82,9 +97,11 @@ def test_start_returns_when_jupyterlab_answers_and_root_gets_the_token(installed
     assert installed.box.run(JLSERVICE, "token", "--url").stdout.strip() == (
         f"http://127.0.0.1:{installed.port}/lab?token={token}"
     )
-    # The hardening did not break kernels: one starts, runs as the user, computes.
+    # The hardening did not break kernels: one starts, runs as the user, computes, and reaches
+    # device nodes such as /dev/nvidia0 (PrivateDevices=yes would hide them).
     kernel = installed.lab.api("POST", "api/kernels", token, json={"name": "python3"}).json()
-    out = installed.lab.execute(token, kernel["id"], "import os; print(os.getuid(), 6 * 7)")
+    code = f"import os; print(os.getuid(), open({str(fake_gpu)!r}, 'wb').write(b'x') * 42)"
+    out = installed.lab.execute(token, kernel["id"], code)
     assert out.split() == [str(psutil.Process(installed.lab_pid()).uids().real), "42"]
 
 
