@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then
-    packages=(python3-venv)
+    packages=(python3-venv gcc libc6-dev)  # gcc: the fake libnvidia-ml.so.1 of tests/nvml
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
