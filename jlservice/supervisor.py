@@ -103,8 +103,8 @@ class Supervisor(Reloading):
     def _save(self, **changes: object) -> None:
         assert self.state is not None
         self.state = self.state.evolve(**changes)
-        state.write_state(self.config.service.state_dir, self.state)
         self.figures.config_error = self.state.config_error is not None
+        state.write_state(self.config.service.state_dir, self.state)
 
     def _status_line(self) -> str:
         if self.lab is not None and self.lab.ready:

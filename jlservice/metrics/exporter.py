@@ -26,6 +26,7 @@ class Exporter:
     def __init__(self, view: SupervisorView, settings: MetricsConfig) -> None:
         self.settings = settings
         self.sampler = Sampler(view, settings)
+        view.on_ready = self.sampler.wake
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(view, self.sampler))
         ProcessCollector(registry=self.registry)  # the supervisor's own CPU, memory, fds

@@ -96,6 +96,10 @@ class Sampler:
     def update(self, settings: MetricsConfig) -> None:
         """New settings: sample again now, then every new interval."""
         self.settings = settings
+        self.wake()
+
+    def wake(self) -> None:
+        """Sample now (a new JupyterLab answers, or new settings)."""
         self._wake.set()
 
     def stop(self) -> None:

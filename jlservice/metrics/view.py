@@ -6,6 +6,7 @@ another thread sees whole (the GIL), so no lock is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 RESTART_REASONS = ("crash", "unhealthy", "reload", "rotate")
@@ -31,6 +32,7 @@ class SupervisorView:
         self.restarts = dict.fromkeys(RESTART_REASONS, 0)
         self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self.config_error = False
+        self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server
 
     @property
     def up(self) -> bool:
@@ -40,6 +42,7 @@ class SupervisorView:
         self.lab_started_at = started_at
         self.ready_duration = ready_s
         self.endpoint = endpoint
+        self.on_ready()
 
     def lab_down(self) -> None:
         self.endpoint = None
