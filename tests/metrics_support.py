@@ -38,8 +38,8 @@ def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], floa
     return {labels: value for (n, labels), value in samples.items() if n == name}
 
 
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
+    return samples.get((metric, frozenset(labels.items())))
 
 
 def wait_scrape(url: str, predicate, what: str, timeout: float = 30) -> Samples:

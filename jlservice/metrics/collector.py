@@ -90,11 +90,11 @@ class Collector:
         snap = self.sampler.snapshot
         if not snap.gpu_enabled:
             return
-        up = GaugeMetricFamily("jlservice_gpu_up", "1 while NVML can read the GPU")
+        doc = "1 while NVML can read the GPU"
         if snap.gpus is None:  # no library, no driver: one series, and nothing per GPU
-            up.add_metric([], 0)
-            yield up
+            yield GaugeMetricFamily("jlservice_gpu_up", doc, value=0)
             return
+        up = GaugeMetricFamily("jlservice_gpu_up", doc, labels=GPU_LABELS)
         for gpu in snap.gpus:
             up.add_metric(_ids(gpu), 1 if gpu.up else 0)
         yield up

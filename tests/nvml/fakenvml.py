@@ -33,6 +33,20 @@ class Gpu:
     fail: dict[str, int] = field(default_factory=dict)  # NVML function or "*" -> return code
 
 
+# Every value NVML can report, as an H100 would: Gpu(uuid, **FULL).
+FULL: dict = dict(
+    pci="00000000:3B:00.0",
+    util=(37, 12),
+    memory=(80 * GIB, GIB, 70 * GIB, 9 * GIB),
+    temp=41,
+    power=71234,
+    limit=700000,
+    energy=123456789,
+    clocks={"sm": 1410, "mem": 2619},
+    ecc={"corrected": 2, "uncorrected": 0},
+)
+
+
 class FakeNvml:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
