@@ -199,7 +199,7 @@ def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
                 return f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}"
             if exc.errno == errno.EADDRNOTAVAIL:
                 where = "[lab] ip" if key == "[lab] port" else key
-            return f"{ip} is not an address of this machine; fix {where}"
+                return f"{ip} is not an address of this machine; fix {where}"
             return f"cannot listen on {ip}:{port}: {exc.strerror}"
     return None
 

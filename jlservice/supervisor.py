@@ -253,9 +253,8 @@ class Supervisor(Reloading):
         assert lab is not None
         ready_s = lab.mark_ready(self.launch.api_url, lambda: self.config.health, self.post)
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
-        self.figures.lab_ready(
-            Endpoint(self.launch.api_url, self.token, lab.pid), lab.started, ready_s
-        )
+        endpoint = Endpoint(self.launch.api_url, self.token, lab.pid)
+        self.figures.lab_ready(endpoint, lab.started, ready_s, lambda: lab.answering)
         self.reloading = False
         self.notifier.ready(self._status_line())
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))

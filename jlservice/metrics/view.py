@@ -27,6 +27,7 @@ class SupervisorView:
         self.version = version
         self.user = user
         self.endpoint: Endpoint | None = None  # None while JupyterLab is not ready
+        self.answering: Callable[[], bool] = lambda: False  # its last health probe passed
         self.lab_started_at: float | None = None
         self.ready_duration: float | None = None
         self.restarts = dict.fromkeys(RESTART_REASONS, 0)
@@ -36,11 +37,14 @@ class SupervisorView:
 
     @property
     def up(self) -> bool:
-        return self.endpoint is not None
+        return self.endpoint is not None and self.answering()
 
-    def lab_ready(self, endpoint: Endpoint, started_at: float, ready_s: float) -> None:
+    def lab_ready(
+        self, endpoint: Endpoint, started_at: float, ready_s: float, answering: Callable[[], bool]
+    ) -> None:
         self.lab_started_at = started_at
         self.ready_duration = ready_s
+        self.answering = answering
         self.endpoint = endpoint
         self.on_ready()
 

@@ -106,6 +106,24 @@ def test_values_units_unsupported_and_a_lost_gpu(service_factory, fake_nvml, out
     assert [(e["gpu"], e["level"]) for e in lost] == [(1, "warning"), (0, "warning")]
 
 
+def test_a_scrape_never_waits_for_nvml(service_factory, fake_nvml) -> None:
+    fake_nvml.write([Gpu("GPU-a", **FULL)])
+    svc = service_factory(metrics=metrics_section())
+    svc.start(env=fake_nvml.env())
+    url = metrics_url(svc)
+    wait_scrape(
+        url,
+        lambda s: value(s, "jlservice_gpu_temperature_celsius", gpu="0", uuid="GPU-a"),
+        "a sample",
+    )
+    # The driver hangs: every NVML call now takes 60 s, and would report 99 °C.
+    fake_nvml.write([Gpu("GPU-a", **{**FULL, "temp": 99})], delay_ms=60_000)
+    for _ in range(10):  # each answers at once with the last sample the sampler finished
+        s = scrape(url)
+        assert value(s, "jlservice_gpu_temperature_celsius", gpu="0", uuid="GPU-a") == 41
+        assert value(s, "jlservice_up") == 1
+
+
 def _real_nvml_present() -> bool:
     try:
         ctypes.CDLL("libnvidia-ml.so.1")
@@ -119,7 +137,11 @@ def test_no_library_means_gpu_up_0_and_one_info_line(service_factory) -> None:
     svc = service_factory(metrics=metrics_section())
     svc.start()
     url = metrics_url(svc)
-    s = wait_scrape(url, lambda s: series(s, "jlservice_gpu_up"), "jlservice_gpu_up")
+    s = wait_scrape(
+        url,
+        lambda s: series(s, "jlservice_gpu_up") and series(s, "jlservice_kernels"),
+        "a sample of the GPUs and of JupyterLab",
+    )
     assert series(s, "jlservice_gpu_up") == {frozenset(): 0}
     gpu_series = {name for name, _ in s if name.startswith("jlservice_gpu_")}
     assert gpu_series == {"jlservice_gpu_up"}

@@ -19,7 +19,8 @@ import jlservice
 
 
 def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
-    svc = service_factory(metrics=metrics_section(gpu=False))
+    # Only `jlservice reload` reloads here (no file watcher), so every count is exact.
+    svc = service_factory(metrics=metrics_section(gpu=False), reload={"watch": False})
     svc.start()
     url = metrics_url(svc)
     first = svc.lab_pid
@@ -83,6 +84,20 @@ def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
     assert value(s, "jlservice_config_reloads_total", result="applied") == 1
     assert value(s, "jlservice_restarts_total", reason="reload") == 1
     assert value(s, "jlservice_restarts_total", reason="crash") == 1
+
+
+def test_up_is_0_while_jupyterlab_does_not_answer(service_factory) -> None:
+    svc = service_factory(metrics=metrics_section(gpu=False))
+    svc.start()
+    url = metrics_url(svc)
+    hung = svc.lab_pid
+    wait_scrape(url, lambda s: value(s, "jlservice_up") == 1, "jlservice_up 1")
+    os.kill(hung, signal.SIGSTOP)
+    wait_scrape(url, lambda s: value(s, "jlservice_up") == 0, "jlservice_up 0 while hung")
+    svc.wait_ready(not_pid=hung)
+    s = wait_scrape(url, lambda s: value(s, "jlservice_up") == 1, "jlservice_up 1 again")
+    assert value(s, "jlservice_restarts_total", reason="unhealthy") == 1
+    assert value(s, "jlservice_restarts_total", reason="crash") == 0
 
 
 def test_kernels_by_state(service_factory) -> None:

@@ -8,6 +8,7 @@
  *
  *   init CODE                      nvmlInit* returns CODE (9: driver not loaded)
  *   driver VERSION
+ *   delay MILLISECONDS             every device call takes this long (a hung driver)
  *   gpu UUID NAME…                 the next device (index 0, 1, … in order)
  *   I pci BUS_ID                   e.g. 00000000:3B:00.0
  *   I util GPU% MEMORY%
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 typedef int nvmlReturn_t;
 enum {
@@ -75,6 +77,7 @@ typedef struct fake_gpu *nvmlDevice_t;
 static struct fake_gpu gpus[MAX_GPUS];
 static unsigned ngpus;
 static int init_code;
+static unsigned delay_ms;
 static char driver[80];
 static int initialised;
 static struct stat loaded; /* of the spec file last read */
@@ -85,6 +88,7 @@ static void parse_line(char *line) {
     char *save, *word = strtok_r(line, " \t\n", &save);
     if (!word || word[0] == '#') return;
     if (!strcmp(word, "init")) { init_code = atoi(strtok_r(NULL, " \t\n", &save)); return; }
+    if (!strcmp(word, "delay")) { delay_ms = (unsigned)atoi(strtok_r(NULL, " \t\n", &save)); return; }
     if (!strcmp(word, "driver")) {
         snprintf(driver, sizeof driver, "%s", strtok_r(NULL, " \t\n", &save)); return;
     }
@@ -140,6 +144,7 @@ static void load(void) {
     memset(gpus, 0, sizeof gpus);
     ngpus = 0;
     init_code = 0;
+    delay_ms = 0;
     snprintf(driver, sizeof driver, "%s", "");
     char line[512];
     while (fgets(line, sizeof line, f)) parse_line(line);
@@ -159,6 +164,7 @@ static int failure(struct fake_gpu *g, const char *fn) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;                  \
     if ((device) < gpus || (device) >= gpus + ngpus || !(out))          \
         return NVML_ERROR_INVALID_ARGUMENT;                             \
+    if (delay_ms) usleep(delay_ms * 1000u);                             \
     int fail_ = failure((device), __func__);                            \
     if (fail_) return fail_;
 

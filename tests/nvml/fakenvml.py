@@ -68,9 +68,11 @@ class FakeNvml:
             "FAKE_NVML_SPEC": str(self.spec),
         }
 
-    def write(self, gpus: list[Gpu], driver: str = "550.54.15", init: int = 0) -> None:
+    def write(
+        self, gpus: list[Gpu], driver: str = "550.54.15", init: int = 0, delay_ms: int = 0
+    ) -> None:
         """Replace the spec at once (rename): the fake never reads half a file."""
-        lines = [f"init {init}", f"driver {driver}"]
+        lines = [f"init {init}", f"driver {driver}", f"delay {delay_ms}"]
         for i, g in enumerate(gpus):
             lines.append(f"gpu {g.uuid} {g.name}")
             values = {
