@@ -75,8 +75,8 @@ class GpuReader:
     def _device(self, index: int) -> GpuSample:
         try:
             sample = self._read(index)
-        except _Lost:
-            uuid = self._static.pop(index, ("", ()))[0]
+        except _Lost:  # its series keep their labels: the UUID read before, if any
+            uuid = self._static.get(index, ("", ()))[0]
             self._memory_v2.pop(index, None)
             if index not in self._lost:
                 logger.warning("gpu_lost", gpu=index, uuid=uuid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -50,7 +51,13 @@ def of_gpu(samples, index: int) -> set[str]:
 def test_values_units_unsupported_and_a_lost_gpu(service_factory, fake_nvml, outsider) -> None:
     full = Gpu("GPU-full", **FULL, processes=[(outsider, 2 * GIB)])
     lost = Gpu("GPU-lost", **FULL, fail={"*": 15})
-    bare = Gpu("GPU-bare", name="Tesla T4", memory=(16 * GIB, 0, 15 * GIB, GIB))
+    # An older driver: no memory info v2, so used = total - free (v1 counts reserved as used).
+    bare = Gpu(
+        "GPU-bare",
+        name="Tesla T4",
+        memory=(16 * GIB, GIB // 2, 15 * GIB, GIB // 2),
+        fail={"nvmlDeviceGetMemoryInfo_v2": 3},
+    )
     fake_nvml.write([full, lost, bare], driver="550.54.15")
     svc = service_factory(metrics=metrics_section())
     svc.start(env=fake_nvml.env())
@@ -91,6 +98,9 @@ def test_values_units_unsupported_and_a_lost_gpu(service_factory, fake_nvml, out
         "jlservice_gpu_other_memory_bytes",
     }
     assert value(s, "jlservice_gpu_collect_duration_seconds") > 0
+    bare_ids = {"gpu": "2", "uuid": "GPU-bare"}
+    assert value(s, "jlservice_gpu_memory_used_bytes", **bare_ids) == GIB
+    assert value(s, "jlservice_gpu_memory_free_bytes", **bare_ids) == 15 * GIB
 
     # GPU 1 comes back and GPU 0 is lost: each GPU on its own, JupyterLab untouched.
     lab = svc.lab_pid
@@ -102,6 +112,9 @@ def test_values_units_unsupported_and_a_lost_gpu(service_factory, fake_nvml, out
     assert of_gpu(s, 0) == {"jlservice_gpu_up"}
     assert of_gpu(s, 1) == {*PER_GPU, "jlservice_gpu_up"}
     assert value(s, "jlservice_up") == 1 and svc.lab_pid == lab
+    time.sleep(1.5)  # three more samples at interval 0.5 s
+    s = scrape(url)  # a GPU lost for several rounds keeps the labels it had
+    assert value(s, "jlservice_gpu_up", gpu="0", uuid="GPU-full") == 0
     lost = [e for e in svc.log_events() if e.get("event") == "gpu_lost"]
     assert [(e["gpu"], e["level"]) for e in lost] == [(1, "warning"), (0, "warning")]
 
