@@ -62,7 +62,9 @@ def lab_version(endpoint: Endpoint, timeout: float) -> str | None:
 
 
 def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:
-    return json.loads(_open(endpoint.api_url + path, endpoint.token, timeout))
+    # Looking must not count as activity: the server would never look idle to its cullers.
+    url = f"{endpoint.api_url}{path}?no_track_activity=1"
+    return json.loads(_open(url, endpoint.token, timeout))
 
 
 def _open(url: str, token: str, timeout: float) -> bytes:

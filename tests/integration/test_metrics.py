@@ -8,6 +8,7 @@ import pwd
 import signal
 import socket
 import threading
+import time
 
 import psutil
 import pytest
@@ -106,6 +107,10 @@ def test_kernels_by_state(service_factory) -> None:
     token = svc.state()["token"]
     url = metrics_url(svc)
     wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="idle") == 0, "no kernels")
+    # Sampling api/kernels and api/sessions is no activity: idle servers can still be culled.
+    idle_since = svc.api("GET", "api/status", token).json()["last_activity"]
+    time.sleep(2)  # four samples at interval 0.5 s
+    assert svc.api("GET", "api/status", token).json()["last_activity"] == idle_since
     kernel_id, _ = svc.start_kernel(token)
     # jupyter_server says "starting" until a client connects; running code makes it busy.
     running = threading.Thread(target=svc.execute, args=(token, kernel_id, "time.sleep(4)"))
