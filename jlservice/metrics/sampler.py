@@ -10,7 +10,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from jlservice import log
 from jlservice.config import MetricsConfig
@@ -41,7 +41,6 @@ class Snapshot:
     other_memory: tuple[tuple[int, str, int], ...] = ()  # (gpu, uuid, bytes)
     gpu_enabled: bool = False
     collect_seconds: float | None = None
-    taken_at: float = field(default_factory=time.time)
 
 
 def attribute(
