@@ -86,6 +86,14 @@ def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
     assert value(s, "jlservice_restarts_total", reason="reload") == 1
     assert value(s, "jlservice_restarts_total", reason="crash") == 1
 
+    lab = svc.lab_pid
+    svc.sections["metrics"]["enabled"] = False
+    svc.write_config()
+    assert svc.cli("reload").returncode == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=5)
+    assert svc.lab_pid == lab and svc.state()["status"] == "ready"
+
 
 def test_up_is_0_while_jupyterlab_does_not_answer(service_factory) -> None:
     svc = service_factory(metrics=metrics_section(gpu=False))
