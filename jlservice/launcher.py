@@ -187,8 +187,8 @@ def prepare_private_dir(
     state.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
 
 
-def check_port(ip: str, port: int) -> str | None:
-    """Why JupyterLab could not listen on ip:port right now, or None."""
+def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
+    """Why a server could not listen on ip:port right now, or None (`key`: what to fix)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -196,9 +196,10 @@ def check_port(ip: str, port: int) -> str | None:
             sock.bind((ip, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return f"port {port} on {ip} is in use{_holder(port)}; stop it or change [lab] port"
+                return f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}"
             if exc.errno == errno.EADDRNOTAVAIL:
-                return f"{ip} is not an address of this machine; fix [lab] ip"
+                where = "[lab] ip" if key == "[lab] port" else key
+                return f"{ip} is not an address of this machine; fix {where}"
             return f"cannot listen on {ip}:{port}: {exc.strerror}"
     return None
 

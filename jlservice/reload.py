@@ -41,6 +41,11 @@ def plan(current: Config, running: launcher.Launch) -> Plan:
             problem = launcher.check_port(launch.ip, launch.port)
             if problem:  # refuse now, rather than stop a working server for nothing
                 raise ConfigError(f"{current.path}: [lab] port: {problem}")
+        metrics, before = new.metrics, current.metrics
+        if metrics.enabled and (metrics.listen != before.listen or not before.enabled):
+            problem = launcher.check_port(*metrics.address, key="[metrics] listen")
+            if problem:  # the exporter would go dark; keep the one that serves
+                raise ConfigError(f"{current.path}: [metrics] listen: {problem}")
     except ConfigError as exc:
         return Plan(REJECTED, error=str(exc))
     return Plan(UNCHANGED if launch == running else APPLIED, new, launch)

@@ -62,6 +62,7 @@ class Reloading:
         if self.watcher is not None and plan.config is not None:
             self.watcher.accept(plan.config.digest)
         now = time.time()
+        self.figures.reloaded(plan.result)
         if plan.result == reload.REJECTED:
             self._save(
                 config_error=plan.error, last_reload=state.LastReload(now, source, reload.REJECTED)
@@ -102,6 +103,8 @@ class Reloading:
             log.configure(new.log.level, new.log.format)
         self.config = new
         self._watch_config(asyncio.get_running_loop())
+        if self.exporter is not None:
+            self.exporter.apply(new.metrics)
 
     async def _restart_with(self, launch: launcher.Launch) -> None:
         self._use_launch(launch)

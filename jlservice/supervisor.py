@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from jlservice import EX_CONFIG, children, launcher, log, state
+from jlservice import EX_CONFIG, __version__, children, launcher, log, state
 from jlservice.config import Config, RestartConfig
 from jlservice.events import (
     BackoffElapsed,
@@ -33,6 +33,8 @@ from jlservice.events import (
     StopRequested,
 )
 from jlservice.lab import Lab
+from jlservice.metrics.exporter import Exporter
+from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.notify import Notifier
 from jlservice.reloading import Reloading
 
@@ -90,6 +92,8 @@ class Supervisor(Reloading):
         self.reloading = False  # RELOADING=1 sent, READY=1 still owed to systemd
         self.exit_code: int | None = None
         self.state: state.State | None = None
+        self.figures = SupervisorView(__version__, config.lab.user)  # what metrics show
+        self.exporter: Exporter | None = None
 
     # ── plumbing ────────────────────────────────────────────────────────────
 
@@ -99,6 +103,7 @@ class Supervisor(Reloading):
     def _save(self, **changes: object) -> None:
         assert self.state is not None
         self.state = self.state.evolve(**changes)
+        self.figures.config_error = self.state.config_error is not None
         state.write_state(self.config.service.state_dir, self.state)
 
     def _status_line(self) -> str:
@@ -126,6 +131,9 @@ class Supervisor(Reloading):
                 await self.lab.stop("supervisor_failed", self.config.restart.stop_timeout)
             await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
             return 1
+        finally:
+            if self.exporter is not None:
+                self.exporter.stop()
 
     async def _run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -134,6 +142,8 @@ class Supervisor(Reloading):
         for signum in self._early_signals:  # arrived while jlservice was still importing
             self.post(signal_event(signum))
         self._init_state()
+        self.exporter = Exporter(self.figures, self.config.metrics)
+        self.exporter.start()
         watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         logger.info(
             "supervisor_started",
@@ -218,7 +228,7 @@ class Supervisor(Reloading):
         except (launcher.CannotStartNow, launcher.LaunchError) as exc:
             logger.error("lab_start_failed", problem=str(exc))
             if isinstance(exc, launcher.CannotStartNow):
-                self._failed(str(exc))
+                self._failed(str(exc), "crash")
                 return
             self._save(status=state.FAILED, last_error=str(exc))
             self.notifier.status(f"Failed: {exc}")
@@ -245,6 +255,8 @@ class Supervisor(Reloading):
         assert lab is not None
         ready_s = lab.mark_ready(self.launch.api_url, lambda: self.config.health, self.post)
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
+        endpoint = Endpoint(self.launch.api_url, self.token, lab.pid)
+        self.figures.lab_ready(endpoint, lab.started, ready_s, lambda: lab.answering)
         self.reloading = False
         self.notifier.ready(self._status_line())
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
@@ -268,6 +280,7 @@ class Supervisor(Reloading):
     # ── stopping and exits ──────────────────────────────────────────────────
 
     async def _stop_lab(self, reason: str) -> None:
+        self.figures.lab_down()
         if self.lab is not None and not self.lab.exited.done():
             self._save(status=state.STOPPING)
             await self.lab.stop(reason, self.config.restart.stop_timeout)
@@ -277,6 +290,7 @@ class Supervisor(Reloading):
         assert lab is not None
         lab.cancel_watchers()
         self.lab = None
+        self.figures.lab_down()
         reason = lab.stop_reason or "crash"
         (logger.info if lab.stop_reason else logger.error)(
             "lab_exited", pid=lab.pid, status=status.describe(), reason=reason
@@ -292,6 +306,7 @@ class Supervisor(Reloading):
         if self.stopping:
             return self._finish()
         if reason in ("rotate", "reload"):  # asked for: not a failure
+            self.figures.restarted(reason)
             self._save(restarts=self.state.restarts + 1)
             return await self._start()
         if reason == "crash":
@@ -303,9 +318,9 @@ class Supervisor(Reloading):
         healthy_for = time.time() - lab.ready_at if lab.ready_at is not None else 0.0
         if healthy_for >= self.config.restart.reset_after:
             self.failures = 0
-        self._failed(problem)
+        self._failed(problem, reason)
 
-    def _failed(self, problem: str) -> None:
+    def _failed(self, problem: str, reason: str) -> None:
         """Count a failure; restart after the backoff delay or give up."""
         self.failures += 1
         restart = self.config.restart
@@ -320,6 +335,7 @@ class Supervisor(Reloading):
             self.exit_code = 1
             return
         delay = backoff_delay(self.failures, restart)
+        self.figures.restarted(reason)
         self._save(status=state.BACKOFF, last_error=problem, restarts=self.state.restarts + 1)
         self.notifier.status(f"Restarting JupyterLab in {delay:g} s: {problem}")
         logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)

@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then
-    packages=(python3-venv systemd)  # systemd: the tests boot it as PID 1 in a sandbox
+    # systemd: booted as PID 1 in a sandbox by tests/systemd; gcc: the fake libnvidia-ml.so.1
+    packages=(python3-venv systemd gcc libc6-dev)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

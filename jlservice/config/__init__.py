@@ -26,6 +26,7 @@ _LAZY = {
     "HealthConfig": "model",
     "ReloadConfig": "model",
     "LogConfig": "model",
+    "MetricsConfig": "model",
     "OptionValue": "model",
     "RESERVED_TRAITS": "lab",
     "RESERVED_ENV": "lab",

@@ -39,6 +39,7 @@ def render(config: Config) -> str:
         ("health", vars(config.health)),
         ("reload", vars(config.reload)),
         ("log", vars(config.log)),
+        ("metrics", vars(config.metrics)),
     ]
     source = str(config.path) if config.path else "built-in defaults"
     out = [f"# effective configuration from {source}"]

@@ -60,6 +60,20 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9877"  # HOST:PORT, HOST an IP address ([…] for IPv6)
+    gpu: bool = True
+    interval: float = 5.0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(ip, port) of `listen`, which validation has checked."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     lab: LabConfig
@@ -68,6 +82,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     digest: str | None = None  # sha256 of the file's bytes this configuration was read from
 
     @property

@@ -10,12 +10,13 @@ from typing import Any
 
 from jlservice import users
 from jlservice.config.lab import parse_lab
+from jlservice.config.metrics import parse_metrics
 from jlservice.config.model import Config
 from jlservice.config.reader import Reader, digest, parse_toml, read_bytes
 from jlservice.config.sections import parse_health, parse_log, parse_reload, parse_restart
 from jlservice.config.service import parse_service
 
-SECTIONS = {"lab", "service", "restart", "health", "reload", "log"}
+SECTIONS = {"lab", "service", "restart", "health", "reload", "log", "metrics"}
 
 
 def load(
@@ -58,4 +59,5 @@ def parse(
         health=parse_health(reader, reader.table(doc, "health")),
         reload=parse_reload(reader, reader.table(doc, "reload")),
         log=parse_log(reader, reader.table(doc, "log")),
+        metrics=parse_metrics(reader, reader.table(doc, "metrics"), lab),
     )

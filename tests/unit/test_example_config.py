@@ -22,6 +22,7 @@ SECTIONS = {
     "health": config.HealthConfig,
     "reload": config.ReloadConfig,
     "log": config.LogConfig,
+    "metrics": config.MetricsConfig,
 }
 
 
@@ -51,7 +52,7 @@ def test_every_key_is_documented():
 
 def test_documented_defaults_are_the_real_ones():
     documented = _documented()
-    for section in ("restart", "health", "reload", "log"):
+    for section in ("restart", "health", "reload", "log", "metrics"):
         defaults = SECTIONS[section]()
         for key, text in documented[section].items():
             assert tomllib.loads(f"v = {text}")["v"] == getattr(defaults, key), (section, key)

@@ -1,0 +1,147 @@
+"""The sampler thread: every `interval` seconds, GPUs and kernels into one immutable Snapshot.
+
+A scrape reads `Sampler.snapshot` (one attribute read) and never waits for NVML or for
+JupyterLab. Nothing the sampler meets may end it, let alone the supervisor.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jlservice import log
+from jlservice.config import MetricsConfig
+from jlservice.metrics import kernels
+from jlservice.metrics.gpu import GpuReader, GpuSample
+from jlservice.metrics.view import SupervisorView
+
+logger = log.get("jlservice.metrics")
+
+_HTTP_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class KernelMemory:
+    gpu: int
+    uuid: str
+    kernel_id: str
+    notebook: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    lab_version: str = ""  # of the last JupyterLab that answered
+    kernel_states: dict[str, int] | None = None  # None: JupyterLab did not answer
+    gpus: tuple[GpuSample, ...] | None = None  # None: NVML not usable (or gpu = false)
+    kernel_memory: tuple[KernelMemory, ...] = ()
+    other_memory: tuple[tuple[int, str, int], ...] = ()  # (gpu, uuid, bytes)
+    gpu_enabled: bool = False
+    collect_seconds: float | None = None
+
+
+def attribute(
+    gpus: tuple[GpuSample, ...], notebooks: dict[str, str], owner: Callable[[int], str | None]
+) -> tuple[tuple[KernelMemory, ...], tuple[tuple[int, str, int], ...]]:
+    """GPU memory per (GPU, kernel), and per GPU what no kernel of this JupyterLab holds."""
+    per_kernel: dict[tuple[int, str, str], int] = {}
+    other = []
+    for gpu in gpus:
+        if not gpu.up:
+            continue
+        rest = 0
+        for pid, used in gpu.processes:
+            kernel_id = owner(pid)
+            if kernel_id is None:
+                rest += used
+            else:
+                key = (gpu.index, gpu.uuid, kernel_id)
+                per_kernel[key] = per_kernel.get(key, 0) + used
+        other.append((gpu.index, gpu.uuid, rest))
+    held = tuple(
+        KernelMemory(index, uuid, kernel_id, notebooks.get(kernel_id, ""), used)
+        for (index, uuid, kernel_id), used in per_kernel.items()
+    )
+    return held, tuple(other)
+
+
+class Sampler:
+    def __init__(self, view: SupervisorView, settings: MetricsConfig) -> None:
+        self.view = view
+        self.settings = settings  # replaced on reload; read once per round
+        self.snapshot = Snapshot()
+        self._gpus = GpuReader()
+        self._lab_version: tuple[int, str] = (0, "")  # (JupyterLab pid, its version)
+        self._wake = threading.Event()
+        self._stopped: threading.Event | None = None  # set: the running thread must end
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._stopped is not None
+
+    def start(self) -> None:
+        if self._thread is not None:  # stopped by a reload: NVML is for one thread at a time
+            self._thread.join(timeout=5)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stopped,), name="jlservice-metrics", daemon=True
+        )
+        self._thread.start()
+
+    def update(self, settings: MetricsConfig) -> None:
+        """New settings: sample again now, then every new interval."""
+        self.settings = settings
+        self.wake()
+
+    def wake(self) -> None:
+        """Sample now (a new JupyterLab answers, or new settings)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Without waiting: a round in progress (HTTP, NVML) ends on its own."""
+        if self._stopped is not None:
+            self._stopped.set()
+            self._wake.set()
+            self._stopped = None
+
+    def _run(self, stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            try:
+                snapshot = self.take()
+            except Exception:  # a bug here must cost the metrics, never the supervisor
+                logger.exception("metrics_sample_failed")
+            else:
+                if not stopped.is_set():
+                    self.snapshot = snapshot
+            self._wake.wait(self.settings.interval)
+            self._wake.clear()
+
+    def take(self) -> Snapshot:
+        settings = self.settings
+        endpoint = self.view.endpoint
+        found = None
+        if endpoint is not None:
+            found = kernels.fetch(endpoint, _HTTP_TIMEOUT)
+            if self._lab_version[0] != endpoint.pid:
+                version = kernels.lab_version(endpoint, _HTTP_TIMEOUT)
+                self._lab_version = (endpoint.pid if version else 0, version or "")
+        if not settings.gpu:
+            return Snapshot(self._lab_version[1], found.states if found else None)
+        began = time.perf_counter()
+        gpus = self._gpus.sample()
+        notebooks = found.notebooks if found else {}
+        owner = functools.cache(lambda pid: kernels.owner(pid, notebooks))  # one walk a round
+        held, other = attribute(gpus or (), notebooks, owner)
+        return Snapshot(
+            lab_version=self._lab_version[1],
+            kernel_states=found.states if found else None,
+            gpus=gpus,
+            kernel_memory=held,
+            other_memory=other,
+            gpu_enabled=True,
+            collect_seconds=time.perf_counter() - began,
+        )

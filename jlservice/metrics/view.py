@@ -1,0 +1,60 @@
+"""What the supervisor loop tells the exporter: written by the loop only, read by scrapes.
+
+Plain attributes and fixed-key dicts: each write replaces one value, which a reader in
+another thread sees whole (the GIL), so no lock is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+RESTART_REASONS = ("crash", "unhealthy", "reload", "rotate")
+RELOAD_RESULTS = ("applied", "unchanged", "rejected")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the sampler reaches the JupyterLab that is ready now."""
+
+    api_url: str  # http://HOST:PORT{base_url}api
+    token: str
+    pid: int
+
+
+class SupervisorView:
+    def __init__(self, version: str, user: str) -> None:
+        self.version = version
+        self.user = user
+        self.endpoint: Endpoint | None = None  # None while JupyterLab is not ready
+        self.answering: Callable[[], bool] = lambda: False  # its last health probe passed
+        self.lab_started_at: float | None = None
+        self.ready_duration: float | None = None
+        self.restarts = dict.fromkeys(RESTART_REASONS, 0)
+        self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
+        self.config_error = False
+        self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server
+
+    @property
+    def up(self) -> bool:
+        return self.endpoint is not None and self.answering()
+
+    def lab_ready(
+        self, endpoint: Endpoint, started_at: float, ready_s: float, answering: Callable[[], bool]
+    ) -> None:
+        self.lab_started_at = started_at
+        self.ready_duration = ready_s
+        self.answering = answering
+        self.endpoint = endpoint
+        self.on_ready()
+
+    def lab_down(self) -> None:
+        self.endpoint = None
+
+    def restarted(self, reason: str) -> None:
+        """`reason`: why JupyterLab is started again (start timeouts count as unhealthy)."""
+        key = reason if reason in self.restarts else "unhealthy"
+        self.restarts[key] += 1
+
+    def reloaded(self, result: str) -> None:
+        self.reloads[result] += 1

@@ -1,0 +1,160 @@
+"""The exporter's supervisor figures with a real jlservice and a real JupyterLab."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pwd
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+from metrics_support import metrics_section, metrics_url, scrape, value, wait_scrape
+from support import free_port, render_toml
+
+import jlservice
+
+
+def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
+    # Only `jlservice reload` reloads here (no file watcher), so every count is exact.
+    svc = service_factory(metrics=metrics_section(gpu=False), reload={"watch": False})
+    svc.start()
+    url = metrics_url(svc)
+    first = svc.lab_pid
+    info = {
+        "version": jlservice.__version__,
+        "jupyterlab_version": importlib.metadata.version("jupyterlab"),
+        "user": pwd.getpwuid(os.geteuid()).pw_name,
+    }
+    s = wait_scrape(url, lambda s: value(s, "jlservice_info", **info) == 1, "jlservice_info")
+    assert value(s, "jlservice_up") == 1
+    for reason in ("crash", "unhealthy", "reload", "rotate"):
+        assert value(s, "jlservice_restarts_total", reason=reason) == 0
+    for result in ("applied", "unchanged", "rejected"):
+        assert value(s, "jlservice_config_reloads_total", result=result) == 0
+    assert value(s, "jlservice_config_error") == 0
+    started = psutil.Process(first).create_time()
+    assert value(s, "jlservice_start_time_seconds") == pytest.approx(started, abs=0.05)
+    assert 0 < value(s, "jlservice_ready_duration_seconds") < 60
+    assert not any(name.startswith("jlservice_gpu_") for name, _ in s)  # gpu = false
+
+    os.kill(first, signal.SIGKILL)
+    svc.wait_ready(not_pid=first)
+    s = wait_scrape(
+        url,
+        lambda s: (
+            value(s, "jlservice_up") == 1
+            and value(s, "jlservice_restarts_total", reason="crash") == 1
+        ),
+        "a crash counted and JupyterLab up again",
+    )
+    assert value(s, "jlservice_start_time_seconds") == pytest.approx(
+        psutil.Process(svc.lab_pid).create_time(), abs=0.05
+    )
+
+    svc.write_config(render_toml({**svc.sections, "metrics": {"listen": 42}}))
+    done = svc.cli("reload")
+    assert done.returncode == 78
+    assert "[metrics] listen: expected a string, got an integer 42" in done.stderr
+    s = scrape(url)
+    assert value(s, "jlservice_config_error") == 1
+    assert value(s, "jlservice_config_reloads_total", result="rejected") == 1
+
+    # [metrics] applies live: a new address, and JupyterLab keeps running.
+    lab = svc.lab_pid
+    svc.sections["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
+    svc.write_config()
+    assert svc.cli("reload").returncode == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=5)
+    url = metrics_url(svc)
+    s = scrape(url)
+    assert value(s, "jlservice_config_error") == 0
+    assert value(s, "jlservice_config_reloads_total", result="unchanged") == 1
+    assert svc.lab_pid == lab
+
+    svc.sections["lab"]["port"] = svc.port = free_port()
+    svc.write_config()
+    assert svc.cli("reload").returncode == 0
+    svc.wait_ready(not_pid=lab)
+    s = wait_scrape(url, lambda s: value(s, "jlservice_up") == 1, "JupyterLab up on its new port")
+    assert value(s, "jlservice_config_reloads_total", result="applied") == 1
+    assert value(s, "jlservice_restarts_total", reason="reload") == 1
+    assert value(s, "jlservice_restarts_total", reason="crash") == 1
+
+    lab = svc.lab_pid
+    svc.sections["metrics"]["enabled"] = False
+    svc.write_config()
+    assert svc.cli("reload").returncode == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=5)
+    assert svc.lab_pid == lab and svc.state()["status"] == "ready"
+
+
+def test_up_is_0_while_jupyterlab_does_not_answer(service_factory) -> None:
+    svc = service_factory(metrics=metrics_section(gpu=False))
+    svc.start()
+    url = metrics_url(svc)
+    hung = svc.lab_pid
+    wait_scrape(url, lambda s: value(s, "jlservice_up") == 1, "jlservice_up 1")
+    os.kill(hung, signal.SIGSTOP)
+    wait_scrape(url, lambda s: value(s, "jlservice_up") == 0, "jlservice_up 0 while hung")
+    svc.wait_ready(not_pid=hung)
+    s = wait_scrape(url, lambda s: value(s, "jlservice_up") == 1, "jlservice_up 1 again")
+    assert value(s, "jlservice_restarts_total", reason="unhealthy") == 1
+    assert value(s, "jlservice_restarts_total", reason="crash") == 0
+
+
+def test_kernels_by_state(service_factory) -> None:
+    svc = service_factory(metrics=metrics_section(gpu=False))
+    svc.start()
+    token = svc.state()["token"]
+    url = metrics_url(svc)
+    wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="idle") == 0, "no kernels")
+    # Sampling api/kernels and api/sessions is no activity: idle servers can still be culled.
+    idle_since = svc.api("GET", "api/status", token).json()["last_activity"]
+    time.sleep(2)  # four samples at interval 0.5 s
+    assert svc.api("GET", "api/status", token).json()["last_activity"] == idle_since
+    kernel_id, _ = svc.start_kernel(token)
+    # jupyter_server says "starting" until a client connects; running code makes it busy.
+    running = threading.Thread(target=svc.execute, args=(token, kernel_id, "time.sleep(4)"))
+    svc.execute(token, kernel_id, "import time")
+    running.start()
+    try:
+        s = wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="busy") == 1, "busy")
+        assert value(s, "jlservice_kernels", state="idle") == 0
+    finally:
+        running.join()
+    wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="idle") == 1, "idle again")
+    svc.api("DELETE", f"api/kernels/{kernel_id}", token).raise_for_status()
+    wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="idle") == 0, "0 idle")
+
+
+def test_a_taken_metrics_port_never_takes_jupyterlab_down(service_factory) -> None:
+    with socket.socket() as holder, socket.socket() as other:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        svc = service_factory(metrics=metrics_section(listen=f"127.0.0.1:{port}"))
+        svc.start()  # waits for JupyterLab to be ready
+        failed = [e for e in svc.log_events() if e.get("event") == "metrics_listen_failed"]
+        assert len(failed) == 1 and failed[0]["level"] == "error"
+        assert f"[metrics] listen: 127.0.0.1:{port} is in use" in failed[0]["problem"]
+
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        svc.write_config(render_toml({**svc.sections, "metrics": {"listen": f"127.0.0.1:{taken}"}}))
+        done = svc.cli("reload")
+        assert done.returncode == 78
+        assert f"[metrics] listen: port {taken} on 127.0.0.1 is in use" in done.stderr
+        assert svc.state()["status"] == "ready"
+
+    svc.write_config()  # the original address, free now: a reload tries it again
+    assert svc.cli("reload").returncode == 0
+    s = wait_scrape(metrics_url(svc), lambda s: value(s, "jlservice_up") == 1, "the exporter")
+    assert value(s, "jlservice_config_error") == 0

@@ -1,0 +1,65 @@
+"""Scrape a jlservice exporter and read the samples with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from support import Service, free_port, wait_for
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metrics_section(**values: object) -> dict[str, object]:
+    return {"listen": f"127.0.0.1:{free_port()}", "interval": 0.5, **values}
+
+
+def metrics_url(svc: Service) -> str:
+    return f"http://{svc.sections['metrics']['listen']}/metrics"
+
+
+def scrape_text(url: str) -> str:
+    response = requests.get(url, timeout=10)
+    response.raise_for_status()
+    return response.text
+
+
+def scrape(url: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(scrape_text(url)):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: value for (n, labels), value in samples.items() if n == name}
+
+
+def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
+    return samples.get((metric, frozenset(labels.items())))
+
+
+def wait_scrape(url: str, predicate, what: str, timeout: float = 30) -> Samples:
+    """Scrape until `predicate(samples)` holds; returns those samples."""
+
+    def attempt() -> Samples | None:
+        with contextlib.suppress(requests.RequestException):
+            samples = scrape(url)
+            return samples if predicate(samples) else None
+        return None
+
+    return wait_for(attempt, timeout, what, interval=0.2)
+
+
+def kernel_pid(svc: Service, kernel_id: str) -> int:
+    def find() -> int | None:
+        for p in svc.snapshot():
+            with contextlib.suppress(psutil.Error):
+                if any(f"kernel-{kernel_id}.json" in a for a in p.cmdline()):
+                    return p.pid
+        return None
+
+    return wait_for(find, 60, f"the process of kernel {kernel_id}")
