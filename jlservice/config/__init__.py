@@ -25,6 +25,8 @@ _LAZY = {
     "HealthConfig": "model",
     "ReloadConfig": "model",
     "LogConfig": "model",
+    "AuthConfig": "model",
+    "TLSConfig": "model",
     "OptionValue": "model",
     "RESERVED_TRAITS": "lab",
     "RESERVED_ENV": "lab",
