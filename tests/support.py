@@ -228,9 +228,13 @@ class Service:
     # ── talking to JupyterLab ───────────────────────────────────────────────
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.sections.get("tls") else "http"
+
+    @property
     def base(self) -> str:
         base_url = self.sections["lab"].get("base_url", "/").strip("/")
-        return f"http://127.0.0.1:{self.port}/" + (base_url + "/" if base_url else "")
+        return f"{self.scheme}://127.0.0.1:{self.port}/" + (base_url + "/" if base_url else "")
 
     def api(
         self,
@@ -243,9 +247,28 @@ class Service:
         headers = kw.pop("headers", {})
         if token:
             headers["Authorization"] = f"token {token}"
+        if self.scheme == "https":  # trust exactly the configured certificate
+            kw.setdefault("verify", self.sections["tls"]["certfile"])
         return (session or requests).request(
             method, self.base + path, headers=headers, timeout=30, **kw
         )
+
+    def login(self, password: str, base: str | None = None) -> requests.Session:
+        """Log in through JupyterLab's login form, as a browser does: GET /login sets the
+        _xsrf cookie, POST /login sends it back with the password. The session then holds
+        the login cookie (if the password was accepted)."""
+        base = base or self.base
+        session = requests.Session()
+        if self.scheme == "https":
+            session.verify = self.sections["tls"]["certfile"]
+        session.get(base + "login", timeout=30).raise_for_status()
+        session.post(
+            base + "login",
+            data={"password": password, "_xsrf": session.cookies["_xsrf"]},
+            allow_redirects=False,
+            timeout=30,
+        )
+        return session
 
     def start_kernel(self, token: str) -> tuple[str, int]:
         """Start a kernel over REST; returns its id and the pid of its process."""
@@ -262,12 +285,25 @@ class Service:
 
         return kernel_id, wait_for(kernel_pid, 30, "the kernel process")
 
-    def execute(self, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
-        """Run `code` in the kernel over its websocket; returns what it printed."""
-        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-        ws = websocket.create_connection(
-            url, header=[f"Authorization: token {token}"], timeout=timeout
-        )
+    def execute(
+        self,
+        token: str | None,
+        kernel_id: str,
+        code: str,
+        timeout: float = 60,
+        base: str | None = None,
+        session: requests.Session | None = None,
+    ) -> str:
+        """Run `code` in the kernel over its websocket; returns what it printed and its
+        result. Authenticated by `token`, else by the login cookie of `session`; `base`:
+        another way to the server (a proxy)."""
+        url = (base or self.base).replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        if token:
+            header = [f"Authorization: token {token}"]
+        else:
+            assert session is not None
+            header = ["Cookie: " + "; ".join(f"{c.name}={c.value}" for c in session.cookies)]
+        ws = websocket.create_connection(url, header=header, timeout=timeout)
         try:
             msg_id = uuid.uuid4().hex
             ws.send(
@@ -301,6 +337,8 @@ class Service:
                     continue
                 if msg["msg_type"] == "stream":
                     out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "execute_result":
+                    out.append(msg["content"]["data"]["text/plain"])
                 elif msg["msg_type"] == "error":
                     raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
                 elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
