@@ -42,7 +42,7 @@ def render(site: Site) -> str:
             "server {",
             f"    listen {redirect};",
             f"    server_name {site.server_name};",
-            "    return 301 https://$host$request_uri;",
+            f"    return 301 https://$host{_port_suffix(listen)}$request_uri;",
             "}",
             "",
         ]
@@ -70,6 +70,12 @@ def render(site: Site) -> str:
         "}",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _port_suffix(listen: str) -> str:
+    """':PORT' for the redirect target unless nginx listens on https's own 443."""
+    port = listen.split()[0].rsplit(":", 1)[-1]
+    return "" if port == "443" else f":{port}"
 
 
 def _proxy_settings(upstream: str, read_timeout: str) -> list[str]:
