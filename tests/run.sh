@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then
-    # nginx and chromium: the reverse-proxy and browser tests run the real programs.
-    packages=(python3-venv nginx chromium)
+    # nginx and chromium: the reverse-proxy and browser tests run the real programs;
+    # iproute2: a test brings up loopback in a network namespace of its own.
+    packages=(python3-venv nginx chromium iproute2)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

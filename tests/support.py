@@ -110,7 +110,10 @@ class Service:
 
     # ── lifecycle ───────────────────────────────────────────────────────────
 
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Service:
+    def start(
+        self, wait: bool = True, env: dict[str, str] | None = None, wrap: list[str] | None = None
+    ) -> Service:
+        """Start `jlservice run`; `wrap`: a command that execs it (the pid stays the same)."""
         environ = {
             k: v
             for k, v in os.environ.items()
@@ -127,7 +130,7 @@ class Service:
         environ.update(env or {})
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "jlservice", "run", "--config", str(self.config_path)],
+            [*(wrap or []), PYTHON, "-m", "jlservice", "run", "--config", str(self.config_path)],
             cwd=self.root,
             env=environ,
             stdout=self.log_file,

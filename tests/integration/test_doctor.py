@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
-from support import IS_ROOT
+from support import IS_ROOT, PYTHON
 
 from jlservice import tls
 
@@ -103,3 +105,31 @@ def test_auth_off_on_every_interface(service):
     assert status == 1
     assert lines["config"].startswith("✗ config: ")
     assert "0.0.0.0 with [auth] token = false and no password_file" in lines["config"]
+
+
+# A network namespace with only its own loopback: there, 0.0.0.0 reaches nothing outside.
+NETNS = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root for a network namespace (unshare --net)")
+def test_no_login_on_every_interface_is_found_live(service_factory, tmp_path):
+    """The lab user's own jupyter config turns the token off: jlservice cannot see that in
+    its configuration, the doctor sees it in the running server."""
+    user_config = tmp_path / "user-jupyter-config"
+    user_config.mkdir()
+    (user_config / "jupyter_server_config.json").write_text(
+        json.dumps({"IdentityProvider": {"token": ""}})
+    )
+    svc = service_factory(lab={"ip": "0.0.0.0", "env": {"JUPYTER_CONFIG_DIR": str(user_config)}})
+    svc.start(wrap=NETNS)
+    in_netns = ["nsenter", f"--net=/proc/{svc.proc.pid}/ns/net"]
+    result = subprocess.run(
+        [*in_netns, PYTHON, "-m", "jlservice", "doctor", "--config", str(svc.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout
+    auth = next(line for line in result.stdout.splitlines() if line.startswith("✗ auth: "))
+    assert f"on 0.0.0.0:{svc.port} serves files without any login" in auth
+    assert f"run code as {svc.state()['user']}" in auth
