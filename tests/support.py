@@ -262,14 +262,15 @@ class Service:
         the login cookie (if the password was accepted)."""
         base = base or self.base
         session = requests.Session()
-        if self.scheme == "https":
-            session.verify = self.sections["tls"]["certfile"]
-        session.get(base + "login", timeout=30).raise_for_status()
+        # Per request: REQUESTS_CA_BUNDLE in the environment would override session.verify.
+        kw = {"verify": self.sections["tls"]["certfile"]} if base.startswith("https:") else {}
+        session.get(base + "login", timeout=30, **kw).raise_for_status()
         session.post(
             base + "login",
             data={"password": password, "_xsrf": session.cookies["_xsrf"]},
             allow_redirects=False,
             timeout=30,
+            **kw,
         )
         return session
 
