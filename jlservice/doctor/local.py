@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -68,6 +69,7 @@ def check_supervisor(ctx: Context) -> Result:
     return Result("supervisor", True, f"{detail} (pid {s.lab_pid})")
 
 
+@functools.cache  # one doctor run asks twice; walking every process's sockets costs ~50 ms
 def listeners(port: int) -> dict[int, list[str]]:
     """Processes listening on TCP `port`: {pid: [addresses]} (needs root to see others')."""
     import psutil  # only for this: the doctor is not on the `jlservice token` path
@@ -89,9 +91,6 @@ def check_port(ctx: Context) -> Result:
         return not_checked("port", NEEDS_CONFIG)
     lab = ctx.config.lab
     address = f"{lab.ip}:{lab.port}"
-    problem = launcher.check_port(lab.ip, lab.port)
-    if problem is None:
-        return Result("port", True, f"{address} is free for JupyterLab")
     holders = listeners(lab.port)
     ours = _ours(ctx)
     if ours in holders:
@@ -104,6 +103,9 @@ def check_port(ctx: Context) -> Result:
             f"{address} is in use by pid {pid} ({_name(pid)}), not by jlservice's JupyterLab",
             f"stop pid {pid}, or change [lab] port",
         )
+    problem = launcher.check_port(lab.ip, lab.port)
+    if problem is None:
+        return Result("port", True, f"{address} is free for JupyterLab")
     return Result("port", False, problem, "fix [lab] ip or port")
 
 
