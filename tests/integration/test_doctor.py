@@ -97,6 +97,17 @@ def test_notebook_dir_of_the_wrong_owner(service, other_user):
     )
 
 
+def test_notebook_dir_inside_a_hidden_directory(service):
+    hidden = service.root / ".cache" / "notebooks"
+    hidden.mkdir(parents=True)
+    service.sections["lab"]["notebook_dir"] = str(hidden)
+    service.write_config()
+    _, lines = _doctor(service)
+    assert lines["notebook dir"].startswith(
+        f"✗ notebook dir: {hidden} is inside the hidden directory '.cache'"
+    )
+
+
 def test_auth_off_on_every_interface(service):
     service.sections["lab"]["ip"] = "0.0.0.0"
     service.sections["auth"] = {"token": False}

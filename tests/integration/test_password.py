@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import stat
+import time
 
 import psutil
-from support import files_exposing
+from support import PYTHON, files_exposing
 
 PASSWORD = "correct horse battery staple"
 
@@ -91,3 +95,52 @@ def test_password_refuses_an_empty_one(service):
     assert result.returncode == 1
     assert result.stderr == "jlservice: an empty password is not allowed; nothing changed\n"
     assert not (service.state_dir / "password").exists()
+
+
+def _talk(svc, answers: list[str]) -> tuple[int, str]:
+    """Run `jlservice password` on a terminal of its own, typing `answers` at its prompts."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty, as for a person at a keyboard
+        os.execv(PYTHON, [PYTHON, "-m", "jlservice", "password", "--config", str(svc.config_path)])
+    screen = b""
+    deadline = time.monotonic() + 120
+
+    def read_more() -> bool:
+        nonlocal screen
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise AssertionError(f"no answer from `jlservice password`; screen: {screen!r}")
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # EIO: the child closed the terminal
+            return False
+        screen += chunk
+        return bool(chunk)
+
+    try:
+        for prompt, answer in zip((b"New password: ", b"Repeat it: "), answers, strict=True):
+            # getpass turns echo off before it prints the prompt: typing after it is safe.
+            while prompt not in screen:
+                assert read_more(), screen
+            screen = screen.replace(prompt, prompt.strip() + b"\n", 1)
+            os.write(fd, answer.encode() + b"\n")
+        while read_more():
+            pass
+    finally:
+        os.close(fd)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return status, screen.decode(errors="replace")
+
+
+def test_password_is_asked_twice_without_echo(service):
+    status, screen = _talk(service, ["typed-secret-1", "typed-secret-2"])
+    assert status == 1
+    assert "New password:" in screen and "Repeat it:" in screen
+    assert "the passwords differ; nothing changed" in screen
+    assert "typed-secret" not in screen  # nothing typed was echoed
+    assert not (service.state_dir / "password").exists()
+
+    status, screen = _talk(service, ["typed-secret-3", "typed-secret-3"])
+    assert status == 0, screen
+    assert "typed-secret" not in screen
+    assert (service.state_dir / "password").read_text().startswith("argon2:")
