@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import stat
 
+import pytest
 import requests
 from cryptography import x509
+from support import IS_ROOT
 
 from jlservice import tls
 
@@ -85,3 +88,19 @@ def test_renewed_certificate_restarts_jupyterlab(service):
     served = ssl.get_server_certificate(("127.0.0.1", service.port))
     names = tls.inspect(served.encode()).names
     assert "renewed.example.test" in names
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to run `jlservice cert` as another user")
+def test_cert_prints_the_lines_when_it_cannot_edit_the_config(service, other_user):
+    service.state_dir.mkdir()
+    os.chown(service.state_dir, other_user.uid, other_user.gid)
+    before = service.config_path.read_text()
+    result = service.cli("cert", user=other_user.name)
+    assert result.returncode == 0, result.stderr
+    assert f"cannot write {service.config_path} (Permission denied)" in result.stdout
+    assert (
+        "add these lines to your configuration file:\n[tls]\n"
+        f'certfile = "{service.state_dir / "tls.crt"}"\n'
+        f'keyfile = "{service.state_dir / "tls.key"}"\n'
+    ) in result.stdout
+    assert service.config_path.read_text() == before
