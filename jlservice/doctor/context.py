@@ -39,11 +39,14 @@ class Context(NamedTuple):
             cfg, error = config.load(path), None
         except config.ConfigError as exc:
             cfg, error = None, str(exc)
+        current = state_error = None
         try:
             service = cfg.service if cfg else config.load_service(path)
-            current, state_error = state.read_state(service.state_dir), None
-        except (config.ConfigError, state.StateError) as exc:
-            current, state_error = None, str(exc)
+            current = state.read_state(service.state_dir)
+        except config.ConfigError:
+            pass  # where the state is cannot be known; the config check says why
+        except state.StateError as exc:
+            state_error = str(exc)
         running = current is not None and state.supervisor_alive(current)
         return cls(path, cfg, error, current, state_error, running)
 

@@ -14,8 +14,8 @@ from jlservice.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
 
 def check_config(ctx: Context) -> Result:
     where = str(ctx.path) if ctx.path else "built-in defaults"
-    if ctx.config is None:
-        return Result("config", False, ctx.config_error or "invalid", "fix the key it names")
+    if ctx.config is None:  # the error itself says what to do
+        return Result("config", False, ctx.config_error or "invalid")
     return Result("config", True, f"{where} is valid")
 
 
@@ -47,13 +47,10 @@ def check_notebook_dir(ctx: Context) -> Result:
 
 
 def check_supervisor(ctx: Context) -> Result:
-    if ctx.state is None:
-        return Result(
-            "supervisor",
-            False,
-            ctx.state_error or "no state",
-            "start it: systemctl start jlservice",
-        )
+    if ctx.state is None:  # the state error says what to do
+        if ctx.state_error is None:
+            return not_checked("supervisor", NEEDS_CONFIG)
+        return Result("supervisor", False, ctx.state_error)
     if not ctx.running:
         return Result(
             "supervisor",
