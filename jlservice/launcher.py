@@ -9,12 +9,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import json
 import os
 import signal
 import socket
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jlservice import notify, probe, state, users
@@ -44,6 +45,9 @@ _PRIVATE_ENV = {
     "MANAGERPID",
     "SYSTEMD_EXEC_PID",
 }
+# Files jlservice may hand JupyterLab in its private dir, next to the token.
+SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
+
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
 _KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
 
@@ -68,13 +72,22 @@ class Launch:
     ip: str
     port: int
     base_url: str
+    scheme: str = "http"
+    token_login: bool = True
+    # The password hash, certificate and key, by file name: a changed one restarts JupyterLab.
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    # JupyterLab never sees it, so changing it alone does not restart JupyterLab.
+    public_url: str | None = field(default=None, compare=False)
 
     @property
     def url(self) -> str:
-        """The server's address for people: on a wildcard address, this machine's name."""
+        """The server's address for people: [lab] public_url if set, else this machine's
+        name on a wildcard address, else the address."""
+        if self.public_url:
+            return self.public_url
         host = self.ip if self.ip not in ("0.0.0.0", "::") else socket.gethostname()
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}{self.base_url}"
+        return f"{self.scheme}://{host}:{self.port}{self.base_url}"
 
     def published(self) -> dict[str, object]:
         """What state.json says about this launch (`jlservice token --url`, `status`)."""
@@ -85,12 +98,14 @@ class Launch:
             "base_url": self.base_url,
             "user": self.account.name,
             "notebook_dir": self.cwd,
+            "scheme": self.scheme,
+            "token_login": self.token_login,
         }
 
     @property
     def api_url(self) -> str:
         """Where this server answers its unauthenticated readiness probe."""
-        return probe.base_url(self.ip, self.port, f"{self.base_url}api")
+        return probe.base_url(self.ip, self.port, f"{self.base_url}api", self.scheme)
 
     @property
     def token_file(self) -> Path:
@@ -128,6 +143,12 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     ]
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
+    files = _access_files(config)
+    if SERVER_CONFIG in files:  # the hash goes in a file, never on the command line
+        argv.append(f"--ServerApp.config_file={private_dir / SERVER_CONFIG}")
+    if TLS_CERT in files:
+        argv.append(f"--ServerApp.certfile={private_dir / TLS_CERT}")
+        argv.append(f"--ServerApp.keyfile={private_dir / TLS_KEY}")
     for key, value in lab.options.items():
         argv.extend(_option_args(key, value))
 
@@ -155,7 +176,27 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         ip=lab.ip,
         port=lab.port,
         base_url=lab.base_url,
+        scheme="https" if config.tls.enabled else "http",
+        token_login=config.auth.token,
+        files=files,
+        public_url=lab.public_url,
     )
+
+
+def _access_files(config: Config) -> dict[str, bytes]:
+    """The password hash and TLS files JupyterLab reads from its private dir.
+
+    The user's own jupyter_server_config cannot change the password from the login page
+    either: [auth] password_file is the one place it lives.
+    """
+    files = {}
+    if config.auth.password_hash:
+        settings = {"hashed_password": config.auth.password_hash, "allow_password_change": False}
+        files[SERVER_CONFIG] = json.dumps({"PasswordIdentityProvider": settings}).encode()
+    if config.tls.enabled:
+        files[TLS_CERT] = config.tls.cert_pem
+        files[TLS_KEY] = config.tls.key_pem
+    return files
 
 
 def _option_args(key: str, value: OptionValue) -> list[str]:
@@ -168,7 +209,8 @@ def _option_args(key: str, value: OptionValue) -> list[str]:
 def prepare_private_dir(
     launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
 ) -> None:
-    """Give JupyterLab its token and cookie secret, readable by its user alone.
+    """Give JupyterLab its token, cookie secret, password hash and TLS files, readable by
+    its user alone.
 
     When root switches users, `private_dir` itself stays root's (0711): the user can reach
     the files in it but cannot replace them, or its `runtime` directory, with symlinks that
@@ -183,8 +225,16 @@ def prepare_private_dir(
     else:
         for directory in (runtime_dir, launch.private_dir, launch.jupyter_runtime_dir):
             state.ensure_dir(directory, 0o700)
-    state.write_atomic(launch.token_file, token.encode(), owner=owner)
+    # An empty token file turns token login off ([auth] token = false).
+    state.write_atomic(
+        launch.token_file, token.encode() if launch.token_login else b"", owner=owner
+    )
     state.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
+    for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
+        if name in launch.files:
+            state.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
+        else:  # no longer configured: no stale key or hash left behind
+            (launch.private_dir / name).unlink(missing_ok=True)
 
 
 def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:

@@ -18,10 +18,10 @@ def probe_host(ip: str) -> str:
     return ip
 
 
-def base_url(ip: str, port: int, path: str) -> str:
+def base_url(ip: str, port: int, path: str, scheme: str = "http") -> str:
     host = probe_host(ip)
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}{path}"
+    return f"{scheme}://{host}:{port}{path}"
 
 
 async def _get(url: str, timeout: float, token: str | None = None):
@@ -29,6 +29,8 @@ async def _get(url: str, timeout: float, token: str | None = None):
     from tornado.httpclient import AsyncHTTPClient
 
     headers = {"Authorization": f"token {token}"} if token else None
+    # Over https the certificate is not verified: this is our own child on a loopback
+    # address, and a certificate made for the public name need not name 127.0.0.1.
     return await AsyncHTTPClient().fetch(
         url,
         headers=headers,

@@ -73,10 +73,12 @@ class Reloading:
         self._apply_supervisor_settings(plan.config)
         if plan.result == reload.UNCHANGED:
             self._drop_pending()
+            self.launch = plan.launch  # may differ in what JupyterLab never sees (public_url)
             self._save(
                 config_error=None,
                 reload_pending=None,
                 last_reload=state.LastReload(now, source, reload.UNCHANGED),
+                **plan.launch.published(),
             )
             logger.info("config_reloaded", source=source, result=plan.result)
             self._reload_done()
@@ -105,6 +107,7 @@ class Reloading:
         self._watch_config(asyncio.get_running_loop())
         if self.exporter is not None:
             self.exporter.apply(new.metrics)
+        self._warn_risks()
 
     async def _restart_with(self, launch: launcher.Launch) -> None:
         self._use_launch(launch)

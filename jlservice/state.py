@@ -78,6 +78,8 @@ class State(NamedTuple):
     config_error: str | None = None
     reload_pending: str | None = None
     last_reload: LastReload | None = None
+    scheme: str = "http"
+    token_login: bool = True  # False: [auth] token = false, password login only
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -213,8 +215,10 @@ def _owner(path: Path) -> str:
         return "its owner"
 
 
-def login_url(state: State) -> str:
-    return f"{state.url}lab?token={state.token}"
+def login_url(state: State, url: str | None = None) -> str:
+    """The URL that logs in (`url`: another address of the same server, e.g. a tunnel's)."""
+    url = url or state.url
+    return f"{url}lab?token={state.token}" if state.token_login else f"{url}lab"
 
 
 def supervisor_alive(state: State) -> bool:

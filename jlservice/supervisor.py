@@ -20,6 +20,7 @@ import time
 
 from jlservice import EX_CONFIG, __version__, children, launcher, log, state
 from jlservice.config import Config, RestartConfig
+from jlservice.config.access import risks
 from jlservice.events import (
     BackoffElapsed,
     ChildExited,
@@ -154,6 +155,8 @@ class Supervisor(Reloading):
         )
         if why := launcher.read_only_notebooks(self.launch):
             logger.warning("notebook_dir_read_only", problem=why)
+        self._warn_risks()
+        certificate_watch = loop.create_task(self._watch_certificate())
         await self._start(self._started)
         self._started = None
         # Only now: a JupyterLab that already exited must be reaped as itself, not an orphan.
@@ -161,6 +164,7 @@ class Supervisor(Reloading):
         self._watch_config(loop)  # after the spawn: importing watchdog need not delay it
         while self.exit_code is None:
             await self._handle(await self.events.get())
+        certificate_watch.cancel()
         if watchdog:
             watchdog.cancel()
         if self.watcher:
@@ -262,6 +266,29 @@ class Supervisor(Reloading):
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
+
+    def _warn_risks(self) -> None:
+        """Log what is allowed but risky: a wildcard allow_origin, an expiring certificate."""
+        for problem in risks(self.config.lab.options, self.config.lab.user):
+            logger.warning("config_risky", problem=problem)
+        self._warn_certificate()
+
+    def _warn_certificate(self) -> None:
+        """The certificate's expiry, for the log from 30 days before and for the metrics."""
+        self.figures.tls_cert_expiry = None
+        if self.config.tls.enabled:
+            from jlservice import tls
+
+            self.figures.tls_cert_expiry = tls.expiry(self.config.tls.cert_pem)
+            problem = tls.expiry_warning(self.config.tls.cert_pem)
+            if problem:
+                logger.warning("tls_certificate_expiring", problem=problem)
+
+    async def _watch_certificate(self) -> None:
+        """A service runs for months: from 30 days before expiry, say so again each day."""
+        while True:
+            await asyncio.sleep(86400)
+            self._warn_certificate()
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1, except while JupyterLab fails its probes and jlservice has not acted.

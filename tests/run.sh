@@ -7,15 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then
-    # systemd: booted as PID 1 in a sandbox by tests/systemd; gcc: the fake libnvidia-ml.so.1
-    packages=(python3-venv systemd gcc libc6-dev)
+    # systemd: booted as PID 1 in a sandbox by tests/systemd; gcc: the fake libnvidia-ml.so.1;
+    # nginx and chromium: the reverse-proxy and browser tests run the real programs;
+    # iproute2: a test brings up loopback in a network namespace of its own.
+    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        # Other runs on the same machine may hold the dpkg lock for a while.
+        apt-get -o DPkg::Lock::Timeout=600 update -q
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+            --no-install-recommends "${missing[@]}"
     fi
     venv=${JLSERVICE_TEST_VENV:-/opt/jlservice-test-venv}
 else

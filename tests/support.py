@@ -110,7 +110,10 @@ class Service:
 
     # ── lifecycle ───────────────────────────────────────────────────────────
 
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Service:
+    def start(
+        self, wait: bool = True, env: dict[str, str] | None = None, wrap: list[str] | None = None
+    ) -> Service:
+        """Start `jlservice run`; `wrap`: a command that execs it (the pid stays the same)."""
         environ = {
             k: v
             for k, v in os.environ.items()
@@ -127,7 +130,7 @@ class Service:
         environ.update(env or {})
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "jlservice", "run", "--config", str(self.config_path)],
+            [*(wrap or []), PYTHON, "-m", "jlservice", "run", "--config", str(self.config_path)],
             cwd=self.root,
             env=environ,
             stdout=self.log_file,
@@ -228,12 +231,46 @@ class Service:
     # ── talking to JupyterLab ───────────────────────────────────────────────
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.sections.get("tls") else "http"
+
+    @property
     def base(self) -> str:
         base_url = self.sections["lab"].get("base_url", "/").strip("/")
-        return f"http://127.0.0.1:{self.port}/" + (base_url + "/" if base_url else "")
+        return f"{self.scheme}://127.0.0.1:{self.port}/" + (base_url + "/" if base_url else "")
 
-    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> requests.Response:
-        return LabClient(self.base).api(method, path, token, **kw)
+    def api(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        session: requests.Session | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        return LabClient(self.base, self.verify).api(method, path, token, session, **kw)
+
+    @property
+    def verify(self) -> str | bool:
+        """With https, trust exactly the configured certificate."""
+        return self.sections["tls"]["certfile"] if self.scheme == "https" else True
+
+    def login(self, password: str, base: str | None = None) -> requests.Session:
+        """Log in through JupyterLab's login form, as a browser does: GET /login sets the
+        _xsrf cookie, POST /login sends it back with the password. The session then holds
+        the login cookie (if the password was accepted)."""
+        base = base or self.base
+        session = requests.Session()
+        # Per request: REQUESTS_CA_BUNDLE in the environment would override session.verify.
+        kw = {"verify": self.sections["tls"]["certfile"]} if base.startswith("https:") else {}
+        session.get(base + "login", timeout=30, **kw).raise_for_status()
+        session.post(
+            base + "login",
+            data={"password": password, "_xsrf": session.cookies["_xsrf"]},
+            allow_redirects=False,
+            timeout=30,
+            **kw,
+        )
+        return session
 
     def start_kernel(self, token: str) -> tuple[str, int]:
         """Start a kernel over REST; returns its id and the pid of its process."""
@@ -250,15 +287,25 @@ class Service:
 
         return kernel_id, wait_for(kernel_pid, 30, "the kernel process")
 
-    def execute(self, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
-        return LabClient(self.base).execute(token, kernel_id, code, timeout)
+    def execute(
+        self,
+        token: str | None,
+        kernel_id: str,
+        code: str,
+        timeout: float = 60,
+        base: str | None = None,
+        session: requests.Session | None = None,
+    ) -> str:
+        client = LabClient(self.base, self.verify)
+        return client.execute(token, kernel_id, code, timeout, base, session)
 
 
 class LabClient:
     """JupyterLab's REST API and a kernel's websocket, at `base` (http://HOST:PORT/BASE_URL/)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, verify: str | bool = True) -> None:
         self.base = base
+        self.verify = verify
 
     def api(
         self,
@@ -271,16 +318,30 @@ class LabClient:
         headers = kw.pop("headers", {})
         if token:
             headers["Authorization"] = f"token {token}"
+        kw.setdefault("verify", self.verify)
         return (session or requests).request(
             method, self.base + path, headers=headers, timeout=30, **kw
         )
 
-    def execute(self, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
-        """Run `code` in the kernel over its websocket; returns what it printed."""
-        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-        ws = websocket.create_connection(
-            url, header=[f"Authorization: token {token}"], timeout=timeout
-        )
+    def execute(
+        self,
+        token: str | None,
+        kernel_id: str,
+        code: str,
+        timeout: float = 60,
+        base: str | None = None,
+        session: requests.Session | None = None,
+    ) -> str:
+        """Run `code` in the kernel over its websocket; returns what it printed and its
+        result. Authenticated by `token`, else by the login cookie of `session`; `base`:
+        another way to the server (a proxy)."""
+        url = (base or self.base).replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        if token:
+            header = [f"Authorization: token {token}"]
+        else:
+            assert session is not None
+            header = ["Cookie: " + "; ".join(f"{c.name}={c.value}" for c in session.cookies)]
+        ws = websocket.create_connection(url, header=header, timeout=timeout)
         try:
             msg_id = uuid.uuid4().hex
             ws.send(
@@ -314,6 +375,8 @@ class LabClient:
                     continue
                 if msg["msg_type"] == "stream":
                     out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "execute_result":
+                    out.append(msg["content"]["data"]["text/plain"])
                 elif msg["msg_type"] == "error":
                     raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
                 elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":

@@ -12,10 +12,21 @@ import sys
 from collections.abc import Sequence
 
 from jlservice import EX_CONFIG, __version__, config, state
-from jlservice.cli import check_config, install, reload, run, status, token
+from jlservice.cli import (
+    cert,
+    check_config,
+    doctor,
+    install,
+    nginx,
+    password,
+    reload,
+    run,
+    status,
+    token,
+)
 from jlservice.cli.common import CommandError
 
-COMMANDS = (run, token, status, reload, check_config, install)
+COMMANDS = (run, token, status, reload, check_config, install, password, cert, nginx, doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

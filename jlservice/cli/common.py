@@ -55,3 +55,40 @@ def wait_state(
 
 def mask(token: str) -> str:
     return token[:4] + "…" if token else ""
+
+
+def point_config_at(
+    path: Path | None, section: str, values: dict[str, str], current: dict[str, str]
+) -> None:
+    """Make the configuration file say `values` in [section]: edit it, or, when there is
+    no file or it cannot be written, print the lines to add. `current`: what it says now."""
+    from jlservice.config import edit
+
+    if current == values:
+        return
+    if path is not None:
+        try:
+            edit.set_keys(path, section, values)
+            print(f"{path}: [{section}] now points at them")
+            return
+        except OSError as exc:
+            why = f"cannot write {path} ({exc.strerror})"
+    else:
+        why = "no configuration file"
+    print(f"{why}; add these lines to your configuration file:")
+    print(edit.lines_to_add(section, values), end="")
+
+
+def reload_if_running(args: argparse.Namespace) -> int:
+    """Apply the change now if jlservice runs (the same as `jlservice reload`)."""
+    service = config.load_service(config_path(args))
+    try:
+        running = state.supervisor_alive(state.read_state(service.state_dir))
+    except state.StateError:
+        running = False
+    if not running:
+        print("jlservice is not running; this applies when it starts")
+        return 0
+    from jlservice.cli.reload import cmd_reload
+
+    return cmd_reload(args)

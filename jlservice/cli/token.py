@@ -1,4 +1,5 @@
-"""`jlservice token [--url | --rotate]`: the login token, read from the state file."""
+"""`jlservice token [--url | --ssh [USER@HOST] | --rotate]`: the login token, read from the
+state file."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import argparse
 import os
 import signal
 
-from jlservice import config, state
+from jlservice import config, probe, state
 from jlservice.cli.common import CommandError, config_path, running_state, wait_state
+
+SSH_LOCAL_PORT = 8888
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -19,6 +22,14 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )
     how = token.add_mutually_exclusive_group()
     how.add_argument("--url", action="store_true", help="print the full login URL instead")
+    how.add_argument(
+        "--ssh",
+        nargs="?",
+        const="",
+        metavar="USER@HOST",
+        help="print the SSH tunnel command to run on your own machine, and the local URL "
+        "to open once it runs (default USER@HOST: the lab user at this machine's name)",
+    )
     how.add_argument(
         "--rotate",
         action="store_true",
@@ -32,8 +43,31 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.rotate:
         return _rotate(args)
     current = running_state(args)
-    print(state.login_url(current) if args.url else current.token)
+    if args.ssh is not None:
+        import socket
+
+        print(ssh_tunnel(current, args.ssh or f"{current.user}@{socket.gethostname()}"))
+    elif args.url:
+        print(state.login_url(current))
+    elif not current.token_login:
+        raise CommandError(
+            "token login is off ([auth] token = false): log in with the password at "
+            + state.login_url(current)
+        )
+    else:
+        print(current.token)
     return 0
+
+
+def ssh_tunnel(current: state.State, destination: str) -> str:
+    """The tunnel command (first line) and the URL that works while it runs (second)."""
+    target = probe.probe_host(current.ip)
+    target = f"[{target}]" if ":" in target else target
+    local = f"{current.scheme}://127.0.0.1:{SSH_LOCAL_PORT}{current.base_url}"
+    return (
+        f"ssh -N -L {SSH_LOCAL_PORT}:{target}:{current.port} {destination}\n"
+        f"then open {state.login_url(current, local)}"
+    )
 
 
 def _rotate(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ _LAZY = {
     "ReloadConfig": "model",
     "LogConfig": "model",
     "MetricsConfig": "model",
+    "AuthConfig": "model",
+    "TLSConfig": "model",
     "OptionValue": "model",
     "RESERVED_TRAITS": "lab",
     "RESERVED_ENV": "lab",

@@ -24,10 +24,13 @@ def render(config: Config) -> str:
                 "command": list(lab.command),
                 "allow_root": lab.allow_root,
                 "umask": f"{lab.umask:04o}",
+                **({"public_url": lab.public_url} if lab.public_url else {}),
             },
         ),
         ("lab.env", dict(lab.env)),
         ("lab.options", {k: dict(v) if _is_pairs(v) else v for k, v in lab.options.items()}),
+        ("auth", _paths(token=config.auth.token, password_file=config.auth.password_file)),
+        ("tls", _paths(certfile=config.tls.certfile, keyfile=config.tls.keyfile)),
         (
             "service",
             {
@@ -47,6 +50,11 @@ def render(config: Config) -> str:
         out.append(f"\n[{name}]")
         out.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
     return "\n".join(out) + "\n"
+
+
+def _paths(**values: Any) -> dict[str, Any]:
+    """Keys that are set; never a file's content (the password hash, the key)."""
+    return {k: v if isinstance(v, bool) else str(v) for k, v in values.items() if v is not None}
 
 
 def _is_pairs(value: OptionValue) -> bool:

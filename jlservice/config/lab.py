@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jlservice import users
 from jlservice.config.model import LabConfig, OptionValue
@@ -33,6 +34,12 @@ RESERVED_TRAITS = {
     "cookie_secret_file": "nothing: jlservice keeps the cookie secret in its state dir",
     "cookie_name": "nothing: jlservice fixes it so logins survive port changes",
     "runtime_dir": "nothing: jlservice gives JupyterLab a private runtime dir",
+    "password": "[auth] password_file (`jlservice password`)",
+    "hashed_password": "[auth] password_file (`jlservice password`)",
+    "allow_password_change": "`jlservice password`",
+    "certfile": "[tls] certfile (`jlservice cert`)",
+    "keyfile": "[tls] keyfile (`jlservice cert`)",
+    "config_file": "nothing: jlservice passes its own (it holds the password hash)",
 }
 _RESERVED_CLASSES = ("App", "IdentityProvider")
 
@@ -64,6 +71,7 @@ def parse_lab(r: Reader, t: Mapping[str, Any], running_as: users.Account, cwd: P
             "options",
             "allow_root",
             "umask",
+            "public_url",
         },
     )
     name = r.get(t, s, "user", str, running_as.name)
@@ -121,6 +129,7 @@ def parse_lab(r: Reader, t: Mapping[str, Any], running_as: users.Account, cwd: P
         umask = -1
     if not 0 <= umask <= 0o777:
         r.fail(s, "umask", f'{umask_text!r} is not an octal umask such as "0077" or "0022"')
+    public_url = _public_url(r, r.get(t, s, "public_url", str, None), base_url)
     return LabConfig(
         user=name,
         notebook_dir=notebook_dir,
@@ -132,7 +141,28 @@ def parse_lab(r: Reader, t: Mapping[str, Any], running_as: users.Account, cwd: P
         options=options,
         allow_root=allow_root,
         umask=umask,
+        public_url=public_url,
     )
+
+
+def _public_url(r: Reader, text: str | None, base_url: str) -> str | None:
+    """The URL people type (behind a proxy), ending in base_url: the proxy passes paths on
+    unchanged, since JupyterLab writes base_url into every link it serves."""
+    if text is None:
+        return None
+    url = urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        r.fail("lab", "public_url", f"{text!r} must be an http(s) URL such as https://example.org/")
+    path = url.path if url.path.endswith("/") else url.path + "/"
+    if path == "/":
+        path = base_url
+    if path != base_url:
+        r.fail(
+            "lab",
+            "public_url",
+            f"its path {path} must be base_url {base_url} (the proxy must not rewrite paths)",
+        )
+    return f"{url.scheme}://{url.netloc}{path}"
 
 
 def _notebook_dir(r: Reader, text: str, account: users.Account) -> Path:

@@ -26,6 +26,26 @@ class LabConfig:
     options: Mapping[str, OptionValue]
     allow_root: bool
     umask: int
+    public_url: str | None = None  # what people type, behind a proxy; base_url included
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token: bool = True
+    password_file: Path | None = None
+    password_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    cert_pem: bytes = field(default=b"", repr=False)
+    key_pem: bytes = field(default=b"", repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,8 @@ class Config:
     path: Path | None
     lab: LabConfig
     service: ServiceConfig
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     restart: RestartConfig = field(default_factory=RestartConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jlservice import users
+from jlservice.config.access import parse_auth, parse_tls, refuse_open_access
 from jlservice.config.lab import parse_lab
 from jlservice.config.metrics import parse_metrics
 from jlservice.config.model import Config
@@ -16,7 +17,7 @@ from jlservice.config.reader import Reader, digest, parse_toml, read_bytes
 from jlservice.config.sections import parse_health, parse_log, parse_reload, parse_restart
 from jlservice.config.service import parse_service
 
-SECTIONS = {"lab", "service", "restart", "health", "reload", "log", "metrics"}
+SECTIONS = {"lab", "auth", "tls", "service", "restart", "health", "reload", "log", "metrics"}
 
 
 def load(
@@ -51,10 +52,15 @@ def parse(
     reader = Reader(source)
     reader.only(doc, "", SECTIONS)
     lab = parse_lab(reader, reader.table(doc, "lab"), users.current(), cwd)
+    base = path.parent if path is not None else cwd
+    auth = parse_auth(reader, reader.table(doc, "auth"), base)
+    refuse_open_access(reader, lab, auth)
     return Config(
         path=path,
         lab=lab,
         service=parse_service(reader, reader.table(doc, "service"), environ, path),
+        auth=auth,
+        tls=parse_tls(reader, reader.table(doc, "tls"), base),
         restart=parse_restart(reader, reader.table(doc, "restart")),
         health=parse_health(reader, reader.table(doc, "health")),
         reload=parse_reload(reader, reader.table(doc, "reload")),

@@ -78,6 +78,12 @@ class Collector:
             "1 while the configuration file is rejected (the previous one still runs)",
             value=view.config_error,
         )
+        if view.tls_cert_expiry is not None:
+            yield GaugeMetricFamily(
+                "jlservice_tls_cert_expiry_timestamp_seconds",
+                "When the TLS certificate JupyterLab serves expires (Unix time)",
+                value=view.tls_cert_expiry,
+            )
         if view.up and snap.kernel_states is not None:
             states = GaugeMetricFamily(
                 "jlservice_kernels", "Kernels of JupyterLab, by state", labels=["state"]

@@ -154,3 +154,21 @@ def test_non_root_cannot_run_lab_as_someone_else(tmp_path, other_user):
     )
     assert result.returncode == 78
     assert f"jlservice runs as {other_user.name}, not root" in result.stderr
+
+
+def test_password_and_https_for_another_user(user_service, other_user):
+    """The hash and the key stay root's 0600 files; the lab user gets its own copies."""
+    svc = user_service
+    assert svc.cli("cert").returncode == 0
+    assert svc.cli("password", "--stdin", input="s3cret\n").returncode == 0
+    svc.sections["tls"] = {"certfile": str(svc.state_dir / "tls.crt")}
+    svc.start()
+    assert svc.api("GET", "api").status_code == 200  # https, certificate verified
+    assert svc.api("GET", "api/contents", session=svc.login("s3cret")).status_code == 200
+    private = Path(psutil.Process(svc.lab_pid).environ()["JUPYTER_TOKEN_FILE"]).parent
+    for name in ("server_config.json", "tls.crt", "tls.key"):
+        info = (private / name).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (other_user.uid, 0o600), name
+    for name in ("password", "tls.key"):
+        info = (svc.state_dir / name).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600), name

@@ -1,0 +1,46 @@
+"""`jlservice doctor`: check an installation end to end, one line per check.
+
+Each check is one function of a Context (what could be read: the configuration, the state
+file) returning a Result; a check that does not apply says why and counts as passing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from jlservice.doctor.context import Context, Result
+from jlservice.doctor.http import check_answers, check_auth, check_metrics, check_token
+from jlservice.doctor.local import (
+    check_address,
+    check_config,
+    check_notebook_dir,
+    check_port,
+    check_supervisor,
+    check_tls,
+)
+
+CHECKS: tuple[Callable[[Context], Result], ...] = (
+    check_config,
+    check_notebook_dir,
+    check_supervisor,
+    check_port,
+    check_address,
+    check_answers,
+    check_token,
+    check_auth,
+    check_tls,
+    check_metrics,
+)
+
+
+def diagnose(path: Path | None) -> list[Result]:
+    ctx = Context.read(path)
+    return [check(ctx) for check in CHECKS]
+
+
+def report(results: list[Result]) -> str:
+    return "\n".join(r.line() for r in results)
+
+
+__all__ = ["CHECKS", "Context", "Result", "diagnose", "report"]

@@ -1,0 +1,125 @@
+"""Checks that talk to the running JupyterLab (and the metrics endpoint) over HTTP."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import urllib.error
+import urllib.request
+
+from jlservice import probe
+from jlservice.cli.common import mask
+from jlservice.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
+
+TIMEOUT = 3.0
+
+
+def _loopback_tls() -> ssl.SSLContext:
+    """JupyterLab's own certificate, reached on loopback: its names need not include the
+    address used here (check_tls verifies the names people use)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# Never through an http_proxy from the environment: these are this machine's own servers.
+_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_loopback_tls())
+)
+
+
+def get(url: str, token: str | None = None) -> tuple[int | None, str]:
+    """(HTTP status, '') or (None, why there was no answer)."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"token {token}")
+    try:
+        with _OPENER.open(request, timeout=TIMEOUT) as response:
+            return response.status, ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, OSError) as exc:
+        return None, str(getattr(exc, "reason", exc))
+
+
+def _url(ctx: Context, path: str) -> str:
+    s = ctx.state
+    return probe.base_url(s.ip, s.port, f"{s.base_url}{path}", s.scheme)
+
+
+def check_answers(ctx: Context) -> Result:
+    if not ctx.lab_serving:
+        return not_checked("answers", "jlservice does not report JupyterLab ready")
+    url = _url(ctx, "api")
+    code, why = get(url)
+    if code == 200:
+        return Result("answers", True, f"GET {url} → 200")
+    return Result(
+        "answers",
+        False,
+        f"GET {url} → {code or why}",
+        "see jlservice's log; `jlservice status` for the last error",
+    )
+
+
+def check_token(ctx: Context) -> Result:
+    if not ctx.lab_serving:
+        return not_checked("token", NEEDS_LAB)
+    s = ctx.state
+    if not s.token_login:
+        return Result("token", None, "token login is off ([auth] token = false)")
+    code, why = get(_url(ctx, "api/status"), s.token)
+    if code == 200:
+        return Result("token", True, f"the token in the state file ({mask(s.token)}) logs in")
+    return Result(
+        "token",
+        False,
+        f"the token in the state file ({mask(s.token)}) is refused: {code or why}",
+        "check the lab user's jupyter_server_config for IdentityProvider.token; "
+        "`jlservice token --rotate`",
+    )
+
+
+def check_auth(ctx: Context) -> Result:
+    name = "auth"
+    if ctx.config is None:
+        return not_checked(name, NEEDS_CONFIG)
+    lab, auth = ctx.config.lab, ctx.config.auth
+    loopback = ipaddress.ip_address(lab.ip).is_loopback
+    methods = [m for m, on in (("token", auth.token), ("password", auth.password_hash)) if on]
+    configured = " and ".join(methods) or "no login"
+    if not ctx.lab_serving:
+        return Result(name, True, f"{configured} on {lab.ip} (server not checked: not serving)")
+    code, why = get(_url(ctx, "api/contents"))
+    if code == 200 and not loopback:
+        return Result(
+            name,
+            False,
+            f"JupyterLab on {lab.ip}:{lab.port} serves files without any login: anyone who "
+            f"reaches it can run code as {lab.user}",
+            "remove the token/password override from the lab user's jupyter config, or "
+            'listen on ip = "127.0.0.1"',
+        )
+    if code == 200:
+        return Result(name, True, f"no login on {lab.ip}: only this machine's users reach it")
+    if code in (401, 403):
+        return Result(name, True, f"{configured} required; anonymous requests get {code}")
+    return Result(name, False, f"GET api/contents without login → {code or why}", "see the log")
+
+
+def check_metrics(ctx: Context) -> Result:
+    """The Prometheus exporter answers GET /metrics where [metrics] listen says."""
+    if ctx.config is None:
+        return not_checked("metrics", NEEDS_CONFIG)
+    if not ctx.config.metrics.enabled:
+        return Result("metrics", None, "metrics are off ([metrics] enabled = false)")
+    if not ctx.running:
+        return not_checked("metrics", "jlservice is not running (see above)")
+    url = f"http://{ctx.config.metrics.listen}/metrics"
+    code, why = get(url)
+    if code == 200:
+        return Result("metrics", True, f"GET {url} → 200")
+    return Result(
+        "metrics", False, f"GET {url} → {code or why}", "check [metrics] listen and the log"
+    )

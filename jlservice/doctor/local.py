@@ -1,0 +1,186 @@
+"""Checks of this machine: configuration, notebook dir, supervisor, port, certificate."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from urllib.parse import urlsplit
+
+from jlservice import launcher, state
+from jlservice.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+
+
+def check_config(ctx: Context) -> Result:
+    where = str(ctx.path) if ctx.path else "built-in defaults"
+    if ctx.config is None:  # the error itself says what to do
+        return Result("config", False, ctx.config_error or "invalid")
+    return Result("config", True, f"{where} is valid")
+
+
+def check_notebook_dir(ctx: Context) -> Result:
+    name = "notebook dir"
+    if ctx.config is None:
+        return not_checked(name, NEEDS_CONFIG)
+    account = ctx.config.account
+    path = ctx.config.lab.notebook_dir
+    owner = os.stat(path).st_uid
+    if owner != account.uid:
+        return Result(
+            name,
+            False,
+            f"{path} belongs to uid {owner}, not to {account.name} (uid {account.uid}): "
+            "notebooks could not be saved",
+            f"chown -R {account.name}: {path}",
+        )
+    hidden = [p for p in path.parts if p.startswith(".") and p not in (".", "..")]
+    if hidden:
+        return Result(
+            name,
+            False,
+            f"{path} is inside the hidden directory {hidden[0]!r}: JupyterLab refuses to "
+            "serve hidden directories",
+            "choose a notebook_dir without a dot-directory in its path",
+        )
+    return Result(name, True, f"{path} exists and belongs to {account.name}")
+
+
+def check_supervisor(ctx: Context) -> Result:
+    if ctx.state is None:  # the state error says what to do
+        if ctx.state_error is None:
+            return not_checked("supervisor", NEEDS_CONFIG)
+        return Result("supervisor", False, ctx.state_error)
+    if not ctx.running:
+        return Result(
+            "supervisor",
+            False,
+            f"not running (last status: {ctx.state.status})",
+            "systemctl start jlservice (or `jlservice run`); its log says why it stopped",
+        )
+    s = ctx.state
+    detail = f"running (pid {s.supervisor_pid}), JupyterLab {s.status}"
+    if s.status != state.READY:
+        why = f": {s.last_error}" if s.last_error else ""
+        return Result("supervisor", False, detail + why, "see `jlservice status` and its log")
+    return Result("supervisor", True, f"{detail} (pid {s.lab_pid})")
+
+
+@functools.cache  # one doctor run asks twice; walking every process's sockets costs ~50 ms
+def listeners(port: int) -> dict[int, list[str]]:
+    """Processes listening on TCP `port`: {pid: [addresses]} (needs root to see others')."""
+    import psutil  # only for this: the doctor is not on the `jlservice token` path
+
+    found: dict[int, list[str]] = {}
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            found.setdefault(conn.pid, []).append(conn.laddr.ip)
+    return found
+
+
+def _ours(ctx: Context) -> int | None:
+    """The pid of the JupyterLab jlservice runs, if it runs."""
+    return ctx.state.lab_pid if ctx.running and ctx.state.lab_pid else None
+
+
+def check_port(ctx: Context) -> Result:
+    if ctx.config is None:
+        return not_checked("port", NEEDS_CONFIG)
+    lab = ctx.config.lab
+    address = f"{lab.ip}:{lab.port}"
+    holders = listeners(lab.port)
+    ours = _ours(ctx)
+    if ours in holders:
+        return Result("port", True, f"{address} is held by jlservice's JupyterLab (pid {ours})")
+    if holders:
+        pid = next(iter(holders))
+        return Result(
+            "port",
+            False,
+            f"{address} is in use by pid {pid} ({_name(pid)}), not by jlservice's JupyterLab",
+            f"stop pid {pid}, or change [lab] port",
+        )
+    problem = launcher.check_port(lab.ip, lab.port)
+    if problem is None:
+        return Result("port", True, f"{address} is free for JupyterLab")
+    return Result("port", False, problem, "fix [lab] ip or port")
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def check_address(ctx: Context) -> Result:
+    name = "address"
+    if ctx.config is None:
+        return not_checked(name, NEEDS_CONFIG)
+    lab = ctx.config.lab
+    ours = _ours(ctx)
+    if ours is None:
+        return not_checked(name, "JupyterLab is not running")
+    s = ctx.state
+    if (s.ip, s.port, s.base_url) != (lab.ip, lab.port, lab.base_url):
+        return Result(
+            name,
+            False,
+            f"JupyterLab runs on {s.ip}:{s.port}{s.base_url}, the configuration says "
+            f"{lab.ip}:{lab.port}{lab.base_url}",
+            "`jlservice reload` (and `jlservice status` for why an earlier one failed)",
+        )
+    addresses = listeners(lab.port).get(ours, [])
+    if lab.ip not in addresses:
+        where = ", ".join(addresses) or "nowhere"
+        return Result(
+            name,
+            False,
+            f"JupyterLab (pid {ours}) listens on {where}, not {lab.ip}:{lab.port}",
+            "restart jlservice",
+        )
+    return Result(name, True, f"JupyterLab listens on {lab.ip}:{lab.port}, as configured")
+
+
+def user_hosts(ctx: Context) -> list[str]:
+    """The host names people use to reach JupyterLab: public_url's, else the listen
+    address (this machine's name on a wildcard address)."""
+    lab = ctx.config.lab
+    if lab.public_url:
+        return [urlsplit(lab.public_url).hostname]
+    if lab.ip in ("0.0.0.0", "::"):
+        return [socket.gethostname()]
+    return [lab.ip]
+
+
+def check_tls(ctx: Context) -> Result:
+    name = "tls"
+    if ctx.config is None:
+        return not_checked(name, NEEDS_CONFIG)
+    tls_config = ctx.config.tls
+    if not tls_config.enabled:
+        return Result(name, None, "not configured: JupyterLab serves plain http")
+    from jlservice import tls
+
+    info = tls.inspect(tls_config.cert_pem)
+    until = time.strftime("%Y-%m-%d", time.gmtime(info.not_after))
+    if info.not_after <= time.time():
+        return Result(
+            name,
+            False,
+            f"{tls_config.certfile} expired on {until}: browsers refuse it",
+            "renew it, e.g. `jlservice cert`",
+        )
+    wrong = [h for h in user_hosts(ctx) if not tls.matches(info.names, h)]
+    if wrong:
+        return Result(
+            name,
+            False,
+            f"{tls_config.certfile} names {', '.join(info.names) or 'nothing'}, but browsers "
+            f"will ask for {', '.join(wrong)}",
+            f"`jlservice cert --hostname {wrong[0]}`, or a certificate for that name",
+        )
+    soon = tls.expiry_warning(tls_config.cert_pem)
+    detail = f"{tls_config.certfile} is valid until {until} for {', '.join(info.names)}"
+    return Result(name, True, detail + (f" (renew soon: {soon})" if soon else ""))

@@ -1,0 +1,100 @@
+"""A real headless Chromium for tests, driven over the DevTools protocol (websocket-client).
+
+Started with a fresh profile and a free debugging port (Chromium picks it and writes it to
+DevToolsActivePort); ended by PID, with every process it started.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+import websocket
+from support import wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Chromium:
+    def __init__(self, profile: Path) -> None:
+        profile.mkdir(parents=True)
+        self.profile = profile
+        self.proc = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",  # needed as root; the test's pages are its own
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1280,800",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.seen: dict[int, float] = {}
+        self._ids = itertools.count(1)
+        port_file = profile / "DevToolsActivePort"
+        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, "Chromium")
+        port = int(port_file.read_text().split()[0])
+        pages = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+        page = next(p for p in pages if p["type"] == "page")
+        # No Origin header: Chromium refuses DevTools websockets from origins it does not know.
+        self.ws = websocket.create_connection(
+            page["webSocketDebuggerUrl"], suppress_origin=True, timeout=60
+        )
+        self._remember()
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self._ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise AssertionError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path) -> None:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+
+    def _remember(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            for p in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(True)]:
+                self.seen.setdefault(p.pid, p.create_time())
+
+    def close(self) -> None:
+        self._remember()
+        with contextlib.suppress(Exception):
+            self.ws.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid, created in self.seen.items():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if psutil.Process(pid).create_time() == created:
+                    os.kill(pid, signal.SIGKILL)

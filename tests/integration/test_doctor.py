@@ -1,0 +1,146 @@
+"""`jlservice doctor` passes on a healthy install and finds each injected fault."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+from support import IS_ROOT, PYTHON
+
+from jlservice import tls
+
+
+def _doctor(svc) -> tuple[int, dict[str, str]]:
+    """Exit status, and each check's line by its name."""
+    result = svc.cli("doctor")
+    lines = result.stdout.splitlines()
+    assert lines and all(line[:2] in ("✓ ", "✗ ", "- ") for line in lines), result.stdout
+    by_name = {line[2:].split(":", 1)[0]: line for line in lines}
+    return result.returncode, by_name
+
+
+def test_healthy_install_passes_and_masks_the_token(service_factory):
+    svc = service_factory()
+    assert svc.cli("cert").returncode == 0
+    assert svc.cli("password", "--stdin", input="pw\n").returncode == 0
+    svc.sections["tls"] = {"certfile": str(svc.state_dir / "tls.crt")}
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    result = svc.cli("doctor")
+    assert result.returncode == 0, result.stdout
+    assert token not in result.stdout + result.stderr
+    assert f"({token[:4]}…) logs in" in result.stdout
+    _, lines = _doctor(svc)
+    for name in ("config", "notebook dir", "supervisor", "port", "address", "answers", "token"):
+        assert lines[name].startswith("✓ "), lines[name]
+    assert "token and password required" in lines["auth"]
+    assert lines["tls"].startswith("✓ ") and "127.0.0.1" in lines["tls"]
+
+
+def test_port_held_by_another_process(service):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", service.port))
+        holder.listen()
+        status, lines = _doctor(service)
+    assert status == 1
+    assert lines["port"].startswith(
+        f"✗ port: 127.0.0.1:{service.port} is in use by pid {os.getpid()} ("
+    )
+    assert "not by jlservice's JupyterLab → stop pid" in lines["port"]
+
+
+def test_expired_certificate(service):
+    year_ago = time.time() - 365 * 86400
+    cert_pem, key_pem = tls.self_signed(["127.0.0.1"], days=30, now=year_ago)
+    cert, key = service.root / "old.crt", service.root / "old.key"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    key.chmod(0o600)
+    service.sections["tls"] = {"certfile": str(cert), "keyfile": str(key)}
+    service.write_config()
+    status, lines = _doctor(service)
+    assert status == 1
+    assert lines["config"].startswith("✓ ")
+    assert lines["tls"].startswith(f"✗ tls: {cert} expired on ")
+    assert "`jlservice cert`" in lines["tls"]
+
+
+def test_certificate_for_other_names(service):
+    assert service.cli("cert").returncode == 0  # this machine's name and 127.0.0.1
+    service.sections["lab"]["public_url"] = "https://jupyter.example.test/"
+    service.sections["tls"] = {
+        "certfile": str(service.state_dir / "tls.crt"),
+        "keyfile": str(service.state_dir / "tls.key"),
+    }
+    service.write_config()
+    _, lines = _doctor(service)
+    assert lines["tls"].startswith("✗ tls: ")
+    assert "browsers will ask for jupyter.example.test" in lines["tls"]
+    assert "`jlservice cert --hostname jupyter.example.test`" in lines["tls"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to give the notebook dir another owner")
+def test_notebook_dir_of_the_wrong_owner(service, other_user):
+    service.sections["lab"].update(user=other_user.name, allow_root=False)
+    service.write_config()
+    assert service.notebooks.stat().st_uid == 0
+    status, lines = _doctor(service)
+    assert status == 1
+    assert lines["notebook dir"] == (
+        f"✗ notebook dir: {service.notebooks} belongs to uid 0, not to {other_user.name} "
+        f"(uid {other_user.uid}): notebooks could not be saved → "
+        f"chown -R {other_user.name}: {service.notebooks}"
+    )
+
+
+def test_notebook_dir_inside_a_hidden_directory(service):
+    hidden = service.root / ".cache" / "notebooks"
+    hidden.mkdir(parents=True)
+    service.sections["lab"]["notebook_dir"] = str(hidden)
+    service.write_config()
+    _, lines = _doctor(service)
+    assert lines["notebook dir"].startswith(
+        f"✗ notebook dir: {hidden} is inside the hidden directory '.cache'"
+    )
+
+
+def test_auth_off_on_every_interface(service):
+    service.sections["lab"]["ip"] = "0.0.0.0"
+    service.sections["auth"] = {"token": False}
+    service.write_config()
+    status, lines = _doctor(service)
+    assert status == 1
+    assert lines["config"].startswith("✗ config: ")
+    assert "0.0.0.0 with [auth] token = false and no password_file" in lines["config"]
+
+
+# A network namespace with only its own loopback: there, 0.0.0.0 reaches nothing outside.
+NETNS = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root for a network namespace (unshare --net)")
+def test_no_login_on_every_interface_is_found_live(service_factory, tmp_path):
+    """The lab user's own jupyter config turns the token off: jlservice cannot see that in
+    its configuration, the doctor sees it in the running server."""
+    user_config = tmp_path / "user-jupyter-config"
+    user_config.mkdir()
+    (user_config / "jupyter_server_config.json").write_text(
+        json.dumps({"IdentityProvider": {"token": ""}})
+    )
+    svc = service_factory(lab={"ip": "0.0.0.0", "env": {"JUPYTER_CONFIG_DIR": str(user_config)}})
+    svc.start(wrap=NETNS)
+    in_netns = ["nsenter", f"--net=/proc/{svc.proc.pid}/ns/net"]
+    result = subprocess.run(
+        [*in_netns, PYTHON, "-m", "jlservice", "doctor", "--config", str(svc.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout
+    auth = next(line for line in result.stdout.splitlines() if line.startswith("✗ auth: "))
+    assert f"on 0.0.0.0:{svc.port} serves files without any login" in auth
+    assert f"run code as {svc.state()['user']}" in auth
