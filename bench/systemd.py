@@ -36,7 +36,7 @@ from _common import BenchError, child_env, free_port, session, wait_for
 from _report import Metric, announce, finish
 from sandbox import JLSERVICE, Sandbox, available
 
-from jlservice import install
+from jlservice import unit_files
 
 
 def say(message: str) -> None:
@@ -80,8 +80,6 @@ def by_hand(procs, work: Path, config_text: str, run: int) -> float:
 
 
 def exposure(work: Path) -> dict[str, float]:
-    from importlib import resources
-
     out = {}
     env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(work / "xdg")}
     (work / "xdg").mkdir(mode=0o700, exist_ok=True)
@@ -92,8 +90,8 @@ def exposure(work: Path) -> dict[str, float]:
     ):
         where = work / "units" / scope.strip("-")
         where.mkdir(parents=True, exist_ok=True)
-        text = resources.files("jlservice").joinpath("units", source).read_text()
-        (where / name).write_text(install.render_unit(text, [JLSERVICE]))
+        text = unit_files.template(source)
+        (where / name).write_text(unit_files.render_unit(text, [JLSERVICE]))
         report = subprocess.run(
             ["systemd-analyze", scope, "security", "--offline=true", "--no-pager", name],
             cwd=where,

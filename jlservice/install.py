@@ -8,23 +8,21 @@ install() and uninstall() are idempotent and return what they did, line by line.
 from __future__ import annotations
 
 import contextlib
-import os
-import shlex
-import shutil
+import re
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-from jlservice import __version__, config, state
-from jlservice.config.service import DEFAULT_PATH, user_config_path
+from jlservice import config, state, unit_files, users
+from jlservice.config.reader import Reader
+from jlservice.config.service import DEFAULT_PATH, parse_service, user_config_path
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
-# What the system units' ReadWritePaths= already open under ProtectSystem=strict.
-WRITABLE_IN_UNIT = (Path("/home"), Path("/srv"))
-NOTEBOOK_DROP_IN = "jlservice-notebook-dir.conf"
+# What jlservice keeps in a state dir: `uninstall --purge` removes these and nothing else
+# (temporary files of interrupted atomic writes included).
+STATE_FILES = (state.STATE_FILE, state.COOKIE_SECRET_FILE, "password", "tls.crt", "tls.key")
+INSTANCE_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # a user name, as useradd accepts it
 
 
 class InstallError(Exception):
@@ -38,18 +36,33 @@ class InstallError(Exception):
 
 class Target(NamedTuple):
     service: str  # what systemctl enables: jlservice, jlservice@alice
-    unit_file: str  # the file in jlservice/units/ and its name in unit_dir
+    unit_file: str  # the file in jlservice/units/
     unit_dir: Path
     config_path: Path
     systemctl: tuple[str, ...]
+
+    @property
+    def unit_path(self) -> Path:
+        return self.unit_dir / self.unit_file.rsplit("/", 1)[-1]
+
+    @property
+    def drop_in_dir(self) -> Path:
+        return self.unit_dir / f"{self.service}.service.d"
+
+    @property
+    def system(self) -> bool:
+        return self.systemctl == ("systemctl",)
 
 
 def system_target(instance: str | None = None) -> Target:
     if instance is None:
         unit = "jlservice.service"
         return Target("jlservice", unit, SYSTEM_UNIT_DIR, DEFAULT_PATH, ("systemctl",))
-    if not instance or "/" in instance or instance.startswith(".") or "@" in instance:
-        raise InstallError(f"instance name {instance!r} must be a plain name such as a user name")
+    if not INSTANCE_NAME.fullmatch(instance) or instance == "jlservice":
+        raise InstallError(
+            f"instance name {instance!r}: use a user name (lower-case letters, digits, - and _), "
+            "not 'jlservice'"
+        )
     return Target(
         f"jlservice@{instance}",
         "jlservice@.service",
@@ -71,49 +84,6 @@ def user_target(environ: Mapping[str, str]) -> Target:
     )
 
 
-def executable() -> list[str]:
-    """How ExecStart runs this jlservice: its script (venv, pipx, system), else `python -m`."""
-    script = Path(sys.argv[0])
-    if script.name == "jlservice" and script.is_file() and os.access(script, os.X_OK):
-        return [str(script.absolute())]
-    return [sys.executable, "-m", "jlservice"]
-
-
-def render_unit(template: str, argv: Sequence[str]) -> str:
-    """The packaged unit with ExecStart's program replaced by `argv`."""
-    out = [f"# Written by `jlservice install` (jlservice {__version__}); `jlservice uninstall`"]
-    out.append("# removes it. Change settings with a drop-in: systemctl edit <unit>.")
-    for line in template.splitlines():
-        if line.startswith("ExecStart="):
-            arguments = line.split("=", 1)[1].partition(" ")[2]
-            line = "ExecStart=" + " ".join(_systemd_quote(a) for a in argv) + " " + arguments
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def _systemd_quote(word: str) -> str:
-    # systemd splits ExecStart= like a shell (quotes, backslashes) and expands % and $.
-    word = word.replace("%", "%%").replace("$", "$$")
-    return word if word and not any(c in word for c in " \t\"'\\") else shlex.quote(word)
-
-
-def render_config(settings: Mapping[str, str | int]) -> str:
-    lines = [
-        "# jlservice configuration, written by `jlservice install`. Every key is documented in",
-        "# etc/jlservice.toml of jlservice; `jlservice check-config` prints the effective one.",
-        "# After editing: it is applied automatically (or `systemctl reload <unit>`).",
-        "",
-        "[lab]",
-    ]
-    for key, value in settings.items():
-        lines.append(f"{key} = {value}" if isinstance(value, int) else f'{key} = "{_esc(value)}"')
-    return "\n".join(lines) + "\n"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 Run = Callable[[Sequence[str]], subprocess.CompletedProcess]
 
 
@@ -121,57 +91,95 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True, check=False)
 
 
-def install(target: Target, settings: Mapping[str, str | int], run: Run = _run) -> list[str]:
-    """Write the config (if absent) and the unit, then daemon-reload. Returns what was done."""
-    done = []
+def install(
+    target: Target, given: Mapping[str, str | int], default_user: str | None, run: Run = _run
+) -> list[str]:
+    """Write the config (if absent), the unit and its notebook-dir drop-in, daemon-reload.
+
+    `given`: the [lab] settings asked for (user, notebook_dir, ip, port); `default_user`:
+    whom JupyterLab runs as when `given` names nobody (None for the user unit: oneself).
+    """
+    argv = unit_files.executable()
+    if target.system and (why := unit_files.untrusted_for_root(argv)):
+        raise InstallError(
+            f"the service would run {argv[0]} as root, but {why}: install jlservice where only "
+            "root can change it (e.g. `/usr/bin/python3 -m venv /opt/jlservice`) and run "
+            "install from there"
+        )
+    done: list[str] = []
     if target.config_path.exists():
-        done.append(f"kept {target.config_path} (it exists; install never overwrites it)")
-        given = [k for k in settings if k != "user"]
-        if given:
-            done.append(f"  not applied to it: {', '.join(given)}; edit the file to change them")
+        done += _keep_config(target, given)
     else:
-        text = render_config(settings)
-        # Validate exactly what will be read at start: a bad --user or --notebook-dir fails now.
-        config.parse_text(text, target.config_path)
-        state.ensure_dir(target.config_path.parent, 0o755)
-        state.write_atomic(target.config_path, text.encode(), mode=0o644)
-        done.append(f"wrote {target.config_path}")
-    unit_path = target.unit_dir / target.unit_file.rsplit("/", 1)[-1]
-    template = resources.files("jlservice").joinpath("units", target.unit_file).read_text()
-    unit = render_unit(template, executable())
-    if unit_path.exists() and unit_path.read_text() == unit:
-        done.append(f"{unit_path} is up to date")
+        done += _write_config(target, given, default_user)
+    unit = unit_files.render_unit(unit_files.template(target.unit_file), argv)
+    existed = target.unit_path.exists()
+    if existed and target.unit_path.read_text() == unit:
+        done.append(f"{target.unit_path} is up to date")
+        changed = False
     else:
-        state.ensure_dir(unit_path.parent, 0o755)
-        state.write_atomic(unit_path, unit.encode(), mode=0o644)
-        done.append(f"wrote {unit_path}")
-    if target.systemctl == ("systemctl",):  # the user unit does not protect the file system
+        state.ensure_dir(target.unit_path.parent, 0o755)
+        state.write_atomic(target.unit_path, unit.encode(), mode=0o644)
+        done.append(f"wrote {target.unit_path}")
+        changed = existed
+    if target.system:
         done += _notebook_drop_in(target)
     _systemctl(target, run, done, "daemon-reload")
+    if changed:
+        done.append(f"the unit changed: `{' '.join(target.systemctl)} restart {target.service}`")
+    return done
+
+
+def _write_config(target: Target, given: Mapping[str, str | int], user: str | None) -> list[str]:
+    settings = dict(given)
+    name = settings.setdefault("user", user) if target.system else None
+    if target.system and not name:
+        raise InstallError(
+            "name the account JupyterLab runs as: jlservice install --user NAME "
+            "(running it as root needs [lab] allow_root, which install does not set)"
+        )
+    if "@" in target.service and "port" not in settings:  # jlservice@NAME beside others
+        raise InstallError("give the instance a port of its own: --port N")
+    account = users.lookup(name) if name else users.current()
+    if account is None:
+        raise InstallError(f"no such user {name!r}: create it first (useradd)")
+    settings["notebook_dir"] = str(Path(settings.get("notebook_dir") or account.home).absolute())
+    text = unit_files.render_config(settings)
+    # Validate exactly what will be read at start: a bad --user or --notebook-dir fails now.
+    config.parse_text(text, target.config_path)
+    state.ensure_dir(target.config_path.parent, 0o755)
+    state.write_atomic(target.config_path, text.encode(), mode=0o644)
+    return [f"wrote {target.config_path}"]
+
+
+def _keep_config(target: Target, given: Mapping[str, str | int]) -> list[str]:
+    done = [f"kept {target.config_path} (it exists; install never overwrites it)"]
+    try:
+        lab = config.load(target.config_path).lab
+    except config.ConfigError as exc:
+        return [*done, f"warning: {exc}; fix it before starting the service"]
+    differ = [
+        f"{key} (the file says {getattr(lab, key)}, not {value})"
+        for key, value in given.items()
+        if str(getattr(lab, key)) != str(Path(value).absolute() if key == "notebook_dir" else value)
+    ]
+    if differ:
+        done.append(f"  not applied: {'; '.join(differ)}; edit the file to change them")
     return done
 
 
 def _notebook_drop_in(target: Target) -> list[str]:
-    """ReadWritePaths= for a notebook dir outside /home and /srv, which ProtectSystem=strict
-    would make read-only; kept in step with the config's notebook_dir."""
-    path = target.unit_dir / f"{target.service}.service.d" / NOTEBOOK_DROP_IN
+    """Kept in step with the config's notebook_dir; the admin's own drop-ins are not touched."""
+    path = target.drop_in_dir / unit_files.NOTEBOOK_DROP_IN
     try:
         notebooks = config.load(target.config_path).lab.notebook_dir
-    except config.ConfigError as exc:
-        return [f"warning: {exc}; fix it before starting the service"]
-    if any(notebooks.is_relative_to(p) for p in WRITABLE_IN_UNIT):
+    except config.ConfigError:
+        return []  # said already
+    text = unit_files.notebook_drop_in(notebooks)
+    if text is None:
         if path.exists():
             path.unlink()
             return [f"removed {path} ({notebooks} is writable without it)"]
         return []
-    value = str(notebooks).replace("%", "%%")
-    if any(c.isspace() or c in "\"'\\" for c in value):
-        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    text = (
-        "# Written by `jlservice install`: ProtectSystem=strict makes all but /home and /srv\n"
-        "# read-only, and notebooks must be saved.\n"
-        f"[Service]\nReadWritePaths={value}\n"
-    )
     if path.exists() and path.read_text() == text:
         return [f"{path} is up to date"]
     state.ensure_dir(path.parent, 0o755)
@@ -181,22 +189,27 @@ def _notebook_drop_in(target: Target) -> list[str]:
 
 def uninstall(target: Target, purge: bool, run: Run = _run) -> list[str]:
     """Stop and disable the service, remove its unit; with purge its config and state too."""
-    done = []
-    unit_path = target.unit_dir / target.unit_file.rsplit("/", 1)[-1]
+    done: list[str] = []
     if _systemctl(target, run, done, "cat", target.service, check=False).returncode == 0:
         _systemctl(target, run, done, "disable", "--now", target.service)
         done.append(f"stopped and disabled {target.service}")
-    other_instances = target.unit_file.endswith("@.service") and any(
+    others = target.unit_file.endswith("@.service") and any(
         p.name != f"{target.service}.service"
         for p in target.unit_dir.glob("*.wants/jlservice@*.service")
     )
-    if other_instances:
-        done.append(f"kept {unit_path} (other jlservice@ instances are enabled)")
-    elif unit_path.exists():
-        unit_path.unlink()
-        shutil.rmtree(unit_path.with_name(unit_path.name + ".d"), ignore_errors=True)
-        done.append(f"removed {unit_path}")
-    (target.unit_dir / f"{target.service}.service.d" / NOTEBOOK_DROP_IN).unlink(missing_ok=True)
+    if others:
+        done.append(f"kept {target.unit_path} (other jlservice@ instances are enabled)")
+    elif target.unit_path.exists():
+        target.unit_path.unlink()
+        done.append(f"removed {target.unit_path}")
+    drop_in = target.drop_in_dir / unit_files.NOTEBOOK_DROP_IN
+    if drop_in.exists():
+        drop_in.unlink()
+        done.append(f"removed {drop_in}")
+    with contextlib.suppress(OSError):  # not there, or the admin's own drop-ins are in it
+        target.drop_in_dir.rmdir()
+    if target.drop_in_dir.exists():
+        done.append(f"kept your drop-ins in {target.drop_in_dir}")
     if purge:
         done += _purge(target)
     elif target.config_path.exists():
@@ -207,20 +220,28 @@ def uninstall(target: Target, purge: bool, run: Run = _run) -> list[str]:
 
 def _purge(target: Target) -> list[str]:
     done = []
-    if target.config_path.exists():
+    try:
         service = config.load_service(target.config_path, environ={})
+    except config.ConfigError as exc:
+        done.append(f"warning: {exc}; removing the state from the default place")
+        reader = Reader(str(target.config_path))
+        service = parse_service(reader, {}, {}, target.config_path)
+    if target.config_path.exists():
         target.config_path.unlink()
         done.append(f"removed {target.config_path}")
-    else:
-        service = config.load_service(None, environ={})
-    # Only files: the default service's state dir also holds the instances' state dirs.
+    removed = []
     if service.state_dir.is_dir():
         for entry in service.state_dir.iterdir():
-            if entry.is_file() or entry.is_symlink():
+            ours = entry.name in STATE_FILES or any(
+                entry.name.startswith(f".{name}.") for name in STATE_FILES
+            )
+            if ours and not entry.is_dir():
                 entry.unlink()
-        done.append(f"removed the state in {service.state_dir}")
-        with contextlib.suppress(OSError):  # not empty: other instances live in it
+                removed.append(entry.name)
+        with contextlib.suppress(OSError):  # not empty: instances' state, or other files
             service.state_dir.rmdir()
+    if removed:
+        done.append(f"removed the state in {service.state_dir}: {', '.join(sorted(removed))}")
     return done
 
 

@@ -281,7 +281,7 @@ def read_only_notebooks(launch: Launch) -> str | None:
         return None  # a missing dir is reported by the start itself
     return (
         f"notebook_dir {launch.cwd} is on a read-only mount here, so notebooks cannot be saved; "
-        f"under systemd, allow it with `systemctl edit jlservice` and ReadWritePaths={launch.cwd} "
+        f"under systemd, allow it with `systemctl edit <unit>` and ReadWritePaths=-{launch.cwd} "
         "(`jlservice install` does this for the directory it is given)"
     )
 

@@ -45,11 +45,15 @@ class Notifier:
         self._send("WATCHDOG=1")
 
     def last_words(self, status: str, timeout: float = 5.0) -> None:
-        """STATUS= right before exiting: wait until systemd has read it (sd_notify_barrier(3)),
-        or it may see the exit first and drop a message from a PID it no longer knows."""
+        """STATUS= right before exiting, and wait until systemd has read it."""
+        self.status(status)
+        self.barrier(timeout)
+
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Wait until systemd has processed what was sent (sd_notify_barrier(3)); before an
+        exit, or systemd may see the exit first and drop messages of a PID it forgot."""
         if self._sd is None:
             return
-        self.status(status)
         address = os.environ["NOTIFY_SOCKET"]
         if address.startswith("@"):
             address = "\0" + address[1:]

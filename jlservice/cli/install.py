@@ -80,33 +80,22 @@ def _target(args: argparse.Namespace):
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from jlservice import install, users
+    from jlservice import install
 
     target = _target(args)
-    settings: dict[str, str | int] = {}
-    if not args.user_unit:
-        name = args.user or args.instance or _sudo_user()
-        if not name:
-            raise CommandError(
-                "name the account JupyterLab runs as: jlservice install --user NAME "
-                "(running it as root needs [lab] allow_root, which install does not set)"
-            )
-        settings["user"] = name
-    account = users.lookup(settings["user"]) if "user" in settings else users.current()
-    if account is None:
-        raise CommandError(f"no such user {settings['user']!r}: create it first (useradd)")
-    settings["notebook_dir"] = os.path.abspath(args.notebook_dir or account.home)
-    if args.ip is not None:
-        settings["ip"] = args.ip
+    if args.user_unit and args.user:
+        raise CommandError("--user-unit runs JupyterLab as you: drop --user")
+    asked = {"user": args.user, "notebook_dir": args.notebook_dir, "ip": args.ip}
+    given: dict[str, str | int] = {k: v for k, v in asked.items() if v is not None}
     if args.port is not None:
-        settings["port"] = args.port
-    _report(lambda: install.install(target, settings))
-    unit = target.service
+        given["port"] = args.port
+    default_user = None if args.user_unit else (args.instance or _sudo_user())
+    _report(lambda: install.install(target, given, default_user))
     ctl = " ".join(target.systemctl)
     path = target.config_path
     config = "" if path.name == "jlservice.toml" else f" --config {path}"
     print("next:")
-    print(f"  {ctl} enable --now {unit}")
+    print(f"  {ctl} enable --now {target.service}")
     if args.user_unit:
         print("  loginctl enable-linger   # keep it running when you log out, start it at boot")
     print(f"  jlservice token --url{config}")

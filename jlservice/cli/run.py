@@ -25,7 +25,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = config.load(config_path(args))
         from jlservice import run  # heavy: jupyter-facing machinery, structlog, psutil
 
-        return run.run(cfg)
+        code = run.run(cfg)
+        if code:  # the supervisor's last STATUS= (why it gave up) must reach systemd first
+            from jlservice.notify import Notifier
+
+            Notifier().barrier()
+        return code
     except config.ConfigError as exc:
         from jlservice.notify import Notifier
 

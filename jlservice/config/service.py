@@ -25,10 +25,10 @@ class ServiceConfig(NamedTuple):
 def locate(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
     """The file to read: --config, else $JLSERVICE_CONFIG, else (not root) the user's own
     file, else the system default; None when none of them exists."""
-    if cli_path:
-        return Path(cli_path)
+    if cli_path:  # absolute: /etc/jlservice/NAME.toml means instance NAME however it is typed
+        return Path(cli_path).absolute()
     if environ.get("JLSERVICE_CONFIG"):
-        return Path(environ["JLSERVICE_CONFIG"])
+        return Path(environ["JLSERVICE_CONFIG"]).absolute()
     if os.geteuid() != 0:
         own = user_config_path(environ)
         if own.exists():
@@ -83,8 +83,8 @@ def parse_service(
     state_dir = Path(r.get(t, "service", "state_dir", str, state_default))
     if environ.get("RUNTIME_DIRECTORY"):
         runtime_default = environ["RUNTIME_DIRECTORY"].split(":")[0]
-    elif is_root:
-        runtime_default = os.path.join("/run/jlservice", *instance)
+    elif is_root:  # the template's RuntimeDirectory=jlservice-%i
+        runtime_default = "/run/" + "-".join(["jlservice", *instance])
     elif environ.get("XDG_RUNTIME_DIR"):
         runtime_default = os.path.join(environ["XDG_RUNTIME_DIR"], "jlservice")
     else:

@@ -13,6 +13,7 @@ distribution's units (/lib/systemd/system) are never on its unit path, because s
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import shutil
 import subprocess
@@ -43,23 +44,18 @@ STUB_TARGETS = (
     "rescue",
     "emergency",
 )
-# Host directories covered by sandbox ones; mount points that do not exist are made, and
-# removed again when the sandbox goes.
+# Host directories covered by sandbox ones. A mount point that does not exist is made (an
+# empty /etc/jlservice) and left: removing it could pull it from under another sandbox.
 BINDS = {
     "etc-systemd": "/etc/systemd/system",
     "etc-jlservice": "/etc/jlservice",
     "var-lib": "/var/lib",
 }
 INSIDE = Path("/run/sandbox")  # where the sandbox's own units and logs appear inside
-UNSHARE = (
-    "unshare",
-    "--pid",
-    "--fork",
-    "--mount",
-    "--mount-proc",
-    "--propagation",
-    "private",
-)  # where the sandbox's own units and logs appear inside
+# --uts and --ipc: systemd as PID 1 sets the host name and owns IPC; neither may leak out.
+UNSHARE = ("unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private")
+UNSHARE += ("--uts", "--ipc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class Sandbox:
@@ -72,11 +68,14 @@ class Sandbox:
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.logs.chmod(0o777)
         self._write_stub_targets()
-        self._made_mount_points = [Path(p) for p in BINDS.values() if not Path(p).exists()]
-        for point in self._made_mount_points:
-            point.mkdir(mode=0o755)
+        for point in BINDS.values():
+            Path(point).mkdir(mode=0o755, exist_ok=True)
         self.unshare: subprocess.Popen | None = None
+        self.systemd: psutil.Process | None = None
         self.pid1: int | None = None  # systemd's PID as seen from outside
+        # Without a cgroup namespace systemd makes its slices in the host's hierarchy; what it
+        # made (and left empty) is removed again when the sandbox goes.
+        self._cgroups_before = _cgroups()
 
     # ── the machine ─────────────────────────────────────────────────────────
 
@@ -115,6 +114,7 @@ exec env container={self.name} SYSTEMD_UNIT_PATH={INSIDE}/units:/etc/systemd/sys
             return None
 
         self.pid1 = wait_for(systemd_pid, timeout, "systemd to start in the sandbox")
+        self.systemd = psutil.Process(self.pid1)
 
         def running() -> bool:
             state = self.systemctl("is-system-running", check=False).stdout.strip()
@@ -124,22 +124,24 @@ exec env container={self.name} SYSTEMD_UNIT_PATH={INSIDE}/units:/etc/systemd/sys
 
     def crash(self) -> None:
         """Pull the plug: SIGKILL PID 1; the kernel then kills everything in its namespace."""
-        assert self.unshare is not None and self.pid1 is not None
-        with contextlib.suppress(ProcessLookupError):
-            psutil.Process(self.pid1).kill()
-        self.unshare.wait(timeout=30)
-        self.unshare = self.pid1 = None
+        if self.systemd is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.systemd.kill()  # psutil checks it is still the process it was
+        if self.unshare is not None:
+            if self.systemd is None:  # it never got as far as systemd
+                self.unshare.kill()
+            self.unshare.wait(timeout=30)
+        self.unshare = self.systemd = self.pid1 = None
 
     def reboot(self) -> None:
         self.crash()
         self.boot()
 
     def close(self) -> None:
-        if self.unshare is not None:
-            self.crash()
-        for point in reversed(self._made_mount_points):
-            with contextlib.suppress(OSError):
-                point.rmdir()
+        self.crash()
+        for made in sorted(_cgroups() - self._cgroups_before, key=lambda p: len(p.parts))[::-1]:
+            with contextlib.suppress(OSError):  # still in use: not ours to remove
+                made.rmdir()
 
     # ── talking to it ───────────────────────────────────────────────────────
 
@@ -268,6 +270,10 @@ class UserSession:
 
     def systemctl(self, *args: str, check: bool = True):
         return self.run("systemctl", "--user", "--no-pager", *args, check=check)
+
+
+def _cgroups() -> set[Path]:
+    return {Path(d) for d, _, _ in os.walk(CGROUP_ROOT)} if CGROUP_ROOT.is_dir() else set()
 
 
 def available() -> str | None:

@@ -13,7 +13,7 @@ import tomllib
 from sandbox import JLSERVICE, Sandbox
 from support import LabClient, free_port, pid_alive, wait_for
 
-from jlservice.install import NOTEBOOK_DROP_IN
+from jlservice.unit_files import NOTEBOOK_DROP_IN
 
 
 def test_two_template_instances_run_two_users_on_two_ports(
@@ -48,6 +48,16 @@ def test_two_template_instances_run_two_users_on_two_ports(
     }
     assert len(set(tokens.values())) == 2
 
+    # The default service beside them: stopping it leaves the instances' runtime dirs alone
+    # (kernel connection files live there), so they still start kernels.
+    sandbox.run(JLSERVICE, "install", "--user", other_user.name, "--port", str(free_port()))
+    sandbox.systemctl("start", "jlservice")
+    sandbox.systemctl("stop", "jlservice")
+    name = second_user.name
+    lab = LabClient(f"http://127.0.0.1:{ports[name]}/")
+    kernel = lab.api("POST", "api/kernels", tokens[name].strip(), json={"name": "python3"})
+    assert kernel.status_code == 201, kernel.text
+
 
 def test_install_twice_changes_nothing_and_never_overwrites_the_config(
     sandbox: Sandbox, other_user
@@ -67,7 +77,10 @@ def test_install_twice_changes_nothing_and_never_overwrites_the_config(
     second = sandbox.run(JLSERVICE, "install", "--user", other_user.name, "--port", "9")
     assert (config.read_bytes(), unit.read_bytes()) == before
     assert "kept /etc/jlservice/jlservice.toml" in second.stdout
-    assert "not applied to it: notebook_dir, port" in second.stdout
+    assert f"not applied: port (the file says {port}, not 9)" in second.stdout
+    assert "notebook_dir" not in second.stdout  # not asked for, so not "not applied"
+    # Run again without naming the user (e.g. to point ExecStart at an upgraded jlservice).
+    assert sandbox.run(JLSERVICE, "install").returncode == 0
     assert "/etc/systemd/system/jlservice.service is up to date" in second.stdout
     assert sandbox.show("jlservice", "LoadState")["LoadState"] == "loaded"
 
@@ -103,8 +116,16 @@ def test_uninstall_stops_and_removes_the_unit_and_purge_removes_the_rest(
     state_dir = sandbox.root / "var-lib" / "jlservice"
     assert (state_dir / "state.json").exists()
 
+    admins = sandbox.root / "etc-systemd" / "jlservice.service.d" / "override.conf"
+    admins.parent.mkdir(exist_ok=True)
+    admins.write_text("[Service]\nEnvironment=MINE=1\n")  # what `systemctl edit` makes
+    foreign = state_dir / "notes.ipynb"  # not jlservice's: --purge must leave it
+    foreign.write_text("{}")
+
     out = sandbox.run(JLSERVICE, "uninstall").stdout
     assert "stopped and disabled jlservice" in out
+    assert admins.exists()
+    assert "kept your drop-ins in /etc/systemd/system/jlservice.service.d" in out
     wait_for(lambda: not pid_alive(main), 60, "jlservice to stop")
     assert not (sandbox.root / "etc-systemd" / "jlservice.service").exists()
     assert not list((sandbox.root / "etc-systemd").glob("*.wants/jlservice.service"))
@@ -115,7 +136,7 @@ def test_uninstall_stops_and_removes_the_unit_and_purge_removes_the_rest(
     again = sandbox.run(JLSERVICE, "uninstall", "--purge").stdout
     assert "removed /etc/jlservice/jlservice.toml" in again
     assert not (sandbox.root / "etc-jlservice" / "jlservice.toml").exists()
-    assert not state_dir.exists()
+    assert sorted(p.name for p in state_dir.iterdir()) == ["notes.ipynb"]
     assert sandbox.run(JLSERVICE, "uninstall", "--purge").returncode == 0
 
 
@@ -153,7 +174,7 @@ def test_notebook_dir_outside_home_is_made_writable_by_a_drop_in(
             str(port),
         ).stdout
         drop_in = sandbox.root / "etc-systemd" / "jlservice.service.d" / NOTEBOOK_DROP_IN
-        assert f"ReadWritePaths={notebooks}\n" in drop_in.read_text()
+        assert f"ReadWritePaths=-{notebooks}\n" in drop_in.read_text()
         assert "makes" in out and str(notebooks) in out
         log = sandbox.log_to_file("jlservice.service")
         sandbox.systemctl("daemon-reload")
@@ -172,7 +193,7 @@ def test_notebook_dir_outside_home_is_made_writable_by_a_drop_in(
         refused = lab.api("PUT", "api/contents/lost.txt", token, json=SAVE)
         assert refused.status_code >= 400
         assert "notebook_dir_read_only" in log.read_text()
-        assert f"ReadWritePaths={notebooks}" in log.read_text()
+        assert f"ReadWritePaths=-{notebooks}" in log.read_text()
     finally:
         sandbox.crash()  # nothing may hold the directory while it goes
         shutil.rmtree(notebooks)

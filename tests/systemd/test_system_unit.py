@@ -6,6 +6,7 @@ for a throw-away user, and drives it with systemctl.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -71,9 +72,10 @@ def installed(sandbox: Sandbox, other_user) -> Installed:
 
 @pytest.fixture
 def fake_gpu() -> Iterator[Path]:
-    """A device node named like an NVIDIA one (the driver is not here: it behaves as /dev/null)."""
+    """A device node like /dev/nvidia0. Without the driver opening it gives ENXIO; a device
+    policy that shuts GPUs out gives EPERM instead, and PrivateDevices=yes ENOENT or EROFS."""
     node = Path(f"/dev/nvidia-jlservice-test-{os.getpid()}")
-    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(195, 0))  # NVIDIA's major number
     node.chmod(0o666)
     try:
         yield node
@@ -100,21 +102,30 @@ def test_start_returns_when_jupyterlab_answers_and_root_gets_the_token(installed
     # The hardening did not break kernels: one starts, runs as the user, computes, and reaches
     # device nodes such as /dev/nvidia0 (PrivateDevices=yes would hide them).
     kernel = installed.lab.api("POST", "api/kernels", token, json={"name": "python3"}).json()
-    code = f"import os; print(os.getuid(), open({str(fake_gpu)!r}, 'wb').write(b'x') * 42)"
-    out = installed.lab.execute(token, kernel["id"], code)
-    assert out.split() == [str(psutil.Process(installed.lab_pid()).uids().real), "42"]
+    code = (
+        "import errno, os\n"
+        f"try: os.close(os.open({str(fake_gpu)!r}, os.O_RDWR)); opened = 'opened'\n"
+        "except OSError as e: opened = errno.errorcode[e.errno]\n"
+        "print(os.getuid(), opened)"
+    )
+    uid, opened = installed.lab.execute(token, kernel["id"], code).split()
+    assert uid == str(psutil.Process(installed.lab_pid()).uids().real)
+    assert opened in ("opened", "ENXIO")  # opened: a machine with the NVIDIA driver
 
 
 def test_systemctl_reload_applies_a_port_change(installed) -> None:
+    installed.config.write_text(installed.config.read_text() + "\n[reload]\nwatch = false\n")
     installed.start()
     token = installed.token()
     old_port, new_port = installed.port, free_port()
     installed.config.write_text(installed.config.read_text().replace(str(old_port), str(new_port)))
-    # The file watcher may already have applied it; `systemctl reload` must still complete
-    # its RELOADING=1 … READY=1 handshake and leave the new port serving.
+    # The file watcher is off ([reload] watch = false below): only the SIGHUP from
+    # `systemctl reload` can apply it.
     installed.box.systemctl("reload", UNIT)
     new = LabClient(f"http://127.0.0.1:{new_port}/")
     wait_for(lambda: _status(new, token) == 200, 90, "JupyterLab on the new port")
+    reload = _state(installed)["last_reload"]
+    assert (reload["source"], reload["result"]) == ("SIGHUP", "applied")
     props = installed.box.show(UNIT, "ActiveState", "NRestarts", "StatusText")
     assert props["ActiveState"] == "active"
     assert props["NRestarts"] == "0"
@@ -153,7 +164,9 @@ def test_jlservice_killed_is_restarted_by_systemd_without_leftovers(installed) -
 
 
 def test_stopped_jlservice_is_killed_by_the_watchdog_and_restarted(installed) -> None:
-    installed.box.drop_in("jlservice.service", "test-watchdog", "[Service]\nWatchdogSec=3\n")
+    installed.box.drop_in(
+        "jlservice.service", "test-watchdog", "[Service]\nWatchdogSec=3\nTimeoutAbortSec=5\n"
+    )
     installed.start()
     token = installed.token()
     stuck = installed.main_pid()
@@ -201,11 +214,19 @@ def test_stop_ends_everything_within_the_stop_timeout(installed) -> None:
     supervisor = psutil.Process(installed.main_pid())
     wait_for(lambda: len(supervisor.children(recursive=True)) >= 2, 30, "the kernel process")
     procs = [supervisor.pid, *(p.pid for p in supervisor.children(recursive=True))]
+    began = time.monotonic()
     installed.box.systemctl("stop", UNIT)
+    # systemd would SIGKILL what is left only after TimeoutStopSec (60 s).
+    assert time.monotonic() - began < 60
     props = installed.box.show(UNIT, "ActiveState", "Result")
-    assert props == {"ActiveState": "inactive", "Result": "success"}  # no SIGKILL was needed
+    assert props == {"ActiveState": "inactive", "Result": "success"}
     assert not [pid for pid in procs if pid_alive(pid)]
     assert installed.box.processes() == []
+
+
+def _state(installed: Installed) -> dict:
+    path = installed.box.root / "var-lib" / "jlservice" / "state.json"
+    return json.loads(path.read_text())
 
 
 def _status(lab: LabClient, token: str) -> int | None:

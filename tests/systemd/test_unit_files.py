@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-from importlib import resources
 from pathlib import Path
 
 import pytest
 from sandbox import JLSERVICE, available
 
-from jlservice import install
+from jlservice import unit_files
 
 # (file in jlservice/units, name to verify it under, systemd-analyze scope)
 UNITS = [
@@ -26,10 +25,10 @@ def rendered(tmp_path: Path):
         pytest.skip(why)
 
     def render(source: str, name: str, scope: str) -> tuple[Path, dict[str, str]]:
-        text = resources.files("jlservice").joinpath("units", source).read_text()
+        text = unit_files.template(source)
         where = tmp_path / scope.strip("-")
         where.mkdir(exist_ok=True)
-        (where / name).write_text(install.render_unit(text, [JLSERVICE]))
+        (where / name).write_text(unit_files.render_unit(text, [JLSERVICE]))
         runtime = tmp_path / "xdg-runtime"
         runtime.mkdir(mode=0o700, exist_ok=True)
         return where / name, {"XDG_RUNTIME_DIR": str(runtime), "PATH": "/usr/bin:/bin"}
@@ -67,7 +66,7 @@ def test_system_units_exposure_is_below_5(rendered, source, name, scope) -> None
 
 @pytest.mark.parametrize("source", [u[0] for u in UNITS])
 def test_no_hardening_that_breaks_gpus_jits_or_home_notebooks(source) -> None:
-    text = resources.files("jlservice").joinpath("units", source).read_text()
+    text = unit_files.template(source)
     settings = {
         line.split("=", 1)[0]: line.split("=", 1)[1]
         for line in text.splitlines()

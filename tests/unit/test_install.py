@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from jlservice import config, install
+from jlservice import config, install, unit_files
 from jlservice.config import service
 
 TEMPLATE = """[Service]
@@ -18,26 +18,26 @@ ExecReload=/bin/kill -HUP $MAINPID
 
 
 def test_execstart_runs_the_given_program_with_the_units_arguments() -> None:
-    unit = install.render_unit(TEMPLATE, ["/srv/venvs/jl/bin/jlservice"])
+    unit = unit_files.render_unit(TEMPLATE, ["/srv/venvs/jl/bin/jlservice"])
     assert "ExecStart=/srv/venvs/jl/bin/jlservice run --config /etc/jlservice/%i.toml\n" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID\n" in unit  # other lines untouched
     assert unit.startswith("# Written by `jlservice install`")
 
 
 def test_execstart_quotes_what_systemd_would_split_or_expand() -> None:
-    unit = install.render_unit(TEMPLATE, ["/opt/my venv/bin/python", "-m", "jlservice"])
+    unit = unit_files.render_unit(TEMPLATE, ["/opt/my venv/bin/python", "-m", "jlservice"])
     line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
     assert (
         line
         == "ExecStart='/opt/my venv/bin/python' -m jlservice run --config /etc/jlservice/%i.toml"
     )
-    odd = install.render_unit(TEMPLATE, ["/opt/100%/$HOME/jlservice"])
+    odd = unit_files.render_unit(TEMPLATE, ["/opt/100%/$HOME/jlservice"])
     assert "ExecStart=/opt/100%%/$$HOME/jlservice run" in odd
 
 
 @pytest.mark.parametrize("name", ['we"ird', "back\\slash", "ünï cödé"])
 def test_config_as_written_reads_back_exactly(name: str) -> None:
-    text = install.render_config({"user": name, "notebook_dir": f"/srv/{name}", "port": 8890})
+    text = unit_files.render_config({"user": name, "notebook_dir": f"/srv/{name}", "port": 8890})
     assert tomllib.loads(text)["lab"] == {
         "user": name,
         "notebook_dir": f"/srv/{name}",
@@ -45,9 +45,9 @@ def test_config_as_written_reads_back_exactly(name: str) -> None:
     }
 
 
-@pytest.mark.parametrize("bad", ["", "../etc", "a/b", ".hidden", "x@y"])
-def test_instance_names_that_are_not_plain_names_are_refused(bad: str) -> None:
-    with pytest.raises(install.InstallError, match="must be a plain name"):
+@pytest.mark.parametrize("bad", ["", "../etc", "a/b", ".hidden", "x@y", "a b", "jlservice"])
+def test_instance_names_that_are_not_user_names_are_refused(bad: str) -> None:
+    with pytest.raises(install.InstallError, match="use a user name"):
         install.system_target(bad)
 
 
@@ -83,7 +83,7 @@ def test_instance_state_lives_where_the_template_unit_puts_it(monkeypatch) -> No
     inst = service.parse_service(reader, {}, {}, Path("/etc/jlservice/alice.toml"))
     assert (inst.state_dir, inst.runtime_dir) == (
         Path("/var/lib/jlservice/alice"),
-        Path("/run/jlservice/alice"),
+        Path("/run/jlservice-alice"),
     )
     under_systemd = service.parse_service(
         reader,
@@ -105,3 +105,29 @@ def test_a_user_finds_their_own_config_first(tmp_path: Path, monkeypatch) -> Non
     own.write_text("")
     assert service.locate(None, environ) == own
     assert service.locate(None, {**environ, "JLSERVICE_CONFIG": "/x.toml"}) == Path("/x.toml")
+
+
+def test_notebook_drop_in_only_outside_home_and_srv() -> None:
+    assert unit_files.notebook_drop_in(Path("/home/alice/nb")) is None
+    assert unit_files.notebook_drop_in(Path("/srv/jupyter")) is None
+    text = unit_files.notebook_drop_in(Path("/data/my notebooks/100%"))
+    assert text.endswith('[Service]\nReadWritePaths="-/data/my notebooks/100%%"\n')
+
+
+def test_root_refuses_to_run_what_another_user_can_change(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the files must be root's, then another user's")
+    script = tmp_path / "bin" / "jlservice"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    script.parent.chmod(0o755)
+    os.chown(script, 65534, 65534)
+    why = unit_files.untrusted_for_root([str(script)])
+    assert why == f"{script} is owned by uid 65534, not root"
+    os.chown(script, 0, 0)
+    script.parent.chmod(0o757)
+    assert unit_files.untrusted_for_root([str(script)]) == f"{script.parent} is writable by others"
+    script.parent.chmod(0o1777)  # sticky, like /tmp: others cannot replace root's files
+    assert unit_files.untrusted_for_root([str(script)]) is None
