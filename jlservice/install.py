@@ -117,7 +117,7 @@ def install(
         done.append(f"{target.unit_path} is up to date")
         changed = False
     else:
-        state.ensure_dir(target.unit_path.parent, 0o755)
+        target.unit_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         state.write_atomic(target.unit_path, unit.encode(), mode=0o644)
         done.append(f"wrote {target.unit_path}")
         changed = existed
@@ -146,7 +146,7 @@ def _write_config(target: Target, given: Mapping[str, str | int], user: str | No
     text = unit_files.render_config(settings)
     # Validate exactly what will be read at start: a bad --user or --notebook-dir fails now.
     config.parse_text(text, target.config_path)
-    state.ensure_dir(target.config_path.parent, 0o755)
+    target.config_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     state.write_atomic(target.config_path, text.encode(), mode=0o644)
     return [f"wrote {target.config_path}"]
 
@@ -182,7 +182,7 @@ def _notebook_drop_in(target: Target) -> list[str]:
         return []
     if path.exists() and path.read_text() == text:
         return [f"{path} is up to date"]
-    state.ensure_dir(path.parent, 0o755)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # an existing one keeps its mode
     state.write_atomic(path, text.encode(), mode=0o644)
     return [f"wrote {path} (makes {notebooks} writable for the service)"]
 

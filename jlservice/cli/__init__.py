@@ -51,7 +51,8 @@ def _fail(message: str, status: int) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     config_help = (
-        "configuration file (default: $JLSERVICE_CONFIG, else "
+        "configuration file (default: $JLSERVICE_CONFIG, else for a user other than root "
+        "~/.config/jlservice/jlservice.toml if it exists, else "
         f"{config.DEFAULT_PATH} if it exists, else built-in defaults)"
     )
     # --config is accepted before and after the command; the sub-command's copy must not
