@@ -69,7 +69,8 @@ def point_config_at(
     if path is not None:
         try:
             edit.set_keys(path, section, values)
-            print(f"{path}: [{section}] now points at them")
+            keys = ", ".join(f"{k} = {v}" for k, v in values.items())
+            print(f"{path}: [{section}] {keys}")
             return
         except OSError as exc:
             why = f"cannot write {path} ({exc.strerror})"
