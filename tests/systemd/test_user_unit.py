@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
 from sandbox import JLSERVICE, Sandbox
-from support import LabClient, free_port
+from support import LabClient, free_port, wait_for
 
 
 def test_user_unit_runs_jupyterlab_for_its_user_without_root(sandbox: Sandbox, other_user) -> None:
@@ -34,7 +35,17 @@ def test_user_unit_runs_jupyterlab_for_its_user_without_root(sandbox: Sandbox, o
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
 
+    # ExecReload only sends SIGHUP; the unit is "reloading" from jlservice's RELOADING=1 until
+    # its READY=1, so wait for the reload it reports rather than for the kill to return.
     session.systemctl("reload", "jlservice")
-    assert session.systemctl("is-active", "jlservice").stdout.strip() == "active"
+    wait_for(
+        lambda: (
+            session.systemctl("is-active", "jlservice", check=False).stdout.strip() == "active"
+            and json.loads(state.read_text()).get("last_reload", {}).get("source") == "SIGHUP"
+        ),
+        30,
+        "the SIGHUP reload to finish",
+    )
+    assert json.loads(state.read_text())["last_reload"]["result"] == "unchanged"
     session.systemctl("stop", "jlservice")
     assert session.systemctl("is-active", "jlservice", check=False).stdout.strip() == "inactive"
