@@ -76,6 +76,7 @@ class Lab:
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         self.warnings: list[str] = []
+        self.extra_config = ""  # more TOML after the sections below, e.g. [restart]
         self._count = 0
         self._write_config()
 
@@ -97,7 +98,7 @@ class Lab:
             f"state_dir = {json.dumps(str(self.state_dir))}\n"
             f"runtime_dir = {json.dumps(str(self.runtime_dir))}\n"
             "[log]\n"
-            'format = "json"\n'
+            'format = "json"\n' + self.extra_config
         )
 
     def add_stubborn_kernelspec(self) -> str:

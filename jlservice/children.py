@@ -46,6 +46,9 @@ class ExitStatus:
 class Reaper:
     def __init__(self) -> None:
         self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
+        # Exits nobody watched yet, since forget_recent(): a warm-started JupyterLab becomes
+        # our child before the warm parent has told us its pid, and may exit that soon.
+        self._recent: dict[int, ExitStatus] = {}
         self._changed = asyncio.Event()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -53,10 +56,21 @@ class Reaper:
         self.reap()  # children that exited before the handler existed
 
     def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
-        """A future resolved with `pid`'s exit status. Call right after starting `pid`."""
+        """A future resolved with `pid`'s exit status. Call right after starting `pid`, or
+        after forget_recent() for a process started by someone else that is now our child."""
         future = asyncio.get_running_loop().create_future()
-        self._watched[pid] = future
+        if (status := self._recent.pop(pid, None)) is not None:
+            future.set_result(status)
+        else:
+            self._watched[pid] = future
         return future
+
+    def forget_recent(self) -> None:
+        self._recent.clear()
+
+    def reaped(self, pid: int) -> bool:
+        """Whether `pid` exited as our child, unwatched, since forget_recent()."""
+        return pid in self._recent
 
     def reap(self) -> None:
         while True:
@@ -66,11 +80,14 @@ class Reaper:
                 break
             if pid == 0:
                 break
+            exit_status = ExitStatus.from_wait_status(pid, status)
             future = self._watched.pop(pid, None)
             if future is not None and not future.done():
-                future.set_result(ExitStatus.from_wait_status(pid, status))
+                future.set_result(exit_status)
             else:
                 logger.debug("orphan_reaped", pid=pid)
+                if len(self._recent) < 1024:  # orphans of a sweep, until the next forget
+                    self._recent[pid] = exit_status
         self._changed.set()
 
     async def wait_change(self, timeout: float) -> None:
@@ -80,12 +97,19 @@ class Reaper:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
 
-def descendants() -> list[psutil.Process]:
-    """Every process below the supervisor (orphans of a dead JupyterLab included)."""
+def descendants(spare: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every process below the supervisor (orphans of a dead JupyterLab included), except
+    the processes in `spare` and theirs."""
     try:
-        return psutil.Process().children(recursive=True)
+        procs = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
+    spared = set(spare)
+    for proc in procs:  # parents come before their children
+        with contextlib.suppress(psutil.Error):
+            if proc.ppid() in spared:
+                spared.add(proc.pid)
+    return [p for p in procs if p.pid not in spared]
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -105,13 +129,15 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             pass
 
 
-async def sweep(reaper: Reaper, grace: float) -> int:
-    """End every leftover descendant: SIGTERM, then SIGKILL after `grace` seconds.
+async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
+    """End every leftover descendant but `spare` (the warm parent): SIGTERM, then SIGKILL
+    after `grace` seconds.
 
     Returns how many processes were found. New descendants that appear meanwhile (a kernel
     forking while dying) are caught on the next pass.
     """
-    procs = descendants()
+    spare = set(spare)
+    procs = descendants(spare)
     if not procs:
         return 0
     for proc in procs:
@@ -120,7 +146,7 @@ async def sweep(reaper: Reaper, grace: float) -> int:
     deadline = time.monotonic() + grace
     killed = False
     while True:
-        live = [p for p in descendants() if _alive(p)]
+        live = [p for p in descendants(spare) if _alive(p)]
         if not live:
             break
         left = deadline - time.monotonic()

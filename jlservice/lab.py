@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
+from typing import BinaryIO
 
 from jlservice import children, health, launcher, log, state
 from jlservice.config import HealthConfig
@@ -30,12 +30,13 @@ class Lab:
         exited: asyncio.Future[children.ExitStatus],
         start_timer: asyncio.TimerHandle,
         ready_probe: asyncio.Task[None],
+        started: float | None,
     ) -> None:
         self.pid = pid
         self.output = output
         self.exited = exited
-        # The process may have been started a moment before it was adopted (run.py).
-        self.started = state.process_start_time(pid) or time.time()
+        # run.py's early start: /proc has it (btime is whole seconds: up to 1 s off).
+        self.started = started or state.process_start_time(pid) or time.time()
         self.ready_at: float | None = None
         self.stop_reason: str | None = None
         self.answering = True  # the last health probe succeeded
@@ -45,27 +46,31 @@ class Lab:
     @classmethod
     async def adopt(
         cls,
-        popen: subprocess.Popen[bytes],
+        pid: int,
+        stdout: BinaryIO,
         launch: launcher.Launch,
         reaper: children.Reaper,
         post: Callable[[Event], None],
         start_timeout: float,
+        started: float | None = None,
     ) -> Lab:
-        """Take charge of a JupyterLab just started by launcher.start, and wait for it."""
+        """Take charge of a JupyterLab just started (cold or warm), and wait for it.
+
+        `stdout`: the read end of its output pipe, which the Lab owns from now on;
+        `started`: time.time() just before it was started, if known.
+        """
         loop = asyncio.get_running_loop()
-        pid = popen.pid
         exited = reaper.watch(pid)
         exited.add_done_callback(lambda f: post(ChildExited(pid, f.result())))
         printed = asyncio.Event()
-        _, output = await loop.connect_read_pipe(lambda: LabOutput(pid, printed.set), popen.stdout)
-        popen.stdout = None  # the pipe belongs to the protocol's transport now
-        popen.returncode = 0  # reaped by the Reaper; keeps Popen from waiting on a reused pid
+        _, output = await loop.connect_read_pipe(lambda: LabOutput(pid, printed.set), stdout)
         return cls(
             pid,
             output,
             exited,
             start_timer=loop.call_later(start_timeout, post, StartTimedOut(pid)),
             ready_probe=loop.create_task(health.wait_ready(pid, launch.api_url, printed, post)),
+            started=started,
         )
 
     @property

@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from jlservice import notify, probe, state, users
 from jlservice.config import Config, OptionValue
@@ -310,6 +311,12 @@ def start(
     Raises CannotStartNow (worth retrying) or LaunchError (a configuration problem).
     Synchronous and light, so that `jlservice run` can call it before its heavier imports.
     """
+    prepare(launch, runtime_dir, token, cookie_secret)
+    return spawn(launch)
+
+
+def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
+    """What every start needs first, cold or warm: a free address and the secrets in place."""
     problem = check_port(launch.ip, launch.port)
     if problem:
         raise CannotStartNow(problem)
@@ -317,7 +324,6 @@ def start(
         prepare_private_dir(launch, runtime_dir, token, cookie_secret)
     except OSError as exc:
         raise CannotStartNow(f"cannot prepare {launch.private_dir}: {exc.strerror}") from None
-    return spawn(launch)
 
 
 def spawn(launch: Launch) -> subprocess.Popen[bytes]:
@@ -355,3 +361,13 @@ def spawn(launch: Launch) -> subprocess.Popen[bytes]:
         raise CannotStartNow(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
     except ValueError as exc:  # e.g. an embedded NUL that validation let through
         raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None
+
+
+def detach(popen: subprocess.Popen[bytes]) -> tuple[int, BinaryIO]:
+    """JupyterLab's pid and output pipe, which the supervisor owns from now on: its Reaper
+    reaps the process, so Popen must never wait on a pid that may be reused."""
+    stdout = popen.stdout
+    assert stdout is not None
+    popen.stdout = None
+    popen.returncode = 0
+    return popen.pid, stdout

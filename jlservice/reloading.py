@@ -107,6 +107,8 @@ class Reloading:
         self._watch_config(asyncio.get_running_loop())
         if self.exporter is not None:
             self.exporter.apply(new.metrics)
+        if (self.lab is not None and self.lab.ready) or not new.restart.warm:
+            self._keep_warm()  # [restart] warm turned on or off
         self._warn_risks()
 
     async def _restart_with(self, launch: launcher.Launch) -> None:

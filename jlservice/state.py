@@ -57,6 +57,11 @@ class LastReload(NamedTuple):
     result: str  # applied, unchanged, rejected, pending
 
 
+class WarmParent(NamedTuple):
+    pid: int
+    ready: bool  # False while it imports
+
+
 class State(NamedTuple):
     token: str
     url: str
@@ -80,6 +85,8 @@ class State(NamedTuple):
     last_reload: LastReload | None = None
     scheme: str = "http"
     token_login: bool = True  # False: [auth] token = false, password login only
+    warm_parent: WarmParent | None = None
+    started_warm: bool = False  # the running JupyterLab was forked by the warm parent
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -97,6 +104,8 @@ class State(NamedTuple):
             data["last_exit"] = LastExit(**data["last_exit"])
         if data.get("last_reload") is not None:
             data["last_reload"] = LastReload(**data["last_reload"])
+        if data.get("warm_parent") is not None:
+            data["warm_parent"] = WarmParent(**data["warm_parent"])
         known = set(cls._fields)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -240,3 +249,12 @@ def process_start_time(pid: int) -> float | None:
     except (OSError, IndexError, StopIteration, ValueError):
         return None
     return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of `pid`, from /proc (readable for any process; no psutil import)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None

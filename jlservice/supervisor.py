@@ -12,6 +12,7 @@ are handled by the jlservice.reloading mixin.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -38,6 +39,8 @@ from jlservice.metrics.exporter import Exporter
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.notify import Notifier
 from jlservice.reloading import Reloading
+from jlservice.warm.keeper import Keeper
+from jlservice.warming import Warming
 
 logger = log.get("jlservice.supervisor")
 
@@ -66,7 +69,7 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
     return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
 
 
-class Supervisor(Reloading):
+class Supervisor(Reloading, Warming):
     def __init__(
         self,
         config: Config,
@@ -85,6 +88,7 @@ class Supervisor(Reloading):
         self._started = started
         self._early_signals = early_signals or []
         self.reaper = children.Reaper()
+        self.keeper = Keeper(self.reaper, self._warm_changed)
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.lab: Lab | None = None
         self.failures = 0
@@ -128,9 +132,10 @@ class Supervisor(Reloading):
         except Exception:
             # A bug must not leave JupyterLab's kernels (and their GPU memory) behind.
             logger.exception("supervisor_failed")
+            self.keeper.close()
             if self.lab is not None:
                 await self.lab.stop("supervisor_failed", self.config.restart.stop_timeout)
-            await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
+            await self._sweep()
             return 1
         finally:
             if self.exporter is not None:
@@ -226,9 +231,11 @@ class Supervisor(Reloading):
         try:
             if isinstance(started, Exception):
                 raise started
-            popen = started or launcher.start(
-                self.launch, self.config.service.runtime_dir, self.token, self.cookie_secret
-            )
+            began = None if started is not None else time.time()
+            if started is not None:
+                pid, stdout, warm = (*launcher.detach(started), False)
+            else:
+                pid, stdout, warm = await self._spawn_lab()
         except (launcher.CannotStartNow, launcher.LaunchError) as exc:
             logger.error("lab_start_failed", problem=str(exc))
             if isinstance(exc, launcher.CannotStartNow):
@@ -239,25 +246,34 @@ class Supervisor(Reloading):
             self.exit_code = EX_CONFIG
             return
         self.lab = await Lab.adopt(
-            popen, self.launch, self.reaper, self.post, self.config.restart.start_timeout
+            pid,
+            stdout,
+            self.launch,
+            self.reaper,
+            self.post,
+            self.config.restart.start_timeout,
+            started=began,
         )
-        pid = self.lab.pid
         self._save(
             status=state.STARTING,
             lab_pid=pid,
             started_at=time.time(),
             ready_at=None,
             token=self.token,
+            started_warm=warm,
         )
         self.notifier.status(
             f"Starting JupyterLab on {self.launch.url} as {self.launch.account.name}"
         )
-        logger.info("lab_starting", pid=pid, user=self.launch.account.name, port=self.launch.port)
+        logger.info(
+            "lab_starting", pid=pid, user=self.launch.account.name, port=self.launch.port, warm=warm
+        )
 
     def _on_ready(self) -> None:
         lab = self.lab
         assert lab is not None
         ready_s = lab.mark_ready(self.launch.api_url, lambda: self.config.health, self.post)
+        self._keep_warm()  # only now: its imports must not slow the start down
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
         endpoint = Endpoint(self.launch.api_url, self.token, lab.pid)
         self.figures.lab_ready(endpoint, lab.started, ready_s, lambda: lab.answering)
@@ -266,6 +282,9 @@ class Supervisor(Reloading):
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
+        # The previous JupyterLab's Lab, probes and transports are cyclic garbage: free it
+        # now, off the start's path, rather than let a service that restarts often grow.
+        gc.collect()
 
     def _warn_risks(self) -> None:
         """Log what is allowed but risky: a wildcard allow_origin, an expiring certificate."""
@@ -322,7 +341,7 @@ class Supervisor(Reloading):
         (logger.info if lab.stop_reason else logger.error)(
             "lab_exited", pid=lab.pid, status=status.describe(), reason=reason
         )
-        swept = await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
+        swept = await self._sweep()
         if swept:
             logger.info("leftovers_ended", count=swept)
         last_words = await lab.drain_output()
@@ -375,12 +394,19 @@ class Supervisor(Reloading):
         self._drop_pending()
         logger.info("supervisor_stopping", signal=signame)
         self.notifier.stopping("Stopping JupyterLab")
+        self.keeper.close()
         self._save(status=state.STOPPING)
         if self.lab is not None:
             await self._stop_lab("stop")  # its ChildExited event finishes the stop
         else:
-            await children.sweep(self.reaper, grace=self.config.restart.stop_timeout)
+            await self._sweep()
             self._finish()
+
+    async def _sweep(self) -> int:
+        """End what JupyterLab left behind; the warm parent is not a leftover."""
+        return await children.sweep(
+            self.reaper, grace=self.config.restart.stop_timeout, spare=self.keeper.spare()
+        )
 
     def _finish(self) -> None:
         self._save(status=state.STOPPED, lab_pid=None, reload_pending=None)

@@ -13,8 +13,20 @@ from support import IS_ROOT, NotifySocket, Service
 from jlservice import users
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "warm" in metafunc.fixturenames and metafunc.definition.get_closest_marker("warm_and_cold"):
+        metafunc.parametrize("warm", [True, False], ids=["warm", "cold"], indirect=True)
+
+
 @pytest.fixture
-def service_factory(tmp_path: Path) -> Iterator:
+def warm(request) -> bool | None:
+    """[restart] warm for a test's services: support.WARM_AND_COLD runs a suite both ways; elsewhere
+    None (the default, warm on, without waiting for the warm parent)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path, warm: bool | None) -> Iterator:
     """Make Service objects; every one of them is cleaned up after the test."""
     made: list[Service] = []
 
@@ -22,7 +34,9 @@ def service_factory(tmp_path: Path) -> Iterator:
         root = tmp_path / subdir
         root.mkdir()
         root.chmod(0o755)
-        svc = Service(root, **sections)
+        if warm is not None:
+            sections["restart"] = {"warm": warm, **sections.get("restart", {})}
+        svc = Service(root, wait_warm=warm is True, **sections)
         made.append(svc)
         return svc
 

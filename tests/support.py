@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import requests
 import websocket
 
 PYTHON = sys.executable
 IS_ROOT = os.geteuid() == 0
+# The core and reload suites run twice, JupyterLab restarted from the warm parent and cold:
+# every test of theirs that starts a service (conftest.pytest_generate_tests).
+WARM_AND_COLD = pytest.mark.warm_and_cold
 
 
 def free_port() -> int:
@@ -76,8 +80,11 @@ def render_toml(sections: dict[str, dict[str, Any]]) -> str:
 class Service:
     """One jlservice supervisor under test, with its own config, dirs and port."""
 
-    def __init__(self, tmp_path: Path, **sections: dict[str, Any]) -> None:
+    def __init__(self, tmp_path: Path, wait_warm: bool = False, **sections: dict[str, Any]) -> None:
+        """`wait_warm`: being ready includes a warm parent ready to fork the next start, so
+        that the restarts a test causes are warm ones."""
         self.root = tmp_path
+        self.wait_warm = wait_warm
         self.port = free_port()
         self.notebooks = tmp_path / "notebooks"
         self.notebooks.mkdir(exist_ok=True)
@@ -157,7 +164,12 @@ class Service:
                     f"jlservice exited with {self.proc.returncode}:\n" + self.log_text()[-3000:]
                 )
             s = self.state()
-            if s.get("status") == "ready" and s.get("lab_pid") not in (None, not_pid):
+            warm_ready = (s.get("warm_parent") or {}).get("ready") or not self.wait_warm
+            if (
+                s.get("status") == "ready"
+                and s.get("lab_pid") not in (None, not_pid)
+                and warm_ready
+            ):
                 return s
             return None
 

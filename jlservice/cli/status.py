@@ -30,6 +30,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         report = json.loads(masked.to_json())
         report["running"] = running
+        if running and current.warm_parent:
+            report["warm_parent"]["rss_bytes"] = state.rss_bytes(current.warm_parent.pid)
         report["login_url"] = state.login_url(masked)
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -58,6 +60,8 @@ def _describe(s: state.State, running: bool) -> str:
         f"config:      {s.config_path or 'built-in defaults'}",
         f"restarts:    {s.restarts}",
     ]
+    if running and s.warm_parent:
+        lines.append(f"warm parent: {_warm_parent(s.warm_parent)}")
     if s.last_exit:
         e = s.last_exit
         what = f"killed by signal {e.signal}" if e.signal else f"exit status {e.code}"
@@ -70,6 +74,13 @@ def _describe(s: state.State, running: bool) -> str:
     if running and s.reload_pending:
         lines.append(f"reload:      pending, {s.reload_pending}")
     return "\n".join(lines)
+
+
+def _warm_parent(warm: state.WarmParent) -> str:
+    rss = state.rss_bytes(warm.pid)
+    memory = f", {rss / 2**20:.0f} MiB resident" if rss is not None else ""
+    what = "ready" if warm.ready else "importing JupyterLab"
+    return f"{what} (pid {warm.pid}{memory})"
 
 
 def _duration(seconds: float) -> str:

@@ -56,6 +56,7 @@ class RestartConfig:
     max_failures: int = 5
     start_timeout: float = 120.0
     stop_timeout: float = 20.0
+    warm: bool = True
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def parse_restart(r: Reader, t: Mapping[str, Any]) -> RestartConfig:
         max_failures=r.count(t, "restart", "max_failures", d.max_failures),
         start_timeout=r.seconds(t, "restart", "start_timeout", d.start_timeout, minimum=1),
         stop_timeout=r.seconds(t, "restart", "stop_timeout", d.stop_timeout, minimum=0.1),
+        warm=r.get(t, "restart", "warm", bool, d.warm),
     )
     if c.max_delay < c.initial_delay:
         r.fail("restart", "max_delay", f"{c.max_delay} is below initial_delay {c.initial_delay}")

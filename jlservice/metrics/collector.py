@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from jlservice import state
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import Sampler, Snapshot
 from jlservice.metrics.view import SupervisorView
@@ -84,12 +85,25 @@ class Collector:
                 "When the TLS certificate JupyterLab serves expires (Unix time)",
                 value=view.tls_cert_expiry,
             )
+        if view.warm_parent is not None:
+            pid, ready = view.warm_parent
+            yield GaugeMetricFamily(
+                "jlservice_warm_parent_ready",
+                "1 while a warm parent can fork the next JupyterLab, 0 while it imports",
+                value=ready,
+            )
+            if (rss := state.rss_bytes(pid)) is not None:
+                yield GaugeMetricFamily(
+                    "jlservice_warm_parent_resident_memory_bytes",
+                    "Resident memory of the warm parent (what warm restarts cost)",
+                    value=rss,
+                )
         if view.up and snap.kernel_states is not None:
             states = GaugeMetricFamily(
                 "jlservice_kernels", "Kernels of JupyterLab, by state", labels=["state"]
             )
-            for state, count in sorted(snap.kernel_states.items()):
-                states.add_metric([state], count)
+            for kernel_state, count in sorted(snap.kernel_states.items()):
+                states.add_metric([kernel_state], count)
             yield states
 
     def _gpus(self) -> Iterator[Metric]:

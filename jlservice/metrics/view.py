@@ -34,6 +34,7 @@ class SupervisorView:
         self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self.config_error = False
         self.tls_cert_expiry: float | None = None  # Unix time; None without [tls]
+        self.warm_parent: tuple[int, bool] | None = None  # (pid, ready)
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server
 
     @property

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import psutil
 import requests
-from support import IS_ROOT, files_exposing, pid_alive, wait_for
+from support import IS_ROOT, WARM_AND_COLD, files_exposing, pid_alive, wait_for
+
+pytestmark = WARM_AND_COLD
 
 
 def test_token_logs_in_and_state_file_is_private(service):

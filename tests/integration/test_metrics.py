@@ -42,6 +42,7 @@ def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
     assert 0 < value(s, "jlservice_ready_duration_seconds") < 60
     assert not any(name.startswith("jlservice_gpu_") for name, _ in s)  # gpu = false
 
+    killed = time.time()
     os.kill(first, signal.SIGKILL)
     svc.wait_ready(not_pid=first)
     s = wait_scrape(
@@ -52,9 +53,7 @@ def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
         ),
         "a crash counted and JupyterLab up again",
     )
-    assert value(s, "jlservice_start_time_seconds") == pytest.approx(
-        psutil.Process(svc.lab_pid).create_time(), abs=0.05
-    )
+    assert killed < value(s, "jlservice_start_time_seconds") < time.time()
 
     svc.write_config(render_toml({**svc.sections, "metrics": {"listen": 42}}))
     done = svc.cli("reload")

@@ -7,6 +7,10 @@ import os
 import signal
 import time
 
+from support import WARM_AND_COLD
+
+pytestmark = WARM_AND_COLD
+
 
 def test_ready_status_watchdog_and_stopping(service, notify_socket):
     service.start(wait=False, env={"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"})

@@ -10,7 +10,9 @@ import time
 
 import pytest
 import requests
-from support import free_port, pid_alive, render_toml, wait_for
+from support import WARM_AND_COLD, free_port, pid_alive, render_toml, wait_for
+
+pytestmark = WARM_AND_COLD
 
 
 def _events(svc, name):

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import IS_ROOT
+from support import IS_ROOT, WARM_AND_COLD
 
 from jlservice import users
 
-pytestmark = pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+pytestmark = [
+    pytest.mark.skipif(not IS_ROOT, reason="switching users needs root"),
+    WARM_AND_COLD,
+]
 
 
 @pytest.fixture

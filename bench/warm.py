@@ -1,0 +1,255 @@
+"""Warm-restart benchmark: how fast JupyterLab is back from the warm parent, and its cost.
+
+    /opt/jlsvenv/bin/python bench/warm.py [--runs 10] [--json PATH]
+
+Two `jlservice run` side by side on their own ports, one with [restart] warm = true and one
+with warm = false, and a plain `jupyter-lab` cold start as the baseline, interleaved in every
+run (after an untimed warm-up of each):
+
+1. kill -9 JupyterLab -> GET /api answering 200 again, warm and cold; goal for warm: median
+   <= 0.15 x the plain cold start. [restart] reset_after = 0, so every crash restarts at once.
+2. a saved config with a new [lab] port -> the new port answering, warm and cold; goal for
+   warm: median <= 0.3 x the plain cold start (debounce and the old server's shutdown
+   included).
+3. the warm parent's resident and unique memory (RSS, USS) after each run.
+
+Every start jlservice made warm is checked in state.json (started_warm); one that fell
+back to cold is reported as a warning. Every process started is ended by PID. Exit status 1
+when something fails to start or answer, 3 with --strict when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ is a directory of scripts, not a package: its helpers are imported from beside it
+from _common import BenchError, Processes, exited, free_port, wait_for
+from _lab import Lab
+from _report import Metric, announce, finish
+from reload import Service
+
+KILL_GOAL = 0.15  # warm kill -9 -> answering, as a ratio to a plain cold start
+PORT_GOAL = 0.3  # warm port change -> new port answering, as a ratio
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def restart_section(warm: bool) -> str:
+    return f"[restart]\nwarm = {'true' if warm else 'false'}\nreset_after = 0\n"
+
+
+class Mode:
+    """One supervisor, warm or cold, and its samples."""
+
+    def __init__(self, work: Path, procs: Processes, args: argparse.Namespace, warm: bool):
+        self.warm = warm
+        self.name = "warm" if warm else "cold"
+        self.lab = Lab(
+            work / self.name,
+            procs,
+            Path(args.bin_dir),
+            args.poll_ms / 1000,
+            args.start_timeout,
+            args.bytecode == "cached",
+            config_dir=work / self.name / "config",
+        )
+        self.lab.extra_config = restart_section(warm)
+        self.lab.config.write_text(self.lab.config_text())
+        self.settle = args.settle
+        self.service: Service | None = None
+        self.kill_s: list[float] = []
+        self.port_s: list[float] = []
+        self.fell_back = 0
+
+    def start(self, avoid: set[int]) -> None:
+        self.service = Service(self.lab, self.settle)
+        self.service.avoid |= avoid
+        self.wait_warm_parent()
+
+    def wait_warm_parent(self) -> dict[str, Any] | None:
+        if not self.warm:
+            return None
+        return wait_for(
+            lambda: (
+                (self.lab.state().get("warm_parent") or {}).get("ready")
+                and self.lab.state()["warm_parent"]
+            ),
+            120.0,
+            "the warm parent to be ready",
+            interval=0.05,
+        )
+
+    def check(self, what: str) -> None:
+        started_warm = self.lab.state().get("started_warm")
+        if started_warm != self.warm:
+            self.fell_back += 1
+            self.lab.warnings.append(f"{self.name} {what}: started_warm = {started_warm}")
+
+    def kill(self) -> float:
+        service = self.service
+        assert service is not None
+        old = service.state["lab_pid"]
+        kill = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: exited(old), 5.0, f"pid {old} to exit", interval=0.0002)
+        answered = self.lab.wait_api(service.proc, service.log, f"{self.name} after kill -9")
+        service.state = self.lab.wait_state_ready(service.proc, service.log, not_pid=old)
+        self.lab.procs.adopt(service.state["lab_pid"])
+        self.check("kill -9")
+        self.wait_warm_parent()
+        time.sleep(self.settle)
+        return answered - kill
+
+    def change_port(self) -> float:
+        assert self.service is not None
+        seconds = self.service.change_port()["api_s"]
+        self.check("port change")
+        self.wait_warm_parent()
+        return seconds
+
+    def stop(self) -> None:
+        if self.service is not None and self.service.proc.poll() is None:
+            self.service.stop()
+
+
+def measure(work: Path, procs: Processes, args: argparse.Namespace):
+    plain_lab = Lab(
+        work / "plain",
+        procs,
+        Path(args.bin_dir),
+        args.poll_ms / 1000,
+        args.start_timeout,
+        args.bytecode == "cached",
+    )
+    plain_port = free_port()
+    warm, cold = Mode(work, procs, args, True), Mode(work, procs, args, False)
+    plain: list[float] = []
+    rss: list[float] = []
+    uss: list[float] = []
+    try:
+        say("starting both supervisors; warm-up (plain start, a kill and a port change each)")
+        for mode in (warm, cold):
+            mode.start({plain_port, warm.lab.port, cold.lab.port})
+        plain_lab.plain_start(plain_port)
+        for mode in (warm, cold):
+            mode.kill()
+            mode.change_port()
+        warm.fell_back = cold.fell_back = 0
+        del warm.lab.warnings[:], cold.lab.warnings[:]
+        for i in range(args.runs):
+            plain.append(plain_lab.plain_start(plain_port))
+            for mode in (warm, cold):
+                mode.kill_s.append(mode.kill())
+                mode.port_s.append(mode.change_port())
+            parent = psutil.Process(warm.lab.state()["warm_parent"]["pid"])
+            memory = parent.memory_full_info()
+            rss.append(memory.rss / 2**20)
+            uss.append(memory.uss / 2**20)
+            say(
+                f"  run {i + 1}/{args.runs}: plain {plain[-1]:.3f} s; kill -9 -> answering: "
+                f"warm {warm.kill_s[-1]:.3f} s, cold {cold.kill_s[-1]:.3f} s; port change: "
+                f"warm {warm.port_s[-1]:.3f} s, cold {cold.port_s[-1]:.3f} s; warm parent "
+                f"{rss[-1]:.1f} MiB RSS"
+            )
+    finally:
+        for mode in (warm, cold):
+            mode.stop()
+    warnings = [*plain_lab.warnings, *warm.lab.warnings, *cold.lab.warnings]
+    base = "plain cold start"
+    metrics = [
+        Metric("cold start: plain jupyter-lab", "s", plain, note="spawn -> first 200 on /api"),
+        Metric(
+            "kill -9 -> /api 200: warm",
+            "s",
+            warm.kill_s,
+            base,
+            plain,
+            KILL_GOAL,
+            note=f"forked by the warm parent; fell back to cold: {warm.fell_back}",
+        ),
+        Metric("kill -9 -> /api 200: cold", "s", cold.kill_s, base, plain, note="warm = false"),
+        Metric(
+            "port change -> new port 200: warm",
+            "s",
+            warm.port_s,
+            base,
+            plain,
+            PORT_GOAL,
+            note="rename of the config -> first 200 on the new port (debounce 0.2 s and the "
+            "old server's shutdown included)",
+        ),
+        Metric(
+            "port change -> new port 200: cold", "s", cold.port_s, base, plain, note="warm = false"
+        ),
+        Metric("warm parent RSS", "MiB", rss, note="resident memory after each run"),
+        Metric("warm parent USS", "MiB", uss, note="memory only it holds (not shared)"),
+    ]
+    raw = {"plain_s": plain, "warm": vars_of(warm), "cold": vars_of(cold)}
+    return metrics, warnings, raw
+
+
+def vars_of(mode: Mode) -> dict[str, Any]:
+    return {"kill_s": mode.kill_s, "port_s": mode.port_s, "fell_back": mode.fell_back}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=10, help="runs per figure (default 10)")
+    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
+    p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
+    p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
+    p.add_argument(
+        "--bytecode",
+        choices=("cached", "env"),
+        default="cached",
+        help="cached (default): children compile .pyc once into a private cache, as an "
+        "installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
+    )
+    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be positive")
+    if not 0 < args.poll_ms <= 10:
+        p.error("--poll-ms must be above 0 and at most 10")
+    for tool in ("jlservice", "jupyter-lab", "python"):
+        if not (Path(args.bin_dir) / tool).exists():
+            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _common import session
+
+    args = parse_args(argv)
+    began = time.time()
+    with session("bench/warm.py", args.keep) as (procs, work):
+        try:
+            bin_python = str(Path(args.bin_dir) / "python")
+            machine = announce("jlservice warm-restart benchmark", bin_python, {}, args.runs)
+            metrics, warnings, raw = measure(work, procs, args)
+        except (BenchError, subprocess.TimeoutExpired) as exc:
+            print(f"\nbench/warm.py: FAILED: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\nbench/warm.py: interrupted", file=sys.stderr)
+            return 130
+    return finish("bench/warm.py", began, metrics, warnings, args, {"machine": machine, **raw})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""The supervisor's side of warm restarts: keep one warm parent ready, ask it to fork.
+
+A warm parent is made in the background (after JupyterLab is ready, so that its imports
+never compete with a start) and replaced when what it baked in changes: the recipe (command,
+interpreter, user, environment) or the files under its watched paths (installed packages,
+Jupyter config and extensions), or when it dies. Whenever it cannot serve a start — missing,
+still importing, stale, broken, or the command does not qualify — `fork` says why and the
+supervisor starts JupyterLab cold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from importlib import resources
+
+from jlservice import children, launcher, log, state
+from jlservice.warm.recipe import Recipe, for_launch
+
+logger = log.get("jlservice.warm")
+
+HELLO_TIMEOUT_S = 120.0  # imports on a loaded machine; a cold start is never waiting on it
+FORK_TIMEOUT_S = 5.0
+STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
+MAX_MESSAGE = 1 << 16
+BOOTSTRAP = "import sys;exec(compile(sys.stdin.read(),'jlservice-warm-parent','exec'))"
+_PROGRAM = resources.files("jlservice.warm").joinpath("parent.py")
+
+
+def fingerprint(paths: list[str]) -> tuple[object, ...]:
+    """Each path's identity and mtime, and those of a directory's entries: an install, an
+    upgrade or an edited config file changes it."""
+    marks: list[object] = []
+    for path in paths:
+        marks.append((path, _mark(path)))
+        with contextlib.suppress(OSError), os.scandir(path) as entries:
+            marks.extend((e.path, _mark(e.path)) for e in entries)
+    return tuple(marks)
+
+
+def _mark(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _forked_by(
+    pid: object, parent: WarmParent, launch: launcher.Launch, reaper: children.Reaper
+) -> bool:
+    """Whether `pid` is the server `parent` just forked: it runs as the lab user and is our
+    child, or still its intermediate's. The warm parent runs as that user, so what it says
+    is checked before root signals or waits for the pid."""
+    import psutil
+
+    if not isinstance(pid, int):
+        return False
+    try:
+        server = psutil.Process(pid)
+        if server.uids().real != launch.account.uid:
+            return False
+        ppid = server.ppid()
+        return ppid == os.getpid() or psutil.Process(ppid).ppid() == parent.pid
+    except psutil.Error:
+        return reaper.reaped(pid)  # gone already: ours if it exited as our child
+
+
+class WarmParent:
+    """One warm parent process and the socket it takes requests on."""
+
+    def __init__(self, recipe: Recipe, pid: int, sock: socket.socket) -> None:
+        self.recipe = recipe
+        self.pid = pid
+        self.sock = sock
+        self.spawned = time.monotonic()
+        self.ready = False
+        self.paths: list[str] = []
+        self.fingerprint: tuple[object, ...] = ()
+        self._reply: asyncio.Future[bytes] | None = None
+
+    @classmethod
+    def spawn(cls, recipe: Recipe) -> WarmParent:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        spec = {
+            "socket": theirs.fileno(),
+            "supervisor": os.getpid(),
+            "interpreter": recipe.interpreter,
+            "script": recipe.script,
+            "argv0": recipe.script or "-m",
+            "path0": recipe.path0,
+            "preload": list(recipe.preload),
+        }
+        kwargs: dict[str, object] = {}
+        if recipe.switch_user:
+            account = recipe.account
+            kwargs.update(user=account.uid, group=account.gid, extra_groups=list(account.groups))
+        try:
+            proc = subprocess.Popen(
+                [recipe.interpreter, "-c", BOOTSTRAP, json.dumps(spec)],
+                env=dict(recipe.env),
+                cwd="/",
+                umask=0o077,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+                **kwargs,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        proc.returncode = 0  # reaped by the supervisor's Reaper, never by Popen
+        assert proc.stdin is not None
+        with proc.stdin, contextlib.suppress(BrokenPipeError):
+            # A few kB: fits in the pipe, so this does not block.
+            proc.stdin.write(_PROGRAM.read_bytes())
+        ours.setblocking(False)
+        return cls(recipe, proc.pid, ours)
+
+    def receive(self) -> asyncio.Future[bytes]:
+        """The next message from the warm parent (b"" once it has gone)."""
+        loop = asyncio.get_running_loop()
+        reply = self._reply = loop.create_future()
+        fd = self.sock.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if reply.done():
+                return
+            try:
+                reply.set_result(self.sock.recv(MAX_MESSAGE))
+            except OSError as exc:
+                reply.set_exception(exc)
+
+        loop.add_reader(fd, readable)
+        reply.add_done_callback(lambda _: self.sock.fileno() >= 0 and loop.remove_reader(fd))
+        return reply
+
+    def end(self) -> None:
+        """Kill it (its exit is reaped by the supervisor) and close our end."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self.sock.close()
+
+
+class Keeper:
+    def __init__(self, reaper: children.Reaper, changed: Callable[[], None]) -> None:
+        """`changed`: called whenever describe() may say something new."""
+        self.reaper = reaper
+        self.parent: WarmParent | None = None
+        self.enabled = False
+        self._changed = changed
+        self._launch: launcher.Launch | None = None
+        self._unavailable: str | None = None  # why the command cannot start warm
+        self._failed: tuple[Recipe, str] | None = None  # not tried again until it changes
+        self._ending: set[int] = set()  # ended parents not reaped yet
+        self._observer = None
+        self._stale_timer: asyncio.TimerHandle | None = None
+
+    # ── what the supervisor calls ───────────────────────────────────────────
+
+    def prepare(self, launch: launcher.Launch, enabled: bool) -> None:
+        """Have a warm parent for `launch` (made in the background), or none if disabled."""
+        self._launch, self.enabled = launch, enabled
+        if not enabled:
+            self._retire("warm restarts turned off")
+            return
+        recipe = for_launch(launch)
+        if isinstance(recipe, str):
+            if recipe != self._unavailable:
+                logger.info("warm_parent_unavailable", reason=recipe)
+            self._unavailable = recipe
+            self._retire(recipe)
+            return
+        self._unavailable = None
+        parent = self.parent
+        if parent is not None and parent.recipe == recipe:
+            if not parent.ready or fingerprint(parent.paths) == parent.fingerprint:
+                return
+            self._retire("packages or Jupyter configuration changed")
+        elif parent is not None:
+            self._retire("configuration changed")
+        if self._failed is not None and self._failed[0] == recipe:
+            return
+        self._failed = None
+        self._spawn(recipe)
+
+    async def fork(self, launch: launcher.Launch, output: int) -> int | None:
+        """Start `launch` from the warm parent with `output` as its stdout and stderr.
+
+        Returns the server's pid, or None (with the reason logged) to start cold.
+        """
+        if not self.enabled:
+            return None
+        parent = self.parent
+        recipe = for_launch(launch)
+        why = self._unusable(parent, recipe)
+        if why is not None:
+            logger.info("lab_start_cold", reason=why)
+            return None
+        assert parent is not None
+        request = {
+            "argv": parent.recipe.args(launch),
+            "module": parent.recipe.module,
+            "cwd": launch.cwd,
+            "umask": launch.umask,
+            "supervisor": os.getpid(),
+        }
+        self.reaper.forget_recent()  # an exit reaped from now on may be the new server's
+        try:
+            socket.send_fds(parent.sock, [json.dumps(request).encode()], [output])
+            reply = json.loads(await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S))
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            problem = str(exc) or f"no answer within {FORK_TIMEOUT_S:g} s"
+            logger.warning("warm_parent_broken", pid=parent.pid, problem=problem)
+            self._retire("broken")  # replaced once JupyterLab is ready
+            logger.info("lab_start_cold", reason=f"warm parent did not answer: {problem}")
+            return None
+        if "error" in reply:  # e.g. the notebook dir is not accessible: a cold start says so
+            logger.info("lab_start_cold", reason=f"warm start failed: {reply['error']}")
+            return None
+        pid = reply.get("pid")
+        if not _forked_by(pid, parent, launch, self.reaper):
+            logger.warning("warm_parent_broken", pid=parent.pid, problem=f"reported pid {pid}")
+            self._retire("broken")
+            logger.info("lab_start_cold", reason="the warm parent reported a foreign pid")
+            return None
+        return pid
+
+    def spare(self) -> set[int]:
+        """Processes a sweep for leftovers must leave alone."""
+        return {self.parent.pid, *self._ending} if self.parent else set(self._ending)
+
+    def describe(self) -> dict[str, object] | None:
+        """For state.json: which warm parent, and whether it can serve a start."""
+        if self.parent is None:
+            return None
+        return {"pid": self.parent.pid, "ready": self.parent.ready}
+
+    def close(self) -> None:
+        self.enabled = False
+        self._retire("stopping")
+
+    # ── inside ──────────────────────────────────────────────────────────────
+
+    def _unusable(self, parent: WarmParent | None, recipe: Recipe | str) -> str | None:
+        if isinstance(recipe, str):
+            return recipe
+        if parent is None:
+            return self._failed[1] if self._failed else "no warm parent yet"
+        if not parent.ready:
+            return "the warm parent is still importing JupyterLab"
+        if parent.recipe != recipe:
+            return "the configuration changed since the warm parent started"
+        if fingerprint(parent.paths) != parent.fingerprint:
+            return "packages or Jupyter configuration changed since the warm parent started"
+        return None
+
+    def _spawn(self, recipe: Recipe) -> None:
+        try:
+            parent = WarmParent.spawn(recipe)
+        except OSError as exc:
+            self._fail(recipe, f"cannot start {recipe.interpreter}: {exc.strerror}")
+            return
+        self.parent = parent
+        self.reaper.watch(parent.pid).add_done_callback(lambda f: self._exited(parent, f.result()))
+        asyncio.get_running_loop().create_task(self._hello(parent))
+        self._changed()
+        logger.debug("warm_parent_starting", pid=parent.pid, preload=list(recipe.preload))
+
+    async def _hello(self, parent: WarmParent) -> None:
+        try:
+            raw = await asyncio.wait_for(parent.receive(), HELLO_TIMEOUT_S)
+            hello = json.loads(raw) if raw else {"error": "exited while importing"}
+        except asyncio.CancelledError:
+            return  # retired meanwhile
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            hello = {"error": str(exc) or f"not ready within {HELLO_TIMEOUT_S:g} s"}
+        if parent is not self.parent:
+            return
+        if "error" in hello:
+            self._fail(parent.recipe, hello["error"])
+            self._retire(hello["error"])
+            return
+        parent.paths = list(hello["paths"])
+        parent.fingerprint = fingerprint(parent.paths)
+        parent.ready = True
+        self._watch(parent.paths)
+        self._changed()
+        logger.info(
+            "warm_parent_ready",
+            pid=parent.pid,
+            import_s=round(time.monotonic() - parent.spawned, 3),
+            rss_mib=round((state.rss_bytes(parent.pid) or 0) / 2**20, 1),
+        )
+
+    def _fail(self, recipe: Recipe, problem: str) -> None:
+        self._failed = (recipe, problem)
+        logger.warning(
+            "warm_parent_failed",
+            problem=problem,
+            effect="JupyterLab starts cold until [lab] changes or jlservice restarts",
+        )
+
+    def _exited(self, parent: WarmParent, status: children.ExitStatus) -> None:
+        self._ending.discard(parent.pid)
+        if parent is not self.parent:
+            return
+        self.parent = None
+        parent.close()  # reaped: its pid may already belong to another process
+        self._unwatch()
+        self._changed()
+        if not parent.ready:
+            if self._failed is None:
+                self._fail(parent.recipe, f"warm parent {status.describe()} while importing")
+            return
+        logger.warning("warm_parent_exited", pid=parent.pid, status=status.describe())
+        if self._launch is not None:
+            self.prepare(self._launch, self.enabled)  # a new one, in the background
+
+    def _retire(self, reason: str) -> None:
+        parent, self.parent = self.parent, None
+        self._unwatch()
+        if parent is not None:
+            logger.info("warm_parent_retired", pid=parent.pid, reason=reason)
+            self._ending.add(parent.pid)
+            parent.end()
+            self._changed()
+
+    # Watching the paths: a change replaces the warm parent before the next start needs it.
+
+    def _watch(self, paths: list[str]) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        loop = asyncio.get_running_loop()
+        keeper = self
+
+        class Changed(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:  # watchdog's thread: hand over, nothing else
+                if event.event_type not in ("opened", "closed_no_write"):
+                    loop.call_soon_threadsafe(keeper._arm_stale_check)
+
+        self._unwatch()
+        observer = Observer()
+        handler = Changed()
+        # Missing directories (no ~/.jupyter yet) are not watched; the fingerprint checked
+        # before each warm start still covers them.
+        directories = {p if os.path.isdir(p) else os.path.dirname(p) for p in paths}
+        for directory in sorted(d for d in directories if os.path.isdir(d)):
+            observer.schedule(handler, directory, recursive=False)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as exc:  # a directory went away meanwhile
+            logger.warning("warm_parent_watch_failed", problem=str(exc))
+            return
+        self._observer = observer
+
+    def _unwatch(self) -> None:
+        if self._stale_timer is not None:
+            self._stale_timer.cancel()
+            self._stale_timer = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+
+    def _arm_stale_check(self) -> None:
+        if self._stale_timer is not None:
+            self._stale_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._stale_timer = loop.call_later(STALE_DEBOUNCE_S, self._stale_check)
+
+    def _stale_check(self) -> None:
+        self._stale_timer = None
+        parent = self.parent
+        if parent is None or not parent.ready or self._launch is None:
+            return
+        if fingerprint(parent.paths) != parent.fingerprint:
+            self._failed = None  # a broken install may just have been fixed
+            self.prepare(self._launch, self.enabled)

@@ -1,0 +1,181 @@
+"""The warm parent: JupyterLab's interpreter, already past its imports, forking servers.
+
+Runs as the JupyterLab user with JupyterLab's exact environment, started by the keeper as
+`PYTHON -c BOOTSTRAP SPEC` with this file's text on stdin, so it needs only the standard
+library and JupyterLab's own packages — not jlservice, which that interpreter may not have.
+
+It imports the heavy modules, starts no thread and no event loop, says hello on its socket,
+then waits. For each request (JSON + the server's output pipe as SCM_RIGHTS) it forks an
+intermediate that applies the launch (session, cwd, umask, output) and forks the server,
+reports the server's pid and exits: the server is then re-parented to the supervisor, a
+child subreaper, which reaps it and its orphans. The warm parent waits for the intermediate
+and is ready for the next request at once. EOF on the socket (the supervisor is gone) ends it.
+"""
+
+import contextlib
+import ctypes
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+_libc = ctypes.CDLL(None, use_errno=True)
+MAX_MESSAGE = 1 << 16
+
+
+def send(sock, **message):
+    sock.send(json.dumps(message).encode())
+
+
+def watched_paths(interpreter, script):
+    """Where an install or an extension change would show: the interpreter, the script,
+    the directories on sys.path (not [0], the script's own or the notebook dir), and
+    Jupyter's config and labextension directories."""
+    paths = [interpreter] + ([script] if script else [])
+    paths += [p for p in sys.path[1:] if p and os.path.isdir(p)]
+    try:
+        from jupyter_core import paths as jupyter
+
+        for directory in jupyter.jupyter_config_path():
+            paths += [directory, os.path.join(directory, "jupyter_server_config.d")]
+        paths += jupyter.jupyter_path("labextensions")
+    except Exception:  # without jupyter_core, sys.path is what there is
+        pass
+    return sorted(set(paths))
+
+
+def die_with_supervisor(supervisor):
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:
+        os._exit(1)
+
+
+def set_name(name):
+    """The name ps, top and pkill show (the command line stays the warm parent's)."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def wait_until_orphaned(intermediate, supervisor):
+    """Block until the intermediate has exited and this process belongs to the supervisor:
+    a parent-death signal set earlier would fire when the intermediate exits."""
+    try:
+        pidfd = os.pidfd_open(intermediate)
+    except ProcessLookupError:
+        pidfd = None  # already gone and reaped
+    if pidfd is not None:
+        select.select([pidfd], [], [])  # readable once it has exited (and re-parented us)
+        os.close(pidfd)
+    die_with_supervisor(supervisor)
+
+
+def become_server(sock, request, output):
+    """In the intermediate: apply the launch, fork the server, report its pid, exit.
+    Returns only in the server."""
+    try:
+        os.setsid()
+        os.chdir(request["cwd"])
+        os.umask(request["umask"])
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
+        intermediate = os.getpid()  # the server's getppid() may already be the supervisor
+        pid = os.fork()
+    except OSError as exc:
+        send(sock, error=f"{exc.filename or 'fork'}: {exc.strerror}")
+        os._exit(1)
+    if pid:
+        send(sock, pid=pid)
+        os._exit(0)
+    sock.close()
+    wait_until_orphaned(intermediate, request["supervisor"])
+    sys.argv = list(request["argv"])
+    set_name(request["module"] or os.path.basename(sys.argv[0]))
+    return request
+
+
+def serve(sock):
+    """Fork one server per request; returns (in the server only) the request to run."""
+    while True:
+        message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+        if not message:
+            os._exit(0)  # the supervisor closed its end
+        request = json.loads(message)
+        output = fds[0]
+        pid = os.fork()
+        if pid == 0:
+            return become_server(sock, request, output)
+        os.close(output)
+        os.waitpid(pid, 0)
+
+
+def run(request):
+    """Run the server; exit as Python would, less the interpreter's teardown.
+
+    Freeing every object the warm parent imported takes ~0.2 s of CPU and dirties its
+    shared pages, and nobody needs it from a forked child: what an exit does that others
+    can see — other threads joined, atexit handlers, output flushed — still happens.
+    """
+    import atexit
+    import runpy
+
+    try:
+        if request["module"]:
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(request["argv"][0], run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exit_status(exc.code)
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def exit_status(code):
+    """What the interpreter makes of sys.exit(code)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def main(spec):
+    sock = socket.socket(fileno=spec["socket"])
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.argv = [spec["argv0"]]
+    sys.path[0] = spec["path0"]  # where running the script itself would look first
+    die_with_supervisor(spec["supervisor"])
+    if sys.version_info < (3, 9):  # noqa: UP036 - not jlservice's Python: os.pidfd_open, recv_fds
+        send(sock, error=f"{spec['interpreter']} is Python {sys.version.split()[0]}, below 3.9")
+        os._exit(1)
+    set_name("jlservice-warm")
+    paths = watched_paths(spec["interpreter"], spec["script"])
+    try:
+        for module in spec["preload"]:
+            importlib.import_module(module)
+    except BaseException:  # any failure here means: start cold
+        send(sock, error=traceback.format_exc(limit=1).strip().splitlines()[-1])
+        os._exit(1)
+    if threading.active_count() != 1:
+        send(sock, error=f"importing {', '.join(spec['preload'])} started threads; cannot fork")
+        os._exit(1)
+    send(sock, pid=os.getpid(), paths=paths)
+    run(serve(sock))
+
+
+if __name__ == "__main__":  # as `python -c`; never on import
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,283 @@
+"""Warm restarts with a real JupyterLab: what a warm-started server is, and how the warm
+parent is kept fresh, replaced and survived."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import websocket
+from metrics_support import metrics_section, metrics_url, scrape, value, wait_scrape
+from support import IS_ROOT, Service, pid_alive, render_toml, wait_for
+
+
+def _warm_service(service_factory, **sections) -> Service:
+    sections["restart"] = {"warm": True, **sections.get("restart", {})}
+    svc = service_factory(**sections)
+    svc.wait_warm = True
+    return svc
+
+
+def _warm_pid(svc: Service) -> int:
+    return svc.state()["warm_parent"]["pid"]
+
+
+def _crash(svc: Service) -> dict:
+    """kill -9 JupyterLab; returns the state once the next one is ready."""
+    old = svc.lab_pid
+    os.kill(old, signal.SIGKILL)
+    return svc.wait_ready(not_pid=old)
+
+
+def _umask(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+
+
+def _terminal_says(svc: Service, token: str, command: str) -> str:
+    name = svc.api("POST", "api/terminals", token).json()["name"]
+    url = svc.base.replace("http", "ws", 1) + f"terminals/websocket/{name}?token={token}"
+    ws = websocket.create_connection(url, timeout=30)
+    try:
+        marker = secrets.token_hex(4)
+        ws.send(json.dumps(["stdin", f"echo {marker}-$({command})\r"]))
+        out = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            kind, *data = json.loads(ws.recv())
+            if kind == "stdout":
+                out += data[0]
+                for line in out.splitlines():
+                    if line.startswith(f"{marker}-"):
+                        return line[len(marker) + 1 :].strip()
+        raise AssertionError(f"no answer from the terminal: {out!r}")
+    finally:
+        ws.close()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+def test_a_warm_started_lab_is_the_cold_one_served_faster(service_factory, other_user):
+    svc = _warm_service(service_factory, lab={"user": other_user.name, "allow_root": False})
+    svc.notebooks.chmod(0o755)
+    os.chown(svc.notebooks, other_user.uid, other_user.gid)
+    first = svc.start().state()
+    assert first["started_warm"] is False  # the first start never waits for a warm parent
+    cold = psutil.Process(first["lab_pid"])
+    cold_env, cold_umask = cold.environ(), _umask(cold.pid)
+
+    state = _crash(svc)
+    assert state["started_warm"] is True
+    lab = psutil.Process(state["lab_pid"])
+    assert lab.ppid() == svc.proc.pid  # the supervisor's child: it reaps it and its orphans
+    assert lab.uids().real == lab.uids().effective == other_user.uid
+    assert lab.gids().real == other_user.gid
+    assert lab.environ() == cold_env
+    assert Path(lab.cwd()) == svc.notebooks
+    assert _umask(lab.pid) == cold_umask == "0077"
+    assert lab.name() == "jupyter-lab"
+
+    token = svc.cli("token").stdout.strip()
+    page = svc.api("GET", "lab", token)
+    assert page.status_code == 200 and "jupyter-config-data" in page.text
+    kernel_id, kernel_pid = svc.start_kernel(token)
+    assert psutil.Process(kernel_pid).uids().real == other_user.uid
+    assert svc.execute(token, kernel_id, "import os; print(os.getuid())").strip() == str(
+        other_user.uid
+    )
+    assert _terminal_says(svc, token, "id -u") == str(other_user.uid)
+    for proc in psutil.process_iter(["cmdline"]):
+        assert token not in " ".join(proc.info["cmdline"] or []), proc
+
+    # Crash again: the kernel of the warm-started server is swept like any other.
+    state = _crash(svc)
+    assert state["started_warm"] is True
+    wait_for(lambda: not pid_alive(kernel_pid), 30, "the orphaned kernel to be ended")
+
+    # The supervisor dies: JupyterLab and the warm parent die with it (parent-death signal).
+    warm_parent, lab_pid = _warm_pid(svc), state["lab_pid"]
+    svc.proc.kill()
+    svc.proc.wait()
+    wait_for(lambda: not pid_alive(lab_pid), 30, "JupyterLab to follow the supervisor")
+    wait_for(lambda: not pid_alive(warm_parent), 30, "the warm parent to follow it")
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def test_a_new_server_extension_refreshes_the_warm_parent(service_factory, tmp_path):
+    name = "jlstest_ext_" + secrets.token_hex(3)
+    module = _site_packages() / f"{name}.py"
+    enable = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / f"{name}.json"
+    svc = _warm_service(service_factory)
+    svc.start()
+    before = _warm_pid(svc)
+    try:
+        module.write_text(
+            "from jupyter_server.base.handlers import JupyterHandler\n"
+            "class Loaded(JupyterHandler):\n"
+            "    def get(self):\n"
+            "        self.finish('loaded')\n"
+            "def _jupyter_server_extension_points():\n"
+            f"    return [{{'module': {name!r}}}]\n"
+            "def _load_jupyter_server_extension(app):\n"
+            "    base = app.web_app.settings['base_url']\n"
+            f"    app.web_app.add_handlers('.*$', [(base + {name!r}, Loaded)])\n"
+        )
+        module.chmod(0o644)
+        enable.parent.mkdir(parents=True, exist_ok=True)
+        enable.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {name: True}}}))
+        enable.chmod(0o644)
+
+        # Replaced in the background, before any restart asks for it.
+        def refreshed() -> bool:
+            warm = svc.state().get("warm_parent") or {}
+            return warm.get("pid") not in (None, before) and warm.get("ready")
+
+        wait_for(refreshed, 60, "a new warm parent after the install")
+        assert not pid_alive(before)
+        events = [e for e in svc.log_events() if e["event"] == "warm_parent_retired"]
+        assert events[-1]["reason"] == "packages or Jupyter configuration changed"
+
+        state = _crash(svc)
+        assert state["started_warm"] is True
+        response = requests.get(svc.base + name, timeout=30)
+        assert response.status_code == 200 and response.text == "loaded"
+    finally:
+        module.unlink(missing_ok=True)
+        enable.unlink(missing_ok=True)
+
+
+def test_a_killed_warm_parent_means_one_cold_start_then_a_new_one(service_factory):
+    svc = _warm_service(service_factory)
+    svc.start()
+    first = _warm_pid(svc)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(first), 10, "the warm parent to die")
+    state = _crash(svc)  # its successor is still importing: this start is cold
+    assert state["started_warm"] is False
+    cold = [e for e in svc.log_events() if e["event"] == "lab_start_cold"]
+    assert cold and cold[-1]["reason"] in (
+        "no warm parent yet",
+        "the warm parent is still importing JupyterLab",
+    )
+    assert any(e["event"] == "warm_parent_exited" for e in svc.log_events())
+
+    wait_for(lambda: (svc.state().get("warm_parent") or {}).get("ready"), 60, "a new warm parent")
+    assert _warm_pid(svc) != first
+    assert _crash(svc)["started_warm"] is True
+
+
+def test_an_environment_change_replaces_the_warm_parent(service_factory):
+    svc = _warm_service(service_factory, lab={"env": {"JLSTEST_WARM": "one"}})
+    svc.start()
+    first = _warm_pid(svc)
+    old = svc.lab_pid
+    svc.sections["lab"]["env"] = {"JLSTEST_WARM": "two"}
+    svc.write_config()
+    state = svc.wait_ready(not_pid=old)  # includes a warm parent with the new environment
+    assert psutil.Process(state["lab_pid"]).environ()["JLSTEST_WARM"] == "two"
+    assert _warm_pid(svc) != first and not pid_alive(first)
+    assert psutil.Process(_warm_pid(svc)).environ()["JLSTEST_WARM"] == "two"
+    state = _crash(svc)
+    assert state["started_warm"] is True
+    assert psutil.Process(state["lab_pid"]).environ()["JLSTEST_WARM"] == "two"
+
+
+def test_warm_off_on_reload_ends_the_warm_parent_and_starts_cold(service_factory):
+    svc = _warm_service(service_factory, reload={"watch": False})
+    svc.start()
+    first, lab = _warm_pid(svc), svc.lab_pid
+    svc.sections["restart"]["warm"] = False
+    svc.write_config()
+    assert svc.cli("reload").returncode == 0
+    wait_for(lambda: not pid_alive(first), 10, "the warm parent to end")
+    assert svc.lab_pid == lab  # a supervisor setting: JupyterLab keeps running
+    assert svc.state().get("warm_parent") is None
+    svc.wait_warm = False
+    assert _crash(svc)["started_warm"] is False
+
+
+def test_warm_parent_memory_in_status_and_metrics(service_factory):
+    svc = _warm_service(service_factory, metrics=metrics_section(gpu=False))
+    svc.start()
+    warm = _warm_pid(svc)
+    rss = psutil.Process(warm).memory_info().rss
+    assert rss > 20 * 2**20  # JupyterLab's modules are in it
+
+    text = svc.cli("status").stdout
+    line = next(line for line in text.splitlines() if line.startswith("warm parent:"))
+    assert line.startswith(f"warm parent: ready (pid {warm}, ")
+    mib = float(line.split(", ")[1].split()[0])
+    assert mib == pytest.approx(rss / 2**20, rel=0.2)
+    report = json.loads(svc.cli("status", "--json").stdout)
+    assert report["warm_parent"]["pid"] == warm
+    assert report["warm_parent"]["rss_bytes"] == pytest.approx(rss, rel=0.2)
+
+    samples = wait_scrape(
+        metrics_url(svc),
+        lambda s: value(s, "jlservice_warm_parent_ready") == 1,
+        "the warm parent in the metrics",
+    )
+    exported = value(samples, "jlservice_warm_parent_resident_memory_bytes")
+    assert exported == pytest.approx(rss, rel=0.2)
+
+    svc.sections["restart"]["warm"] = False
+    svc.write_config(render_toml(svc.sections))
+    wait_for(
+        lambda: value(scrape(metrics_url(svc)), "jlservice_warm_parent_ready") is None,
+        30,
+        "the warm parent gone from the metrics",
+    )
+
+
+def _fds(pid: int) -> int:
+    """Open fds, the fewest of a few looks: a health probe's socket comes and goes."""
+    counts = []
+    for _ in range(10):
+        counts.append(len(os.listdir(f"/proc/{pid}/fd")))
+        time.sleep(0.05)
+    return min(counts)
+
+
+def test_soak_100_crash_restarts(service_factory):
+    # reset_after = 0: every crash counts as the first, so none waits for a backoff.
+    svc = _warm_service(
+        service_factory,
+        restart={"reset_after": 0, "max_failures": 1000},
+        log={"level": "info"},
+    )
+    svc.start()
+    supervisor = psutil.Process(svc.proc.pid)
+    warm = _warm_pid(svc)
+    baseline: tuple[int, int] | None = None
+    for cycle in range(100):
+        if cycle == 20:  # after the first ones: what a long-running supervisor holds
+            baseline = (_fds(supervisor.pid), supervisor.memory_info().rss)
+        state = _crash(svc)
+        assert state["started_warm"] is True, f"cycle {cycle}: {state}"
+    assert baseline is not None
+    fds, rss = _fds(supervisor.pid), supervisor.memory_info().rss
+    assert svc.state()["restarts"] == 100
+    assert _warm_pid(svc) == warm  # one warm parent served them all
+    assert fds == baseline[0]
+    assert rss - baseline[1] < 2**20, f"RSS grew by {(rss - baseline[1]) / 2**20:.1f} MiB"
+    # Nothing left over: below the supervisor, just the warm parent and the current
+    # JupyterLab with whatever it runs now.
+    lab = svc.lab_pid
+    for proc in supervisor.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert proc.pid in (lab, warm) or lab in (p.pid for p in proc.parents()), proc
+    svc.signal(signal.SIGTERM)
+    assert svc.wait_exit(30) == 0
+    assert svc.leftovers() == []
