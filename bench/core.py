@@ -309,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.start_timeout,
                 args.bytecode == "cached",
             )
+            # Every start cold: these figures are jlservice's own cost over a plain
+            # JupyterLab; bench/warm.py measures warm restarts.
+            lab.extra_config = "[restart]\nwarm = false\n"
+            lab.config.write_text(lab.config_text())
             machine = announce(
                 "jlservice core benchmark", str(lab.bin / "python"), lab.env, args.runs
             )

@@ -330,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.bytecode == "cached",
                 config_dir=work / "config",  # the logs (work/logs) stay out of the watched dir
             )
+            # Every start cold: these figures are jlservice's own cost over a plain
+            # JupyterLab; bench/warm.py measures warm restarts.
+            lab.extra_config = "[restart]\nwarm = false\n"
+            lab.config.write_text(lab.config_text())
             machine = announce(
                 "jlservice reload benchmark", str(lab.bin / "python"), lab.env, args.runs
             )

@@ -56,6 +56,7 @@ class Mode:
     def __init__(self, work: Path, procs: Processes, args: argparse.Namespace, warm: bool):
         self.warm = warm
         self.name = "warm" if warm else "cold"
+        (work / self.name).mkdir()
         self.lab = Lab(
             work / self.name,
             procs,
@@ -120,11 +121,16 @@ class Mode:
         return seconds
 
     def stop(self) -> None:
-        if self.service is not None and self.service.proc.poll() is None:
-            self.service.stop()
+        """SIGTERM; leftovers are checked once both supervisors are gone (they share
+        one process registry)."""
+        if self.service is not None:
+            status = self.lab.procs.stop(self.service.proc)
+            if status != 0:
+                self.lab.warnings.append(f"{self.name}: jlservice run exited with {status}")
 
 
 def measure(work: Path, procs: Processes, args: argparse.Namespace):
+    (work / "plain").mkdir()
     plain_lab = Lab(
         work / "plain",
         procs,
@@ -166,6 +172,8 @@ def measure(work: Path, procs: Processes, args: argparse.Namespace):
     finally:
         for mode in (warm, cold):
             mode.stop()
+        if left := procs.leftovers():
+            plain_lab.warnings.append(f"pid(s) {left} still ran after both supervisors exited")
     warnings = [*plain_lab.warnings, *warm.lab.warnings, *cold.lab.warnings]
     base = "plain cold start"
     metrics = [
