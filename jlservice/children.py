@@ -46,9 +46,10 @@ class ExitStatus:
 class Reaper:
     def __init__(self) -> None:
         self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
-        # Exits nobody watched yet, since forget_recent(): a warm-started JupyterLab becomes
-        # our child before the warm parent has told us its pid, and may exit that soon.
-        self._recent: dict[int, ExitStatus] = {}
+        # While a warm start is in flight (expect_adoption() until the next watch()), exits
+        # nobody watched: the new JupyterLab becomes our child before the warm parent has
+        # told us its pid, and may exit that soon.
+        self._recent: dict[int, ExitStatus] | None = None
         self._changed = asyncio.Event()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -56,21 +57,23 @@ class Reaper:
         self.reap()  # children that exited before the handler existed
 
     def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
-        """A future resolved with `pid`'s exit status. Call right after starting `pid`, or
-        after forget_recent() for a process started by someone else that is now our child."""
+        """A future resolved with `pid`'s exit status. Call right after starting `pid`, or,
+        for a process another one started for us, between expect_adoption() and any await."""
         future = asyncio.get_running_loop().create_future()
-        if (status := self._recent.pop(pid, None)) is not None:
-            future.set_result(status)
+        recent, self._recent = self._recent, None
+        if recent is not None and pid in recent:
+            future.set_result(recent[pid])
         else:
             self._watched[pid] = future
         return future
 
-    def forget_recent(self) -> None:
-        self._recent.clear()
+    def expect_adoption(self) -> None:
+        """From now until the next watch(), remember exits nobody watched."""
+        self._recent = {}
 
     def reaped(self, pid: int) -> bool:
-        """Whether `pid` exited as our child, unwatched, since forget_recent()."""
-        return pid in self._recent
+        """Whether `pid` exited as our child, unwatched, since expect_adoption()."""
+        return self._recent is not None and pid in self._recent
 
     def reap(self) -> None:
         while True:
@@ -86,7 +89,7 @@ class Reaper:
                 future.set_result(exit_status)
             else:
                 logger.debug("orphan_reaped", pid=pid)
-                if len(self._recent) < 1024:  # orphans of a sweep, until the next forget
+                if self._recent is not None:
                     self._recent[pid] = exit_status
         self._changed.set()
 

@@ -138,6 +138,7 @@ class Supervisor(Reloading, Warming):
             await self._sweep()
             return 1
         finally:
+            self.keeper.close()
             if self.exporter is not None:
                 self.exporter.stop()
 
@@ -359,6 +360,9 @@ class Supervisor(Reloading, Warming):
             problem = f"JupyterLab {status.describe()}"
             if not lab.ready:
                 problem += f" during start-up: {last_words or 'no output'}"
+                if self.state.started_warm:  # maybe the fork's fault: the next start is cold
+                    why = f"a JupyterLab it forked {status.describe()} starting"
+                    self.keeper.distrust(self.launch, why)
         else:
             problem = self.state.last_error or status.describe()
         healthy_for = time.time() - lab.ready_at if lab.ready_at is not None else 0.0

@@ -26,6 +26,9 @@ class Warming:
             read, write = os.pipe2(os.O_CLOEXEC)
             try:
                 pid = await self.keeper.fork(launch, write)
+            except BaseException:
+                os.close(read)
+                raise
             finally:
                 os.close(write)
             if pid is not None:

@@ -30,8 +30,21 @@ HELLO_TIMEOUT_S = 120.0  # imports on a loaded machine; a cold start is never wa
 FORK_TIMEOUT_S = 5.0
 STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
 MAX_MESSAGE = 1 << 16
+MAX_PATHS = 256
 BOOTSTRAP = "import sys;exec(compile(sys.stdin.read(),'jlservice-warm-parent','exec'))"
 _PROGRAM = resources.files("jlservice.warm").joinpath("parent.py")
+
+
+def _paths(message: dict) -> list[str]:
+    """The warm parent's paths to watch; it runs as the lab user, so they are checked."""
+    paths = message.get("paths")
+    if (
+        not isinstance(paths, list)
+        or len(paths) > MAX_PATHS
+        or not all(isinstance(p, str) and p.startswith("/") for p in paths)
+    ):
+        raise ValueError(f"expected at most {MAX_PATHS} absolute paths")
+    return [p for p in paths if not p.startswith(("/proc/", "/sys/", "/dev/"))]
 
 
 def fingerprint(paths: list[str]) -> tuple[object, ...]:
@@ -53,24 +66,22 @@ def _mark(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _forked_by(
-    pid: object, parent: WarmParent, launch: launcher.Launch, reaper: children.Reaper
-) -> bool:
-    """Whether `pid` is the server `parent` just forked: it runs as the lab user and is our
-    child, or still its intermediate's. The warm parent runs as that user, so what it says
-    is checked before root signals or waits for the pid."""
+def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) -> bool:
+    """Whether `pid` is a server just forked for us: our child (the warm parent replies once
+    the fork's intermediate is reaped), running as the lab user — or already exited as our
+    child. The warm parent runs as that user, so what it says is checked before root
+    signals or waits for the pid."""
     import psutil
 
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or pid <= 1:
         return False
+    if reaper.reaped(pid):
+        return True
     try:
         server = psutil.Process(pid)
-        if server.uids().real != launch.account.uid:
-            return False
-        ppid = server.ppid()
-        return ppid == os.getpid() or psutil.Process(ppid).ppid() == parent.pid
+        return server.ppid() == os.getpid() and server.uids().real == launch.account.uid
     except psutil.Error:
-        return reaper.reaped(pid)  # gone already: ours if it exited as our child
+        return reaper.reaped(pid)  # exited meanwhile
 
 
 class WarmParent:
@@ -144,8 +155,12 @@ class WarmParent:
                 reply.set_exception(exc)
 
         loop.add_reader(fd, readable)
-        reply.add_done_callback(lambda _: self.sock.fileno() >= 0 and loop.remove_reader(fd))
+        reply.add_done_callback(lambda _: self._stop_reading())  # e.g. after a timeout
         return reply
+
+    def _stop_reading(self) -> None:
+        if self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
 
     def end(self) -> None:
         """Kill it (its exit is reaped by the supervisor) and close our end."""
@@ -154,8 +169,10 @@ class WarmParent:
         self.close()
 
     def close(self) -> None:
+        """Close our end; whoever awaits a message from it gets ConnectionAbortedError."""
+        self._stop_reading()  # now: the fd number may be reused before callbacks run
         if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
+            self._reply.set_exception(ConnectionAbortedError("the warm parent was retired"))
         self.sock.close()
 
 
@@ -168,7 +185,8 @@ class Keeper:
         self._changed = changed
         self._launch: launcher.Launch | None = None
         self._unavailable: str | None = None  # why the command cannot start warm
-        self._failed: tuple[Recipe, str] | None = None  # not tried again until it changes
+        # Why the warm parent failed, and for which launch: not tried again until it changes.
+        self._failed: tuple[launcher.Launch, str] | None = None
         self._ending: set[int] = set()  # ended parents not reaped yet
         self._observer = None
         self._stale_timer: asyncio.TimerHandle | None = None
@@ -196,7 +214,7 @@ class Keeper:
             self._retire("packages or Jupyter configuration changed")
         elif parent is not None:
             self._retire("configuration changed")
-        if self._failed is not None and self._failed[0] == recipe:
+        if self._failed is not None and self._failed[0] == launch:
             return
         self._failed = None
         self._spawn(recipe)
@@ -222,7 +240,7 @@ class Keeper:
             "umask": launch.umask,
             "supervisor": os.getpid(),
         }
-        self.reaper.forget_recent()  # an exit reaped from now on may be the new server's
+        self.reaper.expect_adoption()  # an exit reaped from now on may be the new server's
         try:
             socket.send_fds(parent.sock, [json.dumps(request).encode()], [output])
             reply = json.loads(await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S))
@@ -236,7 +254,7 @@ class Keeper:
             logger.info("lab_start_cold", reason=f"warm start failed: {reply['error']}")
             return None
         pid = reply.get("pid")
-        if not _forked_by(pid, parent, launch, self.reaper):
+        if not _forked_by(pid, launch, self.reaper):
             logger.warning("warm_parent_broken", pid=parent.pid, problem=f"reported pid {pid}")
             self._retire("broken")
             logger.info("lab_start_cold", reason="the warm parent reported a foreign pid")
@@ -252,6 +270,13 @@ class Keeper:
         if self.parent is None:
             return None
         return {"pid": self.parent.pid, "ready": self.parent.ready}
+
+    def distrust(self, launch: launcher.Launch, problem: str) -> None:
+        """A server it forked for `launch` failed to start: start cold until the launch
+        changes (as after a failed import), in case the fork, not the launch, is to blame."""
+        if self.parent is not None:
+            self._fail(problem, launch)
+            self._retire(problem)
 
     def close(self) -> None:
         self.enabled = False
@@ -276,7 +301,7 @@ class Keeper:
         try:
             parent = WarmParent.spawn(recipe)
         except OSError as exc:
-            self._fail(recipe, f"cannot start {recipe.interpreter}: {exc.strerror}")
+            self._fail(f"cannot start {recipe.interpreter}: {exc.strerror}")
             return
         self.parent = parent
         self.reaper.watch(parent.pid).add_done_callback(lambda f: self._exited(parent, f.result()))
@@ -285,21 +310,23 @@ class Keeper:
         logger.debug("warm_parent_starting", pid=parent.pid, preload=list(recipe.preload))
 
     async def _hello(self, parent: WarmParent) -> None:
+        """Its paths (before it imports: a change meanwhile must count), then "ready"."""
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        problem = None
         try:
-            raw = await asyncio.wait_for(parent.receive(), HELLO_TIMEOUT_S)
-            hello = json.loads(raw) if raw else {"error": "exited while importing"}
-        except asyncio.CancelledError:
-            return  # retired meanwhile
+            paths = _paths(await self._message(parent, deadline))
+            parent.paths, parent.fingerprint = paths, fingerprint(paths)
+            ready = await self._message(parent, deadline)
+            if ready.get("pid") != parent.pid:
+                raise ValueError(f"unexpected message {ready!r}")
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
-            hello = {"error": str(exc) or f"not ready within {HELLO_TIMEOUT_S:g} s"}
+            problem = str(exc) or f"not ready within {HELLO_TIMEOUT_S:g} s"
         if parent is not self.parent:
+            return  # retired meanwhile
+        if problem is not None:
+            self._fail(problem)
+            self._retire(problem)
             return
-        if "error" in hello:
-            self._fail(parent.recipe, hello["error"])
-            self._retire(hello["error"])
-            return
-        parent.paths = list(hello["paths"])
-        parent.fingerprint = fingerprint(parent.paths)
         parent.ready = True
         self._watch(parent.paths)
         self._changed()
@@ -310,8 +337,22 @@ class Keeper:
             rss_mib=round((state.rss_bytes(parent.pid) or 0) / 2**20, 1),
         )
 
-    def _fail(self, recipe: Recipe, problem: str) -> None:
-        self._failed = (recipe, problem)
+    @staticmethod
+    async def _message(parent: WarmParent, deadline: float) -> dict:
+        raw = await asyncio.wait_for(parent.receive(), max(deadline - time.monotonic(), 0))
+        if not raw:
+            raise ConnectionAbortedError("exited while importing")
+        message = json.loads(raw)
+        if not isinstance(message, dict):
+            raise ValueError(f"unexpected message {message!r}")
+        if "error" in message:
+            raise ValueError(str(message["error"]))
+        return message
+
+    def _fail(self, problem: str, launch: launcher.Launch | None = None) -> None:
+        launch = launch or self._launch
+        assert launch is not None
+        self._failed = (launch, problem)
         logger.warning(
             "warm_parent_failed",
             problem=problem,
@@ -328,7 +369,7 @@ class Keeper:
         self._changed()
         if not parent.ready:
             if self._failed is None:
-                self._fail(parent.recipe, f"warm parent {status.describe()} while importing")
+                self._fail(f"warm parent {status.describe()} while importing")
             return
         logger.warning("warm_parent_exited", pid=parent.pid, status=status.describe())
         if self._launch is not None:
@@ -370,6 +411,7 @@ class Keeper:
             observer.start()
         except OSError as exc:  # a directory went away meanwhile
             logger.warning("warm_parent_watch_failed", problem=str(exc))
+            observer.stop()
             return
         self._observer = observer
 
@@ -394,5 +436,4 @@ class Keeper:
         if parent is None or not parent.ready or self._launch is None:
             return
         if fingerprint(parent.paths) != parent.fingerprint:
-            self._failed = None  # a broken install may just have been fixed
             self.prepare(self._launch, self.enabled)

@@ -4,12 +4,13 @@ Runs as the JupyterLab user with JupyterLab's exact environment, started by the 
 `PYTHON -c BOOTSTRAP SPEC` with this file's text on stdin, so it needs only the standard
 library and JupyterLab's own packages — not jlservice, which that interpreter may not have.
 
-It imports the heavy modules, starts no thread and no event loop, says hello on its socket,
-then waits. For each request (JSON + the server's output pipe as SCM_RIGHTS) it forks an
-intermediate that applies the launch (session, cwd, umask, output) and forks the server,
-reports the server's pid and exits: the server is then re-parented to the supervisor, a
-child subreaper, which reaps it and its orphans. The warm parent waits for the intermediate
-and is ready for the next request at once. EOF on the socket (the supervisor is gone) ends it.
+It says which paths to watch for changes, imports the heavy modules, starts no thread and no
+event loop, says it is ready, then waits. For each request (JSON + the server's output pipe
+as SCM_RIGHTS) it forks an intermediate that applies the launch (cwd, umask, output), forks
+the server and exits: the server is then re-parented to the supervisor, a child subreaper,
+which reaps it and its orphans. Once the intermediate is reaped the warm parent reports the
+server's pid and is ready for the next request. EOF on the socket (the supervisor is gone)
+ends it.
 """
 
 import contextlib
@@ -22,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 
 PR_SET_PDEATHSIG = 1
@@ -36,10 +38,15 @@ def send(sock, **message):
 
 def watched_paths(interpreter, script):
     """Where an install or an extension change would show: the interpreter, the script,
-    the directories on sys.path (not [0], the script's own or the notebook dir), and
-    Jupyter's config and labextension directories."""
+    the entries of sys.path (not [0], the script's own or the notebook dir) and the user's
+    site-packages even before it exists, and Jupyter's config and labextension
+    directories."""
+    import site
+
     paths = [interpreter] + ([script] if script else [])
-    paths += [p for p in sys.path[1:] if p and os.path.isdir(p)]
+    paths += [p for p in sys.path[1:] if os.path.isabs(p)]
+    if site.ENABLE_USER_SITE:
+        paths.append(site.getusersitepackages())
     try:
         from jupyter_core import paths as jupyter
 
@@ -67,19 +74,21 @@ def wait_until_orphaned(intermediate, supervisor):
     a parent-death signal set earlier would fire when the intermediate exits."""
     try:
         pidfd = os.pidfd_open(intermediate)
-    except ProcessLookupError:
-        pidfd = None  # already gone and reaped
+    except (AttributeError, OSError):  # gone already, or no pidfd in this Python or kernel
+        pidfd = None
     if pidfd is not None:
-        select.select([pidfd], [], [])  # readable once it has exited (and re-parented us)
+        if os.getppid() == intermediate:  # else the pid is gone already, maybe reused
+            select.select([pidfd], [], [])  # readable once it has exited (and re-parented us)
         os.close(pidfd)
+    while os.getppid() == intermediate:  # without a pidfd: it exits right after the fork
+        time.sleep(0.001)
     die_with_supervisor(supervisor)
 
 
-def become_server(sock, request, output):
-    """In the intermediate: apply the launch, fork the server, report its pid, exit.
-    Returns only in the server."""
+def become_server(sock, report, request, output):
+    """In the intermediate: apply the launch, fork the server, write its pid to `report`,
+    exit. Returns only in the server."""
     try:
-        os.setsid()
         os.chdir(request["cwd"])
         os.umask(request["umask"])
         os.dup2(output, 1)
@@ -88,12 +97,16 @@ def become_server(sock, request, output):
         intermediate = os.getpid()  # the server's getppid() may already be the supervisor
         pid = os.fork()
     except OSError as exc:
-        send(sock, error=f"{exc.filename or 'fork'}: {exc.strerror}")
+        os.write(
+            report, json.dumps({"error": f"{exc.filename or 'fork'}: {exc.strerror}"}).encode()
+        )
         os._exit(1)
     if pid:
-        send(sock, pid=pid)
+        os.write(report, json.dumps({"pid": pid}).encode())
         os._exit(0)
+    os.close(report)
     sock.close()
+    os.setsid()  # its own session, as a cold start's start_new_session gives it
     wait_until_orphaned(intermediate, request["supervisor"])
     sys.argv = list(request["argv"])
     set_name(request["module"] or os.path.basename(sys.argv[0]))
@@ -108,11 +121,18 @@ def serve(sock):
             os._exit(0)  # the supervisor closed its end
         request = json.loads(message)
         output = fds[0]
+        report, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            return become_server(sock, request, output)
+            os.close(report)
+            return become_server(sock, report_w, request, output)
         os.close(output)
+        os.close(report_w)
+        # Once the intermediate is reaped, the server it reported is the supervisor's child.
         os.waitpid(pid, 0)
+        reply = os.read(report, MAX_MESSAGE)
+        os.close(report)
+        sock.send(reply or json.dumps({"error": "the fork's intermediate died"}).encode())
 
 
 def run(request):
@@ -163,7 +183,8 @@ def main(spec):
         send(sock, error=f"{spec['interpreter']} is Python {sys.version.split()[0]}, below 3.9")
         os._exit(1)
     set_name("jlservice-warm")
-    paths = watched_paths(spec["interpreter"], spec["script"])
+    # Before the imports: a change while they run must count as a change.
+    send(sock, paths=watched_paths(spec["interpreter"], spec["script"]))
     try:
         for module in spec["preload"]:
             importlib.import_module(module)
@@ -173,7 +194,7 @@ def main(spec):
     if threading.active_count() != 1:
         send(sock, error=f"importing {', '.join(spec['preload'])} started threads; cannot fork")
         os._exit(1)
-    send(sock, pid=os.getpid(), paths=paths)
+    send(sock, pid=os.getpid())
     run(serve(sock))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 
 from jlservice import launcher, users
@@ -52,10 +53,11 @@ def for_launch(launch: launcher.Launch) -> Recipe | str:
             argv[0], None, module, launch.cwd, preload, env, launch.account, launch.switch_user
         )
     try:
-        with open(argv[0], "rb") as f:
-            head = f.read(4096)
+        head = _head(argv[0])
     except OSError as exc:
         return f"cannot read {argv[0]}: {exc.strerror}"
+    if head is None:
+        return f"{argv[0]} is not a regular file"
     interpreter = _shebang_python(head, launch.env.get("PATH", ""))
     if interpreter is None:
         return f"{argv[0]} is not a Python script"
@@ -72,6 +74,20 @@ def for_launch(launch: launcher.Launch) -> Recipe | str:
         launch.account,
         launch.switch_user,
     )
+
+
+def _head(path: str) -> bytes | None:
+    """The start of `path` if it is a regular file. Read by root, maybe in a directory the
+    lab user can write: never block on a FIFO, never read a device."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
+            return None
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def _is_python(program: str) -> bool:

@@ -281,3 +281,27 @@ def test_soak_100_crash_restarts(service_factory):
     svc.signal(signal.SIGTERM)
     assert svc.wait_exit(30) == 0
     assert svc.leftovers() == []
+
+
+def test_a_warm_start_that_fails_means_cold_starts_until_the_launch_changes(service_factory):
+    svc = _warm_service(service_factory, restart={"initial_delay": 0.1, "max_failures": 10})
+    svc.start()
+    first = _warm_pid(svc)
+    # A value JupyterLab rejects at start-up: the fork fails as a cold start would.
+    svc.sections["lab"]["options"] = {"ServerApp.shutdown_no_activity_timeout": "soon"}
+    svc.write_config()
+
+    def starts() -> list[dict]:
+        return [e for e in svc.log_events() if e["event"] == "lab_starting"]
+
+    wait_for(lambda: len(starts()) >= 3, 60, "a failed warm start and a cold retry")
+    assert [e["warm"] for e in starts()[:3]] == [False, True, False]
+    failed = [e for e in svc.log_events() if e["event"] == "warm_parent_failed"]
+    assert failed[0]["problem"] == "a JupyterLab it forked exited with status 1 starting"
+    assert not pid_alive(first)
+
+    del svc.sections["lab"]["options"]  # fixed: a new launch, so a new warm parent
+    svc.write_config()
+    state = svc.wait_ready()
+    assert state["warm_parent"]["pid"] != first
+    assert _crash(svc)["started_warm"] is True

@@ -58,6 +58,18 @@ UNSHARE += ("--uts", "--ipc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def jupyterlab_pid(supervisor: int) -> int | None:
+    """The pid of JupyterLab under `supervisor` (None while there is none): its child named
+    jupyter-lab — beside it runs the warm parent, named jlservice-warm."""
+    labs = []
+    for child in psutil.Process(supervisor).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.name() == "jupyter-lab":
+                labs.append(child.pid)
+    assert len(labs) <= 1, f"more than one JupyterLab under {supervisor}: {labs}"
+    return labs[0] if labs else None
+
+
 class Sandbox:
     def __init__(self, root: Path, name: str = "jlservice-test") -> None:
         self.root = root

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import tomllib
-from sandbox import JLSERVICE, Sandbox
+from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
 from support import LabClient, free_port, pid_alive, wait_for
 
 from jlservice.unit_files import NOTEBOOK_DROP_IN
@@ -40,8 +40,7 @@ def test_two_template_instances_run_two_users_on_two_ports(
         state = sandbox.root / "var-lib" / "jlservice" / name / "state.json"
         assert stat.S_IMODE(state.stat().st_mode) == 0o600
         main = sandbox.host_pid(int(sandbox.show(f"jlservice@{name}", "MainPID")["MainPID"]))
-        (jupyterlab,) = psutil.Process(main).children()
-        assert jupyterlab.username() == name
+        assert psutil.Process(jupyterlab_pid(main)).username() == name
     tokens = {
         name: sandbox.run(JLSERVICE, "token", "--config", f"/etc/jlservice/{name}.toml").stdout
         for name in ports

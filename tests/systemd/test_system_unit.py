@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sandbox import JLSERVICE, Sandbox
+from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
 from support import LabClient, free_port, pid_alive, wait_for
 
 UNIT = "jlservice"
@@ -56,10 +56,9 @@ class Installed:
     def main_pid(self) -> int:
         return self.box.host_pid(int(self.box.show(UNIT, "MainPID")["MainPID"]))
 
-    def lab_pid(self) -> int:
-        """JupyterLab's PID as this test sees it (the supervisor's one child)."""
-        (child,) = psutil.Process(self.main_pid()).children()
-        return child.pid
+    def lab_pid(self) -> int | None:
+        """JupyterLab's PID as this test sees it."""
+        return jupyterlab_pid(self.main_pid())
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -95,12 +95,13 @@ def test_an_exit_reaped_before_it_was_watched_is_not_lost() -> None:
     async def scenario() -> tuple[children.ExitStatus, bool]:
         reaper = children.Reaper()
         reaper.install(asyncio.get_running_loop())
-        reaper.forget_recent()
+        reaper.expect_adoption()
         child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"])
         child.returncode = 0  # the Reaper reaps it
         await reaper.wait_change(10)
+        assert reaper.reaped(child.pid)
         status = await asyncio.wait_for(reaper.watch(child.pid), 1)
-        reaper.forget_recent()
+        assert not reaper.reaped(child.pid)  # one watch() ends the window
         again = reaper.watch(child.pid)  # forgotten: a later process may reuse the pid
         return status, again.done()
 
@@ -116,13 +117,13 @@ def test_a_pid_the_warm_parent_reports_is_checked(tmp_path: Path) -> None:
     launch = build(tmp_path)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        parent = SimpleNamespace(pid=-1)
         reaper = children.Reaper()
-        assert keeper._forked_by(child.pid, parent, launch, reaper)  # our child, our uid
-        assert not keeper._forked_by(1, parent, launch, reaper)  # init is nobody's fork
-        assert not keeper._forked_by("1", parent, launch, reaper)
+        assert keeper._forked_by(child.pid, launch, reaper)  # our child, the lab user's
+        assert not keeper._forked_by(1, launch, reaper)  # init is nobody's fork
+        assert not keeper._forked_by(os.getppid(), launch, reaper)  # not our child
+        assert not keeper._forked_by("1", launch, reaper)
         other = SimpleNamespace(account=SimpleNamespace(uid=launch.account.uid + 1))
-        assert not keeper._forked_by(child.pid, parent, other, reaper)  # another user's
+        assert not keeper._forked_by(child.pid, other, reaper)  # another user's
     finally:
         child.kill()
         child.wait()
