@@ -244,10 +244,13 @@ class Keeper:
         try:
             socket.send_fds(parent.sock, [json.dumps(request).encode()], [output])
             reply = json.loads(await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S))
+            if not isinstance(reply, dict):
+                raise ValueError(f"unexpected reply {reply!r}")
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             problem = str(exc) or f"no answer within {FORK_TIMEOUT_S:g} s"
             logger.warning("warm_parent_broken", pid=parent.pid, problem=problem)
-            self._retire("broken")  # replaced once JupyterLab is ready
+            if parent is self.parent:  # not retired meanwhile; replaced once JupyterLab is ready
+                self._retire("broken")
             logger.info("lab_start_cold", reason=f"warm parent did not answer: {problem}")
             return None
         if "error" in reply:  # e.g. the notebook dir is not accessible: a cold start says so
@@ -256,7 +259,8 @@ class Keeper:
         pid = reply.get("pid")
         if not _forked_by(pid, launch, self.reaper):
             logger.warning("warm_parent_broken", pid=parent.pid, problem=f"reported pid {pid}")
-            self._retire("broken")
+            if parent is self.parent:
+                self._retire("broken")
             logger.info("lab_start_cold", reason="the warm parent reported a foreign pid")
             return None
         return pid
