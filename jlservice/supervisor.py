@@ -132,7 +132,6 @@ class Supervisor(Reloading, Warming):
         except Exception:
             # A bug must not leave JupyterLab's kernels (and their GPU memory) behind.
             logger.exception("supervisor_failed")
-            self.keeper.close()
             if self.lab is not None:
                 await self.lab.stop("supervisor_failed", self.config.restart.stop_timeout)
             await self._sweep()
@@ -232,10 +231,11 @@ class Supervisor(Reloading, Warming):
         try:
             if isinstance(started, Exception):
                 raise started
-            began = None if started is not None else time.time()
-            if started is not None:
-                pid, stdout, warm = (*launcher.detach(started), False)
+            if started is not None:  # by run.py, before the supervisor existed
+                began, warm = None, False
+                pid, stdout = launcher.detach(started)
             else:
+                began = time.time()
                 pid, stdout, warm = await self._spawn_lab()
         except (launcher.CannotStartNow, launcher.LaunchError) as exc:
             logger.error("lab_start_failed", problem=str(exc))

@@ -179,7 +179,7 @@ def main(spec):
     sys.argv = [spec["argv0"]]
     sys.path[0] = spec["path0"]  # where running the script itself would look first
     die_with_supervisor(spec["supervisor"])
-    if sys.version_info < (3, 9):  # noqa: UP036 - not jlservice's Python: os.pidfd_open, recv_fds
+    if sys.version_info < (3, 9):  # noqa: UP036 - not jlservice's Python; socket.recv_fds
         send(sock, error=f"{spec['interpreter']} is Python {sys.version.split()[0]}, below 3.9")
         os._exit(1)
     set_name("jlservice-warm")
