@@ -135,12 +135,19 @@ def test_systemctl_reload_applies_a_port_change(installed) -> None:
 def test_jupyterlab_killed_is_restarted_by_jlservice_not_systemd(installed) -> None:
     installed.start()
     token = installed.token()
+    # Warm restarts work inside the unit's sandboxing (seccomp filter, NoNewPrivileges…).
+    wait_for(
+        lambda: (_state(installed).get("warm_parent") or {}).get("ready"), 90, "the warm parent"
+    )
     supervisor, lab = installed.main_pid(), installed.lab_pid()
     psutil.Process(lab).send_signal(signal.SIGKILL)
     wait_for(lambda: installed.answers(token) and installed.lab_pid() != lab, 90, "a new lab")
     props = installed.box.show(UNIT, "ActiveState", "NRestarts")
     assert props == {"ActiveState": "active", "NRestarts": "0"}
     assert installed.main_pid() == supervisor
+    assert _state(installed)["started_warm"] is True
+    new = psutil.Process(installed.lab_pid())
+    assert new.username() == installed.user and new.ppid() == supervisor
 
 
 def test_jlservice_killed_is_restarted_by_systemd_without_leftovers(installed) -> None:

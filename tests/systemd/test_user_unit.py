@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
 from pathlib import Path
 
@@ -47,5 +49,23 @@ def test_user_unit_runs_jupyterlab_for_its_user_without_root(sandbox: Sandbox, o
         "the SIGHUP reload to finish",
     )
     assert json.loads(state.read_text())["last_reload"]["result"] == "unchanged"
+
+    # A crash restarts JupyterLab from the warm parent, inside the user unit's seccomp filter.
+    def current() -> dict:
+        return json.loads(state.read_text())
+
+    wait_for(lambda: (current().get("warm_parent") or {}).get("ready"), 90, "the warm parent")
+    crashed = current()["lab_pid"]
+    os.kill(sandbox.host_pid(crashed), signal.SIGKILL)
+    wait_for(
+        lambda: current().get("status") == "ready" and current().get("lab_pid") != crashed,
+        90,
+        "JupyterLab again",
+    )
+    assert current()["started_warm"] is True
+    kernel = lab.api("POST", "api/kernels", token, json={"name": "python3"}).json()
+    assert lab.execute(token, kernel["id"], "import os; print(os.getuid())").strip() == str(
+        other_user.uid
+    )
     session.systemctl("stop", "jlservice")
     assert session.systemctl("is-active", "jlservice", check=False).stdout.strip() == "inactive"
