@@ -4,6 +4,8 @@ Editors save by writing a new file and renaming it over the old one (vim, sed -i
 by truncating and writing in place, so the file's *directory* is watched. Any event there arms
 a short trailing timer (the debounce); when it fires, the file's bytes are compared with the
 last ones seen, and only a real change (or a disappearance) is reported — once per burst.
+The debounced directory watch itself (DebouncedWatch) also tells the warm parent's keeper
+when packages or Jupyter's configuration may have changed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,69 @@ def fingerprint(path: Path) -> str | None:
         return None
 
 
-class ConfigWatcher(FileSystemEventHandler):
+class DebouncedWatch(FileSystemEventHandler):
+    """Watch directories (not their subdirectories) and call `settled(first_event)` on the
+    loop once their events stop for `debounce` seconds — at most `max_delay` seconds after
+    the first. `concerns(event)` picks the events that count."""
+
+    def __init__(
+        self,
+        directories: list[str],
+        loop: asyncio.AbstractEventLoop,
+        settled: Callable[[float], None],
+        concerns: Callable[[FileSystemEvent], bool] = lambda event: True,
+        debounce: float = DEBOUNCE_S,
+        max_delay: float = MAX_DELAY_S,
+    ) -> None:
+        self.directories = directories
+        self._loop = loop
+        self._settled = settled
+        self._concerns = concerns
+        self._debounce = debounce
+        self._max_delay = max_delay
+        self._timer: asyncio.TimerHandle | None = None
+        self._first_event: float | None = None
+        self._observer = Observer()
+
+    def start(self) -> None:
+        """Raises OSError (and watches nothing) if a directory cannot be watched."""
+        for directory in self.directories:
+            self._observer.schedule(self, directory, recursive=False)
+        self._observer.daemon = True
+        try:
+            self._observer.start()
+        except OSError:
+            self._observer.stop()
+            raise
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=2)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # Runs on watchdog's thread: hand over to the loop and do nothing else.
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if self._concerns(event):
+            self._loop.call_soon_threadsafe(self._arm)
+
+    def _arm(self) -> None:
+        now = time.monotonic()
+        if self._first_event is None:
+            self._first_event = now
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = min(self._debounce, max(self._first_event + self._max_delay - now, 0))
+        self._timer = self._loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        first, self._first_event, self._timer = self._first_event, None, None
+        self._settled(first or time.monotonic())
+
+
+class ConfigWatcher:
     def __init__(
         self,
         path: Path,
@@ -43,37 +107,22 @@ class ConfigWatcher(FileSystemEventHandler):
     ) -> None:
         """`seen`: the fingerprint of the content the running configuration was read from."""
         self.path = path
-        self._loop = loop
         self._on_change = on_change
         self._seen = seen
-        self._timer: asyncio.TimerHandle | None = None
-        self._first_event: float | None = None
-        self._observer = Observer()
+        self._watch = DebouncedWatch([str(path.parent)], loop, self._settle, self._concerns)
 
     def start(self) -> None:
-        self._observer.schedule(self, str(self.path.parent), recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
+        self._watch.start()
         logger.debug("config_watch_started", directory=str(self.path.parent))
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=2)
-        if self._timer is not None:
-            self._timer.cancel()
+        self._watch.stop()
 
     def accept(self, seen: str | None) -> None:
         """The supervisor has read this content (e.g. on SIGHUP): no need to report it again."""
         self._seen = seen
 
-    # Runs on watchdog's thread: hand over to the loop and do nothing else.
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        if self._concerns_config(event):
-            self._loop.call_soon_threadsafe(self._arm)
-
-    def _concerns_config(self, event: FileSystemEvent) -> bool:
+    def _concerns(self, event: FileSystemEvent) -> bool:
         # A symlinked config (e.g. a Kubernetes ConfigMap) changes when its *target* is
         # swapped, which names other files: then every event in the directory counts.
         if self.path.is_symlink():
@@ -85,19 +134,9 @@ class ConfigWatcher(FileSystemEventHandler):
             if p
         )
 
-    def _arm(self) -> None:
-        now = time.monotonic()
-        if self._first_event is None:
-            self._first_event = now
-        if self._timer is not None:
-            self._timer.cancel()
-        delay = min(DEBOUNCE_S, max(self._first_event + MAX_DELAY_S - now, 0))
-        self._timer = self._loop.call_later(delay, self._settle)
-
-    def _settle(self) -> None:
-        first, self._first_event, self._timer = self._first_event, None, None
+    def _settle(self, first_event: float) -> None:
         current = fingerprint(self.path)
         if current == self._seen:
             return
         self._seen = current
-        self._on_change(first or time.monotonic())
+        self._on_change(first_event)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -20,9 +21,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from jlservice import children, launcher, log, state
 from jlservice.warm.recipe import Recipe, for_launch
+
+if TYPE_CHECKING:
+    from jlservice.watch import DebouncedWatch
 
 logger = log.get("jlservice.warm")
 
@@ -188,8 +193,7 @@ class Keeper:
         # Why the warm parent failed, and for which launch: not tried again until it changes.
         self._failed: tuple[launcher.Launch, str] | None = None
         self._ending: set[int] = set()  # ended parents not reaped yet
-        self._observer = None
-        self._stale_timer: asyncio.TimerHandle | None = None
+        self._watch_paths: DebouncedWatch | None = None
 
     # ── what the supervisor calls ───────────────────────────────────────────
 
@@ -391,51 +395,32 @@ class Keeper:
     # Watching the paths: a change replaces the warm parent before the next start needs it.
 
     def _watch(self, paths: list[str]) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        loop = asyncio.get_running_loop()
-        keeper = self
-
-        class Changed(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:  # watchdog's thread: hand over, nothing else
-                if event.event_type not in ("opened", "closed_no_write"):
-                    loop.call_soon_threadsafe(keeper._arm_stale_check)
+        from jlservice.watch import DebouncedWatch
 
         self._unwatch()
-        observer = Observer()
-        handler = Changed()
         # Missing directories (no ~/.jupyter yet) are not watched; the fingerprint checked
         # before each warm start still covers them.
         directories = {p if os.path.isdir(p) else os.path.dirname(p) for p in paths}
-        for directory in sorted(d for d in directories if os.path.isdir(d)):
-            observer.schedule(handler, directory, recursive=False)
-        observer.daemon = True
+        watch = DebouncedWatch(
+            sorted(d for d in directories if os.path.isdir(d)),
+            asyncio.get_running_loop(),
+            lambda _first_event: self._stale_check(),
+            debounce=STALE_DEBOUNCE_S,
+            max_delay=math.inf,
+        )
         try:
-            observer.start()
+            watch.start()
         except OSError as exc:  # a directory went away meanwhile
             logger.warning("warm_parent_watch_failed", problem=str(exc))
-            observer.stop()
             return
-        self._observer = observer
+        self._watch_paths = watch
 
     def _unwatch(self) -> None:
-        if self._stale_timer is not None:
-            self._stale_timer.cancel()
-            self._stale_timer = None
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=2)
-            self._observer = None
-
-    def _arm_stale_check(self) -> None:
-        if self._stale_timer is not None:
-            self._stale_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._stale_timer = loop.call_later(STALE_DEBOUNCE_S, self._stale_check)
+        if self._watch_paths is not None:
+            self._watch_paths.stop()
+            self._watch_paths = None
 
     def _stale_check(self) -> None:
-        self._stale_timer = None
         parent = self.parent
         if parent is None or not parent.ready or self._launch is None:
             return
