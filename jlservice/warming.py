@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from jlservice import launcher, state
+from jlservice import launcher
 from jlservice.warm.keeper import Keeper
 
 
@@ -41,7 +41,5 @@ class Warming:
         self.keeper.prepare(self.launch, self.config.restart.warm)
 
     def _warm_changed(self) -> None:
-        described = self.keeper.describe()
-        warm = state.WarmParent(**described) if described else None
-        self.figures.warm_parent = (warm.pid, warm.ready) if warm else None
+        self.figures.warm_parent = warm = self.keeper.describe()
         self._save(warm_parent=warm)

@@ -85,14 +85,13 @@ class Collector:
                 "When the TLS certificate JupyterLab serves expires (Unix time)",
                 value=view.tls_cert_expiry,
             )
-        if view.warm_parent is not None:
-            pid, ready = view.warm_parent
+        if (warm := view.warm_parent) is not None:
             yield GaugeMetricFamily(
                 "jlservice_warm_parent_ready",
                 "1 while a warm parent can fork the next JupyterLab, 0 while it imports",
-                value=ready,
+                value=warm.ready,
             )
-            if (rss := state.rss_bytes(pid)) is not None:
+            if (rss := state.rss_bytes(warm.pid)) is not None:
                 yield GaugeMetricFamily(
                     "jlservice_warm_parent_resident_memory_bytes",
                     "Resident memory of the warm parent (what warm restarts cost)",

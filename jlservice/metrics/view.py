@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jlservice import state
+
 RESTART_REASONS = ("crash", "unhealthy", "reload", "rotate")
 RELOAD_RESULTS = ("applied", "unchanged", "rejected")
 
@@ -34,7 +36,7 @@ class SupervisorView:
         self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self.config_error = False
         self.tls_cert_expiry: float | None = None  # Unix time; None without [tls]
-        self.warm_parent: tuple[int, bool] | None = None  # (pid, ready)
+        self.warm_parent: state.WarmParent | None = None
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server
 
     @property

@@ -273,11 +273,11 @@ class Keeper:
         """Processes a sweep for leftovers must leave alone."""
         return {self.parent.pid, *self._ending} if self.parent else set(self._ending)
 
-    def describe(self) -> dict[str, object] | None:
-        """For state.json: which warm parent, and whether it can serve a start."""
+    def describe(self) -> state.WarmParent | None:
+        """Which warm parent, and whether it can serve a start (state.json, metrics)."""
         if self.parent is None:
             return None
-        return {"pid": self.parent.pid, "ready": self.parent.ready}
+        return state.WarmParent(self.parent.pid, self.parent.ready)
 
     def distrust(self, launch: launcher.Launch, problem: str) -> None:
         """A server it forked for `launch` failed to start: start cold until the launch
