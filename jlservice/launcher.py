@@ -328,13 +328,6 @@ def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes)
 
 def spawn(launch: Launch) -> subprocess.Popen[bytes]:
     """Start JupyterLab; its stdout and stderr arrive on one pipe."""
-    kwargs: dict[str, object] = {}
-    if launch.switch_user:
-        kwargs.update(
-            user=launch.account.uid,
-            group=launch.account.gid,
-            extra_groups=list(launch.account.groups),
-        )
     try:
         return subprocess.Popen(
             launch.argv,
@@ -346,7 +339,7 @@ def spawn(launch: Launch) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent(os.getpid()),
-            **kwargs,
+            **identity(launch.account, launch.switch_user),
         )
     except PermissionError as exc:
         raise LaunchError(
@@ -361,6 +354,13 @@ def spawn(launch: Launch) -> subprocess.Popen[bytes]:
         raise CannotStartNow(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
     except ValueError as exc:  # e.g. an embedded NUL that validation let through
         raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None
+
+
+def identity(account: users.Account, switch_user: bool) -> dict[str, object]:
+    """Popen's arguments that make a child run as `account` (none when it is us)."""
+    if not switch_user:
+        return {}
+    return {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
 
 
 def detach(popen: subprocess.Popen[bytes]) -> tuple[int, BinaryIO]:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING
 
+import psutil
+
 from jlservice import children, launcher, log, state
 from jlservice.warm.recipe import Recipe, for_launch
 
@@ -76,8 +78,6 @@ def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) ->
     the fork's intermediate is reaped), running as the lab user — or already exited as our
     child. The warm parent runs as that user, so what it says is checked before root
     signals or waits for the pid."""
-    import psutil
-
     if not isinstance(pid, int) or pid <= 1:
         return False
     if reaper.reaped(pid):
@@ -114,10 +114,6 @@ class WarmParent:
             "path0": recipe.path0,
             "preload": list(recipe.preload),
         }
-        kwargs: dict[str, object] = {}
-        if recipe.switch_user:
-            account = recipe.account
-            kwargs.update(user=account.uid, group=account.gid, extra_groups=list(account.groups))
         try:
             proc = subprocess.Popen(
                 [recipe.interpreter, "-c", BOOTSTRAP, json.dumps(spec)],
@@ -129,7 +125,7 @@ class WarmParent:
                 stderr=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
-                **kwargs,
+                **launcher.identity(recipe.account, recipe.switch_user),
             )
         except BaseException:
             ours.close()
