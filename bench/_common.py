@@ -6,6 +6,7 @@ killed by name) and jlservice's JSON log events. Standard library and psutil onl
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import http.client
@@ -14,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -273,3 +275,36 @@ def session(script: str, keep: bool):
             print(f"work directory (logs): {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def lab_bench_parser(doc: str, runs: int) -> argparse.ArgumentParser:
+    """The options of a benchmark that starts JupyterLab; add its own, then parse_lab_bench."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=runs, help=f"runs per figure (default {runs})")
+    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
+    p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
+    p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
+    p.add_argument(
+        "--bytecode",
+        choices=("cached", "env"),
+        default="cached",
+        help="cached (default): children compile .pyc once into a private cache and then "
+        "read it, as an installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
+    )
+    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
+    return p
+
+
+def parse_lab_bench(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be positive")
+    if not 0 < args.poll_ms <= 10:
+        p.error("--poll-ms must be above 0 and at most 10")
+    for tool in ("jlservice", "jupyter-lab", "python"):
+        if not (Path(args.bin_dir) / tool).exists():
+            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
+    return args

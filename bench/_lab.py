@@ -80,6 +80,21 @@ class Lab:
         self._count = 0
         self._write_config()
 
+    @classmethod
+    def from_args(
+        cls, work: Path, procs: Processes, args: Any, config_dir: Path | None = None
+    ) -> Lab:
+        """A Lab as the common options (_common.lab_bench_parser) ask for."""
+        return cls(
+            work,
+            procs,
+            Path(args.bin_dir),
+            args.poll_ms / 1000,
+            args.start_timeout,
+            args.bytecode == "cached",
+            config_dir,
+        )
+
     def _write_config(self) -> None:
         self.config.write_text(self.config_text())
 

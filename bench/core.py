@@ -301,14 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     with session("bench/core.py", args.keep) as (procs, work):
         try:
-            lab = Lab(
-                work,
-                procs,
-                Path(args.bin_dir),
-                args.poll_ms / 1000,
-                args.start_timeout,
-                args.bytecode == "cached",
-            )
+            lab = Lab.from_args(work, procs, args)
             # Every start cold: these figures are jlservice's own cost over a plain
             # JupyterLab; bench/warm.py measures warm restarts.
             lab.extra_config = "[restart]\nwarm = false\n"

@@ -29,7 +29,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a directory of scripts, not a package: its helpers are imported from beside it
-from _common import BenchError, api_ok, event_time, free_port, log_events, session, tail
+from _common import (
+    BenchError,
+    api_ok,
+    event_time,
+    free_port,
+    lab_bench_parser,
+    log_events,
+    parse_lab_bench,
+    session,
+    tail,
+)
 from _lab import Lab, need_event, wait_event
 from _report import Metric, announce, finish
 
@@ -289,31 +299,7 @@ def metrics(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
-    p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
-    p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
-    p.add_argument(
-        "--bytecode",
-        choices=("cached", "env"),
-        default="cached",
-        help="cached (default): children compile .pyc once into a private cache and then "
-        "read it, as an installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
-    )
-    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
-    args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be positive")
-    if not 0 < args.poll_ms <= 10:
-        p.error("--poll-ms must be above 0 and at most 10")
-    for tool in ("jlservice", "jupyter-lab", "python"):
-        if not (Path(args.bin_dir) / tool).exists():
-            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
-    return args
+    return parse_lab_bench(lab_bench_parser(__doc__, runs=5), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,15 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     with session("bench/reload.py", args.keep) as (procs, work):
         try:
-            lab = Lab(
-                work,
-                procs,
-                Path(args.bin_dir),
-                args.poll_ms / 1000,
-                args.start_timeout,
-                args.bytecode == "cached",
-                config_dir=work / "config",  # the logs (work/logs) stay out of the watched dir
-            )
+            # The logs (work/logs) stay out of the watched dir.
+            lab = Lab.from_args(work, procs, args, config_dir=work / "config")
             # Every start cold: these figures are jlservice's own cost over a plain
             # JupyterLab; bench/warm.py measures warm restarts.
             lab.extra_config = "[restart]\nwarm = false\n"

@@ -33,7 +33,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a directory of scripts, not a package: its helpers are imported from beside it
-from _common import BenchError, Processes, exited, free_port, wait_for
+from _common import (
+    BenchError,
+    Processes,
+    exited,
+    free_port,
+    lab_bench_parser,
+    parse_lab_bench,
+    session,
+    wait_for,
+)
 from _lab import Lab
 from _report import Metric, announce, finish
 from reload import Service
@@ -57,15 +66,7 @@ class Mode:
         self.warm = warm
         self.name = "warm" if warm else "cold"
         (work / self.name).mkdir()
-        self.lab = Lab(
-            work / self.name,
-            procs,
-            Path(args.bin_dir),
-            args.poll_ms / 1000,
-            args.start_timeout,
-            args.bytecode == "cached",
-            config_dir=work / self.name / "config",
-        )
+        self.lab = Lab.from_args(work / self.name, procs, args, work / self.name / "config")
         self.lab.extra_config = restart_section(warm)
         self.lab.config.write_text(self.lab.config_text())
         self.settle = args.settle
@@ -129,16 +130,8 @@ class Mode:
                 self.lab.warnings.append(f"{self.name}: jlservice run exited with {status}")
 
 
-def measure(work: Path, procs: Processes, args: argparse.Namespace):
-    (work / "plain").mkdir()
-    plain_lab = Lab(
-        work / "plain",
-        procs,
-        Path(args.bin_dir),
-        args.poll_ms / 1000,
-        args.start_timeout,
-        args.bytecode == "cached",
-    )
+def measure(plain_lab: Lab, work: Path, procs: Processes, args: argparse.Namespace):
+    """`plain_lab`: where the plain cold starts (the baseline) run."""
     plain_port = free_port()
     warm, cold = Mode(work, procs, args, True), Mode(work, procs, args, False)
     plain: list[float] = []
@@ -213,43 +206,19 @@ def vars_of(mode: Mode) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=10, help="runs per figure (default 10)")
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
-    p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
-    p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
-    p.add_argument(
-        "--bytecode",
-        choices=("cached", "env"),
-        default="cached",
-        help="cached (default): children compile .pyc once into a private cache, as an "
-        "installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
-    )
-    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
-    args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be positive")
-    if not 0 < args.poll_ms <= 10:
-        p.error("--poll-ms must be above 0 and at most 10")
-    for tool in ("jlservice", "jupyter-lab", "python"):
-        if not (Path(args.bin_dir) / tool).exists():
-            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
-    return args
+    return parse_lab_bench(lab_bench_parser(__doc__, runs=10), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from _common import session
-
     args = parse_args(argv)
     began = time.time()
     with session("bench/warm.py", args.keep) as (procs, work):
         try:
-            bin_python = str(Path(args.bin_dir) / "python")
-            machine = announce("jlservice warm-restart benchmark", bin_python, {}, args.runs)
-            metrics, warnings, raw = measure(work, procs, args)
+            (work / "plain").mkdir()
+            plain = Lab.from_args(work / "plain", procs, args)
+            title = "jlservice warm-restart benchmark"
+            machine = announce(title, str(plain.bin / "python"), plain.env, args.runs)
+            metrics, warnings, raw = measure(plain, work, procs, args)
         except (BenchError, subprocess.TimeoutExpired) as exc:
             print(f"\nbench/warm.py: FAILED: {exc}", file=sys.stderr)
             return 1
