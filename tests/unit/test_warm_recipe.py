@@ -9,25 +9,15 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from jlservice import children, config, launcher
+from launch_support import build
+
+from jlservice import children
 from jlservice.warm import recipe
 
 CONSOLE_SCRIPT = (
     "# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom jupyterlab.labapp import main\n"
     "if __name__ == '__main__':\n    sys.exit(main())\n"
 )
-
-
-def build(tmp_path: Path, environ: dict[str, str] | None = None, **lab) -> launcher.Launch:
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir(exist_ok=True)
-    table = {"notebook_dir": str(notebooks), "port": 9123, "allow_root": os.geteuid() == 0}
-    doc = {
-        "lab": {**table, **lab},
-        "service": {"state_dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-    }
-    parsed = config.parse(doc, "test.toml", None, {}, tmp_path)
-    return launcher.build(parsed, environ=environ or {"PATH": "/usr/bin:/bin"})
 
 
 def _script(tmp_path: Path, name: str, shebang: str, body: str = CONSOLE_SCRIPT) -> str:
