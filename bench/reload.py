@@ -43,7 +43,7 @@ from _common import (
 from _lab import Lab, need_event, wait_event
 from _report import Metric, announce, finish
 
-from jlservice.watch import DEBOUNCE_S
+from jlservice.supervisor.watch import DEBOUNCE_S
 
 RELOAD_GOAL_S = 0.5  # reload median may exceed the cold-start median by this much
 DETECT_GOAL_MS = 100.0  # rename -> detected, less the debounce window

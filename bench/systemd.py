@@ -36,7 +36,7 @@ from _common import BenchError, child_env, free_port, session, wait_for
 from _report import Metric, announce, finish
 from sandbox import JLSERVICE, Sandbox, available
 
-from jlservice import unit_files
+from jlservice.admin import unit_files
 
 
 def say(message: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jlservice import config, launcher
+from jlservice import config
+from jlservice.start import launcher
 
 IS_ROOT = os.geteuid() == 0
 

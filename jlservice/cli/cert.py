@@ -35,7 +35,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 def cmd_cert(args: argparse.Namespace) -> int:
     import socket
 
-    from jlservice import tls  # cryptography: only here
+    from jlservice.admin import tls  # cryptography: only here
 
     if not 1 <= args.days <= 3650:
         raise CommandError(f"--days {args.days}: choose 1 to 3650 days")

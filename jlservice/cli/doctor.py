@@ -21,7 +21,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from jlservice import doctor
+    from jlservice.admin import doctor
 
     results = doctor.diagnose(config_path(args))
     print(doctor.report(results))

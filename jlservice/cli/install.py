@@ -57,7 +57,7 @@ def _where(parser: argparse.ArgumentParser) -> None:
 
 
 def _target(args: argparse.Namespace):
-    from jlservice import install
+    from jlservice.admin import install
 
     if args.config:
         raise CommandError(
@@ -80,7 +80,7 @@ def _target(args: argparse.Namespace):
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from jlservice import install
+    from jlservice.admin import install
 
     target = _target(args)
     if args.user_unit and args.user:
@@ -103,7 +103,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    from jlservice import install
+    from jlservice.admin import install
 
     target = _target(args)
     _report(lambda: install.uninstall(target, purge=args.purge))
@@ -111,7 +111,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def _report(action) -> None:
-    from jlservice import install
+    from jlservice.admin import install
 
     try:
         done = action()

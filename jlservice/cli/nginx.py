@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 
-from jlservice import config, probe
+from jlservice import config
 from jlservice.cli.common import CommandError, config_path
+from jlservice.supervisor import probe
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_nginx(args: argparse.Namespace) -> int:
-    from jlservice import nginx_conf
+    from jlservice.admin import nginx_conf
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CommandError("give both --tls-cert and --tls-key, or neither")

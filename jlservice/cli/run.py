@@ -23,16 +23,16 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(config_path(args))
-        from jlservice import run  # heavy: jupyter-facing machinery, structlog, psutil
+        from jlservice.supervisor import main  # heavy: jupyter-facing machinery, structlog, psutil
 
-        code = run.run(cfg)
+        code = main.run(cfg)
         if code:  # the supervisor's last STATUS= (why it gave up) must reach systemd first
-            from jlservice.notify import Notifier
+            from jlservice.supervisor.notify import Notifier
 
             Notifier().barrier()
         return code
     except config.ConfigError as exc:
-        from jlservice.notify import Notifier
+        from jlservice.supervisor.notify import Notifier
 
         # `systemctl status` shows it, not only the journal.
         Notifier().last_words(f"configuration error: {exc}")

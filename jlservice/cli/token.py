@@ -7,8 +7,9 @@ import argparse
 import os
 import signal
 
-from jlservice import config, probe, state
+from jlservice import config, state
 from jlservice.cli.common import CommandError, config_path, running_state, wait_state
+from jlservice.supervisor import probe
 
 SSH_LOCAL_PORT = 8888
 

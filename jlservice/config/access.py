@@ -49,7 +49,7 @@ def parse_tls(r: Reader, t: Mapping[str, Any], base: Path) -> TLSConfig:
     if certfile is None or keyfile is None:
         missing = "certfile" if certfile is None else "keyfile"
         r.fail("tls", missing, "missing: give both certfile and keyfile (or neither for http)")
-    from jlservice import tls  # cryptography: only when TLS is configured
+    from jlservice.admin import tls  # cryptography: only when TLS is configured
 
     cert_path = _path(certfile, base)
     key_path = _path(keyfile, base)

@@ -11,7 +11,7 @@ import time
 import pytest
 from support import IS_ROOT, PYTHON
 
-from jlservice import tls
+from jlservice.admin import tls
 
 
 def _doctor(svc) -> tuple[int, dict[str, str]]:

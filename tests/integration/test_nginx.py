@@ -9,7 +9,7 @@ import requests
 from nginx_proc import NGINX, Nginx
 from support import free_port, wait_for
 
-from jlservice import tls
+from jlservice.admin import tls
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (tests/run.sh installs it when run as root)"

@@ -12,7 +12,7 @@ from cryptography import x509
 from metrics_support import metrics_section, metrics_url, value, wait_scrape
 from support import IS_ROOT, render_toml
 
-from jlservice import tls
+from jlservice.admin import tls
 
 
 def _cert(svc, *names: str, days: int = 365) -> None:

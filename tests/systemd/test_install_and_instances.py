@@ -13,7 +13,7 @@ import tomllib
 from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
 from support import LabClient, free_port, pid_alive, wait_for
 
-from jlservice.unit_files import NOTEBOOK_DROP_IN
+from jlservice.admin.unit_files import NOTEBOOK_DROP_IN
 
 
 def test_two_template_instances_run_two_users_on_two_ports(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sandbox import JLSERVICE, available
 
-from jlservice import unit_files
+from jlservice.admin import unit_files
 
 # (file in jlservice/units, name to verify it under, systemd-analyze scope)
 UNITS = [

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from support import render_toml as toml_text
 
-from jlservice import config, launcher, tls
+from jlservice import config
+from jlservice.admin import tls
 from jlservice.config.access import risks
+from jlservice.start import launcher
 
 
 def load_error(path: Path) -> str:

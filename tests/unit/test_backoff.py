@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jlservice.config import RestartConfig
-from jlservice.supervisor import backoff_delay
+from jlservice.supervisor.loop import backoff_delay
 
 RESTART = RestartConfig(initial_delay=0.5, max_delay=30.0)
 

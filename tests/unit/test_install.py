@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from jlservice import config, install, unit_files
+from jlservice import config
+from jlservice.admin import install, unit_files
 from jlservice.config import service
 
 TEMPLATE = """[Service]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from launch_support import build
 
-from jlservice import config, launcher
+from jlservice import config
+from jlservice.start import launcher
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")

@@ -3,7 +3,7 @@ tests/integration/test_nginx.py)."""
 
 from __future__ import annotations
 
-from jlservice.nginx_conf import Site, render
+from jlservice.admin.nginx_conf import Site, render
 
 
 def test_plain_http_with_base_url() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jlservice import notify
+from jlservice.supervisor import notify
 
 
 @pytest.fixture

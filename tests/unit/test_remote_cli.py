@@ -9,9 +9,9 @@ from pathlib import Path
 from support import free_port
 
 from jlservice import config, state
+from jlservice.admin.doctor.context import Context
+from jlservice.admin.doctor.http import check_metrics
 from jlservice.cli.token import ssh_tunnel
-from jlservice.doctor.context import Context
-from jlservice.doctor.http import check_metrics
 
 
 def _state(**changes) -> state.State:

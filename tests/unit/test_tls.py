@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from jlservice import tls
+from jlservice.admin import tls
 
 
 def test_self_signed_has_the_names_and_validity_asked_for() -> None:

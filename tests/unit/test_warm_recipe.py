@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 from launch_support import build
 
-from jlservice import children
-from jlservice.warm import recipe
+from jlservice.start.warm import recipe
+from jlservice.supervisor import children
 
 CONSOLE_SCRIPT = (
     "# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom jupyterlab.labapp import main\n"
@@ -102,7 +102,7 @@ def test_an_exit_reaped_before_it_was_watched_is_not_lost() -> None:
 
 def test_a_pid_the_warm_parent_reports_is_checked(tmp_path: Path) -> None:
     """The warm parent runs as the lab user: root must not signal a pid it merely names."""
-    from jlservice.warm import keeper
+    from jlservice.start.warm import keeper
 
     launch = build(tmp_path)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

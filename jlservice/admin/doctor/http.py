@@ -7,9 +7,9 @@ import ssl
 import urllib.error
 import urllib.request
 
-from jlservice import probe
+from jlservice.admin.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
 from jlservice.cli.common import mask
-from jlservice.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
+from jlservice.supervisor import probe
 
 TIMEOUT = 3.0
 

@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from jlservice import launcher, log, probe, reload, state
+from jlservice import log, state
 from jlservice.config import Config
-from jlservice.events import PendingReloadDue, ReloadRequested
+from jlservice.start import launcher
+from jlservice.supervisor import probe, reload
+from jlservice.supervisor.events import PendingReloadDue, ReloadRequested
 
 if TYPE_CHECKING:
-    from jlservice.watch import ConfigWatcher
+    from jlservice.supervisor.watch import ConfigWatcher
 
 logger = log.get("jlservice.supervisor")
 
@@ -42,7 +44,7 @@ class Reloading:
     def _watch_config(self, loop: asyncio.AbstractEventLoop) -> None:
         wanted = self.config.path is not None and self.config.reload.watch
         if wanted and self.watcher is None:
-            from jlservice.watch import ConfigWatcher
+            from jlservice.supervisor.watch import ConfigWatcher
 
             self.watcher = ConfigWatcher(
                 self.config.path, loop, self._config_changed, seen=self.config.digest

@@ -13,7 +13,8 @@ import shutil
 import stat
 from dataclasses import dataclass
 
-from jlservice import launcher, users
+from jlservice import users
+from jlservice.start import launcher
 
 # Loaded by every jupyter_server application: most of a cold start is importing it.
 SERVER_MODULE = "jupyter_server.serverapp"

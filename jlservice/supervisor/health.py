@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from jlservice import log, probe
+from jlservice import log
 from jlservice.config import HealthConfig
-from jlservice.events import Event, LabReady, LabUnhealthy
+from jlservice.supervisor import probe
+from jlservice.supervisor.events import Event, LabReady, LabUnhealthy
 
 logger = log.get("jlservice.health")
 

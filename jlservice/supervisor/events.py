@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jlservice.children import ExitStatus
+from jlservice.supervisor.children import ExitStatus
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from jlservice.doctor.context import Context, Result
-from jlservice.doctor.http import check_answers, check_auth, check_metrics, check_token
-from jlservice.doctor.local import (
+from jlservice.admin.doctor.context import Context, Result
+from jlservice.admin.doctor.http import check_answers, check_auth, check_metrics, check_token
+from jlservice.admin.doctor.local import (
     check_address,
     check_config,
     check_notebook_dir,

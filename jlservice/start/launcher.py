@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from jlservice import notify, probe, state, users
+from jlservice import state, users
 from jlservice.config import Config, OptionValue
+from jlservice.supervisor import notify, probe
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36

@@ -8,8 +8,9 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from jlservice import launcher, state
-from jlservice.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+from jlservice import state
+from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+from jlservice.start import launcher
 
 
 def check_config(ctx: Context) -> Result:
@@ -161,7 +162,7 @@ def check_tls(ctx: Context) -> Result:
     tls_config = ctx.config.tls
     if not tls_config.enabled:
         return Result(name, None, "not configured: JupyterLab serves plain http")
-    from jlservice import tls
+    from jlservice.admin import tls
 
     info = tls.inspect(tls_config.cert_pem)
     until = time.strftime("%Y-%m-%d", time.gmtime(info.not_after))

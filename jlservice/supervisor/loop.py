@@ -19,10 +19,15 @@ import subprocess
 import sys
 import time
 
-from jlservice import EX_CONFIG, __version__, children, launcher, log, state
+from jlservice import EX_CONFIG, __version__, log, state
 from jlservice.config import Config, RestartConfig
 from jlservice.config.access import risks
-from jlservice.events import (
+from jlservice.metrics.exporter import Exporter
+from jlservice.metrics.view import Endpoint, SupervisorView
+from jlservice.start import launcher
+from jlservice.start.warm.keeper import Keeper
+from jlservice.supervisor import children
+from jlservice.supervisor.events import (
     BackoffElapsed,
     ChildExited,
     Event,
@@ -34,13 +39,10 @@ from jlservice.events import (
     StartTimedOut,
     StopRequested,
 )
-from jlservice.lab import Lab
-from jlservice.metrics.exporter import Exporter
-from jlservice.metrics.view import Endpoint, SupervisorView
-from jlservice.notify import Notifier
-from jlservice.reloading import Reloading
-from jlservice.warm.keeper import Keeper
-from jlservice.warming import Warming
+from jlservice.supervisor.lab import Lab
+from jlservice.supervisor.notify import Notifier
+from jlservice.supervisor.reloading import Reloading
+from jlservice.supervisor.warming import Warming
 
 logger = log.get("jlservice.supervisor")
 
@@ -297,7 +299,7 @@ class Supervisor(Reloading, Warming):
         """The certificate's expiry, for the log from 30 days before and for the metrics."""
         self.figures.tls_cert_expiry = None
         if self.config.tls.enabled:
-            from jlservice import tls
+            from jlservice.admin import tls
 
             self.figures.tls_cert_expiry = tls.expiry(self.config.tls.cert_pem)
             problem = tls.expiry_warning(self.config.tls.cert_pem)

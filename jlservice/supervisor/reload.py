@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jlservice import config, launcher
+from jlservice import config
 from jlservice.config import Config, ConfigError
+from jlservice.start import launcher
 
 APPLIED, UNCHANGED, REJECTED, PENDING = "applied", "unchanged", "rejected", "pending"
 

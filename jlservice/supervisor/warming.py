@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from jlservice import launcher
-from jlservice.warm.keeper import Keeper
+from jlservice.start import launcher
+from jlservice.start.warm.keeper import Keeper
 
 
 class Warming:

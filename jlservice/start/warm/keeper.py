@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from jlservice import children, launcher, log, state
-from jlservice.warm.recipe import Recipe, for_launch
+from jlservice import log, state
+from jlservice.start import launcher
+from jlservice.start.warm.recipe import Recipe, for_launch
+from jlservice.supervisor import children
 
 if TYPE_CHECKING:
-    from jlservice.watch import DebouncedWatch
+    from jlservice.supervisor.watch import DebouncedWatch
 
 logger = log.get("jlservice.warm")
 
@@ -39,7 +41,7 @@ STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
 MAX_MESSAGE = 1 << 16
 MAX_PATHS = 256
 BOOTSTRAP = "import sys;exec(compile(sys.stdin.read(),'jlservice-warm-parent','exec'))"
-_PROGRAM = resources.files("jlservice.warm").joinpath("parent.py")
+_PROGRAM = resources.files("jlservice.start.warm").joinpath("parent.py")
 
 
 def _paths(message: dict) -> list[str]:
@@ -391,7 +393,7 @@ class Keeper:
     # Watching the paths: a change replaces the warm parent before the next start needs it.
 
     def _watch(self, paths: list[str]) -> None:
-        from jlservice.watch import DebouncedWatch
+        from jlservice.supervisor.watch import DebouncedWatch
 
         self._unwatch()
         # Missing directories (no ~/.jupyter yet) are not watched; the fingerprint checked

@@ -9,8 +9,9 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
-from jlservice import launcher, state
+from jlservice import state
 from jlservice.config import Config, ConfigError
+from jlservice.start import launcher
 
 if TYPE_CHECKING:
     import subprocess
@@ -47,7 +48,7 @@ def run(config: Config) -> int:
     import asyncio
 
     from jlservice import log
-    from jlservice.supervisor import Supervisor
+    from jlservice.supervisor.loop import Supervisor
 
     log.configure(config.log.level, config.log.format)
     return asyncio.run(Supervisor(config, launch, secrets, started, early_signals).run())

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from jlservice import config, state, unit_files, users
+from jlservice import config, state, users
+from jlservice.admin import unit_files
 from jlservice.config.reader import Reader
 from jlservice.config.service import DEFAULT_PATH, parse_service, user_config_path
 

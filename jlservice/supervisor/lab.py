@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from jlservice import children, health, launcher, log, state
+from jlservice import log, state
 from jlservice.config import HealthConfig
-from jlservice.events import ChildExited, Event, StartTimedOut
-from jlservice.lab_output import LabOutput
+from jlservice.start import launcher
+from jlservice.supervisor import children, health
+from jlservice.supervisor.events import ChildExited, Event, StartTimedOut
+from jlservice.supervisor.lab_output import LabOutput
 
 logger = log.get("jlservice.lab")
 
