@@ -1,1 +1,24 @@
-"""How JupyterLab is started: the exact launch, cold (a new process) or warm (forked)."""
+"""How JupyterLab is started: the exact launch (launcher), and two ways to start it behind
+one `start(launch, secrets)`: cold.ColdStart (a new process) and warm.WarmStart (forked from
+a warm parent, cold when it cannot be).
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, NamedTuple
+
+
+class Secrets(NamedTuple):
+    """What JupyterLab is given to log people in with."""
+
+    token: str
+    cookie_secret: bytes
+
+
+class Started(NamedTuple):
+    """A JupyterLab process just started: the supervisor owns its pid and output from now on."""
+
+    pid: int
+    output: BinaryIO  # the read end of its stdout+stderr pipe
+    warm: bool  # forked by the warm parent
+    began: float  # time.time() just before the start

@@ -304,18 +304,6 @@ def _die_with_parent(parent_pid: int):
     return setup
 
 
-def start(
-    launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
-) -> subprocess.Popen[bytes]:
-    """Check the address, hand over the secrets, spawn JupyterLab.
-
-    Raises CannotStartNow (worth retrying) or LaunchError (a configuration problem).
-    Synchronous and light, so that `jlservice run` can call it before its heavier imports.
-    """
-    prepare(launch, runtime_dir, token, cookie_secret)
-    return spawn(launch)
-
-
 def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
     """What every start needs first, cold or warm: a free address and the secrets in place."""
     problem = check_port(launch.ip, launch.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 from jlservice.supervisor.children import ExitStatus
@@ -56,6 +57,16 @@ class PendingReloadDue:
     generation: int
 
 
+@dataclass(frozen=True)
+class WarmParentChanged:
+    """The warm parent appeared, became ready or went away."""
+
+
+@dataclass(frozen=True)
+class CertificateCheckDue:
+    """Time to look at the TLS certificate's expiry again (daily)."""
+
+
 Event = (
     ChildExited
     | LabReady
@@ -66,4 +77,18 @@ Event = (
     | RotateRequested
     | ReloadRequested
     | PendingReloadDue
+    | WarmParentChanged
+    | CertificateCheckDue
 )
+
+# The signals that are commands to the supervisor.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def signal_event(signum: int) -> Event:
+    """Signals are commands: stop, reload, rotate the token."""
+    if signum == signal.SIGHUP:
+        return ReloadRequested("SIGHUP")
+    if signum == signal.SIGUSR1:
+        return RotateRequested()
+    return StopRequested(signal.Signals(signum).name)

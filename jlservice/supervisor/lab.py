@@ -12,11 +12,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import BinaryIO
 
-from jlservice import log, state
+from jlservice import log
 from jlservice.config import HealthConfig
-from jlservice.start import launcher
+from jlservice.start import Started, launcher
 from jlservice.supervisor import children, health
 from jlservice.supervisor.events import ChildExited, Event, StartTimedOut
 from jlservice.supervisor.lab_output import LabOutput
@@ -32,67 +31,69 @@ class Lab:
         exited: asyncio.Future[children.ExitStatus],
         start_timer: asyncio.TimerHandle,
         ready_probe: asyncio.Task[None],
-        started: float | None,
+        started: float,
+        api_url: str,
+        post: Callable[[Event], None],
     ) -> None:
         self.pid = pid
         self.output = output
         self.exited = exited
-        # run.py's early start: /proc has it (btime is whole seconds: up to 1 s off).
-        self.started = started or state.process_start_time(pid) or time.time()
+        self.started = started
         self.ready_at: float | None = None
         self.stop_reason: str | None = None
         self.answering = True  # the last health probe succeeded
         self._start_timer = start_timer
         self._tasks = [ready_probe]
+        self._api_url = api_url
+        self._post = post
 
     @classmethod
     async def adopt(
         cls,
-        pid: int,
-        stdout: BinaryIO,
+        started: Started,
         launch: launcher.Launch,
         reaper: children.Reaper,
         post: Callable[[Event], None],
         start_timeout: float,
-        started: float | None = None,
     ) -> Lab:
-        """Take charge of a JupyterLab just started (cold or warm), and wait for it.
-
-        `stdout`: the read end of its output pipe, which the Lab owns from now on;
-        `started`: time.time() just before it was started, if known.
-        """
+        """Take charge of a JupyterLab just started (cold or warm), and wait for it: the Lab
+        owns its output pipe from now on."""
         loop = asyncio.get_running_loop()
+        pid = started.pid
         exited = reaper.watch(pid)
         exited.add_done_callback(lambda f: post(ChildExited(pid, f.result())))
         printed = asyncio.Event()
-        _, output = await loop.connect_read_pipe(lambda: LabOutput(pid, printed.set), stdout)
+        _, output = await loop.connect_read_pipe(
+            lambda: LabOutput(pid, printed.set), started.output
+        )
         return cls(
             pid,
             output,
             exited,
             start_timer=loop.call_later(start_timeout, post, StartTimedOut(pid)),
             ready_probe=loop.create_task(health.wait_ready(pid, launch.api_url, printed, post)),
-            started=started,
+            started=started.began,
+            api_url=launch.api_url,
+            post=post,
         )
 
     @property
     def ready(self) -> bool:
         return self.ready_at is not None
 
-    def mark_ready(
-        self, api_url: str, settings: Callable[[], HealthConfig], post: Callable[[Event], None]
-    ) -> float:
+    def mark_ready(self, settings: Callable[[], HealthConfig]) -> float:
         """JupyterLab answers: watch its health from now on. Returns seconds since spawn."""
         self.ready_at = time.time()
         self._start_timer.cancel()
         self._tasks.append(
             asyncio.get_running_loop().create_task(
-                health.watch(
-                    self.pid, api_url, settings, lambda ok: setattr(self, "answering", ok), post
-                )
+                health.watch(self.pid, self._api_url, settings, self._probed, self._post)
             )
         )
         return self.ready_at - self.started
+
+    def _probed(self, ok: bool) -> None:
+        self.answering = ok
 
     def cancel_watchers(self) -> None:
         self._start_timer.cancel()

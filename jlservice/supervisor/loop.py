@@ -1,34 +1,40 @@
-"""The supervisor: one asyncio loop, one event queue, one state machine.
+"""The supervisor's state machine: one asyncio loop, one event queue, one `_handle`.
 
-    starting ──ready──▶ ready ──exit / unhealthy──▶ (sweep) ──▶ backoff ──▶ starting
-        │                 │  ╰──reload / rotate──▶ (stop, sweep) ──▶ starting
-        └──exit / timeout─┴──────────── stop signal ─────────────────▶ stopped
+    STARTING ──LabReady──▶ READY ──exit──────────────────────────▶ (sweep) ─▶ BACKOFF ─┐
+       │                     │  ╰─unhealthy / reload / rotate─▶ RESTARTING ─exit─▶ (sweep)┤
+       │                     │                                                  ▼        │
+       ├─exit / StartTimedOut┴──────────▶ (sweep) ─▶ BACKOFF ──BackoffElapsed──▶ STARTING ◀┘
+       └────────── StopRequested, in any phase ──▶ STOPPING ──exit──▶ (sweep) ─▶ Halt(0)
 
-Signal handlers, timers, probes, the file watcher and the child reaper only post events
-(jlservice.events); `_handle` decides. The process itself is a jlservice.lab.Lab; reloads
-are handled by the jlservice.reloading mixin.
+Everything that happens arrives as an event (supervisor.events): signals, the child reaper,
+JupyterLab's probes, timers, the file watcher, the warm parent's keeper. The collaborators in
+`Parts` do the work and speak back only by posting events; the Publisher is the one writer
+of state.json, sd_notify and the metrics view. `Halt` is the one way out of the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import gc
 import os
-import signal
-import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from jlservice import EX_CONFIG, __version__, log, state
+from jlservice import EX_CONFIG, log, state
 from jlservice.config import Config, RestartConfig
 from jlservice.config.access import risks
-from jlservice.metrics.exporter import Exporter
-from jlservice.metrics.view import Endpoint, SupervisorView
-from jlservice.start import launcher
-from jlservice.start.warm.keeper import Keeper
-from jlservice.supervisor import children
+from jlservice.metrics.view import Endpoint
+from jlservice.start import Secrets, Started, launcher
+from jlservice.supervisor import reload
+from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import (
+    SIGNALS,
     BackoffElapsed,
+    CertificateCheckDue,
     ChildExited,
     Event,
     LabReady,
@@ -38,25 +44,30 @@ from jlservice.supervisor.events import (
     RotateRequested,
     StartTimedOut,
     StopRequested,
+    WarmParentChanged,
+    signal_event,
 )
-from jlservice.supervisor.lab import Lab
-from jlservice.supervisor.notify import Notifier
-from jlservice.supervisor.reloading import Reloading
-from jlservice.supervisor.warming import Warming
+from jlservice.supervisor.publish import Publisher
 
 logger = log.get("jlservice.supervisor")
 
+CERTIFICATE_CHECK_S = 86400.0  # a service runs for months: look at the expiry daily
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+class Phase(enum.Enum):
+    STARTING = "starting"  # a JupyterLab runs; not answering yet
+    READY = "ready"  # it answers
+    RESTARTING = "restarting"  # it is being stopped on purpose; its exit starts the next
+    BACKOFF = "backoff"  # none runs; BackoffElapsed starts the next
+    STOPPING = "stopping"  # jlservice stops; the last exit halts the loop
 
 
-def signal_event(signum: int) -> Event:
-    """Signals are commands: stop, reload, rotate the token."""
-    if signum == signal.SIGHUP:
-        return ReloadRequested("SIGHUP")
-    if signum == signal.SIGUSR1:
-        return RotateRequested()
-    return StopRequested(signal.Signals(signum).name)
+class Halt(Exception):
+    """Leave the loop with this exit status: the only way the supervisor ends."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
@@ -71,66 +82,114 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
     return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
 
 
-class Supervisor(Reloading, Warming):
+# ── what the loop drives (small interfaces; tests/unit/supervisor has fakes) ─────
+
+
+class Lab(Protocol):
+    """One JupyterLab process (supervisor.lab.Lab)."""
+
+    pid: int
+    started: float
+    ready_at: float | None
+    answering: bool
+    stop_reason: str | None
+    exited: asyncio.Future[ExitStatus]
+
+    @property
+    def ready(self) -> bool: ...
+    def mark_ready(self, settings: Callable[[], Any]) -> float: ...
+    def cancel_watchers(self) -> None: ...
+    async def stop(self, reason: str, timeout: float) -> None: ...
+    async def drain_output(self) -> str | None: ...
+
+
+class Starter(Protocol):
+    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started: ...
+
+
+class Keeper(Protocol):
+    """The warm parent (start.warm.keeper.Keeper)."""
+
+    def keep(self, launch: launcher.Launch, enabled: bool) -> None: ...
+    def distrust(self, launch: launcher.Launch, problem: str) -> None: ...
+    def spare(self) -> set[int]: ...
+    def describe(self) -> state.WarmParent | None: ...
+    def close(self) -> None: ...
+
+
+class Exporter(Protocol):
+    def apply(self, settings: Any) -> None: ...
+    def stop(self) -> None: ...
+
+
+class ConfigFollower(Protocol):
+    def follow(self, config: Config) -> None: ...
+    def accept(self, seen: str | None) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Parts:
+    publisher: Publisher
+    starter: Starter
+    keeper: Keeper
+    adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
+    sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
+    plan: Callable[[Config, launcher.Launch], reload.Plan]
+    # (pending, api_url, token, progress): returns once the kernels are idle, or at the deadline
+    wait_idle: Callable[[reload.PendingReload, str, str, Callable[[str], None]], Awaitable[None]]
+    exporter: Exporter
+    follower: ConfigFollower
+    later: Callable[[float, Event], object]  # post the event after a delay
+    start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
+    watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks
+
+
+class Supervisor:
     def __init__(
         self,
         config: Config,
         launch: launcher.Launch,
-        secrets: tuple[str, bytes],
-        started: subprocess.Popen[bytes] | Exception | None = None,
-        early_signals: list[int] | None = None,
+        secrets: Secrets,
+        parts: Parts,
+        events: asyncio.Queue[Event],
     ) -> None:
-        """`secrets`: the token and cookie secret; `started`: JupyterLab if run.py has already
-        started it (or why it could not), else None; `early_signals`: signals received before
-        the loop could handle them."""
+        """`events`: where the parts post what happens."""
         self.config = config
-        self.notifier = Notifier()
         self.launch = launch
-        self.token, self.cookie_secret = secrets
-        self._started = started
-        self._early_signals = early_signals or []
-        self.reaper = children.Reaper()
-        self.keeper = Keeper(self.reaper, self._warm_changed)
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.secrets = secrets
+        self.parts = parts
+        self.publish = parts.publisher
+        self.events = events
+        self.phase = Phase.STARTING
         self.lab: Lab | None = None
-        self.failures = 0
-        self.attempt = 0
-        self.stopping = False
-        self.reloading = False  # RELOADING=1 sent, READY=1 still owed to systemd
-        self.exit_code: int | None = None
-        self.state: state.State | None = None
-        self.figures = SupervisorView(__version__, config.lab.user)  # what metrics show
-        self.exporter: Exporter | None = None
-
-    # ── plumbing ────────────────────────────────────────────────────────────
+        self.failures = 0  # failed starts in a row
+        self.attempt = 0  # which start a BackoffElapsed is for
+        self.pending: reload.PendingReload | None = None
 
     def post(self, event: Event) -> None:
         self.events.put_nowait(event)
 
-    def _save(self, **changes: object) -> None:
-        assert self.state is not None
-        self.state = self.state.evolve(**changes)
-        self.figures.config_error = self.state.config_error is not None
-        state.write_state(self.config.service.state_dir, self.state)
+    # ── the loop ────────────────────────────────────────────────────────────
 
-    def _status_line(self) -> str:
-        if self.lab is not None and self.lab.ready:
-            launch = self.launch
-            line = f"JupyterLab ready on {launch.url} as {launch.account.name} (pid {self.lab.pid})"
-        else:
-            line = f"JupyterLab {self.state.status} on {self.launch.url}"
-        if self.state.config_error:
-            line += "; configuration rejected, still using the previous one: "
-            line += self.state.config_error
-        elif self.state.reload_pending:
-            line += f"; reload pending: {self.state.reload_pending}"
-        return line
-
-    # ── main loop ───────────────────────────────────────────────────────────
-
-    async def run(self) -> int:
+    async def run(self, early_signals: list[int] = ()) -> int:
+        """Start JupyterLab and keep it running until a stop; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for signum in SIGNALS:
+            loop.add_signal_handler(signum, self.post, signal_event(signum))
+        for signum in early_signals:  # arrived while jlservice was still importing
+            self.post(signal_event(signum))
+        watchdog = loop.create_task(self._watchdog()) if self.parts.watchdog_interval else None
         try:
-            return await self._run()
+            self._started_up()
+            await self._start()
+            # Only now: a JupyterLab that already exited must be reaped as itself.
+            self.parts.start_reaping()
+            self.parts.follower.follow(self.config)  # after the spawn: watchdog's import
+            while True:
+                await self._handle(await self.events.get())
+        except Halt as halt:
+            return halt.code
         except Exception:
             # A bug must not leave JupyterLab's kernels (and their GPU memory) behind.
             logger.exception("supervisor_failed")
@@ -139,20 +198,51 @@ class Supervisor(Reloading, Warming):
             await self._sweep()
             return 1
         finally:
-            self.keeper.close()
-            if self.exporter is not None:
-                self.exporter.stop()
+            if watchdog:
+                watchdog.cancel()
+            self.parts.follower.stop()
+            self.parts.keeper.close()
+            self.parts.exporter.stop()
 
-    async def _run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for signum in SIGNALS:
-            loop.add_signal_handler(signum, self.post, signal_event(signum))
-        for signum in self._early_signals:  # arrived while jlservice was still importing
-            self.post(signal_event(signum))
-        self._init_state()
-        self.exporter = Exporter(self.figures, self.config.metrics)
-        self.exporter.start()
-        watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
+    async def _handle(self, event: Event) -> None:
+        lab, phase = self.lab, self.phase
+        current = lab is not None and getattr(event, "pid", None) == lab.pid
+        match event:
+            case ChildExited() if current:
+                await self._on_exit(event.status)
+            case LabReady() if current and phase is Phase.STARTING:
+                self._on_ready()
+            case LabUnhealthy() if current and phase is Phase.READY:
+                logger.warning("lab_unhealthy", pid=lab.pid, problem=event.problem)
+                self.publish.watchdog()  # jlservice acts on it; systemd need not
+                await self._replace(f"JupyterLab stopped answering: {event.problem}", "unhealthy")
+            case StartTimedOut() if current and phase is Phase.STARTING:
+                timeout = self.config.restart.start_timeout
+                logger.error("lab_start_timeout", pid=lab.pid, timeout_s=timeout)
+                await self._replace(
+                    f"JupyterLab did not answer within {timeout:g} s", "start_timeout"
+                )
+            case BackoffElapsed() if phase is Phase.BACKOFF and event.attempt == self.attempt:
+                await self._start()
+            case StopRequested() if phase is not Phase.STOPPING:
+                await self._on_stop(event.signal)
+            case RotateRequested() if phase is not Phase.STOPPING:
+                await self._on_rotate()
+            case ReloadRequested() if phase is not Phase.STOPPING:
+                await self._on_reload(event.source)
+            case PendingReloadDue() if self.pending and event.generation == self.pending.generation:
+                self.publish.reload_started()
+                await self._restart_with(self.pending.launch)
+            case WarmParentChanged():
+                self.publish.warm_parent(self.parts.keeper.describe())
+            case CertificateCheckDue():
+                self._check_certificate()
+            case _:
+                logger.debug("event_ignored", ignored=repr(event), phase=phase.value)
+
+    # ── starting ────────────────────────────────────────────────────────────
+
+    def _started_up(self) -> None:
         logger.info(
             "supervisor_started",
             pid=os.getpid(),
@@ -160,157 +250,256 @@ class Supervisor(Reloading, Warming):
             user=self.config.lab.user,
             port=self.config.lab.port,
         )
-        if why := launcher.read_only_notebooks(self.launch):
-            logger.warning("notebook_dir_read_only", problem=why)
+        self._warn_read_only(self.launch)
         self._warn_risks()
-        certificate_watch = loop.create_task(self._watch_certificate())
-        await self._start(self._started)
-        self._started = None
-        # Only now: a JupyterLab that already exited must be reaped as itself, not an orphan.
-        self.reaper.install(loop)
-        self._watch_config(loop)  # after the spawn: importing watchdog need not delay it
-        while self.exit_code is None:
-            await self._handle(await self.events.get())
-        certificate_watch.cancel()
-        if watchdog:
-            watchdog.cancel()
-        if self.watcher:
-            self.watcher.stop()
-        return self.exit_code
+        self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
 
-    def _init_state(self) -> None:
-        log.add_secret(self.token)
-        me = os.getpid()
-        self.state = state.State(
-            token=self.token,
-            **self.launch.published(),
-            config_path=str(self.config.path) if self.config.path else None,
-            supervisor_pid=me,
-            supervisor_started_at=state.process_start_time(me),
-        )
-        self._save()
-
-    async def _handle(self, event: Event) -> None:
-        lab = self.lab
-        current = lab is not None and getattr(event, "pid", None) == lab.pid
-        match event:
-            case ChildExited() if current:
-                await self._on_exit(event.status)
-            case LabReady() if current and not lab.ready and lab.stop_reason is None:
-                self._on_ready()
-            case LabUnhealthy() if current and lab.stop_reason is None:
-                logger.warning("lab_unhealthy", pid=lab.pid, problem=event.problem)
-                self.notifier.watchdog()  # jlservice acts on it; systemd need not
-                self._save(last_error=f"JupyterLab stopped answering: {event.problem}")
-                await self._stop_lab("unhealthy")
-            case StartTimedOut() if current and not lab.ready and lab.stop_reason is None:
-                timeout = self.config.restart.start_timeout
-                logger.error("lab_start_timeout", pid=lab.pid, timeout_s=timeout)
-                self._save(last_error=f"JupyterLab did not answer within {timeout:g} s")
-                await self._stop_lab("start_timeout")
-            case BackoffElapsed() if event.attempt == self.attempt and not self.stopping:
-                await self._start()
-            case StopRequested():
-                await self._on_stop(event.signal)
-            case RotateRequested() if not self.stopping:
-                await self._on_rotate()
-            case ReloadRequested() if not self.stopping:
-                await self._on_reload(event.source)
-            case PendingReloadDue() if self.pending and event.generation == self.pending.generation:
-                self.notifier.reloading()
-                await self._restart_with(self.pending.launch)
-            case _:
-                logger.debug("event_ignored", event=repr(event))
-
-    # ── starting ────────────────────────────────────────────────────────────
-
-    async def _start(self, started: subprocess.Popen[bytes] | Exception | None = None) -> None:
-        """Start JupyterLab, or take charge of the one `jlservice run` started before the
-        supervisor existed (`started`: its process, or why it could not start)."""
+    async def _start(self) -> None:
+        """STARTING: start the current launch, or BACKOFF / Halt if it cannot start."""
         self.attempt += 1
         if self.pending is not None:  # any restart applies the reload that waited for idle
             self._use_launch(self.pending.launch)
         try:
-            if isinstance(started, Exception):
-                raise started
-            if started is not None:  # by run.py, before the supervisor existed
-                began, warm = None, False
-                pid, stdout = launcher.detach(started)
-            else:
-                began = time.time()
-                pid, stdout, warm = await self._spawn_lab()
-        except (launcher.CannotStartNow, launcher.LaunchError) as exc:
+            started = await self.parts.starter.start(self.launch, self.secrets)
+        except launcher.CannotStartNow as exc:
             logger.error("lab_start_failed", problem=str(exc))
-            if isinstance(exc, launcher.CannotStartNow):
-                self._failed(str(exc), "crash")
-                return
-            self._save(status=state.FAILED, last_error=str(exc))
-            self.notifier.status(f"Failed: {exc}")
-            self.exit_code = EX_CONFIG
-            return
-        self.lab = await Lab.adopt(
-            pid,
-            stdout,
-            self.launch,
-            self.reaper,
-            self.post,
-            self.config.restart.start_timeout,
-            started=began,
-        )
-        self._save(
-            status=state.STARTING,
-            lab_pid=pid,
-            started_at=time.time(),
-            ready_at=None,
-            token=self.token,
-            started_warm=warm,
-        )
-        self.notifier.status(
-            f"Starting JupyterLab on {self.launch.url} as {self.launch.account.name}"
-        )
+            return self._failed(str(exc), "crash")
+        except launcher.LaunchError as exc:
+            logger.error("lab_start_failed", problem=str(exc))
+            self.publish.failed(str(exc))
+            raise Halt(EX_CONFIG) from None
+        self.lab = await self.parts.adopt(started, self.launch, self.config.restart.start_timeout)
+        self.phase = Phase.STARTING
+        self.publish.starting(self.launch, started.pid, started.warm)
         logger.info(
-            "lab_starting", pid=pid, user=self.launch.account.name, port=self.launch.port, warm=warm
+            "lab_starting",
+            pid=started.pid,
+            user=self.launch.account.name,
+            port=self.launch.port,
+            warm=started.warm,
         )
 
     def _on_ready(self) -> None:
+        """STARTING → READY."""
         lab = self.lab
         assert lab is not None
-        ready_s = lab.mark_ready(self.launch.api_url, lambda: self.config.health, self.post)
-        self._keep_warm()  # only now: its imports must not slow the start down
-        self._save(status=state.READY, ready_at=time.time(), last_error=None)
-        endpoint = Endpoint(self.launch.api_url, self.token, lab.pid)
-        self.figures.lab_ready(endpoint, lab.started, ready_s, lambda: lab.answering)
-        self.reloading = False
-        self.notifier.ready(self._status_line())
+        ready_s = lab.mark_ready(lambda: self.config.health)
+        self.phase = Phase.READY
+        self.parts.keeper.keep(self.launch, self.config.restart.warm)  # now: its imports
+        endpoint = Endpoint(self.launch.api_url, self.secrets.token, lab.pid)
+        self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering)
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
-            print(f"JupyterLab is ready: {state.login_url(self.state)}", flush=True)
+            print(f"JupyterLab is ready: {state.login_url(self.publish.record)}", flush=True)
         # The previous JupyterLab's Lab, probes and transports are cyclic garbage: free it
         # now, off the start's path, rather than let a service that restarts often grow.
         gc.collect()
+
+    # ── stopping JupyterLab, and its exit ───────────────────────────────────
+
+    async def _replace(self, problem: str | None, reason: str) -> None:
+        """READY or STARTING → RESTARTING: stop JupyterLab; its exit starts the next one."""
+        if problem is not None:
+            self.publish.trouble(problem)
+        self.phase = Phase.RESTARTING
+        await self._stop_lab(reason)
+
+    async def _stop_lab(self, reason: str) -> None:
+        lab = self.lab
+        if lab is not None and not lab.exited.done():
+            self.publish.lab_stopping()
+            await lab.stop(reason, self.config.restart.stop_timeout)
+
+    async def _on_exit(self, status: ExitStatus) -> None:
+        """JupyterLab exited: end its leftovers, then start again, back off, or halt."""
+        lab = self.lab
+        assert lab is not None
+        lab.cancel_watchers()
+        self.lab = None
+        reason = lab.stop_reason or "crash"
+        (logger.info if lab.stop_reason else logger.error)(
+            "lab_exited", pid=lab.pid, status=status.describe(), reason=reason
+        )
+        self.publish.lab_exited(
+            state.LastExit(code=status.code, signal=status.signal, at=time.time(), reason=reason)
+        )
+        swept = await self._sweep()
+        if swept:
+            logger.info("leftovers_ended", count=swept)
+        last_words = await lab.drain_output()
+        if self.phase is Phase.STOPPING:
+            return self._finish()
+        if reason in ("rotate", "reload"):  # asked for: not a failure
+            self.publish.restarting(reason)
+            return await self._start()
+        if reason == "crash":
+            problem = f"JupyterLab {status.describe()}"
+            if not lab.ready:
+                problem += f" during start-up: {last_words or 'no output'}"
+                if self.publish.record.started_warm:  # maybe the fork's fault: start cold
+                    why = f"a JupyterLab it forked {status.describe()} starting"
+                    self.parts.keeper.distrust(self.launch, why)
+        else:
+            problem = self.publish.record.last_error or status.describe()
+        healthy_for = time.time() - lab.ready_at if lab.ready_at is not None else 0.0
+        if healthy_for >= self.config.restart.reset_after:
+            self.failures = 0
+        self._failed(problem, reason)
+
+    def _failed(self, problem: str, reason: str) -> None:
+        """→ BACKOFF, or Halt(1) after max_failures failed starts in a row."""
+        self.failures += 1
+        restart = self.config.restart
+        if self.failures >= restart.max_failures:
+            logger.error("supervisor_giving_up", failures=self.failures, problem=problem)
+            self.publish.failed(f"gave up after {self.failures} failed starts in a row: {problem}")
+            raise Halt(1)
+        delay = backoff_delay(self.failures, restart)
+        self.phase = Phase.BACKOFF
+        self.publish.backoff(delay, problem, reason)
+        logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
+        self.parts.later(delay, BackoffElapsed(self.attempt))
+
+    async def _sweep(self) -> int:
+        """End what JupyterLab left behind; the warm parent is not a leftover."""
+        return await self.parts.sweep(self.parts.keeper.spare(), self.config.restart.stop_timeout)
+
+    # ── commands: stop, rotate ──────────────────────────────────────────────
+
+    async def _on_stop(self, signame: str) -> None:
+        """Any phase → STOPPING; halts once JupyterLab and its leftovers are gone."""
+        self.phase = Phase.STOPPING
+        self._drop_pending()
+        logger.info("supervisor_stopping", signal=signame)
+        self.publish.stopping()
+        self.parts.keeper.close()
+        if self.lab is not None:
+            await self._stop_lab("stop")  # its ChildExited event finishes the stop
+        else:
+            await self._sweep()
+            self._finish()
+
+    def _finish(self) -> None:
+        self.publish.stopped()
+        logger.info("supervisor_stopped")
+        raise Halt(0)
+
+    async def _on_rotate(self) -> None:
+        """A new token and cookie secret; JupyterLab restarts with them (or starts with them
+        after the backoff)."""
+        self.secrets = Secrets(state.new_token(), state.new_cookie_secret())
+        log.add_secret(self.secrets.token)
+        state.write_cookie_secret(self.config.service.state_dir, self.secrets.cookie_secret)
+        self.publish.token_rotated(self.secrets.token)
+        logger.info("token_rotated")
+        if self.lab is not None:
+            await self._replace(None, "rotate")
+
+    # ── reloads ─────────────────────────────────────────────────────────────
+
+    async def _on_reload(self, source: str) -> None:
+        """Read the file again: reject it, apply what JupyterLab never sees, and restart
+        JupyterLab if its launch changed (now, or once the kernels are idle)."""
+        self.publish.reload_started()
+        plan = self.parts.plan(self.config, self.launch)
+        if plan.config is not None:
+            self.parts.follower.accept(plan.config.digest)
+        if plan.result == reload.REJECTED:
+            self.publish.reload_rejected(source, plan.error)
+            logger.error("config_rejected", source=source, problem=plan.error)
+            return self._reload_done()
+        self._apply_supervisor_settings(plan.config)
+        if plan.result == reload.UNCHANGED:
+            self._drop_pending()
+            self.launch = plan.launch  # may differ in what JupyterLab never sees (public_url)
+            self.publish.reload_unchanged(source, plan.launch)
+            logger.info("config_reloaded", source=source, result=plan.result)
+            return self._reload_done()
+        if self.config.reload.when == "idle" and self.phase is Phase.READY:
+            self._defer_until_idle(plan.launch, source)
+            return self._reload_done()
+        self.publish.reload_applied(source)
+        logger.info("config_reloaded", source=source, result=plan.result)
+        await self._restart_with(plan.launch)
+
+    def _reload_done(self) -> None:
+        ready = self.lab.pid if self.phase is Phase.READY and self.lab else None
+        self.publish.reload_done(self.launch, ready)
+
+    def _apply_supervisor_settings(self, new: Config) -> None:
+        """Settings JupyterLab never sees take effect at once."""
+        if (new.log.level, new.log.format) != (self.config.log.level, self.config.log.format):
+            log.configure(new.log.level, new.log.format)
+        self.config = new
+        self.parts.follower.follow(new)
+        self.parts.exporter.apply(new.metrics)
+        if self.phase is Phase.READY or not new.restart.warm:
+            self.parts.keeper.keep(self.launch, new.restart.warm)  # warm turned on or off
+        self._warn_risks()
+
+    async def _restart_with(self, launch: launcher.Launch) -> None:
+        self._use_launch(launch)
+        self.publish.reload_restarting()
+        if self.lab is not None:
+            await self._replace(None, "reload")
+        else:  # waiting in backoff: a new configuration deserves a fresh start now
+            self.failures = 0
+            await self._start()
+
+    def _use_launch(self, launch: launcher.Launch) -> None:
+        """From now on start `launch` (the one a pending reload waited to apply, if any)."""
+        self._drop_pending()
+        self.launch = launch
+        self._warn_read_only(launch)
+        self.publish.launch_changed(launch)
+
+    def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
+        previous = self.pending
+        deadline = previous.deadline if previous else time.monotonic() + self.config.reload.max_wait
+        pending = reload.PendingReload(launch, deadline, previous.generation + 1 if previous else 1)
+        self._drop_pending()
+        self.pending = pending
+        pending.task = asyncio.get_running_loop().create_task(self._wait_idle(pending))
+        logger.info(
+            "config_reload_pending", source=source, max_wait_s=round(deadline - time.monotonic(), 1)
+        )
+        self.publish.reload_pending(source, "waiting for busy kernels to finish")
+
+    async def _wait_idle(self, pending: reload.PendingReload) -> None:
+        await self.parts.wait_idle(
+            pending, self.launch.api_url, self.secrets.token, self.publish.still_pending
+        )
+        self.post(PendingReloadDue(pending.generation))
+
+    def _drop_pending(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+
+    # ── warnings and the watchdog ───────────────────────────────────────────
+
+    def _warn_read_only(self, launch: launcher.Launch) -> None:
+        if why := launcher.read_only_notebooks(launch):
+            logger.warning("notebook_dir_read_only", problem=why)
 
     def _warn_risks(self) -> None:
         """Log what is allowed but risky: a wildcard allow_origin, an expiring certificate."""
         for problem in risks(self.config.lab.options, self.config.lab.user):
             logger.warning("config_risky", problem=problem)
-        self._warn_certificate()
+        self._check_certificate(rearm=False)
 
-    def _warn_certificate(self) -> None:
-        """The certificate's expiry, for the log from 30 days before and for the metrics."""
-        self.figures.tls_cert_expiry = None
+    def _check_certificate(self, rearm: bool = True) -> None:
+        """The certificate's expiry, for the metrics and, from 30 days before, the log."""
+        expiry = None
         if self.config.tls.enabled:
             from jlservice.admin import tls
 
-            self.figures.tls_cert_expiry = tls.expiry(self.config.tls.cert_pem)
-            problem = tls.expiry_warning(self.config.tls.cert_pem)
-            if problem:
+            expiry = tls.expiry(self.config.tls.cert_pem)
+            if problem := tls.expiry_warning(self.config.tls.cert_pem):
                 logger.warning("tls_certificate_expiring", problem=problem)
-
-    async def _watch_certificate(self) -> None:
-        """A service runs for months: from 30 days before expiry, say so again each day."""
-        while True:
-            await asyncio.sleep(86400)
-            self._warn_certificate()
+        self.publish.certificate_expiry(expiry)
+        if rearm:
+            self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1, except while JupyterLab fails its probes and jlservice has not acted.
@@ -318,113 +507,10 @@ class Supervisor(Reloading, Warming):
         [health] defaults detect a hang well inside systemd's WatchdogSec, so jlservice
         replaces JupyterLab itself; systemd steps in only if jlservice does not.
         """
-        interval = self.notifier.watchdog_interval
+        interval = self.parts.watchdog_interval
         assert interval is not None
         while True:
             lab = self.lab
             if lab is None or lab.answering or lab.stop_reason is not None:
-                self.notifier.watchdog()
+                self.publish.watchdog()
             await asyncio.sleep(interval)
-
-    # ── stopping and exits ──────────────────────────────────────────────────
-
-    async def _stop_lab(self, reason: str) -> None:
-        self.figures.lab_down()
-        if self.lab is not None and not self.lab.exited.done():
-            self._save(status=state.STOPPING)
-            await self.lab.stop(reason, self.config.restart.stop_timeout)
-
-    async def _on_exit(self, status: children.ExitStatus) -> None:
-        lab = self.lab
-        assert lab is not None
-        lab.cancel_watchers()
-        self.lab = None
-        self.figures.lab_down()
-        reason = lab.stop_reason or "crash"
-        (logger.info if lab.stop_reason else logger.error)(
-            "lab_exited", pid=lab.pid, status=status.describe(), reason=reason
-        )
-        swept = await self._sweep()
-        if swept:
-            logger.info("leftovers_ended", count=swept)
-        last_words = await lab.drain_output()
-        last_exit = state.LastExit(
-            code=status.code, signal=status.signal, at=time.time(), reason=reason
-        )
-        self._save(lab_pid=None, last_exit=last_exit)
-        if self.stopping:
-            return self._finish()
-        if reason in ("rotate", "reload"):  # asked for: not a failure
-            self.figures.restarted(reason)
-            self._save(restarts=self.state.restarts + 1)
-            return await self._start()
-        if reason == "crash":
-            problem = f"JupyterLab {status.describe()}"
-            if not lab.ready:
-                problem += f" during start-up: {last_words or 'no output'}"
-                if self.state.started_warm:  # maybe the fork's fault: the next start is cold
-                    why = f"a JupyterLab it forked {status.describe()} starting"
-                    self.keeper.distrust(self.launch, why)
-        else:
-            problem = self.state.last_error or status.describe()
-        healthy_for = time.time() - lab.ready_at if lab.ready_at is not None else 0.0
-        if healthy_for >= self.config.restart.reset_after:
-            self.failures = 0
-        self._failed(problem, reason)
-
-    def _failed(self, problem: str, reason: str) -> None:
-        """Count a failure; restart after the backoff delay or give up."""
-        self.failures += 1
-        restart = self.config.restart
-        if self.reloading:  # systemd waits for the end of the reload: it has ended, badly
-            self.reloading = False
-            self.notifier.ready(f"Reloaded, but JupyterLab failed to start: {problem}")
-        if self.failures >= restart.max_failures:
-            message = f"gave up after {self.failures} failed starts in a row: {problem}"
-            logger.error("supervisor_giving_up", failures=self.failures, problem=problem)
-            self._save(status=state.FAILED, last_error=message)
-            self.notifier.status(f"Failed: {message}")
-            self.exit_code = 1
-            return
-        delay = backoff_delay(self.failures, restart)
-        self.figures.restarted(reason)
-        self._save(status=state.BACKOFF, last_error=problem, restarts=self.state.restarts + 1)
-        self.notifier.status(f"Restarting JupyterLab in {delay:g} s: {problem}")
-        logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
-        asyncio.get_running_loop().call_later(delay, self.post, BackoffElapsed(self.attempt))
-
-    async def _on_stop(self, signame: str) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        self._drop_pending()
-        logger.info("supervisor_stopping", signal=signame)
-        self.notifier.stopping("Stopping JupyterLab")
-        self.keeper.close()
-        self._save(status=state.STOPPING)
-        if self.lab is not None:
-            await self._stop_lab("stop")  # its ChildExited event finishes the stop
-        else:
-            await self._sweep()
-            self._finish()
-
-    async def _sweep(self) -> int:
-        """End what JupyterLab left behind; the warm parent is not a leftover."""
-        return await children.sweep(
-            self.reaper, grace=self.config.restart.stop_timeout, spare=self.keeper.spare()
-        )
-
-    def _finish(self) -> None:
-        self._save(status=state.STOPPED, lab_pid=None, reload_pending=None)
-        logger.info("supervisor_stopped")
-        self.exit_code = 0
-
-    async def _on_rotate(self) -> None:
-        self.token = state.new_token()
-        self.cookie_secret = state.new_cookie_secret()
-        log.add_secret(self.token)
-        state.write_cookie_secret(self.config.service.state_dir, self.cookie_secret)
-        self._save(token=self.token)  # at once: a rotated token must never come back
-        logger.info("token_rotated")
-        if self.lab is not None:
-            await self._stop_lab("rotate")

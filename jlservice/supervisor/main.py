@@ -2,6 +2,7 @@
 
 JupyterLab is started before the supervisor's own heavier imports (asyncio, structlog,
 psutil, the supervisor): its ~2 s cold start then overlaps them instead of waiting for them.
+Then the real collaborators are made and handed to the state machine (supervisor.loop).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from jlservice import state
 from jlservice.config import Config, ConfigError
-from jlservice.start import launcher
+from jlservice.start import Secrets, Started, launcher
+from jlservice.start.cold import ColdStart
 
 if TYPE_CHECKING:
-    import subprocess
+    from jlservice.supervisor.loop import Starter
 
 
 def run(config: Config) -> int:
@@ -28,7 +30,7 @@ def run(config: Config) -> int:
                 f"{exc.strerror}; create it or choose another directory"
             ) from None
     state.ensure_dir(service.state_dir, 0o700)
-    secrets = (
+    secrets = Secrets(
         state.load_or_create_token(service.state_dir),
         state.load_or_create_cookie_secret(service.state_dir),
     )
@@ -38,17 +40,99 @@ def run(config: Config) -> int:
     early_signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, lambda received, _frame: early_signals.append(received))
+    cold = ColdStart(service.runtime_dir)
     try:
-        started: subprocess.Popen[bytes] | Exception = launcher.start(
-            launch, service.runtime_dir, *secrets
-        )
+        first: Started | Exception = cold.start_now(launch, secrets)
     except (launcher.CannotStartNow, launcher.LaunchError) as exc:
-        started = exc  # the supervisor reports it, in its log and state, like any later start
+        first = exc  # the supervisor reports it, in its log and state, like any later start
 
     import asyncio
 
     from jlservice import log
-    from jlservice.supervisor.loop import Supervisor
 
     log.configure(config.log.level, config.log.format)
-    return asyncio.run(Supervisor(config, launch, secrets, started, early_signals).run())
+    return asyncio.run(_supervise(config, launch, secrets, first, cold, early_signals))
+
+
+class FirstStart:
+    """The first start was made before the supervisor's imports; later ones by `then`."""
+
+    def __init__(self, first: Started | Exception, then: Starter) -> None:
+        self._first: Started | Exception | None = first
+        self.then = then
+
+    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
+        first, self._first = self._first, None
+        if first is None:
+            return await self.then.start(launch, secrets)
+        if isinstance(first, Exception):
+            raise first
+        return first
+
+
+async def _supervise(
+    config: Config,
+    launch: launcher.Launch,
+    secrets: Secrets,
+    first: Started | Exception,
+    cold: ColdStart,
+    early_signals: list[int],
+) -> int:
+    """Make the real collaborators and run the state machine with them."""
+    import asyncio
+    import os
+
+    from jlservice import __version__, log
+    from jlservice.metrics.exporter import Exporter
+    from jlservice.metrics.view import SupervisorView
+    from jlservice.start.warm.keeper import Keeper
+    from jlservice.start.warm.strategy import WarmStart
+    from jlservice.supervisor import children, reload
+    from jlservice.supervisor.events import Event, WarmParentChanged
+    from jlservice.supervisor.lab import Lab
+    from jlservice.supervisor.loop import Parts, Supervisor
+    from jlservice.supervisor.notify import Notifier
+    from jlservice.supervisor.publish import Publisher, StateFile
+    from jlservice.supervisor.watch import ConfigFollower
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    post = events.put_nowait
+    reaper = children.Reaper()
+    notifier = Notifier()
+    view = SupervisorView(__version__, config.lab.user)
+    log.add_secret(secrets.token)
+    me = os.getpid()
+    record = state.State(
+        token=secrets.token,
+        **launch.published(),
+        config_path=str(config.path) if config.path else None,
+        supervisor_pid=me,
+        supervisor_started_at=state.process_start_time(me),
+    )
+    publisher = Publisher(StateFile(config.service.state_dir), notifier, view, record)
+    exporter = Exporter(view, config.metrics)
+    exporter.start()
+    keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
+
+    async def adopt(started: Started, launch: launcher.Launch, start_timeout: float) -> Lab:
+        return await Lab.adopt(started, launch, reaper, post, start_timeout)
+
+    async def sweep(spare: set[int], grace: float) -> int:
+        return await children.sweep(reaper, grace=grace, spare=spare)
+
+    parts = Parts(
+        publisher=publisher,
+        starter=FirstStart(first, WarmStart(keeper, cold)),
+        keeper=keeper,
+        adopt=adopt,
+        sweep=sweep,
+        plan=reload.plan,
+        wait_idle=reload.wait_idle,
+        exporter=exporter,
+        follower=ConfigFollower(loop, post),
+        later=lambda delay, event: loop.call_later(delay, post, event),
+        start_reaping=lambda: reaper.install(loop),
+        watchdog_interval=notifier.watchdog_interval,
+    )
+    return await Supervisor(config, launch, secrets, parts, events).run(early_signals)

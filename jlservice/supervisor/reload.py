@@ -1,4 +1,5 @@
-"""Decide what a configuration reload needs: nothing, a JupyterLab restart, or a rejection.
+"""What a configuration reload needs: nothing, a JupyterLab restart, or a rejection; and,
+for `[reload] when = "idle"`, the wait for the kernels to finish what they are doing.
 
 The decision compares the *effective* launch (argv, environment, user, directory, files) of
 the new configuration with the running one, so comment edits, reordering and supervisor-only
@@ -7,11 +8,15 @@ settings (restart backoff, health probes, logging) never restart JupyterLab.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jlservice import config
 from jlservice.config import Config, ConfigError
 from jlservice.start import launcher
+from jlservice.supervisor import probe
 
 APPLIED, UNCHANGED, REJECTED, PENDING = "applied", "unchanged", "rejected", "pending"
 
@@ -50,3 +55,30 @@ def plan(current: Config, running: launcher.Launch) -> Plan:
     except ConfigError as exc:
         return Plan(REJECTED, error=str(exc))
     return Plan(UNCHANGED if launch == running else APPLIED, new, launch)
+
+
+@dataclass
+class PendingReload:
+    """A restart-requiring reload waiting for idle kernels ([reload] when = "idle")."""
+
+    launch: launcher.Launch
+    deadline: float  # time.monotonic()
+    generation: int
+    task: asyncio.Task[None] | None = None
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def wait_idle(
+    pending: PendingReload, api_url: str, token: str, progress: Callable[[str], None]
+) -> None:
+    """Return once no kernel executes code, or at the deadline; `progress(why)` meanwhile."""
+    url = api_url + "/kernels"
+    while (left := pending.deadline - time.monotonic()) > 0:
+        busy = await probe.busy_kernels(url, token, timeout=min(5.0, left))
+        if not busy:
+            return
+        progress(f"waiting for {busy} busy kernel(s) to finish, at most {left:.0f} s more")
+        await asyncio.sleep(min(1.0, max(left, 0)))

@@ -20,7 +20,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from jlservice import log
+from jlservice.config import Config
 from jlservice.config.reader import digest
+from jlservice.supervisor.events import Event, ReloadRequested
 
 logger = log.get("jlservice.watch")
 
@@ -140,3 +142,36 @@ class ConfigWatcher:
             return
         self._seen = current
         self._on_change(first_event)
+
+
+class ConfigFollower:
+    """Watches the configuration file while `[reload] watch` asks for it, and posts
+    ReloadRequested("file") when its content really changes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, post: Callable[[Event], None]) -> None:
+        self._loop = loop
+        self._post = post
+        self._watcher: ConfigWatcher | None = None
+
+    def follow(self, config: Config) -> None:
+        """Watch, or stop watching, as `config` says."""
+        wanted = config.path is not None and config.reload.watch
+        if wanted and self._watcher is None:
+            self._watcher = ConfigWatcher(config.path, self._loop, self._changed, config.digest)
+            self._watcher.start()
+        elif not wanted and self._watcher is not None:
+            self.stop()
+
+    def accept(self, seen: str | None) -> None:
+        """The supervisor has read this content (e.g. on SIGHUP): no need to report it."""
+        if self._watcher is not None:
+            self._watcher.accept(seen)
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def _changed(self, first_event: float) -> None:
+        logger.info("config_change_detected", after_s=round(time.monotonic() - first_event, 3))
+        self._post(ReloadRequested("file"))

@@ -195,7 +195,7 @@ class Keeper:
 
     # ── what the supervisor calls ───────────────────────────────────────────
 
-    def prepare(self, launch: launcher.Launch, enabled: bool) -> None:
+    def keep(self, launch: launcher.Launch, enabled: bool) -> None:
         """Have a warm parent for `launch` (made in the background), or none if disabled."""
         self._launch, self.enabled = launch, enabled
         if not enabled:
@@ -379,7 +379,7 @@ class Keeper:
             return
         logger.warning("warm_parent_exited", pid=parent.pid, status=status.describe())
         if self._launch is not None:
-            self.prepare(self._launch, self.enabled)  # a new one, in the background
+            self.keep(self._launch, self.enabled)  # a new one, in the background
 
     def _retire(self, reason: str) -> None:
         parent, self.parent = self.parent, None
@@ -423,4 +423,4 @@ class Keeper:
         if parent is None or not parent.ready or self._launch is None:
             return
         if fingerprint(parent.paths) != parent.fingerprint:
-            self.prepare(self._launch, self.enabled)
+            self.keep(self._launch, self.enabled)

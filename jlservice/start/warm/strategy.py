@@ -1,0 +1,37 @@
+"""A warm start: fork JupyterLab from the warm parent (~0.2 s), cold when it cannot serve."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from jlservice.start import Secrets, Started, launcher
+from jlservice.start.cold import ColdStart, spawn
+from jlservice.start.warm.keeper import Keeper
+
+
+class WarmStart:
+    """From the keeper's warm parent when [restart] warm is on and one is ready, else cold."""
+
+    def __init__(self, keeper: Keeper, cold: ColdStart) -> None:
+        self.keeper = keeper
+        self.cold = cold
+
+    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
+        """Raises launcher.CannotStartNow (worth retrying) or LaunchError (configuration)."""
+        if not self.keeper.enabled:
+            return await self.cold.start(launch, secrets)
+        began = time.time()
+        launcher.prepare(launch, self.cold.runtime_dir, *secrets)
+        read, write = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = await self.keeper.fork(launch, write)
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        if pid is None:  # the keeper said why
+            os.close(read)
+            return spawn(launch, began)
+        return Started(pid, open(read, "rb", buffering=0), warm=True, began=began)

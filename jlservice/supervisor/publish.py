@@ -1,0 +1,189 @@
+"""The one writer of what the supervisor tells the world.
+
+Three readers see the supervisor from outside: `jlservice status`/`token` read state.json,
+systemd reads sd_notify (READY, RELOADING, STATUS, WATCHDOG, STOPPING), Prometheus reads the
+metrics view. The loop calls one method here per thing that happened, and that method
+updates all three, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from jlservice import state
+from jlservice.metrics.view import Endpoint, SupervisorView
+from jlservice.start.launcher import Launch
+from jlservice.supervisor import reload
+from jlservice.supervisor.notify import Notifier
+
+
+class StateSink(Protocol):
+    def write(self, record: state.State) -> None: ...
+
+
+class StateFile:
+    """state.json in the state dir, replaced atomically on every change."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def write(self, record: state.State) -> None:
+        state.write_state(self.state_dir, record)
+
+
+class Publisher:
+    def __init__(
+        self, sink: StateSink, notifier: Notifier, view: SupervisorView, record: state.State
+    ) -> None:
+        self.record = record
+        self.view = view
+        self._sink = sink
+        self._notifier = notifier
+        self._owes_ready = False  # RELOADING=1 sent, READY=1 not yet
+        self._save()
+
+    # ── one JupyterLab's life ───────────────────────────────────────────────
+
+    def starting(self, launch: Launch, pid: int, warm: bool) -> None:
+        self._save(
+            status=state.STARTING,
+            lab_pid=pid,
+            started_at=time.time(),
+            ready_at=None,
+            started_warm=warm,
+        )
+        self._notifier.status(f"Starting JupyterLab on {launch.url} as {launch.account.name}")
+
+    def ready(
+        self, launch: Launch, endpoint: Endpoint, started_at: float, ready_s: float, answering
+    ) -> None:
+        self._save(status=state.READY, ready_at=time.time(), last_error=None)
+        self.view.lab_ready(endpoint, started_at, ready_s, answering)
+        self._owes_ready = False
+        self._notifier.ready(self._status_line(launch, endpoint.pid))
+
+    def trouble(self, problem: str) -> None:
+        """Something is wrong with JupyterLab that jlservice acts on now."""
+        self._save(last_error=problem)
+
+    def lab_stopping(self) -> None:
+        self.view.lab_down()
+        self._save(status=state.STOPPING)
+
+    def lab_exited(self, last_exit: state.LastExit) -> None:
+        """JupyterLab has exited; what it left behind is being ended."""
+        self.view.lab_down()
+        self._save(status=state.STOPPING, lab_pid=None, last_exit=last_exit)
+
+    def restarting(self, reason: str) -> None:
+        """JupyterLab is started again on purpose (reload, rotate)."""
+        self.view.restarted(reason)
+        self._save(restarts=self.record.restarts + 1)
+
+    def backoff(self, delay: float, problem: str, reason: str) -> None:
+        self._end_reload_badly(problem)
+        self.view.restarted(reason)
+        self._save(status=state.BACKOFF, last_error=problem, restarts=self.record.restarts + 1)
+        self._notifier.status(f"Restarting JupyterLab in {delay:g} s: {problem}")
+
+    def failed(self, message: str) -> None:
+        """jlservice gives up: the last words, before it exits."""
+        self._end_reload_badly(message)
+        self._save(status=state.FAILED, last_error=message)
+        self._notifier.status(f"Failed: {message}")
+
+    # ── the service ─────────────────────────────────────────────────────────
+
+    def stopping(self) -> None:
+        self._notifier.stopping("Stopping JupyterLab")
+        self._save(status=state.STOPPING)
+
+    def stopped(self) -> None:
+        self._save(status=state.STOPPED, lab_pid=None, reload_pending=None)
+
+    def token_rotated(self, token: str) -> None:
+        self._save(token=token)  # at once: a rotated token must never come back
+
+    def warm_parent(self, parent: state.WarmParent | None) -> None:
+        self.view.warm_parent = parent
+        self._save(warm_parent=parent)
+
+    def certificate_expiry(self, expiry: float | None) -> None:
+        self.view.tls_cert_expiry = expiry
+
+    def watchdog(self) -> None:
+        self._notifier.watchdog()
+
+    # ── reloads: RELOADING=1 … READY=1 around each ──────────────────────────
+
+    def reload_started(self) -> None:
+        self._notifier.reloading()
+
+    def reload_rejected(self, source: str, error: str) -> None:
+        self.view.reloaded(reload.REJECTED)
+        last = state.LastReload(time.time(), source, reload.REJECTED)
+        self._save(config_error=error, last_reload=last)
+
+    def reload_unchanged(self, source: str, launch: Launch) -> None:
+        self.view.reloaded(reload.UNCHANGED)
+        last = state.LastReload(time.time(), source, reload.UNCHANGED)
+        self._save(config_error=None, reload_pending=None, last_reload=last, **launch.published())
+
+    def reload_pending(self, source: str, why: str) -> None:
+        self.view.reloaded(reload.APPLIED)
+        last = state.LastReload(time.time(), source, reload.PENDING)
+        self._save(config_error=None, reload_pending=why, last_reload=last)
+
+    def still_pending(self, why: str) -> None:
+        self._save(reload_pending=why)
+
+    def reload_applied(self, source: str) -> None:
+        self.view.reloaded(reload.APPLIED)
+        self._save(last_reload=state.LastReload(time.time(), source, reload.APPLIED))
+
+    def launch_changed(self, launch: Launch) -> None:
+        """From now on JupyterLab starts as `launch` (a pending reload is no longer pending)."""
+        last = self.record.last_reload
+        if last is not None and last.result == reload.PENDING:
+            last = last._replace(result=reload.APPLIED)
+        self._save(config_error=None, reload_pending=None, last_reload=last, **launch.published())
+
+    def reload_done(self, launch: Launch, ready_pid: int | None) -> None:
+        """READY=1 now if JupyterLab answers (`ready_pid`), else once it does."""
+        if ready_pid is not None:
+            self._owes_ready = False
+            self._notifier.ready(self._status_line(launch, ready_pid))
+        else:
+            self._owes_ready = True
+            self._notifier.status(self._status_line(launch, None))
+
+    def reload_restarting(self) -> None:
+        """A reload restarts JupyterLab: READY=1 once the new one answers."""
+        self._owes_ready = True
+
+    # ── inside ──────────────────────────────────────────────────────────────
+
+    def _save(self, **changes: object) -> None:
+        self.record = self.record.evolve(**changes)
+        self.view.config_error = self.record.config_error is not None
+        self._sink.write(self.record)
+
+    def _end_reload_badly(self, problem: str) -> None:
+        if self._owes_ready:  # systemd waits for the end of the reload: it has ended, badly
+            self._owes_ready = False
+            self._notifier.ready(f"Reloaded, but JupyterLab failed to start: {problem}")
+
+    def _status_line(self, launch: Launch, ready_pid: int | None) -> str:
+        record = self.record
+        if ready_pid is not None:
+            line = f"JupyterLab ready on {launch.url} as {launch.account.name} (pid {ready_pid})"
+        else:
+            line = f"JupyterLab {record.status} on {launch.url}"
+        if record.config_error:
+            line += "; configuration rejected, still using the previous one: "
+            line += record.config_error
+        elif record.reload_pending:
+            line += f"; reload pending: {record.reload_pending}"
+        return line

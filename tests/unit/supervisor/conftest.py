@@ -1,0 +1,285 @@
+"""The real state machine (supervisor.loop) and Publisher, with fake collaborators.
+
+A Harness runs the loop on an event loop of its own; a test drives it by posting events and
+by saying what the fakes do (a start that fails, a JupyterLab that exits), then looks at what
+the world was told: state.json records, sd_notify messages, the metrics view, the timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from launch_support import make_config
+
+from jlservice import config, state
+from jlservice.metrics.view import SupervisorView
+from jlservice.start import Secrets, Started, launcher
+from jlservice.supervisor import reload
+from jlservice.supervisor.children import ExitStatus
+from jlservice.supervisor.events import ChildExited, Event, LabReady
+from jlservice.supervisor.loop import Parts, Supervisor
+from jlservice.supervisor.publish import Publisher
+
+
+class FakeLab:
+    def __init__(self, started: Started, post: Callable[[Event], None]) -> None:
+        self.pid = started.pid
+        self.started = started.began
+        self.warm = started.warm
+        self.ready_at: float | None = None
+        self.answering = True
+        self.stop_reason: str | None = None
+        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self.stops: list[str] = []
+        self.obeys_stop = True  # exits when stopped
+        self.last_words: str | None = "last words"
+        self._post = post
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+    def mark_ready(self, settings: Callable[[], Any]) -> float:
+        settings()  # the loop hands the current [health]
+        self.ready_at = self.started + 0.25
+        return 0.25
+
+    def cancel_watchers(self) -> None:
+        pass
+
+    async def stop(self, reason: str, timeout: float) -> None:
+        self.stops.append(reason)
+        self.stop_reason = self.stop_reason or reason
+        if self.obeys_stop and not self.exited.done():
+            self.exit(ExitStatus(self.pid, None, signal.SIGTERM))
+
+    def exit(self, status: ExitStatus | None = None) -> None:
+        """The process ends (as the Reaper would report it)."""
+        status = status or ExitStatus(self.pid, None, signal.SIGKILL)
+        self.exited.set_result(status)
+        self._post(ChildExited(self.pid, status))
+
+    async def drain_output(self) -> str | None:
+        return self.last_words
+
+
+class FakeStarter:
+    def __init__(self) -> None:
+        self.next_pid = 1000
+        self.warm = False
+        self.refusals: list[Exception] = []  # raised by the next starts, in order
+        self.starts: list[tuple[launcher.Launch, Secrets]] = []
+
+    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
+        self.starts.append((launch, secrets))
+        if self.refusals:
+            raise self.refusals.pop(0)
+        self.next_pid += 1
+        return Started(self.next_pid, io.BytesIO(), warm=self.warm, began=1000.0)
+
+
+class FakeKeeper:
+    def __init__(self) -> None:
+        self.kept: list[tuple[int, bool]] = []  # (port of the launch, enabled)
+        self.distrusted: list[str] = []
+        self.closed = False
+        self.parent: state.WarmParent | None = None
+
+    def keep(self, launch: launcher.Launch, enabled: bool) -> None:
+        self.kept.append((launch.port, enabled))
+
+    def distrust(self, launch: launcher.Launch, problem: str) -> None:
+        self.distrusted.append(problem)
+
+    def spare(self) -> set[int]:
+        return {4242}
+
+    def describe(self) -> state.WarmParent | None:
+        return self.parent
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.sent: list[str] = []  # one entry per datagram, fields joined by "\n"
+
+    def ready(self, status: str) -> None:
+        self.sent.append(f"READY=1\nSTATUS={status}")
+
+    def reloading(self) -> None:
+        self.sent.append("RELOADING=1")
+
+    def stopping(self, status: str) -> None:
+        self.sent.append(f"STOPPING=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.sent.append(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        self.sent.append("WATCHDOG=1")
+
+
+class Records:
+    def __init__(self) -> None:
+        self.written: list[state.State] = []
+
+    def write(self, record: state.State) -> None:
+        self.written.append(record)
+
+
+class Recorder:
+    """Stands in for the exporter and the config follower: remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: self.calls.append((name, args))
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **sections: dict[str, Any]) -> None:
+        self.tmp_path = tmp_path
+        (tmp_path / "state").mkdir(exist_ok=True)
+        self.config = make_config(tmp_path, sections)
+        self.launch = launcher.build(self.config, environ={"PATH": "/usr/bin:/bin"})
+        self.starter = FakeStarter()
+        self.keeper = FakeKeeper()
+        self.notifier = FakeNotifier()
+        self.records = Records()
+        self.view = SupervisorView("test", "tester")
+        self.exporter = Recorder()
+        self.follower = Recorder()
+        self.labs: list[FakeLab] = []
+        self.plans: list[reload.Plan] = []  # what the next reloads find
+        self.timers: list[tuple[float, Event]] = []
+        self.idle = asyncio.Event()  # set: the kernels are idle
+        self.swept: list[set[int]] = []
+        self.reaping = False
+        self.supervisor: Supervisor | None = None
+        self.task: asyncio.Task[int] | None = None
+
+    # ── what the parts do ──
+
+    async def _adopt(self, started: Started, launch: launcher.Launch, timeout: float) -> FakeLab:
+        lab = FakeLab(started, self.post)
+        self.labs.append(lab)
+        return lab
+
+    async def _sweep(self, spare: set[int], grace: float) -> int:
+        self.swept.append(spare)
+        return 0
+
+    def _plan(self, current: config.Config, running: launcher.Launch) -> reload.Plan:
+        return self.plans.pop(0)
+
+    async def _wait_idle(self, pending, api_url: str, token: str, progress) -> None:
+        progress("waiting for 1 busy kernel(s) to finish")
+        await self.idle.wait()
+
+    def _start_reaping(self) -> None:
+        self.reaping = True
+
+    # ── driving it ──
+
+    def start(self, early_signals: list[int] | None = None) -> None:
+        record = state.State(
+            token="t" * 64,
+            **self.launch.published(),
+            config_path=None,
+            supervisor_pid=os.getpid(),
+            supervisor_started_at=None,
+        )
+        publisher = Publisher(self.records, self.notifier, self.view, record)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        parts = Parts(
+            publisher=publisher,
+            starter=self.starter,
+            keeper=self.keeper,
+            adopt=self._adopt,
+            sweep=self._sweep,
+            plan=self._plan,
+            wait_idle=self._wait_idle,
+            exporter=self.exporter,
+            follower=self.follower,
+            later=lambda delay, event: self.timers.append((delay, event)),
+            start_reaping=self._start_reaping,
+        )
+        secrets = Secrets("t" * 64, b"c" * 64)
+        self.supervisor = Supervisor(self.config, self.launch, secrets, parts, events)
+        self.task = asyncio.get_running_loop().create_task(self.supervisor.run(early_signals or []))
+
+    def post(self, event: Event) -> None:
+        assert self.supervisor is not None
+        self.supervisor.post(event)
+
+    async def settle(self) -> None:
+        """Let the loop handle everything posted so far (the fakes never block)."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def step(self, event: Event) -> None:
+        self.post(event)
+        await self.settle()
+
+    @property
+    def lab(self) -> FakeLab:
+        return self.labs[-1]
+
+    async def ready(self) -> FakeLab:
+        """The current JupyterLab answers."""
+        await self.settle()
+        await self.step(LabReady(self.lab.pid))
+        return self.lab
+
+    async def fire(self, kind: type) -> float:
+        """Let the last timer of this kind go off; returns its delay."""
+        delay, event = next((d, e) for d, e in reversed(self.timers) if isinstance(e, kind))
+        await self.step(event)
+        return delay
+
+    async def exit_code(self) -> int:
+        assert self.task is not None
+        return await asyncio.wait_for(self.task, 5)
+
+    @property
+    def state(self) -> state.State:
+        return self.records.written[-1]
+
+    def statuses(self) -> list[str]:
+        """The status of every state.json written, without repeats in a row."""
+        out: list[str] = []
+        for record in self.records.written:
+            if not out or out[-1] != record.status:
+                out.append(record.status)
+        return out
+
+    def sent(self, prefix: str = "") -> list[str]:
+        return [m for m in self.notifier.sent if m.startswith(prefix) and m != "WATCHDOG=1"]
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Callable[..., Harness]:
+    """`machine(**sections)`: a Harness whose configuration has these sections."""
+    return lambda **sections: Harness(tmp_path, **sections)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests here on a fresh event loop each (whose close removes the signal
+    handlers the loop installed)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True

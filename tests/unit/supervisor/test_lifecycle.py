@@ -1,0 +1,175 @@
+"""One JupyterLab's life in the state machine: start, ready, exits, hangs, backoff, give-up."""
+
+from __future__ import annotations
+
+import signal
+
+from jlservice import EX_CONFIG
+from jlservice.start import launcher
+from jlservice.supervisor.children import ExitStatus
+from jlservice.supervisor.events import (
+    BackoffElapsed,
+    CertificateCheckDue,
+    LabReady,
+    LabUnhealthy,
+    StartTimedOut,
+    WarmParentChanged,
+)
+from jlservice.supervisor.loop import Phase
+
+
+async def test_start_then_ready_is_published_to_systemd_state_and_metrics(machine) -> None:
+    m = machine()
+    m.start()
+    await m.settle()
+    assert m.state.status == "starting" and m.state.lab_pid == m.lab.pid
+    assert m.sent() == [f"STATUS=Starting JupyterLab on {m.launch.url} as {m.launch.account.name}"]
+    assert m.reaping and m.follower.calls == [("follow", (m.config,))]
+    assert m.keeper.kept == []  # the warm parent's imports wait until JupyterLab is ready
+    assert not m.view.up
+
+    lab = await m.ready()
+    assert m.supervisor.phase is Phase.READY
+    assert m.state.status == "ready" and m.state.last_error is None
+    assert m.sent("READY=1") == [
+        f"READY=1\nSTATUS=JupyterLab ready on {m.launch.url} as {m.launch.account.name} "
+        f"(pid {lab.pid})"
+    ]
+    assert m.keeper.kept == [(m.launch.port, True)]
+    assert m.view.up and m.view.endpoint.pid == lab.pid and m.view.ready_duration == 0.25
+
+
+async def test_crash_after_ready_restarts_at_once_and_is_not_a_failed_start(machine) -> None:
+    m = machine()
+    m.start()
+    first = await m.ready()
+    first.exit()
+    await m.settle()
+    assert m.swept == [{4242}]  # leftovers ended, the warm parent spared
+    assert m.state.last_exit.signal == signal.SIGKILL and m.state.last_exit.reason == "crash"
+    assert await m.fire(BackoffElapsed) == 0.0
+    assert m.lab is not first and m.state.status == "starting"
+    assert m.state.restarts == 1 and m.view.restarts["crash"] == 1
+    assert m.statuses() == ["starting", "ready", "stopping", "backoff", "starting"]
+
+
+async def test_exit_before_ready_backs_off_with_its_last_words_and_distrusts_a_fork(
+    machine,
+) -> None:
+    m = machine(restart={"initial_delay": 0.5})
+    m.starter.warm = True
+    m.start()
+    await m.settle()
+    m.lab.exit(ExitStatus(m.lab.pid, 1, None))
+    await m.settle()
+    assert m.state.status == "backoff"
+    problem = "JupyterLab exited with status 1 during start-up: last words"
+    assert m.state.last_error == problem
+    assert m.sent()[-1] == f"STATUS=Restarting JupyterLab in 0 s: {problem}"
+    assert m.keeper.distrusted == ["a JupyterLab it forked exited with status 1 starting"]
+    await m.fire(BackoffElapsed)
+    m.lab.exit(ExitStatus(m.lab.pid, 1, None))
+    await m.settle()
+    assert m.timers[-1][0] == 0.5  # the second failed start in a row waits
+
+
+async def test_failed_starts_in_a_row_give_up_with_exit_1(machine) -> None:
+    m = machine(restart={"max_failures": 3})
+    m.start()
+    for _ in range(2):
+        await m.settle()
+        m.lab.exit()
+        await m.settle()
+        await m.fire(BackoffElapsed)
+    m.lab.exit()
+    assert await m.exit_code() == 1
+    assert m.state.status == "failed"
+    assert m.state.last_error.startswith("gave up after 3 failed starts in a row: JupyterLab")
+    assert m.sent()[-1].startswith("STATUS=Failed: gave up after 3 failed starts")
+
+
+async def test_a_healthy_run_resets_the_count_of_failures(machine) -> None:
+    m = machine(restart={"max_failures": 2, "reset_after": 0})
+    m.start()
+    for _ in range(4):  # more crashes than max_failures, each after a ready server
+        lab = await m.ready()
+        lab.exit()
+        await m.settle()
+        await m.fire(BackoffElapsed)
+    assert not m.task.done() and m.supervisor.failures == 1  # only the last crash counts
+
+
+async def test_port_in_use_retries_after_the_backoff(machine) -> None:
+    m = machine()
+    m.starter.refusals = [launcher.CannotStartNow("port 9123 on 127.0.0.1 is in use")]
+    m.start()
+    await m.settle()
+    assert m.labs == [] and m.state.status == "backoff"
+    assert m.state.last_error == "port 9123 on 127.0.0.1 is in use"
+    await m.fire(BackoffElapsed)
+    await m.ready()
+    assert m.state.status == "ready"
+
+
+async def test_a_configuration_the_launch_refuses_halts_with_78(machine) -> None:
+    m = machine()
+    m.starter.refusals = [launcher.LaunchError("user x may not execute /venv/bin/jupyter-lab")]
+    m.start()
+    assert await m.exit_code() == EX_CONFIG
+    assert m.state.status == "failed"
+    assert m.sent()[-1] == "STATUS=Failed: user x may not execute /venv/bin/jupyter-lab"
+
+
+async def test_start_timeout_stops_it_and_counts_a_failure(machine) -> None:
+    m = machine(restart={"start_timeout": 7})
+    m.start()
+    await m.settle()
+    lab = m.lab
+    await m.step(StartTimedOut(lab.pid))
+    assert lab.stops == ["start_timeout"]
+    assert m.state.status == "backoff"
+    assert m.state.last_error == "JupyterLab did not answer within 7 s"
+    assert m.view.restarts["unhealthy"] == 1
+
+
+async def test_a_hang_is_replaced_and_the_watchdog_is_fed_meanwhile(machine) -> None:
+    m = machine()
+    m.start()
+    lab = await m.ready()
+    await m.step(LabUnhealthy(lab.pid, "timed out"))
+    assert lab.stops == ["unhealthy"]
+    assert "WATCHDOG=1" in m.notifier.sent  # jlservice acts: systemd need not
+    assert m.state.last_error == "JupyterLab stopped answering: timed out"
+    await m.fire(BackoffElapsed)
+    assert m.lab is not lab
+
+
+async def test_events_about_another_jupyterlab_or_a_stale_timer_change_nothing(machine) -> None:
+    m = machine()
+    m.start()
+    await m.settle()
+    await m.step(LabReady(m.lab.pid + 99))
+    await m.step(LabUnhealthy(m.lab.pid, "not ready yet, so not a hang"))
+    await m.step(BackoffElapsed(attempt=0))
+    assert m.supervisor.phase is Phase.STARTING and m.lab.stops == [] and len(m.labs) == 1
+
+
+async def test_warm_parent_changes_reach_state_and_metrics(machine) -> None:
+    from jlservice.state import WarmParent
+
+    m = machine()
+    m.start()
+    await m.ready()
+    m.keeper.parent = WarmParent(777, True)
+    await m.step(WarmParentChanged())
+    assert m.state.warm_parent == WarmParent(777, True) and m.view.warm_parent.pid == 777
+
+
+async def test_the_certificate_is_looked_at_again_every_day(machine) -> None:
+    m = machine()
+    m.start()
+    await m.settle()
+    assert [d for d, e in m.timers if isinstance(e, CertificateCheckDue)] == [86400.0]
+    await m.fire(CertificateCheckDue)
+    assert [d for d, e in m.timers if isinstance(e, CertificateCheckDue)] == [86400.0] * 2
+    assert m.view.tls_cert_expiry is None  # no [tls]

@@ -1,0 +1,144 @@
+"""Reloads in the state machine: RELOADING=1 … READY=1 around each, whatever the result."""
+
+from __future__ import annotations
+
+from launch_support import make_config
+
+from jlservice.start import launcher
+from jlservice.supervisor import reload
+from jlservice.supervisor.events import BackoffElapsed, PendingReloadDue, ReloadRequested
+from jlservice.supervisor.loop import Phase
+
+
+def restart_plan(m, **lab) -> reload.Plan:
+    """What a reload finds when the file now asks for a different JupyterLab (the rest of
+    the configuration as it was)."""
+    sections = {"reload": {"when": m.config.reload.when, "max_wait": m.config.reload.max_wait}}
+    new = make_config(m.tmp_path, sections, **lab)
+    return reload.Plan(reload.APPLIED, new, launcher.build(new, environ={"PATH": "/usr/bin"}))
+
+
+async def test_unchanged_reload_keeps_jupyterlab_and_answers_systemd_at_once(machine) -> None:
+    m = machine(log={"level": "debug"})
+    m.start()
+    lab = await m.ready()
+    m.plans.append(reload.Plan(reload.UNCHANGED, m.config, m.launch))
+    await m.step(ReloadRequested("SIGHUP"))
+    assert m.sent()[-2:] == ["RELOADING=1", m.sent("READY=1")[-1]]
+    assert m.sent()[-1].startswith("READY=1\nSTATUS=JupyterLab ready on")
+    assert m.state.last_reload.result == "unchanged" and m.view.reloads["unchanged"] == 1
+    assert lab.stops == [] and ("apply", (m.config.metrics,)) in m.exporter.calls
+    assert ("accept", (m.config.digest,)) in m.follower.calls
+
+
+async def test_rejected_reload_keeps_everything_and_says_why(machine) -> None:
+    m = machine()
+    m.start()
+    lab = await m.ready()
+    m.plans.append(reload.Plan(reload.REJECTED, error="jlservice.toml: [lab] port: 70000 …"))
+    await m.step(ReloadRequested("file"))
+    assert lab.stops == [] and m.state.config_error == "jlservice.toml: [lab] port: 70000 …"
+    assert m.sent()[-2] == "RELOADING=1"
+    assert m.sent()[-1].endswith(
+        "; configuration rejected, still using the previous one: "
+        "jlservice.toml: [lab] port: 70000 …"
+    )
+    assert m.view.config_error and m.view.reloads["rejected"] == 1
+    m.plans.append(reload.Plan(reload.UNCHANGED, m.config, m.launch))
+    await m.step(ReloadRequested("file"))
+    assert m.state.config_error is None and not m.view.config_error
+
+
+async def test_reload_that_changes_the_launch_restarts_and_is_ready_when_the_new_one_is(
+    machine,
+) -> None:
+    m = machine()
+    m.start()
+    old = await m.ready()
+    plan = restart_plan(m, port=9124)
+    m.plans.append(plan)
+    await m.step(ReloadRequested("SIGHUP"))
+    assert old.stops == ["reload"]
+    assert m.lab is not old and m.starter.starts[-1][0].port == 9124
+    assert m.sent()[-1] == f"STATUS=Starting JupyterLab on {plan.launch.url} as root"
+    assert m.sent("READY=1")[-1].startswith("READY=1\nSTATUS=JupyterLab ready on http://")
+    before = len(m.sent("READY=1"))
+    await m.ready()
+    assert len(m.sent("READY=1")) == before + 1  # owed since RELOADING=1
+    assert m.state.port == 9124 and m.state.last_reload.result == "applied"
+    assert m.state.restarts == 1 and m.view.restarts["reload"] == 1
+    assert m.supervisor.failures == 0
+
+
+async def test_a_failed_start_after_a_reload_still_ends_the_reload(machine) -> None:
+    m = machine()
+    m.start()
+    await m.ready()
+    m.plans.append(restart_plan(m, port=9124))
+    m.starter.refusals = [launcher.CannotStartNow("port 9124 on 127.0.0.1 is in use")]
+    await m.step(ReloadRequested("SIGHUP"))
+    assert m.sent("READY=1")[-1] == (
+        "READY=1\nSTATUS=Reloaded, but JupyterLab failed to start: port 9124 on 127.0.0.1 is in use"
+    )
+    assert m.state.status == "backoff"
+
+
+async def test_idle_reload_waits_for_the_kernels_then_restarts(machine) -> None:
+    m = machine(reload={"when": "idle", "max_wait": 600})
+    m.start()
+    old = await m.ready()
+    plan = restart_plan(m, port=9124)
+    m.plans.append(plan)
+    await m.step(ReloadRequested("file"))
+    assert old.stops == [] and m.state.last_reload.result == "pending"
+    assert m.state.reload_pending == "waiting for 1 busy kernel(s) to finish"
+    assert m.sent()[-1].startswith("READY=1\nSTATUS=JupyterLab ready on")
+    assert m.sent()[-1].endswith("; reload pending: waiting for busy kernels to finish")
+    m.idle.set()
+    await m.settle()
+    assert old.stops == ["reload"] and m.starter.starts[-1][0].port == 9124
+    assert m.state.reload_pending is None and m.state.last_reload.result == "applied"
+
+
+async def test_a_restart_on_its_own_applies_the_pending_reload(machine) -> None:
+    m = machine(reload={"when": "idle"})
+    m.start()
+    old = await m.ready()
+    m.plans.append(restart_plan(m, port=9124))
+    await m.step(ReloadRequested("file"))
+    old.exit()  # a crash before the kernels went idle
+    await m.settle()
+    await m.fire(BackoffElapsed)
+    assert m.starter.starts[-1][0].port == 9124 and m.supervisor.pending is None
+    due = PendingReloadDue(generation=1)
+    await m.step(due)  # the wait's late answer changes nothing
+    assert len(m.starter.starts) == 2
+
+
+async def test_reload_during_backoff_starts_the_new_configuration_now(machine) -> None:
+    m = machine(restart={"initial_delay": 30, "max_delay": 60})
+    m.start()
+    for _ in range(2):
+        await m.settle()
+        m.lab.exit()
+        await m.settle()
+        await m.fire(BackoffElapsed)
+    m.lab.exit()
+    await m.settle()
+    assert m.supervisor.phase is Phase.BACKOFF and m.timers[-1][0] == 60
+    m.plans.append(restart_plan(m, port=9124))
+    await m.step(ReloadRequested("SIGHUP"))
+    assert m.supervisor.phase is Phase.STARTING and m.starter.starts[-1][0].port == 9124
+    assert m.supervisor.failures == 0
+    await m.step(BackoffElapsed(m.supervisor.attempt - 1))  # the old timer: nothing
+    assert len(m.starter.starts) == 4
+
+
+async def test_reload_turns_warm_restarts_off_at_once(machine) -> None:
+    m = machine()
+    m.start()
+    await m.ready()
+    new = make_config(m.tmp_path, {"restart": {"warm": False}})
+    m.plans.append(reload.Plan(reload.UNCHANGED, new, m.launch))
+    await m.step(ReloadRequested("SIGHUP"))
+    assert m.keeper.kept[-1] == (m.launch.port, False)
