@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-STATE_FILE = "state.json"
+STATE_FILE = "state.json"  # what the supervisor publishes; written by it alone
+TOKEN_FILE = "token"  # the secrets JupyterLab is started with
 COOKIE_SECRET_FILE = "cookie_secret"
 
 STARTING, READY, BACKOFF, STOPPING, STOPPED, FAILED = (
@@ -192,10 +193,32 @@ def read_state(state_dir: Path) -> State:
 def load_or_create_token(state_dir: Path) -> str:
     """The token of the previous run (so logged-in browsers stay logged in), else a new one."""
     try:
-        token = read_state(state_dir).token
+        token = (state_dir / TOKEN_FILE).read_text()
+        if _usable(token):
+            return token
+    except FileNotFoundError:
+        token = _published_token(state_dir)  # kept by jlservice 0.1 in state.json alone
+    except (OSError, UnicodeDecodeError):
+        token = None
+    if not _usable(token):
+        token = new_token()
+    write_token(state_dir, token)
+    return token
+
+
+def _published_token(state_dir: Path) -> str | None:
+    try:
+        return read_state(state_dir).token
     except StateError:
-        return new_token()
-    return token if isinstance(token, str) and len(token) >= 48 else new_token()
+        return None
+
+
+def _usable(token: object) -> bool:
+    return isinstance(token, str) and len(token) >= 48 and token.isalnum()
+
+
+def write_token(state_dir: Path, token: str) -> None:
+    write_atomic(state_dir / TOKEN_FILE, token.encode())
 
 
 def load_or_create_cookie_secret(state_dir: Path) -> bytes:

@@ -74,11 +74,11 @@ def ssh_tunnel(current: state.State, destination: str) -> str:
 def _rotate(args: argparse.Namespace) -> int:
     service = config.load_service(config_path(args))
     current = state.read_state(service.state_dir)
-    if not state.supervisor_alive(current):
+    if not state.supervisor_alive(current):  # the next start uses the new secrets
+        token = state.new_token()
         state.write_cookie_secret(service.state_dir, state.new_cookie_secret())
-        rotated = current.evolve(token=state.new_token())
-        state.write_state(service.state_dir, rotated)
-        print(rotated.token)
+        state.write_token(service.state_dir, token)
+        print(token)
         return 0
     os.kill(current.supervisor_pid, signal.SIGUSR1)
     latest = wait_state(

@@ -389,6 +389,7 @@ class Supervisor:
         after the backoff)."""
         self.secrets = Secrets(state.new_token(), state.new_cookie_secret())
         log.add_secret(self.secrets.token)
+        state.write_token(self.config.service.state_dir, self.secrets.token)
         state.write_cookie_secret(self.config.service.state_dir, self.secrets.cookie_secret)
         self.publish.token_rotated(self.secrets.token)
         logger.info("token_rotated")

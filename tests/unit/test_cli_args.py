@@ -248,7 +248,8 @@ def test_rotate_when_not_running(config_file: Path, state_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     new = result.stdout.strip()
     assert new != TOKEN and len(new) >= 48
-    assert state.read_state(state_dir).token == new
+    assert state.load_or_create_token(state_dir) == new  # what the next start uses
+    assert stat.S_IMODE((state_dir / state.TOKEN_FILE).stat().st_mode) == 0o600
     secret = state_dir / state.COOKIE_SECRET_FILE
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert len(secret.read_bytes()) >= 32

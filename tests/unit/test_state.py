@@ -248,17 +248,25 @@ def test_new_token_is_long_random_hex() -> None:
         assert token == token.lower()
 
 
-def test_load_or_create_token_reuses_the_previous_one(tmp_path: Path) -> None:
+def test_load_or_create_token_reuses_the_previous_one(tmp_path: Path, permissive_umask) -> None:
     first = state.load_or_create_token(tmp_path)
     assert len(first) >= 48
-    state.write_state(tmp_path, sample_state(token=first))
+    assert mode_of(tmp_path / state.TOKEN_FILE) == 0o600
     assert state.load_or_create_token(tmp_path) == first
 
 
-def test_load_or_create_token_replaces_a_short_token(tmp_path: Path) -> None:
-    state.write_state(tmp_path, sample_state(token="short"))
+def test_load_or_create_token_takes_over_the_token_of_an_older_state_file(tmp_path: Path) -> None:
+    state.write_state(tmp_path, sample_state(token="a" * 64))
+    assert state.load_or_create_token(tmp_path) == "a" * 64
+    assert (tmp_path / state.TOKEN_FILE).read_text() == "a" * 64
+
+
+@pytest.mark.parametrize("content", [b"short", b"{not a token}" * 8, b"\xff\xfe" * 40])
+def test_load_or_create_token_replaces_a_bad_token(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / state.TOKEN_FILE).write_bytes(content)
     token = state.load_or_create_token(tmp_path)
-    assert token != "short" and len(token) >= 48
+    assert len(token) >= 48 and token.encode() != content
+    assert (tmp_path / state.TOKEN_FILE).read_text() == token
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe binary"], ids=["json", "binary"])
