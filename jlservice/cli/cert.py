@@ -6,7 +6,8 @@ import argparse
 import time
 
 from jlservice import config, state
-from jlservice.cli.common import CommandError, config_path, point_config_at, reload_if_running
+from jlservice.cli._client import config_path, reload_if_running
+from jlservice.cli.common import CommandError, point_config_at
 from jlservice.config.reader import read_toml
 
 CERT_NAME, KEY_NAME = "tls.crt", "tls.key"  # in the state dir

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from jlservice import EX_CONFIG, config
-from jlservice.cli.common import config_path
+from jlservice.cli._client import config_path
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

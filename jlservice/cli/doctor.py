@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jlservice.cli.common import config_path
+from jlservice.cli._client import config_path
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

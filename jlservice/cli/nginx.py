@@ -6,7 +6,8 @@ import argparse
 import re
 
 from jlservice import config
-from jlservice.cli.common import CommandError, config_path
+from jlservice.cli._client import config_path
+from jlservice.cli.common import CommandError
 from jlservice.supervisor import probe
 
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from jlservice import config, state
-from jlservice.cli.common import CommandError, config_path, point_config_at, reload_if_running
+from jlservice.cli._client import config_path, reload_if_running
+from jlservice.cli.common import CommandError, point_config_at
 from jlservice.config.reader import read_toml
 
 DEFAULT_NAME = "password"  # in the state dir, unless [auth] password_file says otherwise

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import time
 
-from jlservice import EX_CONFIG, config, state
-from jlservice.cli.common import CommandError, config_path, running_state, wait_state
+from jlservice import EX_CONFIG
+from jlservice.cli._client import reload as cmd_reload
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -23,38 +20,3 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "locates the running supervisor's state.",
     )
     reload.set_defaults(func=cmd_reload)
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    service = config.load_service(config_path(args))
-    current = running_state(args)
-    asked = time.time()
-    os.kill(current.supervisor_pid, signal.SIGHUP)
-    latest = wait_state(
-        service.state_dir,
-        lambda s: s.last_reload is not None and s.last_reload.at >= asked - 0.01,
-        30,
-        "answer the reload",
-    )
-    result = latest.last_reload.result
-    if result == "rejected":
-        raise CommandError(
-            f"configuration rejected, JupyterLab keeps its settings: {latest.config_error}",
-            EX_CONFIG,
-        )
-    if result == "pending":
-        print(f"reload pending: {latest.reload_pending}")
-        return 0
-    if result == "applied":
-        latest = wait_state(
-            service.state_dir,
-            lambda s: s.status in (state.READY, state.FAILED) and s.lab_pid != current.lab_pid,
-            300,
-            "restart JupyterLab",
-        )
-        if latest.status == state.FAILED:
-            raise CommandError(f"reloaded, but JupyterLab failed: {latest.last_error}")
-        print(f"reloaded: JupyterLab restarted with the new settings ({latest.url})")
-        return 0
-    print("reloaded: nothing JupyterLab sees changed, so it kept running")
-    return 0

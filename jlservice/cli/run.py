@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jlservice import config
-from jlservice.cli.common import config_path
+from jlservice.cli._client import config_path
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

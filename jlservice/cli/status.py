@@ -7,7 +7,8 @@ import json
 import time
 
 from jlservice import config, state
-from jlservice.cli.common import EX_NOT_RUNNING, config_path, mask
+from jlservice.cli._client import EX_NOT_RUNNING, config_path
+from jlservice.cli.common import mask
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

@@ -1,0 +1,97 @@
+"""How a command finds the running supervisor and talks to it: through its state file and
+its signals, never by importing it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jlservice import EX_CONFIG, config, state
+from jlservice.cli.common import CommandError
+
+EX_NOT_RUNNING = 3  # LSB: "program is not running"
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    return config.locate(args.config, os.environ)
+
+
+def running_state(args: argparse.Namespace) -> state.State:
+    service = config.load_service(config_path(args))
+    current = state.read_state(service.state_dir)
+    if not state.supervisor_alive(current):
+        raise CommandError(
+            f"jlservice is not running (state in {service.state_dir} says "
+            f"{current.status!r}); start it with `jlservice run` or "
+            "`systemctl start jlservice`",
+            EX_NOT_RUNNING,
+        )
+    return current
+
+
+def wait_state(
+    state_dir: Path, done: Callable[[state.State], bool], timeout: float, what: str
+) -> state.State:
+    """Re-read the state file until `done` holds; fail if the supervisor goes away."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = state.read_state(state_dir)
+        if done(latest):
+            return latest
+        if not state.supervisor_alive(latest):
+            raise CommandError("jlservice stopped before it could " + what)
+        time.sleep(0.05)
+    raise CommandError(f"jlservice did not {what} within {timeout:g} s; see `jlservice status`")
+
+
+def reload(args: argparse.Namespace) -> int:
+    """SIGHUP the running supervisor and report what the reload did."""
+    service = config.load_service(config_path(args))
+    current = running_state(args)
+    asked = time.time()
+    os.kill(current.supervisor_pid, signal.SIGHUP)
+    latest = wait_state(
+        service.state_dir,
+        lambda s: s.last_reload is not None and s.last_reload.at >= asked - 0.01,
+        30,
+        "answer the reload",
+    )
+    result = latest.last_reload.result
+    if result == "rejected":
+        raise CommandError(
+            f"configuration rejected, JupyterLab keeps its settings: {latest.config_error}",
+            EX_CONFIG,
+        )
+    if result == "pending":
+        print(f"reload pending: {latest.reload_pending}")
+        return 0
+    if result == "applied":
+        latest = wait_state(
+            service.state_dir,
+            lambda s: s.status in (state.READY, state.FAILED) and s.lab_pid != current.lab_pid,
+            300,
+            "restart JupyterLab",
+        )
+        if latest.status == state.FAILED:
+            raise CommandError(f"reloaded, but JupyterLab failed: {latest.last_error}")
+        print(f"reloaded: JupyterLab restarted with the new settings ({latest.url})")
+        return 0
+    print("reloaded: nothing JupyterLab sees changed, so it kept running")
+    return 0
+
+
+def reload_if_running(args: argparse.Namespace) -> int:
+    """Apply the change now if jlservice runs (the same as `jlservice reload`)."""
+    service = config.load_service(config_path(args))
+    try:
+        running = state.supervisor_alive(state.read_state(service.state_dir))
+    except state.StateError:
+        running = False
+    if not running:
+        print("jlservice is not running; this applies when it starts")
+        return 0
+    return reload(args)
