@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jlservice.errors import StateError
+
 STATE_FILE = "state.json"  # what the supervisor publishes; written by it alone
 TOKEN_FILE = "token"  # the secrets JupyterLab is started with
 COOKIE_SECRET_FILE = "cookie_secret"
@@ -23,10 +25,6 @@ STARTING, READY, BACKOFF, STOPPING, STOPPED, FAILED = (
     "stopped",
     "failed",
 )
-
-
-class StateError(Exception):
-    """The state file cannot be used; str() says which problem and what to do."""
 
 
 # secrets and base64 are imported where a secret is made, not on the `jlservice token` path.

@@ -18,21 +18,13 @@ from jlservice import config, state, users
 from jlservice.admin import unit_files
 from jlservice.config.reader import Reader
 from jlservice.config.service import DEFAULT_PATH, parse_service, user_config_path
+from jlservice.errors import InstallError
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # What jlservice keeps in a state dir: `uninstall --purge` removes these and nothing else
 # (temporary files of interrupted atomic writes included).
 STATE_FILES = (state.STATE_FILE, state.COOKIE_SECRET_FILE, "password", "tls.crt", "tls.key")
 INSTANCE_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # a user name, as useradd accepts it
-
-
-class InstallError(Exception):
-    """Install or uninstall cannot go on; str() says why and what to do, `done` what was
-    already done before it stopped."""
-
-    def __init__(self, message: str, done: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.done = list(done)
 
 
 class Target(NamedTuple):

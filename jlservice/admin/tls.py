@@ -15,11 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from jlservice.errors import CertError
+
 WARN_BEFORE_S = 30 * 86400  # jlservice warns in its log from 30 days before expiry
-
-
-class CertError(Exception):
-    """A certificate or key that cannot be used; str() says which and why."""
 
 
 class CertInfo(NamedTuple):

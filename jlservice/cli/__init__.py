@@ -25,7 +25,7 @@ from jlservice.cli import (
     status,
     token,
 )
-from jlservice.cli.common import CommandError
+from jlservice.errors import CommandError
 
 COMMANDS = (run, token, status, reload, check_config, install, password, cert, nginx, doctor)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jlservice import EX_CONFIG, config, state
-from jlservice.cli.common import CommandError
+from jlservice.errors import CommandError
 
 EX_NOT_RUNNING = 3  # LSB: "program is not running"
 

@@ -7,8 +7,9 @@ import time
 
 from jlservice import config, state
 from jlservice.cli._client import config_path, reload_if_running
-from jlservice.cli.common import CommandError, point_config_at
+from jlservice.cli.common import point_config_at
 from jlservice.config.reader import read_toml
+from jlservice.errors import CommandError
 
 CERT_NAME, KEY_NAME = "tls.crt", "tls.key"  # in the state dir
 

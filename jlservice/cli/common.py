@@ -5,14 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class CommandError(Exception):
-    """A one-line failure of a sub-command; the exit status travels with it."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def mask(token: str) -> str:
     return token[:4] + "…" if token else ""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jlservice.cli.common import CommandError
+from jlservice.errors import CommandError
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import re
 
 from jlservice import config
 from jlservice.cli._client import config_path
-from jlservice.cli.common import CommandError
+from jlservice.errors import CommandError
 from jlservice.supervisor import probe
 
 

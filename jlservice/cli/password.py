@@ -12,8 +12,9 @@ from pathlib import Path
 
 from jlservice import config, state
 from jlservice.cli._client import config_path, reload_if_running
-from jlservice.cli.common import CommandError, point_config_at
+from jlservice.cli.common import point_config_at
 from jlservice.config.reader import read_toml
+from jlservice.errors import CommandError
 
 DEFAULT_NAME = "password"  # in the state dir, unless [auth] password_file says otherwise
 

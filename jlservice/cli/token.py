@@ -9,7 +9,7 @@ import signal
 
 from jlservice import config, state
 from jlservice.cli._client import config_path, running_state, wait_state
-from jlservice.cli.common import CommandError
+from jlservice.errors import CommandError
 from jlservice.supervisor import probe
 
 SSH_LOCAL_PORT = 8888

@@ -7,19 +7,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from jlservice.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is the one line to show the user."""
-
-    def __init__(self, message: str) -> None:
-        # Names and values come from the file: control characters (a newline in a quoted
-        # key) must not break the one-line promise.
-        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from jlservice import state, users
 from jlservice.config import Config, OptionValue
+from jlservice.errors import CannotStartNow, LaunchError
 from jlservice.supervisor import notify, probe
 
 PR_SET_PDEATHSIG = 1
@@ -52,14 +53,6 @@ SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
 
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
 _KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
-
-
-class LaunchError(Exception):
-    """JupyterLab cannot be started as configured; str() says why and what to do."""
-
-
-class CannotStartNow(Exception):
-    """JupyterLab cannot start right now (port in use, fork failed…); worth retrying."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from jlservice import EX_CONFIG, log, state
 from jlservice.config import Config, RestartConfig
 from jlservice.config.access import risks
+from jlservice.errors import Halt
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
@@ -60,14 +61,6 @@ class Phase(enum.Enum):
     RESTARTING = "restarting"  # it is being stopped on purpose; its exit starts the next
     BACKOFF = "backoff"  # none runs; BackoffElapsed starts the next
     STOPPING = "stopping"  # jlservice stops; the last exit halts the loop
-
-
-class Halt(Exception):
-    """Leave the loop with this exit status: the only way the supervisor ends."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
