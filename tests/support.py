@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -406,6 +407,9 @@ def files_exposing(secret: str, roots: list[Path]) -> list[str]:
             for name in files:
                 path = Path(dirpath) / name
                 with contextlib.suppress(OSError):
+                    # Only regular files: another test's FIFO would block the read.
+                    if not stat.S_ISREG(path.lstat().st_mode):
+                        continue
                     if secret.encode() in path.read_bytes() and _world_readable(path):
                         exposed.append(str(path))
     return exposed
