@@ -1,10 +1,17 @@
 """The supervisor's state machine: one asyncio loop, one event queue, one `_handle`.
 
-    STARTING ──LabReady──▶ READY ──exit──────────────────────────▶ (sweep) ─▶ BACKOFF ─┐
-       │                     │  ╰─unhealthy / reload / rotate─▶ RESTARTING ─exit─▶ (sweep)┤
-       │                     │                                                  ▼        │
-       ├─exit / StartTimedOut┴──────────▶ (sweep) ─▶ BACKOFF ──BackoffElapsed──▶ STARTING ◀┘
-       └────────── StopRequested, in any phase ──▶ STOPPING ──exit──▶ (sweep) ─▶ Halt(0)
+    phase       event                          next
+    STARTING    LabReady                       READY
+    STARTING    exit                           BACKOFF   (a failed start)
+    STARTING    StartTimedOut, reload, rotate  RESTARTING
+    READY       exit                           BACKOFF   (no wait after a healthy run)
+    READY       LabUnhealthy, reload, rotate   RESTARTING
+    RESTARTING  exit                           STARTING  (reload, rotate) or BACKOFF
+    BACKOFF     BackoffElapsed, reload         STARTING
+    any         StopRequested                  STOPPING, and Halt(0) once it has exited
+
+Every exit is followed by a sweep of what JupyterLab left behind; too many failed starts in
+a row, or a launch the configuration makes impossible, Halt with an error status.
 
 Everything that happens arrives as an event (supervisor.events): signals, the child reaper,
 JupyterLab's probes, timers, the file watcher, the warm parent's keeper. The collaborators in
@@ -20,17 +27,13 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from jlservice import EX_CONFIG, log, state
 from jlservice.config import Config, RestartConfig
-from jlservice.config.access import risks
 from jlservice.errors import Halt
 from jlservice.metrics.view import Endpoint
-from jlservice.start import Secrets, Started, launcher
-from jlservice.supervisor import reload
+from jlservice.start import Secrets, launcher
+from jlservice.supervisor import reload, risks
 from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import (
     SIGNALS,
@@ -48,7 +51,7 @@ from jlservice.supervisor.events import (
     WarmParentChanged,
     signal_event,
 )
-from jlservice.supervisor.publish import Publisher
+from jlservice.supervisor.parts import Lab, Parts
 
 logger = log.get("jlservice.supervisor")
 
@@ -73,69 +76,6 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
     if failures <= 1:
         return 0.0
     return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
-
-
-# ── what the loop drives (small interfaces; tests/unit/supervisor has fakes) ─────
-
-
-class Lab(Protocol):
-    """One JupyterLab process (supervisor.lab.Lab)."""
-
-    pid: int
-    started: float
-    ready_at: float | None
-    answering: bool
-    stop_reason: str | None
-    exited: asyncio.Future[ExitStatus]
-
-    @property
-    def ready(self) -> bool: ...
-    def mark_ready(self, settings: Callable[[], Any]) -> float: ...
-    def cancel_watchers(self) -> None: ...
-    async def stop(self, reason: str, timeout: float) -> None: ...
-    async def drain_output(self) -> str | None: ...
-
-
-class Starter(Protocol):
-    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started: ...
-
-
-class Keeper(Protocol):
-    """The warm parent (start.warm.keeper.Keeper)."""
-
-    def keep(self, launch: launcher.Launch, enabled: bool) -> None: ...
-    def distrust(self, launch: launcher.Launch, problem: str) -> None: ...
-    def spare(self) -> set[int]: ...
-    def describe(self) -> state.WarmParent | None: ...
-    def close(self) -> None: ...
-
-
-class Exporter(Protocol):
-    def apply(self, settings: Any) -> None: ...
-    def stop(self) -> None: ...
-
-
-class ConfigFollower(Protocol):
-    def follow(self, config: Config) -> None: ...
-    def accept(self, seen: str | None) -> None: ...
-    def stop(self) -> None: ...
-
-
-@dataclass
-class Parts:
-    publisher: Publisher
-    starter: Starter
-    keeper: Keeper
-    adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
-    sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
-    plan: Callable[[Config, launcher.Launch], reload.Plan]
-    # (pending, api_url, token, progress): returns once the kernels are idle, or at the deadline
-    wait_idle: Callable[[reload.PendingReload, str, str, Callable[[str], None]], Awaitable[None]]
-    exporter: Exporter
-    follower: ConfigFollower
-    later: Callable[[float, Event], object]  # post the event after a delay
-    start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
-    watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks
 
 
 class Supervisor:
@@ -243,9 +183,9 @@ class Supervisor:
             user=self.config.lab.user,
             port=self.config.lab.port,
         )
-        self._warn_read_only(self.launch)
-        self._warn_risks()
-        self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
+        risks.warn_about_launch(self.launch)
+        risks.warn_about_config(self.config)
+        self._check_certificate()
 
     async def _start(self) -> None:
         """STARTING: start the current launch, or BACKOFF / Halt if it cannot start."""
@@ -429,7 +369,8 @@ class Supervisor:
         self.parts.exporter.apply(new.metrics)
         if self.phase is Phase.READY or not new.restart.warm:
             self.parts.keeper.keep(self.launch, new.restart.warm)  # warm turned on or off
-        self._warn_risks()
+        risks.warn_about_config(new)
+        self.publish.certificate_expiry(risks.certificate_expiry(new))
 
     async def _restart_with(self, launch: launcher.Launch) -> None:
         self._use_launch(launch)
@@ -444,7 +385,7 @@ class Supervisor:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
         self._drop_pending()
         self.launch = launch
-        self._warn_read_only(launch)
+        risks.warn_about_launch(launch)
         self.publish.launch_changed(launch)
 
     def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
@@ -470,30 +411,11 @@ class Supervisor:
             self.pending.cancel()
             self.pending = None
 
-    # ── warnings and the watchdog ───────────────────────────────────────────
+    # ── the certificate and the watchdog ────────────────────────────────────
 
-    def _warn_read_only(self, launch: launcher.Launch) -> None:
-        if why := launcher.read_only_notebooks(launch):
-            logger.warning("notebook_dir_read_only", problem=why)
-
-    def _warn_risks(self) -> None:
-        """Log what is allowed but risky: a wildcard allow_origin, an expiring certificate."""
-        for problem in risks(self.config.lab.options, self.config.lab.user):
-            logger.warning("config_risky", problem=problem)
-        self._check_certificate(rearm=False)
-
-    def _check_certificate(self, rearm: bool = True) -> None:
-        """The certificate's expiry, for the metrics and, from 30 days before, the log."""
-        expiry = None
-        if self.config.tls.enabled:
-            from jlservice.admin import tls
-
-            expiry = tls.expiry(self.config.tls.cert_pem)
-            if problem := tls.expiry_warning(self.config.tls.cert_pem):
-                logger.warning("tls_certificate_expiring", problem=problem)
-        self.publish.certificate_expiry(expiry)
-        if rearm:
-            self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
+    def _check_certificate(self) -> None:
+        self.publish.certificate_expiry(risks.certificate_expiry(self.config))
+        self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1, except while JupyterLab fails its probes and jlservice has not acted.

@@ -16,7 +16,7 @@ from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart
 
 if TYPE_CHECKING:
-    from jlservice.supervisor.loop import Starter
+    from jlservice.supervisor.parts import Starter
 
 
 def run(config: Config) -> int:

@@ -25,7 +25,8 @@ from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
 from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import ChildExited, Event, LabReady
-from jlservice.supervisor.loop import Parts, Supervisor
+from jlservice.supervisor.loop import Supervisor
+from jlservice.supervisor.parts import Parts
 from jlservice.supervisor.publish import Publisher
 
 

@@ -1,0 +1,80 @@
+"""What the supervisor's state machine drives, as small interfaces.
+
+supervisor.main makes the real ones; tests/unit/supervisor has fakes. Each part speaks back
+to the loop only by posting events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jlservice import state
+from jlservice.config import Config
+from jlservice.start import Secrets, Started, launcher
+from jlservice.supervisor import reload
+from jlservice.supervisor.children import ExitStatus
+from jlservice.supervisor.events import Event
+from jlservice.supervisor.publish import Publisher
+
+
+class Lab(Protocol):
+    """One JupyterLab process (supervisor.lab.Lab)."""
+
+    pid: int
+    started: float
+    ready_at: float | None
+    answering: bool
+    stop_reason: str | None
+    exited: asyncio.Future[ExitStatus]
+
+    @property
+    def ready(self) -> bool: ...
+    def mark_ready(self, settings: Callable[[], Any]) -> float: ...
+    def cancel_watchers(self) -> None: ...
+    async def stop(self, reason: str, timeout: float) -> None: ...
+    async def drain_output(self) -> str | None: ...
+
+
+class Starter(Protocol):
+    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started: ...
+
+
+class Keeper(Protocol):
+    """The warm parent (start.warm.keeper.Keeper)."""
+
+    def keep(self, launch: launcher.Launch, enabled: bool) -> None: ...
+    def distrust(self, launch: launcher.Launch, problem: str) -> None: ...
+    def spare(self) -> set[int]: ...
+    def describe(self) -> state.WarmParent | None: ...
+    def close(self) -> None: ...
+
+
+class Exporter(Protocol):
+    def apply(self, settings: Any) -> None: ...
+    def stop(self) -> None: ...
+
+
+class ConfigFollower(Protocol):
+    def follow(self, config: Config) -> None: ...
+    def accept(self, seen: str | None) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Parts:
+    publisher: Publisher
+    starter: Starter
+    keeper: Keeper
+    adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
+    sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
+    plan: Callable[[Config, launcher.Launch], reload.Plan]
+    # (pending, api_url, token, progress): returns once the kernels are idle, or at the deadline
+    wait_idle: Callable[[reload.PendingReload, str, str, Callable[[str], None]], Awaitable[None]]
+    exporter: Exporter
+    follower: ConfigFollower
+    later: Callable[[float, Event], object]  # post the event after a delay
+    start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
+    watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks

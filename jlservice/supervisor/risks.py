@@ -1,0 +1,33 @@
+"""What is allowed but risky, said in the log: at start-up and after every reload."""
+
+from __future__ import annotations
+
+from jlservice import log
+from jlservice.config import Config
+from jlservice.config.access import risks
+from jlservice.start import launcher
+
+logger = log.get("jlservice.supervisor")
+
+
+def warn_about_config(config: Config) -> None:
+    """A wildcard allow_origin and the like."""
+    for problem in risks(config.lab.options, config.lab.user):
+        logger.warning("config_risky", problem=problem)
+
+
+def warn_about_launch(launch: launcher.Launch) -> None:
+    """A notebook dir where notebooks cannot be saved."""
+    if why := launcher.read_only_notebooks(launch):
+        logger.warning("notebook_dir_read_only", problem=why)
+
+
+def certificate_expiry(config: Config) -> float | None:
+    """When the certificate expires (for the metrics); from 30 days before, a warning."""
+    if not config.tls.enabled:
+        return None
+    from jlservice.admin import tls
+
+    if problem := tls.expiry_warning(config.tls.cert_pem):
+        logger.warning("tls_certificate_expiring", problem=problem)
+    return tls.expiry(config.tls.cert_pem)
