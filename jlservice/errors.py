@@ -31,6 +31,10 @@ class CannotStartNow(Exception):
     """JupyterLab cannot start right now (port in use, fork failed…): retried with backoff."""
 
 
+class PortInUse(CannotStartNow):
+    """Another program holds JupyterLab's port: retried until it is free, never given up on."""
+
+
 class CertError(Exception):
     """A certificate or key that cannot be used."""
 

@@ -52,8 +52,9 @@ class TLSConfig:
 class RestartConfig:
     initial_delay: float = 0.5
     max_delay: float = 30.0
-    reset_after: float = 60.0
-    max_failures: int = 5
+    reset_after: float = 60.0  # the window of max_crashes
+    max_failures: int = 10
+    max_crashes: int = 30
     start_timeout: float = 120.0
     stop_timeout: float = 20.0
     warm: bool = True

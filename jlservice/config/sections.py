@@ -26,6 +26,7 @@ def parse_restart(r: Reader, t: Mapping[str, Any]) -> RestartConfig:
         max_delay=r.seconds(t, "restart", "max_delay", d.max_delay, minimum=0),
         reset_after=r.seconds(t, "restart", "reset_after", d.reset_after, minimum=0),
         max_failures=r.count(t, "restart", "max_failures", d.max_failures),
+        max_crashes=r.count(t, "restart", "max_crashes", d.max_crashes),
         start_timeout=r.seconds(t, "restart", "start_timeout", d.start_timeout, minimum=1),
         stop_timeout=r.seconds(t, "restart", "stop_timeout", d.stop_timeout, minimum=0.1),
         warm=r.get(t, "restart", "warm", bool, d.warm),

@@ -50,6 +50,11 @@ class Collector:
             },
         )
         yield GaugeMetricFamily("jlservice_up", "1 while JupyterLab answers", value=view.up)
+        yield GaugeMetricFamily(
+            "jlservice_port_in_use",
+            "1 while another program holds JupyterLab's port (jlservice waits for it)",
+            value=view.port_in_use,
+        )
         restarts = CounterMetricFamily(
             "jlservice_restarts", "JupyterLab restarts, by reason", labels=["reason"]
         )

@@ -35,6 +35,7 @@ class SupervisorView:
         self.restarts = dict.fromkeys(RESTART_REASONS, 0)
         self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self.config_error = False
+        self.port_in_use = False  # another program holds JupyterLab's port
         self.tls_cert_expiry: float | None = None  # Unix time; None without [tls]
         self.warm_parent: state.WarmParent | None = None
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from jlservice import state, users
 from jlservice.config import Config, OptionValue
-from jlservice.errors import CannotStartNow, LaunchError
+from jlservice.errors import CannotStartNow, LaunchError, PortInUse
 from jlservice.supervisor import notify, probe
 
 PR_SET_PDEATHSIG = 1
@@ -234,6 +234,15 @@ def prepare_private_dir(
 
 def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
     """Why a server could not listen on ip:port right now, or None (`key`: what to fix)."""
+    try:
+        _try_bind(ip, port, key)
+    except CannotStartNow as exc:
+        return str(exc)
+    return None
+
+
+def _try_bind(ip: str, port: int, key: str = "[lab] port") -> None:
+    """Raises PortInUse, or CannotStartNow, if a server could not listen on ip:port now."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -241,12 +250,15 @@ def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
             sock.bind((ip, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}"
+                raise PortInUse(
+                    f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}"
+                ) from None
             if exc.errno == errno.EADDRNOTAVAIL:
                 where = "[lab] ip" if key == "[lab] port" else key
-                return f"{ip} is not an address of this machine; fix {where}"
-            return f"cannot listen on {ip}:{port}: {exc.strerror}"
-    return None
+                raise CannotStartNow(
+                    f"{ip} is not an address of this machine; fix {where}"
+                ) from None
+            raise CannotStartNow(f"cannot listen on {ip}:{port}: {exc.strerror}") from None
 
 
 def _holder(port: int) -> str:
@@ -299,9 +311,7 @@ def _die_with_parent(parent_pid: int):
 
 def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
     """What every start needs first, cold or warm: a free address and the secrets in place."""
-    problem = check_port(launch.ip, launch.port)
-    if problem:
-        raise CannotStartNow(problem)
+    _try_bind(launch.ip, launch.port)
     try:
         prepare_private_dir(launch, runtime_dir, token, cookie_secret)
     except OSError as exc:

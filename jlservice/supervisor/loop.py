@@ -22,6 +22,7 @@ of state.json, sd_notify and the metrics view. `Halt` is the one way out of the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import gc
 import os
@@ -30,7 +31,7 @@ import time
 
 from jlservice import EX_CONFIG, log, state
 from jlservice.config import Config, RestartConfig
-from jlservice.errors import Halt
+from jlservice.errors import CannotStartNow, Halt, LaunchError, PortInUse
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, launcher
 from jlservice.supervisor import reload, risks
@@ -97,6 +98,9 @@ class Supervisor:
         self.phase = Phase.STARTING
         self.lab: Lab | None = None
         self.failures = 0  # failed starts in a row
+        self.crashes: collections.deque[float] = collections.deque()  # of ready servers
+        self.port_waits = 0  # starts in a row that found the port taken
+        self.port_problem: str | None = None  # who holds it, as last logged
         self.attempt = 0  # which start a BackoffElapsed is for
         self.pending: reload.PendingReload | None = None
 
@@ -194,13 +198,18 @@ class Supervisor:
             self._use_launch(self.pending.launch)
         try:
             started = await self.parts.starter.start(self.launch, self.secrets)
-        except launcher.CannotStartNow as exc:
+        except PortInUse as exc:
+            return self._wait_for_port(str(exc))
+        except CannotStartNow as exc:
             logger.error("lab_start_failed", problem=str(exc))
             return self._failed(str(exc), "crash")
-        except launcher.LaunchError as exc:
+        except LaunchError as exc:
             logger.error("lab_start_failed", problem=str(exc))
             self.publish.failed(str(exc))
             raise Halt(EX_CONFIG) from None
+        if self.port_problem is not None:
+            logger.info("lab_port_free", port=self.launch.port)
+        self.port_waits, self.port_problem = 0, None
         self.lab = await self.parts.adopt(started, self.launch, self.config.restart.start_timeout)
         self.phase = Phase.STARTING
         self.publish.starting(self.launch, started.pid, started.warm)
@@ -274,10 +283,21 @@ class Supervisor:
                     self.parts.keeper.distrust(self.launch, why)
         else:
             problem = self.publish.record.last_error or status.describe()
-        healthy_for = time.time() - lab.ready_at if lab.ready_at is not None else 0.0
-        if healthy_for >= self.config.restart.reset_after:
-            self.failures = 0
+        if lab.ready and not self._crash_storm():
+            self.failures = 0  # it started fine: the next start is at once
         self._failed(problem, reason)
+
+    def _crash_storm(self) -> bool:
+        """Whether more than max_crashes ready servers died within reset_after seconds: far
+        more than a person or the OOM killer causes, so these count as failed starts."""
+        restart, now = self.config.restart, time.monotonic()
+        while self.crashes and now - self.crashes[0] > restart.reset_after:
+            self.crashes.popleft()
+        self.crashes.append(now)
+        if len(self.crashes) <= restart.max_crashes:
+            return False
+        logger.warning("lab_crash_storm", crashes=len(self.crashes), within_s=restart.reset_after)
+        return True
 
     def _failed(self, problem: str, reason: str) -> None:
         """→ BACKOFF, or Halt(1) after max_failures failed starts in a row."""
@@ -291,6 +311,19 @@ class Supervisor:
         self.phase = Phase.BACKOFF
         self.publish.backoff(delay, problem, reason)
         logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
+        self.parts.later(delay, BackoffElapsed(self.attempt))
+
+    def _wait_for_port(self, problem: str) -> None:
+        """→ BACKOFF until the port is free: another program's port is not a failed start,
+        and it may be let go of at any time, so the wait stays within max_delay."""
+        self.port_waits += 1
+        if problem != self.port_problem:
+            logger.warning("lab_port_in_use", problem=problem)
+            self.port_problem = problem
+        restart = self.config.restart
+        delay = min(restart.initial_delay * 2 ** (self.port_waits - 1), restart.max_delay)
+        self.phase = Phase.BACKOFF
+        self.publish.port_in_use(delay, problem)
         self.parts.later(delay, BackoffElapsed(self.attempt))
 
     async def _sweep(self) -> int:

@@ -47,6 +47,7 @@ class Publisher:
     # ── one JupyterLab's life ───────────────────────────────────────────────
 
     def starting(self, launch: Launch, pid: int, warm: bool) -> None:
+        self.view.port_in_use = False
         self._save(
             status=state.STARTING,
             lab_pid=pid,
@@ -87,6 +88,14 @@ class Publisher:
         self.view.restarted(reason)
         self._save(status=state.BACKOFF, last_error=problem, restarts=self.record.restarts + 1)
         self._notifier.status(f"Restarting JupyterLab in {delay:g} s: {problem}")
+
+    def port_in_use(self, delay: float, problem: str) -> None:
+        self._end_reload_badly(problem)
+        self.view.port_in_use = True
+        self._save(status=state.BACKOFF, last_error=problem)
+        self._notifier.status(
+            f"Waiting for JupyterLab's port, trying again in {delay:g} s: {problem}"
+        )
 
     def failed(self, message: str) -> None:
         """jlservice gives up: the last words, before it exits."""

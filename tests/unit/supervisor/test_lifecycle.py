@@ -88,15 +88,50 @@ async def test_failed_starts_in_a_row_give_up_with_exit_1(machine) -> None:
     assert m.sent()[-1].startswith("STATUS=Failed: gave up after 3 failed starts")
 
 
-async def test_a_healthy_run_resets_the_count_of_failures(machine) -> None:
-    m = machine(restart={"max_failures": 2, "reset_after": 0})
+async def test_with_the_defaults_ten_crashes_of_a_ready_server_are_ten_restarts_at_once(
+    machine,
+) -> None:
+    m = machine()
     m.start()
-    for _ in range(4):  # more crashes than max_failures, each after a ready server
+    for _ in range(10):
         lab = await m.ready()
         lab.exit()
         await m.settle()
-        await m.fire(BackoffElapsed)
-    assert not m.task.done() and m.supervisor.failures == 1  # only the last crash counts
+        assert await m.fire(BackoffElapsed) == 0.0
+    assert not m.task.done() and m.state.restarts == 10
+
+
+async def test_with_the_defaults_a_command_that_never_starts_backs_off_to_max_delay_then_gives_up(
+    machine,
+) -> None:
+    m = machine()
+    m.start()
+    delays = []
+    while True:
+        await m.settle()
+        m.lab.exit(ExitStatus(m.lab.pid, 1, None))
+        await m.settle()
+        if m.task.done():
+            break
+        delays.append(await m.fire(BackoffElapsed))
+    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert await m.exit_code() == 1
+    assert m.state.last_error.startswith("gave up after 10 failed starts in a row")
+
+
+async def test_a_storm_of_crashes_of_ready_servers_backs_off_and_gives_up(machine) -> None:
+    m = machine(restart={"max_crashes": 3, "max_failures": 4})
+    m.start()
+    delays = []
+    while not m.task.done():
+        lab = await m.ready()
+        lab.exit()
+        await m.settle()
+        if not m.task.done():
+            delays.append(await m.fire(BackoffElapsed))
+    # Crashes 4, 5 and 6 come within a minute of the first three: a storm, failed starts.
+    assert delays == [0.0, 0.0, 0.0, 0.5, 1.0]
+    assert await m.exit_code() == 1
 
 
 async def test_port_in_use_retries_after_the_backoff(machine) -> None:
@@ -109,6 +144,27 @@ async def test_port_in_use_retries_after_the_backoff(machine) -> None:
     await m.fire(BackoffElapsed)
     await m.ready()
     assert m.state.status == "ready"
+
+
+async def test_a_port_another_program_holds_is_waited_for_without_giving_up(machine) -> None:
+    m = machine()
+    held = "port 9123 on 127.0.0.1 is in use by pid 77 (python3); stop it or change [lab] port"
+    m.starter.refusals = [launcher.PortInUse(held)] * 30
+    m.start()
+    delays = []
+    for _ in range(30):
+        await m.settle()
+        assert m.state.status == "backoff" and m.view.port_in_use
+        delays.append(m.timers[-1][0])
+        if len(delays) < 30:
+            await m.fire(BackoffElapsed)
+    assert delays[:8] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert max(delays) == 30.0 and not m.task.done()
+    assert m.state.last_error == held
+    assert m.sent()[-1] == f"STATUS=Waiting for JupyterLab's port, trying again in 30 s: {held}"
+    await m.fire(BackoffElapsed)
+    await m.ready()  # freed: the next start serves
+    assert not m.view.port_in_use and m.supervisor.port_waits == 0
 
 
 async def test_a_configuration_the_launch_refuses_halts_with_78(machine) -> None:
