@@ -21,4 +21,4 @@ class Started(NamedTuple):
     pid: int
     output: BinaryIO  # the read end of its stdout+stderr pipe
     warm: bool  # forked by the warm parent
-    began: float  # time.time() just before the start
+    began: float  # time.time() just before the spawn or the fork request

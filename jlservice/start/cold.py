@@ -21,12 +21,12 @@ class ColdStart:
         """Synchronous and light, so that `jlservice run` can start JupyterLab before its
         own heavier imports. Raises launcher.CannotStartNow (worth retrying) or
         LaunchError (a configuration problem)."""
-        began = time.time()
         launcher.prepare(launch, self.runtime_dir, *secrets)
-        return spawn(launch, began)
+        return spawn(launch)
 
 
-def spawn(launch: launcher.Launch, began: float) -> Started:
+def spawn(launch: launcher.Launch) -> Started:
     """Spawn a launch whose private dir is prepared."""
+    began = time.time()
     pid, output = launcher.detach(launcher.spawn(launch))
     return Started(pid, output, warm=False, began=began)

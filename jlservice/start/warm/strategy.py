@@ -21,8 +21,8 @@ class WarmStart:
         """Raises launcher.CannotStartNow (worth retrying) or LaunchError (configuration)."""
         if not self.keeper.enabled:
             return await self.cold.start(launch, secrets)
-        began = time.time()
         launcher.prepare(launch, self.cold.runtime_dir, *secrets)
+        began = time.time()
         read, write = os.pipe2(os.O_CLOEXEC)
         try:
             pid = await self.keeper.fork(launch, write)
@@ -33,5 +33,5 @@ class WarmStart:
             os.close(write)
         if pid is None:  # the keeper said why
             os.close(read)
-            return spawn(launch, began)
+            return spawn(launch)
         return Started(pid, open(read, "rb", buffering=0), warm=True, began=began)
