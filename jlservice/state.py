@@ -86,6 +86,9 @@ class State(NamedTuple):
     token_login: bool = True  # False: [auth] token = false, password login only
     warm_parent: WarmParent | None = None
     started_warm: bool = False  # the running JupyterLab was forked by the warm parent
+    updated_at: float = 0.0  # when the supervisor last changed it (time.time())
+    # Set in the runtime dir's copy, written while state.json in the state dir cannot be.
+    state_error: str | None = None
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -186,6 +189,20 @@ def read_state(state_dir: Path) -> State:
         return State.from_dict(json.loads(text))
     except (ValueError, TypeError) as exc:
         raise StateError(f"{path} is damaged ({exc}); restart jlservice to rewrite it") from None
+
+
+def read_published(state_dir: Path, runtime_dir: Path) -> State:
+    """What the supervisor published last: state.json in the state dir, or the copy in the
+    runtime dir that it writes while the state dir cannot be written (full, read-only)."""
+    try:
+        spare = read_state(runtime_dir)
+    except StateError:
+        return read_state(state_dir)
+    try:
+        main = read_state(state_dir)
+    except StateError:
+        return spare
+    return spare if spare.updated_at > main.updated_at else main
 
 
 def load_or_create_token(state_dir: Path) -> str:

@@ -20,9 +20,14 @@ def config_path(args: argparse.Namespace) -> Path | None:
     return config.locate(args.config, os.environ)
 
 
+def published(service: config.ServiceConfig) -> state.State:
+    """What the supervisor published last (raises StateError)."""
+    return state.read_published(service.state_dir, service.runtime_dir)
+
+
 def running_state(args: argparse.Namespace) -> state.State:
     service = config.load_service(config_path(args))
-    current = state.read_state(service.state_dir)
+    current = published(service)
     if not state.supervisor_alive(current):
         raise CommandError(
             f"jlservice is not running (state in {service.state_dir} says "
@@ -34,12 +39,15 @@ def running_state(args: argparse.Namespace) -> state.State:
 
 
 def wait_state(
-    state_dir: Path, done: Callable[[state.State], bool], timeout: float, what: str
+    service: config.ServiceConfig,
+    done: Callable[[state.State], bool],
+    timeout: float,
+    what: str,
 ) -> state.State:
     """Re-read the state file until `done` holds; fail if the supervisor goes away."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        latest = state.read_state(state_dir)
+        latest = published(service)
         if done(latest):
             return latest
         if not state.supervisor_alive(latest):
@@ -55,7 +63,7 @@ def reload(args: argparse.Namespace) -> int:
     asked = time.time()
     os.kill(current.supervisor_pid, signal.SIGHUP)
     latest = wait_state(
-        service.state_dir,
+        service,
         lambda s: s.last_reload is not None and s.last_reload.at >= asked - 0.01,
         30,
         "answer the reload",
@@ -71,7 +79,7 @@ def reload(args: argparse.Namespace) -> int:
         return 0
     if result == "applied":
         latest = wait_state(
-            service.state_dir,
+            service,
             lambda s: s.status in (state.READY, state.FAILED) and s.lab_pid != current.lab_pid,
             300,
             "restart JupyterLab",
@@ -88,7 +96,7 @@ def reload_if_running(args: argparse.Namespace) -> int:
     """Apply the change now if jlservice runs (the same as `jlservice reload`)."""
     service = config.load_service(config_path(args))
     try:
-        running = state.supervisor_alive(state.read_state(service.state_dir))
+        running = state.supervisor_alive(published(service))
     except state.StateError:
         running = False
     if not running:

@@ -7,7 +7,7 @@ import json
 import time
 
 from jlservice import config, state
-from jlservice.cli._client import EX_NOT_RUNNING, config_path
+from jlservice.cli._client import EX_NOT_RUNNING, config_path, published
 from jlservice.cli.common import mask
 
 
@@ -25,7 +25,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     service = config.load_service(config_path(args))
-    current = state.read_state(service.state_dir)
+    current = published(service)
     running = state.supervisor_alive(current)
     masked = current.evolve(token=mask(current.token))
     if args.json:
@@ -74,6 +74,8 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"config error: {s.config_error} (still serving with the previous one)")
     if running and s.reload_pending:
         lines.append(f"reload:      pending, {s.reload_pending}")
+    if running and s.state_error:
+        lines.append(f"state file:  {s.state_error}")
     return "\n".join(lines)
 
 

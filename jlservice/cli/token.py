@@ -8,7 +8,7 @@ import os
 import signal
 
 from jlservice import config, state
-from jlservice.cli._client import config_path, running_state, wait_state
+from jlservice.cli._client import config_path, published, running_state, wait_state
 from jlservice.errors import CommandError
 from jlservice.supervisor import probe
 
@@ -74,7 +74,7 @@ def ssh_tunnel(current: state.State, destination: str) -> str:
 
 def _rotate(args: argparse.Namespace) -> int:
     service = config.load_service(config_path(args))
-    current = state.read_state(service.state_dir)
+    current = published(service)
     if not state.supervisor_alive(current):  # the next start uses the new secrets
         token = state.new_token()
         state.write_cookie_secret(service.state_dir, state.new_cookie_secret())
@@ -83,7 +83,7 @@ def _rotate(args: argparse.Namespace) -> int:
         return 0
     os.kill(current.supervisor_pid, signal.SIGUSR1)
     latest = wait_state(
-        service.state_dir,
+        service,
         lambda s: (
             s.status == state.FAILED
             or (

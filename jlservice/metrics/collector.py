@@ -51,6 +51,11 @@ class Collector:
         )
         yield GaugeMetricFamily("jlservice_up", "1 while JupyterLab answers", value=view.up)
         yield GaugeMetricFamily(
+            "jlservice_state_write_failing",
+            "1 while jlservice cannot write its state file (a full or read-only disk)",
+            value=view.state_write_failing,
+        )
+        yield GaugeMetricFamily(
             "jlservice_port_in_use",
             "1 while another program holds JupyterLab's port (jlservice waits for it)",
             value=view.port_in_use,

@@ -36,6 +36,7 @@ class SupervisorView:
         self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self.config_error = False
         self.port_in_use = False  # another program holds JupyterLab's port
+        self.state_write_failing = False  # state.json cannot be written now
         self.tls_cert_expiry: float | None = None  # Unix time; None without [tls]
         self.warm_parent: state.WarmParent | None = None
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server

@@ -110,7 +110,13 @@ async def _supervise(
         supervisor_pid=me,
         supervisor_started_at=state.process_start_time(me),
     )
-    publisher = Publisher(StateFile(config.service.state_dir), notifier, view, record)
+    publisher = Publisher(
+        StateFile(config.service.state_dir, config.service.runtime_dir),
+        notifier,
+        view,
+        record,
+        later=loop.call_later,
+    )
     exporter = Exporter(view, config.metrics)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))

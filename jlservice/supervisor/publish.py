@@ -4,43 +4,78 @@ Three readers see the supervisor from outside: `jlservice status`/`token` read s
 systemd reads sd_notify (READY, RELOADING, STATUS, WATCHDOG, STOPPING), Prometheus reads the
 metrics view. The loop calls one method here per thing that happened, and that method
 updates all three, so they never disagree.
+
+state.json that cannot be written (a full or read-only disk, a deleted directory) stops
+nothing: the supervisor runs on, says so (log, metrics, and a copy of the record in the
+runtime dir that `jlservice status` reads), and writes it again as soon as it can.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from jlservice import state
+from jlservice import log, state
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
 from jlservice.supervisor.notify import Notifier
 
+logger = log.get("jlservice.supervisor")
+
+RETRY_S = 5.0  # how soon a state.json that could not be written is tried again
+
 
 class StateSink(Protocol):
-    def write(self, record: state.State) -> None: ...
+    path: Path
+
+    def write(self, record: state.State) -> None: ...  # raises OSError
+    def write_spare(self, record: state.State) -> None: ...  # best effort
+    def drop_spare(self) -> None: ...
 
 
 class StateFile:
-    """state.json in the state dir, replaced atomically on every change."""
+    """state.json in the state dir, replaced atomically (never torn: a failed write leaves the
+    last good one); the spare copy goes to the runtime dir."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, runtime_dir: Path) -> None:
         self.state_dir = state_dir
+        self.runtime_dir = runtime_dir
+        self.path = state_dir / state.STATE_FILE
 
     def write(self, record: state.State) -> None:
+        if not self.state_dir.is_dir():  # deleted under us: make it again
+            state.ensure_dir(self.state_dir, 0o700)
         state.write_state(self.state_dir, record)
+
+    def write_spare(self, record: state.State) -> None:
+        with contextlib.suppress(OSError):  # the log and the metrics still say it
+            state.write_state(self.runtime_dir, record)
+
+    def drop_spare(self) -> None:
+        (self.runtime_dir / state.STATE_FILE).unlink(missing_ok=True)
 
 
 class Publisher:
     def __init__(
-        self, sink: StateSink, notifier: Notifier, view: SupervisorView, record: state.State
+        self,
+        sink: StateSink,
+        notifier: Notifier,
+        view: SupervisorView,
+        record: state.State,
+        later: Callable[[float, Callable[[], None]], object],
     ) -> None:
+        """`later(delay, callback)`: call back after a delay (a retry of state.json)."""
         self.record = record
         self.view = view
+        self.write_problem: str | None = None  # why state.json cannot be written now
         self._sink = sink
         self._notifier = notifier
+        self._later = later
+        self._retrying = False
         self._owes_ready = False  # RELOADING=1 sent, READY=1 not yet
         self._save()
 
@@ -175,9 +210,39 @@ class Publisher:
     # ── inside ──────────────────────────────────────────────────────────────
 
     def _save(self, **changes: object) -> None:
-        self.record = self.record.evolve(**changes)
+        self.record = self.record.evolve(updated_at=time.time(), **changes)
         self.view.config_error = self.record.config_error is not None
-        self._sink.write(self.record)
+        self._write()
+
+    def _write(self) -> None:
+        try:
+            self._sink.write(self.record)
+        except OSError as exc:
+            return self._write_failed(exc)
+        if self.write_problem is not None:
+            logger.info("state_written_again", path=str(self._sink.path))
+            self.write_problem = None
+            self.view.state_write_failing = False
+            self._sink.drop_spare()
+
+    def _write_failed(self, exc: OSError) -> None:
+        problem = (
+            f"cannot write {self._sink.path}: {exc.strerror or exc}; free space there or make "
+            "it writable: JupyterLab keeps running, and jlservice writes it as soon as it can"
+        )
+        if problem != self.write_problem:
+            logger.error("state_write_failed", problem=problem)
+        self.write_problem = problem
+        self.view.state_write_failing = True
+        self._sink.write_spare(self.record.evolve(state_error=problem))
+        if not self._retrying:
+            self._retrying = True
+            self._later(RETRY_S, self._retry)
+
+    def _retry(self) -> None:
+        self._retrying = False
+        if self.write_problem is not None:
+            self._write()
 
     def _end_reload_badly(self, problem: str) -> None:
         if self._owes_ready:  # systemd waits for the end of the reload: it has ended, badly

@@ -347,3 +347,18 @@ def test_supervisor_alive_false_without_pid_or_start(pid, started) -> None:
     assert not state.supervisor_alive(
         sample_state(supervisor_pid=pid, supervisor_started_at=started)
     )
+
+
+def test_read_published_takes_the_newer_of_state_dir_and_runtime_dir(tmp_path: Path) -> None:
+    state_dir, runtime_dir = tmp_path / "state", tmp_path / "run"
+    state_dir.mkdir()
+    runtime_dir.mkdir()
+    state.write_state(state_dir, sample_state(status="ready", updated_at=100.0))
+    assert state.read_published(state_dir, runtime_dir).status == "ready"
+    spare = sample_state(status="backoff", updated_at=200.0, state_error="cannot write …")
+    state.write_state(runtime_dir, spare)
+    assert state.read_published(state_dir, runtime_dir).state_error == "cannot write …"
+    state.write_state(state_dir, sample_state(status="stopped", updated_at=300.0))
+    assert state.read_published(state_dir, runtime_dir).status == "stopped"
+    (state_dir / state.STATE_FILE).unlink()
+    assert state.read_published(state_dir, runtime_dir).status == "backoff"

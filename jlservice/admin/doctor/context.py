@@ -42,7 +42,7 @@ class Context(NamedTuple):
         current = state_error = None
         try:
             service = cfg.service if cfg else config.load_service(path)
-            current = state.read_state(service.state_dir)
+            current = state.read_published(service.state_dir, service.runtime_dir)
         except config.ConfigError:
             pass  # where the state is cannot be known; the config check says why
         except state.StateError as exc:

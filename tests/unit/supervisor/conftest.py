@@ -131,11 +131,25 @@ class FakeNotifier:
 
 
 class Records:
+    """Stands in for state.json: what was written, or the OSError a full disk would raise."""
+
+    path = Path("/var/lib/jlservice/state.json")
+
     def __init__(self) -> None:
         self.written: list[state.State] = []
+        self.spares: list[state.State] = []
+        self.failing: OSError | None = None
 
     def write(self, record: state.State) -> None:
+        if self.failing is not None:
+            raise self.failing
         self.written.append(record)
+
+    def write_spare(self, record: state.State) -> None:
+        self.spares.append(record)
+
+    def drop_spare(self) -> None:
+        self.spares.append(None)
 
 
 class Recorder:
@@ -164,6 +178,7 @@ class Harness:
         self.labs: list[FakeLab] = []
         self.plans: list[reload.Plan] = []  # what the next reloads find
         self.timers: list[tuple[float, Event]] = []
+        self.callbacks: list[tuple[float, Callable[[], None]]] = []  # the Publisher's
         self.idle = asyncio.Event()  # set: the kernels are idle
         self.swept: list[set[int]] = []
         self.reaping = False
@@ -201,7 +216,13 @@ class Harness:
             supervisor_pid=os.getpid(),
             supervisor_started_at=None,
         )
-        publisher = Publisher(self.records, self.notifier, self.view, record)
+        publisher = Publisher(
+            self.records,
+            self.notifier,
+            self.view,
+            record,
+            later=lambda delay, callback: self.callbacks.append((delay, callback)),
+        )
         events: asyncio.Queue[Event] = asyncio.Queue()
         parts = Parts(
             publisher=publisher,
