@@ -26,6 +26,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from jlservice.supervisor import main  # heavy: jupyter-facing machinery, structlog, psutil
 
         code = main.run(cfg)
+        from jlservice import log
+
+        log.flush()  # what the log writer still holds, unless its reader stays stuck
         if code:  # the supervisor's last STATUS= (why it gave up) must reach systemd first
             from jlservice.supervisor.notify import Notifier
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from jlservice import state
+from jlservice import log, state
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import Sampler, Snapshot
 from jlservice.metrics.view import SupervisorView
@@ -50,6 +50,11 @@ class Collector:
             },
         )
         yield GaugeMetricFamily("jlservice_up", "1 while JupyterLab answers", value=view.up)
+        yield CounterMetricFamily(
+            "jlservice_log_lines_dropped",
+            "Log lines dropped because nobody read jlservice's output in time",
+            value=log.dropped_lines(),
+        )
         yield GaugeMetricFamily(
             "jlservice_state_write_failing",
             "1 while jlservice cannot write its state file (a full or read-only disk)",

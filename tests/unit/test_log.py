@@ -7,6 +7,8 @@ import logging
 import os
 import re
 import secrets
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -32,6 +34,7 @@ def stream(tmp_path: Path) -> Iterator[TextIO]:
 
 
 def read(stream: TextIO) -> list[str]:
+    log.flush()  # the writer thread has written everything logged so far
     stream.flush()
     stream.seek(0)
     return stream.read().splitlines()
@@ -235,3 +238,40 @@ def test_stderr_is_journal_checks_device_and_inode(stream: TextIO, tmp_path: Pat
     with (tmp_path / "other").open("w") as other:
         assert not log.stderr_is_journal(journal_env(other), stream)
     assert not log.stderr_is_journal({}, stream)
+
+
+# --- a stuck reader ----------------------------------------------------------------------
+
+
+def test_a_reader_that_never_reads_does_not_block_logging_and_drops_are_counted() -> None:
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    try:
+        configure(stream, "json")
+        logger = log.get("jlservice")
+        before = log.dropped_lines()
+        began = time.monotonic()
+        for n in range(3 * log.MAX_QUEUED):  # the pipe (64 KiB) fills within a few hundred
+            logger.info("line", n=n)
+        assert time.monotonic() - began < 5  # never waited for the reader
+        dropped = log.dropped_lines() - before
+        assert dropped >= log.MAX_QUEUED
+        began = time.monotonic()
+        log.flush(timeout=0.3)  # the reader is still stuck: the flush gives up
+        assert time.monotonic() - began < 2
+
+        with os.fdopen(read_end, "rb") as reader:
+            os.set_blocking(reader.fileno(), False)
+            got = b""
+            deadline = time.monotonic() + 10
+            while b"log_lines_dropped" not in got and time.monotonic() < deadline:
+                chunk = reader.read()
+                got += chunk or b""
+                time.sleep(0.01)
+        lines = [json.loads(line) for line in got.splitlines()]
+        assert any(entry["event"] == "log_lines_dropped" and entry["count"] >= 1 for entry in lines)
+        ns = [entry["n"] for entry in lines if entry["event"] == "line"]
+        assert ns == sorted(ns) and ns[0] == 0  # in order, the first ones kept
+    finally:
+        configure(sys.stderr)
+        stream.close()
