@@ -6,6 +6,7 @@ and config, so that printing the token costs little more than starting Python.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -212,7 +213,10 @@ def load_or_create_token(state_dir: Path) -> str:
         if _usable(token):
             return token
     except FileNotFoundError:
-        token = _published_token(state_dir)  # kept by jlservice 0.1 in state.json alone
+        # jlservice 0.1 kept it in state.json alone (beside its cookie secret). Without the
+        # cookie secret, the secrets were removed on purpose: the old token must not return.
+        had_secrets = (state_dir / COOKIE_SECRET_FILE).exists()
+        token = _published_token(state_dir) if had_secrets else None
     except (OSError, UnicodeDecodeError):
         token = None
     if not _usable(token):
@@ -247,6 +251,19 @@ def load_or_create_cookie_secret(state_dir: Path) -> bytes:
     secret = new_cookie_secret()
     write_atomic(path, secret)
     return secret
+
+
+def save_secrets(state_dir: Path, token: str, cookie_secret: bytes) -> None:
+    """Replace both secrets; if that fails, remove the old ones (that needs no space), so
+    that a rotated token cannot come back with the next start."""
+    try:
+        write_token(state_dir, token)
+        write_cookie_secret(state_dir, cookie_secret)
+    except OSError:
+        for name in (TOKEN_FILE, COOKIE_SECRET_FILE):
+            with contextlib.suppress(OSError):
+                (state_dir / name).unlink()
+        raise
 
 
 def write_cookie_secret(state_dir: Path, secret: bytes) -> None:

@@ -77,8 +77,7 @@ def _rotate(args: argparse.Namespace) -> int:
     current = published(service)
     if not state.supervisor_alive(current):  # the next start uses the new secrets
         token = state.new_token()
-        state.write_cookie_secret(service.state_dir, state.new_cookie_secret())
-        state.write_token(service.state_dir, token)
+        state.save_secrets(service.state_dir, token, state.new_cookie_secret())
         print(token)
         return 0
     os.kill(current.supervisor_pid, signal.SIGUSR1)

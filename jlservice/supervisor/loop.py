@@ -355,8 +355,15 @@ class Supervisor:
         after the backoff)."""
         self.secrets = Secrets(state.new_token(), state.new_cookie_secret())
         log.add_secret(self.secrets.token)
-        state.write_token(self.config.service.state_dir, self.secrets.token)
-        state.write_cookie_secret(self.config.service.state_dir, self.secrets.cookie_secret)
+        try:
+            state.save_secrets(self.config.service.state_dir, *self.secrets)
+        except OSError as exc:
+            logger.error(
+                "secrets_not_saved",
+                problem=f"cannot save the new token in {self.config.service.state_dir}: "
+                f"{exc.strerror}; it is in use, and the old one's files are removed where "
+                "they can be, so that it does not come back if jlservice restarts",
+            )
         self.publish.token_rotated(self.secrets.token)
         logger.info("token_rotated")
         if self.lab is not None:

@@ -257,6 +257,7 @@ def test_load_or_create_token_reuses_the_previous_one(tmp_path: Path, permissive
 
 def test_load_or_create_token_takes_over_the_token_of_an_older_state_file(tmp_path: Path) -> None:
     state.write_state(tmp_path, sample_state(token="a" * 64))
+    state.write_cookie_secret(tmp_path, b"s" * 64)
     assert state.load_or_create_token(tmp_path) == "a" * 64
     assert (tmp_path / state.TOKEN_FILE).read_text() == "a" * 64
 
@@ -362,3 +363,21 @@ def test_read_published_takes_the_newer_of_state_dir_and_runtime_dir(tmp_path: P
     assert state.read_published(state_dir, runtime_dir).status == "stopped"
     (state_dir / state.STATE_FILE).unlink()
     assert state.read_published(state_dir, runtime_dir).status == "backoff"
+
+
+def test_secrets_that_cannot_be_saved_leave_no_old_token_behind(
+    tmp_path: Path, monkeypatch
+) -> None:
+    old = state.load_or_create_token(tmp_path)
+    state.load_or_create_cookie_secret(tmp_path)
+    state.write_state(tmp_path, sample_state(token=old))  # what the supervisor published
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state, "write_cookie_secret", disk_full)
+    with pytest.raises(OSError):
+        state.save_secrets(tmp_path, "b" * 64, b"c" * 64)
+    assert not (tmp_path / state.TOKEN_FILE).exists()
+    assert not (tmp_path / state.COOKIE_SECRET_FILE).exists()
+    assert state.load_or_create_token(tmp_path) not in (old, "b" * 64)  # a fresh one
