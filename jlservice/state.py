@@ -88,6 +88,7 @@ class State(NamedTuple):
     warm_parent: WarmParent | None = None
     started_warm: bool = False  # the running JupyterLab was forked by the warm parent
     updated_at: float = 0.0  # when the supervisor last changed it (time.time())
+    stuck_pids: tuple[int, ...] = ()  # leftovers SIGKILL did not end, left behind
     # Set in the runtime dir's copy, written while state.json in the state dir cannot be.
     state_error: str | None = None
 
@@ -95,7 +96,7 @@ class State(NamedTuple):
         return self._replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v._asdict() if isinstance(v, tuple) else v for k, v in self._asdict().items()}
+        return {k: v._asdict() if hasattr(v, "_asdict") else v for k, v in self._asdict().items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -109,6 +110,8 @@ class State(NamedTuple):
             data["last_reload"] = LastReload(**data["last_reload"])
         if data.get("warm_parent") is not None:
             data["warm_parent"] = WarmParent(**data["warm_parent"])
+        if "stuck_pids" in data:
+            data["stuck_pids"] = tuple(data["stuck_pids"])
         known = set(cls._fields)
         return cls(**{k: v for k, v in data.items() if k in known})
 

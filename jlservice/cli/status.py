@@ -74,6 +74,9 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"config error: {s.config_error} (still serving with the previous one)")
     if running and s.reload_pending:
         lines.append(f"reload:      pending, {s.reload_pending}")
+    if running and s.stuck_pids:
+        pids = ", ".join(map(str, s.stuck_pids))
+        lines.append(f"stuck:       pid {pids}: SIGKILL did not end them (frozen, or in D state)")
     if running and s.state_error:
         lines.append(f"state file:  {s.state_error}")
     return "\n".join(lines)

@@ -56,6 +56,11 @@ class Collector:
             value=log.dropped_lines(),
         )
         yield GaugeMetricFamily(
+            "jlservice_stuck_processes",
+            "Leftovers SIGKILL did not end (frozen, or stuck in the kernel), left behind",
+            value=view.stuck_processes,
+        )
+        yield GaugeMetricFamily(
             "jlservice_state_write_failing",
             "1 while jlservice cannot write its state file (a full or read-only disk)",
             value=view.state_write_failing,

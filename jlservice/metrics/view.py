@@ -37,6 +37,7 @@ class SupervisorView:
         self.config_error = False
         self.port_in_use = False  # another program holds JupyterLab's port
         self.state_write_failing = False  # state.json cannot be written now
+        self.stuck_processes = 0  # left behind: SIGKILL did not end them
         self.tls_cert_expiry: float | None = None  # Unix time; None without [tls]
         self.warm_parent: state.WarmParent | None = None
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server

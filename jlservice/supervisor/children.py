@@ -21,6 +21,8 @@ from jlservice import log
 
 logger = log.get("jlservice.children")
 
+KILL_WAIT_S = 5.0  # after SIGKILL: longer means the process cannot die now (frozen, D state)
+
 
 @dataclass(frozen=True)
 class ExitStatus:
@@ -51,6 +53,8 @@ class Reaper:
         # told us its pid, and may exit that soon.
         self._recent: dict[int, ExitStatus] | None = None
         self._changed = asyncio.Event()
+        # Processes SIGKILL did not end (frozen, stuck in the kernel): pid → start time.
+        self.stuck: dict[int, float] = {}
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
@@ -84,6 +88,8 @@ class Reaper:
             if pid == 0:
                 break
             exit_status = ExitStatus.from_wait_status(pid, status)
+            if self.stuck.pop(pid, None) is not None:
+                logger.info("stuck_process_ended", pid=pid)
             future = self._watched.pop(pid, None)
             if future is not None and not future.done():
                 future.set_result(exit_status)
@@ -92,6 +98,17 @@ class Reaper:
                 if self._recent is not None:
                     self._recent[pid] = exit_status
         self._changed.set()
+
+    def mark_stuck(self, procs: Iterable[psutil.Process]) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                self.stuck[proc.pid] = proc.create_time()
+
+    def is_stuck(self, proc: psutil.Process) -> bool:
+        try:
+            return self.stuck.get(proc.pid) == proc.create_time()
+        except psutil.Error:
+            return False
 
     async def wait_change(self, timeout: float) -> None:
         """Wait until some child exits (or `timeout` passes)."""
@@ -134,13 +151,18 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
 
 async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
     """End every leftover descendant but `spare` (the warm parent): SIGTERM, then SIGKILL
-    after `grace` seconds.
+    after `grace` seconds. What SIGKILL does not end within KILL_WAIT_S is stuck (frozen, or
+    in uninterruptible sleep): logged, remembered, sent SIGKILL again by later sweeps but
+    never waited for again.
 
     Returns how many processes were found. New descendants that appear meanwhile (a kernel
     forking while dying) are caught on the next pass.
     """
     spare = set(spare)
     procs = descendants(spare)
+    stuck = [p for p in procs if reaper.is_stuck(p)]
+    _signal_all(stuck, signal.SIGKILL)  # in case they can die by now
+    procs = [p for p in procs if p not in stuck]
     if not procs:
         return 0
     for proc in procs:
@@ -149,18 +171,24 @@ async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
     deadline = time.monotonic() + grace
     killed = False
     while True:
-        live = [p for p in descendants(spare) if _alive(p)]
+        live = [p for p in descendants(spare) if _alive(p) and not reaper.is_stuck(p)]
         if not live:
             break
         left = deadline - time.monotonic()
         if left <= 0:
             if killed:
-                logger.error("leftover_unkillable", pids=[p.pid for p in live])
+                reaper.mark_stuck(live)
+                logger.error(
+                    "leftover_unkillable",
+                    pids=[p.pid for p in live],
+                    states=[_state(p) for p in live],
+                    effect="left behind; jlservice goes on without waiting for them",
+                )
                 break
             logger.warning("leftover_killed", pids=[p.pid for p in live], grace_s=grace)
             _signal_all(live, signal.SIGKILL)
             killed = True
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + KILL_WAIT_S
             continue
         _signal_all([p for p in live if p not in procs], signal.SIGTERM)
         procs.extend(p for p in live if p not in procs)
@@ -168,6 +196,13 @@ async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
         # not wake us, so look again at least every 100 ms.
         await reaper.wait_change(min(left, 0.1))
     return len(procs)
+
+
+def _state(proc: psutil.Process) -> str:
+    try:
+        return proc.status()
+    except psutil.Error:
+        return "?"
 
 
 def _name(proc: psutil.Process) -> str:

@@ -13,6 +13,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import psutil
+
 from jlservice import log
 from jlservice.config import HealthConfig
 from jlservice.start import Started, launcher
@@ -34,6 +36,7 @@ class Lab:
         started: float,
         api_url: str,
         post: Callable[[Event], None],
+        reaper: children.Reaper,
     ) -> None:
         self.pid = pid
         self.output = output
@@ -46,6 +49,7 @@ class Lab:
         self._tasks = [ready_probe]
         self._api_url = api_url
         self._post = post
+        self._reaper = reaper
 
     @classmethod
     async def adopt(
@@ -75,6 +79,7 @@ class Lab:
             started=started.began,
             api_url=launch.api_url,
             post=post,
+            reaper=reaper,
         )
 
     @property
@@ -100,10 +105,14 @@ class Lab:
         for task in self._tasks:
             task.cancel()
 
-    async def stop(self, reason: str, timeout: float) -> None:
-        """SIGTERM (JupyterLab shuts its kernels down), SIGKILL after `timeout` seconds."""
+    async def stop(self, reason: str, timeout: float) -> bool:
+        """SIGTERM (JupyterLab shuts its kernels down), SIGKILL after `timeout` seconds.
+
+        False if it still has not exited KILL_WAIT_S after the SIGKILL (frozen, or stuck in
+        the kernel): the supervisor goes on without it.
+        """
         if self.exited.done():
-            return
+            return True
         self.stop_reason = self.stop_reason or reason
         self.cancel_watchers()
         logger.info("lab_stopping", pid=self.pid, reason=reason)
@@ -116,7 +125,13 @@ class Lab:
             logger.warning("lab_stop_timeout", pid=self.pid, timeout_s=timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            await self.exited
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), children.KILL_WAIT_S)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(psutil.Error):
+                    self._reaper.mark_stuck([psutil.Process(self.pid)])
+                return False
+        return True
 
     async def drain_output(self) -> str | None:
         """Once the process and its leftovers are gone: its last line (jupyter_server's last

@@ -26,6 +26,7 @@ import collections
 import enum
 import gc
 import os
+import signal
 import sys
 import time
 
@@ -65,6 +66,15 @@ class Phase(enum.Enum):
     RESTARTING = "restarting"  # it is being stopped on purpose; its exit starts the next
     BACKOFF = "backoff"  # none runs; BackoffElapsed starts the next
     STOPPING = "stopping"  # jlservice stops; the last exit halts the loop
+
+
+def _state_of(pid: int) -> str:
+    """The process state letter /proc shows (D: uninterruptible sleep, T: stopped…)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return "?"
 
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
@@ -250,7 +260,11 @@ class Supervisor:
         lab = self.lab
         if lab is not None and not lab.exited.done():
             self.publish.lab_stopping()
-            await lab.stop(reason, self.config.restart.stop_timeout)
+            if not await lab.stop(reason, self.config.restart.stop_timeout):
+                # Frozen, or stuck in the kernel: go on as if it had exited (if it ever
+                # does, that exit is no longer the current JupyterLab's).
+                logger.error("lab_unkillable", pid=lab.pid, state=_state_of(lab.pid))
+                self.post(ChildExited(lab.pid, ExitStatus(lab.pid, None, signal.SIGKILL)))
 
     async def _on_exit(self, status: ExitStatus) -> None:
         """JupyterLab exited: end its leftovers, then start again, back off, or halt."""
@@ -268,6 +282,7 @@ class Supervisor:
         swept = await self._sweep()
         if swept:
             logger.info("leftovers_ended", count=swept)
+        self.publish.stuck(self.parts.stuck())
         last_words = await lab.drain_output()
         if self.phase is Phase.STOPPING:
             return self._finish()

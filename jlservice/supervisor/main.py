@@ -139,6 +139,7 @@ async def _supervise(
         follower=ConfigFollower(loop, post),
         later=lambda delay, event: loop.call_later(delay, post, event),
         start_reaping=lambda: reaper.install(loop),
+        stuck=lambda: sorted(reaper.stuck),
         watchdog_interval=notifier.watchdog_interval,
     )
     return await Supervisor(config, launch, secrets, parts, events).run(early_signals)

@@ -147,6 +147,12 @@ class Publisher:
     def stopped(self) -> None:
         self._save(status=state.STOPPED, lab_pid=None, reload_pending=None)
 
+    def stuck(self, pids: list[int]) -> None:
+        """Processes SIGKILL did not end, left behind (state.json, status, metrics)."""
+        self.view.stuck_processes = len(pids)
+        if tuple(pids) != self.record.stuck_pids:
+            self._save(stuck_pids=tuple(pids))
+
     def token_rotated(self, token: str) -> None:
         self._save(token=token)  # at once: a rotated token must never come back
 

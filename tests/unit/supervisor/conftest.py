@@ -41,6 +41,7 @@ class FakeLab:
         self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self.stops: list[str] = []
         self.obeys_stop = True  # exits when stopped
+        self.unkillable = False  # frozen: not even SIGKILL ends it
         self.last_words: str | None = "last words"
         self._post = post
 
@@ -59,8 +60,11 @@ class FakeLab:
     async def stop(self, reason: str, timeout: float) -> None:
         self.stops.append(reason)
         self.stop_reason = self.stop_reason or reason
+        if self.unkillable:
+            return False  # still there after the SIGKILL
         if self.obeys_stop and not self.exited.done():
             self.exit(ExitStatus(self.pid, None, signal.SIGTERM))
+        return True
 
     def exit(self, status: ExitStatus | None = None) -> None:
         """The process ends (as the Reaper would report it)."""
@@ -181,6 +185,7 @@ class Harness:
         self.callbacks: list[tuple[float, Callable[[], None]]] = []  # the Publisher's
         self.idle = asyncio.Event()  # set: the kernels are idle
         self.swept: list[set[int]] = []
+        self.stuck: set[int] = set()
         self.reaping = False
         self.supervisor: Supervisor | None = None
         self.task: asyncio.Task[int] | None = None
@@ -236,6 +241,7 @@ class Harness:
             follower=self.follower,
             later=lambda delay, event: self.timers.append((delay, event)),
             start_reaping=self._start_reaping,
+            stuck=lambda: sorted(self.stuck),
         )
         secrets = Secrets("t" * 64, b"c" * 64)
         self.supervisor = Supervisor(self.config, self.launch, secrets, parts, events)

@@ -229,3 +229,21 @@ async def test_the_certificate_is_looked_at_again_every_day(machine) -> None:
     await m.fire(CertificateCheckDue)
     assert [d for d, e in m.timers if isinstance(e, CertificateCheckDue)] == [86400.0] * 2
     assert m.view.tls_cert_expiry is None  # no [tls]
+
+
+async def test_a_jupyterlab_sigkill_cannot_end_is_left_behind_and_the_next_one_starts(
+    machine,
+) -> None:
+    m = machine()
+    m.start()
+    frozen = await m.ready()
+    frozen.unkillable = True
+    m.stuck.add(frozen.pid)
+    await m.step(LabUnhealthy(frozen.pid, "timed out"))
+    assert frozen.stops == ["unhealthy"]
+    assert m.state.stuck_pids == (frozen.pid,) and m.view.stuck_processes == 1
+    await m.fire(BackoffElapsed)
+    assert m.lab is not frozen and m.state.status == "starting"
+    frozen.exit()  # thawed at last: its exit is no longer the current JupyterLab's
+    await m.settle()
+    assert m.state.status == "starting" and m.supervisor.lab is m.lab
