@@ -20,7 +20,8 @@ from typing import Any
 import psutil
 import requests
 import websocket
-from support import wait_for
+
+from .procs import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +22,13 @@ import pytest
 import requests
 import websocket
 
+from .procs import free_port, wait_for
+
 PYTHON = sys.executable
 IS_ROOT = os.geteuid() == 0
 # The core and reload suites run twice, JupyterLab restarted from the warm parent and cold:
 # every test of theirs that starts a service (conftest.pytest_generate_tests).
 WARM_AND_COLD = pytest.mark.warm_and_cold
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def toml_value(value: Any) -> str:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from support import free_port, wait_for
+from .procs import wait_for
 
 NGINX = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
@@ -84,6 +84,3 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-__all__ = ["NGINX", "Nginx", "free_port"]
