@@ -1,41 +1,25 @@
 """Core jlservice benchmark: start-up, crash recovery, CLI cost and idle cost.
 
-    /opt/jlsvenv/bin/python bench/core.py [--runs 5] [--idle-seconds 60] [--json PATH]
+    python -m bench.core [--runs 5] [--idle-seconds 60] [--json PATH]
 
-Each figure is a median over --runs runs (the CLI ones over --cli-runs), with its baseline
-measured in the same invocation, interleaved with it:
-
-1. start -> ready: `jlservice run` vs plain `jupyter-lab` on the same port and directory,
-   from spawn to the first 200 on GET /api (polled every --poll-ms ms, same poller for both).
-2. kill -9 JupyterLab -> /api answering again, as a ratio to the plain cold start; and from
-   the JSON log: kill -> lab_exited (exit noticed), lab_exited -> lab_restart_scheduled
-   (restart decided, orphan sweep included).
-3. `jlservice token` vs `jupyter server list` vs `python -c pass`, wall time.
-4. idle supervisor with JupyterLab ready: CPU % of one core and RSS; JupyterLab's for context.
-
-Every process started is ended by PID. Exit status 1 when something fails to start or
-answer, 3 with --strict when a goal is missed.
+start -> ready vs plain `jupyter-lab`; kill -9 JupyterLab -> answering again, and what the
+supervisor did meanwhile; `jlservice token` vs `jupyter server list` vs `python -c pass`;
+the idle supervisor's CPU and memory. How each is measured: bench/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# bench/ is a directory of scripts, not a package: its helpers are imported from beside it
-from _common import BenchError, event_time, exited, log_events, run_timed, session, wait_for
-from _lab import Lab, Started, first_event, need_event, wait_event
-from _report import Metric, announce, finish
+from .lab import Lab, Started, event_time, first_event, need_event
+from .report import Metric, say
+from .session import BenchError, Session, options, parse, run, run_timed
 
 PHASES = ("start", "kill", "cli", "idle")
 KERNELS = {
@@ -45,47 +29,43 @@ KERNELS = {
 }
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ── 1. start -> ready ────────────────────────────────────────────────────────
 
 
-def measure_start(lab: Lab, args: argparse.Namespace, plain: list[float]) -> list[Metric]:
+def measure_start(lab: Lab, runs: int, plain: list[float]) -> list[Metric]:
     """Alternate plain and jlservice cold starts after one untimed warm-up of each.
 
     Appends the plain samples to `plain` (the crash-recovery baseline).
     """
     say("start -> ready: warm-up (plain, jlservice)")
     lab.plain_start()
-    started = lab.service_start()
-    lab.service_stop(started.proc, started.log)
-    runs: list[Started] = []
-    for i in range(args.runs):
+    lab.timed_start()
+    lab.shutdown()
+    starts: list[Started] = []
+    for i in range(runs):
         plain.append(lab.plain_start())
-        runs.append(started := lab.service_start())
-        lab.service_stop(started.proc, started.log)
+        starts.append(started := lab.timed_start())
+        lab.shutdown()
         say(
-            f"  run {i + 1}/{args.runs}: plain {plain[-1]:.3f} s, jlservice "
+            f"  run {i + 1}/{runs}: plain {plain[-1]:.3f} s, jlservice "
             f"{started.api_s:.3f} s (lab spawned at {started.spawned_s:.3f} s, "
             f"declared ready at {started.declared_s:.3f} s)"
         )
     base = "plain jupyter-lab"
     return [
         Metric("start->ready: plain jupyter-lab", "s", list(plain)),
-        Metric("start->ready: jlservice run", "s", [r.api_s for r in runs], base, plain, 1.05),
+        Metric("start->ready: jlservice run", "s", [r.api_s for r in starts], base, plain, 1.05),
         Metric(
             "  spawn -> lab_starting (adopted)",
             "s",
-            [r.spawned_s for r in runs],
+            [r.spawned_s for r in starts],
             note="until the supervisor logs lab_starting: it spawns JupyterLab first, "
             "then imports its own machinery and adopts it (context)",
         ),
         Metric(
             "start->declared ready: jlservice run",
             "s",
-            [r.declared_s for r in runs],
+            [r.declared_s for r in starts],
             base,
             plain,
             note="spawn -> lab_ready event (state.json ready, READY=1); context, no goal",
@@ -96,7 +76,7 @@ def measure_start(lab: Lab, args: argparse.Namespace, plain: list[float]) -> lis
 # ── 2. kill -9 JupyterLab -> answering again ─────────────────────────────────
 
 
-def measure_kill(lab: Lab, args: argparse.Namespace, plain: list[float]) -> list[Metric]:
+def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
     """A fresh supervisor per run, so that every kill is a first crash (no backoff)."""
     if not plain:  # the start phase was skipped: measure the baseline here
         say("kill: plain cold starts for the baseline (after a warm-up)")
@@ -105,31 +85,24 @@ def measure_kill(lab: Lab, args: argparse.Namespace, plain: list[float]) -> list
     kernel = lab.add_stubborn_kernelspec() if args.kernel == "stubborn" else args.kernel
     back, teardown, noticed, decided, respawn, swept = [], [], [], [], [], []
     for i in range(args.runs):
-        proc, log, current = lab.service_start()[:3]
+        current = lab.timed_start().state
         time.sleep(args.settle)
-        old = current["lab_pid"]
         if args.kernel != "none":
-            lab.start_kernel(current["token"], old, kernel)
+            lab.start_kernel(current["token"], kernel)
             time.sleep(args.settle)
-        offset = log.stat().st_size
-        kill_wall, kill = time.time(), time.monotonic()
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda pid=old: exited(pid), 5.0, f"pid {old} to exit", interval=0.0002)
-        teardown.append((time.monotonic() - kill) * 1000)
-        ready = lab.wait_api(proc, log, "jlservice run after kill -9")
-        back.append(ready - kill)
-        new = lab.wait_state_ready(proc, log, not_pid=old)
-        lab.procs.adopt(new["lab_pid"])
-        starting = wait_event(log, "lab_starting", offset, pid=new["lab_pid"])
-        events = log_events(log, offset)
-        gone = need_event(events, "lab_exited", pid=old)
+        crash = lab.crash()
+        back.append(crash.back_s)
+        teardown.append(crash.teardown_ms)
+        starting = lab.wait_event("lab_starting", crash.offset, pid=lab.current["lab_pid"])
+        events = lab.log_events(crash.offset)
+        gone = need_event(events, "lab_exited", pid=crash.old_pid)
         scheduled = need_event(events[events.index(gone) :], "lab_restart_scheduled")
         ended = first_event(events, "leftovers_ended")
         swept.append(ended.get("count", 0) if ended else 0)
-        noticed.append((event_time(gone) - kill_wall) * 1000)
+        noticed.append((event_time(gone) - crash.wall) * 1000)
         decided.append((event_time(scheduled) - event_time(gone)) * 1000)
         respawn.append((event_time(starting) - event_time(scheduled)) * 1000)
-        lab.service_stop(proc, log)
+        lab.shutdown()
         say(
             f"  run {i + 1}/{args.runs}: back in {back[-1]:.3f} s, exit {teardown[-1]:.2f} ms, "
             f"noticed {noticed[-1]:.2f} ms, decided {decided[-1]:.2f} ms, respawned "
@@ -174,33 +147,23 @@ def measure_kill(lab: Lab, args: argparse.Namespace, plain: list[float]) -> list
 # ── 3. CLI and 4. idle, on one supervisor ────────────────────────────────────
 
 
-def measure_cli_and_idle(lab: Lab, args: argparse.Namespace, cli: bool, idle: bool):
-    proc, log, current = lab.service_start()[:3]
-    time.sleep(args.settle)
-    metrics = measure_cli(lab, args, current) if cli else []
-    if idle:
-        metrics += measure_idle(lab, args, proc, current)
-    lab.service_stop(proc, log)
-    return metrics
-
-
-def measure_cli(lab: Lab, args: argparse.Namespace, current: dict[str, Any]) -> list[Metric]:
+def measure_cli(lab: Lab, cli_runs: int) -> list[Metric]:
     """The three commands in rotating order; `jupyter server list` sees the running server."""
-    env = dict(lab.env, JUPYTER_RUNTIME_DIR=str(lab.runtime_dir / "lab" / "runtime"))
+    env = dict(lab.env, JUPYTER_RUNTIME_DIR=str(lab.root / "run" / "lab" / "runtime"))
     commands = {
         "python -c pass": [str(lab.bin / "python"), "-c", "pass"],
-        "jlservice token": [str(lab.bin / "jlservice"), "token", "--config", str(lab.config)],
+        "jlservice token": [str(lab.bin / "jlservice"), "token", "--config", str(lab.config_path)],
         "jupyter server list": [str(lab.bin / "jupyter"), "server", "list"],
     }
     say("cli: warm-up")
     out = {name: run_timed(argv, env)[1] for name, argv in commands.items()}
-    if out["jlservice token"].strip() != current["token"]:
+    if out["jlservice token"].strip() != lab.current["token"]:
         raise BenchError("`jlservice token` did not print the token of state.json")
     if f":{lab.port}/" not in out["jupyter server list"]:
         raise BenchError(f"`jupyter server list` did not list the server on port {lab.port}")
     times: dict[str, list[float]] = {name: [] for name in commands}
     names = list(commands)
-    for i in range(args.cli_runs):
+    for i in range(cli_runs):
         for name in names[i % 3 :] + names[: i % 3]:
             times[name].append(run_timed(commands[name], env)[0])
     say("  " + ", ".join(f"{n} {statistics.median(t):.3f} s" for n, t in times.items()))
@@ -213,14 +176,13 @@ def measure_cli(lab: Lab, args: argparse.Namespace, current: dict[str, Any]) -> 
     ]
 
 
-def measure_idle(
-    lab: Lab, args: argparse.Namespace, proc: subprocess.Popen, current: dict[str, Any]
-) -> list[Metric]:
+def measure_idle(lab: Lab, args: Any) -> list[Metric]:
     """CPU (user+system, psutil) and RSS of the supervisor over consecutive idle windows."""
     seconds, windows = args.idle_seconds, args.idle_windows or args.runs
     say(f"idle: settling {args.idle_settle:g} s, then {windows} x {seconds:g} s")
     time.sleep(args.idle_settle)
-    sup, jl = psutil.Process(proc.pid), psutil.Process(current["lab_pid"])
+    assert lab.proc is not None
+    sup, jl = psutil.Process(lab.proc.pid), psutil.Process(lab.current["lab_pid"])
     restarts = lab.state().get("restarts")
     sup_cpu, sup_rss, lab_cpu, lab_rss = [], [], [], []
     for _ in range(windows):
@@ -232,7 +194,7 @@ def measure_idle(
         sup_rss.append(sup.memory_info().rss / 2**20)
         lab_rss.append(jl.memory_info().rss / 2**20)
         say(f"  supervisor {sup_cpu[-1]:.3f} % {sup_rss[-1]:.1f} MiB, lab {lab_cpu[-1]:.3f} %")
-    if proc.poll() is not None or lab.state().get("restarts") != restarts:
+    if lab.proc.poll() is not None or lab.state().get("restarts") != restarts:
         raise BenchError("JupyterLab restarted or jlservice exited during the idle windows")
     tick = 100 / os.sysconf("SC_CLK_TCK") / seconds
     note = (
@@ -255,16 +217,36 @@ def _cpu(proc: psutil.Process) -> float:
 # ── command line ─────────────────────────────────────────────────────────────
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
+    args = session.args
+    phases = args.only or list(PHASES)
+    # Every start cold: these figures are jlservice's own cost over a plain JupyterLab;
+    # bench/warm.py measures warm restarts.
+    lab = Lab(session, restart={"warm": False})
+    metrics: list[Metric] = []
+    plain: list[float] = []
+    if "start" in phases:
+        metrics += measure_start(lab, args.runs, plain)
+    if "kill" in phases:
+        metrics += measure_kill(lab, args, plain)
+    if "cli" in phases or "idle" in phases:
+        lab.timed_start()
+        time.sleep(args.settle)
+        if "cli" in phases:
+            metrics += measure_cli(lab, args.cli_runs)
+        if "idle" in phases:
+            metrics += measure_idle(lab, args)
+        lab.shutdown()
+    return metrics, {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = options(__doc__, runs=5)
     p.add_argument("--cli-runs", type=int, default=20, help="runs per CLI command (default 20)")
     p.add_argument("--idle-seconds", type=float, default=60, help="idle window (default 60)")
     p.add_argument("--idle-windows", type=int, help="idle windows (default: --runs)")
     p.add_argument("--idle-settle", type=float, default=5, help="wait before idle (default 5 s)")
     p.add_argument("--settle", type=float, default=1.0, help="wait after ready (default 1 s)")
-    p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
-    p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
     p.add_argument(
         "--kernel",
         choices=tuple(KERNELS),
@@ -272,57 +254,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="kernel running when JupyterLab is killed (default none); stubborn: a `sleep` "
         "that does not exit when JupyterLab dies, like ipykernel < 7 or a kernel's children",
     )
-    p.add_argument(
-        "--bytecode",
-        choices=("cached", "env"),
-        default="cached",
-        help="cached (default): children compile .pyc once into a private cache and then "
-        "read it, as an installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
-    )
     p.add_argument("--only", action="append", choices=PHASES, help="run only these phases")
-    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
-    args = p.parse_args(argv)
-    if min(args.runs, args.cli_runs, args.idle_windows or 1) < 1 or args.idle_seconds <= 0:
+    args = parse(p, argv, "jlservice", "jupyter-lab", "jupyter", "python")
+    if min(args.cli_runs, args.idle_windows or 1) < 1 or args.idle_seconds <= 0:
         p.error("--runs, --cli-runs, --idle-windows and --idle-seconds must be positive")
-    if args.poll_ms > 10:
-        p.error("--poll-ms must be 10 or less")
-    for tool in ("jlservice", "jupyter-lab", "jupyter", "python"):
-        if not (Path(args.bin_dir) / tool).exists():
-            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    phases = args.only or list(PHASES)
-    began = time.time()
-    with session("bench/core.py", args.keep) as (procs, work):
-        try:
-            lab = Lab.from_args(work, procs, args)
-            # Every start cold: these figures are jlservice's own cost over a plain
-            # JupyterLab; bench/warm.py measures warm restarts.
-            lab.extra_config = "[restart]\nwarm = false\n"
-            lab.config.write_text(lab.config_text())
-            machine = announce(
-                "jlservice core benchmark", str(lab.bin / "python"), lab.env, args.runs
-            )
-            metrics: list[Metric] = []
-            plain: list[float] = []
-            if "start" in phases:
-                metrics += measure_start(lab, args, plain)
-            if "kill" in phases:
-                metrics += measure_kill(lab, args, plain)
-            if "cli" in phases or "idle" in phases:
-                metrics += measure_cli_and_idle(lab, args, "cli" in phases, "idle" in phases)
-        except BenchError as exc:
-            print(f"\nbench/core.py: FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-    return finish("bench/core.py", began, metrics, lab.warnings, args, {"machine": machine})
+    return run("bench/core.py", "jlservice core benchmark", args, args.runs, measure)
 
 
 if __name__ == "__main__":

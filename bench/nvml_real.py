@@ -1,22 +1,11 @@
 """On a machine with a real NVIDIA GPU: check jlservice's NVML reading against nvidia-smi,
 and time it.
 
-    python3 bench/nvml_real.py [--json PATH]
+    python -m bench.nvml_real [--json PATH]   (from the repository root)
 
-1. Starts, on GPU 0, a process posing as a kernel (`kernel-<id>.json` on its command line)
-   whose child holds 1 GiB of GPU memory through PyTorch, and an outsider holding 512 MiB.
-2. Reads every GPU once with jlservice's GpuReader (the real `pynvml` of nvidia-ml-py on the
-   real libnvidia-ml.so.1) and compares identity, memory, temperature, power limit, clocks
-   and the per-process memory with `nvidia-smi --query-gpu` / `--query-compute-apps`.
-3. Maps the processes to the kernel as the sampler does, and checks the exporter's text:
-   `jlservice_kernel_gpu_memory_bytes` for the kernel, the outsider in
-   `jlservice_gpu_other_memory_bytes`.
-4. Times a GpuReader collection (200 rounds) against one `nvidia-smi --query-gpu` run
-   (10 runs), and 1,000 scrapes of the exporter sampling the real GPUs every second; the
-   exporter process's CPU over 30 s at interval 1 s and 5 s (no JupyterLab: GPU work only).
-
-Exit status 1 when a check fails or something cannot start. Needs PyTorch (for the memory
-holders), nvidia-ml-py, prometheus_client, psutil and structlog.
+PyTorch processes holding GPU memory, one posing as a kernel; every value GpuReader reads
+compared with nvidia-smi, the memory mapped to the kernel, collection and scrape times and
+the exporter's CPU. Exit status 1 when a check fails. How: bench/README.md.
 """
 
 from __future__ import annotations
@@ -31,8 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jlservice.config import MetricsConfig
 from jlservice.metrics import kernels

@@ -1,61 +1,44 @@
 """systemd benchmark: the installed unit under a real systemd (PID 1 of private namespaces).
 
-    /opt/jlservice-test-venv/bin/python bench/systemd.py [--runs 7] [--json PATH]   (as root)
+    /opt/jlservice-test-venv/bin/python -m bench.systemd [--runs 7] [--json PATH]   (as root)
 
-Boots the same sandbox as tests/systemd (see tests/systemd/sandbox.py), creates a throw-away
-user, runs `jlservice install --user … --port …` and `systemctl enable`, then, alternating:
-
-1. `systemctl start jlservice` (returns at READY=1) vs the same configuration run by hand,
-   `jlservice run --config F` spawned -> state.json says ready. Goal: ratio <= 1.05 (systemd
-   should add nothing measurable).
-2. "Reboot": SIGKILL of PID 1 -> the sandbox boots again -> the enabled service answers
-   `GET api/status` with the old token.
-3. `systemd-analyze security --offline=true` exposure of each shipped unit.
-
-Every process started is ended by PID. Exit status 1 when something fails to start or
-answer, 3 with --strict when a goal is missed.
+The sandbox of tests/systemd: `systemctl start` vs the same configuration run by hand; a
+"reboot" -> the enabled service answering; each unit's `systemd-analyze security` exposure.
+How each is measured: bench/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
-# bench/ is a directory of scripts; the sandbox is the one the tests use
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "systemd"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, child_env, free_port, session, wait_for
-from _report import Metric, announce, finish
+from helpers.procs import free_port, wait_for
+from helpers.service import LabClient
 from sandbox import JLSERVICE, Sandbox, available
 
 from jlservice.admin import unit_files
 
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from .report import Metric, say
+from .session import BenchError, Session, options, parse, run
 
 
 def answers(port: int, token: str) -> bool:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return response.status == 200
-    except OSError:
+        response = LabClient(f"http://127.0.0.1:{port}/").api("GET", "api/status", token)
+    except OSError:  # requests' errors are OSErrors
         return False
+    return response.status_code == 200
 
 
-def by_hand(procs, work: Path, config_text: str, run: int) -> float:
+def by_hand(session: Session, config_text: str, run: int) -> float:
     """spawn -> ready of `jlservice run` with the same [lab] as the unit, own state dirs."""
+    work = session.work
     config = work / f"by-hand-{run}.toml"
     state_dir = work / f"by-hand-{run}-state"
     config.write_text(
@@ -63,7 +46,7 @@ def by_hand(procs, work: Path, config_text: str, run: int) -> float:
         + f'\n[service]\nstate_dir = "{state_dir}"\nruntime_dir = "{work}/by-hand-{run}-run"\n'
     )
     began = time.monotonic()
-    proc = procs.spawn([JLSERVICE, "run", "--config", str(config)], child_env(), work / "hand.log")
+    proc = session.spawn([JLSERVICE, "run", "--config", str(config)], work / "hand.log")
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -75,7 +58,7 @@ def by_hand(procs, work: Path, config_text: str, run: int) -> float:
 
     wait_for(ready, 120, "jlservice run to be ready", interval=0.005)
     took = time.monotonic() - began
-    procs.stop(proc)
+    session.end(proc)
     return took
 
 
@@ -106,37 +89,18 @@ def exposure(work: Path) -> dict[str, float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    parser.add_argument("--strict", action="store_true")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/systemd.py needs root (namespaces, mounts, useradd)", file=sys.stderr)
-        return 1
-    if why := available():
-        print(f"bench/systemd.py: {why}", file=sys.stderr)
-        return 1
-    began = time.time()
-    machine = announce("jlservice under systemd", sys.executable, os.environ, args.runs)
+def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     user = "jlsbench" + os.urandom(3).hex()
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", user], check=True)
     try:
-        with session(__file__, args.keep) as (procs, work):
-            work.chmod(0o755)
-            metrics, extra = measure(procs, work, user, args)
-    except BenchError as exc:
-        print(f"bench/systemd.py: {exc}", file=sys.stderr)
-        return 1
+        session.work.chmod(0o755)
+        return measure_as(session, user)
     finally:
         subprocess.run(["userdel", "--remove", user], capture_output=True)
-    return finish(__file__, began, metrics, [], args, {"machine": machine, **extra})
 
 
-def measure(procs, work: Path, user: str, args) -> tuple[list[Metric], dict]:
-    box = Sandbox(work / "sandbox")
+def measure_as(session: Session, user: str) -> tuple[list[Metric], dict[str, Any]]:
+    box = Sandbox(session.work / "sandbox")
     try:
         box.boot()
         port = free_port()
@@ -146,14 +110,14 @@ def measure(procs, work: Path, user: str, args) -> tuple[list[Metric], dict]:
         config_text = (box.root / "etc-jlservice" / "jlservice.toml").read_text()
         hand_config = config_text.replace(f"port = {port}", f"port = {free_port()}")
         started, plain, reboots = [], [], []
-        for run in range(args.runs + 1):  # the first of each is an untimed warm-up
+        for run in range(session.args.runs + 1):  # the first of each is an untimed warm-up
             t0 = time.monotonic()
             box.systemctl("start", "jlservice")
             took = time.monotonic() - t0
             token = box.run(JLSERVICE, "token").stdout.strip()
             if not answers(port, token):
                 raise BenchError("systemctl start returned but JupyterLab does not answer")
-            hand = by_hand(procs, work, hand_config, run)
+            hand = by_hand(session, hand_config, run)
             t0 = time.monotonic()
             box.crash()
             box.boot()
@@ -167,7 +131,7 @@ def measure(procs, work: Path, user: str, args) -> tuple[list[Metric], dict]:
             say(f"run {run}: start {took:.3f} s, by hand {hand:.3f} s, reboot {reboot:.3f} s")
     finally:
         box.close()
-    scores = exposure(work)
+    scores = exposure(session.work)
     metrics = [
         Metric(
             "systemctl start -> returns (READY=1)",
@@ -196,6 +160,17 @@ def measure(procs, work: Path, user: str, args) -> tuple[list[Metric], dict]:
             )
         )
     return metrics, {"exposure": scores}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(options(__doc__, runs=7, lab=False), argv, "jlservice", "python")
+    if os.geteuid() != 0:
+        print("bench/systemd.py needs root (namespaces, mounts, useradd)", file=sys.stderr)
+        return 1
+    if why := available():
+        print(f"bench/systemd.py: {why}", file=sys.stderr)
+        return 1
+    return run("bench/systemd.py", "jlservice under systemd", args, args.runs, measure)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, NotifySocket, Service
+from helpers.service import IS_ROOT, NotifySocket, Service
 
 from jlservice import users
 
@@ -20,8 +20,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def warm(request) -> bool | None:
-    """[restart] warm for a test's services: support.WARM_AND_COLD runs a suite both ways; elsewhere
-    None (the default, warm on, without waiting for the warm parent)."""
+    """[restart] warm for a test's services: helpers.service.WARM_AND_COLD runs a suite both
+    ways; elsewhere None (the default, warm on, without waiting for the warm parent)."""
     return getattr(request, "param", None)
 
 

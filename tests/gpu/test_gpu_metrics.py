@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from metrics_support import (
+from helpers.metrics import (
     metrics_section,
     metrics_url,
     scrape,

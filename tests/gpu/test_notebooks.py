@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from metrics_support import (
+from helpers.metrics import (
     kernel_pid,
     metrics_section,
     metrics_url,

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, Chromium
-from support import wait_for
+from helpers.browser import CHROMIUM, Chromium
+from helpers.procs import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import requests
-from support import IS_ROOT, WARM_AND_COLD, files_exposing, pid_alive, wait_for
+from helpers.procs import pid_alive, wait_for
+from helpers.service import IS_ROOT, WARM_AND_COLD, files_exposing
 
 pytestmark = WARM_AND_COLD
 

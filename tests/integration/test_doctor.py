@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from support import IS_ROOT, PYTHON
+from helpers.service import IS_ROOT, PYTHON
 
 from jlservice.admin import tls
 

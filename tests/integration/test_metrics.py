@@ -13,8 +13,9 @@ import time
 import psutil
 import pytest
 import requests
-from metrics_support import metrics_section, metrics_url, scrape, value, wait_scrape
-from support import free_port, render_toml
+from helpers.metrics import metrics_section, metrics_url, scrape, value, wait_scrape
+from helpers.procs import free_port
+from helpers.service import render_toml
 
 import jlservice
 

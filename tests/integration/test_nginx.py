@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from nginx_proc import NGINX, Nginx
-from support import free_port, wait_for
+from helpers.nginx import NGINX, Nginx
+from helpers.procs import free_port, wait_for
 
 from jlservice.admin import tls
 

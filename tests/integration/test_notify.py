@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from support import WARM_AND_COLD
+from helpers.service import WARM_AND_COLD
 
 pytestmark = WARM_AND_COLD
 

@@ -9,7 +9,7 @@ import stat
 import time
 
 import psutil
-from support import PYTHON, files_exposing
+from helpers.service import PYTHON, files_exposing
 
 PASSWORD = "correct horse battery staple"
 

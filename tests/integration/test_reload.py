@@ -10,7 +10,8 @@ import time
 
 import pytest
 import requests
-from support import WARM_AND_COLD, free_port, pid_alive, render_toml, wait_for
+from helpers.procs import free_port, pid_alive, wait_for
+from helpers.service import WARM_AND_COLD, render_toml
 
 pytestmark = WARM_AND_COLD
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import requests
-from support import render_toml, wait_for
+from helpers.procs import wait_for
+from helpers.service import render_toml
 
 OPEN = "would let anyone who reaches port"
 

@@ -9,8 +9,8 @@ import stat
 import pytest
 import requests
 from cryptography import x509
-from metrics_support import metrics_section, metrics_url, value, wait_scrape
-from support import IS_ROOT, render_toml
+from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
+from helpers.service import IS_ROOT, render_toml
 
 from jlservice.admin import tls
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import IS_ROOT, WARM_AND_COLD
+from helpers.service import IS_ROOT, WARM_AND_COLD
 
 from jlservice import users
 

@@ -17,8 +17,9 @@ import psutil
 import pytest
 import requests
 import websocket
-from metrics_support import metrics_section, metrics_url, scrape, value, wait_scrape
-from support import IS_ROOT, Service, pid_alive, render_toml, wait_for
+from helpers.metrics import metrics_section, metrics_url, scrape, value, wait_scrape
+from helpers.procs import pid_alive, wait_for
+from helpers.service import IS_ROOT, Service, render_toml
 
 
 def _warm_service(service_factory, **sections) -> Service:

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.service import IS_ROOT
 from sandbox import Sandbox, available
-from support import IS_ROOT
 
 
 @pytest.fixture

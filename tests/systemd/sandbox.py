@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import psutil
-from support import wait_for
+from helpers.procs import wait_for
 
 SYSTEMD = "/lib/systemd/systemd"
 # The jlservice of the test venv: `jlservice install` points ExecStart at the script it runs from.

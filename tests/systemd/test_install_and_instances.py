@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psutil
 import tomllib
+from helpers.procs import free_port, pid_alive, wait_for
+from helpers.service import LabClient
 from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
-from support import LabClient, free_port, pid_alive, wait_for
 
 from jlservice.admin.unit_files import NOTEBOOK_DROP_IN
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers.procs import free_port, pid_alive, wait_for
+from helpers.service import LabClient
 from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
-from support import LabClient, free_port, pid_alive, wait_for
 
 UNIT = "jlservice"
 

@@ -8,8 +8,9 @@ import signal
 import stat
 from pathlib import Path
 
+from helpers.procs import free_port, wait_for
+from helpers.service import LabClient
 from sandbox import JLSERVICE, Sandbox
-from support import LabClient, free_port, wait_for
 
 
 def test_user_unit_runs_jupyterlab_for_its_user_without_root(sandbox: Sandbox, other_user) -> None:

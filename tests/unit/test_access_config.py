@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import render_toml as toml_text
+from helpers.service import render_toml as toml_text
 
 from jlservice import config
 from jlservice.admin import tls

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from launch_support import build
+from helpers.launch import build
 
 from jlservice import config
 from jlservice.start import launcher

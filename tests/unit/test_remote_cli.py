@@ -6,7 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from support import free_port
+from helpers.procs import free_port
 
 from jlservice import config, state
 from jlservice.admin.doctor.context import Context

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from launch_support import build
+from helpers.launch import build
 
 from jlservice.start.warm import recipe
 from jlservice.supervisor import children

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launch_support import make_config
+from helpers.launch import make_config
 
 from jlservice import config, state
 from jlservice.metrics.view import SupervisorView

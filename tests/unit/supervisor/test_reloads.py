@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch_support import make_config
+from helpers.launch import make_config
 
 from jlservice.start import launcher
 from jlservice.supervisor import reload

@@ -6,16 +6,15 @@ Every process a test starts is recorded by PID and ended in cleanup(); nothing i
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,13 @@ import pytest
 import requests
 import websocket
 
+from .procs import Processes, child_env, free_port, stop, wait_for
+
 PYTHON = sys.executable
 IS_ROOT = os.geteuid() == 0
 # The core and reload suites run twice, JupyterLab restarted from the warm parent and cold:
 # every test of theirs that starts a service (conftest.pytest_generate_tests).
 WARM_AND_COLD = pytest.mark.warm_and_cold
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def toml_value(value: Any) -> str:
@@ -78,31 +55,52 @@ def render_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# What the tests change from jlservice's defaults: quick restarts and health checks, every log
+# line. bench/ runs jlservice with its defaults (bench.lab.Lab).
+TEST_SETTINGS: dict[str, dict[str, Any]] = {
+    "restart": {"stop_timeout": 10, "start_timeout": 60},
+    "health": {"interval": 1, "timeout": 2, "failures": 2},
+    "log": {"format": "json", "level": "debug"},
+}
+
+
 class Service:
     """One jlservice supervisor under test, with its own config, dirs and port."""
 
-    def __init__(self, tmp_path: Path, wait_warm: bool = False, **sections: dict[str, Any]) -> None:
+    command: tuple[str, ...] = (PYTHON, "-m", "jlservice")  # how `jlservice` is run
+    settings = TEST_SETTINGS  # the sections after [lab] and [service]
+    new_session = False  # whether `jlservice run` gets a session of its own (Ctrl-C skips it)
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        wait_warm: bool = False,
+        *,
+        config_path: Path | None = None,
+        **sections: dict[str, Any],
+    ) -> None:
         """`wait_warm`: being ready includes a warm parent ready to fork the next start, so
-        that the restarts a test causes are warm ones."""
+        that the restarts a test causes are warm ones. `config_path`: default
+        tmp_path/jlservice.toml."""
         self.root = tmp_path
         self.wait_warm = wait_warm
         self.port = free_port()
         self.notebooks = tmp_path / "notebooks"
         self.notebooks.mkdir(exist_ok=True)
         self.state_dir = tmp_path / "state"
-        self.config_path = tmp_path / "jlservice.toml"
+        self.config_path = config_path or tmp_path / "jlservice.toml"
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / "jlservice.log"
         self.sections: dict[str, dict[str, Any]] = {
             "lab": {"port": self.port, "notebook_dir": str(self.notebooks), "allow_root": IS_ROOT},
             "service": {"state_dir": str(self.state_dir), "runtime_dir": str(tmp_path / "run")},
-            "restart": {"stop_timeout": 10, "start_timeout": 60},
-            "health": {"interval": 1, "timeout": 2, "failures": 2},
-            "log": {"format": "json", "level": "debug"},
+            **copy.deepcopy(self.settings),
         }
         for name, values in sections.items():
             self.sections.setdefault(name, {}).update(values)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.seen: dict[int, float] = {}  # pid -> create_time of everything we saw
+        self.env: dict[str, str] | None = None  # its processes' environment; None: ours
+        self.procs = Processes()  # everything we saw, for cleanup
         self.write_config()
 
     # ── config and CLI ──────────────────────────────────────────────────────
@@ -111,7 +109,8 @@ class Service:
         self.config_path.write_text(text if text is not None else render_toml(self.sections))
 
     def cli(self, *args: str, user: str | None = None, **kw: Any) -> subprocess.CompletedProcess:
-        cmd = [PYTHON, "-m", "jlservice", *args, "--config", str(self.config_path)]
+        cmd = [*self.command, *args, "--config", str(self.config_path)]
+        kw.setdefault("env", self.env)
         return subprocess.run(
             cmd, capture_output=True, text=True, timeout=240, user=user, cwd=self.root, **kw
         )
@@ -122,29 +121,16 @@ class Service:
         self, wait: bool = True, env: dict[str, str] | None = None, wrap: list[str] | None = None
     ) -> Service:
         """Start `jlservice run`; `wrap`: a command that execs it (the pid stays the same)."""
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if k
-            not in (
-                "NOTIFY_SOCKET",
-                "WATCHDOG_USEC",
-                "WATCHDOG_PID",
-                "JLSERVICE_CONFIG",
-                "STATE_DIRECTORY",
-                "RUNTIME_DIRECTORY",
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*(wrap or []), *self.command, "run", "--config", str(self.config_path)],
+                cwd=self.root,
+                env=child_env(self.env, **(env or {})),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
             )
-        }
-        environ.update(env or {})
-        self.log_file = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [*(wrap or []), PYTHON, "-m", "jlservice", "run", "--config", str(self.config_path)],
-            cwd=self.root,
-            env=environ,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
-        self._remember(self.proc.pid)
+        self.procs.remember(self.proc.pid)
         if wait:
             self.wait_ready()
         return self
@@ -154,8 +140,7 @@ class Service:
             data = json.loads((self.state_dir / "state.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
-        if data.get("lab_pid"):
-            self._remember(data["lab_pid"])
+        self.procs.remember(data.get("lab_pid"))
         return data
 
     def wait_ready(self, not_pid: int | None = None, timeout: float = 90) -> dict[str, Any]:
@@ -168,6 +153,7 @@ class Service:
             warm_ready = (s.get("warm_parent") or {}).get("ready") or not self.wait_warm
             if (
                 s.get("status") == "ready"
+                and (self.proc is None or s.get("supervisor_pid") == self.proc.pid)
                 and s.get("lab_pid") not in (None, not_pid)
                 and warm_ready
             ):
@@ -190,20 +176,17 @@ class Service:
             procs = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        for p in procs:
-            self._remember(p.pid)
+        self.procs.remember(*(p.pid for p in procs))
         return procs
-
-    def _remember(self, pid: int) -> None:
-        with contextlib.suppress(psutil.Error):
-            self.seen.setdefault(pid, psutil.Process(pid).create_time())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def log_events(self) -> list[dict[str, Any]]:
+    def log_events(self, offset: int = 0) -> list[dict[str, Any]]:
+        """The JSON lines of the log, from byte `offset` on."""
+        raw = self.log_path.read_bytes()[offset:] if self.log_path.exists() else b""
         events = []
-        for line in self.log_text().splitlines():
+        for line in raw.decode(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 events.append(json.loads(line))
         return events
@@ -218,28 +201,14 @@ class Service:
 
     def leftovers(self) -> list[int]:
         """PIDs we saw that still run (same pid and start time: not a reused pid)."""
-        alive = []
-        for pid, created in self.seen.items():
-            with contextlib.suppress(psutil.Error):
-                p = psutil.Process(pid)
-                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-        return alive
+        return self.procs.running()
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> list[int]:
+        """End the supervisor (SIGTERM, SIGKILL after 20 s) and kill what it left; their pids."""
         self.snapshot()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in self.leftovers():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if hasattr(self, "log_file"):
-            self.log_file.close()
+        if self.proc is not None:
+            stop(self.proc, 20)
+        return self.procs.kill()
 
     # ── talking to JupyterLab ───────────────────────────────────────────────
 

@@ -1,4 +1,4 @@
-"""Reporting for the jlservice benchmarks: metrics, the result table, the machine."""
+"""What every benchmark prints: its progress, the machine, the result table, and --json."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import platform
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,12 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def say(message: str) -> None:
+    """Progress, on stderr: stdout is the report."""
+    print(message, file=sys.stderr, flush=True)
+
 
 # ── statistics and the table ─────────────────────────────────────────────────
 
@@ -71,58 +78,50 @@ class Metric:
     def goal_text(self) -> str:
         if self.goal is None:
             return ""
-        if self.goal_on == "ratio":
-            return f"ratio <= {self.goal:g}"
-        if self.goal_on == "difference":
-            return f"median - baseline <= {self.goal:g} {self.unit}"
-        if self.goal_on == "max":
-            return f"max <= {self.goal:g} {self.unit}"
-        return f"<= {self.goal:g} {self.unit}"
+        return {
+            "ratio": f"ratio <= {self.goal:g}",
+            "difference": f"median - baseline <= {self.goal:g} {self.unit}",
+            "max": f"max <= {self.goal:g} {self.unit}",
+        }.get(self.goal_on, f"<= {self.goal:g} {self.unit}")
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(
-            median=self.median,
-            min=min(self.samples),
-            max=max(self.samples),
-            n=len(self.samples),
-            baseline_median=self.baseline_median,
-            ratio=self.ratio,
-            difference=self.difference,
-            goal_text=self.goal_text(),
-            ok=self.ok,
-        )
-        return data
+        return {
+            **asdict(self),
+            "median": self.median,
+            "min": min(self.samples),
+            "max": max(self.samples),
+            "n": len(self.samples),
+            "baseline_median": self.baseline_median,
+            "ratio": self.ratio,
+            "difference": self.difference,
+            "goal_text": self.goal_text(),
+            "ok": self.ok,
+        }
 
 
 def _num(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "ms" or unit == "%":
+    if unit in ("ms", "%"):
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    if unit == "MiB":
-        return f"{value:.1f}"
-    return f"{value:.3f}"
+    return f"{value:.1f}" if unit == "MiB" else f"{value:.3f}"
 
 
 def table(metrics: Sequence[Metric]) -> str:
     header = ["metric", "unit", "n", "median", "min", "max", "baseline median", "ratio", "goal", ""]
     rows = []
     for m in metrics:
-        ok = {True: "PASS", False: "FAIL", None: ""}[m.ok]
         base = m.baseline_median
         rows.append(
             [
                 m.name,
                 m.unit,
                 str(len(m.samples)),
-                _num(m.median, m.unit),
-                _num(min(m.samples), m.unit),
-                _num(max(m.samples), m.unit),
+                *(_num(v, m.unit) for v in (m.median, min(m.samples), max(m.samples))),
                 f"{_num(base, m.unit)} ({m.baseline})" if base is not None else "",
                 f"{m.ratio:.3f}" if m.ratio is not None else "",
                 m.goal_text(),
-                ok,
+                {True: "PASS", False: "FAIL", None: ""}[m.ok],
             ]
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -157,14 +156,17 @@ print(json.dumps(out))
 
 
 def machine_info(python: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The machine, and the versions the children run with (`python`, `env`)."""
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": _first_value("/proc/cpuinfo", ("model name", "Model", "cpu model"), ":")
+        or platform.processor()
+        or platform.machine(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
-        "os": _os_name(),
+        "os": _first_value("/etc/os-release", ("PRETTY_NAME=",), "=") or platform.system(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "user": "root" if os.geteuid() == 0 else str(os.geteuid()),
         "bytecode": "PYTHONDONTWRITEBYTECODE=1"
@@ -180,71 +182,68 @@ def machine_info(python: str, env: Mapping[str, str]) -> dict[str, Any]:
     return info
 
 
-def _cpu_model() -> str:
+def _first_value(path: str, keys: tuple[str, ...], sep: str) -> str | None:
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(keys):
+                return line.split(sep, 1)[1].strip().strip('"')
+    return None
 
 
-def _os_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    return platform.system()
-
-
-def _git_commit() -> str | None:
-    """HEAD of the repository, "+dirty" when jlservice/ has changes (reads only: no lock)."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+def _git(*args: str) -> str | None:
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # reads only: takes no lock
     try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "jlservice"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=10,
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, env=env, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if head.returncode != 0:
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    """HEAD of the repository, "+dirty" when jlservice/ has changes."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if head is None:
         return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return head + ("+dirty" if _git("status", "--porcelain", "--", "jlservice") else "")
 
 
 def describe_machine(info: Mapping[str, Any]) -> str:
+    get = info.get
     rows = [
-        ("host", info.get("hostname")),
-        (
-            "cpu",
-            f"{info.get('cpu_model')} ({info.get('cores')} cores, "
-            f"{info.get('cores_usable')} usable)",
-        ),
-        ("memory", f"{info.get('ram_gib')} GiB"),
-        ("os / kernel", f"{info.get('os')} / Linux {info.get('kernel')}"),
-        ("python", f"{info.get('python')} ({info.get('python_executable')})"),
-        ("jlservice", f"{info.get('jlservice')} (commit {info.get('jlservice_commit')})"),
-        ("jupyterlab", info.get("jupyterlab")),
-        ("jupyter_server", info.get("jupyter_server")),
+        ("host", get("hostname")),
+        ("cpu", f"{get('cpu_model')} ({get('cores')} cores, {get('cores_usable')} usable)"),
+        ("memory", f"{get('ram_gib')} GiB"),
+        ("os / kernel", f"{get('os')} / Linux {get('kernel')}"),
+        ("python", f"{get('python')} ({get('python_executable')})"),
+        ("jlservice", f"{get('jlservice')} (commit {get('jlservice_commit')})"),
+        ("jupyterlab", get("jupyterlab")),
+        ("jupyter_server", get("jupyter_server")),
         (
             "tornado / structlog / psutil",
-            f"{info.get('tornado')} / {info.get('structlog')} / {info.get('psutil')}",
+            f"{get('tornado')} / {get('structlog')} / {get('psutil')}",
         ),
-        ("bytecode", info.get("bytecode")),
-        ("load average at start", " ".join(str(x) for x in info.get("loadavg_at_start", []))),
-        ("running as", info.get("user")),
+        ("bytecode", get("bytecode")),
+        ("load average at start", " ".join(str(x) for x in get("loadavg_at_start", []))),
+        ("running as", get("user")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+# ── the two ends of a run ────────────────────────────────────────────────────
+
+
+def announce(title: str, python: str, env: Mapping[str, str], runs: int) -> dict[str, Any]:
+    """Print the title, the machine and why this run may not be a measurement."""
+    machine = machine_info(python, env)
+    print(f"{title}\n\nmachine:\n" + describe_machine(machine), flush=True)
+    if runs < 5:
+        print(f"\n  WARNING: --runs {runs} < 5: a smoke run, not a measurement")
+    if machine["loadavg_at_start"][0] > 0.5:
+        print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
+    return machine
 
 
 def finish(
@@ -277,14 +276,3 @@ def finish(
     if missed:
         print(f"goals missed: {', '.join(missed)}")
     return 3 if args.strict and missed else 0
-
-
-def announce(title: str, python: str, env: Mapping[str, str], runs: int) -> dict[str, Any]:
-    """Print the title, the machine and why this run may not be a measurement."""
-    machine = machine_info(python, env)
-    print(f"{title}\n\nmachine:\n" + describe_machine(machine), flush=True)
-    if runs < 5:
-        print(f"\n  WARNING: --runs {runs} < 5: a smoke run, not a measurement")
-    if machine["loadavg_at_start"][0] > 0.5:
-        print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
-    return machine

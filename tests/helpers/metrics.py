@@ -7,7 +7,9 @@ import contextlib
 import psutil
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from support import Service, free_port, wait_for
+
+from .procs import free_port, wait_for
+from .service import Service
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

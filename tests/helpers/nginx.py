@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from support import free_port, wait_for
+from .procs import stop, wait_for
 
 NGINX = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
@@ -77,13 +77,5 @@ class Nginx:
         return path.read_text() if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: the master ends its workers
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-__all__ = ["NGINX", "Nginx", "free_port"]
+        if self.proc is not None:
+            stop(self.proc, 20, signal.SIGQUIT)  # graceful: the master ends its workers

@@ -10,9 +10,7 @@ import base64
 import contextlib
 import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import psutil
 import requests
 import websocket
-from support import wait_for
+
+from .procs import Processes, stop, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -46,7 +45,7 @@ class Chromium:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.seen: dict[int, float] = {}
+        self.procs = Processes()
         self._ids = itertools.count(1)
         port_file = profile / "DevToolsActivePort"
         wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, "Chromium")
@@ -80,21 +79,12 @@ class Chromium:
 
     def _remember(self) -> None:
         with contextlib.suppress(psutil.Error):
-            for p in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(True)]:
-                self.seen.setdefault(p.pid, p.create_time())
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+            self.procs.remember(self.proc.pid, *(p.pid for p in children))
 
     def close(self) -> None:
         self._remember()
         with contextlib.suppress(Exception):
             self.ws.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid, created in self.seen.items():
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if psutil.Process(pid).create_time() == created:
-                    os.kill(pid, signal.SIGKILL)
+        stop(self.proc, 20)
+        self.procs.kill()

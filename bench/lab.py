@@ -1,0 +1,270 @@
+"""JupyterLab started the two ways the benchmarks compare: plain `jupyter-lab` and `jlservice
+run` (the tests' Service, with jlservice's defaults), timed by the same /api poller."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import signal
+import socket
+import time
+from typing import Any, ClassVar, NamedTuple
+
+import psutil
+from helpers.procs import stop, wait_for
+from helpers.service import Service
+
+from .session import BenchError, Session, tail
+
+HOST = "127.0.0.1"
+PLAIN_TOKEN = "b" * 48  # the plain baseline's token: throw-away, 127.0.0.1 only
+STUBBORN = "jlservice-bench-stubborn"
+
+
+class Started(NamedTuple):
+    """One `jlservice run` brought up; times in seconds from its spawn."""
+
+    state: dict[str, Any]  # state.json once ready
+    api_s: float  # first 200 on /api (our poller)
+    spawned_s: float  # lab_starting event: JupyterLab spawned
+    declared_s: float  # lab_ready event: jlservice declares it ready
+
+
+class Crash(NamedTuple):
+    """One kill -9 of JupyterLab and jlservice bringing it back."""
+
+    old_pid: int
+    offset: int  # size of the log at the kill: later events are the restart's
+    wall: float  # time.time() at the kill
+    teardown_ms: float  # kill -> the OS has ended the process
+    back_s: float  # kill -> /api answering again
+
+
+class Lab(Service):
+    """A `jlservice run` with jlservice's defaults (and a JSON log to read events from)."""
+
+    settings: ClassVar[dict[str, dict[str, Any]]] = {"log": {"format": "json"}}
+    new_session = True  # Ctrl-C reaches the benchmark only; it ends what it started
+
+    def __init__(
+        self, session: Session, name: str = "lab", config_dir: str | None = None, **kw: Any
+    ) -> None:
+        """In work/`name`; `config_dir`: a directory (in work) of its own for jlservice.toml.
+        `kw`: wait_warm, and sections over the defaults."""
+        root = session.work / name
+        root.mkdir(parents=True, exist_ok=True)
+        config = session.work / config_dir / "jlservice.toml" if config_dir else None
+        super().__init__(root, config_path=config, lab={"ip": HOST}, **kw)
+        self.session = session
+        self.bin = session.bin
+        self.command = (str(self.bin / "jlservice"),)
+        self.env = dict(session.env)
+        self.poll = session.args.poll_ms / 1000
+        self.start_timeout = session.args.start_timeout
+        self.current: dict[str, Any] = {}  # state.json when it last said ready
+        session.labs.append(self)
+
+    def warn(self, message: str) -> None:
+        self.session.warnings.append(message)
+
+    def add_stubborn_kernelspec(self) -> str:
+        """A kernel that stays when JupyterLab dies (`sleep`, holding JupyterLab's stdout)."""
+        path = self.root / "jupyter-path"
+        spec = path / "kernels" / STUBBORN
+        spec.mkdir(parents=True)
+        argv = ["/bin/sh", "-c", "exec sleep 3600", "{connection_file}"]
+        (spec / "kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": STUBBORN, "language": "none"})
+        )
+        previous = self.env.get("JUPYTER_PATH")
+        self.env["JUPYTER_PATH"] = str(path) + (os.pathsep + previous if previous else "")
+        return STUBBORN
+
+    # ── plain jupyter-lab ───────────────────────────────────────────────────
+
+    def plain_start(self, port: int | None = None) -> float:
+        """Seconds from spawning plain jupyter-lab to the first 200 on /api; then stop it.
+
+        On `port` (default ours, e.g. another one while `jlservice run` holds that). The
+        token goes in the environment, not on the command line (every user can read
+        /proc/*/cmdline); for start-up time the two are the same.
+        """
+        port = port or self.port
+        argv = [
+            str(self.bin / "jupyter-lab"),
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+            "--no-browser",
+            f"--ServerApp.ip={HOST}",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={self.notebooks}",
+        ]
+        env = dict(
+            self.env, JUPYTER_TOKEN=PLAIN_TOKEN, JUPYTER_RUNTIME_DIR=str(self.root / "plain-run")
+        )
+        log = self.root / "plain.log"
+        wait_port_free(port)
+        start = time.monotonic()
+        proc = self.session.spawn(argv, log, env)
+        ready = self.wait_api("plain jupyter-lab", port, proc, log)
+        self.session.end(proc)
+        return ready - start
+
+    # ── jlservice run ───────────────────────────────────────────────────────
+
+    def timed_start(self) -> Started:
+        """Spawn `jlservice run`; wait for /api and for state.json to say ready."""
+        wait_port_free(self.port)
+        offset = self.log_size()
+        start_wall, start = time.time(), time.monotonic()
+        self.start(wait=False)
+        ready = self.wait_api("jlservice run")
+        self.current = self.wait_ready()
+        spawned = self.wait_event("lab_starting", offset)
+        declared = self.wait_event("lab_ready", offset)  # logged just after state.json says so
+        return Started(
+            self.current,
+            api_s=ready - start,
+            spawned_s=event_time(spawned) - start_wall,
+            declared_s=event_time(declared) - start_wall,
+        )
+
+    def shutdown(self) -> None:
+        """SIGTERM `jlservice run`; a warning when it fails or leaves a process behind."""
+        assert self.proc is not None
+        self.snapshot()
+        status = stop(self.proc, 45)
+        if status != 0:
+            self.warn(f"jlservice run exited with status {status} on SIGTERM ({self.log_path})")
+        if left := self.procs.kill():
+            self.warn(f"pid(s) {left} still ran after jlservice exited ({self.log_path})")
+
+    def wait_ready(self, not_pid: int | None = None, timeout: float | None = None):
+        return super().wait_ready(not_pid, timeout or self.start_timeout)
+
+    def wait_api(self, what: str, port: int | None = None, proc=None, log=None) -> float:
+        """time.monotonic() of the first 200 on /api of `port` (default ours) while `proc`
+        (default `jlservice run`) runs; polls every --poll-ms plus the request."""
+        port, proc, log = port or self.port, proc or self.proc, log or self.log_path
+        deadline = time.monotonic() + self.start_timeout
+        while not http_ok(port):
+            if proc.poll() is not None:
+                problem = f"{what} exited before http://{HOST}:{port}/api answered"
+            elif time.monotonic() > deadline:
+                problem = (
+                    f"{what}: http://{HOST}:{port}/api did not answer in {self.start_timeout:g} s"
+                )
+            else:
+                time.sleep(self.poll)
+                continue
+            raise BenchError(f"{problem}\n--- last lines of {log} ---\n{tail(log)}")
+        return time.monotonic()
+
+    def crash(self) -> Crash:
+        """SIGKILL JupyterLab; wait until the OS has ended it, /api answers and state.json
+        says ready again."""
+        old = self.current["lab_pid"]
+        offset = self.log_size()
+        kill_wall, kill = time.time(), time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: exited(old), 5.0, f"pid {old} to exit", interval=0.0002)
+        teardown = time.monotonic()
+        back = self.wait_api("jlservice run after kill -9")
+        self.current = self.wait_ready(not_pid=old)
+        return Crash(old, offset, kill_wall, (teardown - kill) * 1000, back - kill)
+
+    def start_kernel(self, token: str, name: str) -> int:
+        """Start kernel `name` through the REST API; its pid (a child of JupyterLab)."""
+        response = self.api("POST", "api/kernels", token, json={"name": name})
+        if response.status_code != 201:
+            raise BenchError(f"starting a kernel: HTTP {response.status_code} {response.text}")
+        lab = psutil.Process(self.current["lab_pid"])
+        kids = wait_for(lambda: lab.children(recursive=True), 30.0, "the kernel process", 0.01)
+        self.procs.remember(kids[0].pid)
+        return kids[0].pid
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
+        """The first `name` event (with `match`) in the log from byte `offset`, once written."""
+        return wait_for(
+            lambda: first_event(self.log_events(offset), name, **match),
+            10.0,
+            f"a {name} event in {self.log_path}",
+            0.01,
+        )
+
+
+# ── /api and the JSON log ────────────────────────────────────────────────────
+
+
+def http_ok(port: int, path: str = "/api", timeout: float = 2.0) -> bool:
+    """Whether GET http://HOST:port{path} answers 200 (no token: /api is unauthenticated)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def wait_port_free(port: int, timeout: float = 30.0) -> None:
+    """Until a server could listen on HOST:port (SO_REUSEADDR, like tornado)."""
+
+    def bindable() -> bool:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                return False
+            return True
+
+    wait_for(bindable, timeout, f"port {port} on {HOST} to be free")
+
+
+def exited(pid: int) -> bool:
+    """Whether process `pid` has finished exiting: gone, or a zombie with no thread left.
+
+    (A thread-group leader shows as a zombie while its other threads still tear down.)
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                return False
+        return os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    except (OSError, IndexError):
+        return True
+
+
+def event_time(event: dict[str, Any]) -> float:
+    """Seconds since the epoch of a structlog ISO timestamp (local time unless it has a zone).
+
+    A naive datetime's .timestamp() reads it as local time, as structlog wrote it, which
+    makes it comparable with time.time().
+    """
+    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def first_event(events: list[Any], name: str, **match: Any) -> dict[str, Any] | None:
+    """The first event called `name` whose fields equal `match`, or None."""
+    for event in events:
+        with contextlib.suppress(AttributeError):
+            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                return event
+    return None
+
+
+def need_event(events: list[Any], name: str, **match: Any) -> dict[str, Any]:
+    event = first_event(events, name, **match)
+    if event is None:
+        raise BenchError(f"no {name} event {match or ''} in the jlservice log")
+    return event

@@ -1,0 +1,170 @@
+"""One benchmark run: its options, its work directory, the processes it starts, its ending.
+
+Every process started is recorded (by its Popen, or by pid and start time) and ended on exit,
+on a failure, on Ctrl-C and on SIGTERM/SIGHUP; nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from helpers.procs import child_env, stop
+
+from .report import Metric, announce, finish
+
+
+class BenchError(Exception):
+    """Something the benchmark needs did not start or did not answer; str() says what."""
+
+
+def options(doc: str, runs: int | None = None, lab: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark has; `lab`: also those of one that starts JupyterLab."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if runs is not None:
+        p.add_argument("--runs", type=int, default=runs, help=f"runs per figure (default {runs})")
+    if lab:
+        p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
+        p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
+        p.add_argument(
+            "--bytecode",
+            choices=("cached", "env"),
+            default="cached",
+            help="cached (default): children compile .pyc once into a private cache and then "
+            "read it, as an installed package would; env: leave PYTHONDONTWRITEBYTECODE as it is",
+        )
+    else:
+        p.set_defaults(bytecode="env")
+    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str] | None, *tools: str) -> argparse.Namespace:
+    """The options, checked; `tools`: the programs of the venv the benchmark runs."""
+    args = p.parse_args(argv)
+    if getattr(args, "runs", 1) < 1:
+        p.error("--runs must be positive")
+    if not 0 < getattr(args, "poll_ms", 1) <= 10:
+        p.error("--poll-ms must be above 0 and at most 10")
+    for tool in tools:
+        if not (Path(args.bin_dir) / tool).exists():
+            p.error(f"{args.bin_dir}/{tool} does not exist; pass --bin-dir (the venv's bin/)")
+    return args
+
+
+class Session:
+    """The work directory, the children's environment and everything started in one run."""
+
+    def __init__(self, script: str, args: argparse.Namespace) -> None:
+        self.args = args
+        self.bin = Path(args.bin_dir)
+        self.work = Path(tempfile.mkdtemp(prefix=f"jlservice-bench-{Path(script).stem}-"))
+        self.env = child_env()
+        if args.bytecode == "cached":  # as an installed package: compiled once, then read
+            self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+            self.env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
+        self.labs: list[Any] = []  # lab.Lab, each ended by its cleanup()
+        self.popens: list[subprocess.Popen[bytes]] = []
+        self.warnings: list[str] = []
+
+    def spawn(self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None):
+        """Start `argv` in a session of its own (Ctrl-C reaches us only), output to `log`."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    env=dict(self.env if env is None else env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BenchError(f"cannot start {argv[0]}: {exc.strerror}") from None
+        self.popens.append(proc)
+        return proc
+
+    def end(self, proc: subprocess.Popen) -> int:
+        """SIGTERM, SIGKILL after 45 s; the exit status."""
+        status = stop(proc, 45)
+        if proc in self.popens:
+            self.popens.remove(proc)
+        return status
+
+    def close(self, script: str) -> None:
+        left = []
+        for proc in list(self.popens):
+            stop(proc, 30)
+        for lab in self.labs:
+            left += lab.cleanup()
+        if left:
+            print(f"{script}: had to kill leftover pids {left}", file=sys.stderr)
+        if self.args.keep:
+            print(f"work directory (logs): {self.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def run(
+    script: str,
+    title: str,
+    args: argparse.Namespace,
+    runs: int,
+    measure: Callable[[Session], tuple[list[Metric], dict[str, Any]]],
+    footer: Callable[[list[Metric]], str] | None = None,
+) -> int:
+    """Announce the machine, `measure`, clean up, print the table: the exit status.
+
+    1 when something failed to start or answer, 130 on Ctrl-C, 3 with --strict when a goal
+    is missed. `measure` returns the rows and what else goes into --json.
+    """
+    began = time.time()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the clean-up below
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    session = Session(script, args)
+    try:
+        machine = announce(title, str(session.bin / "python"), session.env, runs)
+        metrics, extra = measure(session)
+    except (BenchError, AssertionError, subprocess.TimeoutExpired) as exc:
+        print(f"\n{script}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{script}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        session.close(script)
+    status = finish(script, began, metrics, session.warnings, args, {"machine": machine, **extra})
+    if footer is not None:
+        print(footer(metrics))
+    return status
+
+
+def run_timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
+    """Wall seconds of one run of `argv` to its exit, and its stdout. Raises if it fails."""
+    start = time.monotonic()
+    done = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - start
+    if done.returncode != 0:
+        raise BenchError(
+            f"{' '.join(argv)} exited with status {done.returncode}: {done.stderr.strip()[-500:]}"
+        )
+    return wall, done.stdout
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
