@@ -23,7 +23,14 @@ from jlservice.errors import InstallError
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # What jlservice keeps in a state dir: `uninstall --purge` removes these and nothing else
 # (temporary files of interrupted atomic writes included).
-STATE_FILES = (state.STATE_FILE, state.COOKIE_SECRET_FILE, "password", "tls.crt", "tls.key")
+STATE_FILES = (
+    state.STATE_FILE,
+    state.TOKEN_FILE,
+    state.COOKIE_SECRET_FILE,
+    "password",
+    "tls.crt",
+    "tls.key",
+)
 INSTANCE_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # a user name, as useradd accepts it
 
 

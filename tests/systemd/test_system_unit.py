@@ -126,8 +126,13 @@ def test_systemctl_reload_applies_a_port_change(installed) -> None:
     wait_for(lambda: _status(new, token) == 200, 90, "JupyterLab on the new port")
     reload = _state(installed)["last_reload"]
     assert (reload["source"], reload["result"]) == ("SIGHUP", "applied")
+    # "reloading" until jlservice's own probe has seen the new server answer (READY=1).
+    wait_for(
+        lambda: installed.box.show(UNIT, "ActiveState")["ActiveState"] == "active",
+        30,
+        "the reload's READY=1",
+    )
     props = installed.box.show(UNIT, "ActiveState", "NRestarts", "StatusText")
-    assert props["ActiveState"] == "active"
     assert props["NRestarts"] == "0"
     assert f":{new_port}/" in props["StatusText"]
     assert installed.box.run(JLSERVICE, "token").stdout.strip() == token
