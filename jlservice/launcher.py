@@ -77,7 +77,8 @@ class Launch:
     token_login: bool = True
     # The password hash, certificate and key, by file name: a changed one restarts JupyterLab.
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    # JupyterLab never sees it, so changing it alone does not restart JupyterLab.
+    # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
+    # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
 
     @property
@@ -144,6 +145,8 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     ]
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
+    if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
+        argv.append("--ServerApp.allow_remote_access=True")
     files = _access_files(config)
     if SERVER_CONFIG in files:  # the hash goes in a file, never on the command line
         argv.append(f"--ServerApp.config_file={private_dir / SERVER_CONFIG}")

@@ -21,7 +21,7 @@ import time
 
 from jlservice import EX_CONFIG, __version__, children, launcher, log, state
 from jlservice.config import Config, RestartConfig
-from jlservice.config.access import risks
+from jlservice.config.access import open_to_local_users, risks
 from jlservice.events import (
     BackoffElapsed,
     ChildExited,
@@ -288,8 +288,13 @@ class Supervisor(Reloading, Warming):
         gc.collect()
 
     def _warn_risks(self) -> None:
-        """Log what is allowed but risky: a wildcard allow_origin, an expiring certificate."""
-        for problem in risks(self.config.lab.options, self.config.lab.user):
+        """Log what is allowed but risky: no login for the other people with accounts here,
+        a wildcard allow_origin, an expiring certificate."""
+        lab = self.config.lab
+        problem = open_to_local_users(lab, self.config.auth, self.config.account.uid)
+        if problem:
+            logger.warning("open_to_local_users", problem=problem)
+        for problem in risks(lab.options, lab.user):
             logger.warning("config_risky", problem=problem)
         self._warn_certificate()
 

@@ -35,6 +35,11 @@ class AuthConfig:
     password_file: Path | None = None
     password_hash: str | None = field(default=None, repr=False)
 
+    @property
+    def login_required(self) -> bool:
+        """A token or a password: JupyterLab lets no one in without one."""
+        return self.token or self.password_hash is not None
+
 
 @dataclass(frozen=True)
 class TLSConfig:

@@ -7,8 +7,10 @@ import ssl
 import urllib.error
 import urllib.request
 
-from jlservice import probe
+from jlservice import probe, users
 from jlservice.cli.common import mask
+from jlservice.config.access import few
+from jlservice.config.model import LabConfig
 from jlservice.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
 
 TIMEOUT = 3.0
@@ -82,6 +84,10 @@ def check_token(ctx: Context) -> Result:
 
 
 def check_auth(ctx: Context) -> Result:
+    """Login is required wherever someone other than the lab user can reach JupyterLab.
+
+    No login on loopback is a ✗ (and doctor's exit status 1), not a passing warning, where
+    other people have accounts here: each of them could run code as the lab user."""
     name = "auth"
     if ctx.config is None:
         return not_checked(name, NEEDS_CONFIG)
@@ -89,7 +95,14 @@ def check_auth(ctx: Context) -> Result:
     loopback = ipaddress.ip_address(lab.ip).is_loopback
     methods = [m for m, on in (("token", auth.token), ("password", auth.password_hash)) if on]
     configured = " and ".join(methods) or "no login"
+    others = users.people(ctx.config.account.uid)
+    if auth.login_required:
+        fix = "remove the token/password override from the lab user's jupyter config"
+    else:
+        fix = "set a password (`jlservice password`), or [auth] token = true"
     if not ctx.lab_serving:
+        if not auth.login_required and others:
+            return Result(name, False, _open_to(lab, others, "would serve"), fix)
         return Result(name, True, f"{configured} on {lab.ip} (server not checked: not serving)")
     code, why = get(_url(ctx, "api/contents"))
     if code == 200 and not loopback:
@@ -98,14 +111,22 @@ def check_auth(ctx: Context) -> Result:
             False,
             f"JupyterLab on {lab.ip}:{lab.port} serves files without any login: anyone who "
             f"reaches it can run code as {lab.user}",
-            "remove the token/password override from the lab user's jupyter config, or "
-            'listen on ip = "127.0.0.1"',
+            fix + ', or listen on ip = "127.0.0.1"',
         )
+    if code == 200 and others:
+        return Result(name, False, _open_to(lab, others, "serves"), fix)
     if code == 200:
-        return Result(name, True, f"no login on {lab.ip}: only this machine's users reach it")
+        return Result(name, True, f"no login on {lab.ip}: no one else has an account here")
     if code in (401, 403):
         return Result(name, True, f"{configured} required; anonymous requests get {code}")
     return Result(name, False, f"GET api/contents without login → {code or why}", "see the log")
+
+
+def _open_to(lab: LabConfig, others: list[str], serves: str) -> str:
+    return (
+        f"JupyterLab on {lab.ip}:{lab.port} {serves} files without any login to every "
+        f"local account ({few(others)}): each can run code as {lab.user}"
+    )
 
 
 def check_metrics(ctx: Context) -> Result:
