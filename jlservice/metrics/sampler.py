@@ -134,7 +134,10 @@ class Sampler:
         began = time.perf_counter()
         gpus = self._gpus.sample()
         notebooks = found.notebooks if found else {}
-        owner = functools.cache(lambda pid: kernels.owner(pid, notebooks))  # one walk a round
+        # One walk a pid a round; nothing is any kernel's while no JupyterLab is ready.
+        owner = functools.cache(
+            lambda pid: kernels.owner(pid, notebooks, endpoint) if endpoint else None
+        )
         held, other = attribute(gpus or (), notebooks, owner)
         return Snapshot(
             lab_version=self._lab_version[1],
