@@ -86,6 +86,8 @@ class MetricsConfig:
     listen: str = "127.0.0.1:9877"  # HOST:PORT, HOST an IP address ([…] for IPv6)
     gpu: bool = True
     interval: float = 5.0
+    bearer_token_file: Path | None = None
+    bearer_token: str = field(default="", repr=False)  # read from bearer_token_file
 
     @property
     def address(self) -> tuple[str, int]:
