@@ -1,5 +1,5 @@
-"""[metrics]: the Prometheus exporter's switch, address, GPU sampling and its interval, and
-the bearer token a scrape must send.
+"""[metrics]: the Prometheus exporter's switch, address, GPU sampling and its interval, the
+notebook labels, and the bearer token a scrape must send.
 
 The token file is read here, at validation (start-up and every reload), by root: it must be
 a regular file of root or of the account jlservice runs as, writable by its owner alone and
@@ -42,6 +42,7 @@ def parse_metrics(r: Reader, t: Mapping[str, Any], lab: LabConfig, base: Path) -
         listen=f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}",
         gpu=r.get(t, "metrics", "gpu", bool, d.gpu),
         interval=r.seconds(t, "metrics", "interval", d.interval, minimum=0.5),
+        notebook_labels=r.get(t, "metrics", "notebook_labels", bool, d.notebook_labels),
         bearer_token_file=token_path,
         bearer_token=_read_token(r, token_path, lab) if token_path else "",
     )

@@ -125,7 +125,8 @@ class Sampler:
         endpoint = self.view.endpoint
         found = None
         if endpoint is not None:
-            found = kernels.fetch(endpoint, _HTTP_TIMEOUT)
+            # Without notebook labels, the sessions API (notebook paths) is not even read.
+            found = kernels.fetch(endpoint, _HTTP_TIMEOUT, sessions=settings.notebook_labels)
             if self._lab_version[0] != endpoint.pid:
                 version = kernels.lab_version(endpoint, _HTTP_TIMEOUT)
                 self._lab_version = (endpoint.pid if version else 0, version or "")

@@ -91,6 +91,26 @@ def test_gpu_memory_per_notebook(service_factory, fake_nvml) -> None:
         outside.wait()
 
 
+def test_without_notebook_labels_no_path_shows(service_factory, fake_nvml) -> None:
+    fake_nvml.write([Gpu("GPU-a", **FULL)])
+    svc = service_factory(metrics=metrics_section(notebook_labels=False))
+    svc.start(env=fake_nvml.env())
+    token = svc.state()["token"]
+    kernel_id, pid = open_notebook(svc, token, "alice-thesis/chapter-3.ipynb")
+    fake_nvml.write([Gpu("GPU-a", **FULL, processes=[(pid, 3 * GIB)])])
+    url = metrics_url(svc)
+    s = wait_scrape(
+        url,
+        lambda s: bool(series(s, "jlservice_kernel_gpu_memory_bytes")),
+        "the kernel's GPU memory",
+    )
+    assert series(s, "jlservice_kernel_gpu_memory_bytes") == {
+        frozenset({"gpu": "0", "uuid": "GPU-a", "kernel_id": kernel_id}.items()): 3 * GIB
+    }
+    text = scrape_text(url)
+    assert "alice-thesis" not in text and "chapter-3" not in text and "notebook=" not in text
+
+
 def test_an_outsider_naming_a_kernel_file_is_not_that_notebook(
     service_factory, fake_nvml, other_user, second_user
 ) -> None:

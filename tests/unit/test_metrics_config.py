@@ -39,10 +39,12 @@ def test_ipv6_listen(write_config, lab_base) -> None:
         ('gpu = "yes"', "[metrics] gpu: expected a boolean, got a string"),
         (
             "port = 9100",
-            "[metrics] port: unknown key; known: bearer_token_file, enabled, gpu, interval, listen",
+            "[metrics] port: unknown key; known: bearer_token_file, enabled, gpu, interval, "
+            "listen, notebook_labels",
         ),
         ('bearer_token = "x"', "[metrics] bearer_token: unknown key"),  # read from a file only
         ('bearer_token_file = ""', "[metrics] bearer_token_file: is empty"),
+        ("notebook_labels = 0", "[metrics] notebook_labels: expected a boolean, got an integer"),
     ],
 )
 def test_errors_are_one_line_naming_the_key(write_config, lab_base, line, problem) -> None:
@@ -61,6 +63,7 @@ def test_effective_configuration_shows_metrics(write_config, lab_base) -> None:
         'listen = "[::1]:9100"',
         "gpu = false",
         "interval = 5.0",
+        "notebook_labels = true",
     ]
 
 
