@@ -276,7 +276,10 @@ class Supervisor(Reloading, Warming):
         ready_s = lab.mark_ready(self.launch.api_url, lambda: self.config.health, self.post)
         self._keep_warm()  # only now: its imports must not slow the start down
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
-        endpoint = Endpoint(self.launch.api_url, self.token, lab.pid)
+        launch = self.launch
+        endpoint = Endpoint(
+            launch.api_url, self.token, lab.pid, launch.account.uid, str(launch.jupyter_runtime_dir)
+        )
         self.figures.lab_ready(endpoint, lab.started, ready_s, lambda: lab.answering)
         self.reloading = False
         self.notifier.ready(self._status_line())

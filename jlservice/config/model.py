@@ -91,6 +91,9 @@ class MetricsConfig:
     listen: str = "127.0.0.1:9877"  # HOST:PORT, HOST an IP address ([…] for IPv6)
     gpu: bool = True
     interval: float = 5.0
+    notebook_labels: bool = True  # false: GPU memory per kernel id, no notebook path
+    bearer_token_file: Path | None = None
+    bearer_token: str = field(default="", repr=False)  # read from bearer_token_file
 
     @property
     def address(self) -> tuple[str, int]:

@@ -12,6 +12,7 @@ from jlservice.cli.common import mask
 from jlservice.config.access import few
 from jlservice.config.model import LabConfig
 from jlservice.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
+from jlservice.doctor.local import listeners
 
 TIMEOUT = 3.0
 
@@ -31,11 +32,11 @@ _OPENER = urllib.request.build_opener(
 )
 
 
-def get(url: str, token: str | None = None) -> tuple[int | None, str]:
+def get(url: str, token: str | None = None, scheme: str = "token") -> tuple[int | None, str]:
     """(HTTP status, '') or (None, why there was no answer)."""
     request = urllib.request.Request(url)
     if token:
-        request.add_header("Authorization", f"token {token}")
+        request.add_header("Authorization", f"{scheme} {token}")
     try:
         with _OPENER.open(request, timeout=TIMEOUT) as response:
             return response.status, ""
@@ -130,17 +131,48 @@ def _open_to(lab: LabConfig, others: list[str], serves: str) -> str:
 
 
 def check_metrics(ctx: Context) -> Result:
-    """The Prometheus exporter answers GET /metrics where [metrics] listen says."""
+    """The Prometheus exporter answers GET /metrics where [metrics] listen says; with a
+    bearer token, only to a scrape that sends it, and the token goes to jlservice alone."""
+    name = "metrics"
     if ctx.config is None:
-        return not_checked("metrics", NEEDS_CONFIG)
-    if not ctx.config.metrics.enabled:
-        return Result("metrics", None, "metrics are off ([metrics] enabled = false)")
+        return not_checked(name, NEEDS_CONFIG)
+    metrics = ctx.config.metrics
+    if not metrics.enabled:
+        return Result(name, None, "metrics are off ([metrics] enabled = false)")
     if not ctx.running:
-        return not_checked("metrics", "jlservice is not running (see above)")
-    url = f"http://{ctx.config.metrics.listen}/metrics"
-    code, why = get(url)
-    if code == 200:
-        return Result("metrics", True, f"GET {url} → 200")
-    return Result(
-        "metrics", False, f"GET {url} → {code or why}", "check [metrics] listen and the log"
-    )
+        return not_checked(name, "jlservice is not running (see above)")
+    url = f"http://{metrics.listen}/metrics"
+    fix = "check [metrics] listen and the log"
+    if not metrics.bearer_token:
+        code, why = get(url)
+        if code == 200:
+            return Result(
+                name, True, f"GET {url} → 200 (no bearer_token_file: open to every local account)"
+            )
+        return Result(name, False, f"GET {url} → {code or why}", fix)
+    if not _held_by_supervisor(ctx, *metrics.address):
+        return Result(
+            name,
+            False,
+            f"{metrics.listen} is not held by jlservice (pid {ctx.state.supervisor_pid}): "
+            "the bearer token was not sent",
+            "see the log for metrics_listen_failed; free the port or change [metrics] listen",
+        )
+    code, why = get(url, metrics.bearer_token, scheme="Bearer")
+    if code == 401:
+        fix = "`jlservice reload`: jlservice reads bearer_token_file at start and reload only"
+    if code != 200:
+        return Result(name, False, f"GET {url} with the bearer token → {code or why}", fix)
+    anonymous, _ = get(url)
+    if anonymous != 401:
+        return Result(
+            name,
+            False,
+            f"GET {url} without the bearer token → {anonymous}, not 401",
+            "`jlservice reload` to apply [metrics] bearer_token_file",
+        )
+    return Result(name, True, f"GET {url} → 200 with the bearer token, 401 without")
+
+
+def _held_by_supervisor(ctx: Context, ip: str, port: int) -> bool:
+    return ip in listeners(port).get(ctx.state.supervisor_pid, [])
