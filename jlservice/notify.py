@@ -24,7 +24,9 @@ def field(key: str, value: str) -> str:
     """One KEY=value line of a notification: whatever `value` holds (a process name, the
     last line JupyterLab printed) cannot end the line and add a field of its own, such as
     MAINPID=, which systemd would believe coming from the main process."""
-    data = escape_controls(value).encode()
+    # systemd reads a backslash as escaping the next character, and drops it: doubled, the
+    # backslash of an escape (or of the text) shows in `systemctl status` as itself.
+    data = escape_controls(value).replace("\\", "\\\\").encode()
     if len(data) > MAX_VALUE_BYTES:
         value = data[: MAX_VALUE_BYTES - 3].decode(errors="ignore") + "…"
     else:

@@ -44,10 +44,12 @@ def test_a_squatters_name_adds_no_field_to_sd_notify(
         assert svc.wait_exit(timeout=30) == 1
         status = svc.cli("status")
     holder = f"in use by pid {pid} ({SHOWN}) of user {other_user.name}"
-    assert holder in gave_up["STATUS"]
+    to_systemd = holder.replace("\\", "\\\\")  # systemd drops one backslash of each pair
+    assert to_systemd in gave_up["STATUS"]
     sent = [fields for _, fields in notify_socket.messages]
     assert [f for f in sent if not set(f) <= FIELDS] == [], sent
-    assert any(holder in f.get("STATUS", "") for f in sent if f.get("STATUS", "").startswith("Re"))
+    restarting = [f["STATUS"] for f in sent if f.get("STATUS", "").startswith("Restarting")]
+    assert restarting and all(to_systemd in status for status in restarting)
 
     # `jlservice status` and the console log show the name escaped, on the line it belongs to.
     assert status.returncode == 3
@@ -119,6 +121,10 @@ def test_the_idle_reload_probe_never_sends_the_token_to_whoever_holds_the_port(
         wait_for(lambda: _waiting(svc) not in (None, first), 30, "the next probe", 0.01)
         os.kill(lab, signal.SIGKILL)
         squatter.wait_listening()
+        wait_for(lambda: _events(svc, "lab_exited"), 30, "the supervisor to see the exit")
+        sweeping = svc.state()
+        assert not _events(svc, "leftover_killed")  # still sweeping
+        assert (sweeping["status"], sweeping["lab_pid"]) == ("stopping", None)
         # The sweep waited its full grace: the probe had rounds enough.
         wait_for(lambda: _events(svc, "leftover_killed"), 60, "the sweep to end")
         requests = squatter.requests()

@@ -177,14 +177,20 @@ def test_last_words_give_up_when_systemd_never_answers(systemd: socket.socket) -
 def test_a_field_cannot_add_a_field(systemd: socket.socket, hostile: str, shown: str) -> None:
     notify.Notifier().ready(f"port 8888 is in use by pid 7 ({hostile})")
     message = receive(systemd)
-    assert message.split("\n") == ["READY=1", f"STATUS=port 8888 is in use by pid 7 ({shown})"]
+    sent = shown.replace("\\", "\\\\")  # systemd drops one backslash of each pair
+    assert message.split("\n") == ["READY=1", f"STATUS=port 8888 is in use by pid 7 ({sent})"]
+
+
+def test_a_backslash_reaches_systemd_as_itself(systemd: socket.socket) -> None:
+    notify.Notifier().status("C:\\temp\\n is not a path here")
+    assert receive(systemd) == "STATUS=C:\\\\temp\\\\n is not a path here"
 
 
 def test_undecodable_bytes_of_a_process_name_are_sent_escaped(systemd: socket.socket) -> None:
     # psutil and os.fsdecode hand an invalid UTF-8 byte over as a lone surrogate, which
     # cannot be encoded at all: the notifier must neither raise nor drop the message.
     notify.Notifier().status("held by pid 7 (\udcff\udc80)")
-    assert systemd.recv(4096) == b"STATUS=held by pid 7 (\\xff\\x80)"
+    assert systemd.recv(4096) == b"STATUS=held by pid 7 (\\\\xff\\\\x80)"
 
 
 def test_a_long_status_is_cut_so_systemd_still_reads_ready(systemd: socket.socket) -> None:
