@@ -256,7 +256,7 @@ def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
 
 
 def _holder(port: int) -> str:
-    """ " by pid 7 (name) of user bob", or what /proc shows of who listens on `port`."""
+    """Who listens on `port`, as the end of "in use …": by pid 7 (name) of user bob."""
     from jlservice import listener
 
     sockets = listener.listening(port)

@@ -133,7 +133,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def describe(sock: Socket) -> str:
-    """ "pid 1234 (name) of user bob", or "a process of user bob" when its pid is hidden."""
+    """Who holds `sock`: pid 1234 (name) of user bob, or a process of user bob when /proc
+    hides which."""
     user = _user(sock.uid)
     pid = _holder(sock.inode, _pids())
     if pid is None:
