@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from jlservice import children, health, launcher, log, state
+from jlservice import children, health, launcher, listener, log, state
 from jlservice.config import HealthConfig
 from jlservice.events import ChildExited, Event, StartTimedOut
 from jlservice.lab_output import LabOutput
@@ -64,12 +64,17 @@ class Lab:
         exited.add_done_callback(lambda f: post(ChildExited(pid, f.result())))
         printed = asyncio.Event()
         _, output = await loop.connect_read_pipe(lambda: LabOutput(pid, printed.set), stdout)
+
+        def stranger() -> str | None:
+            return listener.stranger(launch.ip, launch.port, pid, launch.account.uid)
+
+        ready = health.wait_ready(pid, launch.api_url, printed, post, stranger)
         return cls(
             pid,
             output,
             exited,
             start_timer=loop.call_later(start_timeout, post, StartTimedOut(pid)),
-            ready_probe=loop.create_task(health.wait_ready(pid, launch.api_url, printed, post)),
+            ready_probe=loop.create_task(ready),
             started=started,
         )
 

@@ -259,15 +259,11 @@ def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
 
 
 def _holder(port: int) -> str:
-    import psutil
+    """Who listens on `port`, as the end of "in use …": by pid 7 (name) of user bob."""
+    from jlservice import listener
 
-    try:
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-    except (psutil.Error, OSError):
-        pass
-    return ""
+    sockets = listener.listening(port)
+    return f" by {listener.describe(sockets[0])}" if sockets else ""
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

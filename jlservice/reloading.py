@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from jlservice import launcher, log, probe, reload, state
+from jlservice import launcher, listener, log, probe, reload, state
 from jlservice.config import Config
 from jlservice.events import PendingReloadDue, ReloadRequested
 
@@ -152,16 +152,30 @@ class Reloading:
 
     async def _wait_idle(self, pending: PendingReload) -> None:
         url = self.launch.api_url + "/kernels"
+        told = False
         while (left := pending.deadline - time.monotonic()) > 0:
-            busy = await probe.busy_kernels(url, self.token, timeout=min(5.0, left))
-            if not busy:
-                break
-            self._save(
-                reload_pending=f"waiting for {busy} busy kernel(s) to finish, "
-                f"at most {left:.0f} s more"
-            )
+            if (stranger := self._stranger_on_port()) is not None:
+                # Who answers there would get the token: not idle as far as we know.
+                if not told:
+                    logger.warning("reload_idle_unknown", problem=stranger)
+                    told = True
+            else:
+                busy = await probe.busy_kernels(url, self.token, timeout=min(5.0, left))
+                if not busy:
+                    break
+                self._save(
+                    reload_pending=f"waiting for {busy} busy kernel(s) to finish, "
+                    f"at most {left:.0f} s more"
+                )
             await asyncio.sleep(min(1.0, max(left, 0)))
         self.post(PendingReloadDue(pending.generation))
+
+    def _stranger_on_port(self) -> str | None:
+        """Who, instead of the running JupyterLab, would receive a request with the token."""
+        if self.lab is None:
+            return "JupyterLab is not running"
+        launch = self.launch
+        return listener.stranger(launch.ip, launch.port, self.lab.pid, launch.account.uid)
 
     def _drop_pending(self) -> None:
         if self.pending is not None:

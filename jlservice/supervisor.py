@@ -218,7 +218,7 @@ class Supervisor(Reloading, Warming):
                 self.notifier.reloading()
                 await self._restart_with(self.pending.launch)
             case _:
-                logger.debug("event_ignored", event=repr(event))
+                logger.debug("event_ignored", ignored=repr(event))
 
     # ── starting ────────────────────────────────────────────────────────────
 
@@ -346,6 +346,8 @@ class Supervisor(Reloading, Warming):
         lab.cancel_watchers()
         self.lab = None
         self.figures.lab_down()
+        # Not ready from now on: until the next start, anyone may take the port.
+        self._save(status=state.STOPPING, lab_pid=None)
         reason = lab.stop_reason or "crash"
         (logger.info if lab.stop_reason else logger.error)(
             "lab_exited", pid=lab.pid, status=status.describe(), reason=reason
@@ -357,7 +359,7 @@ class Supervisor(Reloading, Warming):
         last_exit = state.LastExit(
             code=status.code, signal=status.signal, at=time.time(), reason=reason
         )
-        self._save(lab_pid=None, last_exit=last_exit)
+        self._save(last_exit=last_exit)
         if self.stopping:
             return self._finish()
         if reason in ("rotate", "reload"):  # asked for: not a failure

@@ -8,6 +8,7 @@ import time
 
 from jlservice import config, state
 from jlservice.cli.common import EX_NOT_RUNNING, config_path, mask
+from jlservice.text import escape_controls
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -73,7 +74,8 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"config error: {s.config_error} (still serving with the previous one)")
     if running and s.reload_pending:
         lines.append(f"reload:      pending, {s.reload_pending}")
-    return "\n".join(lines)
+    # The last error can quote a process name or JupyterLab's last words: the lab user's.
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def _warm_parent(warm: state.WarmParent) -> str:

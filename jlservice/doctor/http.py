@@ -53,7 +53,7 @@ def _url(ctx: Context, path: str) -> str:
 
 def check_answers(ctx: Context) -> Result:
     if not ctx.lab_serving:
-        return not_checked("answers", "jlservice does not report JupyterLab ready")
+        return not_checked("answers", NEEDS_LAB)
     url = _url(ctx, "api")
     code, why = get(url)
     if code == 200:
