@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from jlservice import listener
 from jlservice.metrics.view import Endpoint
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json")
@@ -40,6 +42,8 @@ class Kernels:
 def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels | None:
     """JupyterLab's kernels and (with `sessions`) their notebooks, or None if it does not
     answer as JupyterLab does."""
+    if not _ours(endpoint):
+        return None
     try:
         kernels = _get(endpoint, "/kernels", timeout)
         found = _get(endpoint, "/sessions", timeout) if sessions else []
@@ -70,12 +74,22 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
 def lab_version(endpoint: Endpoint, timeout: float) -> str | None:
     """JupyterLab's version, from the page config its /lab page carries."""
     url = endpoint.api_url.removesuffix("api") + "lab"
+    if not _ours(endpoint):
+        return None
     try:
         page = _open(url, endpoint.token, timeout).decode(errors="replace")
     except (OSError, ValueError):
         return None
     match = _APP_VERSION.search(page)
     return match[1] if match else None
+
+
+def _ours(endpoint: Endpoint) -> bool:
+    """Whether the token may go to who listens there: jlservice's JupyterLab, not a process
+    that took the port after it died."""
+    address = urllib.parse.urlsplit(endpoint.api_url)
+    stranger = listener.stranger(address.hostname, address.port, endpoint.pid, endpoint.uid)
+    return stranger is None
 
 
 def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:

@@ -3,7 +3,10 @@ depth, and only the shapes expected are taken. A real HTTP server plays JupyterL
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -46,7 +49,8 @@ def lab() -> Iterator[tuple[Endpoint, type[_Lab]]]:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     api = f"http://127.0.0.1:{server.server_port}/api"
-    yield Endpoint(api, "token", 0, 0, "/run/lab/runtime"), handler
+    # This process plays JupyterLab: the sampler may send it the token.
+    yield Endpoint(api, "token", os.getpid(), os.geteuid(), "/run/lab/runtime"), handler
     server.shutdown()
     server.server_close()
 
@@ -112,3 +116,16 @@ def test_a_trickling_answer_ends_at_the_deadline(lab, monkeypatch) -> None:
     began = time.monotonic()
     assert kernels.lab_version(endpoint, 2) is None  # its /lab page trickles
     assert time.monotonic() - began < 5
+
+
+def test_a_port_someone_else_holds_gets_no_token(lab) -> None:
+    endpoint, handler = lab
+    other = subprocess.Popen(["sleep", "30"])  # "JupyterLab": it does not hold the port
+    try:
+        theirs = dataclasses.replace(endpoint, pid=other.pid)
+        assert kernels.fetch(theirs, timeout=2) is None
+        assert kernels.lab_version(theirs, timeout=2) is None
+        assert handler.asked == []
+    finally:
+        other.kill()
+        other.wait()
