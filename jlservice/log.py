@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from jlservice.text import escape_controls
+
 # syslog priorities, for `journalctl -p` when stderr is the journal
 _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 _TOKEN_PARAM = re.compile(r"(token=)[0-9A-Za-z_\-]{8,}")
@@ -49,9 +51,32 @@ def stderr_is_journal(environ: Mapping[str, str], stream: TextIO) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+class _Escaped(str):
+    """Text with its control characters escaped, however the console renderer shows it: as
+    the string itself, or through repr() (which then escapes them once, not twice)."""
+
+    def __new__(cls, escaped: str, original: str) -> _Escaped:
+        self = super().__new__(cls, escaped)
+        self._repr = repr(original)
+        return self
+
+    def __repr__(self) -> str:
+        return self._repr
+
+
+def _console_safe(key: str, value: str) -> str:
+    """A value as the console may show it: a process name or a line JupyterLab printed must
+    not move the cursor, recolour the terminal or start a line of its own (JSON escapes these
+    itself). A traceback keeps its line breaks."""
+    keep = "\n" if key == "exception" else ""
+    escaped = escape_controls(value, keep)
+    return value if escaped == value else _Escaped(escaped, value)
+
+
 class _Renderer:
     def __init__(self, fmt: str, journal: bool, colors: bool) -> None:
         self._journal = journal
+        self._console = fmt != "json"
         if fmt == "json":
             self._inner: Any = structlog.processors.JSONRenderer()
         else:
@@ -62,6 +87,8 @@ class _Renderer:
         # Redact before rendering (JSON would escape a secret's quotes and non-ASCII letters
         # out of recognition) and after (a secret inside a formatted exception).
         event = {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
+        if self._console:
+            event = {k: _console_safe(k, v) if isinstance(v, str) else v for k, v in event.items()}
         line = redact(self._inner(logger, method, event))
         if self._journal:
             prefix = f"<{_PRIORITY.get(level, 6)}>"

@@ -59,6 +59,34 @@ def _account(entry: pwd.struct_passwd) -> Account:
     )
 
 
+FIRST_PERSON_UID, NOBODY_UID = 1000, 65534  # Debian's UID_MIN, and nobody
+
+
+def people(but: int) -> list[str]:
+    """Accounts people may use, other than root and uid `but`: a uid from 1000 (nobody
+    aside), or a login shell (one /etc/shells lists, not nologin or false)."""
+    shells = _login_shells()
+    return [
+        entry.pw_name
+        for entry in pwd.getpwall()
+        if entry.pw_uid not in (0, but)
+        and (FIRST_PERSON_UID <= entry.pw_uid < NOBODY_UID or entry.pw_shell in shells)
+    ]
+
+
+def _login_shells() -> set[str]:
+    try:
+        with open("/etc/shells") as f:
+            lines = [line.strip() for line in f]
+    except OSError:
+        return set()
+    return {
+        line
+        for line in lines
+        if line.startswith("/") and os.path.basename(line) not in ("nologin", "false")
+    }
+
+
 def _allowed(st: os.stat_result, account: Account, bit: int) -> bool:
     """bit is the 'other' permission bit (4 read, 1 execute); same test the kernel makes."""
     if account.is_root:

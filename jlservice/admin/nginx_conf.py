@@ -53,6 +53,11 @@ def render(site: Site) -> str:
             f"    ssl_certificate {site.tls_cert};",
             f"    ssl_certificate_key {site.tls_key};",
             "    ssl_protocols TLSv1.2 TLSv1.3;",
+            "    # Browsers come back over https only; cookies never travel in clear text.",
+            '    add_header Strict-Transport-Security "max-age=31536000" always;',
+            "    # JupyterLab sees http from here, so its login cookie lacks Secure: add it",
+            '    # (nginx >= 1.19.3; older: proxy_cookie_path ~^(.*)$ "$1; Secure";).',
+            "    proxy_cookie_flags ~ secure;",
         ]
     parts += [
         "    # Notebooks and uploads travel in request bodies.",

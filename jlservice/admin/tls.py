@@ -27,9 +27,28 @@ class CertInfo(NamedTuple):
     not_after: float  # seconds since the epoch
 
 
+_SIGNATURE_ONLY = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def self_signed(names: list[str], days: int, now: float | None = None) -> tuple[bytes, bytes]:
     """A self-signed certificate for `names` (host names or IP addresses), valid for `days`
-    from `now`, and its private key (P-256): both as PEM."""
+    from `now`, and its private key (P-256): both as PEM.
+
+    A leaf, never a CA: its key is handed to JupyterLab, where notebook code can read it, so
+    a browser or system that trusts this certificate must not trust certificates that key
+    signs. keyUsage is digitalSignature alone: keyEncipherment is RSA key transport, which
+    RFC 5480 does not allow for an EC key (TLS uses ECDHE with an ECDSA signature).
+    """
     if not names:
         raise ValueError("a certificate needs at least one name")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -47,10 +66,14 @@ def self_signed(names: list[str], days: int, now: float | None = None) -> tuple[
         .not_valid_before(start - datetime.timedelta(minutes=5))
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_SIGNATURE_ONLY, critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
+        # Key identifiers: strict verifiers (OpenSSL's X509_STRICT) expect them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(

@@ -26,6 +26,7 @@ from jlservice.cli import (
     token,
 )
 from jlservice.errors import CommandError
+from jlservice.text import escape_controls
 
 COMMANDS = (run, token, status, reload, check_config, install, password, cert, nginx, doctor)
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"jlservice: {message}", file=sys.stderr)
+    print(f"jlservice: {escape_controls(message)}", file=sys.stderr)
     return status
 
 

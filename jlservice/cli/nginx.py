@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
-from jlservice import config
+from jlservice import EX_CONFIG, config
 from jlservice.cli._client import config_path
 from jlservice.errors import CommandError
 from jlservice.supervisor import probe
@@ -44,6 +45,13 @@ def cmd_nginx(args: argparse.Namespace) -> int:
         raise CommandError("give both --tls-cert and --tls-key, or neither")
     cfg = config.load(config_path(args))
     lab = cfg.lab
+    if not cfg.auth.login_required:
+        raise CommandError(
+            "JupyterLab has no login ([auth] token = false and no password_file): a proxy "
+            f"would let anyone who reaches it run code as {lab.user}; set a password "
+            "(`jlservice password`), or [auth] token = true",
+            EX_CONFIG,
+        )
     if not re.fullmatch(r"[A-Za-z0-9._~/-]+", lab.base_url):
         raise CommandError(
             f"[lab] base_url {lab.base_url!r} has characters nginx would misread; "
@@ -60,4 +68,10 @@ def cmd_nginx(args: argparse.Namespace) -> int:
         redirect_listen=args.redirect_listen,
     )
     print(nginx_conf.render(site), end="")
+    if lab.public_url is None:
+        print(
+            "jlservice nginx: set [lab] public_url to the address people will type: only "
+            "then does JupyterLab accept requests for a host name other than this machine's",
+            file=sys.stderr,
+        )
     return 0

@@ -9,6 +9,7 @@ import time
 from jlservice import config, state
 from jlservice.cli._client import EX_NOT_RUNNING, config_path, published
 from jlservice.cli.common import mask
+from jlservice.text import escape_controls
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -79,7 +80,8 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"stuck:       pid {pids}: SIGKILL did not end them (frozen, or in D state)")
     if running and s.state_error:
         lines.append(f"state file:  {s.state_error}")
-    return "\n".join(lines)
+    # The last error can quote a process name or JupyterLab's last words: the lab user's.
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def _warm_parent(warm: state.WarmParent) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jlservice import users
 from jlservice.config.model import AuthConfig, LabConfig, TLSConfig
 from jlservice.config.reader import Reader
 
@@ -66,17 +67,46 @@ def parse_tls(r: Reader, t: Mapping[str, Any], base: Path) -> TLSConfig:
 
 
 def refuse_open_access(r: Reader, lab: LabConfig, auth: AuthConfig) -> None:
-    """Listening beyond this machine with neither token nor password lets anyone who can
-    reach the port run code as the lab user."""
-    if auth.token or auth.password_hash or ipaddress.ip_address(lab.ip).is_loopback:
+    """Listening beyond this machine, or behind a proxy ([lab] public_url), with neither
+    token nor password lets anyone who can reach it run code as the lab user."""
+    if auth.login_required:
         return
-    r.fail(
-        "lab",
-        "ip",
-        f"{lab.ip} with [auth] token = false and no password_file would let anyone who "
-        f"reaches port {lab.port} run code as {lab.user}: set a password "
-        '(`jlservice password`), or [auth] token = true, or ip = "127.0.0.1"',
+    fix = "set a password (`jlservice password`), or [auth] token = true"
+    if not ipaddress.ip_address(lab.ip).is_loopback:
+        r.fail(
+            "lab",
+            "ip",
+            f"{lab.ip} with [auth] token = false and no password_file would let anyone who "
+            f'reaches port {lab.port} run code as {lab.user}: {fix}, or ip = "127.0.0.1"',
+        )
+    if lab.public_url:
+        r.fail(
+            "lab",
+            "public_url",
+            f"{lab.public_url} with [auth] token = false and no password_file would let "
+            f"anyone who reaches the proxy run code as {lab.user}: {fix}",
+        )
+
+
+def open_to_local_users(lab: LabConfig, auth: AuthConfig, lab_uid: int) -> str | None:
+    """What to warn about when JupyterLab has no login on loopback but other people have
+    accounts here: any of them can reach it and run code as the lab user."""
+    if auth.login_required:
+        return None
+    others = users.people(lab_uid)
+    if not others:
+        return None
+    return (
+        f"[auth] token = false and no password_file: every local account "
+        f"({few(others)}) can reach JupyterLab on {lab.ip}:{lab.port} and run code as "
+        f"{lab.user}; set a password (`jlservice password`), or [auth] token = true"
     )
+
+
+def few(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 4 more'."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _path(text: str, base: Path) -> Path:

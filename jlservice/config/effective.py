@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from jlservice.config.model import Config, OptionValue
+from jlservice.config.model import Config, MetricsConfig, OptionValue
 
 
 def render(config: Config) -> str:
@@ -42,7 +42,7 @@ def render(config: Config) -> str:
         ("health", vars(config.health)),
         ("reload", vars(config.reload)),
         ("log", vars(config.log)),
-        ("metrics", vars(config.metrics)),
+        ("metrics", _metrics(config.metrics)),
     ]
     source = str(config.path) if config.path else "built-in defaults"
     out = [f"# effective configuration from {source}"]
@@ -55,6 +55,12 @@ def render(config: Config) -> str:
 def _paths(**values: Any) -> dict[str, Any]:
     """Keys that are set; never a file's content (the password hash, the key)."""
     return {k: v if isinstance(v, bool) else str(v) for k, v in values.items() if v is not None}
+
+
+def _metrics(metrics: MetricsConfig) -> dict[str, Any]:
+    """The keys as written; never the token itself."""
+    values = {k: v for k, v in vars(metrics).items() if not k.startswith("bearer_token")}
+    return values | _paths(bearer_token_file=metrics.bearer_token_file)
 
 
 def _is_pairs(value: OptionValue) -> bool:

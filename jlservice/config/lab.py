@@ -16,38 +16,102 @@ from jlservice import users
 from jlservice.config.model import LabConfig, OptionValue
 from jlservice.config.reader import Reader, kind_of
 
-# Traits that jlservice sets itself; letting [lab] options override them would break
-# readiness checks, the token, or the login cookie. They are refused on any *App class
-# (ServerApp, LabApp, JupyterApp…) and any *IdentityProvider, where traitlets would apply them.
+# Traits that jlservice sets itself, or that decide where JupyterLab listens and who may
+# log in, read from jupyter_server 2's ServerApp, IdentityProvider and
+# PasswordIdentityProvider. Each maps to what to use instead.
+#
+# They are refused by trait NAME, on ANY class: traitlets applies a "Class.trait" setting
+# to Class and to every subclass of it, so "Application.token", "LoggingConfigurable.token"
+# and "Configurable.ip" reach ServerApp and IdentityProvider as surely as "ServerApp.token"
+# does (and notebook_shim copies "NotebookApp.*" onto ServerApp). A reserved name is thus
+# refused on unrelated classes too ("KernelManager.ip"): being sure is worth that.
+_WHERE = "[lab] ip and port (jlservice probes and publishes that address)"
+_LOGIN = "[auth] (`jlservice password`, `jlservice token`): it decides who may log in"
+_COOKIE = "nothing: jlservice keeps the login cookie's secret, name and flags"
+_TLS = "[tls] certfile and keyfile (`jlservice cert`)"
+_PROXY = "[lab] public_url: behind a proxy JupyterLab then accepts its host name"
 RESERVED_TRAITS = {
+    # Where JupyterLab listens and what it serves.
     "ip": "[lab] ip",
     "port": "[lab] port",
     "port_retries": "nothing: jlservice pins it to 0 so JupyterLab never moves port",
+    "sock": _WHERE,
+    "sock_mode": _WHERE,
     "base_url": "[lab] base_url",
     "root_dir": "[lab] notebook_dir",
     "notebook_dir": "[lab] notebook_dir",
     "preferred_dir": "[lab] notebook_dir",
     "open_browser": "nothing: a service never opens a browser",
     "allow_root": "[lab] allow_root",
-    "token": "`jlservice token --rotate`",
-    "cookie_secret": "`jlservice token --rotate`",
-    "cookie_secret_file": "nothing: jlservice keeps the cookie secret in its state dir",
-    "cookie_name": "nothing: jlservice fixes it so logins survive port changes",
     "runtime_dir": "nothing: jlservice gives JupyterLab a private runtime dir",
+    "config_file": "nothing: jlservice passes its own (it holds the password hash)",
+    # Who may log in: a token or password of jlservice's, checked by JupyterLab's own classes.
+    "token": "`jlservice token --rotate`",
     "password": "[auth] password_file (`jlservice password`)",
     "hashed_password": "[auth] password_file (`jlservice password`)",
     "allow_password_change": "`jlservice password`",
-    "certfile": "[tls] certfile (`jlservice cert`)",
-    "keyfile": "[tls] keyfile (`jlservice cert`)",
-    "config_file": "nothing: jlservice passes its own (it holds the password hash)",
+    "identity_provider_class": _LOGIN,
+    "authorizer_class": _LOGIN,
+    "login_handler_class": _LOGIN,
+    "logout_handler_class": _LOGIN,
+    "allow_unauthenticated_access": _LOGIN,
+    "authenticate_prometheus": _LOGIN,
+    "disable_check_xsrf": _LOGIN,
+    # The Host check that keeps other web sites out by DNS rebinding.
+    "allow_remote_access": _PROXY,
+    "local_hostnames": _PROXY,
+    # The login cookie.
+    "cookie_secret": "`jlservice token --rotate`",
+    "cookie_secret_file": "nothing: jlservice keeps the cookie secret in its state dir",
+    "cookie_name": "nothing: jlservice fixes it so logins survive port changes",
+    "cookie_options": _COOKIE,
+    "secure_cookie": _COOKIE,
+    # TLS.
+    "certfile": _TLS,
+    "keyfile": _TLS,
+    "ssl_options": _TLS,
+    # Tornado's settings override all of the above (xsrf_cookies, cookie_secret, login_url…).
+    "tornado_settings": "nothing: it can override JupyterLab's login settings; put other "
+    "tornado settings in the lab user's jupyter_server_config.json",
 }
-_RESERVED_CLASSES = ("App", "IdentityProvider")
+# The command-line aliases and flags of jupyter-lab and jupyter-server that set one.
+_RESERVED_ALIASES = {
+    "ip": "ip",
+    "port": "port",
+    "port-retries": "port_retries",
+    "sock": "sock",
+    "sock-mode": "sock_mode",
+    "notebook-dir": "root_dir",
+    "preferred-dir": "preferred_dir",
+    "allow-root": "allow_root",
+    "config": "config_file",
+    "certfile": "certfile",
+    "keyfile": "keyfile",
+}
 
 
 def reserved_option(key: str) -> str | None:
-    """What to use instead of the traitlet `key`, if jlservice manages it."""
-    cls, _, trait = key.rpartition(".")
-    return RESERVED_TRAITS.get(trait) if cls.endswith(_RESERVED_CLASSES) else None
+    """What to use instead of the traitlet `key` ("Class.trait"), if jlservice manages it."""
+    return RESERVED_TRAITS.get(key.rpartition(".")[2])
+
+
+def reserved_argument(word: str) -> str | None:
+    """The managed trait that `word`, on JupyterLab's command line, would set, if any.
+
+    traitlets takes "--Class.trait=value" with one dash or two, and argparse any
+    unambiguous prefix of a long alias or flag ("--allow-r" is "--allow-root").
+    """
+    name = word.lstrip("-").partition("=")[0]
+    dashes = len(word) - len(word.lstrip("-"))
+    if dashes not in (1, 2) or not name:
+        return None
+    if "." in name:
+        trait = name.rpartition(".")[2].replace("-", "_")
+        return trait if trait in RESERVED_TRAITS else None
+    name = name.replace("_", "-")
+    if dashes == 1:
+        return _RESERVED_ALIASES.get(name)
+    return next((t for alias, t in _RESERVED_ALIASES.items() if alias.startswith(name)), None)
 
 
 RESERVED_ENV = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR"}
@@ -215,7 +279,25 @@ def _command(r: Reader, t: Mapping[str, Any], account: users.Account) -> tuple[s
             f"user {account.name} cannot execute {program}: {why}; install "
             "JupyterLab where that user can read it (e.g. a venv under /opt)",
         )
+    _refuse_managed_arguments(r, argv[1:])
     return (program, *argv[1:])
+
+
+def _refuse_managed_arguments(r: Reader, args: list[str]) -> None:
+    """JupyterLab reads its settings from the command's arguments too: the ones jlservice
+    manages are refused there as in [lab] options. Each word of an argument counts, for the
+    string of an `sh -c` wrapper; what a wrapper script adds itself cannot be seen here."""
+    for arg in args:
+        for word in arg.split():
+            trait = reserved_argument(word)
+            if trait:
+                shown = word.partition("=")[0] + ("=…" if "=" in word else "")
+                r.fail(
+                    "lab",
+                    "command",
+                    f"{shown!r} sets {trait}, which is managed by jlservice; "
+                    f"use {RESERVED_TRAITS[trait]}",
+                )
 
 
 def _option(r: Reader, key: str, value: Any) -> OptionValue:

@@ -35,6 +35,11 @@ class AuthConfig:
     password_file: Path | None = None
     password_hash: str | None = field(default=None, repr=False)
 
+    @property
+    def login_required(self) -> bool:
+        """A token or a password: JupyterLab lets no one in without one."""
+        return self.token or self.password_hash is not None
+
 
 @dataclass(frozen=True)
 class TLSConfig:
@@ -87,6 +92,9 @@ class MetricsConfig:
     listen: str = "127.0.0.1:9877"  # HOST:PORT, HOST an IP address ([…] for IPv6)
     gpu: bool = True
     interval: float = 5.0
+    notebook_labels: bool = True  # false: GPU memory per kernel id, no notebook path
+    bearer_token_file: Path | None = None
+    bearer_token: str = field(default="", repr=False)  # read from bearer_token_file
 
     @property
     def address(self) -> tuple[str, int]:

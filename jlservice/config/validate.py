@@ -65,5 +65,5 @@ def parse(
         health=parse_health(reader, reader.table(doc, "health")),
         reload=parse_reload(reader, reader.table(doc, "reload")),
         log=parse_log(reader, reader.table(doc, "log")),
-        metrics=parse_metrics(reader, reader.table(doc, "metrics"), lab),
+        metrics=parse_metrics(reader, reader.table(doc, "metrics"), lab, base),
     )

@@ -143,7 +143,7 @@ class Collector:
             info.add_metric(_ids(gpu), dict(gpu.info))
         yield info
         yield from _gpu_values(present)
-        yield _per_kernel(snap)
+        yield _per_kernel(snap, self.sampler.settings.notebook_labels)
         other = GaugeMetricFamily(
             "jlservice_gpu_other_memory_bytes",
             "GPU memory of processes that are no kernel of this JupyterLab",
@@ -178,12 +178,14 @@ def _gpu_values(gpus: list[GpuSample]) -> Iterator[Metric]:
             yield family
 
 
-def _per_kernel(snap: Snapshot) -> Metric:
+def _per_kernel(snap: Snapshot, notebook_labels: bool) -> Metric:
+    """With `notebook_labels` off, no notebook label at all: a path never shows."""
     family = GaugeMetricFamily(
         "jlservice_kernel_gpu_memory_bytes",
         "GPU memory held by a kernel and the processes it started",
-        labels=["gpu", "uuid", "kernel_id", "notebook"],
+        labels=["gpu", "uuid", "kernel_id", *(["notebook"] if notebook_labels else [])],
     )
     for held in snap.kernel_memory:
-        family.add_metric([str(held.gpu), held.uuid, held.kernel_id, held.notebook], held.bytes)
+        labels = [str(held.gpu), held.uuid, held.kernel_id]
+        family.add_metric([*labels, held.notebook] if notebook_labels else labels, held.bytes)
     return family

@@ -11,10 +11,11 @@ import errno
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 
 from jlservice import log
 from jlservice.config import MetricsConfig
+from jlservice.metrics import server
 from jlservice.metrics.collector import Collector
 from jlservice.metrics.sampler import Sampler
 from jlservice.metrics.view import SupervisorView
@@ -30,6 +31,8 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(view, self.sampler))
         ProcessCollector(registry=self.registry)  # the supervisor's own CPU, memory, fds
+        # The token of the settings of the moment: a reload changes it without a restart.
+        self._app = server.guarded(make_wsgi_app(self.registry), lambda: self.settings.bearer_token)
         self._server: tuple[WSGIServer, threading.Thread] | None = None
 
     def start(self) -> None:
@@ -58,7 +61,7 @@ class Exporter:
     def _serve(self, settings: MetricsConfig) -> None:
         ip, port = settings.address
         try:
-            self._server = start_http_server(port, ip, registry=self.registry)
+            self._server = server.serve(ip, port, self._app)
         except OSError as exc:
             why = "is in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc.strerror}"
             logger.error(
@@ -68,12 +71,16 @@ class Exporter:
                 "without metrics; free the port or change [metrics] listen, then reload",
             )
             return
-        logger.info("metrics_serving", url=f"http://{settings.listen}/metrics")
+        logger.info(
+            "metrics_serving",
+            url=f"http://{settings.listen}/metrics",
+            bearer_token=bool(settings.bearer_token),  # without: every local account reads it
+        )
 
     def _stop_server(self) -> None:
         assert self._server is not None
-        server, thread = self._server
+        http, thread = self._server
         self._server = None
-        server.shutdown()
-        server.server_close()
+        http.shutdown()
+        http.server_close()
         thread.join(timeout=5)

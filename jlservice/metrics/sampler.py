@@ -125,7 +125,8 @@ class Sampler:
         endpoint = self.view.endpoint
         found = None
         if endpoint is not None:
-            found = kernels.fetch(endpoint, _HTTP_TIMEOUT)
+            # Without notebook labels, the sessions API (notebook paths) is not even read.
+            found = kernels.fetch(endpoint, _HTTP_TIMEOUT, sessions=settings.notebook_labels)
             if self._lab_version[0] != endpoint.pid:
                 version = kernels.lab_version(endpoint, _HTTP_TIMEOUT)
                 self._lab_version = (endpoint.pid if version else 0, version or "")
@@ -134,7 +135,10 @@ class Sampler:
         began = time.perf_counter()
         gpus = self._gpus.sample()
         notebooks = found.notebooks if found else {}
-        owner = functools.cache(lambda pid: kernels.owner(pid, notebooks))  # one walk a round
+        # One walk a pid a round; nothing is any kernel's while no JupyterLab is ready.
+        owner = functools.cache(
+            lambda pid: kernels.owner(pid, notebooks, endpoint) if endpoint else None
+        )
         held, other = attribute(gpus or (), notebooks, owner)
         return Snapshot(
             lab_version=self._lab_version[1],

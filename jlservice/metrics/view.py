@@ -22,6 +22,8 @@ class Endpoint:
     api_url: str  # http://HOST:PORT{base_url}api
     token: str
     pid: int
+    uid: int  # the lab user's: its kernels run as this uid
+    runtime_dir: str  # JUPYTER_RUNTIME_DIR, where its kernels' connection files are
 
 
 class SupervisorView:

@@ -71,7 +71,8 @@ class Launch:
     token_login: bool = True
     # The password hash, certificate and key, by file name: a changed one restarts JupyterLab.
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    # JupyterLab never sees it, so changing it alone does not restart JupyterLab.
+    # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
+    # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
 
     @property
@@ -138,6 +139,8 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     ]
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
+    if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
+        argv.append("--ServerApp.allow_remote_access=True")
     files = _access_files(config)
     if SERVER_CONFIG in files:  # the hash goes in a file, never on the command line
         argv.append(f"--ServerApp.config_file={private_dir / SERVER_CONFIG}")
@@ -262,15 +265,11 @@ def _try_bind(ip: str, port: int, key: str = "[lab] port") -> None:
 
 
 def _holder(port: int) -> str:
-    import psutil
+    """Who listens on `port`, as the end of "in use …": by pid 7 (name) of user bob."""
+    from jlservice import listener
 
-    try:
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-    except (psutil.Error, OSError):
-        pass
-    return ""
+    sockets = listener.listening(port)
+    return f" by {listener.describe(sockets[0])}" if sockets else ""
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -15,15 +15,29 @@ logger = log.get("jlservice.health")
 
 
 async def wait_ready(
-    pid: int, url: str, output: asyncio.Event, post: Callable[[Event], None]
+    pid: int,
+    url: str,
+    output: asyncio.Event,
+    post: Callable[[Event], None],
+    stranger: Callable[[], str | None],
 ) -> None:
-    """Probe as soon as JupyterLab prints something, and at least every 100 ms."""
+    """Probe as soon as JupyterLab prints something, and at least every 100 ms.
+
+    An answer counts only if JupyterLab gave it (`stranger`: who else holds its port): a
+    process that took the port first must not pass for it, and get the token from those
+    who then believe it ready.
+    """
+    told = False
     while True:
         output.clear()  # before the probe: a line printed while it runs means "try again now"
         if await probe.api_problem(url, timeout=2.0) is None:
-            break
+            if (who := stranger()) is None:
+                break
+            if not told:
+                logger.warning("lab_port_taken", pid=pid, problem=who)
+                told = True
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(output.wait(), 0.1)
+            await asyncio.wait_for(output.wait(), 1.0 if told else 0.1)
     post(LabReady(pid))
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import psutil
 
-from jlservice import log
+from jlservice import listener, log
 from jlservice.config import HealthConfig
 from jlservice.start import Started, launcher
 from jlservice.supervisor import children, health
@@ -70,12 +70,17 @@ class Lab:
         _, output = await loop.connect_read_pipe(
             lambda: LabOutput(pid, printed.set), started.output
         )
+
+        def stranger() -> str | None:
+            return listener.stranger(launch.ip, launch.port, pid, launch.account.uid)
+
+        ready = health.wait_ready(pid, launch.api_url, printed, post, stranger)
         return cls(
             pid,
             output,
             exited,
             start_timer=loop.call_later(start_timeout, post, StartTimedOut(pid)),
-            ready_probe=loop.create_task(health.wait_ready(pid, launch.api_url, printed, post)),
+            ready_probe=loop.create_task(ready),
             started=started.began,
             api_url=launch.api_url,
             post=post,

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 
-from jlservice import EX_CONFIG, log, state
+from jlservice import EX_CONFIG, listener, log, state
 from jlservice.config import Config, RestartConfig
 from jlservice.errors import CannotStartNow, Halt, LaunchError, PortInUse
 from jlservice.metrics.view import Endpoint
@@ -238,7 +238,14 @@ class Supervisor:
         ready_s = lab.mark_ready(lambda: self.config.health)
         self.phase = Phase.READY
         self.parts.keeper.keep(self.launch, self.config.restart.warm)  # now: its imports
-        endpoint = Endpoint(self.launch.api_url, self.secrets.token, lab.pid)
+        launch = self.launch
+        endpoint = Endpoint(
+            launch.api_url,
+            self.secrets.token,
+            lab.pid,
+            launch.account.uid,
+            str(launch.jupyter_runtime_dir),
+        )
         self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering)
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
@@ -457,9 +464,20 @@ class Supervisor:
 
     async def _wait_idle(self, pending: reload.PendingReload) -> None:
         await self.parts.wait_idle(
-            pending, self.launch.api_url, self.secrets.token, self.publish.still_pending
+            pending,
+            self.launch.api_url,
+            self.secrets.token,
+            self.publish.still_pending,
+            self._stranger_on_port,
         )
         self.post(PendingReloadDue(pending.generation))
+
+    def _stranger_on_port(self) -> str | None:
+        """Who, instead of the running JupyterLab, would receive a request with the token."""
+        if self.lab is None:
+            return "JupyterLab is not running"
+        launch = self.launch
+        return listener.stranger(launch.ip, launch.port, self.lab.pid, launch.account.uid)
 
     def _drop_pending(self) -> None:
         if self.pending is not None:

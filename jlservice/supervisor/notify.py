@@ -11,8 +11,27 @@ from collections.abc import Mapping
 
 import sdnotify
 
+from jlservice.text import escape_controls
+
 # The service's own sockets and watchdog settings: a child must never see them.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# systemd reads at most PIPE_BUF (4096) bytes of a datagram and drops a longer one whole,
+# READY=1 with it; a STATUS= this long leaves room for the other fields.
+MAX_VALUE_BYTES = 2048
+
+
+def field(key: str, value: str) -> str:
+    """One KEY=value line of a notification: whatever `value` holds (a process name, the
+    last line JupyterLab printed) cannot end the line and add a field of its own, such as
+    MAINPID=, which systemd would believe coming from the main process."""
+    # systemd reads a backslash as escaping the next character, and drops it: doubled, the
+    # backslash of an escape (or of the text) shows in `systemctl status` as itself.
+    data = escape_controls(value).replace("\\", "\\\\").encode()
+    if len(data) > MAX_VALUE_BYTES:
+        value = data[: MAX_VALUE_BYTES - 3].decode(errors="ignore") + "…"
+    else:
+        value = data.decode()
+    return f"{key}={value}"
 
 
 class Notifier:
@@ -22,27 +41,28 @@ class Notifier:
         self._sd = sdnotify.SystemdNotifier() if self.enabled else None
         self.watchdog_interval = watchdog_interval(os.environ)
 
-    def _send(self, *lines: str) -> None:
+    def _send(self, **fields: str) -> None:
         if self._sd is not None:
+            message = "\n".join(field(key, value) for key, value in fields.items())
             # sdnotify encodes as Latin-1 and silently drops what does not fit (a "–" in an
             # error, a non-ASCII path); systemd reads UTF-8, so hand it UTF-8 bytes that way.
-            self._sd.notify("\n".join(lines).encode().decode("latin-1"))
+            self._sd.notify(message.encode().decode("latin-1"))
 
     def ready(self, status: str) -> None:
-        self._send("READY=1", f"STATUS={status}")
+        self._send(READY="1", STATUS=status)
 
     def reloading(self) -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self._send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self._send(RELOADING="1", MONOTONIC_USEC=str(usec))
 
     def stopping(self, status: str) -> None:
-        self._send("STOPPING=1", f"STATUS={status}")
+        self._send(STOPPING="1", STATUS=status)
 
     def status(self, status: str) -> None:
-        self._send(f"STATUS={status}")
+        self._send(STATUS=status)
 
     def watchdog(self) -> None:
-        self._send("WATCHDOG=1")
+        self._send(WATCHDOG="1")
 
     def last_words(self, status: str, timeout: float = 5.0) -> None:
         """STATUS= right before exiting, and wait until systemd has read it."""

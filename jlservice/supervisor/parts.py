@@ -71,8 +71,9 @@ class Parts:
     adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
     sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
     plan: Callable[[Config, launcher.Launch], reload.Plan]
-    # (pending, api_url, token, progress): returns once the kernels are idle, or at the deadline
-    wait_idle: Callable[[reload.PendingReload, str, str, Callable[[str], None]], Awaitable[None]]
+    # (pending, api_url, token, progress, stranger): returns once the kernels are idle, or at
+    # the deadline; stranger() says who else holds the port (who must not get the token)
+    wait_idle: Callable[..., Awaitable[None]]
     exporter: Exporter
     follower: ConfigFollower
     later: Callable[[float, Event], object]  # post the event after a delay

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jlservice import config
+from jlservice import config, log
 from jlservice.config import Config, ConfigError
 from jlservice.start import launcher
 from jlservice.supervisor import probe
+
+logger = log.get("jlservice.supervisor")
 
 APPLIED, UNCHANGED, REJECTED, PENDING = "applied", "unchanged", "rejected", "pending"
 
@@ -72,13 +74,27 @@ class PendingReload:
 
 
 async def wait_idle(
-    pending: PendingReload, api_url: str, token: str, progress: Callable[[str], None]
+    pending: PendingReload,
+    api_url: str,
+    token: str,
+    progress: Callable[[str], None],
+    stranger: Callable[[], str | None],
 ) -> None:
-    """Return once no kernel executes code, or at the deadline; `progress(why)` meanwhile."""
+    """Return once no kernel executes code, or at the deadline; `progress(why)` meanwhile.
+
+    `stranger()`: who other than JupyterLab holds its port, who would get the token: while
+    there is one, the kernels are not known to be idle.
+    """
     url = api_url + "/kernels"
+    told = False
     while (left := pending.deadline - time.monotonic()) > 0:
-        busy = await probe.busy_kernels(url, token, timeout=min(5.0, left))
-        if not busy:
-            return
-        progress(f"waiting for {busy} busy kernel(s) to finish, at most {left:.0f} s more")
+        if (who := stranger()) is not None:
+            if not told:
+                logger.warning("reload_idle_unknown", problem=who)
+                told = True
+        else:
+            busy = await probe.busy_kernels(url, token, timeout=min(5.0, left))
+            if not busy:
+                return
+            progress(f"waiting for {busy} busy kernel(s) to finish, at most {left:.0f} s more")
         await asyncio.sleep(min(1.0, max(left, 0)))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from jlservice import log
 from jlservice.config import Config
-from jlservice.config.access import risks
+from jlservice.config.access import open_to_local_users, risks
 from jlservice.start import launcher
 
 logger = log.get("jlservice.supervisor")
 
 
 def warn_about_config(config: Config) -> None:
-    """A wildcard allow_origin and the like."""
-    for problem in risks(config.lab.options, config.lab.user):
+    """No login for the other people with accounts here, a wildcard allow_origin…"""
+    lab = config.lab
+    if problem := open_to_local_users(lab, config.auth, config.account.uid):
+        logger.warning("open_to_local_users", problem=problem)
+    for problem in risks(lab.options, lab.user):
         logger.warning("config_risky", problem=problem)
 
 

@@ -4,10 +4,12 @@ the fake NVML's process lists; and the Grafana dashboard against the exporter's 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
+import psutil
 from helpers.metrics import (
     kernel_pid,
     metrics_section,
@@ -87,3 +89,70 @@ def test_gpu_memory_per_notebook(service_factory, fake_nvml) -> None:
     finally:
         outside.kill()
         outside.wait()
+
+
+def test_without_notebook_labels_no_path_shows(service_factory, fake_nvml) -> None:
+    fake_nvml.write([Gpu("GPU-a", **FULL)])
+    svc = service_factory(metrics=metrics_section(notebook_labels=False))
+    svc.start(env=fake_nvml.env())
+    token = svc.state()["token"]
+    kernel_id, pid = open_notebook(svc, token, "alice-thesis/chapter-3.ipynb")
+    fake_nvml.write([Gpu("GPU-a", **FULL, processes=[(pid, 3 * GIB)])])
+    url = metrics_url(svc)
+    s = wait_scrape(
+        url,
+        lambda s: bool(series(s, "jlservice_kernel_gpu_memory_bytes")),
+        "the kernel's GPU memory",
+    )
+    assert series(s, "jlservice_kernel_gpu_memory_bytes") == {
+        frozenset({"gpu": "0", "uuid": "GPU-a", "kernel_id": kernel_id}.items()): 3 * GIB
+    }
+    text = scrape_text(url)
+    assert "alice-thesis" not in text and "chapter-3" not in text and "notebook=" not in text
+
+
+def test_an_outsider_naming_a_kernel_file_is_not_that_notebook(
+    service_factory, fake_nvml, other_user, second_user
+) -> None:
+    """Other local users (and the lab user's own jobs outside JupyterLab) can put a kernel's
+    connection file on their command line: their GPU memory is not the notebook's."""
+    svc = service_factory(
+        metrics=metrics_section(), lab={"user": other_user.name, "allow_root": False}
+    )
+    os.chown(svc.notebooks, other_user.uid, other_user.gid)
+    fake_nvml.write([Gpu("GPU-a", **FULL)])
+    svc.start(env=fake_nvml.env())
+    token = svc.state()["token"]
+    kernel_id, pid = open_notebook(svc, token, NOTEBOOK_B)
+    connection = next(a for a in psutil.Process(pid).cmdline() if f"kernel-{kernel_id}" in a)
+    assert connection.startswith(str(svc.root / "run" / "lab" / "runtime") + "/")
+    pretend = ["/usr/bin/python3", "-c", "import time; time.sleep(600)", "-f", connection]
+    outsiders = [
+        subprocess.Popen(pretend, user=account.uid, group=account.gid, cwd="/")
+        for account in (second_user, other_user)  # another user; the lab user, not from lab
+    ]
+    try:
+        stranger, own_job = (p.pid for p in outsiders)
+        fake_nvml.write(
+            [
+                Gpu("GPU-a", **FULL, processes=[
+                    (pid, 2 * GIB), (stranger, GIB), (own_job, GIB // 2),
+                ]),
+            ]
+        )  # fmt: skip
+
+        def sampled(s) -> bool:  # the new process list, however it is split
+            held = sum(series(s, "jlservice_kernel_gpu_memory_bytes").values())
+            other = value(s, "jlservice_gpu_other_memory_bytes", gpu="0", uuid="GPU-a") or 0
+            return held + other == 3.5 * GIB
+
+        s = wait_scrape(metrics_url(svc), sampled, "the GPU's new processes")
+        notebook = {"gpu": "0", "uuid": "GPU-a", "kernel_id": kernel_id, "notebook": NOTEBOOK_B}
+        assert series(s, "jlservice_kernel_gpu_memory_bytes") == {
+            frozenset(notebook.items()): 2 * GIB
+        }
+        assert value(s, "jlservice_gpu_other_memory_bytes", gpu="0", uuid="GPU-a") == 1.5 * GIB
+    finally:
+        for outsider in outsiders:
+            outsider.kill()
+            outsider.wait()

@@ -22,15 +22,17 @@ def metrics_url(svc: Service) -> str:
     return f"http://{svc.sections['metrics']['listen']}/metrics"
 
 
-def scrape_text(url: str) -> str:
-    response = requests.get(url, timeout=10)
+def scrape_text(url: str, token: str | None = None) -> str:
+    """The exposition; `token`: the bearer token of [metrics] bearer_token_file."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = requests.get(url, headers=headers, timeout=10)
     response.raise_for_status()
     return response.text
 
 
-def scrape(url: str) -> Samples:
+def scrape(url: str, token: str | None = None) -> Samples:
     samples: Samples = {}
-    for family in text_string_to_metric_families(scrape_text(url)):
+    for family in text_string_to_metric_families(scrape_text(url, token)):
         for s in family.samples:
             samples[(s.name, frozenset(s.labels.items()))] = s.value
     return samples
@@ -44,12 +46,14 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
     return samples.get((metric, frozenset(labels.items())))
 
 
-def wait_scrape(url: str, predicate, what: str, timeout: float = 30) -> Samples:
+def wait_scrape(
+    url: str, predicate, what: str, timeout: float = 30, token: str | None = None
+) -> Samples:
     """Scrape until `predicate(samples)` holds; returns those samples."""
 
     def attempt() -> Samples | None:
         with contextlib.suppress(requests.RequestException):
-            samples = scrape(url)
+            samples = scrape(url, token)
             return samples if predicate(samples) else None
         return None
 

@@ -32,6 +32,10 @@ IS_ROOT = os.geteuid() == 0
 WARM_AND_COLD = pytest.mark.warm_and_cold
 
 
+# A network namespace with only its own loopback: there, 0.0.0.0 reaches nothing outside.
+NETNS = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from helpers.service import IS_ROOT, PYTHON
+from helpers.service import IS_ROOT, NETNS, PYTHON
 
 from jlservice.admin import tls
 
@@ -118,8 +118,21 @@ def test_auth_off_on_every_interface(service):
     assert "0.0.0.0 with [auth] token = false and no password_file" in lines["config"]
 
 
-# A network namespace with only its own loopback: there, 0.0.0.0 reaches nothing outside.
-NETNS = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+def test_no_login_on_loopback_fails_when_others_have_accounts(service_factory, other_user):
+    """Every local account can reach loopback: without a login each could run code as the
+    lab user, so the doctor does not pass it (exit status 1), served or not."""
+    svc = service_factory(auth={"token": False})
+    status, lines = _doctor(svc)
+    assert status == 1
+    assert lines["auth"].startswith(f"✗ auth: JupyterLab on 127.0.0.1:{svc.port} would serve ")
+    svc.start()
+    status, lines = _doctor(svc)
+    assert status == 1
+    auth = lines["auth"]
+    assert auth.startswith(f"✗ auth: JupyterLab on 127.0.0.1:{svc.port} serves files without")
+    assert "any login to every local account (" in auth
+    assert f"each can run code as {svc.state()['user']}" in auth
+    assert auth.endswith("→ set a password (`jlservice password`), or [auth] token = true")
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root for a network namespace (unshare --net)")

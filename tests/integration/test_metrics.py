@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -15,7 +16,7 @@ import pytest
 import requests
 from helpers.metrics import metrics_section, metrics_url, scrape, value, wait_scrape
 from helpers.procs import free_port
-from helpers.service import render_toml
+from helpers.service import IS_ROOT, render_toml
 
 import jlservice
 
@@ -161,3 +162,56 @@ def test_a_taken_metrics_port_never_takes_jupyterlab_down(service_factory) -> No
     assert svc.cli("reload").returncode == 0
     s = wait_scrape(metrics_url(svc), lambda s: value(s, "jlservice_up") == 1, "the exporter")
     assert value(s, "jlservice_config_error") == 0
+
+
+def _status_as(account, url: str, token: str | None = None) -> int:
+    """The HTTP status `account` gets for GET `url` (with `token` as a bearer token)."""
+    code = (
+        "import sys, urllib.error, urllib.request\n"
+        "r = urllib.request.Request(sys.argv[1])\n"
+        "if len(sys.argv) > 2: r.add_header('Authorization', 'Bearer ' + sys.argv[2])\n"
+        "try: print(urllib.request.urlopen(r, timeout=10).status)\n"
+        "except urllib.error.HTTPError as e: print(e.code)\n"
+    )
+    argv = ["/usr/bin/python3", "-c", code, url, *([token] if token else [])]
+    done = subprocess.run(
+        argv, user=account.uid, group=account.gid, cwd="/", capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a scrape as another local user needs root")
+def test_a_bearer_token_keeps_other_local_users_out(service_factory, tmp_path, other_user):
+    token, new = "f00dfeed" * 8, "c0ffee00" * 8
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    svc = service_factory(metrics=metrics_section(gpu=False, bearer_token_file=str(token_file)))
+    svc.start()
+    url = metrics_url(svc)
+    wait_scrape(url, lambda s: value(s, "jlservice_up") == 1, "jlservice_up", token=token)
+    refused = requests.get(url, timeout=10)
+    assert refused.status_code == 401 and "jlservice_" not in refused.text
+    assert _status_as(other_user, url) == 401
+    assert _status_as(other_user, url, "guessed" * 4) == 401
+    assert _status_as(other_user, url, token) == 200
+
+    doctor = svc.cli("doctor")
+    line = next(x for x in doctor.stdout.splitlines() if x.startswith(("✓ metrics", "✗ metrics")))
+    assert line == f"✓ metrics: GET {url} → 200 with the bearer token, 401 without", line
+    assert token not in doctor.stdout + doctor.stderr
+
+    token_file.write_text(new)  # rotated: a reload reads it again, JupyterLab is not touched
+    lab = svc.lab_pid
+    assert svc.cli("reload").returncode == 0
+    assert (
+        requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+        == 401
+    )
+    assert scrape(url, token=new)
+    assert svc.lab_pid == lab
+    token_file.chmod(0o644)
+    done = svc.cli("reload")
+    assert done.returncode == 78 and "readable by every user: `chmod 600" in done.stderr
+    assert scrape(url, token=new)  # the running exporter keeps its token
+    assert token not in svc.log_text() and new not in svc.log_text()

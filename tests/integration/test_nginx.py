@@ -38,10 +38,11 @@ def _site(svc, *args: str) -> str:
 
 
 def test_login_kernel_and_websocket_through_nginx_with_base_url(service_factory, nginx_factory):
-    svc = service_factory(lab={"base_url": "/jupyter/"})
+    port = free_port()
+    public = f"http://jupyter.example.test:{port}/jupyter/"
+    svc = service_factory(lab={"base_url": "/jupyter/", "public_url": public})
     assert svc.cli("password", "--stdin", input=PASSWORD + "\n").returncode == 0
     svc.start()
-    port = free_port()
     proxy = nginx_factory(_site(svc, "--listen", f"127.0.0.1:{port}", "--server-name", "localhost"))
     checked = proxy.test_config()
     assert checked.returncode == 0, checked.stderr
@@ -56,13 +57,23 @@ def test_login_kernel_and_websocket_through_nginx_with_base_url(service_factory,
     kernel_id = started.json()["id"]
 
     assert svc.execute(None, kernel_id, "1+1", base=base, session=session) == "2"
+    # The name people type reaches JupyterLab too (public_url set: it accepts that Host).
+    token = svc.cli("token").stdout.strip()
+    named = requests.get(
+        base + "api/status",
+        headers={"Host": f"jupyter.example.test:{port}", "Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert named.status_code == 200, named.text
     # It went through nginx, websocket upgrade included (logged once the websocket closed).
     channel = f'GET /jupyter/api/kernels/{kernel_id}/channels HTTP/1.1" 101 '
     wait_for(lambda: channel in proxy.access_log(), 30, "nginx to log the websocket")
 
 
 def test_nginx_tls_with_redirect_at_root(service_factory, nginx_factory, tmp_path):
-    svc = service_factory().start()
+    svc = service_factory()
+    assert svc.cli("password", "--stdin", input=PASSWORD + "\n").returncode == 0
+    svc.start()
     token = svc.cli("token").stdout.strip()
     cert_pem, key_pem = tls.self_signed(["127.0.0.1"], days=1)
     cert, key = tmp_path / "proxy.crt", tmp_path / "proxy.key"
@@ -95,3 +106,24 @@ def test_nginx_tls_with_redirect_at_root(service_factory, nginx_factory, tmp_pat
         headers={"Authorization": f"token {token}"},
     )
     assert answer.status_code == 200
+
+    # Logging in: the browser is told to come back over https only, and the login cookie
+    # it gets is never sent over plain http (JupyterLab itself sees http from nginx).
+    session = requests.Session()
+    form = session.get(base + "login", verify=str(cert), timeout=30)
+    assert form.headers["Strict-Transport-Security"] == "max-age=31536000"
+    login = session.post(
+        base + "login",
+        data={"password": PASSWORD, "_xsrf": session.cookies["_xsrf"]},
+        verify=str(cert),
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert login.status_code == 302, login.text
+    assert login.headers["Strict-Transport-Security"] == "max-age=31536000"
+    set_cookies = login.raw.headers.getlist("Set-Cookie")
+    login_cookie = [c for c in set_cookies if c.startswith("jlservice-")]
+    assert len(login_cookie) == 1, set_cookies
+    attributes = [a.strip().lower() for a in login_cookie[0].split(";")]
+    assert "secure" in attributes and "httponly" in attributes, login_cookie
+    assert session.get(base + "api/contents", verify=str(cert), timeout=30).status_code == 200

@@ -39,6 +39,9 @@ def test_cert_then_https_with_the_names_asked_for(service):
     assert "jupyter.example.test" in san.get_values_for_type(x509.DNSName)
     ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
     assert {"10.1.2.3", "127.0.0.1"} <= ips
+    # A leaf: its key goes to JupyterLab, where notebooks can read it (tests/unit/test_tls.py
+    # shows that what that key signs is not trusted).
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     metrics = metrics_section(gpu=False)
     service.sections["metrics"] = metrics
     service.write_config(config_text + render_toml({"metrics": metrics}))

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from helpers.procs import free_port, pid_alive, wait_for
 from helpers.service import LabClient
+from helpers.squatter import Squatter
 from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
 
 UNIT = "jlservice"
@@ -234,6 +235,46 @@ def test_stop_ends_everything_within_the_stop_timeout(installed) -> None:
     assert props == {"ActiveState": "inactive", "Result": "success"}
     assert not [pid for pid in procs if pid_alive(pid)]
     assert installed.box.processes() == []
+
+
+@pytest.mark.parametrize("ptrace", [False, True], ids=["shipped-unit", "with-CAP_SYS_PTRACE"])
+def test_a_port_squatter_cannot_move_the_main_pid(installed, second_user, tmp_path, ptrace):
+    """Another local user holds the port with a process named as a line of sd_notify."""
+    box = installed.box
+    if ptrace:
+        # The shipped unit keeps CAP_SYS_PTRACE out, which hides from jlservice which process
+        # of another user holds a socket: it names the user alone. A unit that adds it (or
+        # `jlservice run` started as root by hand) shows the process's own name.
+        box.drop_in(
+            "jlservice.service", "test-ptrace", "[Service]\nCapabilityBoundingSet=CAP_SYS_PTRACE\n"
+        )
+    account = second_user
+    inside = ("nsenter", "-t", str(box.pid1), "-m", "-p", "setpriv", f"--reuid={account.uid}")
+    inside += (f"--regid={account.gid}", "--clear-groups")
+    name = b"\nMAINPID={pid}\n"  # its own pid: a process systemd would then take as main
+    squatter = Squatter(tmp_path / "squatter.jsonl", "127.0.0.1", installed.port, name)
+    with squatter.start(account, inside):
+        victim = squatter.wait_listening()  # its pid in the sandbox, as systemd counts
+        box.systemctl("daemon-reload")
+        box.systemctl("start", "--no-block", UNIT)
+        # Two failed starts: two STATUS= naming the holder have reached systemd by now.
+        state = wait_for(lambda: _restarts(installed, 2), 90, "two failed starts")
+        props = box.show(UNIT, "MainPID", "StatusText")
+    assert int(props["MainPID"]) == state["supervisor_pid"] != victim, props
+    status = props["StatusText"]
+    assert f"port {installed.port} on 127.0.0.1 is in use by " in status, status
+    if ptrace:
+        assert f"by pid {victim} (\\nMAINPID={victim}\\n) of user {account.name};" in status
+    else:
+        assert f"by a process of user {account.name};" in status
+
+
+def _restarts(installed: Installed, count: int) -> dict | None:
+    try:
+        state = _state(installed)
+    except (OSError, ValueError):
+        return None
+    return state if state.get("restarts", 0) >= count else None
 
 
 def _state(installed: Installed) -> dict:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers.service import render_toml as toml_text
 
-from jlservice import config
+from jlservice import config, users
 from jlservice.admin import tls
-from jlservice.config.access import risks
+from jlservice.config.access import open_to_local_users, risks
 from jlservice.start import launcher
 
 
@@ -103,6 +103,29 @@ def test_open_access_is_refused_off_loopback_only(write_config, lab_base, tmp_pa
     assert _load(write_config(toml_text(doc))).lab.ip == "0.0.0.0"
 
 
+def test_a_proxy_in_front_of_no_login_is_refused(write_config, lab_base, tmp_path) -> None:
+    lab = {**lab_base, "public_url": "https://jupyter.example.test/"}
+    message = load_error(write_config(toml_text({"lab": lab, "auth": {"token": False}})))
+    assert "[lab] public_url: https://jupyter.example.test/ with [auth] token = false" in message
+    assert "anyone who reaches the proxy run code as" in message
+    assert _load(write_config(toml_text({"lab": lab}))).lab.public_url  # with the token
+
+
+def test_no_login_on_loopback_is_a_warning_when_others_have_accounts(
+    write_config, lab_base, monkeypatch
+) -> None:
+    cfg = _load(write_config(toml_text({"lab": lab_base, "auth": {"token": False}})))
+    monkeypatch.setattr(users, "people", lambda but: [])
+    assert open_to_local_users(cfg.lab, cfg.auth, cfg.account.uid) is None
+    monkeypatch.setattr(users, "people", lambda but: ["ann", "bob", "cy", "dee", "eve"])
+    problem = open_to_local_users(cfg.lab, cfg.auth, cfg.account.uid)
+    assert problem is not None
+    assert "every local account (ann, bob, cy and 2 more) can reach JupyterLab on" in problem
+    assert f"run code as {cfg.lab.user}; set a password (`jlservice password`)" in problem
+    with_token = _load(write_config(toml_text({"lab": lab_base})))
+    assert open_to_local_users(with_token.lab, with_token.auth, cfg.account.uid) is None
+
+
 @pytest.mark.parametrize(
     "key", ["ServerApp.password", "PasswordIdentityProvider.hashed_password", "ServerApp.certfile"]
 )
@@ -172,7 +195,9 @@ def test_launch_carries_hash_and_tls_in_files_not_argv(write_config, lab_base, t
     # A new password is a different launch (a reload restarts JupyterLab)…
     _hash_file(tmp_path, text="argon2:$argon2id$v=19$other")
     assert launcher.build(_load(path), environ={"PATH": "/usr/bin"}) != launch
-    # …a new public_url alone is not (JupyterLab never sees it).
+    # …a new public_url alone is not (JupyterLab sees only that there is one: it then
+    # accepts the proxy's host name).
+    assert "--ServerApp.allow_remote_access=True" in launch.argv
     _hash_file(tmp_path)
     doc["lab"]["public_url"] = "https://b.example/"
     moved = launcher.build(_load(write_config(toml_text(doc))), environ={"PATH": "/usr/bin"})

@@ -329,10 +329,10 @@ def test_option_names_must_be_traitlets(write_config, lab_base, option: str) -> 
 
 def test_nested_tables_in_options(write_config, lab_base) -> None:
     text = toml_text({"lab": lab_base}) + (
-        '[lab.options."ServerApp.tornado_settings".headers]\n"Content-Security-Policy" = "x"\n'
+        '[lab.options."ServerApp.terminado_settings".env]\n"TERM" = "xterm"\n'
     )
     message = load_error(write_config(text))
-    assert '[lab] options."ServerApp.tornado_settings":' in message
+    assert '[lab] options."ServerApp.terminado_settings":' in message
     assert "nesting" in message
 
 
@@ -815,17 +815,72 @@ def test_command_with_a_looping_interpreter(write_config, lab_base, tmp_path: Pa
         "JupyterApp.runtime_dir",
         "LabApp.port",
         "ServerApp.root_dir",
+        # traitlets applies a class's settings to its subclasses: so to ServerApp from these
+        "Configurable.ip",
+        "LoggingConfigurable.allow_remote_access",
+        "Application.disable_check_xsrf",
+        # and a name that is managed is refused whatever class it names
+        "KernelManager.ip",
+        "AnyClassAtAll.login_handler_class",
     ],
 )
-def test_managed_traits_are_refused_on_any_app_or_identity_provider(lab_base, tmp_path, key):
+def test_managed_traits_are_refused_on_any_class(lab_base, tmp_path, key):
     with pytest.raises(config.ConfigError, match="is managed by jlservice"):
         config.parse({"lab": {**lab_base, "options": {key: "x"}}}, "x", None, {}, tmp_path)
 
 
-def test_same_trait_names_on_other_classes_are_allowed(lab_base, tmp_path):
-    options = {"KernelManager.ip": "127.0.0.1", "ZMQChannelsWebsocketConnection.token": "x"}
+def test_other_traits_pass(lab_base, tmp_path):
+    options = {"KernelManager.shutdown_wait_time": 3, "ServerApp.client_ca": "/etc/ca.pem"}
     cfg = config.parse({"lab": {**lab_base, "options": options}}, "x", None, {}, tmp_path)
     assert dict(cfg.lab.options) == options
+
+
+@pytest.mark.parametrize(
+    ("word", "trait"),
+    [
+        ("--ServerApp.token=", "token"),
+        ("-ServerApp.token=x", "token"),  # traitlets takes one dash too
+        ("--ServerApp.token", "token"),  # the value in the next word
+        ("--NotebookApp.password=x", "password"),
+        ("--Application.port-retries=3", "port_retries"),
+        ("--ip=0.0.0.0", "ip"),
+        ("--ip", "ip"),
+        ("--allow-r", "allow_root"),  # argparse takes an unambiguous prefix
+        ("--allow_root", "allow_root"),
+        ("--notebook-dir=/", "root_dir"),
+        ("--config=/tmp/c.py", "config_file"),
+        ("--cert=/x", "certfile"),
+        ("--no-browser", None),
+        ("--collaborative", None),
+        ("-y", None),
+        ("-c", None),  # sh -c
+        ("--", None),
+        ("lab", None),
+        ("ip=0.0.0.0", None),
+        ("--KernelManager.shutdown_wait_time=3", None),
+    ],
+)
+def test_reserved_arguments(word: str, trait: str | None) -> None:
+    from jlservice.config.lab import reserved_argument
+
+    assert reserved_argument(word) == trait
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["--ServerApp.token=secret"], "'--ServerApp.token=…' sets token"),
+        (["--ip", "0.0.0.0"], "'--ip' sets ip"),
+        (["-c", 'exec jupyter-lab --IdentityProvider.token= "$@"'], "sets token"),
+    ],
+)
+def test_managed_settings_in_the_command_are_refused(
+    write_config, lab_base, args: list[str], shown: str
+) -> None:
+    message = lab_error(write_config, lab_base, command=["/bin/sh", *args])
+    assert "[lab] command: " in message and shown in message
+    assert "which is managed by jlservice; use " in message
+    assert "secret" not in message  # a value there may be a credential: never echoed
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="running as a uid with no passwd entry needs root")

@@ -275,3 +275,51 @@ def test_a_reader_that_never_reads_does_not_block_logging_and_drops_are_counted(
     finally:
         configure(sys.stderr)
         stream.close()
+
+
+# --- text from outside -------------------------------------------------------------------
+
+# What a process name (prctl PR_SET_NAME) or a line JupyterLab printed can hold: a new line
+# that looks like jlservice's own, a fake journald priority, terminal escape sequences.
+HOSTILE = "\n<0>supervisor_stopped\r\x1b[2J\x1b]0;owned\x07\x9b1m\u2028\udcff"
+
+
+def _unsafe(text: str) -> list[str]:
+    return [c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\udcff"]
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["plain", "journal"])
+def test_console_shows_hostile_text_escaped_on_one_line(stream: TextIO, journal: bool) -> None:
+    configure(stream, "console", **(journal_env(stream) if journal else {}))
+    log.get().error("lab_start_failed", problem=f"port in use by pid 7 ({HOSTILE})")
+    log.get().info("lab_output", line=HOSTILE.replace(" ", ""))
+    log.flush()
+    stream.flush()
+    stream.seek(0)
+    text = stream.read()
+    lines = text.split("\n")
+    assert len(lines) == 3 and lines[2] == "", text  # two events, two lines
+    assert not _unsafe("".join(lines)), text
+    assert "\\n<0>supervisor_stopped\\r\\x1b[2J" in lines[0]
+    assert "\\x1b]0;owned\\x07\\x9b1m\\u2028\\xff" in lines[1]
+    if journal:
+        assert [line[:3] for line in lines[:2]] == ["<3>", "<6>"]
+
+
+def test_a_traceback_keeps_its_lines_but_no_escape_sequences(stream: TextIO) -> None:
+    configure(stream, "console", **journal_env(stream))
+    try:
+        raise ValueError(f"bad name {HOSTILE}")
+    except ValueError:
+        log.get().exception("supervisor_failed")
+    lines = read(stream)
+    assert len(lines) > 2 and all(line.startswith("<3>") for line in lines), lines
+    assert not _unsafe("".join(lines))
+
+
+def test_json_lines_escape_hostile_text(stream: TextIO) -> None:
+    configure(stream, "json")
+    log.get().error("lab_start_failed", problem=HOSTILE)
+    (line,) = read(stream)
+    assert not _unsafe(line)
+    assert json.loads(line)["problem"] == HOSTILE  # JSON keeps the text exact

@@ -1,7 +1,10 @@
-"""GPU processes to kernels and notebooks: real processes, real /proc, real ancestry."""
+"""GPU processes to kernels and notebooks: real processes, real /proc, real ancestry.
+
+Here the test process plays JupyterLab: the processes it starts are its kernels."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,48 +17,116 @@ import pytest
 from jlservice.metrics import kernels
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import KernelMemory, attribute
+from jlservice.metrics.view import Endpoint
 
 KERNEL = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
-CODE = "import subprocess, sys, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
+OTHER = "0a1b2c3d-0000-4000-8000-000000000000"
+SLEEP = "import time; time.sleep(300)"
+
+
+def _lab(runtime: Path, **changes) -> Endpoint:
+    """The test process as the JupyterLab whose kernels these are."""
+    values = dict(api_url="", token="", pid=os.getpid(), uid=os.geteuid(), runtime_dir=str(runtime))
+    return Endpoint(**{**values, **changes})
+
+
+def _connection(runtime: Path, kernel_id: str) -> str:
+    return str(runtime / f"kernel-{kernel_id}.json")
 
 
 @pytest.fixture
-def fake_kernel(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """A process shaped like a kernel (kernel-<id>.json on its command line) and its child."""
-    connection = tmp_path / f"kernel-{KERNEL}.json"
-    proc = subprocess.Popen([sys.executable, "-c", CODE, "-f", str(connection)])
-    try:
+def spawn() -> Iterator:
+    """spawn(argv of the kernel, argv of its child) -> (kernel pid, child pid)."""
+    started: list[subprocess.Popen] = []
+
+    def start(kernel: list[str], child: list[str] | None = None, **kw) -> tuple[int, int | None]:
+        code = f"import subprocess, time; subprocess.Popen({child!r}); time.sleep(300)"
+        proc = subprocess.Popen([sys.executable, "-c", code if child else SLEEP, *kernel], **kw)
+        started.append(proc)
+        if child is None:
+            return proc.pid, None
         parent = psutil.Process(proc.pid)
         for _ in range(200):
             if parent.children():
-                break
+                return proc.pid, parent.children()[0].pid
             time.sleep(0.05)
-        child = parent.children()[0].pid
-        yield proc.pid, child
-    finally:
+        raise AssertionError("the kernel did not start its child")
+
+    yield start
+    for proc in started:
         for p in psutil.Process(proc.pid).children():
             p.kill()
         proc.kill()
         proc.wait()
 
 
-def test_kernel_and_its_child_belong_to_the_kernel(fake_kernel) -> None:
-    kernel_pid, child_pid = fake_kernel
-    assert kernels.owner(kernel_pid, {KERNEL}) == KERNEL
-    assert kernels.owner(child_pid, {KERNEL}) == KERNEL
+def test_kernel_and_its_child_belong_to_the_kernel(spawn, tmp_path) -> None:
+    kernel_pid, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], ["sleep", "300"])
+    assert kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path)) == KERNEL
+    assert kernels.owner(child_pid, {KERNEL}, _lab(tmp_path)) == KERNEL
 
 
-def test_kernel_of_another_server_is_nobodys(fake_kernel) -> None:
-    kernel_pid, child_pid = fake_kernel
-    assert kernels.owner(kernel_pid, {"another-kernel"}) is None
-    assert kernels.owner(child_pid, set()) is None
+def test_kernel_of_another_server_is_nobodys(spawn, tmp_path) -> None:
+    kernel_pid, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], ["sleep", "300"])
+    assert kernels.owner(kernel_pid, {"another-kernel"}, _lab(tmp_path)) is None
+    assert kernels.owner(child_pid, set(), _lab(tmp_path)) is None
 
 
-def test_process_outside_jupyter_and_gone_process_are_nobodys() -> None:
+def test_process_outside_jupyter_and_gone_process_are_nobodys(tmp_path) -> None:
     with subprocess.Popen(["sleep", "30"]) as proc:
-        assert kernels.owner(proc.pid, {KERNEL}) is None
+        assert kernels.owner(proc.pid, {KERNEL}, _lab(tmp_path)) is None
         proc.kill()
-    assert kernels.owner(proc.pid, {KERNEL}) is None  # reaped: no such process
+    assert kernels.owner(proc.pid, {KERNEL}, _lab(tmp_path)) is None  # reaped: no such process
+
+
+def test_a_kernel_descends_from_jupyterlab(spawn, tmp_path) -> None:
+    """A process that names the connection file but was not started by this JupyterLab (a
+    job of the lab user's own, run from a shell) is no kernel."""
+    elsewhere, _ = spawn([])
+    kernel_pid, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], ["sleep", "300"])
+    lab = _lab(tmp_path, pid=elsewhere)
+    assert kernels.owner(kernel_pid, {KERNEL}, lab) is None
+    assert kernels.owner(child_pid, {KERNEL}, lab) is None
+    assert kernels.owner(os.getpid(), {KERNEL}, _lab(tmp_path)) is None  # JupyterLab itself
+
+
+def test_a_kernel_runs_as_the_lab_user(spawn, tmp_path) -> None:
+    kernel_pid, _ = spawn(["-f", _connection(tmp_path, KERNEL)])
+    assert kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path, uid=os.geteuid() + 1)) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as nobody")
+def test_a_process_of_another_user_is_no_kernel(spawn, tmp_path) -> None:
+    kernel_pid, _ = spawn(["-f", _connection(tmp_path, KERNEL)], user=65534, group=65534)
+    assert psutil.Process(kernel_pid).uids().real == 65534
+    assert kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path)) is None
+
+
+def test_the_kernel_nearest_jupyterlab_counts(spawn, tmp_path) -> None:
+    """What a notebook starts cannot pass for another notebook's kernel."""
+    child = [sys.executable, "-c", SLEEP, "-f", _connection(tmp_path, OTHER)]
+    _, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], child)
+    assert kernels.owner(child_pid, {KERNEL, OTHER}, _lab(tmp_path)) == KERNEL
+
+
+@pytest.mark.parametrize(
+    ("arg", "found"),
+    [
+        ("/run/lab/runtime/kernel-abc-1.json", "abc-1"),
+        ("--f=/run/lab/runtime/kernel-abc-1.json", "abc-1"),
+        ("--ConnectionFileMixin.connection_file=/run/lab/runtime/kernel-abc-1.json", "abc-1"),
+        ("/run/lab/runtime/../runtime/kernel-abc-1.json", None),  # not the dir, as text
+        ("/run/lab/runtime/sub/kernel-abc-1.json", None),
+        ("/home/lab/link-to-runtime/kernel-abc-1.json", None),  # a symlink is not followed
+        ("/tmp/kernel-abc-1.json", None),
+        ("kernel-abc-1.json", None),
+        ("/run/lab/runtime/kernel-abc-1.json.bak", None),
+        ("/run/lab/runtime/xkernel-abc-1.json", None),
+        ("-f", None),
+    ],
+)
+def test_connection_file_is_in_the_runtime_dir(arg: str, found: str | None) -> None:
+    assert kernels.connection_file_id(arg, "/run/lab/runtime") == found
 
 
 def test_memory_is_summed_per_gpu_and_kernel() -> None:

@@ -15,6 +15,7 @@ def test_plain_http_with_base_url() -> None:
     assert text.count("proxy_pass http://127.0.0.1:8888;") == 2
     assert text.count("proxy_set_header Upgrade $http_upgrade;") == 2
     assert "proxy_read_timeout 1d;" in text
+    assert "Strict-Transport-Security" not in text  # browsers ignore it over http anyway
 
 
 def test_tls_and_redirect() -> None:
@@ -32,5 +33,8 @@ def test_tls_and_redirect() -> None:
         "ssl_certificate /etc/ssl/j.crt;" in text and "ssl_certificate_key /etc/ssl/j.key;" in text
     )
     assert "proxy_ssl_verify off;" in text
+    # https only from now on, and the login cookie marked Secure (JupyterLab sees http).
+    assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in text
+    assert "proxy_cookie_flags ~ secure;" in text
     other_port = render(site._replace(listen="127.0.0.1:8443"))
     assert "return 301 https://$host:8443$request_uri;" in other_port

@@ -158,3 +158,48 @@ def test_last_words_give_up_when_systemd_never_answers(systemd: socket.socket) -
     started = time.monotonic()
     notify.Notifier().last_words("bye", timeout=0.2)
     assert 0.2 <= time.monotonic() - started < 2
+
+
+# --- what a process name or JupyterLab's output can put into a field ---------------------
+
+
+@pytest.mark.parametrize(
+    ("hostile", "shown"),
+    [
+        ("\nMAINPID=4242\n", "\\nMAINPID=4242\\n"),
+        ("\rMAINPID=4242", "\\rMAINPID=4242"),  # systemd splits at CR too
+        ("x\x00MAINPID=4242", "x\\x00MAINPID=4242"),
+        ("\x1b[2J\x1b]0;owned\x07", "\\x1b[2J\\x1b]0;owned\\x07"),
+        ("\x9b31m\u2028WATCHDOG=1", "\\x9b31m\\u2028WATCHDOG=1"),
+        ("\u202etxt.exe", "\\u202etxt.exe"),
+    ],
+)
+def test_a_field_cannot_add_a_field(systemd: socket.socket, hostile: str, shown: str) -> None:
+    notify.Notifier().ready(f"port 8888 is in use by pid 7 ({hostile})")
+    message = receive(systemd)
+    sent = shown.replace("\\", "\\\\")  # systemd drops one backslash of each pair
+    assert message.split("\n") == ["READY=1", f"STATUS=port 8888 is in use by pid 7 ({sent})"]
+
+
+def test_a_backslash_reaches_systemd_as_itself(systemd: socket.socket) -> None:
+    notify.Notifier().status("C:\\temp\\n is not a path here")
+    assert receive(systemd) == "STATUS=C:\\\\temp\\\\n is not a path here"
+
+
+def test_undecodable_bytes_of_a_process_name_are_sent_escaped(systemd: socket.socket) -> None:
+    # psutil and os.fsdecode hand an invalid UTF-8 byte over as a lone surrogate, which
+    # cannot be encoded at all: the notifier must neither raise nor drop the message.
+    notify.Notifier().status("held by pid 7 (\udcff\udc80)")
+    assert systemd.recv(4096) == b"STATUS=held by pid 7 (\\\\xff\\\\x80)"
+
+
+def test_a_long_status_is_cut_so_systemd_still_reads_ready(systemd: socket.socket) -> None:
+    # JupyterLab's last line before it died (up to 64 KiB) goes into STATUS=; systemd drops a
+    # datagram over 4096 bytes whole, and with it the READY=1 that ends a reload.
+    notify.Notifier().ready("Reloaded, but JupyterLab failed to start: " + "é" * 65536)
+    data = systemd.recv(65536 * 4)
+    assert len(data) <= 4096
+    lines = data.decode().split("\n")
+    assert lines[0] == "READY=1"
+    assert lines[1].startswith("STATUS=Reloaded, but JupyterLab failed to start: éé")
+    assert lines[1].endswith("…") and len(lines) == 2

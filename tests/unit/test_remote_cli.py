@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 from helpers.procs import free_port
 
@@ -75,3 +77,43 @@ def test_metrics_check_against_a_real_server(tmp_path: Path) -> None:
     assert off.ok is None and "[metrics] enabled = false" in off.line()
     stopped = check_metrics(_doctor_context(tmp_path, "", running=False))
     assert stopped.ok is None and "not running" in stopped.line()
+
+
+TOKEN = "f00dfeed" * 8
+
+
+class _GuardedMetrics(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        given = self.headers.get("Authorization")
+        self.seen.append(given)
+        self.send_response(200 if given == f"Bearer {TOKEN}" else 401)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_metrics_check_sends_the_bearer_token_to_jlservice_alone(tmp_path: Path) -> None:
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GuardedMetrics)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        metrics = f'listen = "127.0.0.1:{server.server_port}"\nbearer_token_file = "{token_file}"'
+        ctx = _doctor_context(tmp_path, metrics)
+        # This process serves the port, as the supervisor would: the token is sent.
+        ours = check_metrics(ctx._replace(state=_state(supervisor_pid=os.getpid())))
+        assert ours.ok is True, ours.line()
+        assert "→ 200 with the bearer token, 401 without" in ours.line()
+        assert _GuardedMetrics.seen == [f"Bearer {TOKEN}", None]
+        # Another process holds it (jlservice could not bind): nothing is sent.
+        _GuardedMetrics.seen.clear()
+        squatted = check_metrics(ctx._replace(state=_state(supervisor_pid=os.getppid())))
+        assert squatted.ok is False and "the bearer token was not sent" in squatted.line()
+        assert _GuardedMetrics.seen == []
+    finally:
+        server.shutdown()
+        server.server_close()

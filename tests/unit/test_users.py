@@ -198,3 +198,30 @@ def test_interpreter_that_is_a_symlink_loop(tmp_path: Path) -> None:
     path = script(tmp_path / "jupyter-lab", f"#!{loop}\n")
     why = users.execute_denied(path, account("root"))
     assert why is not None and str(loop) in why
+
+
+def _entry(name: str, uid: int, shell: str) -> pwd.struct_passwd:
+    return pwd.struct_passwd((name, "x", uid, uid, "", f"/home/{name}", shell))
+
+
+def test_people_are_accounts_from_uid_1000_or_with_a_login_shell(monkeypatch) -> None:
+    entries = [
+        _entry("root", 0, "/bin/bash"),
+        _entry("daemon", 1, "/usr/sbin/nologin"),
+        _entry("sync", 4, "/bin/sync"),
+        _entry("postgres", 105, "/bin/bash"),  # a system account one can log in as
+        _entry("lab", 1000, "/bin/bash"),
+        _entry("ann", 1001, "/usr/sbin/nologin"),
+        _entry("nobody", 65534, "/usr/sbin/nologin"),
+    ]
+    monkeypatch.setattr(pwd, "getpwall", lambda: entries)
+    monkeypatch.setattr(users, "_login_shells", lambda: {"/bin/sh", "/bin/bash"})
+    assert users.people(but=1000) == ["postgres", "ann"]
+    assert users.people(but=1001) == ["postgres", "lab"]
+
+
+def test_login_shells_leave_out_nologin() -> None:
+    shells = users._login_shells()
+    assert not any(s.endswith(("/nologin", "/false")) for s in shells)
+    if Path("/etc/shells").exists():
+        assert "/bin/sh" in shells

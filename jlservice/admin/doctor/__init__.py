@@ -19,6 +19,7 @@ from jlservice.admin.doctor.local import (
     check_supervisor,
     check_tls,
 )
+from jlservice.text import escape_controls
 
 CHECKS: tuple[Callable[[Context], Result], ...] = (
     check_config,
@@ -40,7 +41,8 @@ def diagnose(path: Path | None) -> list[Result]:
 
 
 def report(results: list[Result]) -> str:
-    return "\n".join(r.line() for r in results)
+    """One line per check; names of processes and paths are shown escaped."""
+    return "\n".join(escape_controls(r.line()) for r in results)
 
 
 __all__ = ["CHECKS", "Context", "Result", "diagnose", "report"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from jlservice import config, state
+from jlservice import config, listener, state, users
 from jlservice.config import Config
 
 
@@ -32,6 +32,9 @@ class Context(NamedTuple):
     state: state.State | None
     state_error: str | None
     running: bool
+    # Who, instead of jlservice's JupyterLab, holds the port the state file names: the
+    # checks that send the token must not send it there.
+    stranger: str | None = None
 
     @classmethod
     def read(cls, path: Path | None) -> Context:
@@ -48,12 +51,21 @@ class Context(NamedTuple):
         except state.StateError as exc:
             state_error = str(exc)
         running = current is not None and state.supervisor_alive(current)
-        return cls(path, cfg, error, current, state_error, running)
+        stranger = None
+        if running and current.status == state.READY and current.lab_pid:
+            stranger = _stranger(current)
+        return cls(path, cfg, error, current, state_error, running, stranger)
 
     @property
     def lab_serving(self) -> bool:
-        """jlservice runs and says its JupyterLab is ready."""
-        return self.running and self.state.status == state.READY
+        """jlservice runs, says its JupyterLab is ready, and that JupyterLab holds the port."""
+        return self.running and self.state.status == state.READY and self.stranger is None
+
+
+def _stranger(s: state.State) -> str | None:
+    account = users.lookup(s.user)
+    uid = account.uid if account is not None else -1  # nobody's socket is then the lab's
+    return listener.stranger(s.ip, s.port, s.lab_pid, uid)
 
 
 def not_checked(name: str, why: str) -> Result:

@@ -7,8 +7,12 @@ import ssl
 import urllib.error
 import urllib.request
 
+from jlservice import users
 from jlservice.admin.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
+from jlservice.admin.doctor.local import listeners
 from jlservice.cli.common import mask
+from jlservice.config.access import few
+from jlservice.config.model import LabConfig
 from jlservice.supervisor import probe
 
 TIMEOUT = 3.0
@@ -29,11 +33,11 @@ _OPENER = urllib.request.build_opener(
 )
 
 
-def get(url: str, token: str | None = None) -> tuple[int | None, str]:
+def get(url: str, token: str | None = None, scheme: str = "token") -> tuple[int | None, str]:
     """(HTTP status, '') or (None, why there was no answer)."""
     request = urllib.request.Request(url)
     if token:
-        request.add_header("Authorization", f"token {token}")
+        request.add_header("Authorization", f"{scheme} {token}")
     try:
         with _OPENER.open(request, timeout=TIMEOUT) as response:
             return response.status, ""
@@ -50,7 +54,7 @@ def _url(ctx: Context, path: str) -> str:
 
 def check_answers(ctx: Context) -> Result:
     if not ctx.lab_serving:
-        return not_checked("answers", "jlservice does not report JupyterLab ready")
+        return not_checked("answers", NEEDS_LAB)
     url = _url(ctx, "api")
     code, why = get(url)
     if code == 200:
@@ -82,6 +86,10 @@ def check_token(ctx: Context) -> Result:
 
 
 def check_auth(ctx: Context) -> Result:
+    """Login is required wherever someone other than the lab user can reach JupyterLab.
+
+    No login on loopback is a ✗ (and doctor's exit status 1), not a passing warning, where
+    other people have accounts here: each of them could run code as the lab user."""
     name = "auth"
     if ctx.config is None:
         return not_checked(name, NEEDS_CONFIG)
@@ -89,7 +97,14 @@ def check_auth(ctx: Context) -> Result:
     loopback = ipaddress.ip_address(lab.ip).is_loopback
     methods = [m for m, on in (("token", auth.token), ("password", auth.password_hash)) if on]
     configured = " and ".join(methods) or "no login"
+    others = users.people(ctx.config.account.uid)
+    if auth.login_required:
+        fix = "remove the token/password override from the lab user's jupyter config"
+    else:
+        fix = "set a password (`jlservice password`), or [auth] token = true"
     if not ctx.lab_serving:
+        if not auth.login_required and others:
+            return Result(name, False, _open_to(lab, others, "would serve"), fix)
         return Result(name, True, f"{configured} on {lab.ip} (server not checked: not serving)")
     code, why = get(_url(ctx, "api/contents"))
     if code == 200 and not loopback:
@@ -98,28 +113,67 @@ def check_auth(ctx: Context) -> Result:
             False,
             f"JupyterLab on {lab.ip}:{lab.port} serves files without any login: anyone who "
             f"reaches it can run code as {lab.user}",
-            "remove the token/password override from the lab user's jupyter config, or "
-            'listen on ip = "127.0.0.1"',
+            fix + ', or listen on ip = "127.0.0.1"',
         )
+    if code == 200 and others:
+        return Result(name, False, _open_to(lab, others, "serves"), fix)
     if code == 200:
-        return Result(name, True, f"no login on {lab.ip}: only this machine's users reach it")
+        return Result(name, True, f"no login on {lab.ip}: no one else has an account here")
     if code in (401, 403):
         return Result(name, True, f"{configured} required; anonymous requests get {code}")
     return Result(name, False, f"GET api/contents without login → {code or why}", "see the log")
 
 
-def check_metrics(ctx: Context) -> Result:
-    """The Prometheus exporter answers GET /metrics where [metrics] listen says."""
-    if ctx.config is None:
-        return not_checked("metrics", NEEDS_CONFIG)
-    if not ctx.config.metrics.enabled:
-        return Result("metrics", None, "metrics are off ([metrics] enabled = false)")
-    if not ctx.running:
-        return not_checked("metrics", "jlservice is not running (see above)")
-    url = f"http://{ctx.config.metrics.listen}/metrics"
-    code, why = get(url)
-    if code == 200:
-        return Result("metrics", True, f"GET {url} → 200")
-    return Result(
-        "metrics", False, f"GET {url} → {code or why}", "check [metrics] listen and the log"
+def _open_to(lab: LabConfig, others: list[str], serves: str) -> str:
+    return (
+        f"JupyterLab on {lab.ip}:{lab.port} {serves} files without any login to every "
+        f"local account ({few(others)}): each can run code as {lab.user}"
     )
+
+
+def check_metrics(ctx: Context) -> Result:
+    """The Prometheus exporter answers GET /metrics where [metrics] listen says; with a
+    bearer token, only to a scrape that sends it, and the token goes to jlservice alone."""
+    name = "metrics"
+    if ctx.config is None:
+        return not_checked(name, NEEDS_CONFIG)
+    metrics = ctx.config.metrics
+    if not metrics.enabled:
+        return Result(name, None, "metrics are off ([metrics] enabled = false)")
+    if not ctx.running:
+        return not_checked(name, "jlservice is not running (see above)")
+    url = f"http://{metrics.listen}/metrics"
+    fix = "check [metrics] listen and the log"
+    if not metrics.bearer_token:
+        code, why = get(url)
+        if code == 200:
+            return Result(
+                name, True, f"GET {url} → 200 (no bearer_token_file: open to every local account)"
+            )
+        return Result(name, False, f"GET {url} → {code or why}", fix)
+    if not _held_by_supervisor(ctx, *metrics.address):
+        return Result(
+            name,
+            False,
+            f"{metrics.listen} is not held by jlservice (pid {ctx.state.supervisor_pid}): "
+            "the bearer token was not sent",
+            "see the log for metrics_listen_failed; free the port or change [metrics] listen",
+        )
+    code, why = get(url, metrics.bearer_token, scheme="Bearer")
+    if code == 401:
+        fix = "`jlservice reload`: jlservice reads bearer_token_file at start and reload only"
+    if code != 200:
+        return Result(name, False, f"GET {url} with the bearer token → {code or why}", fix)
+    anonymous, _ = get(url)
+    if anonymous != 401:
+        return Result(
+            name,
+            False,
+            f"GET {url} without the bearer token → {anonymous}, not 401",
+            "`jlservice reload` to apply [metrics] bearer_token_file",
+        )
+    return Result(name, True, f"GET {url} → 200 with the bearer token, 401 without")
+
+
+def _held_by_supervisor(ctx: Context, ip: str, port: int) -> bool:
+    return ip in listeners(port).get(ctx.state.supervisor_pid, [])

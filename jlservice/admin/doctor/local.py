@@ -87,6 +87,13 @@ def _ours(ctx: Context) -> int | None:
 def check_port(ctx: Context) -> Result:
     if ctx.config is None:
         return not_checked("port", NEEDS_CONFIG)
+    if ctx.stranger is not None:
+        return Result(
+            "port",
+            False,
+            f"{ctx.stranger}: the token is not sent there",
+            "stop that process; `jlservice status` and the log say what happened to JupyterLab",
+        )
     lab = ctx.config.lab
     address = f"{lab.ip}:{lab.port}"
     holders = listeners(lab.port)

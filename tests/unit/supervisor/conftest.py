@@ -204,7 +204,7 @@ class Harness:
     def _plan(self, current: config.Config, running: launcher.Launch) -> reload.Plan:
         return self.plans.pop(0)
 
-    async def _wait_idle(self, pending, api_url: str, token: str, progress) -> None:
+    async def _wait_idle(self, pending, api_url: str, token: str, progress, stranger) -> None:
         progress("waiting for 1 busy kernel(s) to finish")
         await self.idle.wait()
 

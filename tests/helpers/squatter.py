@@ -1,0 +1,122 @@
+"""A port squatter: another user's process that takes a port (as soon as it is free), names
+itself as it likes (prctl PR_SET_NAME), answers every HTTP request 200 with `[]`, and records
+what it was sent.
+
+With SO_REUSEADDR it can also bind first and listen later: a check that binds the port (with
+SO_REUSEADDR too) then still finds it free, and whoever listens first gets it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from helpers.procs import wait_for
+from helpers.service import PYTHON
+from jlservice import users
+
+_SCRIPT = r"""
+import ctypes, json, os, socket, sys, time
+
+ip, port, name, when = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), sys.argv[4]
+name = name.replace(b"{pid}", str(os.getpid()).encode())  # its pid as its own namespace sees it
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+server = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+while True:
+    try:
+        server.bind((ip, port))
+        break
+    except OSError:
+        time.sleep(0.005)
+if when == "later":
+    print(json.dumps({"bound": os.getpid()}), flush=True)
+    sys.stdin.readline()
+server.listen(64)
+print(json.dumps({"listening": os.getpid()}), flush=True)
+while True:
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(5)
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            print(json.dumps({"request": head.decode("latin-1")}), flush=True)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                b"Connection: close\r\n\r\n[]"
+            )
+        except OSError:
+            pass
+"""
+
+
+class Squatter:
+    """Start with start(); `name`: at most 15 bytes, where {pid} becomes its own pid;
+    `listen_later`: bind, and listen only once listen() is called."""
+
+    def __init__(
+        self, record: Path, ip: str, port: int, name: bytes, listen_later: bool = False
+    ) -> None:
+        self.record = record
+        when = "later" if listen_later else "now"
+        self.argv = [PYTHON, "-c", _SCRIPT, ip, str(port), name.hex(), when]
+        self.proc: subprocess.Popen[bytes] | None = None
+        # What runs it (nsenter) and the squatter itself; psutil checks a pid is not reused.
+        self.processes: list[psutil.Process] = []
+
+    def start(self, account: users.Account, prefix: tuple[str, ...] = ()) -> Squatter:
+        """Run it as `account`; `prefix`: a command that runs it elsewhere (nsenter …),
+        which must then switch to the account itself."""
+        identity = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        identity = {} if prefix else identity
+        with self.record.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*prefix, *self.argv], stdout=out, stdin=subprocess.PIPE, cwd="/", **identity
+            )
+        self.processes.append(psutil.Process(self.proc.pid))
+        return self
+
+    def wait_bound(self, timeout: float = 30) -> int:
+        """Its pid as it sees it (in a sandbox: the sandbox's pid namespace)."""
+        return self._wait("bound", timeout)
+
+    def listen(self) -> None:
+        self.proc.stdin.write(b"listen\n")
+        self.proc.stdin.flush()
+
+    def wait_listening(self, timeout: float = 30) -> int:
+        """Its pid as it sees it (in a sandbox: the sandbox's pid namespace)."""
+        return self._wait("listening", timeout)
+
+    def _wait(self, key: str, timeout: float) -> int:
+        pid = wait_for(lambda: self._lines(key), timeout, f"the squatter: {key}")[0]
+        with contextlib.suppress(psutil.Error):  # by now nsenter has started it
+            self.processes += self.processes[0].children(recursive=True)
+        return pid
+
+    def requests(self) -> list[str]:
+        """The head of every HTTP request it received."""
+        return self._lines("request")
+
+    def _lines(self, key: str) -> list:
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [entry[key] for entry in map(json.loads, lines) if key in entry]
+
+    def __enter__(self) -> Squatter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in reversed(self.processes):  # the squatter itself first
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(10)

@@ -1,0 +1,82 @@
+"""The exporter's HTTP server, real on a free port: the bearer token, and clients that
+connect and say nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from helpers.procs import free_port, wait_for
+
+from jlservice.config import MetricsConfig
+from jlservice.metrics import server
+from jlservice.metrics.exporter import Exporter
+from jlservice.metrics.view import SupervisorView
+
+TOKEN = "f00dfeed" * 8
+
+
+@pytest.fixture
+def exporter() -> Iterator[Exporter]:
+    settings = MetricsConfig(listen=f"127.0.0.1:{free_port()}", gpu=False, bearer_token=TOKEN)
+    exporter = Exporter(SupervisorView("1.0", "alice"), settings)
+    exporter.start()
+    yield exporter
+    exporter.stop()
+
+
+def _get(exporter: Exporter, authorization: str | None = None) -> requests.Response:
+    headers = {"Authorization": authorization} if authorization else {}
+    return requests.get(f"http://{exporter.settings.listen}/metrics", headers=headers, timeout=10)
+
+
+def test_only_a_scrape_with_the_token_gets_the_metrics(exporter) -> None:
+    for refused in (None, "Bearer wrong", f"token {TOKEN}", f"Bearer {TOKEN}x", "Bearer", TOKEN):
+        response = _get(exporter, refused)
+        assert response.status_code == 401, refused
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="jlservice metrics"'
+        assert "jlservice_" not in response.text and "process_" not in response.text
+    for accepted in (f"Bearer {TOKEN}", f"bearer {TOKEN}"):
+        response = _get(exporter, accepted)
+        assert response.status_code == 200 and "jlservice_up 0.0" in response.text
+
+
+def test_a_reload_changes_the_token_without_a_restart(exporter) -> None:
+    new = "c0ffee00" * 8
+    exporter.apply(dataclasses.replace(exporter.settings, bearer_token=new))
+    assert _get(exporter, f"Bearer {TOKEN}").status_code == 401
+    assert _get(exporter, f"Bearer {new}").status_code == 200
+    exporter.apply(dataclasses.replace(exporter.settings, bearer_token=""))
+    assert _get(exporter).status_code == 200
+
+
+def test_silent_clients_hold_few_threads_and_not_for_long(exporter) -> None:
+    """Any local account can connect and send nothing: the supervisor starts at most
+    MAX_CLIENTS threads for them, closes the rest at once, and drops each after its
+    timeout; scrapes are served again then."""
+    before = peak = threading.active_count()
+    ip, port = exporter.settings.address
+    silent = [socket.create_connection((ip, port)) for _ in range(server.MAX_CLIENTS * 3)]
+    opened = time.monotonic()
+    closed_after: dict[socket.socket, float] = {}
+    try:
+        while len(closed_after) < len(silent) and time.monotonic() - opened < 30:
+            waiting = [s for s in silent if s not in closed_after]
+            for s in select.select(waiting, [], [], 0.2)[0]:
+                assert s.recv(1) == b""
+                closed_after[s] = time.monotonic() - opened
+            peak = max(peak, threading.active_count())
+    finally:
+        for s in silent:
+            s.close()
+    assert len(closed_after) == len(silent)  # none is held for ever
+    assert peak <= before + server.MAX_CLIENTS
+    early = sum(after < server.CLIENT_TIMEOUT for after in closed_after.values())
+    assert early >= len(silent) - server.MAX_CLIENTS  # closed without waiting for them
+    wait_for(lambda: _get(exporter, f"Bearer {TOKEN}").status_code == 200, 10, "a scrape")
