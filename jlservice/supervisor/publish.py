@@ -77,6 +77,7 @@ class Publisher:
         self._later = later
         self._retrying = False
         self._owes_ready = False  # RELOADING=1 sent, READY=1 not yet
+        self._announced = False  # READY=1 sent once: systemd's start job is done
         self._save()
 
     # ── one JupyterLab's life ───────────────────────────────────────────────
@@ -98,7 +99,7 @@ class Publisher:
         self._save(status=state.READY, ready_at=time.time(), last_error=None)
         self.view.lab_ready(endpoint, started_at, ready_s, answering)
         self._owes_ready = False
-        self._notifier.ready(self._status_line(launch, endpoint.pid))
+        self._announce(self._status_line(launch, endpoint.pid))
 
     def trouble(self, problem: str) -> None:
         """Something is wrong with JupyterLab that jlservice acts on now."""
@@ -128,9 +129,11 @@ class Publisher:
         self._end_reload_badly(problem)
         self.view.port_in_use = True
         self._save(status=state.BACKOFF, last_error=problem)
-        self._notifier.status(
-            f"Waiting for JupyterLab's port, trying again in {delay:g} s: {problem}"
-        )
+        status = f"Waiting for JupyterLab's port, trying again in {delay:g} s: {problem}"
+        if self._announced:
+            self._notifier.status(status)
+        else:  # the service is up, waiting: systemd's start must not time out over it
+            self._announce(status)
 
     def failed(self, message: str) -> None:
         """jlservice gives up: the last words, before it exits."""
@@ -204,7 +207,7 @@ class Publisher:
         """READY=1 now if JupyterLab answers (`ready_pid`), else once it does."""
         if ready_pid is not None:
             self._owes_ready = False
-            self._notifier.ready(self._status_line(launch, ready_pid))
+            self._announce(self._status_line(launch, ready_pid))
         else:
             self._owes_ready = True
             self._notifier.status(self._status_line(launch, None))
@@ -250,10 +253,14 @@ class Publisher:
         if self.write_problem is not None:
             self._write()
 
+    def _announce(self, status: str) -> None:
+        self._announced = True
+        self._notifier.ready(status)
+
     def _end_reload_badly(self, problem: str) -> None:
         if self._owes_ready:  # systemd waits for the end of the reload: it has ended, badly
             self._owes_ready = False
-            self._notifier.ready(f"Reloaded, but JupyterLab failed to start: {problem}")
+            self._announce(f"Reloaded, but JupyterLab failed to start: {problem}")
 
     def _status_line(self, launch: Launch, ready_pid: int | None) -> str:
         record = self.record

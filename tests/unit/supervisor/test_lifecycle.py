@@ -162,6 +162,10 @@ async def test_a_port_another_program_holds_is_waited_for_without_giving_up(mach
     assert max(delays) == 30.0 and not m.task.done()
     assert m.state.last_error == held
     assert m.sent()[-1] == f"STATUS=Waiting for JupyterLab's port, trying again in 30 s: {held}"
+    # The first wait ends systemd's start job (up, waiting), so its start timeout never fires.
+    assert m.sent("READY=1") == [
+        f"READY=1\nSTATUS=Waiting for JupyterLab's port, trying again in 0.5 s: {held}"
+    ]
     await m.fire(BackoffElapsed)
     await m.ready()  # freed: the next start serves
     assert not m.view.port_in_use and m.supervisor.port_waits == 0
