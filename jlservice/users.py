@@ -116,13 +116,34 @@ def _denied(path: Path, account: Account, depth: int) -> str | None:
 
 def _shebang_interpreter(path: Path) -> str | None:
     try:
-        with path.open("rb") as f:
-            head = f.read(256)
+        head = read_head(path, 256)
     except OSError:
         return None
-    if not head.startswith(b"#!"):
+    if head is None or not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0].strip()
     if not line:
         return None
     return os.fsdecode(line.split()[0])
+
+
+def read_head(path: str | os.PathLike[str], size: int) -> bytes | None:
+    """The first `size` bytes of `path` if it is a regular file, else None.
+
+    Root reads it, maybe in a directory the lab user can write to and swap it in at any
+    moment for a FIFO (an open would block) or a link to a device (an open can have effects).
+    So it is first opened with O_PATH, which does neither, and read only once fstat says it
+    is a regular file, by reopening that same inode through /proc/self/fd.
+    """
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        data = os.open(f"/proc/self/fd/{fd}", flags)
+    finally:
+        os.close(fd)
+    try:
+        return os.read(data, size)
+    finally:
+        os.close(data)

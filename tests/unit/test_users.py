@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,72 @@ def test_interpreter_that_is_a_symlink_loop(tmp_path: Path) -> None:
     path = script(tmp_path / "jupyter-lab", f"#!{loop}\n")
     why = users.execute_denied(path, account("root"))
     assert why is not None and str(loop) in why
+
+
+# --- files the lab user can swap -----------------------------------------------------------
+
+# As the owner of the command's directory: swap the command between a script and a FIFO,
+# as fast as it can, until killed.
+_SWAPPER = """
+import os, sys
+os.chdir(sys.argv[1])
+while True:
+    for source in ("script", "fifo"):
+        os.link(source, "swap")
+        os.replace("swap", "jupyter-lab")
+"""
+_CHECKER = """
+import sys, time
+from jlservice import users
+checks, until = 0, time.monotonic() + 3
+while time.monotonic() < until:
+    users.execute_denied(sys.argv[1], users.current())
+    checks += 1
+print(checks)
+"""
+
+
+def test_a_command_swapped_for_a_fifo_never_hangs_the_check(open_dir: Path) -> None:
+    """Root reads the command's #! line; opened without O_NONBLOCK, a FIFO swapped in after
+    the regular-file check would block it forever (no writer ever comes)."""
+    script(open_dir / "script", "#!/bin/sh\nexit 0\n")
+    os.mkfifo(open_dir / "fifo", 0o644)
+    os.link(open_dir / "script", open_dir / "jupyter-lab")
+    as_user = {}
+    if IS_ROOT:
+        nobody = account("nobody")
+        for path in (open_dir, *open_dir.iterdir()):
+            os.chown(path, nobody.uid, nobody.gid, follow_symlinks=False)
+        as_user = {"user": nobody.uid, "group": nobody.gid, "extra_groups": []}
+    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(open_dir)], cwd="/", **as_user)
+    try:
+        checked = subprocess.run(
+            [sys.executable, "-c", _CHECKER, str(open_dir / "jupyter-lab")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("checking a command that is swapped for a FIFO hung")
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert checked.returncode == 0, checked.stderr
+    assert int(checked.stdout) > 100  # it really checked, many times, while swapping
+
+
+def test_a_fifo_as_the_command_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "jupyter-lab"
+    os.mkfifo(fifo, 0o755)
+    config = tmp_path / "jlservice.toml"
+    lab = f"[lab]\ncommand = [{str(fifo)!r}]\nnotebook_dir = {str(tmp_path)!r}\n"
+    config.write_text(lab + ("allow_root = true\n" if IS_ROOT else ""))
+    checked = subprocess.run(
+        [sys.executable, "-m", "jlservice", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 78
+    assert f"[lab] command: user {users.current().name} cannot execute {fifo}" in checked.stderr
+    assert f"{fifo} is not a regular file" in checked.stderr
