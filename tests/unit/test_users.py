@@ -259,11 +259,11 @@ def test_a_command_swapped_for_a_fifo_never_hangs_the_check(open_dir: Path) -> N
     assert json.loads(checked.stdout) == sorted(["None", fifo_refused])
 
 
-def test_a_fifo_as_the_command_is_refused_at_once(tmp_path: Path) -> None:
-    fifo = tmp_path / "jupyter-lab"
+def test_a_fifo_as_the_command_is_refused_at_once(open_dir: Path) -> None:
+    fifo = open_dir / "jupyter-lab"  # removed after the test: a FIFO left in /tmp hangs readers
     os.mkfifo(fifo, 0o755)
-    config = tmp_path / "jlservice.toml"
-    lab = f"[lab]\ncommand = [{str(fifo)!r}]\nnotebook_dir = {str(tmp_path)!r}\n"
+    config = open_dir / "jlservice.toml"
+    lab = f"[lab]\ncommand = [{str(fifo)!r}]\nnotebook_dir = {str(open_dir)!r}\n"
     config.write_text(lab + ("allow_root = true\n" if IS_ROOT else ""))
     checked = subprocess.run(
         [sys.executable, "-m", "jlservice", "check-config", "--config", str(config)],
