@@ -243,3 +243,42 @@ def test_a_state_dir_others_can_write_is_refused(service):
         f"`chmod go-w {service.state_dir}`"
     ) in service.log_text().splitlines()
     assert not (service.state_dir / "state.json").exists()
+
+
+def test_tls_files_the_lab_user_could_swap_are_refused(service_factory, other_user, tmp_path):
+    """The admin keeps the certificate and key in a directory of the lab user's. Root reads
+    them and hands the key to JupyterLab: swapped for links to another service's pair, they
+    would give that user a key it cannot read itself."""
+    from jlservice import tls
+
+    elsewhere = tmp_path / "another-service"
+    elsewhere.mkdir(mode=0o700)
+    cert_pem, key_pem = tls.self_signed(["127.0.0.1"], 30)
+    (elsewhere / "cert.pem").write_bytes(cert_pem)
+    (elsewhere / "key.pem").write_bytes(key_pem)
+    (elsewhere / "key.pem").chmod(0o600)
+    theirs = tmp_path / "lab-users-tls"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, other_user.uid, other_user.gid)
+    as_user(
+        other_user,
+        f"""
+        import os
+        os.symlink({str(elsewhere / "cert.pem")!r}, {str(theirs / "cert.pem")!r})
+        os.symlink({str(elsewhere / "key.pem")!r}, {str(theirs / "key.pem")!r})
+        """,
+    )
+    svc = service_factory(
+        lab={"user": other_user.name, "allow_root": False},
+        tls={"certfile": str(theirs / "cert.pem"), "keyfile": str(theirs / "key.pem")},
+    )
+    svc.notebooks.chmod(0o755)
+    checked = svc.cli("check-config")
+    assert checked.returncode == 78
+    assert checked.stderr.strip() == (
+        f"jlservice: {svc.config_path}: [tls] certfile: {theirs / 'cert.pem'}: {theirs} is "
+        f"writable by {other_user.name}; move it where no other user can change it"
+    )
+    svc.start(wait=False)
+    assert svc.wait_exit(timeout=60) == 78
+    assert not list(tmp_path.rglob("tls.key"))  # never handed to JupyterLab

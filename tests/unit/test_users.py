@@ -274,3 +274,48 @@ def test_a_fifo_as_the_command_is_refused_at_once(open_dir: Path) -> None:
     assert checked.returncode == 78
     assert f"[lab] command: user {users.current().name} cannot execute {fifo}" in checked.stderr
     assert f"{fifo} is not a regular file" in checked.stderr
+
+
+@needs_root
+def test_others_can_change_a_path_through_a_directory_of_theirs(open_dir: Path) -> None:
+    nobody = account("nobody")
+    safe = open_dir / "safe"
+    safe.mkdir(mode=0o755)
+    (safe / "key.pem").write_text("k")
+    assert users.others_can_change(safe / "key.pem") is None
+    assert users.others_can_change(safe / "missing") is None  # reading it will say so
+
+    theirs = open_dir / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, nobody.uid, nobody.gid)
+    (theirs / "key.pem").write_text("k")  # root's file, in nobody's directory
+    assert users.others_can_change(theirs / "key.pem") == f"{theirs} is writable by nobody"
+    # A link of root's, in root's directory, into theirs: the target is checked too.
+    (safe / "link.pem").symlink_to(theirs / "key.pem")
+    assert users.others_can_change(safe / "link.pem") == f"{theirs} is writable by nobody"
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("mode", "group", "entry_of_nobody", "writer"),
+    [
+        (0o777, 0, False, "everyone"),
+        (0o775, 65534, False, "group 65534"),
+        (0o775, 0, False, None),  # root's group: root's own
+        (0o1777, 0, False, None),  # sticky, like /tmp: others cannot swap root's entries
+        (0o1777, 0, True, "everyone"),  # …but the entry's owner can
+    ],
+)
+def test_others_can_change_a_path_through_an_open_directory(
+    open_dir: Path, mode: int, group: int, entry_of_nobody: bool, writer: str | None
+) -> None:
+    shared = open_dir / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    os.chown(shared, 0, group)
+    key = shared / "key.pem"
+    key.write_text("k")
+    if entry_of_nobody:
+        os.chown(key, account("nobody").uid, -1)
+    expected = f"{shared} is writable by {writer}" if writer else None
+    assert users.others_can_change(key) == expected
