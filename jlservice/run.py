@@ -24,7 +24,7 @@ def run(config: Config) -> int:
             state.ensure_dir(getattr(service, name), mode)
         except OSError as exc:
             raise ConfigError(f"[service] {name}: {exc.strerror}") from None
-    secrets = state.load_secrets(service.state_dir, launch.account.uid)
+    secrets = state.load_secrets(service.state_dir, launch.account.uid, launch.account.name)
     launcher.become_subreaper()  # before the first child: its orphans must come back to us
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []

@@ -226,7 +226,7 @@ class Secrets(NamedTuple):
     replaced_from: str | None = None
 
 
-def load_secrets(state_dir: Path, lab_uid: int) -> Secrets:
+def load_secrets(state_dir: Path, lab_uid: int, lab_user: str) -> Secrets:
     """The token and cookie secret of the previous run (so logged-in browsers stay logged
     in) if they were handed to the lab user `lab_uid`, else new ones.
 
@@ -237,7 +237,7 @@ def load_secrets(state_dir: Path, lab_uid: int) -> Secrets:
         kept = read_state(state_dir)
     except StateError:  # a first start (or a damaged state): no kept token to honour
         kept = None
-    if kept is not None and type(kept.lab_uid) is int and kept.lab_uid == lab_uid:
+    if kept is not None and _handed_to(kept, lab_uid, lab_user):
         token = kept.token
         if not isinstance(token, str) or len(token) < 48:
             token = new_token()
@@ -245,6 +245,12 @@ def load_secrets(state_dir: Path, lab_uid: int) -> Secrets:
     secrets = Secrets(new_token(), new_cookie_secret(), _holder(kept))
     write_cookie_secret(state_dir, secrets.cookie_secret)
     return secrets
+
+
+def _handed_to(kept: State, lab_uid: int, lab_user: str) -> bool:
+    if kept.lab_uid is None:  # written before jlservice recorded the uid: the name says
+        return kept.user == lab_user
+    return type(kept.lab_uid) is int and kept.lab_uid == lab_uid
 
 
 def _holder(kept: State | None) -> str | None:

@@ -300,35 +300,49 @@ def test_new_token_is_long_random_hex() -> None:
 
 
 def test_secrets_are_kept_for_the_same_lab_user(tmp_path: Path) -> None:
-    first = state.load_secrets(tmp_path, 1234)
+    first = state.load_secrets(tmp_path, 1234, "alice")
     assert len(first.token) >= 48 and len(first.cookie_secret) >= 32
     assert first.replaced_from is None  # a first start replaces nobody's
     state.write_state(tmp_path, sample_state(token=first.token, lab_uid=1234))
-    assert state.load_secrets(tmp_path, 1234) == first
+    assert state.load_secrets(tmp_path, 1234, "alice") == first
+    # A state written before the uid was recorded: the same user name keeps them too.
+    state.write_state(tmp_path, sample_state(token=first.token))
+    assert state.load_secrets(tmp_path, 1234, "alice") == first
 
 
-@pytest.mark.parametrize("recorded", [1234, None, "1235", True], ids=repr)
-def test_secrets_are_new_for_another_lab_user(tmp_path: Path, recorded: object) -> None:
-    """Who else held them (or a state that does not say) can never use them again."""
-    first = state.load_secrets(tmp_path, 1234)
+@pytest.mark.parametrize(
+    ("recorded", "uid", "name", "holder"),
+    [
+        (1234, 1235, "alice", "alice (uid 1234)"),  # same name, another account
+        (1234, 1235, "bob", "alice (uid 1234)"),
+        (None, 1235, "bob", "alice (uid not recorded)"),
+        ("1235", 1235, "alice", "alice (uid not recorded)"),
+        (True, 1, "alice", "alice (uid not recorded)"),  # a bool is no uid 1
+    ],
+)
+def test_secrets_are_new_for_another_lab_user(
+    tmp_path: Path, recorded: object, uid: int, name: str, holder: str
+) -> None:
+    """Whoever else was handed them (or a state that does not say) never uses them again."""
+    first = state.load_secrets(tmp_path, 1234, "alice")
     state.write_state(tmp_path, sample_state(token=first.token, lab_uid=recorded))
-    second = state.load_secrets(tmp_path, 1235 if recorded == 1234 else 1)
+    second = state.load_secrets(tmp_path, uid, name)
     assert second.token != first.token and len(second.token) >= 48
     assert second.cookie_secret != first.cookie_secret
     assert (tmp_path / state.COOKIE_SECRET_FILE).read_bytes() == second.cookie_secret
-    assert second.replaced_from is not None and second.replaced_from.startswith("alice (uid ")
+    assert second.replaced_from == holder
 
 
 def test_secrets_replace_a_short_token(tmp_path: Path) -> None:
     state.write_state(tmp_path, sample_state(token="short", lab_uid=1234))
-    token = state.load_secrets(tmp_path, 1234).token
+    token = state.load_secrets(tmp_path, 1234, "alice").token
     assert token != "short" and len(token) >= 48
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe binary"], ids=["json", "binary"])
 def test_secrets_survive_a_damaged_state(tmp_path: Path, content: bytes) -> None:
     (tmp_path / state.STATE_FILE).write_bytes(content)
-    assert len(state.load_secrets(tmp_path, 1234).token) >= 48
+    assert len(state.load_secrets(tmp_path, 1234, "alice").token) >= 48
 
 
 def test_cookie_secret_is_created_0600_and_reused(tmp_path: Path, permissive_umask) -> None:
