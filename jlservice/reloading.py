@@ -123,7 +123,10 @@ class Reloading:
     def _use_launch(self, launch: launcher.Launch) -> None:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
         self._drop_pending()
-        self.launch = launch
+        previous, self.launch = self.launch, launch
+        if launch.account.uid != previous.account.uid:  # the old user holds the secrets
+            self._new_secrets()
+            self._log_user_changed(f"{previous.account.name} (uid {previous.account.uid})")
         if why := launcher.read_only_notebooks(launch):
             logger.warning("notebook_dir_read_only", problem=why)
         last = self.state.last_reload

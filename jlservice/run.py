@@ -18,20 +18,13 @@ if TYPE_CHECKING:
 
 def run(config: Config) -> int:
     service = config.service
-    for name in ("state_dir", "runtime_dir"):
-        try:
-            getattr(service, name).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"[service] {name}: cannot create {getattr(service, name)}: "
-                f"{exc.strerror}; create it or choose another directory"
-            ) from None
-    state.ensure_dir(service.state_dir, 0o700)
-    secrets = (
-        state.load_or_create_token(service.state_dir),
-        state.load_or_create_cookie_secret(service.state_dir),
-    )
     launch = launcher.build(config)
+    for name, mode in (("state_dir", 0o700), ("runtime_dir", launcher.runtime_dir_mode(launch))):
+        try:
+            state.ensure_dir(getattr(service, name), mode)
+        except OSError as exc:
+            raise ConfigError(f"[service] {name}: {exc.strerror}") from None
+    secrets = state.load_secrets(service.state_dir, launch.account.uid, launch.account.name)
     launcher.become_subreaper()  # before the first child: its orphans must come back to us
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
@@ -39,7 +32,7 @@ def run(config: Config) -> int:
         signal.signal(signum, lambda received, _frame: early_signals.append(received))
     try:
         started: subprocess.Popen[bytes] | Exception = launcher.start(
-            launch, service.runtime_dir, *secrets
+            launch, service.runtime_dir, secrets.token, secrets.cookie_secret
         )
     except (launcher.CannotStartNow, launcher.LaunchError) as exc:
         started = exc  # the supervisor reports it, in its log and state, like any later start

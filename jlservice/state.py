@@ -6,6 +6,7 @@ and config, so that printing the token costs little more than starting Python.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -87,6 +88,7 @@ class State(NamedTuple):
     token_login: bool = True  # False: [auth] token = false, password login only
     warm_parent: WarmParent | None = None
     started_warm: bool = False  # the running JupyterLab was forked by the warm parent
+    lab_uid: int | None = None  # the lab user the token and cookie secret were handed to
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -111,25 +113,53 @@ class State(NamedTuple):
 
 
 def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """Create `path` (and parents); give it `mode` (and `owner`) if it is ours to change.
+    """Create `path` (and parents) with `mode` and `owner` (default: ours), or check the
+    directory already there and give it that mode and owner.
 
-    Never follows a symlink at `path`: a directory another user can write to could hold
-    one pointing anywhere, and root would chown or chmod the target.
+    An existing one must be a plain directory, never a symlink (root would chown or chmod
+    the target), owned by us or `owner`; one of ours must be writable by nobody else. Whoever
+    else could write to it may have planted files in it (a token they know, a cookie secret)
+    or links. Raises OSError whose strerror says what is wrong and what to do.
     """
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    uid, gid = owner or (os.geteuid(), os.getegid())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, mode)
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as exc:
+        why = f"cannot create {path}: {exc.strerror}; create it or choose another directory"
+        raise OSError(exc.errno, why) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise OSError(
-            exc.errno, f"{path} is not a plain directory ({exc.strerror})", str(path)
-        ) from None
+        raise OSError(exc.errno, f"{path} is not a plain directory ({exc.strerror})") from None
     try:
+        if not made:
+            _check_existing(path, os.fstat(fd), uid)
         if owner is not None:
-            os.fchown(fd, *owner)
-        if os.fstat(fd).st_uid == os.geteuid() or owner is not None:
-            os.fchmod(fd, mode)
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def _check_existing(path: Path, st: os.stat_result, uid: int) -> None:
+    me = os.geteuid()
+    if st.st_uid not in (me, uid):
+        raise PermissionError(
+            errno.EPERM,
+            f"{path} belongs to {_user_name(st.st_uid)}, not {_user_name(uid)}, who may have "
+            "left files or links in it: remove it (jlservice makes a new one) or choose "
+            "another directory",
+        )
+    if st.st_uid == me and st.st_mode & 0o022:
+        raise PermissionError(
+            errno.EPERM,
+            f"{path} is writable by others (mode {st.st_mode & 0o7777:04o}), who may have left "
+            f"files or links in it: check what is in it, then `chmod go-w {path}`",
+        )
 
 
 def write_atomic(
@@ -189,13 +219,47 @@ def read_state(state_dir: Path) -> State:
         raise StateError(f"{path} is damaged ({exc}); restart jlservice to rewrite it") from None
 
 
-def load_or_create_token(state_dir: Path) -> str:
-    """The token of the previous run (so logged-in browsers stay logged in), else a new one."""
+class Secrets(NamedTuple):
+    token: str
+    cookie_secret: bytes
+    # The lab user the kept ones were handed to, when they were replaced because it changed.
+    replaced_from: str | None = None
+
+
+def load_secrets(state_dir: Path, lab_uid: int, lab_user: str) -> Secrets:
+    """The token and cookie secret of the previous run (so logged-in browsers stay logged
+    in) if they were handed to the lab user `lab_uid`, else new ones.
+
+    The lab user can read both (JupyterLab needs them), so a new lab user never inherits
+    them: the old one could log in to the new one's JupyterLab, or forge its cookies.
+    """
     try:
-        token = read_state(state_dir).token
-    except StateError:
-        return new_token()
-    return token if isinstance(token, str) and len(token) >= 48 else new_token()
+        kept = read_state(state_dir)
+    except StateError:  # a first start (or a damaged state): no kept token to honour
+        kept = None
+    if kept is not None and _handed_to(kept, lab_uid, lab_user):
+        token = kept.token
+        if not isinstance(token, str) or len(token) < 48:
+            token = new_token()
+        return Secrets(token, load_or_create_cookie_secret(state_dir))
+    secrets = Secrets(new_token(), new_cookie_secret(), _holder(kept))
+    write_cookie_secret(state_dir, secrets.cookie_secret)
+    return secrets
+
+
+def _handed_to(kept: State, lab_uid: int, lab_user: str) -> bool:
+    if kept.lab_uid is None:  # written before jlservice recorded the uid: the name says
+        return kept.user == lab_user
+    return type(kept.lab_uid) is int and kept.lab_uid == lab_uid
+
+
+def _holder(kept: State | None) -> str | None:
+    """Who was handed the kept secrets, for the log (None: nobody, a first start)."""
+    if kept is None:
+        return None
+    if type(kept.lab_uid) is not int:
+        return f"{kept.user} (uid not recorded)"
+    return f"{kept.user} (uid {kept.lab_uid})"
 
 
 def load_or_create_cookie_secret(state_dir: Path) -> bytes:
@@ -222,6 +286,15 @@ def _owner(path: Path) -> str:
         return pwd.getpwuid(path.stat().st_uid).pw_name
     except (OSError, KeyError):
         return "its owner"
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def login_url(state: State, url: str | None = None) -> str:

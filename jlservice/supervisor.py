@@ -74,7 +74,7 @@ class Supervisor(Reloading, Warming):
         self,
         config: Config,
         launch: launcher.Launch,
-        secrets: tuple[str, bytes],
+        secrets: state.Secrets,
         started: subprocess.Popen[bytes] | Exception | None = None,
         early_signals: list[int] | None = None,
     ) -> None:
@@ -84,7 +84,8 @@ class Supervisor(Reloading, Warming):
         self.config = config
         self.notifier = Notifier()
         self.launch = launch
-        self.token, self.cookie_secret = secrets
+        self.token, self.cookie_secret = secrets.token, secrets.cookie_secret
+        self._replaced_from = secrets.replaced_from
         self._started = started
         self._early_signals = early_signals or []
         self.reaper = children.Reaper()
@@ -158,6 +159,8 @@ class Supervisor(Reloading, Warming):
             user=self.config.lab.user,
             port=self.config.lab.port,
         )
+        if self._replaced_from is not None:
+            self._log_user_changed(self._replaced_from)
         if why := launcher.read_only_notebooks(self.launch):
             logger.warning("notebook_dir_read_only", problem=why)
         self._warn_risks()
@@ -185,6 +188,7 @@ class Supervisor(Reloading, Warming):
             config_path=str(self.config.path) if self.config.path else None,
             supervisor_pid=me,
             supervisor_started_at=state.process_start_time(me),
+            lab_uid=self.launch.account.uid,
         )
         self._save()
 
@@ -428,11 +432,25 @@ class Supervisor(Reloading, Warming):
         self.exit_code = 0
 
     async def _on_rotate(self) -> None:
+        self._new_secrets()
+        logger.info("token_rotated")
+        if self.lab is not None:
+            await self._stop_lab("rotate")
+
+    def _new_secrets(self) -> None:
+        """A new token and cookie secret for the current launch's user, saved at once: a
+        replaced token must never come back."""
         self.token = state.new_token()
         self.cookie_secret = state.new_cookie_secret()
         log.add_secret(self.token)
         state.write_cookie_secret(self.config.service.state_dir, self.cookie_secret)
-        self._save(token=self.token)  # at once: a rotated token must never come back
-        logger.info("token_rotated")
-        if self.lab is not None:
-            await self._stop_lab("rotate")
+        self._save(token=self.token, lab_uid=self.launch.account.uid)
+
+    def _log_user_changed(self, old: str) -> None:
+        account = self.launch.account
+        logger.warning(
+            "lab_user_changed",
+            old=old,
+            new=f"{account.name} (uid {account.uid})",
+            effect="token and cookie secret rotated; the old user's runtime files removed",
+        )

@@ -409,6 +409,8 @@ def files_exposing(secret: str, roots: list[Path]) -> list[str]:
         for dirpath, _dirs, files in os.walk(root):
             for name in files:
                 path = Path(dirpath) / name
+                if not path.is_file():  # a FIFO another test made would block the read
+                    continue
                 with contextlib.suppress(OSError):
                     if secret.encode() in path.read_bytes() and _world_readable(path):
                         exposed.append(str(path))
