@@ -7,6 +7,7 @@ and config, so that printing the token costs little more than starting Python.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -91,6 +92,7 @@ class State(NamedTuple):
     stuck_pids: tuple[int, ...] = ()  # leftovers SIGKILL did not end, left behind
     # Set in the runtime dir's copy, written while state.json in the state dir cannot be.
     state_error: str | None = None
+    lab_uid: int | None = None  # the lab user the token and cookie secret were handed to
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -117,25 +119,53 @@ class State(NamedTuple):
 
 
 def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """Create `path` (and parents); give it `mode` (and `owner`) if it is ours to change.
+    """Create `path` (and parents) with `mode` and `owner` (default: ours), or check the
+    directory already there and give it that mode and owner.
 
-    Never follows a symlink at `path`: a directory another user can write to could hold
-    one pointing anywhere, and root would chown or chmod the target.
+    An existing one must be a plain directory, never a symlink (root would chown or chmod
+    the target), owned by us or `owner`; one of ours must be writable by nobody else. Whoever
+    else could write to it may have planted files in it (a token they know, a cookie secret)
+    or links. Raises OSError whose strerror says what is wrong and what to do.
     """
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    uid, gid = owner or (os.geteuid(), os.getegid())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, mode)
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as exc:
+        why = f"cannot create {path}: {exc.strerror}; create it or choose another directory"
+        raise OSError(exc.errno, why) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise OSError(
-            exc.errno, f"{path} is not a plain directory ({exc.strerror})", str(path)
-        ) from None
+        raise OSError(exc.errno, f"{path} is not a plain directory ({exc.strerror})") from None
     try:
+        if not made:
+            _check_existing(path, os.fstat(fd), uid)
         if owner is not None:
-            os.fchown(fd, *owner)
-        if os.fstat(fd).st_uid == os.geteuid() or owner is not None:
-            os.fchmod(fd, mode)
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def _check_existing(path: Path, st: os.stat_result, uid: int) -> None:
+    me = os.geteuid()
+    if st.st_uid not in (me, uid):
+        raise PermissionError(
+            errno.EPERM,
+            f"{path} belongs to {_user_name(st.st_uid)}, not {_user_name(uid)}, who may have "
+            "left files or links in it: remove it (jlservice makes a new one) or choose "
+            "another directory",
+        )
+    if st.st_uid == me and st.st_mode & 0o022:
+        raise PermissionError(
+            errno.EPERM,
+            f"{path} is writable by others (mode {st.st_mode & 0o7777:04o}), who may have left "
+            f"files or links in it: check what is in it, then `chmod go-w {path}`",
+        )
 
 
 def write_atomic(
@@ -243,6 +273,49 @@ def write_token(state_dir: Path, token: str) -> None:
     write_atomic(state_dir / TOKEN_FILE, token.encode())
 
 
+class Secrets(NamedTuple):
+    """What JupyterLab is given to log people in with."""
+
+    token: str
+    cookie_secret: bytes
+
+
+def load_secrets(state_dir: Path, lab_uid: int, lab_user: str) -> tuple[Secrets, str | None]:
+    """The token and cookie secret of the previous run (so logged-in browsers stay logged
+    in) if they were handed to the lab user `lab_uid`, else new ones, saved at once; and,
+    when kept ones were replaced, whom they had been handed to (for the log).
+
+    The lab user can read both (JupyterLab needs them), so a new lab user never inherits
+    them: the old one could log in to the new one's JupyterLab, or forge its cookies.
+    """
+    try:
+        kept = read_state(state_dir)
+    except StateError:  # a first start (or a damaged state): no kept token to honour
+        kept = None
+    if kept is not None and _handed_to(kept, lab_uid, lab_user):
+        token = load_or_create_token(state_dir)
+        return Secrets(token, load_or_create_cookie_secret(state_dir)), None
+    secrets = Secrets(new_token(), new_cookie_secret())
+    with contextlib.suppress(OSError):  # a full disk: in use all the same, said by the state
+        save_secrets(state_dir, *secrets)
+    return secrets, _holder(kept)
+
+
+def _handed_to(kept: State, lab_uid: int, lab_user: str) -> bool:
+    if kept.lab_uid is None:  # written before jlservice recorded the uid: the name says
+        return kept.user == lab_user
+    return type(kept.lab_uid) is int and kept.lab_uid == lab_uid
+
+
+def _holder(kept: State | None) -> str | None:
+    """Who was handed the kept secrets, for the log (None: nobody, a first start)."""
+    if kept is None:
+        return None
+    if type(kept.lab_uid) is not int:
+        return f"{kept.user} (uid not recorded)"
+    return f"{kept.user} (uid {kept.lab_uid})"
+
+
 def load_or_create_cookie_secret(state_dir: Path) -> bytes:
     path = state_dir / COOKIE_SECRET_FILE
     try:
@@ -280,6 +353,15 @@ def _owner(path: Path) -> str:
         return pwd.getpwuid(path.stat().st_uid).pw_name
     except (OSError, KeyError):
         return "its owner"
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def login_url(state: State, url: str | None = None) -> str:

@@ -144,13 +144,74 @@ def _denied(path: Path, account: Account, depth: int) -> str | None:
 
 def _shebang_interpreter(path: Path) -> str | None:
     try:
-        with path.open("rb") as f:
-            head = f.read(256)
+        head = read_head(path, 256)
     except OSError:
         return None
-    if not head.startswith(b"#!"):
+    if head is None or not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0].strip()
     if not line:
         return None
     return os.fsdecode(line.split()[0])
+
+
+def read_head(path: str | os.PathLike[str], size: int) -> bytes | None:
+    """The first `size` bytes of `path` if it is a regular file, else None.
+
+    Root reads it, maybe in a directory the lab user can write to and swap it in at any
+    moment for a FIFO (an open would block) or a link to a device (an open can have effects).
+    So it is first opened with O_PATH, which does neither, and read only once fstat says it
+    is a regular file, by reopening that same inode through /proc/self/fd.
+    """
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        data = os.open(f"/proc/self/fd/{fd}", flags)
+    finally:
+        os.close(fd)
+    try:
+        return os.read(data, size)
+    finally:
+        os.close(data)
+
+
+def others_can_change(path: str | os.PathLike[str]) -> str | None:
+    """Who besides root (and us) could change what `path` names, or None.
+
+    Root reads files such as the TLS key and hands their content to the lab user: if that
+    user could swap an entry on the way (in a directory it owns or may write to), it would
+    choose what root reads, another service's key say. Checked on the way as written and
+    after resolving links; in a sticky directory (/tmp), only an entry of ours is safe.
+    """
+    trusted = {0, os.geteuid()}
+    for candidate in (Path(path), Path(os.path.realpath(path))):
+        for entry in (candidate, *candidate.parents[:-1]):
+            try:
+                where = os.stat(entry.parent)
+                owner = os.lstat(entry).st_uid
+            except OSError:
+                continue  # missing: reading it says so
+            writer = _writer(where, trusted)
+            if writer and not (where.st_mode & stat.S_ISVTX and owner in trusted):
+                return f"{entry.parent} is writable by {writer}"
+    return None
+
+
+def _writer(st: os.stat_result, trusted: set[int]) -> str | None:
+    """Who other than `trusted` uids may write to the directory `st`, or None."""
+    if st.st_uid not in trusted:
+        return _name(st.st_uid)
+    if st.st_mode & 0o002:
+        return "everyone"
+    if st.st_mode & 0o020 and st.st_gid != 0:
+        return f"group {st.st_gid}"
+    return None
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

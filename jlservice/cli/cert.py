@@ -45,8 +45,7 @@ def cmd_cert(args: argparse.Namespace) -> int:
     cert_pem, key_pem = tls.self_signed(names, args.days)
     path = config_path(args)
     state_dir = config.load_service(path).state_dir
-    if not state_dir.exists():
-        state.ensure_dir(state_dir, 0o700)
+    state.ensure_dir(state_dir, 0o700)  # the key goes in: nobody else's, writable by none
     cert_file, key_file = state_dir / CERT_NAME, state_dir / KEY_NAME
     state.write_atomic(key_file, key_pem, mode=0o600)
     state.write_atomic(cert_file, cert_pem, mode=0o644)

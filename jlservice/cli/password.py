@@ -41,7 +41,7 @@ def cmd_password(args: argparse.Namespace) -> int:
     from jupyter_server.auth import passwd  # heavy: only here
 
     hashed = passwd(secret, algorithm="argon2")
-    if not target.parent.exists():
+    if not configured or not target.parent.exists():  # the state dir, or one it makes
         state.ensure_dir(target.parent, 0o700)
     state.write_atomic(target, hashed.encode() + b"\n", mode=0o600)
     print(f"password hash written to {target}")

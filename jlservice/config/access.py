@@ -21,6 +21,7 @@ from jlservice.config.reader import Reader
 
 # jupyter_server's hashes: "argon2:$argon2id$…", or "sha1:salt:hexdigest" from older versions.
 _HASH = re.compile(r"[a-z0-9_]+:\S+", re.ASCII)
+MAX_FILE = 1 << 20  # a certificate chain is a few kB
 
 
 def parse_auth(r: Reader, t: Mapping[str, Any], base: Path) -> AuthConfig:
@@ -115,9 +116,16 @@ def _path(text: str, base: Path) -> Path:
 
 
 def _read(r: Reader, section: str, key: str, path: Path, maker: str) -> bytes:
+    """Read a file whose content JupyterLab gets: from a place only root can change, else the
+    lab user could point root at a file of its choice; never blocking on a FIFO."""
+    swappable = users.others_can_change(path)
+    if swappable:
+        r.fail(section, key, f"{path}: {swappable}; move it where no other user can change it")
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        raw = users.read_head(path, MAX_FILE)
+        if raw is not None:
+            return raw
+        r.fail(section, key, f"{path} is not a regular file")
     except FileNotFoundError:
         r.fail(section, key, f"{path} does not exist; create it with {maker}")
     except PermissionError:

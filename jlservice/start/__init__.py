@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from typing import BinaryIO, NamedTuple
 
+from jlservice.state import Secrets
 
-class Secrets(NamedTuple):
-    """What JupyterLab is given to log people in with."""
-
-    token: str
-    cookie_secret: bytes
+__all__ = ["Secrets", "Started"]
 
 
 class Started(NamedTuple):

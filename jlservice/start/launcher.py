@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -212,17 +213,14 @@ def prepare_private_dir(
 
     When root switches users, `private_dir` itself stays root's (0711): the user can reach
     the files in it but cannot replace them, or its `runtime` directory, with symlinks that
-    root would then follow. The token file has no trailing newline: jupyter_server reads it
-    verbatim.
+    root would then follow. Its `runtime` directory is made anew for a new lab user. The
+    token file has no trailing newline: jupyter_server reads it verbatim.
     """
     owner = (launch.account.uid, launch.account.gid)
-    if launch.switch_user:
-        state.ensure_dir(runtime_dir, 0o755)
-        state.ensure_dir(launch.private_dir, 0o711, owner=(os.geteuid(), os.getegid()))
-        state.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
-    else:
-        for directory in (runtime_dir, launch.private_dir, launch.jupyter_runtime_dir):
-            state.ensure_dir(directory, 0o700)
+    state.ensure_dir(runtime_dir, runtime_dir_mode(launch))
+    state.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
+    _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
+    state.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
     # An empty token file turns token login off ([auth] token = false).
     state.write_atomic(
         launch.token_file, token.encode() if launch.token_login else b"", owner=owner
@@ -233,6 +231,32 @@ def prepare_private_dir(
             state.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
         else:  # no longer configured: no stale key or hash left behind
             (launch.private_dir / name).unlink(missing_ok=True)
+
+
+def runtime_dir_mode(launch: Launch) -> int:
+    """[service] runtime_dir: another lab user must get through it to its private files."""
+    return 0o755 if launch.switch_user else 0o700
+
+
+def _drop_if_foreign(path: Path, uid: int) -> None:
+    """Remove JupyterLab's runtime dir if it belongs to anyone but `uid`: what another lab
+    user left there (files, links to anywhere) must not be handed to this one.
+
+    rmtree works through directory fds and removes symlinks without following them; the
+    directory holding `path` is root's, so the old user cannot swap `path` itself.
+    """
+    import shutil
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
@@ -298,9 +322,21 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def _die_with_parent(parent_pid: int):
+def _child_setup(parent_pid: int, cwd: str, errors: int):
+    """What the child does after the uid switch, before exec (Popen runs preexec_fn then).
+
+    It enters `cwd` as the lab user: Popen's own cwd= is entered before the switch, with
+    root's rights, so a notebook dir the user swapped for a link to someone else's private
+    directory would be entered, and readable through /proc/PID/cwd. A failure is reported
+    on `errors` as its errno. PDEATHSIG is set here too, as a uid change would clear it.
+    """
+
     def setup() -> None:
-        # Runs after the uid switch (a uid change would clear the setting again).
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            os.write(errors, str(exc.errno).encode())
+            raise
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent_pid:  # the supervisor died before we got here
             os._exit(1)
@@ -319,32 +355,47 @@ def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes)
 
 def spawn(launch: Launch) -> subprocess.Popen[bytes]:
     """Start JupyterLab; its stdout and stderr arrive on one pipe."""
+    errors, report = os.pipe2(os.O_CLOEXEC)
     try:
         return subprocess.Popen(
             launch.argv,
             env=dict(launch.env),
-            cwd=launch.cwd,
+            cwd="/",
             umask=launch.umask,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=_child_setup(os.getpid(), launch.cwd, report),
             **identity(launch.account, launch.switch_user),
         )
+    except subprocess.SubprocessError:  # raised in _child_setup: entering the notebook dir
+        os.close(report)
+        report = -1
+        raise _cannot_enter(launch, int(os.read(errors, 16) or errno.EIO)) from None
     except PermissionError as exc:
         raise LaunchError(
-            f"user {launch.account.name} may not execute {launch.argv[0]} or "
-            f"enter {launch.cwd}: {exc.strerror}"
+            f"user {launch.account.name} may not execute {launch.argv[0]}: {exc.strerror}"
         ) from None
     except FileNotFoundError as exc:
         raise LaunchError(
-            f"{exc.filename or launch.argv[0]}: no such file; check [lab] command and notebook_dir"
+            f"{exc.filename or launch.argv[0]}: no such file; check [lab] command"
         ) from None
     except OSError as exc:  # EAGAIN, ENOMEM…: the machine, not the configuration
         raise CannotStartNow(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
     except ValueError as exc:  # e.g. an embedded NUL that validation let through
         raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None
+    finally:
+        os.close(errors)
+        if report >= 0:
+            os.close(report)
+
+
+def _cannot_enter(launch: Launch, code: int) -> Exception:
+    why = f"user {launch.account.name} cannot enter notebook_dir {launch.cwd}: {os.strerror(code)}"
+    if code in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return LaunchError(f"{why}; give {launch.account.name} access or fix [lab] notebook_dir")
+    return CannotStartNow(why)
 
 
 def identity(account: users.Account, switch_user: bool) -> dict[str, object]:

@@ -375,6 +375,14 @@ class Supervisor:
     async def _on_rotate(self) -> None:
         """A new token and cookie secret; JupyterLab restarts with them (or starts with them
         after the backoff)."""
+        self._new_secrets()
+        logger.info("token_rotated")
+        if self.lab is not None:
+            await self._replace(None, "rotate")
+
+    def _new_secrets(self) -> None:
+        """A new token and cookie secret for the current launch's user, saved at once: a
+        replaced token must never come back."""
         self.secrets = Secrets(state.new_token(), state.new_cookie_secret())
         log.add_secret(self.secrets.token)
         try:
@@ -386,10 +394,16 @@ class Supervisor:
                 f"{exc.strerror}; it is in use, and the old one's files are removed where "
                 "they can be, so that it does not come back if jlservice restarts",
             )
-        self.publish.token_rotated(self.secrets.token)
-        logger.info("token_rotated")
-        if self.lab is not None:
-            await self._replace(None, "rotate")
+        self.publish.token_rotated(self.secrets.token, self.launch.account.uid)
+
+    def log_user_changed(self, old: str) -> None:
+        account = self.launch.account
+        logger.warning(
+            "lab_user_changed",
+            old=old,
+            new=f"{account.name} (uid {account.uid})",
+            effect="token and cookie secret rotated; the old user's runtime files removed",
+        )
 
     # ── reloads ─────────────────────────────────────────────────────────────
 
@@ -446,7 +460,10 @@ class Supervisor:
     def _use_launch(self, launch: launcher.Launch) -> None:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
         self._drop_pending()
-        self.launch = launch
+        previous, self.launch = self.launch, launch
+        if launch.account.uid != previous.account.uid:  # the old user holds the secrets
+            self._new_secrets()
+            self.log_user_changed(f"{previous.account.name} (uid {previous.account.uid})")
         risks.warn_about_launch(launch)
         self.publish.launch_changed(launch)
 

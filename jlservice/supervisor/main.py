@@ -21,20 +21,15 @@ if TYPE_CHECKING:
 
 def run(config: Config) -> int:
     service = config.service
-    for name in ("state_dir", "runtime_dir"):
-        try:
-            getattr(service, name).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"[service] {name}: cannot create {getattr(service, name)}: "
-                f"{exc.strerror}; create it or choose another directory"
-            ) from None
-    state.ensure_dir(service.state_dir, 0o700)
-    secrets = Secrets(
-        state.load_or_create_token(service.state_dir),
-        state.load_or_create_cookie_secret(service.state_dir),
-    )
     launch = launcher.build(config)
+    for name, mode in (("state_dir", 0o700), ("runtime_dir", launcher.runtime_dir_mode(launch))):
+        try:
+            state.ensure_dir(getattr(service, name), mode)
+        except OSError as exc:
+            raise ConfigError(f"[service] {name}: {exc.strerror}") from None
+    secrets, replaced_from = state.load_secrets(
+        service.state_dir, launch.account.uid, launch.account.name
+    )
     launcher.become_subreaper()  # before the first child: its orphans must come back to us
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
@@ -51,7 +46,9 @@ def run(config: Config) -> int:
     from jlservice import log
 
     log.configure(config.log.level, config.log.format)
-    return asyncio.run(_supervise(config, launch, secrets, first, cold, early_signals))
+    return asyncio.run(
+        _supervise(config, launch, secrets, replaced_from, first, cold, early_signals)
+    )
 
 
 class FirstStart:
@@ -74,6 +71,7 @@ async def _supervise(
     config: Config,
     launch: launcher.Launch,
     secrets: Secrets,
+    replaced_from: str | None,
     first: Started | Exception,
     cold: ColdStart,
     early_signals: list[int],
@@ -109,6 +107,7 @@ async def _supervise(
         config_path=str(config.path) if config.path else None,
         supervisor_pid=me,
         supervisor_started_at=state.process_start_time(me),
+        lab_uid=launch.account.uid,
     )
     publisher = Publisher(
         StateFile(config.service.state_dir, config.service.runtime_dir),
@@ -142,4 +141,7 @@ async def _supervise(
         stuck=lambda: sorted(reaper.stuck),
         watchdog_interval=notifier.watchdog_interval,
     )
-    return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
+    supervisor = Supervisor(config, launch, secrets, parts, events)
+    if replaced_from is not None:
+        supervisor.log_user_changed(replaced_from)
+    return await supervisor.run(early_signals)

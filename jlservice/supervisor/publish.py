@@ -156,8 +156,9 @@ class Publisher:
         if tuple(pids) != self.record.stuck_pids:
             self._save(stuck_pids=tuple(pids))
 
-    def token_rotated(self, token: str) -> None:
-        self._save(token=token)  # at once: a rotated token must never come back
+    def token_rotated(self, token: str, lab_uid: int) -> None:
+        """New secrets, handed to `lab_uid` (at once: a rotated token must never come back)."""
+        self._save(token=token, lab_uid=lab_uid)
 
     def warm_parent(self, parent: state.WarmParent | None) -> None:
         self.view.warm_parent = parent

@@ -247,6 +247,65 @@ def test_prepare_private_dir_for_another_user(tmp_path: Path) -> None:
     assert _mode(tmp_path / "run") == 0o755  # nobody must get through to its own dir
 
 
+@needs_root
+def test_a_new_lab_user_gets_a_runtime_dir_of_its_own(tmp_path: Path) -> None:
+    """What the previous lab user left in JupyterLab's runtime dir goes, links without
+    following them; the same user keeps its files."""
+    old = build(tmp_path, user="nobody", notebook_dir=str(tmp_path))
+    launcher.prepare_private_dir(old, tmp_path / "run", TOKEN, b"c" * 64)
+    runtime = old.jupyter_runtime_dir
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    (roots / "keep").write_text("root's")
+    (runtime / "left").write_text("x")
+    (runtime / "sub").mkdir()
+    (runtime / "sub" / "deep").write_text("y")
+    (runtime / "to-file").symlink_to(roots / "keep")
+    (runtime / "to-dir").symlink_to(roots)
+
+    new = build(tmp_path, user="daemon", notebook_dir=str(tmp_path))
+    launcher.prepare_private_dir(new, tmp_path / "run", TOKEN, b"c" * 64)
+    assert list(runtime.iterdir()) == []
+    assert runtime.stat().st_uid == pwd.getpwnam("daemon").pw_uid
+    assert [p.name for p in roots.iterdir()] == ["keep"]
+    assert (roots / "keep").read_text() == "root's"
+
+    (runtime / "mine").write_text("m")
+    launcher.prepare_private_dir(new, tmp_path / "run", TOKEN, b"c" * 64)
+    assert (runtime / "mine").exists()
+
+
+@needs_root
+@pytest.mark.parametrize("through_a_link", [False, True], ids=["dir", "link"])
+def test_the_notebook_dir_is_entered_as_the_lab_user(
+    tmp_path: Path, open_dir: Path, through_a_link: bool
+) -> None:
+    """Entered with root's rights, a dir the user cannot enter (or a link to one) would
+    become the server's cwd; entered as the user it is a clear LaunchError."""
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    notebooks = private
+    if through_a_link:
+        notebooks = open_dir / "notebooks-link"
+        notebooks.symlink_to(private)
+    launch = build(
+        tmp_path, user="nobody", notebook_dir=str(notebooks), command=["/bin/sh", "-c", "pwd"]
+    )
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(launcher.LaunchError) as refused:
+        launcher.spawn(launch)
+    assert str(refused.value) == (
+        f"user nobody cannot enter notebook_dir {notebooks}: Permission denied; "
+        "give nobody access or fix [lab] notebook_dir"
+    )
+    assert len(os.listdir("/proc/self/fd")) == fds  # no pipe left open
+
+    private.chmod(0o755)  # now nobody may enter it: the server starts there
+    proc = launcher.spawn(launch)
+    out, _ = proc.communicate(timeout=30)
+    assert out.decode().strip() == str(private)
+
+
 # --- port check --------------------------------------------------------------------------
 
 

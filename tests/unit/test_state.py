@@ -122,9 +122,60 @@ def test_ensure_dir_sets_the_mode(tmp_path: Path, permissive_umask) -> None:
     target = tmp_path / "a" / "b"
     state.ensure_dir(target, 0o700)
     assert mode_of(target) == 0o700
-    target.chmod(0o777)
-    state.ensure_dir(target, 0o700)
-    assert mode_of(target) == 0o700
+    target.chmod(0o755)
+    state.ensure_dir(target, 0o711)
+    assert mode_of(target) == 0o711
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777, 0o702])
+def test_ensure_dir_refuses_a_directory_others_could_write(tmp_path: Path, mode: int) -> None:
+    """Someone else may have planted a token or cookie secret in it: not silently adopted."""
+    target = tmp_path / "state"
+    target.mkdir()
+    target.chmod(mode)
+    with pytest.raises(PermissionError) as refused:
+        state.ensure_dir(target, 0o700)
+    assert f"{target} is writable by others (mode {mode:04o})" in refused.value.strerror
+    assert f"chmod go-w {target}" in refused.value.strerror
+    assert mode_of(target) == mode
+
+
+def test_ensure_dir_refuses_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o755)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(OSError, match="is not a plain directory"):
+        state.ensure_dir(tmp_path / "link", 0o700)
+    assert mode_of(real) == 0o755
+
+
+@needs_root
+@pytest.mark.parametrize("owner", [None, "root"], ids=["ours", "for-root"])
+def test_ensure_dir_refuses_another_users_directory(tmp_path: Path, owner: str | None) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    target = tmp_path / "state"
+    target.mkdir(mode=0o700)
+    os.chown(target, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(PermissionError) as refused:
+        state.ensure_dir(target, 0o700, owner=(0, 0) if owner else None)
+    assert f"{target} belongs to nobody, not root" in refused.value.strerror
+    assert target.stat().st_uid == nobody.pw_uid  # neither taken over nor changed
+
+
+@needs_root
+def test_ensure_dir_hands_a_directory_to_its_owner(tmp_path: Path) -> None:
+    """JupyterLab's own dir: made (or found) as root's and given to the lab user, whose
+    own mode changes are simply undone."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    target = tmp_path / "runtime"
+    for _ in range(2):
+        state.ensure_dir(target, 0o700, owner=(nobody.pw_uid, nobody.pw_gid))
+        assert (target.stat().st_uid, mode_of(target)) == (nobody.pw_uid, 0o700)
+        target.chmod(0o777)  # as the lab user could
 
 
 # --- the state file ----------------------------------------------------------------------
@@ -270,10 +321,51 @@ def test_load_or_create_token_replaces_a_bad_token(tmp_path: Path, content: byte
     assert (tmp_path / state.TOKEN_FILE).read_text() == token
 
 
+def test_secrets_are_kept_for_the_same_lab_user(tmp_path: Path) -> None:
+    first, replaced = state.load_secrets(tmp_path, 1234, "alice")
+    assert len(first.token) >= 48 and len(first.cookie_secret) >= 32
+    assert replaced is None  # a first start replaces nobody's
+    state.write_state(tmp_path, sample_state(token=first.token, lab_uid=1234))
+    assert state.load_secrets(tmp_path, 1234, "alice") == (first, None)
+    # A state written before the uid was recorded: the same user name keeps them too.
+    state.write_state(tmp_path, sample_state(token=first.token))
+    assert state.load_secrets(tmp_path, 1234, "alice") == (first, None)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "uid", "name", "holder"),
+    [
+        (1234, 1235, "alice", "alice (uid 1234)"),  # same name, another account
+        (1234, 1235, "bob", "alice (uid 1234)"),
+        (None, 1235, "bob", "alice (uid not recorded)"),
+        ("1235", 1235, "alice", "alice (uid not recorded)"),
+        (True, 1, "alice", "alice (uid not recorded)"),  # a bool is no uid 1
+    ],
+)
+def test_secrets_are_new_for_another_lab_user(
+    tmp_path: Path, recorded: object, uid: int, name: str, holder: str
+) -> None:
+    """Whoever else was handed them (or a state that does not say) never uses them again."""
+    first, _ = state.load_secrets(tmp_path, 1234, "alice")
+    state.write_state(tmp_path, sample_state(token=first.token, lab_uid=recorded))
+    second, replaced = state.load_secrets(tmp_path, uid, name)
+    assert second.token != first.token and len(second.token) >= 48
+    assert second.cookie_secret != first.cookie_secret
+    assert (tmp_path / state.COOKIE_SECRET_FILE).read_bytes() == second.cookie_secret
+    assert (tmp_path / state.TOKEN_FILE).read_text() == second.token
+    assert replaced == holder
+
+
+def test_secrets_replace_a_short_token(tmp_path: Path) -> None:
+    state.write_state(tmp_path, sample_state(token="short", lab_uid=1234))
+    token = state.load_secrets(tmp_path, 1234, "alice")[0].token
+    assert token != "short" and len(token) >= 48
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe binary"], ids=["json", "binary"])
-def test_load_or_create_token_survives_a_damaged_state(tmp_path: Path, content: bytes) -> None:
+def test_secrets_survive_a_damaged_state(tmp_path: Path, content: bytes) -> None:
     (tmp_path / state.STATE_FILE).write_bytes(content)
-    assert len(state.load_or_create_token(tmp_path)) >= 48
+    assert len(state.load_secrets(tmp_path, 1234, "alice")[0].token) >= 48
 
 
 def test_cookie_secret_is_created_0600_and_reused(tmp_path: Path, permissive_umask) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,122 @@ def test_login_shells_leave_out_nologin() -> None:
     assert not any(s.endswith(("/nologin", "/false")) for s in shells)
     if Path("/etc/shells").exists():
         assert "/bin/sh" in shells
+
+
+# --- files the lab user can swap -----------------------------------------------------------
+
+# As the owner of the command's directory: swap the command between a script and a FIFO,
+# as fast as it can, until killed.
+_SWAPPER = """
+import os, sys
+os.chdir(sys.argv[1])
+while True:
+    for source in ("script", "fifo"):
+        if os.path.lexists("swap"):  # renaming a link onto the same file leaves it there
+            os.unlink("swap")
+        os.link(source, "swap")
+        os.rename("swap", "jupyter-lab")
+"""
+_CHECKER = """
+import json, sys, time
+from jlservice import users
+verdicts, until = set(), time.monotonic() + 3
+while time.monotonic() < until:
+    verdicts.add(users.execute_denied(sys.argv[1], users.current()))
+print(json.dumps(sorted(map(str, verdicts))))
+"""
+
+
+def test_a_command_swapped_for_a_fifo_never_hangs_the_check(open_dir: Path) -> None:
+    """Root reads the command's #! line; opened without O_NONBLOCK, a FIFO swapped in after
+    the regular-file check would block it forever (no writer ever comes)."""
+    script(open_dir / "script", "#!/bin/sh\nexit 0\n")
+    os.mkfifo(open_dir / "fifo", 0o644)
+    os.link(open_dir / "script", open_dir / "jupyter-lab")
+    as_user = {}
+    if IS_ROOT:
+        nobody = account("nobody")
+        for path in (open_dir, *open_dir.iterdir()):
+            os.chown(path, nobody.uid, nobody.gid, follow_symlinks=False)
+        as_user = {"user": nobody.uid, "group": nobody.gid, "extra_groups": []}
+    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(open_dir)], cwd="/", **as_user)
+    try:
+        checked = subprocess.run(
+            [sys.executable, "-c", _CHECKER, str(open_dir / "jupyter-lab")],
+            capture_output=True,
+            text=True,
+            timeout=30,  # it checks for 3 s
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("checking a command that is swapped for a FIFO hung")
+    finally:
+        swapping = swapper.poll() is None
+        swapper.kill()
+        swapper.wait()
+    assert swapping, "the swapper stopped: the check raced nothing"
+    assert checked.returncode == 0, checked.stderr
+    # It saw both while they were swapped: the script, and the FIFO (turned down, unopened).
+    fifo_refused = f"{open_dir / 'jupyter-lab'} is not a regular file"
+    assert json.loads(checked.stdout) == sorted(["None", fifo_refused])
+
+
+def test_a_fifo_as_the_command_is_refused_at_once(open_dir: Path) -> None:
+    fifo = open_dir / "jupyter-lab"  # removed after the test: a FIFO left in /tmp hangs readers
+    os.mkfifo(fifo, 0o755)
+    config = open_dir / "jlservice.toml"
+    lab = f"[lab]\ncommand = [{str(fifo)!r}]\nnotebook_dir = {str(open_dir)!r}\n"
+    config.write_text(lab + ("allow_root = true\n" if IS_ROOT else ""))
+    checked = subprocess.run(
+        [sys.executable, "-m", "jlservice", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 78
+    assert f"[lab] command: user {users.current().name} cannot execute {fifo}" in checked.stderr
+    assert f"{fifo} is not a regular file" in checked.stderr
+
+
+@needs_root
+def test_others_can_change_a_path_through_a_directory_of_theirs(open_dir: Path) -> None:
+    nobody = account("nobody")
+    safe = open_dir / "safe"
+    safe.mkdir(mode=0o755)
+    (safe / "key.pem").write_text("k")
+    assert users.others_can_change(safe / "key.pem") is None
+    assert users.others_can_change(safe / "missing") is None  # reading it will say so
+
+    theirs = open_dir / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, nobody.uid, nobody.gid)
+    (theirs / "key.pem").write_text("k")  # root's file, in nobody's directory
+    assert users.others_can_change(theirs / "key.pem") == f"{theirs} is writable by nobody"
+    # A link of root's, in root's directory, into theirs: the target is checked too.
+    (safe / "link.pem").symlink_to(theirs / "key.pem")
+    assert users.others_can_change(safe / "link.pem") == f"{theirs} is writable by nobody"
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("mode", "group", "entry_of_nobody", "writer"),
+    [
+        (0o777, 0, False, "everyone"),
+        (0o775, 65534, False, "group 65534"),
+        (0o775, 0, False, None),  # root's group: root's own
+        (0o1777, 0, False, None),  # sticky, like /tmp: others cannot swap root's entries
+        (0o1777, 0, True, "everyone"),  # …but the entry's owner can
+    ],
+)
+def test_others_can_change_a_path_through_an_open_directory(
+    open_dir: Path, mode: int, group: int, entry_of_nobody: bool, writer: str | None
+) -> None:
+    shared = open_dir / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    os.chown(shared, 0, group)
+    key = shared / "key.pem"
+    key.write_text("k")
+    if entry_of_nobody:
+        os.chown(key, account("nobody").uid, -1)
+    expected = f"{shared} is writable by {writer}" if writer else None
+    assert users.others_can_change(key) == expected

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass
 
 from jlservice import users
@@ -54,7 +53,7 @@ def for_launch(launch: launcher.Launch) -> Recipe | str:
             argv[0], None, module, launch.cwd, preload, env, launch.account, launch.switch_user
         )
     try:
-        head = _head(argv[0])
+        head = users.read_head(argv[0], 4096)
     except OSError as exc:
         return f"cannot read {argv[0]}: {exc.strerror}"
     if head is None:
@@ -75,20 +74,6 @@ def for_launch(launch: launcher.Launch) -> Recipe | str:
         launch.account,
         launch.switch_user,
     )
-
-
-def _head(path: str) -> bytes | None:
-    """The start of `path` if it is a regular file. Read by root, maybe in a directory the
-    lab user can write: never block on a FIFO, never read a device."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        return None
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
-            return None
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 def _is_python(program: str) -> bool:
