@@ -198,6 +198,15 @@ async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
     return len(procs)
 
 
+def state_of(pid: int) -> str:
+    """The process state letter /proc shows (D: uninterruptible sleep, T: stopped…)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
 def _state(proc: psutil.Process) -> str:
     try:
         return proc.status()

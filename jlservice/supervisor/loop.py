@@ -22,20 +22,18 @@ of state.json, sd_notify and the metrics view. `Halt` is the one way out of the 
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import gc
-import os
 import signal
 import sys
 import time
 
 from jlservice import EX_CONFIG, listener, log, state
-from jlservice.config import Config, RestartConfig
+from jlservice.config import Config
 from jlservice.errors import CannotStartNow, Halt, LaunchError, PortInUse
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, launcher
-from jlservice.supervisor import reload, risks
+from jlservice.supervisor import children, credentials, policy, reload, risks
 from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import (
     SIGNALS,
@@ -68,27 +66,6 @@ class Phase(enum.Enum):
     STOPPING = "stopping"  # jlservice stops; the last exit halts the loop
 
 
-def _state_of(pid: int) -> str:
-    """The process state letter /proc shows (D: uninterruptible sleep, T: stopped…)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return "?"
-
-
-def backoff_delay(failures: int, restart: RestartConfig) -> float:
-    """Seconds to wait before start number `failures` + 1.
-
-    The first failure after a healthy run restarts at once (a single crash should cost no
-    more than a cold start); further failures in a row wait initial_delay, doubling each
-    time up to max_delay.
-    """
-    if failures <= 1:
-        return 0.0
-    return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
-
-
 class Supervisor:
     def __init__(
         self,
@@ -108,7 +85,7 @@ class Supervisor:
         self.phase = Phase.STARTING
         self.lab: Lab | None = None
         self.failures = 0  # failed starts in a row
-        self.crashes: collections.deque[float] = collections.deque()  # of ready servers
+        self.crashes = policy.CrashHistory()  # of ready servers
         self.port_waits = 0  # starts in a row that found the port taken
         self.port_problem: str | None = None  # who holds it, as last logged
         self.attempt = 0  # which start a BackoffElapsed is for
@@ -126,7 +103,11 @@ class Supervisor:
             loop.add_signal_handler(signum, self.post, signal_event(signum))
         for signum in early_signals:  # arrived while jlservice was still importing
             self.post(signal_event(signum))
-        watchdog = loop.create_task(self._watchdog()) if self.parts.watchdog_interval else None
+        watchdog = None
+        if self.parts.watchdog_interval:
+            watchdog = loop.create_task(
+                self.publish.feed_watchdog(self.parts.watchdog_interval, self._hung)
+            )
         try:
             self._started_up()
             await self._start()
@@ -190,15 +171,7 @@ class Supervisor:
     # ── starting ────────────────────────────────────────────────────────────
 
     def _started_up(self) -> None:
-        logger.info(
-            "supervisor_started",
-            pid=os.getpid(),
-            config=str(self.config.path or "built-in defaults"),
-            user=self.config.lab.user,
-            port=self.config.lab.port,
-        )
-        risks.warn_about_launch(self.launch)
-        risks.warn_about_config(self.config)
+        risks.started(self.config, self.launch)
         self._check_certificate()
 
     async def _start(self) -> None:
@@ -270,7 +243,7 @@ class Supervisor:
             if not await lab.stop(reason, self.config.restart.stop_timeout):
                 # Frozen, or stuck in the kernel: go on as if it had exited (if it ever
                 # does, that exit is no longer the current JupyterLab's).
-                logger.error("lab_unkillable", pid=lab.pid, state=_state_of(lab.pid))
+                logger.error("lab_unkillable", pid=lab.pid, state=children.state_of(lab.pid))
                 self.post(ChildExited(lab.pid, ExitStatus(lab.pid, None, signal.SIGKILL)))
 
     async def _on_exit(self, status: ExitStatus) -> None:
@@ -305,21 +278,12 @@ class Supervisor:
                     self.parts.keeper.distrust(self.launch, why)
         else:
             problem = self.publish.record.last_error or status.describe()
-        if lab.ready and not self._crash_storm():
-            self.failures = 0  # it started fine: the next start is at once
+        if lab.ready:
+            if not self.crashes.storm(time.monotonic(), self.config.restart):
+                self.failures = 0  # it started fine: the next start is at once
+            else:
+                logger.warning("lab_crash_storm", crashes=len(self.crashes))
         self._failed(problem, reason)
-
-    def _crash_storm(self) -> bool:
-        """Whether more than max_crashes ready servers died within reset_after seconds: far
-        more than a person or the OOM killer causes, so these count as failed starts."""
-        restart, now = self.config.restart, time.monotonic()
-        while self.crashes and now - self.crashes[0] > restart.reset_after:
-            self.crashes.popleft()
-        self.crashes.append(now)
-        if len(self.crashes) <= restart.max_crashes:
-            return False
-        logger.warning("lab_crash_storm", crashes=len(self.crashes), within_s=restart.reset_after)
-        return True
 
     def _failed(self, problem: str, reason: str) -> None:
         """→ BACKOFF, or Halt(1) after max_failures failed starts in a row."""
@@ -329,7 +293,7 @@ class Supervisor:
             logger.error("supervisor_giving_up", failures=self.failures, problem=problem)
             self.publish.failed(f"gave up after {self.failures} failed starts in a row: {problem}")
             raise Halt(1)
-        delay = backoff_delay(self.failures, restart)
+        delay = policy.backoff_delay(self.failures, restart)
         self.phase = Phase.BACKOFF
         self.publish.backoff(delay, problem, reason)
         logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
@@ -342,8 +306,7 @@ class Supervisor:
         if problem != self.port_problem:
             logger.warning("lab_port_in_use", problem=problem)
             self.port_problem = problem
-        restart = self.config.restart
-        delay = min(restart.initial_delay * 2 ** (self.port_waits - 1), restart.max_delay)
+        delay = policy.port_delay(self.port_waits, self.config.restart)
         self.phase = Phase.BACKOFF
         self.publish.port_in_use(delay, problem)
         self.parts.later(delay, BackoffElapsed(self.attempt))
@@ -372,6 +335,10 @@ class Supervisor:
         logger.info("supervisor_stopped")
         raise Halt(0)
 
+    def _new_secrets(self) -> None:
+        self.secrets = credentials.renew(self.config.service.state_dir)
+        self.publish.token_rotated(self.secrets.token, self.launch.account.uid)
+
     async def _on_rotate(self) -> None:
         """A new token and cookie secret; JupyterLab restarts with them (or starts with them
         after the backoff)."""
@@ -379,31 +346,6 @@ class Supervisor:
         logger.info("token_rotated")
         if self.lab is not None:
             await self._replace(None, "rotate")
-
-    def _new_secrets(self) -> None:
-        """A new token and cookie secret for the current launch's user, saved at once: a
-        replaced token must never come back."""
-        self.secrets = Secrets(state.new_token(), state.new_cookie_secret())
-        log.add_secret(self.secrets.token)
-        try:
-            state.save_secrets(self.config.service.state_dir, *self.secrets)
-        except OSError as exc:
-            logger.error(
-                "secrets_not_saved",
-                problem=f"cannot save the new token in {self.config.service.state_dir}: "
-                f"{exc.strerror}; it is in use, and the old one's files are removed where "
-                "they can be, so that it does not come back if jlservice restarts",
-            )
-        self.publish.token_rotated(self.secrets.token, self.launch.account.uid)
-
-    def log_user_changed(self, old: str) -> None:
-        account = self.launch.account
-        logger.warning(
-            "lab_user_changed",
-            old=old,
-            new=f"{account.name} (uid {account.uid})",
-            effect="token and cookie secret rotated; the old user's runtime files removed",
-        )
 
     # ── reloads ─────────────────────────────────────────────────────────────
 
@@ -463,7 +405,8 @@ class Supervisor:
         previous, self.launch = self.launch, launch
         if launch.account.uid != previous.account.uid:  # the old user holds the secrets
             self._new_secrets()
-            self.log_user_changed(f"{previous.account.name} (uid {previous.account.uid})")
+            old = f"{previous.account.name} (uid {previous.account.uid})"
+            credentials.log_user_changed(old, launch.account)
         risks.warn_about_launch(launch)
         self.publish.launch_changed(launch)
 
@@ -503,20 +446,12 @@ class Supervisor:
 
     # ── the certificate and the watchdog ────────────────────────────────────
 
+    def _hung(self) -> bool:
+        """JupyterLab fails its probes and jlservice has not acted yet: systemd's watchdog
+        must then fire if jlservice never does (its [health] defaults act well before)."""
+        lab = self.lab
+        return lab is not None and not lab.answering and lab.stop_reason is None
+
     def _check_certificate(self) -> None:
         self.publish.certificate_expiry(risks.certificate_expiry(self.config))
         self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
-
-    async def _watchdog(self) -> None:
-        """WATCHDOG=1, except while JupyterLab fails its probes and jlservice has not acted.
-
-        [health] defaults detect a hang well inside systemd's WatchdogSec, so jlservice
-        replaces JupyterLab itself; systemd steps in only if jlservice does not.
-        """
-        interval = self.parts.watchdog_interval
-        assert interval is not None
-        while True:
-            lab = self.lab
-            if lab is None or lab.answering or lab.stop_reason is not None:
-                self.publish.watchdog()
-            await asyncio.sleep(interval)

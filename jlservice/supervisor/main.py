@@ -141,7 +141,8 @@ async def _supervise(
         stuck=lambda: sorted(reaper.stuck),
         watchdog_interval=notifier.watchdog_interval,
     )
-    supervisor = Supervisor(config, launch, secrets, parts, events)
     if replaced_from is not None:
-        supervisor.log_user_changed(replaced_from)
-    return await supervisor.run(early_signals)
+        from jlservice.supervisor.credentials import log_user_changed
+
+        log_user_changed(replaced_from, launch.account)
+    return await Supervisor(config, launch, secrets, parts, events).run(early_signals)

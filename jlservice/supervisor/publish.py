@@ -12,6 +12,7 @@ runtime dir that `jlservice status` reads), and writes it again as soon as it ca
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -169,6 +170,13 @@ class Publisher:
 
     def watchdog(self) -> None:
         self._notifier.watchdog()
+
+    async def feed_watchdog(self, interval: float, hung: Callable[[], bool]) -> None:
+        """WATCHDOG=1 every `interval` seconds, except while `hung()`."""
+        while True:
+            if not hung():
+                self._notifier.watchdog()
+            await asyncio.sleep(interval)
 
     # ── reloads: RELOADING=1 … READY=1 around each ──────────────────────────
 

@@ -1,6 +1,8 @@
-"""What is allowed but risky, said in the log: at start-up and after every reload."""
+"""What the log says at start-up, and what is allowed but risky (again after each reload)."""
 
 from __future__ import annotations
+
+import os
 
 from jlservice import log
 from jlservice.config import Config
@@ -8,6 +10,18 @@ from jlservice.config.access import open_to_local_users, risks
 from jlservice.start import launcher
 
 logger = log.get("jlservice.supervisor")
+
+
+def started(config: Config, launch: launcher.Launch) -> None:
+    logger.info(
+        "supervisor_started",
+        pid=os.getpid(),
+        config=str(config.path or "built-in defaults"),
+        user=config.lab.user,
+        port=config.lab.port,
+    )
+    warn_about_launch(launch)
+    warn_about_config(config)
 
 
 def warn_about_config(config: Config) -> None:

@@ -1,4 +1,4 @@
-"""supervisor.backoff_delay: at once after one failure, then initial, doubling, capped."""
+"""supervisor.policy.backoff_delay: at once after one failure, then initial, doubling, capped."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jlservice.config import RestartConfig
-from jlservice.supervisor.loop import backoff_delay
+from jlservice.supervisor.policy import backoff_delay
 
 RESTART = RestartConfig(initial_delay=0.5, max_delay=30.0)
 

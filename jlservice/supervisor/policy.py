@@ -1,0 +1,45 @@
+"""The restart policy in numbers: how long to wait before the next start, and when a run of
+crashes is a storm. etc/jlservice.toml's [restart] says why each default is what it is."""
+
+from __future__ import annotations
+
+import collections
+
+from jlservice.config import RestartConfig
+
+
+def backoff_delay(failures: int, restart: RestartConfig) -> float:
+    """Seconds to wait before start number `failures` + 1.
+
+    The first failure after a healthy run restarts at once (a single crash should cost no
+    more than a cold start); further failures in a row wait initial_delay, doubling each
+    time up to max_delay.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
+
+
+def port_delay(waits: int, restart: RestartConfig) -> float:
+    """Seconds before looking again at a port another program holds (`waits`: how many
+    times in a row it was found taken): initial_delay doubling, at most max_delay, so that
+    JupyterLab serves within max_delay of the port being let go."""
+    return min(restart.initial_delay * 2 ** (waits - 1), restart.max_delay)
+
+
+class CrashHistory:
+    """When ready servers died, over the last reset_after seconds."""
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def storm(self, now: float, restart: RestartConfig) -> bool:
+        """Count a death at `now` (monotonic): is this more than max_crashes of them within
+        reset_after seconds, far more than people or the OOM killer cause?"""
+        while self._times and now - self._times[0] > restart.reset_after:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) > restart.max_crashes
