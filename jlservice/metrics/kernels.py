@@ -7,7 +7,6 @@ to notebook paths. Runs in the sampler thread: blocking calls are fine here.
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.request
 from dataclasses import dataclass
@@ -15,11 +14,13 @@ from typing import Any
 
 import psutil
 
+from jlservice import bounded
 from jlservice.metrics.view import Endpoint
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json")
 _APP_VERSION = re.compile(r'"appVersion":\s*"([^"]+)"')
 _MAX_DEPTH = 64  # ancestry walks stop here (pid 1 is reached long before)
+_MAX_BODY = 8 << 20  # JupyterLab runs as the lab user: its answers are capped and checked
 # 127.0.0.1 must never go through an http_proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -61,16 +62,16 @@ def lab_version(endpoint: Endpoint, timeout: float) -> str | None:
     return match[1] if match else None
 
 
-def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:
+def _get(endpoint: Endpoint, path: str, timeout: float) -> list[dict[str, Any]]:
     # Looking must not count as activity: the server would never look idle to its cullers.
     url = f"{endpoint.api_url}{path}?no_track_activity=1"
-    return json.loads(_open(url, endpoint.token, timeout))
+    return bounded.objects(bounded.loads(_open(url, endpoint.token, timeout), _MAX_BODY))
 
 
 def _open(url: str, token: str, timeout: float) -> bytes:
     request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
     with _opener.open(request, timeout=timeout) as response:
-        return response.read()
+        return response.read(_MAX_BODY + 1)
 
 
 def owner(pid: int, kernel_ids: dict[str, str] | set[str]) -> str | None:
