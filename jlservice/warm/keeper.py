@@ -191,7 +191,7 @@ class Keeper:
         parent = self.parent
         if parent is not None and parent.recipe == recipe:
             if parent.ready and not parent.checking:
-                asyncio.get_running_loop().create_task(self._check(parent))
+                self._check(parent)
             return
         if parent is not None:
             self._retire("configuration changed")
@@ -329,12 +329,16 @@ class Keeper:
             rss_mib=round((state.rss_bytes(parent.pid) or 0) / 2**20, 1),
         )
 
-    async def _check(self, parent: WarmParent) -> None:
-        """Whether its packages or Jupyter configuration changed since it started, as it
-        sees them (root never looks at its paths): it exits with EXIT_STALE if so, else
-        answers "fresh". JupyterLab may have just changed them (e.g. made ~/.jupyter)."""
+    def _check(self, parent: WarmParent) -> None:
+        """Ask whether its packages or Jupyter configuration changed since it started, as
+        it sees them (root never looks at its paths): it exits with EXIT_STALE if so, else
+        answers "fresh". JupyterLab may have just changed them (e.g. made ~/.jupyter).
+        Not ready until then, as state.json says at once."""
         parent.checking = True
         self._changed()
+        asyncio.get_running_loop().create_task(self._fresh(parent))
+
+    async def _fresh(self, parent: WarmParent) -> None:
         try:
             parent.sock.send(b'{"check": true}')
             raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
