@@ -154,8 +154,10 @@ class Reloading:
         )
 
     async def _wait_idle(self, pending: PendingReload) -> None:
+        """Until no kernel is busy, or the deadline. Kernels whose state is unknown (no
+        answer, or a malformed one: JupyterLab runs as the lab user) may be busy."""
         url = self.launch.api_url + "/kernels"
-        told = False
+        told = unknown_logged = False
         while (left := pending.deadline - time.monotonic()) > 0:
             if (stranger := self._stranger_on_port()) is not None:
                 # Who answers there would get the token: not idle as far as we know.
@@ -164,11 +166,18 @@ class Reloading:
                     told = True
             else:
                 busy = await probe.busy_kernels(url, self.token, timeout=min(5.0, left))
-                if not busy:
+                if busy == 0:
                     break
+                if busy is None and not unknown_logged:
+                    logger.warning(
+                        "reload_kernels_unknown",
+                        problem=f"GET {url} gave no list of kernels",
+                        effect=f"waiting at most {left:.0f} s more",
+                    )
+                    unknown_logged = True
+                what = f"{busy} busy kernel(s)" if busy else "kernels whose state is unknown"
                 self._save(
-                    reload_pending=f"waiting for {busy} busy kernel(s) to finish, "
-                    f"at most {left:.0f} s more"
+                    reload_pending=f"waiting for {what} to finish, at most {left:.0f} s more"
                 )
             await asyncio.sleep(min(1.0, max(left, 0)))
         self.post(PendingReloadDue(pending.generation))

@@ -1,6 +1,6 @@
 """How the supervisor starts JupyterLab: from the warm parent when it can, else cold.
 
-Mixed into Supervisor, whose state (config, launch, token, keeper…) it uses.
+Mixed into Supervisor, whose state (config, launch, token, keeper…) and sweep it uses.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class Warming:
             if pid is not None:
                 return pid, open(read, "rb", buffering=0), True
             os.close(read)
+            # A warm parent that answered wrongly (it runs as the lab user) may have forked a
+            # server all the same: it would hold the port the cold start needs.
+            await self._sweep()
         return (*launcher.detach(launcher.spawn(launch)), False)
 
     def _keep_warm(self) -> None:

@@ -155,7 +155,7 @@ class Service:
     def state(self) -> dict[str, Any]:
         try:
             data = json.loads((self.state_dir / "state.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, ValueError, RecursionError):  # not (re)written yet
             return {}
         if data.get("lab_pid"):
             self._remember(data["lab_pid"])
