@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jlservice import bounded
 from jlservice.errors import StateError
 
 STATE_FILE = "state.json"  # what the supervisor publishes; written by it alone
 TOKEN_FILE = "token"  # the secrets JupyterLab is started with
 COOKIE_SECRET_FILE = "cookie_secret"
+MAX_STATE_BYTES = 1 << 20  # a few kB in practice
 
 STARTING, READY, BACKOFF, STOPPING, STOPPED, FAILED = (
     "starting",
@@ -204,7 +206,8 @@ def write_state(state_dir: Path, state: State) -> None:
 def read_state(state_dir: Path) -> State:
     path = state_dir / STATE_FILE
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_BYTES + 1)
     except FileNotFoundError:
         raise StateError(
             f"no state at {path}: jlservice has not run with this "
@@ -215,12 +218,8 @@ def read_state(state_dir: Path) -> State:
         raise StateError(f"permission denied reading {path}: run as {owner} or root") from None
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise StateError(
-            f"{path} is damaged (not UTF-8); restart jlservice to rewrite it"
-        ) from None
     try:
-        return State.from_dict(json.loads(text))
+        return State.from_dict(bounded.loads(raw, MAX_STATE_BYTES))
     except (ValueError, TypeError) as exc:
         raise StateError(f"{path} is damaged ({exc}); restart jlservice to rewrite it") from None
 

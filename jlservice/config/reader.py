@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+from jlservice import bounded
 from jlservice.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+MAX_BYTES = 1 << 20  # the full example configuration is a few kB
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -29,8 +33,7 @@ def digest(raw: bytes) -> str:
 
 def read_bytes(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        raw = read_head(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (create it, or see etc/jlservice.toml)") from None
     except IsADirectoryError:
@@ -39,15 +42,35 @@ def read_bytes(path: str) -> bytes:
         raise ConfigError(f"{path}: permission denied (run as its owner or root)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_BYTES >> 20} MiB: not a jlservice configuration file "
+            "(check the path)"
+        )
+    return raw
+
+
+def read_head(path: str | os.PathLike[str]) -> bytes:
+    """The file's first MAX_BYTES + 1 bytes: enough to tell it is too large."""
+    with open(path, "rb") as f:
+        return f.read(MAX_BYTES + 1)
 
 
 def parse_toml(raw: bytes, path: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        doc = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # the parser recurses once per level of arrays and inline tables
+        doc = None
+    if doc is None or bounded.too_deep(doc):  # dotted keys nest tables without recursing
+        raise ConfigError(
+            f"{path}: tables and arrays nested deeper than {bounded.MAX_DEPTH} levels "
+            "(no setting needs that)"
+        )
+    return doc
 
 
 def kind_of(value: Any) -> str:

@@ -11,7 +11,6 @@ time and depth, and only the shapes expected are taken.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.parse
@@ -21,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from jlservice import listener
+from jlservice import bounded, listener
 from jlservice.metrics.view import Endpoint
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json")
@@ -47,7 +46,7 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
     try:
         kernels = _get(endpoint, "/kernels", timeout)
         found = _get(endpoint, "/sessions", timeout) if sessions else []
-    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
+    except (OSError, ValueError):  # bounded.Malformed is a ValueError
         return None
     if not isinstance(kernels, list) or not isinstance(found, list):
         return None
@@ -95,7 +94,7 @@ def _ours(endpoint: Endpoint) -> bool:
 def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:
     # Looking must not count as activity: the server would never look idle to its cullers.
     url = f"{endpoint.api_url}{path}?no_track_activity=1"
-    return json.loads(_open(url, endpoint.token, timeout))
+    return bounded.loads(_open(url, endpoint.token, timeout), _MAX_BYTES)
 
 
 def _open(url: str, token: str, timeout: float) -> bytes:

@@ -128,7 +128,10 @@ async def _supervise(
 
     parts = Parts(
         publisher=publisher,
-        starter=FirstStart(first, WarmStart(keeper, cold)),
+        starter=FirstStart(
+            first,
+            WarmStart(keeper, cold, lambda: sweep(keeper.spare(), config.restart.stop_timeout)),
+        ),
         keeper=keeper,
         adopt=adopt,
         sweep=sweep,

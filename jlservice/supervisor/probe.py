@@ -6,7 +6,9 @@ spawned, and the import overlaps its start-up instead of delaying it.
 
 from __future__ import annotations
 
-import json
+from jlservice import bounded
+
+MAX_BODY = 8 << 20  # api/kernels of thousands of kernels; whatever answers is not trusted
 
 
 def probe_host(ip: str) -> str:
@@ -31,7 +33,8 @@ async def _get(url: str, timeout: float, token: str | None = None):
     headers = {"Authorization": f"token {token}"} if token else None
     # Over https the certificate is not verified: this is our own child on a loopback
     # address, and a certificate made for the public name need not name 127.0.0.1.
-    return await AsyncHTTPClient().fetch(
+    # The loop's one client is made here, on the first probe: its size limit holds for all.
+    return await AsyncHTTPClient(max_body_size=MAX_BODY).fetch(
         url,
         headers=headers,
         request_timeout=timeout,
@@ -60,7 +63,8 @@ async def api_problem(url: str, timeout: float) -> str | None:
 
 
 async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
-    """How many kernels are executing code right now (GET api/kernels), or None if unknown."""
+    """How many kernels are executing code right now (GET api/kernels), or None if unknown:
+    no answer, or one that is not a list of kernels (the lab user can make it say anything)."""
     from tornado.httpclient import HTTPClientError
 
     try:
@@ -70,7 +74,7 @@ async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
     if response.code != 200:
         return None
     try:
-        kernels = json.loads(response.body)
-    except ValueError:
+        kernels = bounded.objects(bounded.loads(response.body, MAX_BODY))
+    except bounded.Malformed:
         return None
     return sum(1 for k in kernels if k.get("execution_state") == "busy")

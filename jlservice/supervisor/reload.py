@@ -82,11 +82,12 @@ async def wait_idle(
 ) -> None:
     """Return once no kernel executes code, or at the deadline; `progress(why)` meanwhile.
 
-    `stranger()`: who other than JupyterLab holds its port, who would get the token: while
-    there is one, the kernels are not known to be idle.
+    Kernels whose state is unknown (no answer, or a malformed one: JupyterLab runs as the
+    lab user) may be busy. `stranger()`: who other than JupyterLab holds its port, who would
+    get the token: while there is one, the kernels are not known to be idle either.
     """
     url = api_url + "/kernels"
-    told = False
+    told = unknown_logged = False
     while (left := pending.deadline - time.monotonic()) > 0:
         if (who := stranger()) is not None:
             if not told:
@@ -94,7 +95,15 @@ async def wait_idle(
                 told = True
         else:
             busy = await probe.busy_kernels(url, token, timeout=min(5.0, left))
-            if not busy:
+            if busy == 0:
                 return
-            progress(f"waiting for {busy} busy kernel(s) to finish, at most {left:.0f} s more")
+            if busy is None and not unknown_logged:
+                logger.warning(
+                    "reload_kernels_unknown",
+                    problem=f"GET {url} gave no list of kernels",
+                    effect=f"waiting at most {left:.0f} s more",
+                )
+                unknown_logged = True
+            what = f"{busy} busy kernel(s)" if busy else "kernels whose state is unknown"
+            progress(f"waiting for {what} to finish, at most {left:.0f} s more")
         await asyncio.sleep(min(1.0, max(left, 0)))

@@ -4,8 +4,6 @@ Editors save by writing a new file and renaming it over the old one (vim, sed -i
 by truncating and writing in place, so the file's *directory* is watched. Any event there arms
 a short trailing timer (the debounce); when it fires, the file's bytes are compared with the
 last ones seen, and only a real change (or a disappearance) is reported — once per burst.
-The debounced directory watch itself (DebouncedWatch) also tells the warm parent's keeper
-when packages or Jupyter's configuration may have changed.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from watchdog.observers import Observer
 
 from jlservice import log
 from jlservice.config import Config
-from jlservice.config.reader import digest
+from jlservice.config.reader import digest, read_head
 from jlservice.supervisor.events import Event, ReloadRequested
 
 logger = log.get("jlservice.watch")
@@ -32,7 +30,7 @@ MAX_DELAY_S = 1.0  # a file that never stops changing is still reloaded this oft
 
 def fingerprint(path: Path) -> str | None:
     try:
-        return digest(path.read_bytes())
+        return digest(read_head(path))  # a huge file is rejected when read: no need for all
     except OSError:
         return None
 

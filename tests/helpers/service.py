@@ -142,7 +142,7 @@ class Service:
     def state(self) -> dict[str, Any]:
         try:
             data = json.loads((self.state_dir / "state.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, ValueError, RecursionError):  # not (re)written yet
             return {}
         self.procs.remember(data.get("lab_pid"))
         return data

@@ -7,6 +7,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,35 @@ def test_invalid_toml(write_config, text: str) -> None:
 def test_not_utf8(write_config) -> None:
     message = load_error(write_config(b'[lab]\nuser = "\xff\xfe"\n'))
     assert "UTF-8" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * 50_000 + "]" * 50_000,  # beyond the parser's recursion
+        "x = " + "{a = " * 50_000 + "1" + "}" * 50_000,
+        "x = " + "[" * 40 + "]" * 40,  # parsed, deeper than any setting
+        "[lab.options]\n" + ".".join(["a"] * 40) + " = 1",  # dotted keys nest without recursion
+    ],
+    ids=["arrays", "inline-tables", "40-arrays", "dotted-keys"],
+)
+def test_deeply_nested_toml(write_config, text: str) -> None:
+    assert "nested deeper than 32 levels" in load_error(write_config(text))
+
+
+def test_nesting_a_setting_can_use_is_accepted(write_config, lab_base, tmp_path: Path) -> None:
+    options = {"ServerApp.terminado_settings": {"term_name": "xterm-256color"}}
+    loaded = load_lab(write_config, lab_base, tmp_path, options=options)
+    setting = dict(loaded.lab.options["ServerApp.terminado_settings"])
+    assert setting == {"term_name": "xterm-256color"}
+
+
+def test_huge_file_is_refused_without_parsing_it(write_config) -> None:
+    path = write_config("# padding\n" * 500_000)  # 5 MB of valid TOML
+    start = time.monotonic()
+    message = load_error(path)
+    assert "larger than 1 MiB" in message
+    assert time.monotonic() - start < 1.0
 
 
 @needs_root

@@ -242,6 +242,9 @@ def test_read_state_missing(tmp_path: Path) -> None:
         b' "supervisor_started_at": null, "last_exit": "crashed"}',
         b"\xff\xfe\x00\x01 not text",
         b'{"token": "\xe9"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"token": ' + b"[" * 40 + b"]" * 40 + b"}",
+        b'{"token": "' + b"x" * (2 << 20) + b'"}',
     ],
     ids=[
         "truncated",
@@ -255,6 +258,9 @@ def test_read_state_missing(tmp_path: Path) -> None:
         "bad-last-exit",
         "binary",
         "latin-1",
+        "deep",
+        "nested",
+        "huge",
     ],
 )
 def test_read_state_damaged(tmp_path: Path, content: bytes) -> None:
@@ -362,7 +368,11 @@ def test_secrets_replace_a_short_token(tmp_path: Path) -> None:
     assert token != "short" and len(token) >= 48
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe binary"], ids=["json", "binary"])
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"\xff\xfe binary", b"[" * 100_000 + b"]" * 100_000],
+    ids=["json", "binary", "deep"],
+)
 def test_secrets_survive_a_damaged_state(tmp_path: Path, content: bytes) -> None:
     (tmp_path / state.STATE_FILE).write_bytes(content)
     assert len(state.load_secrets(tmp_path, 1234, "alice")[0].token) >= 48

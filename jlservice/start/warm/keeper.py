@@ -3,9 +3,12 @@
 A warm parent is made in the background (after JupyterLab is ready, so that its imports
 never compete with a start) and replaced when what it baked in changes: the recipe (command,
 interpreter, user, environment) or the files under its watched paths (installed packages,
-Jupyter config and extensions), or when it dies. Whenever it cannot serve a start — missing,
+Jupyter config and extensions: it watches them itself, as the lab user, and exits once they
+change), or when it dies. Whenever it cannot serve a start — missing,
 still importing, stale, broken, or the command does not qualify — `fork` says why and the
-supervisor starts JupyterLab cold.
+supervisor starts JupyterLab cold. The warm parent runs as the lab user, who can make it say
+anything: every message is size-capped, parsed within bounds and checked, and one that is not
+what was asked for retires it — never the supervisor.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
@@ -21,58 +23,38 @@ import subprocess
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import psutil
 
-from jlservice import log, state
+from jlservice import bounded, log, state
 from jlservice.start import launcher
 from jlservice.start.warm.recipe import Recipe, for_launch
 from jlservice.supervisor import children
-
-if TYPE_CHECKING:
-    from jlservice.supervisor.watch import DebouncedWatch
 
 logger = log.get("jlservice.warm")
 
 HELLO_TIMEOUT_S = 120.0  # imports on a loaded machine; a cold start is never waiting on it
 FORK_TIMEOUT_S = 5.0
-STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
+EXIT_STALE = 3  # the warm parent's exit once its paths changed (parent.EXIT_STALE)
 MAX_MESSAGE = 1 << 16
-MAX_PATHS = 256
+MAX_ERROR = 500  # characters of a warm parent's error kept for the log
 BOOTSTRAP = "import sys;exec(compile(sys.stdin.read(),'jlservice-warm-parent','exec'))"
 _PROGRAM = resources.files("jlservice.start.warm").joinpath("parent.py")
+_STALE = "packages or Jupyter configuration changed"
+# What the warm parent may say: {"pid": N}, {"error": "why"}, {"stale": true} (at a fork),
+# {"fresh": true} (to a check).
+_FIELDS = {"pid": int, "error": str, "stale": bool, "fresh": bool}
 
 
-def _paths(message: dict) -> list[str]:
-    """The warm parent's paths to watch; it runs as the lab user, so they are checked."""
-    paths = message.get("paths")
-    if (
-        not isinstance(paths, list)
-        or len(paths) > MAX_PATHS
-        or not all(isinstance(p, str) and p.startswith("/") for p in paths)
-    ):
-        raise ValueError(f"expected at most {MAX_PATHS} absolute paths")
-    return [p for p in paths if not p.startswith(("/proc/", "/sys/", "/dev/"))]
-
-
-def fingerprint(paths: list[str]) -> tuple[object, ...]:
-    """Each path's identity and mtime, and those of a directory's entries: an install, an
-    upgrade or an edited config file changes it."""
-    marks: list[object] = []
-    for path in paths:
-        marks.append((path, _mark(path)))
-        with contextlib.suppress(OSError), os.scandir(path) as entries:
-            marks.extend((e.path, _mark(e.path)) for e in entries)
-    return tuple(marks)
-
-
-def _mark(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+def _parse(raw: bytes, expected: tuple[str, ...]) -> tuple[str, int | str | bool]:
+    """The one field of a message from the warm parent, if it is one of `expected`;
+    bounded.Malformed (a ValueError) for anything else."""
+    message = bounded.loads(raw, MAX_MESSAGE)
+    if isinstance(message, dict) and len(message) == 1:
+        ((key, value),) = message.items()
+        if key in expected and type(value) is _FIELDS[key]:
+            return key, value[:MAX_ERROR] if isinstance(value, str) else value
+    raise bounded.Malformed(f"not a message of the form {{{' | '.join(expected)}: …}}")
 
 
 def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) -> bool:
@@ -100,8 +82,7 @@ class WarmParent:
         self.sock = sock
         self.spawned = time.monotonic()
         self.ready = False
-        self.paths: list[str] = []
-        self.fingerprint: tuple[object, ...] = ()
+        self.checking = False  # asked whether its paths changed: no fork until it answers
         self._reply: asyncio.Future[bytes] | None = None
 
     @classmethod
@@ -143,7 +124,8 @@ class WarmParent:
         return cls(recipe, proc.pid, ours)
 
     def receive(self) -> asyncio.Future[bytes]:
-        """The next message from the warm parent (b"" once it has gone)."""
+        """The next message from the warm parent (b"" once it has gone), at most
+        MAX_MESSAGE bytes; a descriptor sent with it is closed by the kernel."""
         loop = asyncio.get_running_loop()
         reply = self._reply = loop.create_future()
         fd = self.sock.fileno()
@@ -191,7 +173,6 @@ class Keeper:
         # Why the warm parent failed, and for which launch: not tried again until it changes.
         self._failed: tuple[launcher.Launch, str] | None = None
         self._ending: set[int] = set()  # ended parents not reaped yet
-        self._watch_paths: DebouncedWatch | None = None
 
     # ── what the supervisor calls ───────────────────────────────────────────
 
@@ -211,10 +192,10 @@ class Keeper:
         self._unavailable = None
         parent = self.parent
         if parent is not None and parent.recipe == recipe:
-            if not parent.ready or fingerprint(parent.paths) == parent.fingerprint:
-                return
-            self._retire("packages or Jupyter configuration changed")
-        elif parent is not None:
+            if parent.ready and not parent.checking:
+                self._check(parent)
+            return
+        if parent is not None:
             self._retire("configuration changed")
         if self._failed is not None and self._failed[0] == launch:
             return
@@ -245,9 +226,10 @@ class Keeper:
         self.reaper.expect_adoption()  # an exit reaped from now on may be the new server's
         try:
             socket.send_fds(parent.sock, [json.dumps(request).encode()], [output])
-            reply = json.loads(await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S))
-            if not isinstance(reply, dict):
-                raise ValueError(f"unexpected reply {reply!r}")
+            raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
+            if not raw:
+                raise ConnectionAbortedError("it exited")
+            kind, value = _parse(raw, ("pid", "error", "stale"))
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             problem = str(exc) or f"no answer within {FORK_TIMEOUT_S:g} s"
             logger.warning("warm_parent_broken", pid=parent.pid, problem=problem)
@@ -255,10 +237,15 @@ class Keeper:
                 self._retire("broken")
             logger.info("lab_start_cold", reason=f"warm parent did not answer: {problem}")
             return None
-        if "error" in reply:  # e.g. the notebook dir is not accessible: a cold start says so
-            logger.info("lab_start_cold", reason=f"warm start failed: {reply['error']}")
+        if kind == "error":  # e.g. the notebook dir is not accessible: a cold start says so
+            logger.info("lab_start_cold", reason=f"warm start failed: {value}")
             return None
-        pid = reply.get("pid")
+        if kind == "stale":  # a new one is made once JupyterLab is ready
+            if parent is self.parent:
+                self._retire(_STALE)
+            logger.info("lab_start_cold", reason=f"{_STALE} since the warm parent started")
+            return None
+        pid = value
         if not _forked_by(pid, launch, self.reaper):
             logger.warning("warm_parent_broken", pid=parent.pid, problem=f"reported pid {pid}")
             if parent is self.parent:
@@ -275,7 +262,7 @@ class Keeper:
         """Which warm parent, and whether it can serve a start (state.json, metrics)."""
         if self.parent is None:
             return None
-        return state.WarmParent(self.parent.pid, self.parent.ready)
+        return state.WarmParent(self.parent.pid, self.parent.ready and not self.parent.checking)
 
     def distrust(self, launch: launcher.Launch, problem: str) -> None:
         """A server it forked for `launch` failed to start: start cold until the launch
@@ -297,10 +284,10 @@ class Keeper:
             return self._failed[1] if self._failed else "no warm parent yet"
         if not parent.ready:
             return "the warm parent is still importing JupyterLab"
+        if parent.checking:
+            return "the warm parent is checking its packages and Jupyter configuration"
         if parent.recipe != recipe:
             return "the configuration changed since the warm parent started"
-        if fingerprint(parent.paths) != parent.fingerprint:
-            return "packages or Jupyter configuration changed since the warm parent started"
         return None
 
     def _spawn(self, recipe: Recipe) -> None:
@@ -316,15 +303,17 @@ class Keeper:
         logger.debug("warm_parent_starting", pid=parent.pid, preload=list(recipe.preload))
 
     async def _hello(self, parent: WarmParent) -> None:
-        """Its paths (before it imports: a change meanwhile must count), then "ready"."""
-        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        """Its "ready", or why not."""
         problem = None
         try:
-            paths = _paths(await self._message(parent, deadline))
-            parent.paths, parent.fingerprint = paths, fingerprint(paths)
-            ready = await self._message(parent, deadline)
-            if ready.get("pid") != parent.pid:
-                raise ValueError(f"unexpected message {ready!r}")
+            raw = await asyncio.wait_for(parent.receive(), HELLO_TIMEOUT_S)
+            if not raw:
+                raise ConnectionAbortedError("exited while importing")
+            kind, value = _parse(raw, ("pid", "error"))
+            if kind == "error":
+                raise ValueError(value)
+            if value != parent.pid:
+                raise ValueError(f"said it is pid {value}, not {parent.pid}")
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             problem = str(exc) or f"not ready within {HELLO_TIMEOUT_S:g} s"
         if parent is not self.parent:
@@ -334,7 +323,6 @@ class Keeper:
             self._retire(problem)
             return
         parent.ready = True
-        self._watch(parent.paths)
         self._changed()
         logger.info(
             "warm_parent_ready",
@@ -343,17 +331,31 @@ class Keeper:
             rss_mib=round((state.rss_bytes(parent.pid) or 0) / 2**20, 1),
         )
 
-    @staticmethod
-    async def _message(parent: WarmParent, deadline: float) -> dict:
-        raw = await asyncio.wait_for(parent.receive(), max(deadline - time.monotonic(), 0))
-        if not raw:
-            raise ConnectionAbortedError("exited while importing")
-        message = json.loads(raw)
-        if not isinstance(message, dict):
-            raise ValueError(f"unexpected message {message!r}")
-        if "error" in message:
-            raise ValueError(str(message["error"]))
-        return message
+    def _check(self, parent: WarmParent) -> None:
+        """Ask whether its packages or Jupyter configuration changed since it started, as
+        it sees them (root never looks at its paths): it exits with EXIT_STALE if so, else
+        answers "fresh". JupyterLab may have just changed them (e.g. made ~/.jupyter).
+        Not ready until then, as state.json says at once."""
+        parent.checking = True
+        self._changed()
+        asyncio.get_running_loop().create_task(self._fresh(parent))
+
+    async def _fresh(self, parent: WarmParent) -> None:
+        try:
+            parent.sock.send(b'{"check": true}')
+            raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
+            if not raw:
+                return  # it exited: its status says why
+            _parse(raw, ("fresh",))
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            if parent is self.parent:
+                problem = str(exc) or f"no answer within {FORK_TIMEOUT_S:g} s"
+                logger.warning("warm_parent_broken", pid=parent.pid, problem=problem)
+                self._retire("broken")
+            return
+        parent.checking = False
+        if parent is self.parent:
+            self._changed()
 
     def _fail(self, problem: str, launch: launcher.Launch | None = None) -> None:
         launch = launch or self._launch
@@ -371,56 +373,22 @@ class Keeper:
             return
         self.parent = None
         parent.close()  # reaped: its pid may already belong to another process
-        self._unwatch()
         self._changed()
         if not parent.ready:
             if self._failed is None:
                 self._fail(f"warm parent {status.describe()} while importing")
             return
-        logger.warning("warm_parent_exited", pid=parent.pid, status=status.describe())
+        if status.code == EXIT_STALE:
+            logger.info("warm_parent_retired", pid=parent.pid, reason=_STALE)
+        else:
+            logger.warning("warm_parent_exited", pid=parent.pid, status=status.describe())
         if self._launch is not None:
             self.keep(self._launch, self.enabled)  # a new one, in the background
 
     def _retire(self, reason: str) -> None:
         parent, self.parent = self.parent, None
-        self._unwatch()
         if parent is not None:
             logger.info("warm_parent_retired", pid=parent.pid, reason=reason)
             self._ending.add(parent.pid)
             parent.end()
             self._changed()
-
-    # Watching the paths: a change replaces the warm parent before the next start needs it.
-
-    def _watch(self, paths: list[str]) -> None:
-        from jlservice.supervisor.watch import DebouncedWatch
-
-        self._unwatch()
-        # Missing directories (no ~/.jupyter yet) are not watched; the fingerprint checked
-        # before each warm start still covers them.
-        directories = {p if os.path.isdir(p) else os.path.dirname(p) for p in paths}
-        watch = DebouncedWatch(
-            sorted(d for d in directories if os.path.isdir(d)),
-            asyncio.get_running_loop(),
-            lambda _first_event: self._stale_check(),
-            debounce=STALE_DEBOUNCE_S,
-            max_delay=math.inf,
-        )
-        try:
-            watch.start()
-        except OSError as exc:  # a directory went away meanwhile
-            logger.warning("warm_parent_watch_failed", problem=str(exc))
-            return
-        self._watch_paths = watch
-
-    def _unwatch(self) -> None:
-        if self._watch_paths is not None:
-            self._watch_paths.stop()
-            self._watch_paths = None
-
-    def _stale_check(self) -> None:
-        parent = self.parent
-        if parent is None or not parent.ready or self._launch is None:
-            return
-        if fingerprint(parent.paths) != parent.fingerprint:
-            self.keep(self._launch, self.enabled)

@@ -4,13 +4,17 @@ Runs as the JupyterLab user with JupyterLab's exact environment, started by the 
 `PYTHON -c BOOTSTRAP SPEC` with this file's text on stdin, so it needs only the standard
 library and JupyterLab's own packages — not jlservice, which that interpreter may not have.
 
-It says which paths to watch for changes, imports the heavy modules, starts no thread and no
-event loop, says it is ready, then waits. For each request (JSON + the server's output pipe
-as SCM_RIGHTS) it forks an intermediate that applies the launch (cwd, umask, output), forks
-the server and exits: the server is then re-parented to the supervisor, a child subreaper,
-which reaps it and its orphans. Once the intermediate is reaped the warm parent reports the
-server's pid and is ready for the next request. EOF on the socket (the supervisor is gone)
-ends it.
+It notes the paths where a change would make it stale — their state (fingerprint), and an
+inotify watch on them — as the lab user, so that root never stats, scans or watches a path
+it names; imports the heavy modules; starts no thread and no event loop; says it is ready;
+then waits. For each request (JSON + the server's output pipe as SCM_RIGHTS) it forks an
+intermediate that applies the launch (cwd, umask, output), forks the server and exits: the
+server is then re-parented to the supervisor, a child subreaper, which reaps it and its
+orphans. Once the intermediate is reaped the warm parent reports the server's pid and is
+ready for the next request. If its paths changed since it started, it answers "stale"
+instead of forking, and exits with EXIT_STALE once a change it is told of settles, or when
+the supervisor asks it to check (each time JupyterLab is ready). EOF on the socket (the
+supervisor is gone) ends it.
 """
 
 import contextlib
@@ -28,8 +32,14 @@ import traceback
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+# IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE |
+# IN_DELETE_SELF | IN_MOVE_SELF, on directories only (IN_ONLYDIR)
+IN_CHANGES = 0x2 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 | 0x01000000
 _libc = ctypes.CDLL(None, use_errno=True)
 MAX_MESSAGE = 1 << 16
+MAX_ENTRIES = 20000  # per fingerprint: a huge directory must not stall each warm start
+STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
+EXIT_STALE = 3  # the supervisor's keeper knows this status: replaced, not broken
 
 
 def send(sock, **message):
@@ -56,6 +66,39 @@ def watched_paths(interpreter, script):
     except Exception:  # without jupyter_core, sys.path is what there is
         pass
     return sorted(set(paths))
+
+
+def fingerprint(paths):
+    """Each path's identity and mtime, and those of a directory's entries (at most
+    MAX_ENTRIES in all): an install, an upgrade or an edited config file changes it."""
+    marks = []
+    for path in paths:
+        marks.append((path, mark(path)))
+        with contextlib.suppress(OSError), os.scandir(path) as entries:
+            for entry in entries:
+                if len(marks) >= MAX_ENTRIES:
+                    return marks
+                marks.append((entry.path, mark(entry.path)))
+    return marks
+
+
+def mark(path):
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def watch(paths):
+    """A non-blocking inotify descriptor on the directories of `paths` (a missing one's
+    parent) that this user can read, or None without inotify."""
+    fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return None
+    for directory in sorted({p if os.path.isdir(p) else os.path.dirname(p) for p in paths}):
+        _libc.inotify_add_watch(fd, os.fsencode(directory), IN_CHANGES)
+    return fd
 
 
 def die_with_supervisor(supervisor):
@@ -113,18 +156,45 @@ def become_server(sock, report, request, output):
     return request
 
 
-def serve(sock):
-    """Fork one server per request; returns (in the server only) the request to run."""
+def serve(sock, paths, marks, changes):
+    """Fork one server per request while `paths` still look as `marks` says; returns (in
+    the server only) the request to run. Once events on `changes` (an inotify descriptor,
+    or None) settle and the paths no longer look so, exit with EXIT_STALE: the supervisor
+    makes a new warm parent before the next start needs one."""
+    watched = [sock] if changes is None else [sock, changes]
+    settle_at = None  # when the events seen last are STALE_DEBOUNCE_S old
     while True:
+        timeout = None if settle_at is None else max(settle_at - time.monotonic(), 0)
+        readable, _, _ = select.select(watched, [], [], timeout)
+        if changes in readable:
+            drain(changes)
+            settle_at = time.monotonic() + STALE_DEBOUNCE_S
+        elif settle_at is not None and sock not in readable:
+            settle_at = None
+            if fingerprint(paths) != marks:
+                os._exit(EXIT_STALE)
+        if sock not in readable:
+            continue
         message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
         if not message:
             os._exit(0)  # the supervisor closed its end
         request = json.loads(message)
+        if not fds:  # {"check": true}: end now if stale (the supervisor makes a new one)
+            if fingerprint(paths) != marks:
+                os._exit(EXIT_STALE)
+            send(sock, fresh=True)
+            continue
         output = fds[0]
+        if fingerprint(paths) != marks:
+            os.close(output)
+            send(sock, stale=True)
+            continue
         report, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(report)
+            if changes is not None:
+                os.close(changes)
             return become_server(sock, report_w, request, output)
         os.close(output)
         os.close(report_w)
@@ -133,6 +203,13 @@ def serve(sock):
         reply = os.read(report, MAX_MESSAGE)
         os.close(report)
         sock.send(reply or json.dumps({"error": "the fork's intermediate died"}).encode())
+
+
+def drain(fd):
+    """Read (and drop) the events waiting on a non-blocking descriptor."""
+    with contextlib.suppress(OSError):  # BlockingIOError: none left
+        while os.read(fd, 1 << 16):
+            pass
 
 
 def run(request):
@@ -184,7 +261,8 @@ def main(spec):
         os._exit(1)
     set_name("jlservice-warm")
     # Before the imports: a change while they run must count as a change.
-    send(sock, paths=watched_paths(spec["interpreter"], spec["script"]))
+    paths = watched_paths(spec["interpreter"], spec["script"])
+    marks, changes = fingerprint(paths), watch(paths)
     try:
         for module in spec["preload"]:
             importlib.import_module(module)
@@ -195,7 +273,7 @@ def main(spec):
         send(sock, error=f"importing {', '.join(spec['preload'])} started threads; cannot fork")
         os._exit(1)
     send(sock, pid=os.getpid())
-    run(serve(sock))
+    run(serve(sock, paths, marks, changes))
 
 
 if __name__ == "__main__":  # as `python -c`; never on import

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart, spawn
@@ -13,9 +14,14 @@ from jlservice.start.warm.keeper import Keeper
 class WarmStart:
     """From the keeper's warm parent when [restart] warm is on and one is ready, else cold."""
 
-    def __init__(self, keeper: Keeper, cold: ColdStart) -> None:
+    def __init__(
+        self, keeper: Keeper, cold: ColdStart, sweep: Callable[[], Awaitable[object]]
+    ) -> None:
+        """`sweep()`: end what JupyterLab left behind (before a cold start after a fork that
+        went wrong)."""
         self.keeper = keeper
         self.cold = cold
+        self.sweep = sweep
 
     async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
         """Raises launcher.CannotStartNow (worth retrying) or LaunchError (configuration)."""
@@ -33,5 +39,8 @@ class WarmStart:
             os.close(write)
         if pid is None:  # the keeper said why
             os.close(read)
+            # A warm parent that answered wrongly (it runs as the lab user) may have forked a
+            # server all the same: it would hold the port the cold start needs.
+            await self.sweep()
             return spawn(launch)
         return Started(pid, open(read, "rb", buffering=0), warm=True, began=began)
