@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from jlservice import config, state, users
+from jlservice import config, files, login, state, users
 from jlservice.admin import unit_files
 from jlservice.config.reader import Reader
 from jlservice.config.service import DEFAULT_PATH, parse_service, user_config_path
@@ -25,8 +25,8 @@ SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # (temporary files of interrupted atomic writes included).
 STATE_FILES = (
     state.STATE_FILE,
-    state.TOKEN_FILE,
-    state.COOKIE_SECRET_FILE,
+    login.TOKEN_FILE,
+    login.COOKIE_SECRET_FILE,
     "password",
     "tls.crt",
     "tls.key",
@@ -118,7 +118,7 @@ def install(
         changed = False
     else:
         target.unit_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        state.write_atomic(target.unit_path, unit.encode(), mode=0o644)
+        files.write_atomic(target.unit_path, unit.encode(), mode=0o644)
         done.append(f"wrote {target.unit_path}")
         changed = existed
     if target.system:
@@ -147,7 +147,7 @@ def _write_config(target: Target, given: Mapping[str, str | int], user: str | No
     # Validate exactly what will be read at start: a bad --user or --notebook-dir fails now.
     config.parse_text(text, target.config_path)
     target.config_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    state.write_atomic(target.config_path, text.encode(), mode=0o644)
+    files.write_atomic(target.config_path, text.encode(), mode=0o644)
     return [f"wrote {target.config_path}"]
 
 
@@ -183,7 +183,7 @@ def _notebook_drop_in(target: Target) -> list[str]:
     if path.exists() and path.read_text() == text:
         return [f"{path} is up to date"]
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # an existing one keeps its mode
-    state.write_atomic(path, text.encode(), mode=0o644)
+    files.write_atomic(path, text.encode(), mode=0o644)
     return [f"wrote {path} (makes {notebooks} writable for the service)"]
 
 

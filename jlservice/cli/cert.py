@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from jlservice import config, state
+from jlservice import config, files
 from jlservice.cli._client import config_path, reload_if_running
 from jlservice.cli.common import point_config_at
 from jlservice.config.reader import read_toml
@@ -45,10 +45,10 @@ def cmd_cert(args: argparse.Namespace) -> int:
     cert_pem, key_pem = tls.self_signed(names, args.days)
     path = config_path(args)
     state_dir = config.load_service(path).state_dir
-    state.ensure_dir(state_dir, 0o700)  # the key goes in: nobody else's, writable by none
+    files.ensure_dir(state_dir, 0o700)  # the key goes in: nobody else's, writable by none
     cert_file, key_file = state_dir / CERT_NAME, state_dir / KEY_NAME
-    state.write_atomic(key_file, key_pem, mode=0o600)
-    state.write_atomic(cert_file, cert_pem, mode=0o644)
+    files.write_atomic(key_file, key_pem, mode=0o600)
+    files.write_atomic(cert_file, cert_pem, mode=0o644)
     until = time.strftime("%Y-%m-%d", time.gmtime(tls.expiry(cert_pem)))
     print(f"certificate for {', '.join(names)}, valid until {until}: {cert_file}")
     print(f"its private key (0600): {key_file}")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jlservice import config, state
+from jlservice import config, files
 from jlservice.cli._client import config_path, reload_if_running
 from jlservice.cli.common import point_config_at
 from jlservice.config.reader import read_toml
@@ -42,8 +42,8 @@ def cmd_password(args: argparse.Namespace) -> int:
 
     hashed = passwd(secret, algorithm="argon2")
     if not configured or not target.parent.exists():  # the state dir, or one it makes
-        state.ensure_dir(target.parent, 0o700)
-    state.write_atomic(target, hashed.encode() + b"\n", mode=0o600)
+        files.ensure_dir(target.parent, 0o700)
+    files.write_atomic(target, hashed.encode() + b"\n", mode=0o600)
     print(f"password hash written to {target}")
     point_config_at(path, "auth", {"password_file": str(target)}, configured)
     return reload_if_running(args)

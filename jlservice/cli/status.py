@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from jlservice import config, state
+from jlservice import config, procfs, state
 from jlservice.cli._client import EX_NOT_RUNNING, config_path, published
 from jlservice.cli.common import mask
 from jlservice.text import escape_controls
@@ -33,7 +33,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         report = json.loads(masked.to_json())
         report["running"] = running
         if running and current.warm_parent:
-            report["warm_parent"]["rss_bytes"] = state.rss_bytes(current.warm_parent.pid)
+            report["warm_parent"]["rss_bytes"] = procfs.rss_bytes(current.warm_parent.pid)
         report["login_url"] = state.login_url(masked)
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -85,7 +85,7 @@ def _describe(s: state.State, running: bool) -> str:
 
 
 def _warm_parent(warm: state.WarmParent) -> str:
-    rss = state.rss_bytes(warm.pid)
+    rss = procfs.rss_bytes(warm.pid)
     memory = f", {rss / 2**20:.0f} MiB resident" if rss is not None else ""
     what = "ready" if warm.ready else "importing JupyterLab"
     return f"{what} (pid {warm.pid}{memory})"

@@ -7,7 +7,7 @@ import argparse
 import os
 import signal
 
-from jlservice import config, state
+from jlservice import config, login, state
 from jlservice.cli._client import config_path, published, running_state, wait_state
 from jlservice.errors import CommandError
 from jlservice.supervisor import probe
@@ -76,8 +76,8 @@ def _rotate(args: argparse.Namespace) -> int:
     service = config.load_service(config_path(args))
     current = published(service)
     if not state.supervisor_alive(current):  # the next start uses the new secrets
-        token = state.new_token()
-        state.save_secrets(service.state_dir, token, state.new_cookie_secret())
+        token = login.new_token()
+        login.save_secrets(service.state_dir, token, login.new_cookie_secret())
         print(token)
         return 0
     os.kill(current.supervisor_pid, signal.SIGUSR1)

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from jlservice import state
+from jlservice import files
 from jlservice.config.reader import ConfigError, parse_toml
 
 
@@ -45,7 +45,7 @@ def set_keys(path: Path, section: str, values: dict[str, str]) -> None:
     if any(doc.get(section, {}).get(k) != v for k, v in values.items()):
         raise ConfigError(f"{path}: [{section}]: could not be edited safely; add by hand")
     info = path.stat()
-    state.write_atomic(path, text.encode(), mode=info.st_mode & 0o7777, owner=_owner(info))
+    files.write_atomic(path, text.encode(), mode=info.st_mode & 0o7777, owner=_owner(info))
 
 
 def _owner(info: os.stat_result) -> tuple[int, int] | None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from jlservice import log, state
+from jlservice import log, procfs
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import Sampler, Snapshot
 from jlservice.metrics.view import SupervisorView
@@ -111,7 +111,7 @@ class Collector:
                 "1 while a warm parent can fork the next JupyterLab, 0 while it imports",
                 value=warm.ready,
             )
-            if (rss := state.rss_bytes(warm.pid)) is not None:
+            if (rss := procfs.rss_bytes(warm.pid)) is not None:
                 yield GaugeMetricFamily(
                     "jlservice_warm_parent_resident_memory_bytes",
                     "Resident memory of the warm parent (what warm restarts cost)",

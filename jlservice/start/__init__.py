@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, NamedTuple
 
-from jlservice.state import Secrets
+from jlservice.login import Secrets
 
 __all__ = ["Secrets", "Started"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from jlservice import state, users
+from jlservice import files, users
 from jlservice.config import Config, OptionValue
 from jlservice.errors import CannotStartNow, LaunchError, PortInUse
 from jlservice.supervisor import notify, probe
@@ -217,18 +217,18 @@ def prepare_private_dir(
     token file has no trailing newline: jupyter_server reads it verbatim.
     """
     owner = (launch.account.uid, launch.account.gid)
-    state.ensure_dir(runtime_dir, runtime_dir_mode(launch))
-    state.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
+    files.ensure_dir(runtime_dir, runtime_dir_mode(launch))
+    files.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
     _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
-    state.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
+    files.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
     # An empty token file turns token login off ([auth] token = false).
-    state.write_atomic(
+    files.write_atomic(
         launch.token_file, token.encode() if launch.token_login else b"", owner=owner
     )
-    state.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
+    files.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
     for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
         if name in launch.files:
-            state.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
+            files.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
         else:  # no longer configured: no stale key or hash left behind
             (launch.private_dir / name).unlink(missing_ok=True)
 

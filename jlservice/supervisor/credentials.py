@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jlservice import log, state, users
-from jlservice.state import Secrets
+from jlservice import log, login, users
+from jlservice.login import Secrets
 
 logger = log.get("jlservice.supervisor")
 
@@ -13,10 +13,10 @@ logger = log.get("jlservice.supervisor")
 def renew(state_dir: Path) -> Secrets:
     """A new token and cookie secret, saved at once: a replaced token must never come back
     (if they cannot be saved, the old ones' files are removed where they can be)."""
-    secrets = Secrets(state.new_token(), state.new_cookie_secret())
+    secrets = Secrets(login.new_token(), login.new_cookie_secret())
     log.add_secret(secrets.token)
     try:
-        state.save_secrets(state_dir, *secrets)
+        login.save_secrets(state_dir, *secrets)
     except OSError as exc:
         logger.error(
             "secrets_not_saved",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
-from jlservice import state
+from jlservice import files, login, procfs, state
 from jlservice.config import Config, ConfigError
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart
@@ -24,10 +24,10 @@ def run(config: Config) -> int:
     launch = launcher.build(config)
     for name, mode in (("state_dir", 0o700), ("runtime_dir", launcher.runtime_dir_mode(launch))):
         try:
-            state.ensure_dir(getattr(service, name), mode)
+            files.ensure_dir(getattr(service, name), mode)
         except OSError as exc:
             raise ConfigError(f"[service] {name}: {exc.strerror}") from None
-    secrets, replaced_from = state.load_secrets(
+    secrets, replaced_from = login.load_secrets(
         service.state_dir, launch.account.uid, launch.account.name
     )
     launcher.become_subreaper()  # before the first child: its orphans must come back to us
@@ -106,7 +106,7 @@ async def _supervise(
         **launch.published(),
         config_path=str(config.path) if config.path else None,
         supervisor_pid=me,
-        supervisor_started_at=state.process_start_time(me),
+        supervisor_started_at=procfs.start_time(me),
         lab_uid=launch.account.uid,
     )
     publisher = Publisher(

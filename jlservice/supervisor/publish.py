@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from jlservice import log, state
+from jlservice import files, log, state
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
@@ -49,7 +49,7 @@ class StateFile:
 
     def write(self, record: state.State) -> None:
         if not self.state_dir.is_dir():  # deleted under us: make it again
-            state.ensure_dir(self.state_dir, 0o700)
+            files.ensure_dir(self.state_dir, 0o700)
         state.write_state(self.state_dir, record)
 
     def write_spare(self, record: state.State) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jlservice import state
+from jlservice import login, procfs, state
 
 COMMANDS = {
     "run": "Start JupyterLab",
@@ -192,7 +192,7 @@ def test_token_when_supervisor_is_dead(config_file: Path, state_dir: Path) -> No
 
 
 def test_token_when_supervisor_runs(config_file: Path, state_dir: Path, live_pid: int) -> None:
-    write_state(state_dir, live_pid, state.process_start_time(live_pid))
+    write_state(state_dir, live_pid, procfs.start_time(live_pid))
     result = jls("token", "--config", str(config_file))
     assert result.returncode == 0, result.stderr
     assert result.stdout == TOKEN + "\n"
@@ -201,7 +201,7 @@ def test_token_when_supervisor_runs(config_file: Path, state_dir: Path, live_pid
 
 
 def test_token_when_the_pid_was_reused(config_file: Path, state_dir: Path, live_pid: int) -> None:
-    started = state.process_start_time(live_pid)
+    started = procfs.start_time(live_pid)
     assert started is not None
     write_state(state_dir, live_pid, started - 3600)
     assert_one_line_failure(jls("token", "--config", str(config_file)), 3)
@@ -210,7 +210,7 @@ def test_token_when_the_pid_was_reused(config_file: Path, state_dir: Path, live_
 def test_token_finds_the_config_through_the_environment(
     config_file: Path, state_dir: Path, live_pid: int
 ) -> None:
-    write_state(state_dir, live_pid, state.process_start_time(live_pid))
+    write_state(state_dir, live_pid, procfs.start_time(live_pid))
     result = jls("token", JLSERVICE_CONFIG=str(config_file))
     assert result.stdout == TOKEN + "\n", result.stderr
 
@@ -219,7 +219,7 @@ def test_config_option_before_the_command(
     config_file: Path, state_dir: Path, live_pid: int
 ) -> None:
     """`jlservice --config F token`: the top-level --config (shown in --help) must count."""
-    write_state(state_dir, live_pid, state.process_start_time(live_pid))
+    write_state(state_dir, live_pid, procfs.start_time(live_pid))
     result = jls("--config", str(config_file), "token")
     assert result.returncode == 0, result.stderr
     assert result.stdout == TOKEN + "\n"
@@ -248,9 +248,9 @@ def test_rotate_when_not_running(config_file: Path, state_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     new = result.stdout.strip()
     assert new != TOKEN and len(new) >= 48
-    assert state.load_or_create_token(state_dir) == new  # what the next start uses
-    assert stat.S_IMODE((state_dir / state.TOKEN_FILE).stat().st_mode) == 0o600
-    secret = state_dir / state.COOKIE_SECRET_FILE
+    assert login.load_or_create_token(state_dir) == new  # what the next start uses
+    assert stat.S_IMODE((state_dir / login.TOKEN_FILE).stat().st_mode) == 0o600
+    secret = state_dir / login.COOKIE_SECRET_FILE
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert len(secret.read_bytes()) >= 32
 
@@ -264,7 +264,7 @@ def test_status_when_not_running(config_file: Path, state_dir: Path) -> None:
 
 
 def test_status_when_running(config_file: Path, state_dir: Path, live_pid: int) -> None:
-    write_state(state_dir, live_pid, state.process_start_time(live_pid), restarts=2)
+    write_state(state_dir, live_pid, procfs.start_time(live_pid), restarts=2)
     result = jls("status", "--config", str(config_file))
     assert result.returncode == 0, result.stderr
     assert f"running (pid {live_pid}" in result.stdout
@@ -275,7 +275,7 @@ def test_status_when_running(config_file: Path, state_dir: Path, live_pid: int) 
 @pytest.mark.parametrize("running", [True, False])
 def test_status_json(config_file: Path, state_dir: Path, live_pid: int, running: bool) -> None:
     pid = live_pid if running else dead_pid()
-    write_state(state_dir, pid, state.process_start_time(pid) or time.time())
+    write_state(state_dir, pid, procfs.start_time(pid) or time.time())
     result = jls("status", "--json", "--config", str(config_file))
     assert result.returncode == (0 if running else 3)
     report = json.loads(result.stdout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jlservice import state
+from jlservice import files, login, procfs, state
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
@@ -53,7 +53,7 @@ def permissive_umask():
 
 def test_write_atomic_is_0600_even_with_umask_0(tmp_path: Path, permissive_umask) -> None:
     path = tmp_path / "secret"
-    state.write_atomic(path, b"data")
+    files.write_atomic(path, b"data")
     assert mode_of(path) == 0o600
     assert path.read_bytes() == b"data"
 
@@ -62,23 +62,23 @@ def test_write_atomic_tightens_an_existing_file(tmp_path: Path, permissive_umask
     path = tmp_path / "secret"
     path.write_bytes(b"old")
     path.chmod(0o666)
-    state.write_atomic(path, b"new")
+    files.write_atomic(path, b"new")
     assert mode_of(path) == 0o600
     assert path.read_bytes() == b"new"
 
 
 def test_write_atomic_honours_a_given_mode(tmp_path: Path, permissive_umask) -> None:
     path = tmp_path / "public"
-    state.write_atomic(path, b"x", mode=0o644)
+    files.write_atomic(path, b"x", mode=0o644)
     assert mode_of(path) == 0o644
 
 
 def test_write_atomic_replaces_rather_than_rewrites(tmp_path: Path) -> None:
     """A reader that opened the old file keeps seeing the whole old content."""
     path = tmp_path / "state.json"
-    state.write_atomic(path, b"old content")
+    files.write_atomic(path, b"old content")
     with path.open("rb") as reader:
-        state.write_atomic(path, b"new")
+        files.write_atomic(path, b"new")
         assert reader.read() == b"old content"
     assert path.read_bytes() == b"new"
 
@@ -86,23 +86,23 @@ def test_write_atomic_replaces_rather_than_rewrites(tmp_path: Path) -> None:
 def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     for i in range(5):
-        state.write_atomic(path, f"{i}".encode() * 10_000)
+        files.write_atomic(path, f"{i}".encode() * 10_000)
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
     assert path.read_bytes() == b"4" * 10_000
 
 
 def test_failed_write_keeps_old_content_and_no_temp_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    state.write_atomic(path, b"good")
+    files.write_atomic(path, b"good")
     with pytest.raises(TypeError):
-        state.write_atomic(path, "not bytes")  # type: ignore[arg-type]
+        files.write_atomic(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 def test_write_atomic_into_missing_directory_fails(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        state.write_atomic(tmp_path / "missing" / "state.json", b"x")
+        files.write_atomic(tmp_path / "missing" / "state.json", b"x")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -112,7 +112,7 @@ def test_write_atomic_sets_the_owner(tmp_path: Path) -> None:
 
     nobody = pwd.getpwnam("nobody")
     path = tmp_path / "token"
-    state.write_atomic(path, b"t", owner=(nobody.pw_uid, nobody.pw_gid))
+    files.write_atomic(path, b"t", owner=(nobody.pw_uid, nobody.pw_gid))
     st = path.stat()
     assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
     assert mode_of(path) == 0o600
@@ -120,10 +120,10 @@ def test_write_atomic_sets_the_owner(tmp_path: Path) -> None:
 
 def test_ensure_dir_sets_the_mode(tmp_path: Path, permissive_umask) -> None:
     target = tmp_path / "a" / "b"
-    state.ensure_dir(target, 0o700)
+    files.ensure_dir(target, 0o700)
     assert mode_of(target) == 0o700
     target.chmod(0o755)
-    state.ensure_dir(target, 0o711)
+    files.ensure_dir(target, 0o711)
     assert mode_of(target) == 0o711
 
 
@@ -134,7 +134,7 @@ def test_ensure_dir_refuses_a_directory_others_could_write(tmp_path: Path, mode:
     target.mkdir()
     target.chmod(mode)
     with pytest.raises(PermissionError) as refused:
-        state.ensure_dir(target, 0o700)
+        files.ensure_dir(target, 0o700)
     assert f"{target} is writable by others (mode {mode:04o})" in refused.value.strerror
     assert f"chmod go-w {target}" in refused.value.strerror
     assert mode_of(target) == mode
@@ -145,7 +145,7 @@ def test_ensure_dir_refuses_a_symlink(tmp_path: Path) -> None:
     real.mkdir(mode=0o755)
     (tmp_path / "link").symlink_to(real)
     with pytest.raises(OSError, match="is not a plain directory"):
-        state.ensure_dir(tmp_path / "link", 0o700)
+        files.ensure_dir(tmp_path / "link", 0o700)
     assert mode_of(real) == 0o755
 
 
@@ -159,7 +159,7 @@ def test_ensure_dir_refuses_another_users_directory(tmp_path: Path, owner: str |
     target.mkdir(mode=0o700)
     os.chown(target, nobody.pw_uid, nobody.pw_gid)
     with pytest.raises(PermissionError) as refused:
-        state.ensure_dir(target, 0o700, owner=(0, 0) if owner else None)
+        files.ensure_dir(target, 0o700, owner=(0, 0) if owner else None)
     assert f"{target} belongs to nobody, not root" in refused.value.strerror
     assert target.stat().st_uid == nobody.pw_uid  # neither taken over nor changed
 
@@ -173,7 +173,7 @@ def test_ensure_dir_hands_a_directory_to_its_owner(tmp_path: Path) -> None:
     nobody = pwd.getpwnam("nobody")
     target = tmp_path / "runtime"
     for _ in range(2):
-        state.ensure_dir(target, 0o700, owner=(nobody.pw_uid, nobody.pw_gid))
+        files.ensure_dir(target, 0o700, owner=(nobody.pw_uid, nobody.pw_gid))
         assert (target.stat().st_uid, mode_of(target)) == (nobody.pw_uid, 0o700)
         target.chmod(0o777)  # as the lab user could
 
@@ -297,7 +297,7 @@ def test_read_state_permission_denied(open_dir: Path) -> None:
 
 
 def test_new_token_is_long_random_hex() -> None:
-    tokens = {state.new_token() for _ in range(50)}
+    tokens = {login.new_token() for _ in range(50)}
     assert len(tokens) == 50
     for token in tokens:
         assert len(token) >= 48
@@ -306,36 +306,36 @@ def test_new_token_is_long_random_hex() -> None:
 
 
 def test_load_or_create_token_reuses_the_previous_one(tmp_path: Path, permissive_umask) -> None:
-    first = state.load_or_create_token(tmp_path)
+    first = login.load_or_create_token(tmp_path)
     assert len(first) >= 48
-    assert mode_of(tmp_path / state.TOKEN_FILE) == 0o600
-    assert state.load_or_create_token(tmp_path) == first
+    assert mode_of(tmp_path / login.TOKEN_FILE) == 0o600
+    assert login.load_or_create_token(tmp_path) == first
 
 
 def test_load_or_create_token_takes_over_the_token_of_an_older_state_file(tmp_path: Path) -> None:
     state.write_state(tmp_path, sample_state(token="a" * 64))
-    state.write_cookie_secret(tmp_path, b"s" * 64)
-    assert state.load_or_create_token(tmp_path) == "a" * 64
-    assert (tmp_path / state.TOKEN_FILE).read_text() == "a" * 64
+    login.write_cookie_secret(tmp_path, b"s" * 64)
+    assert login.load_or_create_token(tmp_path) == "a" * 64
+    assert (tmp_path / login.TOKEN_FILE).read_text() == "a" * 64
 
 
 @pytest.mark.parametrize("content", [b"short", b"{not a token}" * 8, b"\xff\xfe" * 40])
 def test_load_or_create_token_replaces_a_bad_token(tmp_path: Path, content: bytes) -> None:
-    (tmp_path / state.TOKEN_FILE).write_bytes(content)
-    token = state.load_or_create_token(tmp_path)
+    (tmp_path / login.TOKEN_FILE).write_bytes(content)
+    token = login.load_or_create_token(tmp_path)
     assert len(token) >= 48 and token.encode() != content
-    assert (tmp_path / state.TOKEN_FILE).read_text() == token
+    assert (tmp_path / login.TOKEN_FILE).read_text() == token
 
 
 def test_secrets_are_kept_for_the_same_lab_user(tmp_path: Path) -> None:
-    first, replaced = state.load_secrets(tmp_path, 1234, "alice")
+    first, replaced = login.load_secrets(tmp_path, 1234, "alice")
     assert len(first.token) >= 48 and len(first.cookie_secret) >= 32
     assert replaced is None  # a first start replaces nobody's
     state.write_state(tmp_path, sample_state(token=first.token, lab_uid=1234))
-    assert state.load_secrets(tmp_path, 1234, "alice") == (first, None)
+    assert login.load_secrets(tmp_path, 1234, "alice") == (first, None)
     # A state written before the uid was recorded: the same user name keeps them too.
     state.write_state(tmp_path, sample_state(token=first.token))
-    assert state.load_secrets(tmp_path, 1234, "alice") == (first, None)
+    assert login.load_secrets(tmp_path, 1234, "alice") == (first, None)
 
 
 @pytest.mark.parametrize(
@@ -352,19 +352,19 @@ def test_secrets_are_new_for_another_lab_user(
     tmp_path: Path, recorded: object, uid: int, name: str, holder: str
 ) -> None:
     """Whoever else was handed them (or a state that does not say) never uses them again."""
-    first, _ = state.load_secrets(tmp_path, 1234, "alice")
+    first, _ = login.load_secrets(tmp_path, 1234, "alice")
     state.write_state(tmp_path, sample_state(token=first.token, lab_uid=recorded))
-    second, replaced = state.load_secrets(tmp_path, uid, name)
+    second, replaced = login.load_secrets(tmp_path, uid, name)
     assert second.token != first.token and len(second.token) >= 48
     assert second.cookie_secret != first.cookie_secret
-    assert (tmp_path / state.COOKIE_SECRET_FILE).read_bytes() == second.cookie_secret
-    assert (tmp_path / state.TOKEN_FILE).read_text() == second.token
+    assert (tmp_path / login.COOKIE_SECRET_FILE).read_bytes() == second.cookie_secret
+    assert (tmp_path / login.TOKEN_FILE).read_text() == second.token
     assert replaced == holder
 
 
 def test_secrets_replace_a_short_token(tmp_path: Path) -> None:
     state.write_state(tmp_path, sample_state(token="short", lab_uid=1234))
-    token = state.load_secrets(tmp_path, 1234, "alice")[0].token
+    token = login.load_secrets(tmp_path, 1234, "alice")[0].token
     assert token != "short" and len(token) >= 48
 
 
@@ -375,16 +375,16 @@ def test_secrets_replace_a_short_token(tmp_path: Path) -> None:
 )
 def test_secrets_survive_a_damaged_state(tmp_path: Path, content: bytes) -> None:
     (tmp_path / state.STATE_FILE).write_bytes(content)
-    assert len(state.load_secrets(tmp_path, 1234, "alice")[0].token) >= 48
+    assert len(login.load_secrets(tmp_path, 1234, "alice")[0].token) >= 48
 
 
 def test_cookie_secret_is_created_0600_and_reused(tmp_path: Path, permissive_umask) -> None:
-    secret = state.load_or_create_cookie_secret(tmp_path)
+    secret = login.load_or_create_cookie_secret(tmp_path)
     assert len(secret) >= 32
-    assert mode_of(tmp_path / state.COOKIE_SECRET_FILE) == 0o600
-    assert state.load_or_create_cookie_secret(tmp_path) == secret
-    state.write_cookie_secret(tmp_path, b"x" * 64)
-    assert state.load_or_create_cookie_secret(tmp_path) == b"x" * 64
+    assert mode_of(tmp_path / login.COOKIE_SECRET_FILE) == 0o600
+    assert login.load_or_create_cookie_secret(tmp_path) == secret
+    login.write_cookie_secret(tmp_path, b"x" * 64)
+    assert login.load_or_create_cookie_secret(tmp_path) == b"x" * 64
 
 
 def test_login_url() -> None:
@@ -396,14 +396,14 @@ def test_login_url() -> None:
 
 
 def test_process_start_time_matches_psutil() -> None:
-    started = state.process_start_time(os.getpid())
+    started = procfs.start_time(os.getpid())
     assert started is not None
     assert abs(started - psutil.Process().create_time()) < 0.05
     assert started <= time.time()
 
 
 def test_process_start_time_of_a_missing_pid() -> None:
-    assert state.process_start_time(2**22 + 12345) is None
+    assert procfs.start_time(2**22 + 12345) is None
 
 
 def test_process_start_time_of_a_process_with_odd_name(tmp_path: Path) -> None:
@@ -415,7 +415,7 @@ def test_process_start_time_of_a_process_with_odd_name(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while psutil.Process(child.pid).name() != "a) b (c" and time.monotonic() < deadline:
             time.sleep(0.01)
-        started = state.process_start_time(child.pid)
+        started = procfs.start_time(child.pid)
         assert started is not None
         assert abs(started - psutil.Process(child.pid).create_time()) < 0.05
     finally:
@@ -425,13 +425,13 @@ def test_process_start_time_of_a_process_with_odd_name(tmp_path: Path) -> None:
 
 def test_supervisor_alive_for_this_process() -> None:
     s = sample_state(
-        supervisor_pid=os.getpid(), supervisor_started_at=state.process_start_time(os.getpid())
+        supervisor_pid=os.getpid(), supervisor_started_at=procfs.start_time(os.getpid())
     )
     assert state.supervisor_alive(s)
 
 
 def test_supervisor_alive_false_for_a_reused_pid() -> None:
-    started = state.process_start_time(os.getpid())
+    started = procfs.start_time(os.getpid())
     assert started is not None
     s = sample_state(supervisor_pid=os.getpid(), supervisor_started_at=started - 100)
     assert not state.supervisor_alive(s)
@@ -439,7 +439,7 @@ def test_supervisor_alive_false_for_a_reused_pid() -> None:
 
 def test_supervisor_alive_false_for_a_dead_pid() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = state.process_start_time(child.pid)
+    started = procfs.start_time(child.pid)
     child.wait()
     s = sample_state(supervisor_pid=child.pid, supervisor_started_at=started or time.time())
     assert not state.supervisor_alive(s)
@@ -470,16 +470,16 @@ def test_read_published_takes_the_newer_of_state_dir_and_runtime_dir(tmp_path: P
 def test_secrets_that_cannot_be_saved_leave_no_old_token_behind(
     tmp_path: Path, monkeypatch
 ) -> None:
-    old = state.load_or_create_token(tmp_path)
-    state.load_or_create_cookie_secret(tmp_path)
+    old = login.load_or_create_token(tmp_path)
+    login.load_or_create_cookie_secret(tmp_path)
     state.write_state(tmp_path, sample_state(token=old))  # what the supervisor published
 
     def disk_full(*_args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(state, "write_cookie_secret", disk_full)
+    monkeypatch.setattr(login, "write_cookie_secret", disk_full)
     with pytest.raises(OSError):
-        state.save_secrets(tmp_path, "b" * 64, b"c" * 64)
-    assert not (tmp_path / state.TOKEN_FILE).exists()
-    assert not (tmp_path / state.COOKIE_SECRET_FILE).exists()
-    assert state.load_or_create_token(tmp_path) not in (old, "b" * 64)  # a fresh one
+        login.save_secrets(tmp_path, "b" * 64, b"c" * 64)
+    assert not (tmp_path / login.TOKEN_FILE).exists()
+    assert not (tmp_path / login.COOKIE_SECRET_FILE).exists()
+    assert login.load_or_create_token(tmp_path) not in (old, "b" * 64)  # a fresh one

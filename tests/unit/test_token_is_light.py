@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from jlservice import state
+from jlservice import procfs, state
 
 HEAVY = (
     "jupyter_server",
@@ -32,7 +32,7 @@ def test_token_imports_nothing_heavy(tmp_path):
         notebook_dir="/",
         config_path=None,
         supervisor_pid=me,
-        supervisor_started_at=state.process_start_time(me),
+        supervisor_started_at=procfs.start_time(me),
         status=state.READY,
     )
     state.write_state(tmp_path, current)

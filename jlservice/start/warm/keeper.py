@@ -26,7 +26,7 @@ from importlib import resources
 
 import psutil
 
-from jlservice import bounded, log, state
+from jlservice import bounded, log, procfs, state
 from jlservice.start import launcher
 from jlservice.start.warm.recipe import Recipe, for_launch
 from jlservice.supervisor import children
@@ -328,7 +328,7 @@ class Keeper:
             "warm_parent_ready",
             pid=parent.pid,
             import_s=round(time.monotonic() - parent.spawned, 3),
-            rss_mib=round((state.rss_bytes(parent.pid) or 0) / 2**20, 1),
+            rss_mib=round((procfs.rss_bytes(parent.pid) or 0) / 2**20, 1),
         )
 
     def _check(self, parent: WarmParent) -> None:

@@ -1,0 +1,26 @@
+"""What /proc says of a process, without importing psutil (`jlservice token` stays light)."""
+
+from __future__ import annotations
+
+import os
+
+
+def start_time(pid: int) -> float | None:
+    """Start time of `pid` in seconds since the epoch, from /proc (no psutil import)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of `pid`, from /proc (readable for any process; no psutil import)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None
