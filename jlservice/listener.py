@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from jlservice.supervisor.probe import probe_host
+from jlservice.net import reachable_host
 
 _LISTEN = "0A"  # TCP_LISTEN in the st column
 
@@ -62,7 +62,7 @@ def stranger(ip: str, port: int, pid: int, uid: int) -> str | None:
     """Who, other than JupyterLab (`pid` or a process it started, running as `uid`), would
     answer a connection to the server listening on `ip`:`port`; None when nobody else would.
     """
-    host = ipaddress.ip_address(probe_host(ip))
+    host = ipaddress.ip_address(reachable_host(ip))
     where = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
     sockets = [s for s in listening(port) if _reaches(s, host)]
     if not sockets:

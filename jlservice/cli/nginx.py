@@ -6,10 +6,9 @@ import argparse
 import re
 import sys
 
-from jlservice import EX_CONFIG, config
+from jlservice import EX_CONFIG, config, net
 from jlservice.cli._client import config_path
 from jlservice.errors import CommandError
-from jlservice.supervisor import probe
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -59,7 +58,7 @@ def cmd_nginx(args: argparse.Namespace) -> int:
         )
     scheme = "https" if cfg.tls.enabled else "http"
     site = nginx_conf.Site(
-        upstream=probe.base_url(lab.ip, lab.port, "", scheme),
+        upstream=net.local_url(lab.ip, lab.port, "", scheme),
         base_url=lab.base_url,
         server_name=args.server_name,
         listen=args.listen,

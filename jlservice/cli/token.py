@@ -7,10 +7,9 @@ import argparse
 import os
 import signal
 
-from jlservice import config, login, state
+from jlservice import config, login, net, state
 from jlservice.cli._client import config_path, published, running_state, wait_state
 from jlservice.errors import CommandError
-from jlservice.supervisor import probe
 
 SSH_LOCAL_PORT = 8888
 
@@ -63,8 +62,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def ssh_tunnel(current: state.State, destination: str) -> str:
     """The tunnel command (first line) and the URL that works while it runs (second)."""
-    target = probe.probe_host(current.ip)
-    target = f"[{target}]" if ":" in target else target
+    target = net.bracket(net.reachable_host(current.ip))
     local = f"{current.scheme}://127.0.0.1:{SSH_LOCAL_PORT}{current.base_url}"
     return (
         f"ssh -N -L {SSH_LOCAL_PORT}:{target}:{current.port} {destination}\n"

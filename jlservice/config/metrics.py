@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jlservice import users
+from jlservice import net, users
 from jlservice.config.model import LabConfig, MetricsConfig
 from jlservice.config.reader import Reader
 
-_WILDCARDS = ("0.0.0.0", "::")
 _TOKEN_MIN, _TOKEN_MAX = 16, 4096
 _MAKE_TOKEN = "(umask 077; openssl rand -hex 32 > {path})"
 
@@ -30,7 +29,7 @@ def parse_metrics(r: Reader, t: Mapping[str, Any], lab: LabConfig, base: Path) -
     r.only(t, "metrics", set(d.__dataclass_fields__) - {"bearer_token"})
     listen = r.get(t, "metrics", "listen", str, d.listen)
     ip, port = _split_listen(r, listen)
-    same_host = ip == lab.ip or ip in _WILDCARDS or lab.ip in _WILDCARDS
+    same_host = ip == lab.ip or net.is_wildcard(ip) or net.is_wildcard(lab.ip)
     if port == lab.port and same_host:
         r.fail("metrics", "listen", f"port {port} is JupyterLab's ([lab] port); choose another")
     token_file = r.get(t, "metrics", "bearer_token_file", str, None)
@@ -39,7 +38,7 @@ def parse_metrics(r: Reader, t: Mapping[str, Any], lab: LabConfig, base: Path) -
     token_path = base / token_file if token_file else None  # an absolute path stays as it is
     return MetricsConfig(
         enabled=r.get(t, "metrics", "enabled", bool, d.enabled),
-        listen=f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}",
+        listen=f"{net.bracket(ip)}:{port}",
         gpu=r.get(t, "metrics", "gpu", bool, d.gpu),
         interval=r.seconds(t, "metrics", "interval", d.interval, minimum=0.5),
         notebook_labels=r.get(t, "metrics", "notebook_labels", bool, d.notebook_labels),

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-from jlservice.start import Secrets, Started, launcher
+from jlservice import prctl, users
+from jlservice.errors import CannotStartNow, LaunchError
+from jlservice.start import Secrets, Started, private_dir
+from jlservice.start.launcher import Launch
 
 
 class ColdStart:
@@ -14,19 +21,103 @@ class ColdStart:
     def __init__(self, runtime_dir: Path) -> None:
         self.runtime_dir = runtime_dir
 
-    async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
+    async def start(self, launch: Launch, secrets: Secrets) -> Started:
         return self.start_now(launch, secrets)
 
-    def start_now(self, launch: launcher.Launch, secrets: Secrets) -> Started:
+    def start_now(self, launch: Launch, secrets: Secrets) -> Started:
         """Synchronous and light, so that `jlservice run` can start JupyterLab before its
-        own heavier imports. Raises launcher.CannotStartNow (worth retrying) or
+        own heavier imports. Raises errors.CannotStartNow (worth retrying) or
         LaunchError (a configuration problem)."""
-        launcher.prepare(launch, self.runtime_dir, *secrets)
+        private_dir.prepare(launch, self.runtime_dir, *secrets)
         return spawn(launch)
 
 
-def spawn(launch: launcher.Launch) -> Started:
+def spawn(launch: Launch) -> Started:
     """Spawn a launch whose private dir is prepared."""
     began = time.time()
-    pid, output = launcher.detach(launcher.spawn(launch))
+    pid, output = detach(popen(launch))
     return Started(pid, output, warm=False, began=began)
+
+
+def _child_setup(parent_pid: int, cwd: str, errors: int):
+    """What the child does after the uid switch, before exec (Popen runs preexec_fn then).
+
+    It enters `cwd` as the lab user: Popen's own cwd= is entered before the switch, with
+    root's rights, so a notebook dir the user swapped for a link to someone else's private
+    directory would be entered, and readable through /proc/PID/cwd. A failure is reported
+    on `errors` as its errno. PDEATHSIG is set here too, as a uid change would clear it.
+    """
+
+    def setup() -> None:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            os.write(errors, str(exc.errno).encode())
+            raise
+        prctl.die_with_parent()
+        if os.getppid() != parent_pid:  # the supervisor died before we got here
+            os._exit(1)
+
+    return setup
+
+
+def popen(launch: Launch) -> subprocess.Popen[bytes]:
+    """Start JupyterLab; its stdout and stderr arrive on one pipe."""
+    errors, report = os.pipe2(os.O_CLOEXEC)
+    try:
+        return subprocess.Popen(
+            launch.argv,
+            env=dict(launch.env),
+            cwd="/",
+            umask=launch.umask,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_child_setup(os.getpid(), launch.cwd, report),
+            **identity(launch.account, launch.switch_user),
+        )
+    except subprocess.SubprocessError:  # raised in _child_setup: entering the notebook dir
+        os.close(report)
+        report = -1
+        raise _cannot_enter(launch, int(os.read(errors, 16) or errno.EIO)) from None
+    except PermissionError as exc:
+        raise LaunchError(
+            f"user {launch.account.name} may not execute {launch.argv[0]}: {exc.strerror}"
+        ) from None
+    except FileNotFoundError as exc:
+        raise LaunchError(
+            f"{exc.filename or launch.argv[0]}: no such file; check [lab] command"
+        ) from None
+    except OSError as exc:  # EAGAIN, ENOMEM…: the machine, not the configuration
+        raise CannotStartNow(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
+    except ValueError as exc:  # e.g. an embedded NUL that validation let through
+        raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None
+    finally:
+        os.close(errors)
+        if report >= 0:
+            os.close(report)
+
+
+def _cannot_enter(launch: Launch, code: int) -> Exception:
+    why = f"user {launch.account.name} cannot enter notebook_dir {launch.cwd}: {os.strerror(code)}"
+    if code in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return LaunchError(f"{why}; give {launch.account.name} access or fix [lab] notebook_dir")
+    return CannotStartNow(why)
+
+
+def identity(account: users.Account, switch_user: bool) -> dict[str, object]:
+    """Popen's arguments that make a child run as `account` (none when it is us)."""
+    if not switch_user:
+        return {}
+    return {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
+
+
+def detach(popen: subprocess.Popen[bytes]) -> tuple[int, BinaryIO]:
+    """JupyterLab's pid and output pipe, which the supervisor owns from now on: its Reaper
+    reaps the process, so Popen must never wait on a pid that may be reused."""
+    stdout = popen.stdout
+    assert stdout is not None
+    popen.stdout = None
+    popen.returncode = 0
+    return popen.pid, stdout

@@ -6,27 +6,17 @@ how a reload decides whether JupyterLab must restart.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import os
-import signal
 import socket
-import stat
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from jlservice import files, users
+from jlservice import net, users
 from jlservice.config import Config, OptionValue
-from jlservice.errors import CannotStartNow, LaunchError, PortInUse
-from jlservice.supervisor import notify, probe
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
+from jlservice.supervisor import notify
 
 # Never handed to JupyterLab: systemd's per-service settings and our own.
 _PRIVATE_ENV = {
@@ -82,8 +72,8 @@ class Launch:
         name on a wildcard address, else the address."""
         if self.public_url:
             return self.public_url
-        host = self.ip if self.ip not in ("0.0.0.0", "::") else socket.gethostname()
-        host = f"[{host}]" if ":" in host else host
+        host = socket.gethostname() if net.is_wildcard(self.ip) else self.ip
+        host = net.bracket(host)
         return f"{self.scheme}://{host}:{self.port}{self.base_url}"
 
     def published(self) -> dict[str, object]:
@@ -102,7 +92,7 @@ class Launch:
     @property
     def api_url(self) -> str:
         """Where this server answers its unauthenticated readiness probe."""
-        return probe.base_url(self.ip, self.port, f"{self.base_url}api", self.scheme)
+        return net.local_url(self.ip, self.port, f"{self.base_url}api", self.scheme)
 
     @property
     def token_file(self) -> Path:
@@ -205,211 +195,6 @@ def _option_args(key: str, value: OptionValue) -> list[str]:
     return [f"--{key}={value}"]  # True/False, numbers and strings as traitlets reads them
 
 
-def prepare_private_dir(
-    launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
-) -> None:
-    """Give JupyterLab its token, cookie secret, password hash and TLS files, readable by
-    its user alone.
-
-    When root switches users, `private_dir` itself stays root's (0711): the user can reach
-    the files in it but cannot replace them, or its `runtime` directory, with symlinks that
-    root would then follow. Its `runtime` directory is made anew for a new lab user. The
-    token file has no trailing newline: jupyter_server reads it verbatim.
-    """
-    owner = (launch.account.uid, launch.account.gid)
-    files.ensure_dir(runtime_dir, runtime_dir_mode(launch))
-    files.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
-    _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
-    files.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
-    # An empty token file turns token login off ([auth] token = false).
-    files.write_atomic(
-        launch.token_file, token.encode() if launch.token_login else b"", owner=owner
-    )
-    files.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
-    for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
-        if name in launch.files:
-            files.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
-        else:  # no longer configured: no stale key or hash left behind
-            (launch.private_dir / name).unlink(missing_ok=True)
-
-
 def runtime_dir_mode(launch: Launch) -> int:
     """[service] runtime_dir: another lab user must get through it to its private files."""
     return 0o755 if launch.switch_user else 0o700
-
-
-def _drop_if_foreign(path: Path, uid: int) -> None:
-    """Remove JupyterLab's runtime dir if it belongs to anyone but `uid`: what another lab
-    user left there (files, links to anywhere) must not be handed to this one.
-
-    rmtree works through directory fds and removes symlinks without following them; the
-    directory holding `path` is root's, so the old user cannot swap `path` itself.
-    """
-    import shutil
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
-    """Why a server could not listen on ip:port right now, or None (`key`: what to fix)."""
-    try:
-        _try_bind(ip, port, key)
-    except CannotStartNow as exc:
-        return str(exc)
-    return None
-
-
-def _try_bind(ip: str, port: int, key: str = "[lab] port") -> None:
-    """Raises PortInUse, or CannotStartNow, if a server could not listen on ip:port now."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((ip, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}"
-                ) from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                where = "[lab] ip" if key == "[lab] port" else key
-                raise CannotStartNow(
-                    f"{ip} is not an address of this machine; fix {where}"
-                ) from None
-            raise CannotStartNow(f"cannot listen on {ip}:{port}: {exc.strerror}") from None
-
-
-def _holder(port: int) -> str:
-    """Who listens on `port`, as the end of "in use …": by pid 7 (name) of user bob."""
-    from jlservice import listener
-
-    sockets = listener.listening(port)
-    return f" by {listener.describe(sockets[0])}" if sockets else ""
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-
-def read_only_notebooks(launch: Launch) -> str | None:
-    """Why notebooks cannot be saved when the notebook dir sits on a read-only mount (as
-    everything outside ReadWritePaths= does under ProtectSystem=strict), or None."""
-    try:
-        if not os.statvfs(launch.cwd).f_flag & os.ST_RDONLY:
-            return None
-    except OSError:
-        return None  # a missing dir is reported by the start itself
-    return (
-        f"notebook_dir {launch.cwd} is on a read-only mount here, so notebooks cannot be saved; "
-        f"under systemd, allow it with `systemctl edit <unit>` and ReadWritePaths=-{launch.cwd} "
-        "(`jlservice install` does this for the directory it is given)"
-    )
-
-
-def become_subreaper() -> None:
-    """Orphaned descendants (kernels of a dead JupyterLab) are re-parented to us, not init."""
-    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
-
-
-def _child_setup(parent_pid: int, cwd: str, errors: int):
-    """What the child does after the uid switch, before exec (Popen runs preexec_fn then).
-
-    It enters `cwd` as the lab user: Popen's own cwd= is entered before the switch, with
-    root's rights, so a notebook dir the user swapped for a link to someone else's private
-    directory would be entered, and readable through /proc/PID/cwd. A failure is reported
-    on `errors` as its errno. PDEATHSIG is set here too, as a uid change would clear it.
-    """
-
-    def setup() -> None:
-        try:
-            os.chdir(cwd)
-        except OSError as exc:
-            os.write(errors, str(exc.errno).encode())
-            raise
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the supervisor died before we got here
-            os._exit(1)
-
-    return setup
-
-
-def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
-    """What every start needs first, cold or warm: a free address and the secrets in place."""
-    _try_bind(launch.ip, launch.port)
-    try:
-        prepare_private_dir(launch, runtime_dir, token, cookie_secret)
-    except OSError as exc:
-        raise CannotStartNow(f"cannot prepare {launch.private_dir}: {exc.strerror}") from None
-
-
-def spawn(launch: Launch) -> subprocess.Popen[bytes]:
-    """Start JupyterLab; its stdout and stderr arrive on one pipe."""
-    errors, report = os.pipe2(os.O_CLOEXEC)
-    try:
-        return subprocess.Popen(
-            launch.argv,
-            env=dict(launch.env),
-            cwd="/",
-            umask=launch.umask,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_child_setup(os.getpid(), launch.cwd, report),
-            **identity(launch.account, launch.switch_user),
-        )
-    except subprocess.SubprocessError:  # raised in _child_setup: entering the notebook dir
-        os.close(report)
-        report = -1
-        raise _cannot_enter(launch, int(os.read(errors, 16) or errno.EIO)) from None
-    except PermissionError as exc:
-        raise LaunchError(
-            f"user {launch.account.name} may not execute {launch.argv[0]}: {exc.strerror}"
-        ) from None
-    except FileNotFoundError as exc:
-        raise LaunchError(
-            f"{exc.filename or launch.argv[0]}: no such file; check [lab] command"
-        ) from None
-    except OSError as exc:  # EAGAIN, ENOMEM…: the machine, not the configuration
-        raise CannotStartNow(f"cannot start {launch.argv[0]}: {exc.strerror}") from None
-    except ValueError as exc:  # e.g. an embedded NUL that validation let through
-        raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None
-    finally:
-        os.close(errors)
-        if report >= 0:
-            os.close(report)
-
-
-def _cannot_enter(launch: Launch, code: int) -> Exception:
-    why = f"user {launch.account.name} cannot enter notebook_dir {launch.cwd}: {os.strerror(code)}"
-    if code in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-        return LaunchError(f"{why}; give {launch.account.name} access or fix [lab] notebook_dir")
-    return CannotStartNow(why)
-
-
-def identity(account: users.Account, switch_user: bool) -> dict[str, object]:
-    """Popen's arguments that make a child run as `account` (none when it is us)."""
-    if not switch_user:
-        return {}
-    return {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
-
-
-def detach(popen: subprocess.Popen[bytes]) -> tuple[int, BinaryIO]:
-    """JupyterLab's pid and output pipe, which the supervisor owns from now on: its Reaper
-    reaps the process, so Popen must never wait on a pid that may be reused."""
-    stdout = popen.stdout
-    assert stdout is not None
-    popen.stdout = None
-    popen.returncode = 0
-    return popen.pid, stdout

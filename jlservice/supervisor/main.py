@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
-from jlservice import files, login, procfs, state
+from jlservice import errors, files, login, prctl, procfs, state
 from jlservice.config import Config, ConfigError
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart
@@ -30,7 +30,7 @@ def run(config: Config) -> int:
     secrets, replaced_from = login.load_secrets(
         service.state_dir, launch.account.uid, launch.account.name
     )
-    launcher.become_subreaper()  # before the first child: its orphans must come back to us
+    prctl.become_subreaper()  # before the first child: its orphans must come back to us
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
@@ -38,7 +38,7 @@ def run(config: Config) -> int:
     cold = ColdStart(service.runtime_dir)
     try:
         first: Started | Exception = cold.start_now(launch, secrets)
-    except (launcher.CannotStartNow, launcher.LaunchError) as exc:
+    except (errors.CannotStartNow, errors.LaunchError) as exc:
         first = exc  # the supervisor reports it, in its log and state, like any later start
 
     import asyncio

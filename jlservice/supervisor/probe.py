@@ -11,21 +11,6 @@ from jlservice import bounded
 MAX_BODY = 8 << 20  # api/kernels of thousands of kernels; whatever answers is not trusted
 
 
-def probe_host(ip: str) -> str:
-    """Where to reach a server listening on `ip` from this machine."""
-    if ip == "0.0.0.0":
-        return "127.0.0.1"
-    if ip == "::":
-        return "::1"
-    return ip
-
-
-def base_url(ip: str, port: int, path: str, scheme: str = "http") -> str:
-    host = probe_host(ip)
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{port}{path}"
-
-
 async def _get(url: str, timeout: float, token: str | None = None):
     """GET `url` without raising on HTTP errors (tornado imported on first use)."""
     from tornado.httpclient import AsyncHTTPClient

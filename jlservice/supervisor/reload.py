@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jlservice import config, log
+from jlservice import config, log, net
 from jlservice.config import Config, ConfigError
 from jlservice.start import launcher
 from jlservice.supervisor import probe
@@ -46,12 +46,12 @@ def plan(current: Config, running: launcher.Launch) -> Plan:
                 )
         launch = launcher.build(new)
         if (launch.ip, launch.port) != (running.ip, running.port):
-            problem = launcher.check_port(launch.ip, launch.port)
+            problem = net.check_port(launch.ip, launch.port)
             if problem:  # refuse now, rather than stop a working server for nothing
                 raise ConfigError(f"{current.path}: [lab] port: {problem}")
         metrics, before = new.metrics, current.metrics
         if metrics.enabled and (metrics.listen != before.listen or not before.enabled):
-            problem = launcher.check_port(*metrics.address, key="[metrics] listen")
+            problem = net.check_port(*metrics.address, key="[metrics] listen")
             if problem:  # the exporter would go dark; keep the one that serves
                 raise ConfigError(f"{current.path}: [metrics] listen: {problem}")
     except ConfigError as exc:

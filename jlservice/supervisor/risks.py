@@ -35,7 +35,7 @@ def warn_about_config(config: Config) -> None:
 
 def warn_about_launch(launch: launcher.Launch) -> None:
     """A notebook dir where notebooks cannot be saved."""
-    if why := launcher.read_only_notebooks(launch):
+    if why := read_only_notebooks(launch):
         logger.warning("notebook_dir_read_only", problem=why)
 
 
@@ -48,3 +48,18 @@ def certificate_expiry(config: Config) -> float | None:
     if problem := tls.expiry_warning(config.tls.cert_pem):
         logger.warning("tls_certificate_expiring", problem=problem)
     return tls.expiry(config.tls.cert_pem)
+
+
+def read_only_notebooks(launch: launcher.Launch) -> str | None:
+    """Why notebooks cannot be saved when the notebook dir sits on a read-only mount (as
+    everything outside ReadWritePaths= does under ProtectSystem=strict), or None."""
+    try:
+        if not os.statvfs(launch.cwd).f_flag & os.ST_RDONLY:
+            return None
+    except OSError:
+        return None  # a missing dir is reported by the start itself
+    return (
+        f"notebook_dir {launch.cwd} is on a read-only mount here, so notebooks cannot be saved; "
+        f"under systemd, allow it with `systemctl edit <unit>` and ReadWritePaths=-{launch.cwd} "
+        "(`jlservice install` does this for the directory it is given)"
+    )

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers.launch import build
 
-from jlservice import config
-from jlservice.start import launcher
+from jlservice import config, errors, net
+from jlservice.start import cold, launcher, private_dir
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
@@ -223,21 +223,21 @@ def _mode(path: Path) -> int:
 def test_prepare_private_dir(tmp_path: Path) -> None:
     launch = build(tmp_path)
     runtime = tmp_path / "run"
-    launcher.prepare_private_dir(launch, runtime, TOKEN, b"c" * 64)
+    private_dir.prepare_private_dir(launch, runtime, TOKEN, b"c" * 64)
     assert launch.token_file.read_bytes() == TOKEN.encode()  # no trailing newline
     assert launch.cookie_secret_file.read_bytes() == b"c" * 64
     assert _mode(launch.token_file) == 0o600
     assert _mode(launch.cookie_secret_file) == 0o600
     assert _mode(launch.private_dir) == 0o700
     assert _mode(launch.jupyter_runtime_dir) == 0o700
-    launcher.prepare_private_dir(launch, runtime, "e" * 64, b"d" * 64)  # a rotation
+    private_dir.prepare_private_dir(launch, runtime, "e" * 64, b"d" * 64)  # a rotation
     assert launch.token_file.read_text() == "e" * 64
 
 
 @needs_root
 def test_prepare_private_dir_for_another_user(tmp_path: Path) -> None:
     launch = build(tmp_path, user="nobody", notebook_dir=str(tmp_path))
-    launcher.prepare_private_dir(launch, tmp_path / "run", TOKEN, b"c" * 64)
+    private_dir.prepare_private_dir(launch, tmp_path / "run", TOKEN, b"c" * 64)
     nobody = pwd.getpwnam("nobody")
     for path in (launch.jupyter_runtime_dir, launch.token_file, launch.cookie_secret_file):
         assert path.stat().st_uid == nobody.pw_uid, path
@@ -252,7 +252,7 @@ def test_a_new_lab_user_gets_a_runtime_dir_of_its_own(tmp_path: Path) -> None:
     """What the previous lab user left in JupyterLab's runtime dir goes, links without
     following them; the same user keeps its files."""
     old = build(tmp_path, user="nobody", notebook_dir=str(tmp_path))
-    launcher.prepare_private_dir(old, tmp_path / "run", TOKEN, b"c" * 64)
+    private_dir.prepare_private_dir(old, tmp_path / "run", TOKEN, b"c" * 64)
     runtime = old.jupyter_runtime_dir
     roots = tmp_path / "roots"
     roots.mkdir(mode=0o755)
@@ -264,14 +264,14 @@ def test_a_new_lab_user_gets_a_runtime_dir_of_its_own(tmp_path: Path) -> None:
     (runtime / "to-dir").symlink_to(roots)
 
     new = build(tmp_path, user="daemon", notebook_dir=str(tmp_path))
-    launcher.prepare_private_dir(new, tmp_path / "run", TOKEN, b"c" * 64)
+    private_dir.prepare_private_dir(new, tmp_path / "run", TOKEN, b"c" * 64)
     assert list(runtime.iterdir()) == []
     assert runtime.stat().st_uid == pwd.getpwnam("daemon").pw_uid
     assert [p.name for p in roots.iterdir()] == ["keep"]
     assert (roots / "keep").read_text() == "root's"
 
     (runtime / "mine").write_text("m")
-    launcher.prepare_private_dir(new, tmp_path / "run", TOKEN, b"c" * 64)
+    private_dir.prepare_private_dir(new, tmp_path / "run", TOKEN, b"c" * 64)
     assert (runtime / "mine").exists()
 
 
@@ -292,8 +292,8 @@ def test_the_notebook_dir_is_entered_as_the_lab_user(
         tmp_path, user="nobody", notebook_dir=str(notebooks), command=["/bin/sh", "-c", "pwd"]
     )
     fds = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(launcher.LaunchError) as refused:
-        launcher.spawn(launch)
+    with pytest.raises(errors.LaunchError) as refused:
+        cold.popen(launch)
     assert str(refused.value) == (
         f"user nobody cannot enter notebook_dir {notebooks}: Permission denied; "
         "give nobody access or fix [lab] notebook_dir"
@@ -301,7 +301,7 @@ def test_the_notebook_dir_is_entered_as_the_lab_user(
     assert len(os.listdir("/proc/self/fd")) == fds  # no pipe left open
 
     private.chmod(0o755)  # now nobody may enter it: the server starts there
-    proc = launcher.spawn(launch)
+    proc = cold.popen(launch)
     out, _ = proc.communicate(timeout=30)
     assert out.decode().strip() == str(private)
 
@@ -314,7 +314,7 @@ def test_check_port_in_use() -> None:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        problem = launcher.check_port("127.0.0.1", port)
+        problem = net.check_port("127.0.0.1", port)
     assert problem is not None
     assert f"port {port}" in problem and "in use" in problem
 
@@ -323,7 +323,7 @@ def test_check_port_free() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert launcher.check_port("127.0.0.1", port) is None
+    assert net.check_port("127.0.0.1", port) is None
 
 
 def test_check_port_in_use_on_all_addresses() -> None:
@@ -331,11 +331,11 @@ def test_check_port_in_use_on_all_addresses() -> None:
         held.bind(("0.0.0.0", 0))
         held.listen()
         port = held.getsockname()[1]
-        assert "in use" in (launcher.check_port("127.0.0.1", port) or "")
+        assert "in use" in (net.check_port("127.0.0.1", port) or "")
 
 
 def test_check_port_address_not_on_this_machine() -> None:
-    problem = launcher.check_port("192.0.2.123", 8888)  # TEST-NET-1, never local
+    problem = net.check_port("192.0.2.123", 8888)  # TEST-NET-1, never local
     assert problem is not None and "192.0.2.123" in problem
 
 
@@ -349,4 +349,4 @@ def test_check_port_ipv6() -> None:
     with held:
         held.listen()
         port = held.getsockname()[1]
-        assert "in use" in (launcher.check_port("::1", port) or "")
+        assert "in use" in (net.check_port("::1", port) or "")

@@ -7,13 +7,12 @@ import ssl
 import urllib.error
 import urllib.request
 
-from jlservice import users
+from jlservice import net, users
 from jlservice.admin.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
 from jlservice.admin.doctor.local import listeners
 from jlservice.cli.common import mask
 from jlservice.config.access import few
 from jlservice.config.model import LabConfig
-from jlservice.supervisor import probe
 
 TIMEOUT = 3.0
 
@@ -49,7 +48,7 @@ def get(url: str, token: str | None = None, scheme: str = "token") -> tuple[int 
 
 def _url(ctx: Context, path: str) -> str:
     s = ctx.state
-    return probe.base_url(s.ip, s.port, f"{s.base_url}{path}", s.scheme)
+    return net.local_url(s.ip, s.port, f"{s.base_url}{path}", s.scheme)
 
 
 def check_answers(ctx: Context) -> Result:

@@ -8,9 +8,8 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from jlservice import state
+from jlservice import net, state
 from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
-from jlservice.start import launcher
 
 
 def check_config(ctx: Context) -> Result:
@@ -108,7 +107,7 @@ def check_port(ctx: Context) -> Result:
             f"{address} is in use by pid {pid} ({_name(pid)}), not by jlservice's JupyterLab",
             f"stop pid {pid}, or change [lab] port",
         )
-    problem = launcher.check_port(lab.ip, lab.port)
+    problem = net.check_port(lab.ip, lab.port)
     if problem is None:
         return Result("port", True, f"{address} is free for JupyterLab")
     return Result("port", False, problem, "fix [lab] ip or port")
@@ -157,7 +156,7 @@ def user_hosts(ctx: Context) -> list[str]:
     lab = ctx.config.lab
     if lab.public_url:
         return [urlsplit(lab.public_url).hostname]
-    if lab.ip in ("0.0.0.0", "::"):
+    if net.is_wildcard(lab.ip):
         return [socket.gethostname()]
     return [lab.ip]
 

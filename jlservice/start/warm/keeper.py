@@ -27,7 +27,7 @@ from importlib import resources
 import psutil
 
 from jlservice import bounded, log, procfs, state
-from jlservice.start import launcher
+from jlservice.start import cold, launcher
 from jlservice.start.warm.recipe import Recipe, for_launch
 from jlservice.supervisor import children
 
@@ -108,7 +108,7 @@ class WarmParent:
                 stderr=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
-                **launcher.identity(recipe.account, recipe.switch_user),
+                **cold.identity(recipe.account, recipe.switch_user),
             )
         except BaseException:
             ours.close()

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from jlservice.start import Secrets, Started, launcher
+from jlservice.start import Secrets, Started, launcher, private_dir
 from jlservice.start.cold import ColdStart, spawn
 from jlservice.start.warm.keeper import Keeper
 
@@ -24,10 +24,10 @@ class WarmStart:
         self.sweep = sweep
 
     async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
-        """Raises launcher.CannotStartNow (worth retrying) or LaunchError (configuration)."""
+        """Raises errors.CannotStartNow (worth retrying) or LaunchError (configuration)."""
         if not self.keeper.enabled:
             return await self.cold.start(launch, secrets)
-        launcher.prepare(launch, self.cold.runtime_dir, *secrets)
+        private_dir.prepare(launch, self.cold.runtime_dir, *secrets)
         began = time.time()
         read, write = os.pipe2(os.O_CLOEXEC)
         try:

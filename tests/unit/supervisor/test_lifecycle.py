@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from jlservice import EX_CONFIG
-from jlservice.start import launcher
+from jlservice import EX_CONFIG, errors
 from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import (
     BackoffElapsed,
@@ -136,7 +135,7 @@ async def test_a_storm_of_crashes_of_ready_servers_backs_off_and_gives_up(machin
 
 async def test_port_in_use_retries_after_the_backoff(machine) -> None:
     m = machine()
-    m.starter.refusals = [launcher.CannotStartNow("port 9123 on 127.0.0.1 is in use")]
+    m.starter.refusals = [errors.CannotStartNow("port 9123 on 127.0.0.1 is in use")]
     m.start()
     await m.settle()
     assert m.labs == [] and m.state.status == "backoff"
@@ -149,7 +148,7 @@ async def test_port_in_use_retries_after_the_backoff(machine) -> None:
 async def test_a_port_another_program_holds_is_waited_for_without_giving_up(machine) -> None:
     m = machine()
     held = "port 9123 on 127.0.0.1 is in use by pid 77 (python3); stop it or change [lab] port"
-    m.starter.refusals = [launcher.PortInUse(held)] * 30
+    m.starter.refusals = [errors.PortInUse(held)] * 30
     m.start()
     delays = []
     for _ in range(30):
@@ -173,7 +172,7 @@ async def test_a_port_another_program_holds_is_waited_for_without_giving_up(mach
 
 async def test_a_configuration_the_launch_refuses_halts_with_78(machine) -> None:
     m = machine()
-    m.starter.refusals = [launcher.LaunchError("user x may not execute /venv/bin/jupyter-lab")]
+    m.starter.refusals = [errors.LaunchError("user x may not execute /venv/bin/jupyter-lab")]
     m.start()
     assert await m.exit_code() == EX_CONFIG
     assert m.state.status == "failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from helpers.launch import make_config
 
+from jlservice import errors
 from jlservice.start import launcher
 from jlservice.supervisor import reload
 from jlservice.supervisor.events import BackoffElapsed, PendingReloadDue, ReloadRequested
@@ -75,7 +76,7 @@ async def test_a_failed_start_after_a_reload_still_ends_the_reload(machine) -> N
     m.start()
     await m.ready()
     m.plans.append(restart_plan(m, port=9124))
-    m.starter.refusals = [launcher.CannotStartNow("port 9124 on 127.0.0.1 is in use")]
+    m.starter.refusals = [errors.CannotStartNow("port 9124 on 127.0.0.1 is in use")]
     await m.step(ReloadRequested("SIGHUP"))
     assert m.sent("READY=1")[-1] == (
         "READY=1\nSTATUS=Reloaded, but JupyterLab failed to start: port 9124 on 127.0.0.1 is in use"

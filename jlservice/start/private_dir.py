@@ -1,0 +1,70 @@
+"""JupyterLab's private dir: its token, cookie secret, password hash and TLS files, and its
+own runtime dir, made so that the lab user can read them but never swap them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from jlservice import files, net
+from jlservice.errors import CannotStartNow
+from jlservice.start.launcher import SERVER_CONFIG, TLS_CERT, TLS_KEY, Launch, runtime_dir_mode
+
+
+def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
+    """What every start needs first, cold or warm: a free address and the secrets in place."""
+    net.require_free(launch.ip, launch.port)
+    try:
+        prepare_private_dir(launch, runtime_dir, token, cookie_secret)
+    except OSError as exc:
+        raise CannotStartNow(f"cannot prepare {launch.private_dir}: {exc.strerror}") from None
+
+
+def prepare_private_dir(
+    launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes
+) -> None:
+    """Give JupyterLab its token, cookie secret, password hash and TLS files, readable by
+    its user alone.
+
+    When root switches users, `private_dir` itself stays root's (0711): the user can reach
+    the files in it but cannot replace them, or its `runtime` directory, with symlinks that
+    root would then follow. Its `runtime` directory is made anew for a new lab user. The
+    token file has no trailing newline: jupyter_server reads it verbatim.
+    """
+    owner = (launch.account.uid, launch.account.gid)
+    files.ensure_dir(runtime_dir, runtime_dir_mode(launch))
+    files.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
+    _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
+    files.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
+    # An empty token file turns token login off ([auth] token = false).
+    files.write_atomic(
+        launch.token_file, token.encode() if launch.token_login else b"", owner=owner
+    )
+    files.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
+    for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
+        if name in launch.files:
+            files.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
+        else:  # no longer configured: no stale key or hash left behind
+            (launch.private_dir / name).unlink(missing_ok=True)
+
+
+def _drop_if_foreign(path: Path, uid: int) -> None:
+    """Remove JupyterLab's runtime dir if it belongs to anyone but `uid`: what another lab
+    user left there (files, links to anywhere) must not be handed to this one.
+
+    rmtree works through directory fds and removes symlinks without following them; the
+    directory holding `path` is root's, so the old user cannot swap `path` itself.
+    """
+    import shutil
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
