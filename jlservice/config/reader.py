@@ -25,7 +25,7 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 def digest(raw: bytes) -> str:
-    """The fingerprint of a configuration file's content (the reload watcher compares it)."""
+    """The digest of a configuration file's content (the reload watcher compares it)."""
     import hashlib  # not on the `jlservice token` path
 
     return hashlib.sha256(raw).hexdigest()

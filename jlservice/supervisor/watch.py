@@ -28,7 +28,7 @@ DEBOUNCE_S = 0.2
 MAX_DELAY_S = 1.0  # a file that never stops changing is still reloaded this often
 
 
-def fingerprint(path: Path) -> str | None:
+def read_digest(path: Path) -> str | None:
     try:
         return digest(read_head(path))  # a huge file is rejected when read: no need for all
     except OSError:
@@ -105,7 +105,7 @@ class ConfigWatcher:
         on_change: Callable[[float], None],
         seen: str | None,
     ) -> None:
-        """`seen`: the fingerprint of the content the running configuration was read from."""
+        """`seen`: the digest of the content the running configuration was read from."""
         self.path = path
         self._on_change = on_change
         self._seen = seen
@@ -135,7 +135,7 @@ class ConfigWatcher:
         )
 
     def _settle(self, first_event: float) -> None:
-        current = fingerprint(self.path)
+        current = read_digest(self.path)
         if current == self._seen:
             return
         self._seen = current

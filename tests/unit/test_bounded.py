@@ -107,13 +107,13 @@ def test_warm_parent_messages_that_are_broken(message: bytes) -> None:
         keeper._parse(message, ("pid", "error"))
 
 
-def test_the_warm_parents_fingerprint_is_capped(tmp_path: Path, monkeypatch) -> None:
+def test_the_warm_parents_snapshot_is_capped(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(parent, "MAX_ENTRIES", 10)
     for i in range(50):
         (tmp_path / f"f{i}").touch()
-    marks = parent.fingerprint([str(tmp_path)])
+    marks = parent.snapshot([str(tmp_path)])
     assert len(marks) == 10
-    assert parent.fingerprint([str(tmp_path)]) == marks  # stable while nothing changes
+    assert parent.snapshot([str(tmp_path)]) == marks  # stable while nothing changes
 
 
 def test_the_keeper_knows_the_warm_parents_stale_exit() -> None:

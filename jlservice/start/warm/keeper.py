@@ -73,7 +73,7 @@ def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) ->
         return reaper.reaped(pid)  # exited meanwhile
 
 
-class WarmParent:
+class WarmProcess:
     """One warm parent process and the socket it takes requests on."""
 
     def __init__(self, recipe: Recipe, pid: int, sock: socket.socket) -> None:
@@ -86,7 +86,7 @@ class WarmParent:
         self._reply: asyncio.Future[bytes] | None = None
 
     @classmethod
-    def spawn(cls, recipe: Recipe) -> WarmParent:
+    def spawn(cls, recipe: Recipe) -> WarmProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = {
             "socket": theirs.fileno(),
@@ -165,7 +165,7 @@ class Keeper:
     def __init__(self, reaper: children.Reaper, changed: Callable[[], None]) -> None:
         """`changed`: called whenever describe() may say something new."""
         self.reaper = reaper
-        self.parent: WarmParent | None = None
+        self.parent: WarmProcess | None = None
         self.enabled = False
         self._changed = changed
         self._launch: launcher.Launch | None = None
@@ -277,7 +277,7 @@ class Keeper:
 
     # ── inside ──────────────────────────────────────────────────────────────
 
-    def _unusable(self, parent: WarmParent | None, recipe: Recipe | str) -> str | None:
+    def _unusable(self, parent: WarmProcess | None, recipe: Recipe | str) -> str | None:
         if isinstance(recipe, str):
             return recipe
         if parent is None:
@@ -292,7 +292,7 @@ class Keeper:
 
     def _spawn(self, recipe: Recipe) -> None:
         try:
-            parent = WarmParent.spawn(recipe)
+            parent = WarmProcess.spawn(recipe)
         except OSError as exc:
             self._fail(f"cannot start {recipe.interpreter}: {exc.strerror}")
             return
@@ -302,7 +302,7 @@ class Keeper:
         self._changed()
         logger.debug("warm_parent_starting", pid=parent.pid, preload=list(recipe.preload))
 
-    async def _hello(self, parent: WarmParent) -> None:
+    async def _hello(self, parent: WarmProcess) -> None:
         """Its "ready", or why not."""
         problem = None
         try:
@@ -331,7 +331,7 @@ class Keeper:
             rss_mib=round((procfs.rss_bytes(parent.pid) or 0) / 2**20, 1),
         )
 
-    def _check(self, parent: WarmParent) -> None:
+    def _check(self, parent: WarmProcess) -> None:
         """Ask whether its packages or Jupyter configuration changed since it started, as
         it sees them (root never looks at its paths): it exits with EXIT_STALE if so, else
         answers "fresh". JupyterLab may have just changed them (e.g. made ~/.jupyter).
@@ -340,7 +340,7 @@ class Keeper:
         self._changed()
         asyncio.get_running_loop().create_task(self._fresh(parent))
 
-    async def _fresh(self, parent: WarmParent) -> None:
+    async def _fresh(self, parent: WarmProcess) -> None:
         try:
             parent.sock.send(b'{"check": true}')
             raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
@@ -367,7 +367,7 @@ class Keeper:
             effect="JupyterLab starts cold until [lab] changes or jlservice restarts",
         )
 
-    def _exited(self, parent: WarmParent, status: children.ExitStatus) -> None:
+    def _exited(self, parent: WarmProcess, status: children.ExitStatus) -> None:
         self._ending.discard(parent.pid)
         if parent is not self.parent:
             return

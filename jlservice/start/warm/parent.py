@@ -4,7 +4,7 @@ Runs as the JupyterLab user with JupyterLab's exact environment, started by the 
 `PYTHON -c BOOTSTRAP SPEC` with this file's text on stdin, so it needs only the standard
 library and JupyterLab's own packages — not jlservice, which that interpreter may not have.
 
-It notes the paths where a change would make it stale — their state (fingerprint), and an
+It notes the paths where a change would make it stale — their state (a snapshot), and an
 inotify watch on them — as the lab user, so that root never stats, scans or watches a path
 it names; imports the heavy modules; starts no thread and no event loop; says it is ready;
 then waits. For each request (JSON + the server's output pipe as SCM_RIGHTS) it forks an
@@ -37,7 +37,7 @@ PR_SET_NAME = 15
 IN_CHANGES = 0x2 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 | 0x01000000
 _libc = ctypes.CDLL(None, use_errno=True)
 MAX_MESSAGE = 1 << 16
-MAX_ENTRIES = 20000  # per fingerprint: a huge directory must not stall each warm start
+MAX_ENTRIES = 20000  # per snapshot: a huge directory must not stall each warm start
 STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
 EXIT_STALE = 3  # the supervisor's keeper knows this status: replaced, not broken
 
@@ -68,7 +68,7 @@ def watched_paths(interpreter, script):
     return sorted(set(paths))
 
 
-def fingerprint(paths):
+def snapshot(paths):
     """Each path's identity and mtime, and those of a directory's entries (at most
     MAX_ENTRIES in all): an install, an upgrade or an edited config file changes it."""
     marks = []
@@ -171,7 +171,7 @@ def serve(sock, paths, marks, changes):
             settle_at = time.monotonic() + STALE_DEBOUNCE_S
         elif settle_at is not None and sock not in readable:
             settle_at = None
-            if fingerprint(paths) != marks:
+            if snapshot(paths) != marks:
                 os._exit(EXIT_STALE)
         if sock not in readable:
             continue
@@ -180,12 +180,12 @@ def serve(sock, paths, marks, changes):
             os._exit(0)  # the supervisor closed its end
         request = json.loads(message)
         if not fds:  # {"check": true}: end now if stale (the supervisor makes a new one)
-            if fingerprint(paths) != marks:
+            if snapshot(paths) != marks:
                 os._exit(EXIT_STALE)
             send(sock, fresh=True)
             continue
         output = fds[0]
-        if fingerprint(paths) != marks:
+        if snapshot(paths) != marks:
             os.close(output)
             send(sock, stale=True)
             continue
@@ -262,7 +262,7 @@ def main(spec):
     set_name("jlservice-warm")
     # Before the imports: a change while they run must count as a change.
     paths = watched_paths(spec["interpreter"], spec["script"])
-    marks, changes = fingerprint(paths), watch(paths)
+    marks, changes = snapshot(paths), watch(paths)
     try:
         for module in spec["preload"]:
             importlib.import_module(module)
