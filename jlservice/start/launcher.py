@@ -16,11 +16,13 @@ from pathlib import Path
 
 from jlservice import net, users
 from jlservice.config import Config, OptionValue
-from jlservice.supervisor import notify
 
-# Never handed to JupyterLab: systemd's per-service settings and our own.
-_PRIVATE_ENV = {
-    *notify.PRIVATE_ENV,
+# Never handed to JupyterLab (nor to any child): systemd's per-service settings, our own,
+# and a token or runtime dir of the shell jlservice was started from.
+PRIVATE_ENV = {
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
     "JOURNAL_STREAM",
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -145,7 +147,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         env = {k: environ[k] for k in _KEPT_ACROSS_USERS if k in environ}
         env.update({k: v for k, v in environ.items() if k.startswith("LC_")})
     else:
-        env = {k: v for k, v in environ.items() if k not in _PRIVATE_ENV}
+        env = {k: v for k, v in environ.items() if k not in PRIVATE_ENV}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     bindir = os.path.dirname(lab.command[0])
     if bindir not in env["PATH"].split(os.pathsep):

@@ -13,8 +13,6 @@ import sdnotify
 
 from jlservice.text import escape_controls
 
-# The service's own sockets and watchdog settings: a child must never see them.
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # systemd reads at most PIPE_BUF (4096) bytes of a datagram and drops a longer one whole,
 # READY=1 with it; a STATUS= this long leaves room for the other fields.
 MAX_VALUE_BYTES = 2048

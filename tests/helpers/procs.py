@@ -13,19 +13,7 @@ from typing import Any
 
 import psutil
 
-# What a child must not inherit from us: systemd's per-service settings, jlservice's own,
-# and a JupyterLab token or runtime dir of the shell we run in.
-PRIVATE_ENV = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JLSERVICE_CONFIG",
-    "STATE_DIRECTORY",
-    "RUNTIME_DIRECTORY",
-    "JUPYTER_TOKEN",
-    "JUPYTER_TOKEN_FILE",
-    "JUPYTER_RUNTIME_DIR",
-)
+from jlservice.start.launcher import PRIVATE_ENV
 
 
 def free_port() -> int:
