@@ -35,6 +35,21 @@ class LastExit(NamedTuple):
     at: float
     reason: str
 
+    def describe(self) -> str:
+        return describe_exit(self.code, self.signal)
+
+
+def describe_exit(code: int | None, signum: int | None) -> str:
+    """How a process ended, for people: killed by SIGKILL, exited with status 1."""
+    if signum is not None:
+        import signal  # imports enum: not on `jlservice token`'s path
+
+        try:
+            return f"killed by {signal.Signals(signum).name}"
+        except ValueError:  # real-time signals have no name
+            return f"killed by signal {signum}"
+    return f"exited with status {code}"
+
 
 class LastReload(NamedTuple):
     at: float

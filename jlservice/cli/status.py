@@ -66,9 +66,8 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"warm parent: {_warm_parent(s.warm_parent)}")
     if s.last_exit:
         e = s.last_exit
-        what = f"killed by signal {e.signal}" if e.signal else f"exit status {e.code}"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-        lines.append(f"last exit:   {what} at {when} ({e.reason})")
+        lines.append(f"last exit:   {e.describe()} at {when} ({e.reason})")
     if s.last_error:
         lines.append(f"last error:  {s.last_error}")
     if running and s.config_error:

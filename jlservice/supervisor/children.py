@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from jlservice import log
+from jlservice import log, state
 
 logger = log.get("jlservice.children")
 
@@ -37,12 +37,7 @@ class ExitStatus:
         return cls(pid, os.waitstatus_to_exitcode(status), None)
 
     def describe(self) -> str:
-        if self.signal is not None:
-            try:
-                return f"killed by {signal.Signals(self.signal).name}"
-            except ValueError:  # real-time signals have no name
-                return f"killed by signal {self.signal}"
-        return f"exited with status {self.code}"
+        return state.describe_exit(self.code, self.signal)
 
 
 class Reaper:
