@@ -250,7 +250,7 @@ def test_tls_files_the_lab_user_could_swap_are_refused(service_factory, other_us
     """The admin keeps the certificate and key in a directory of the lab user's. Root reads
     them and hands the key to JupyterLab: swapped for links to another service's pair, they
     would give that user a key it cannot read itself."""
-    from jlservice import tls
+    from jlservice.admin import tls
 
     elsewhere = tmp_path / "another-service"
     elsewhere.mkdir(mode=0o700)

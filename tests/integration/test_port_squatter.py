@@ -54,7 +54,7 @@ def test_a_squatters_name_adds_no_field_to_sd_notify(
 
     # `jlservice status` and the console log show the name escaped, on the line it belongs to.
     assert status.returncode == 0
-    assert f"last error:  port {svc.port} on 127.0.0.1 {holder}" in status.stdout
+    assert f"last error:  port {svc.port} on 127.0.0.1 is {holder}" in status.stdout
     assert not _controls(status.stdout), status.stdout
     log = svc.log_text()
     assert holder in log and not _controls(log)
