@@ -4,7 +4,6 @@ whether a port is free (and who holds it if not)."""
 from __future__ import annotations
 
 import errno
-import socket
 
 from jlservice.errors import CannotStartNow, PortInUse
 
@@ -46,6 +45,8 @@ def check_port(ip: str, port: int, key: str = "[lab] port") -> str | None:
 
 def require_free(ip: str, port: int, key: str = "[lab] port") -> None:
     """Raises PortInUse, or CannotStartNow, if a server could not listen on ip:port now."""
+    import socket  # not on `jlservice token`'s path, which needs the addresses alone
+
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
