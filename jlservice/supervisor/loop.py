@@ -219,6 +219,9 @@ class Supervisor:
             launch.account.uid,
             str(launch.jupyter_runtime_dir),
         )
+        # With what the keeper just did (a check, a new warm parent): whoever reads "ready"
+        # must not take a warm parent that is checking for one that can serve.
+        self.publish.warm_parent(self.parts.keeper.describe())
         self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering)
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():

@@ -250,3 +250,18 @@ async def test_a_jupyterlab_sigkill_cannot_end_is_left_behind_and_the_next_one_s
     frozen.exit()  # thawed at last: its exit is no longer the current JupyterLab's
     await m.settle()
     assert m.state.status == "starting" and m.supervisor.lab is m.lab
+
+
+async def test_ready_is_published_with_what_the_keeper_just_did(machine) -> None:
+    """At ready the keeper asks the warm parent to check itself: whoever reads "ready" must
+    see that it cannot serve yet (or a crash then would be taken for a warm one)."""
+    from jlservice.state import WarmParent
+
+    m = machine()
+    m.keeper.parent = WarmParent(4242, True)
+    m.start()
+    await m.settle()
+    m.keeper.keep = lambda launch, enabled: setattr(m.keeper, "parent", WarmParent(4242, False))
+    await m.ready()
+    ready = next(r for r in m.records.written if r.status == "ready")
+    assert ready.warm_parent == WarmParent(4242, False)
