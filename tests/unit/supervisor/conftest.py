@@ -24,7 +24,7 @@ from jlservice.metrics.view import SupervisorView
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
 from jlservice.supervisor.children import ExitStatus
-from jlservice.supervisor.events import ChildExited, Event, LabReady
+from jlservice.supervisor.events import BackoffElapsed, ChildExited, Event, LabReady
 from jlservice.supervisor.loop import Supervisor
 from jlservice.supervisor.parts import Parts
 from jlservice.supervisor.publish import Publisher
@@ -269,6 +269,16 @@ class Harness:
         await self.settle()
         await self.step(LabReady(self.lab.pid))
         return self.lab
+
+    async def failed_starts(self, count: int) -> None:
+        """`count` starts in a row exit before they answer; the last one's backoff is left
+        pending."""
+        for n in range(count):
+            await self.settle()
+            self.lab.exit()
+            await self.settle()
+            if n < count - 1:
+                await self.fire(BackoffElapsed)
 
     async def fire(self, kind: type) -> float:
         """Let the last timer of this kind go off; returns its delay."""

@@ -32,11 +32,7 @@ async def into(m, phase: Phase):
         m.lab.obeys_stop = False  # stopped, not gone yet
         await m.step(LabUnhealthy(m.lab.pid, "timed out"))
         return
-    m.lab.exit()
-    await m.settle()
-    await m.fire(BackoffElapsed)
-    m.lab.exit()  # a second failure in a row: a real wait
-    await m.settle()
+    await m.failed_starts(2)  # a second failure in a row: a real wait
 
 
 @pytest.mark.parametrize("phase", [Phase.STARTING, Phase.READY, Phase.RESTARTING, Phase.BACKOFF])

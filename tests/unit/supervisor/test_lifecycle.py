@@ -75,12 +75,7 @@ async def test_exit_before_ready_backs_off_with_its_last_words_and_distrusts_a_f
 async def test_failed_starts_in_a_row_give_up_with_exit_1(machine) -> None:
     m = machine(restart={"max_failures": 3})
     m.start()
-    for _ in range(2):
-        await m.settle()
-        m.lab.exit()
-        await m.settle()
-        await m.fire(BackoffElapsed)
-    m.lab.exit()
+    await m.failed_starts(3)
     assert await m.exit_code() == 1
     assert m.state.status == "failed"
     assert m.state.last_error.startswith("gave up after 3 failed starts in a row: JupyterLab")

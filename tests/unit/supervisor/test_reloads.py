@@ -119,13 +119,7 @@ async def test_a_restart_on_its_own_applies_the_pending_reload(machine) -> None:
 async def test_reload_during_backoff_starts_the_new_configuration_now(machine) -> None:
     m = machine(restart={"initial_delay": 30, "max_delay": 60})
     m.start()
-    for _ in range(2):
-        await m.settle()
-        m.lab.exit()
-        await m.settle()
-        await m.fire(BackoffElapsed)
-    m.lab.exit()
-    await m.settle()
+    await m.failed_starts(3)
     assert m.supervisor.phase is Phase.BACKOFF and m.timers[-1][0] == 60
     m.plans.append(restart_plan(m, port=9124))
     await m.step(ReloadRequested("SIGHUP"))
