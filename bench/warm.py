@@ -31,8 +31,9 @@ class Mode:
     def __init__(self, session: Session, warm: bool) -> None:
         self.warm = warm
         self.name = "warm" if warm else "cold"
-        restart = {"warm": warm, "reset_after": 0}
-        self.lab = Lab(session, self.name, f"{self.name}/config", wait_warm=warm, restart=restart)
+        self.lab = Lab(
+            session, self.name, f"{self.name}/config", wait_warm=warm, restart={"warm": warm}
+        )
         self.settle = session.args.settle
         self.kill_s: list[float] = []
         self.port_s: list[float] = []
