@@ -221,8 +221,8 @@ class Supervisor:
         )
         # With what the keeper just did (a check, a new warm parent): whoever reads "ready"
         # must not take a warm parent that is checking for one that can serve.
-        self.publish.warm_parent(self.parts.keeper.describe())
-        self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering)
+        warm = self.parts.keeper.describe()
+        self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering, warm)
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.publish.record)}", flush=True)
@@ -439,8 +439,7 @@ class Supervisor:
         """Who, instead of the running JupyterLab, would receive a request with the token."""
         if self.lab is None:
             return "JupyterLab is not running"
-        launch = self.launch
-        return listener.stranger(launch.ip, launch.port, self.lab.pid, launch.account.uid)
+        return listener.stranger_to(self.launch, self.lab.pid)
 
     def _drop_pending(self) -> None:
         if self.pending is not None:

@@ -95,9 +95,20 @@ class Publisher:
         self._notifier.status(f"Starting JupyterLab on {launch.url} as {launch.account.name}")
 
     def ready(
-        self, launch: Launch, endpoint: Endpoint, started_at: float, ready_s: float, answering
+        self,
+        launch: Launch,
+        endpoint: Endpoint,
+        started_at: float,
+        ready_s: float,
+        answering: Callable[[], bool],
+        warm_parent: state.WarmParent | None,
     ) -> None:
-        self._save(status=state.READY, ready_at=time.time(), last_error=None)
+        """`warm_parent`: as the keeper has it now, in the same record (one that checks
+        itself at ready cannot serve the next start yet)."""
+        self.view.warm_parent = warm_parent
+        self._save(
+            status=state.READY, ready_at=time.time(), last_error=None, warm_parent=warm_parent
+        )
         self.view.lab_ready(endpoint, started_at, ready_s, answering)
         self._owes_ready = False
         self._announce(self._status_line(launch, endpoint.pid))
