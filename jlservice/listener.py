@@ -58,6 +58,11 @@ def _reaches(sock: Socket, host: ipaddress.IPv4Address | ipaddress.IPv6Address) 
     return host.version == 4 and (sock.ip.is_unspecified or sock.ip.ipv4_mapped == host)
 
 
+def stranger_to(launch, pid: int) -> str | None:
+    """stranger() for the JupyterLab `pid` started as `launch` (a start.launcher.Launch)."""
+    return stranger(launch.ip, launch.port, pid, launch.account.uid)
+
+
 def stranger(ip: str, port: int, pid: int, uid: int) -> str | None:
     """Who, other than JupyterLab (`pid` or a process it started, running as `uid`), would
     answer a connection to the server listening on `ip`:`port`; None when nobody else would.

@@ -72,7 +72,7 @@ class Lab:
         )
 
         def stranger() -> str | None:
-            return listener.stranger(launch.ip, launch.port, pid, launch.account.uid)
+            return listener.stranger_to(launch, pid)
 
         ready = health.wait_ready(pid, launch.api_url, printed, post, stranger)
         return cls(
