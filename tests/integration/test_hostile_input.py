@@ -67,20 +67,25 @@ DEEP_REPLY = """\
 """
 
 
+def _warm_service_with(service_factory, user, lib: Path):
+    """A started jlservice, warm, for `user`, whose Python imports what `lib` holds."""
+    svc = service_factory(
+        lab={"user": user.name, "allow_root": False, "env": {"PYTHONPATH": str(lib)}},
+        restart={"warm": True},
+    )
+    svc.wait_warm = True
+    svc.notebooks.chmod(0o755)
+    os.chown(svc.notebooks, user.uid, user.gid)
+    return svc.start()
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
 def test_a_warm_parent_answering_deep_json_is_retired(service_factory, other_user, tmp_path):
     jupyter_lab = str(Path(sys.executable).parent / "jupyter-lab")
     assert users.execute_denied(jupyter_lab, other_user) is None
     lib = _owned_dir(tmp_path / "userlib", other_user)
     _write_as(other_user, lib / "sitecustomize.py", DEEP_REPLY)
-    svc = service_factory(
-        lab={"user": other_user.name, "allow_root": False, "env": {"PYTHONPATH": str(lib)}},
-        restart={"warm": True},
-    )
-    svc.wait_warm = True
-    svc.notebooks.chmod(0o755)
-    os.chown(svc.notebooks, other_user.uid, other_user.gid)
-    svc.start()
+    svc = _warm_service_with(service_factory, other_user, lib)
 
     for crash in (1, 2):  # the next warm parent is as hostile: every restart stays cold
         old = svc.lab_pid
@@ -132,14 +137,7 @@ def test_root_watches_no_directory_the_lab_user_cannot_read(service_factory, oth
             sys.path.append({str(private)!r})
         """,
     )
-    svc = service_factory(
-        lab={"user": other_user.name, "allow_root": False, "env": {"PYTHONPATH": str(lib)}},
-        restart={"warm": True},
-    )
-    svc.wait_warm = True
-    svc.notebooks.chmod(0o755)
-    os.chown(svc.notebooks, other_user.uid, other_user.gid)
-    svc.start()
+    svc = _warm_service_with(service_factory, other_user, lib)
 
     def watched() -> set[int]:  # by root or by the warm parent
         return _watched_inodes(svc.proc.pid) | _watched_inodes(svc.state()["warm_parent"]["pid"])
