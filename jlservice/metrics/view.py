@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from jlservice import state
+
+if TYPE_CHECKING:
+    from jlservice.start.launcher import Launch
 
 RESTART_REASONS = ("crash", "unhealthy", "reload", "rotate")
 RELOAD_RESULTS = ("applied", "unchanged", "rejected")
@@ -24,6 +28,11 @@ class Endpoint:
     pid: int
     uid: int  # the lab user's: its kernels run as this uid
     runtime_dir: str  # JUPYTER_RUNTIME_DIR, where its kernels' connection files are
+
+    @classmethod
+    def of(cls, launch: Launch, token: str, pid: int) -> Endpoint:
+        uid, runtime_dir = launch.account.uid, str(launch.jupyter_runtime_dir)
+        return cls(launch.api_url, token, pid, uid, runtime_dir)
 
 
 class SupervisorView:

@@ -89,7 +89,7 @@ class Supervisor:
         self.port_waits = 0  # starts in a row that found the port taken
         self.port_problem: str | None = None  # who holds it, as last logged
         self.attempt = 0  # which start a BackoffElapsed is for
-        self.pending: reload.PendingReload | None = None
+        self.deferred = reload.Deferred(parts.wait_idle, self.post)  # [reload] when = idle
 
     def post(self, event: Event) -> None:
         self.events.put_nowait(event)
@@ -158,9 +158,9 @@ class Supervisor:
                 await self._on_rotate()
             case ReloadRequested() if phase is not Phase.STOPPING:
                 await self._on_reload(event.source)
-            case PendingReloadDue() if self.pending and event.generation == self.pending.generation:
+            case PendingReloadDue() if self.deferred.due(event.generation):
                 self.publish.reload_started()
-                await self._restart_with(self.pending.launch)
+                await self._restart_with(self.deferred.take())
             case WarmParentChanged():
                 self.publish.warm_parent(self.parts.keeper.describe())
             case CertificateCheckDue():
@@ -177,8 +177,8 @@ class Supervisor:
     async def _start(self) -> None:
         """STARTING: start the current launch, or BACKOFF / Halt if it cannot start."""
         self.attempt += 1
-        if self.pending is not None:  # any restart applies the reload that waited for idle
-            self._use_launch(self.pending.launch)
+        if (deferred := self.deferred.take()) is not None:  # any restart applies it
+            self._use_launch(deferred)
         try:
             started = await self.parts.starter.start(self.launch, self.secrets)
         except PortInUse as exc:
@@ -211,14 +211,7 @@ class Supervisor:
         ready_s = lab.mark_ready(lambda: self.config.health)
         self.phase = Phase.READY
         self.parts.keeper.keep(self.launch, self.config.restart.warm)  # now: its imports
-        launch = self.launch
-        endpoint = Endpoint(
-            launch.api_url,
-            self.secrets.token,
-            lab.pid,
-            launch.account.uid,
-            str(launch.jupyter_runtime_dir),
-        )
+        endpoint = Endpoint.of(self.launch, self.secrets.token, lab.pid)
         # With what the keeper just did (a check, a new warm parent): whoever reads "ready"
         # must not take a warm parent that is checking for one that can serve.
         warm = self.parts.keeper.describe()
@@ -323,7 +316,7 @@ class Supervisor:
     async def _on_stop(self, signame: str) -> None:
         """Any phase → STOPPING; halts once JupyterLab and its leftovers are gone."""
         self.phase = Phase.STOPPING
-        self._drop_pending()
+        self.deferred.drop()
         logger.info("supervisor_stopping", signal=signame)
         self.publish.stopping()
         self.parts.keeper.close()
@@ -365,7 +358,7 @@ class Supervisor:
             return self._reload_done()
         self._apply_supervisor_settings(plan.config)
         if plan.result == reload.UNCHANGED:
-            self._drop_pending()
+            self.deferred.drop()
             self.launch = plan.launch  # may differ in what JupyterLab never sees (public_url)
             self.publish.reload_unchanged(source, plan.launch)
             logger.info("config_reloaded", source=source, result=plan.result)
@@ -404,7 +397,7 @@ class Supervisor:
 
     def _use_launch(self, launch: launcher.Launch) -> None:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
-        self._drop_pending()
+        self.deferred.drop()
         previous, self.launch = self.launch, launch
         if launch.account.uid != previous.account.uid:  # the old user holds the secrets
             self._new_secrets()
@@ -414,37 +407,22 @@ class Supervisor:
         self.publish.launch_changed(launch)
 
     def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
-        previous = self.pending
-        deadline = previous.deadline if previous else time.monotonic() + self.config.reload.max_wait
-        pending = reload.PendingReload(launch, deadline, previous.generation + 1 if previous else 1)
-        self._drop_pending()
-        self.pending = pending
-        pending.task = asyncio.get_running_loop().create_task(self._wait_idle(pending))
-        logger.info(
-            "config_reload_pending", source=source, max_wait_s=round(deadline - time.monotonic(), 1)
-        )
-        self.publish.reload_pending(source, "waiting for busy kernels to finish")
-
-    async def _wait_idle(self, pending: reload.PendingReload) -> None:
-        await self.parts.wait_idle(
-            pending,
+        left = self.deferred.defer(
+            launch,
+            self.config.reload.max_wait,
             self.launch.api_url,
             self.secrets.token,
             self.publish.still_pending,
             self._stranger_on_port,
         )
-        self.post(PendingReloadDue(pending.generation))
+        logger.info("config_reload_pending", source=source, max_wait_s=round(left, 1))
+        self.publish.reload_pending(source, "waiting for busy kernels to finish")
 
     def _stranger_on_port(self) -> str | None:
         """Who, instead of the running JupyterLab, would receive a request with the token."""
         if self.lab is None:
             return "JupyterLab is not running"
         return listener.stranger_to(self.launch, self.lab.pid)
-
-    def _drop_pending(self) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
-            self.pending = None
 
     # ── the certificate and the watchdog ────────────────────────────────────
 

@@ -77,8 +77,6 @@ class Parts:
     exporter: Exporter
     follower: ConfigFollower
     later: Callable[[float, Event], object]  # post the event after a delay
-    start_reaping: Callable[[], None]
-    stuck: Callable[
-        [], list[int]
-    ]  # pids SIGKILL did not end (frozen, D state)  # SIGCHLD → exits of JupyterLab and of orphans
+    start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
+    stuck: Callable[[], list[int]]  # pids SIGKILL did not end (frozen, D state)
     watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks

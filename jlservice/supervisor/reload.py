@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from jlservice import config, log, net
 from jlservice.config import Config, ConfigError
 from jlservice.start import launcher
 from jlservice.supervisor import probe
+from jlservice.supervisor.events import Event, PendingReloadDue
 
 logger = log.get("jlservice.supervisor")
 
@@ -68,9 +69,55 @@ class PendingReload:
     generation: int
     task: asyncio.Task[None] | None = None
 
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+
+class Deferred:
+    """The one reload that waits for idle kernels, if any. Once they are idle, or at the
+    deadline of the first reload that had to wait (a newer one does not extend it), it posts
+    PendingReloadDue for its generation; an older generation's event is stale."""
+
+    def __init__(
+        self, wait_idle: Callable[..., Awaitable[None]], post: Callable[[Event], None]
+    ) -> None:
+        self._wait_idle = wait_idle  # wait_idle below, or a test's
+        self._post = post
+        self.pending: PendingReload | None = None
+
+    def defer(
+        self,
+        launch: launcher.Launch,
+        max_wait: float,
+        api_url: str,
+        token: str,
+        progress: Callable[[str], None],
+        stranger: Callable[[], str | None],
+    ) -> float:
+        """Wait for idle kernels before restarting with `launch`; returns the seconds left."""
+        previous = self.pending
+        deadline = previous.deadline if previous else time.monotonic() + max_wait
+        pending = PendingReload(launch, deadline, previous.generation + 1 if previous else 1)
+        self.drop()
+        self.pending = pending
+        wait = self._wait_idle(pending, api_url, token, progress, stranger)
+        pending.task = asyncio.get_running_loop().create_task(self._then_post(pending, wait))
+        return deadline - time.monotonic()
+
+    async def _then_post(self, pending: PendingReload, wait: Awaitable[None]) -> None:
+        await wait
+        self._post(PendingReloadDue(pending.generation))
+
+    def due(self, generation: int) -> bool:
+        return self.pending is not None and self.pending.generation == generation
+
+    def take(self) -> launcher.Launch | None:
+        """The waiting reload's launch, no longer waiting; None if none waits."""
+        launch = self.pending.launch if self.pending else None
+        self.drop()
+        return launch
+
+    def drop(self) -> None:
+        if self.pending is not None and self.pending.task is not None:
+            self.pending.task.cancel()
+        self.pending = None
 
 
 async def wait_idle(

@@ -110,7 +110,7 @@ async def test_a_restart_on_its_own_applies_the_pending_reload(machine) -> None:
     old.exit()  # a crash before the kernels went idle
     await m.settle()
     await m.fire(BackoffElapsed)
-    assert m.starter.starts[-1][0].port == 9124 and m.supervisor.pending is None
+    assert m.starter.starts[-1][0].port == 9124 and m.supervisor.deferred.pending is None
     due = PendingReloadDue(generation=1)
     await m.step(due)  # the wait's late answer changes nothing
     assert len(m.starter.starts) == 2
