@@ -86,8 +86,7 @@ class Supervisor:
         self.lab: Lab | None = None
         self.failures = 0  # failed starts in a row
         self.crashes = policy.CrashHistory()  # of ready servers
-        self.port_waits = 0  # starts in a row that found the port taken
-        self.port_problem: str | None = None  # who holds it, as last logged
+        self.port_wait = policy.PortWait()
         self.attempt = 0  # which start a BackoffElapsed is for
         self.deferred = reload.Deferred(parts.wait_idle, self.post)  # [reload] when = idle
 
@@ -190,9 +189,8 @@ class Supervisor:
             logger.error("lab_start_failed", problem=str(exc))
             self.publish.failed(str(exc))
             raise Halt(EX_CONFIG) from None
-        if self.port_problem is not None:
+        if self.port_wait.end():
             logger.info("lab_port_free", port=self.launch.port)
-        self.port_waits, self.port_problem = 0, None
         self.lab = await self.parts.adopt(started, self.launch, self.config.restart.start_timeout)
         self.phase = Phase.STARTING
         self.publish.starting(self.launch, started.pid, started.warm)
@@ -297,12 +295,10 @@ class Supervisor:
 
     def _wait_for_port(self, problem: str) -> None:
         """→ BACKOFF until the port is free: another program's port is not a failed start,
-        and it may be let go of at any time, so the wait stays within max_delay."""
-        self.port_waits += 1
-        if problem != self.port_problem:
+        and it may be let go of at any time."""
+        delay, news = self.port_wait.again(problem, self.config.restart)
+        if news:
             logger.warning("lab_port_in_use", problem=problem)
-            self.port_problem = problem
-        delay = policy.port_delay(self.port_waits, self.config.restart)
         self.phase = Phase.BACKOFF
         self.publish.port_in_use(delay, problem)
         self.parts.later(delay, BackoffElapsed(self.attempt))

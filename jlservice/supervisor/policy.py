@@ -20,11 +20,26 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
     return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
 
 
-def port_delay(waits: int, restart: RestartConfig) -> float:
-    """Seconds before looking again at a port another program holds (`waits`: how many
-    times in a row it was found taken): initial_delay doubling, at most max_delay, so that
-    JupyterLab serves within max_delay of the port being let go."""
-    return min(restart.initial_delay * 2 ** (waits - 1), restart.max_delay)
+class PortWait:
+    """Starts in a row that found the port taken by another program, and who held it."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+        self.holder: str | None = None  # as last logged
+
+    def again(self, holder: str, restart: RestartConfig) -> tuple[float, bool]:
+        """Seconds before looking again: initial_delay doubling, at most max_delay, so that
+        JupyterLab serves within max_delay of the port being let go; and whether `holder`
+        is news (to be logged)."""
+        self.waits += 1
+        news, self.holder = holder != self.holder, holder
+        return min(restart.initial_delay * 2 ** (self.waits - 1), restart.max_delay), news
+
+    def end(self) -> bool:
+        """The port was free this time: was it waited for?"""
+        waited = self.holder is not None
+        self.waits, self.holder = 0, None
+        return waited
 
 
 class CrashHistory:
