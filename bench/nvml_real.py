@@ -170,7 +170,7 @@ def timings(reader: GpuReader) -> dict[str, float]:
 
 
 def scrapes(port: int) -> dict[str, float]:
-    view = SupervisorView("bench", "nobody")
+    view = SupervisorView("bench", "nobody", "/")
     exporter = Exporter(view, MetricsConfig(listen=f"127.0.0.1:{port}", interval=1.0))
     exporter.start()
     url = f"http://127.0.0.1:{port}/metrics"

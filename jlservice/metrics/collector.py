@@ -117,6 +117,17 @@ class Collector:
                     "Resident memory of the warm parent (what warm restarts cost)",
                     value=rss,
                 )
+        if (space := snap.notebook_space) is not None:
+            yield GaugeMetricFamily(
+                "jlservice_notebook_dir_available_bytes",
+                "Bytes the lab user may still write on the notebook dir's filesystem",
+                value=space.available,
+            )
+            yield GaugeMetricFamily(
+                "jlservice_notebook_dir_size_bytes",
+                "Size of the notebook dir's filesystem",
+                value=space.size,
+            )
         if view.up and snap.kernel_states is not None:
             states = GaugeMetricFamily(
                 "jlservice_kernels", "Kernels of JupyterLab, by state", labels=["state"]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jlservice import log
+from jlservice import disk, log
 from jlservice.config import MetricsConfig
 from jlservice.metrics import kernels
 from jlservice.metrics.gpu import GpuReader, GpuSample
@@ -21,6 +21,7 @@ from jlservice.metrics.view import SupervisorView
 logger = log.get("jlservice.metrics")
 
 _HTTP_TIMEOUT = 2.0
+_STATVFS_TIMEOUT = 1.0  # a network filesystem that does not answer by then is not read
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Snapshot:
     other_memory: tuple[tuple[int, str, int], ...] = ()  # (gpu, uuid, bytes)
     gpu_enabled: bool = False
     collect_seconds: float | None = None
+    notebook_space: disk.Space | None = None  # None: the filesystem did not answer
 
 
 def attribute(
@@ -75,6 +77,8 @@ class Sampler:
         self.snapshot = Snapshot()
         self._gpus = GpuReader()
         self._lab_version: tuple[int, str] = (0, "")  # (JupyterLab pid, its version)
+        self._space = disk.SpaceReader()
+        self._space_low = False  # as last logged
         self._wake = threading.Event()
         self._stopped: threading.Event | None = None  # set: the running thread must end
         self._thread: threading.Thread | None = None
@@ -130,8 +134,11 @@ class Sampler:
             if self._lab_version[0] != endpoint.pid:
                 version = kernels.lab_version(endpoint, _HTTP_TIMEOUT)
                 self._lab_version = (endpoint.pid if version else 0, version or "")
+        space = self._notebook_space()
         if not settings.gpu:
-            return Snapshot(self._lab_version[1], found.states if found else None)
+            return Snapshot(
+                self._lab_version[1], found.states if found else None, notebook_space=space
+            )
         began = time.perf_counter()
         gpus = self._gpus.sample()
         notebooks = found.notebooks if found else {}
@@ -148,4 +155,21 @@ class Sampler:
             other_memory=other,
             gpu_enabled=True,
             collect_seconds=time.perf_counter() - began,
+            notebook_space=space,
         )
+
+    def _notebook_space(self) -> disk.Space | None:
+        path = self.view.notebook_dir
+        space = self._space.read(path, _STATVFS_TIMEOUT)
+        if space is not None and space.low != self._space_low:
+            self._space_low = space.low
+            if space.low:
+                logger.warning(
+                    "notebook_dir_space_low",
+                    path=path,
+                    space=space.describe(),
+                    effect="saving notebooks and files may soon fail",
+                )
+            else:
+                logger.info("notebook_dir_space_ok", path=path, space=space.describe())
+        return space

@@ -36,9 +36,10 @@ class Endpoint:
 
 
 class SupervisorView:
-    def __init__(self, version: str, user: str) -> None:
+    def __init__(self, version: str, user: str, notebook_dir: str) -> None:
         self.version = version
         self.user = user
+        self.notebook_dir = notebook_dir  # of the JupyterLab that runs, or starts next
         self.endpoint: Endpoint | None = None  # None while JupyterLab is not ready
         self.answering: Callable[[], bool] = lambda: False  # its last health probe passed
         self.lab_started_at: float | None = None

@@ -98,7 +98,7 @@ async def _supervise(
     post = events.put_nowait
     reaper = children.Reaper()
     notifier = Notifier()
-    view = SupervisorView(__version__, config.lab.user)
+    view = SupervisorView(__version__, config.lab.user, str(config.lab.notebook_dir))
     log.add_secret(secrets.token)
     me = os.getpid()
     record = state.State(

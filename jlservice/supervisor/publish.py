@@ -85,6 +85,7 @@ class Publisher:
 
     def starting(self, launch: Launch, pid: int, warm: bool) -> None:
         self.view.port_in_use = False
+        self.view.notebook_dir = launch.cwd
         self._save(
             status=state.STARTING,
             lab_pid=pid,

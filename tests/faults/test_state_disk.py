@@ -4,16 +4,15 @@ written, and state.json is written again once there is space."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.fs import fill, tmpfs
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT
 
@@ -22,27 +21,8 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root to mount a small
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", mount], check=True)
-    try:
+    with tmpfs(tmp_path / "small") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", mount], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the filesystem of `directory` to the last byte."""
-    filler = directory / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
 
 
 def test_a_full_state_disk_stops_nothing_and_heals_once_freed(service_factory, small_fs):

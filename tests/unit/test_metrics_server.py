@@ -25,7 +25,7 @@ TOKEN = "f00dfeed" * 8
 @pytest.fixture
 def exporter() -> Iterator[Exporter]:
     settings = MetricsConfig(listen=f"127.0.0.1:{free_port()}", gpu=False, bearer_token=TOKEN)
-    exporter = Exporter(SupervisorView("1.0", "alice"), settings)
+    exporter = Exporter(SupervisorView("1.0", "alice", "/"), settings)
     exporter.start()
     yield exporter
     exporter.stop()

@@ -8,8 +8,10 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from jlservice import net, state
+from jlservice import disk, net, state
 from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+
+STATVFS_TIMEOUT_S = 2.0
 
 
 def check_config(ctx: Context) -> Result:
@@ -43,7 +45,24 @@ def check_notebook_dir(ctx: Context) -> Result:
             "serve hidden directories",
             "choose a notebook_dir without a dot-directory in its path",
         )
-    return Result(name, True, f"{path} exists and belongs to {account.name}")
+    space = disk.SpaceReader().read(str(path), STATVFS_TIMEOUT_S)
+    if space is None:
+        return Result(
+            name,
+            False,
+            f"the filesystem of {path} did not say how much space it has within "
+            f"{STATVFS_TIMEOUT_S:g} s: saving notebooks would hang",
+            "check that filesystem (a network filesystem whose server is gone?)",
+        )
+    if space.low:
+        return Result(
+            name,
+            False,
+            f"only {space.describe()} on the filesystem of {path}: saving notebooks and files "
+            "will soon fail",
+            "free space on that filesystem, or move notebook_dir",
+        )
+    return Result(name, True, f"{path} exists and belongs to {account.name}; {space.describe()}")
 
 
 def check_supervisor(ctx: Context) -> Result:

@@ -176,7 +176,7 @@ class Harness:
         self.keeper = FakeKeeper()
         self.notifier = FakeNotifier()
         self.records = Records()
-        self.view = SupervisorView("test", "tester")
+        self.view = SupervisorView("test", "tester", "/srv/notebooks")
         self.exporter = Recorder()
         self.follower = Recorder()
         self.labs: list[FakeLab] = []

@@ -1,0 +1,67 @@
+"""Free space: what counts as low, and a statvfs that hangs (a network filesystem whose
+server is gone) never keeps the reader waiting longer than its timeout."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from helpers.procs import wait_for
+
+from jlservice import disk
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("available", "size", "low"),
+    [
+        (0.9 * GiB, 20 * GiB, True),  # under 5 % of a small disk
+        (1.1 * GiB, 20 * GiB, False),
+        (9 * GiB, 10_000 * GiB, True),  # a big one: under 10 GiB
+        (11 * GiB, 10_000 * GiB, False),  # 0.1 %, but 11 GiB is room enough
+        (0, 0, False),  # a filesystem with no blocks (procfs-like): nothing to warn about
+    ],
+)
+def test_low_is_under_5_percent_or_10_gib_whichever_is_less(available, size, low) -> None:
+    assert disk.Space(int(available), int(size)).low is low
+
+
+def test_describe_says_free_total_and_share() -> None:
+    assert disk.Space(512 * 2**20, 20 * GiB).describe() == "512 MiB free of 20.0 GiB (2.5%)"
+
+
+def test_the_reading_is_statvfs_for_the_lab_user(tmp_path) -> None:
+    st = os.statvfs(tmp_path)
+    space = disk.SpaceReader().read(str(tmp_path), 5.0)
+    assert space is not None and space.size == st.f_blocks * st.f_frsize
+    assert abs(space.available - st.f_bavail * st.f_frsize) < 64 * 2**20  # others write too
+
+
+def test_a_missing_path_reads_as_nothing(tmp_path) -> None:
+    assert disk.SpaceReader().read(str(tmp_path / "gone"), 5.0) is None
+
+
+def test_a_hanging_filesystem_costs_one_thread_and_the_timeout(monkeypatch, tmp_path) -> None:
+    answer = threading.Event()
+    calls = []
+
+    def hanging(path):
+        calls.append(path)
+        answer.wait(30)
+        return disk.Space(1, 2)
+
+    monkeypatch.setattr(disk, "space", hanging)
+    reader = disk.SpaceReader()
+    began = time.monotonic()
+    assert reader.read(str(tmp_path), 0.2) is None
+    assert 0.2 <= time.monotonic() - began < 2
+    began = time.monotonic()
+    assert reader.read(str(tmp_path), 0.2) is None  # still hung: not asked again
+    assert time.monotonic() - began < 0.1 and len(calls) == 1
+    answer.set()
+    monkeypatch.setattr(disk, "space", lambda path: disk.Space(3, 4))
+    again = wait_for(lambda: reader.read(str(tmp_path), 2.0), 5, "the filesystem answering")
+    assert again == disk.Space(3, 4)
