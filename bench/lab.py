@@ -186,9 +186,6 @@ class Lab(Service):
         self.procs.remember(kids[0].pid)
         return kids[0].pid
 
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""
         return wait_for(

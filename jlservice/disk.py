@@ -3,8 +3,8 @@ a network filesystem whose server is gone waits in the kernel, as long as it lik
 
 from __future__ import annotations
 
-import contextlib
 import os
+import queue
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -33,26 +33,42 @@ def space(path: str | Path) -> Space:
 
 
 class SpaceReader:
-    """statvfs in a thread of its own. A reading that takes longer than `timeout` is given
-    up (None); no new one starts while it still hangs, so a dead server costs one thread."""
+    """statvfs in one thread of its own. A reading that takes longer than `timeout` is given
+    up (None); no new one is asked for while it still hangs, so a dead server costs one
+    thread, however long it stays dead."""
 
     def __init__(self) -> None:
-        self._reading: threading.Thread | None = None
+        self._asked: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[Space | None] = queue.SimpleQueue()
+        self._waiting = False  # for an answer given up on
+        self._thread: threading.Thread | None = None
 
     def read(self, path: str, timeout: float) -> Space | None:
         """None when the filesystem did not answer in time, or the path is gone."""
-        if self._reading is not None and self._reading.is_alive():
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="jlservice-statvfs")
+            self._thread.daemon = True
+            self._thread.start()
+        if self._waiting:
+            try:
+                self._answers.get_nowait()  # stale: the filesystem answered after all
+            except queue.Empty:
+                return None  # still hangs
+            self._waiting = False
+        self._asked.put(path)
+        try:
+            return self._answers.get(timeout=timeout)
+        except queue.Empty:
+            self._waiting = True
             return None
-        found: list[Space] = []
 
-        def read() -> None:
-            with contextlib.suppress(OSError):
-                found.append(space(path))
-
-        self._reading = threading.Thread(target=read, name="jlservice-statvfs", daemon=True)
-        self._reading.start()
-        self._reading.join(timeout)
-        return found[0] if found else None
+    def _serve(self) -> None:
+        while True:
+            path = self._asked.get()
+            try:
+                self._answers.put(space(path))
+            except OSError:
+                self._answers.put(None)
 
 
 def _size(count: int) -> str:

@@ -208,6 +208,8 @@ class Supervisor:
         assert lab is not None
         ready_s = lab.mark_ready(lambda: self.config.health)
         self.phase = Phase.READY
+        if not self.publish.record.started_warm:
+            self.parts.keeper.cold_start_took(ready_s)
         self.parts.keeper.keep(self.launch, self.config.restart.warm)  # now: its imports
         endpoint = Endpoint.of(self.launch, self.secrets.token, lab.pid)
         # With what the keeper just did (a check, a new warm parent): whoever reads "ready"

@@ -186,6 +186,10 @@ class Service:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_size(self) -> int:
+        """Where the log ends now: log_events(offset) from here are what comes next."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
     def log_events(self, offset: int = 0) -> list[dict[str, Any]]:
         """The JSON lines of the log, from byte `offset` on."""
         raw = self.log_path.read_bytes()[offset:] if self.log_path.exists() else b""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from jlservice import bounded
-from jlservice.start.warm import keeper, parent
+from jlservice.start.warm import parent, process
 from jlservice.supervisor import probe
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -84,7 +84,7 @@ def test_too_deep_counts_lists_and_dicts_without_recursing() -> None:
     ],
 )
 def test_warm_parent_messages(message: bytes, expected: tuple[str, ...], parsed: tuple) -> None:
-    assert keeper._parse(message, expected) == parsed
+    assert process.parse(message, expected) == parsed
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_warm_parent_messages(message: bytes, expected: tuple[str, ...], parsed:
 )
 def test_warm_parent_messages_that_are_broken(message: bytes) -> None:
     with pytest.raises(ValueError, match=r"not a message|not JSON|nested"):
-        keeper._parse(message, ("pid", "error"))
+        process.parse(message, ("pid", "error"))
 
 
 def test_the_warm_parents_snapshot_is_capped(tmp_path: Path, monkeypatch) -> None:
@@ -117,7 +117,7 @@ def test_the_warm_parents_snapshot_is_capped(tmp_path: Path, monkeypatch) -> Non
 
 
 def test_the_keeper_knows_the_warm_parents_stale_exit() -> None:
-    assert keeper.EXIT_STALE == parent.EXIT_STALE
+    assert process.EXIT_STALE == parent.EXIT_STALE
 
 
 # ── JupyterLab's api/kernels, for [reload] when = "idle" ────────────────────

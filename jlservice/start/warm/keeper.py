@@ -4,11 +4,11 @@ A warm parent is made in the background (after JupyterLab is ready, so that its 
 never compete with a start) and replaced when what it baked in changes: the recipe (command,
 interpreter, user, environment) or the files under its watched paths (installed packages,
 Jupyter config and extensions: it watches them itself, as the lab user, and exits once they
-change), or when it dies. Whenever it cannot serve a start — missing,
-still importing, stale, broken, or the command does not qualify — `fork` says why and the
-supervisor starts JupyterLab cold. The warm parent runs as the lab user, who can make it say
-anything: every message is size-capped, parsed within bounds and checked, and one that is not
-what was asked for retires it — never the supervisor.
+change), or when it dies. A start waits for one that is still importing, at most as long
+as a cold start takes. Whenever it cannot serve a start — missing, too slow, stale, broken,
+or the command does not qualify — `fork` says why and the supervisor starts JupyterLab cold.
+The warm parent runs as the lab user: a message that is not what was asked for retires it —
+never the supervisor.
 """
 
 from __future__ import annotations
@@ -17,44 +17,23 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
-from importlib import resources
 
 import psutil
 
-from jlservice import bounded, log, procfs, state
-from jlservice.start import cold, launcher
+from jlservice import log, procfs, state
+from jlservice.start import launcher
+from jlservice.start.warm.process import EXIT_STALE, WarmProcess, parse
 from jlservice.start.warm.recipe import Recipe, for_launch
 from jlservice.supervisor import children
 
 logger = log.get("jlservice.warm")
 
-HELLO_TIMEOUT_S = 120.0  # imports on a loaded machine; a cold start is never waiting on it
+HELLO_TIMEOUT_S = 120.0  # imports on a loaded machine (a start waits less: see _settle)
 FORK_TIMEOUT_S = 5.0
-EXIT_STALE = 3  # the warm parent's exit once its paths changed (parent.EXIT_STALE)
-MAX_MESSAGE = 1 << 16
-MAX_ERROR = 500  # characters of a warm parent's error kept for the log
-BOOTSTRAP = "import sys;exec(compile(sys.stdin.read(),'jlservice-warm-parent','exec'))"
-_PROGRAM = resources.files("jlservice.start.warm").joinpath("parent.py")
 _STALE = "packages or Jupyter configuration changed"
-# What the warm parent may say: {"pid": N}, {"error": "why"}, {"stale": true} (at a fork),
-# {"fresh": true} (to a check).
-_FIELDS = {"pid": int, "error": str, "stale": bool, "fresh": bool}
-
-
-def _parse(raw: bytes, expected: tuple[str, ...]) -> tuple[str, int | str | bool]:
-    """The one field of a message from the warm parent, if it is one of `expected`;
-    bounded.Malformed (a ValueError) for anything else."""
-    message = bounded.loads(raw, MAX_MESSAGE)
-    if isinstance(message, dict) and len(message) == 1:
-        ((key, value),) = message.items()
-        if key in expected and type(value) is _FIELDS[key]:
-            return key, value[:MAX_ERROR] if isinstance(value, str) else value
-    raise bounded.Malformed(f"not a message of the form {{{' | '.join(expected)}: …}}")
 
 
 def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) -> bool:
@@ -73,101 +52,15 @@ def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) ->
         return reaper.reaped(pid)  # exited meanwhile
 
 
-class WarmProcess:
-    """One warm parent process and the socket it takes requests on."""
-
-    def __init__(self, recipe: Recipe, pid: int, sock: socket.socket) -> None:
-        self.recipe = recipe
-        self.pid = pid
-        self.sock = sock
-        self.spawned = time.monotonic()
-        self.ready = False
-        self.checking = False  # asked whether its paths changed: no fork until it answers
-        self._reply: asyncio.Future[bytes] | None = None
-
-    @classmethod
-    def spawn(cls, recipe: Recipe) -> WarmProcess:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        spec = {
-            "socket": theirs.fileno(),
-            "supervisor": os.getpid(),
-            "interpreter": recipe.interpreter,
-            "script": recipe.script,
-            "argv0": recipe.script or "-m",
-            "path0": recipe.path0,
-            "preload": list(recipe.preload),
-        }
-        try:
-            proc = subprocess.Popen(
-                [recipe.interpreter, "-c", BOOTSTRAP, json.dumps(spec)],
-                env=dict(recipe.env),
-                cwd="/",
-                umask=0o077,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                start_new_session=True,
-                **cold.identity(recipe.account, recipe.switch_user),
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        proc.returncode = 0  # reaped by the supervisor's Reaper, never by Popen
-        assert proc.stdin is not None
-        with proc.stdin, contextlib.suppress(BrokenPipeError):
-            # A few kB: fits in the pipe, so this does not block.
-            proc.stdin.write(_PROGRAM.read_bytes())
-        ours.setblocking(False)
-        return cls(recipe, proc.pid, ours)
-
-    def receive(self) -> asyncio.Future[bytes]:
-        """The next message from the warm parent (b"" once it has gone), at most
-        MAX_MESSAGE bytes; a descriptor sent with it is closed by the kernel."""
-        loop = asyncio.get_running_loop()
-        reply = self._reply = loop.create_future()
-        fd = self.sock.fileno()
-
-        def readable() -> None:
-            loop.remove_reader(fd)
-            if reply.done():
-                return
-            try:
-                reply.set_result(self.sock.recv(MAX_MESSAGE))
-            except OSError as exc:
-                reply.set_exception(exc)
-
-        loop.add_reader(fd, readable)
-        reply.add_done_callback(lambda _: self._stop_reading())  # e.g. after a timeout
-        return reply
-
-    def _stop_reading(self) -> None:
-        if self.sock.fileno() >= 0:
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-
-    def end(self) -> None:
-        """Kill it (its exit is reaped by the supervisor) and close our end."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.close()
-
-    def close(self) -> None:
-        """Close our end; whoever awaits a message from it gets ConnectionAbortedError."""
-        self._stop_reading()  # now: the fd number may be reused before callbacks run
-        if self._reply is not None and not self._reply.done():
-            self._reply.set_exception(ConnectionAbortedError("the warm parent was retired"))
-        self.sock.close()
-
-
 class Keeper:
     def __init__(self, reaper: children.Reaper, changed: Callable[[], None]) -> None:
         """`changed`: called whenever describe() may say something new."""
         self.reaper = reaper
         self.parent: WarmProcess | None = None
         self.enabled = False
-        self._changed = changed
+        self._on_change = changed
+        self._news = asyncio.Event()  # set at every change of the warm parent
+        self._cold_start_s: float | None = None  # the last cold start's spawn → ready
         self._launch: launcher.Launch | None = None
         self._unavailable: str | None = None  # why the command cannot start warm
         # Why the warm parent failed, and for which launch: not tried again until it changes.
@@ -209,9 +102,12 @@ class Keeper:
         """
         if not self.enabled:
             return None
-        parent = self.parent
         recipe = for_launch(launch)
-        why = self._unusable(parent, recipe)
+        why = None
+        if (parent := self.parent) is not None and parent.recipe == recipe:
+            why = await self._settle(parent)
+        parent = self.parent
+        why = why or self._unusable(parent, recipe)
         if why is not None:
             logger.info("lab_start_cold", reason=why)
             return None
@@ -229,7 +125,7 @@ class Keeper:
             raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
             if not raw:
                 raise ConnectionAbortedError("it exited")
-            kind, value = _parse(raw, ("pid", "error", "stale"))
+            kind, value = parse(raw, ("pid", "error", "stale"))
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             problem = str(exc) or f"no answer within {FORK_TIMEOUT_S:g} s"
             logger.warning("warm_parent_broken", pid=parent.pid, problem=problem)
@@ -254,6 +150,11 @@ class Keeper:
             return None
         return pid
 
+    def cold_start_took(self, seconds: float) -> None:
+        """A cold start's spawn → ready here: how long a start may wait for a warm parent
+        that is still importing before starting cold instead."""
+        self._cold_start_s = seconds
+
     def spare(self) -> set[int]:
         """Processes a sweep for leftovers must leave alone."""
         return {self.parent.pid, *self._ending} if self.parent else set(self._ending)
@@ -262,7 +163,7 @@ class Keeper:
         """Which warm parent, and whether it can serve a start (state.json, metrics)."""
         if self.parent is None:
             return None
-        return state.WarmParent(self.parent.pid, self.parent.ready and not self.parent.checking)
+        return state.WarmParent(self.parent.pid, self.parent.usable)
 
     def distrust(self, launch: launcher.Launch, problem: str) -> None:
         """A server it forked for `launch` failed to start: start cold until the launch
@@ -276,6 +177,39 @@ class Keeper:
         self._retire("stopping")
 
     # ── inside ──────────────────────────────────────────────────────────────
+
+    def _changed(self) -> None:
+        self._news.set()
+        self._on_change()
+
+    async def _settle(self, parent: WarmProcess) -> str | None:
+        """Until `parent` can serve, or is gone; why not, if it was given up.
+
+        One still importing has a head start on a cold start of the same imports, and the
+        two would fight for the CPU: wait for it, at most as long as a cold start takes
+        (beyond that, a cold start begun now would have served already), then retire it.
+        A check of its paths is answered within FORK_TIMEOUT_S, or it is retired.
+        """
+        if parent.ready:
+            limit = FORK_TIMEOUT_S
+        elif self._cold_start_s is None:
+            return None
+        else:
+            limit = self._cold_start_s
+            logger.info("lab_start_waits_for_warm_parent", pid=parent.pid, max_wait_s=limit)
+        deadline = time.monotonic() + limit
+        while parent is self.parent and not parent.usable:
+            self._news.clear()
+            if (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._news.wait(), left)
+            elif parent.ready:
+                return None  # its check retires it
+            else:
+                why = f"the warm parent was still importing after {limit:.1f} s"
+                self._retire(f"{why}, as long as a cold start takes")
+                return why
+        return None
 
     def _unusable(self, parent: WarmProcess | None, recipe: Recipe | str) -> str | None:
         if isinstance(recipe, str):
@@ -309,7 +243,7 @@ class Keeper:
             raw = await asyncio.wait_for(parent.receive(), HELLO_TIMEOUT_S)
             if not raw:
                 raise ConnectionAbortedError("exited while importing")
-            kind, value = _parse(raw, ("pid", "error"))
+            kind, value = parse(raw, ("pid", "error"))
             if kind == "error":
                 raise ValueError(value)
             if value != parent.pid:
@@ -346,7 +280,7 @@ class Keeper:
             raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
             if not raw:
                 return  # it exited: its status says why
-            _parse(raw, ("fresh",))
+            parse(raw, ("fresh",))
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             if parent is self.parent:
                 problem = str(exc) or f"no answer within {FORK_TIMEOUT_S:g} s"

@@ -95,6 +95,7 @@ class FakeKeeper:
     def __init__(self) -> None:
         self.kept: list[tuple[int, bool]] = []  # (port of the launch, enabled)
         self.distrusted: list[str] = []
+        self.cold_starts: list[float] = []  # seconds each took, as the loop said
         self.closed = False
         self.parent: state.WarmParent | None = None
 
@@ -103,6 +104,9 @@ class FakeKeeper:
 
     def distrust(self, launch: launcher.Launch, problem: str) -> None:
         self.distrusted.append(problem)
+
+    def cold_start_took(self, seconds: float) -> None:
+        self.cold_starts.append(seconds)
 
     def spare(self) -> set[int]:
         return {4242}

@@ -52,6 +52,20 @@ async def test_crash_after_ready_restarts_at_once_and_is_not_a_failed_start(mach
     assert m.statuses() == ["starting", "ready", "stopping", "backoff", "starting"]
 
 
+async def test_the_keeper_learns_how_long_a_cold_start_takes_never_a_warm_one(machine) -> None:
+    """How long a start may wait for a warm parent still importing (issue 14, item 7)."""
+    m = machine()
+    m.start()
+    first = await m.ready()
+    assert m.keeper.cold_starts == [0.25]
+    m.starter.warm = True
+    first.exit()
+    await m.settle()
+    await m.fire(BackoffElapsed)
+    await m.ready()
+    assert m.keeper.cold_starts == [0.25]
+
+
 async def test_exit_before_ready_backs_off_with_its_last_words_and_distrusts_a_fork(
     machine,
 ) -> None:
