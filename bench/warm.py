@@ -4,7 +4,8 @@
 
 A warm and a cold `jlservice run` side by side, and a plain `jupyter-lab` cold start as the
 baseline: kill -9 JupyterLab -> answering again; a port change -> the new port answering;
-the warm parent's memory. How each is measured: bench/README.md.
+kill -9 right after a first start, while the warm parent imports; the warm parent's memory.
+How each is measured: bench/README.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .session import Session, options, parse, run
 
 KILL_GOAL = 0.15  # warm kill -9 -> answering, as a ratio to a plain cold start
 PORT_GOAL = 0.3  # warm port change -> new port answering, as a ratio
+EARLY_GOAL = 1.0  # kill -9 while the warm parent still imports: never slower than cold
 
 
 class Mode:
@@ -60,13 +62,33 @@ class Mode:
         return {"kill_s": self.kill_s, "port_s": self.port_s, "fell_back": self.fell_back}
 
 
+def early_crash(lab: Lab) -> tuple[float, bool]:
+    """A fresh `jlservice run` (defaults), a kernel and a terminal opened as soon as it is
+    ready, then kill -9 of JupyterLab while the warm parent it made still imports: seconds
+    to answering again, and whether that start was warm."""
+    lab.timed_start()
+    token = lab.current["token"]
+    lab.start_kernel(token, "python3")
+    lab.api("POST", "api/terminals", token).raise_for_status()
+    importing = lab.state().get("warm_parent")
+    if importing is None or importing["ready"]:
+        lab.warn(f"early crash: the warm parent was not importing ({importing})")
+    seconds = lab.crash().back_s
+    warm = lab.state().get("started_warm") is True
+    lab.shutdown()
+    return seconds, warm
+
+
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     runs = session.args.runs
     plain_lab = Lab(session, "plain")  # where the plain cold starts (the baseline) run
     plain_port = free_port()
     warm, cold = Mode(session, True), Mode(session, False)
     avoid = {plain_port, warm.lab.port, cold.lab.port}
+    early_lab = Lab(session, "early")
     plain: list[float] = []
+    early: list[float] = []
+    early_warm = 0
     rss: list[float] = []
     uss: list[float] = []
     say("starting both supervisors; warm-up (plain start, a kill and a port change each)")
@@ -84,6 +106,9 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
         for mode in (warm, cold):
             mode.kill_s.append(mode.kill())
             mode.port_s.append(mode.change_port(avoid))
+        seconds, forked = early_crash(early_lab)
+        early.append(seconds)
+        early_warm += forked
         parent = psutil.Process(warm.lab.state()["warm_parent"]["pid"])
         memory = parent.memory_full_info()
         rss.append(memory.rss / 2**20)
@@ -91,8 +116,8 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
         say(
             f"  run {i + 1}/{runs}: plain {plain[-1]:.3f} s; kill -9 -> answering: "
             f"warm {warm.kill_s[-1]:.3f} s, cold {cold.kill_s[-1]:.3f} s; port change: "
-            f"warm {warm.port_s[-1]:.3f} s, cold {cold.port_s[-1]:.3f} s; warm parent "
-            f"{rss[-1]:.1f} MiB RSS"
+            f"warm {warm.port_s[-1]:.3f} s, cold {cold.port_s[-1]:.3f} s; kill -9 while the "
+            f"warm parent imports: {early[-1]:.3f} s; warm parent {rss[-1]:.1f} MiB RSS"
         )
     for mode in (warm, cold):
         mode.lab.shutdown()
@@ -122,10 +147,21 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
         Metric(
             "port change -> new port 200: cold", "s", cold.port_s, base, plain, note="warm = false"
         ),
+        Metric(
+            "kill -9 at the first ready -> /api 200",
+            "s",
+            early,
+            base,
+            plain,
+            EARLY_GOAL,
+            note="a fresh jlservice run, a kernel and a terminal open, the warm parent still "
+            f"importing; forked from it: {early_warm} of {len(early)}",
+        ),
         Metric("warm parent RSS", "MiB", rss, note="resident memory after each run"),
         Metric("warm parent USS", "MiB", uss, note="memory only it holds (not shared)"),
     ]
-    return metrics, {"plain_s": plain, "warm": warm.samples(), "cold": cold.samples()}
+    extra = {"plain_s": plain, "early_s": early, "early_warm": early_warm}
+    return metrics, {**extra, "warm": warm.samples(), "cold": cold.samples()}
 
 
 def main(argv: list[str] | None = None) -> int:
