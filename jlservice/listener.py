@@ -1,7 +1,8 @@
-"""Who listens on a TCP port, from /proc: a credential goes to an address only once the
-socket listening there is known to be JupyterLab's.
+"""Who listens on a TCP port: a credential goes to an address only once the socket
+listening there is known to be JupyterLab's.
 
-/proc/net/tcp{,6} (readable by anyone) give each listening socket's owner uid and inode;
+sock_diag (or /proc/net/tcp{,6}, readable by anyone) gives each listening socket's owner
+uid and inode;
 /proc/PID/fd says which process holds an inode, but only to the process's own user or with
 CAP_SYS_PTRACE, which the system unit does not keep. Where that is hidden, the uid decides:
 any process of the lab user can read the token file anyway.
@@ -14,21 +15,24 @@ import os
 import pwd
 import sys
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
+from jlservice import sock_diag
 from jlservice.net import reachable_host
+from jlservice.sock_diag import Socket
 
 _LISTEN = "0A"  # TCP_LISTEN in the st column
 
 
-class Socket(NamedTuple):
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    uid: int
-    inode: int
-
-
 def listening(port: int) -> list[Socket]:
-    """The sockets listening on TCP `port`, IPv4 and IPv6, in this network namespace."""
+    """The sockets listening on TCP `port`, IPv4 and IPv6, in this network namespace: from
+    the kernel over netlink, or from /proc/net/tcp{,6} where netlink is not allowed."""
+    try:
+        return sock_diag.listening(port)
+    except OSError:
+        return _listed(port)
+
+
+def _listed(port: int) -> list[Socket]:
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

@@ -1,4 +1,5 @@
-"""listener: who holds a port, from /proc, and whether it is the JupyterLab we started."""
+"""listener: who holds a port (netlink sock_diag, or /proc), and whether it is the JupyterLab we
+started."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jlservice import listener
+from jlservice import listener, sock_diag
 
 ME = os.getuid()
 _HOLD = (
@@ -108,3 +109,23 @@ def test_a_process_name_is_read_as_it_is() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "::"])
+def test_the_kernel_over_netlink_says_what_proc_net_tcp_says(ip) -> None:
+    with _holder(ip) as port:
+        from_netlink = sock_diag.listening(port)
+        assert from_netlink == listener._listed(port) and len(from_netlink) == 1
+        assert str(from_netlink[0].ip) == ip and from_netlink[0].inode > 0
+
+
+def test_where_netlink_is_not_allowed_proc_net_tcp_answers(held, monkeypatch) -> None:
+    """A sandbox without AF_NETLINK (RestrictAddressFamilies) still tells who listens."""
+    port, _ = held
+
+    def refused(port: int):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(sock_diag, "listening", refused)
+    (sock,) = listener.listening(port)
+    assert (str(sock.ip), sock.uid) == ("127.0.0.1", ME)

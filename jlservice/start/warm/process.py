@@ -51,11 +51,11 @@ class WarmProcess:
         self.spawned = time.monotonic()
         self.ready = False
         self.checking = False  # asked whether its paths changed: no fork until it answers
+        self._reply: asyncio.Future[bytes] | None = None
 
     @property
     def usable(self) -> bool:
         return self.ready and not self.checking
-        self._reply: asyncio.Future[bytes] | None = None
 
     @classmethod
     def spawn(cls, recipe: Recipe) -> WarmProcess:
