@@ -58,6 +58,8 @@ class Reaper:
     def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
         """A future resolved with `pid`'s exit status. Call right after starting `pid`, or,
         for a process another one started for us, between expect_adoption() and any await."""
+        if pid in self._watched:  # its first watcher would never learn of the exit
+            raise ValueError(f"pid {pid} is watched already")
         future = asyncio.get_running_loop().create_future()
         recent, self._recent = self._recent, None
         if recent is not None and pid in recent:
@@ -65,6 +67,9 @@ class Reaper:
         else:
             self._watched[pid] = future
         return future
+
+    def watching(self, pid: int) -> bool:
+        return pid in self._watched
 
     def expect_adoption(self) -> None:
         """From now until the next watch(), remember exits nobody watched."""

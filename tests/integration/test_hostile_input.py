@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers.procs import free_port, wait_for
+from helpers.procs import free_port, pid_alive, wait_for
 from helpers.service import IS_ROOT
 
 from jlservice import users
@@ -102,6 +102,51 @@ def test_a_warm_parent_answering_deep_json_is_retired(service_factory, other_use
     token = svc.cli("token").stdout.strip()
     kernel_id, _ = svc.start_kernel(token)
     assert svc.execute(token, kernel_id, "print(6 * 7)").strip() == "42"
+    assert svc.proc.poll() is None
+
+
+# In the warm parent: the answer to a fork request names the warm parent itself, a child
+# of the supervisor running as the lab user, as the server it forked.
+OWN_PID_REPLY = """\
+    import json, os, socket, sys
+
+    if sys.argv[:1] == ["-c"] and '"socket"' in sys.argv[-1]:  # the warm parent's spec
+        _send = socket.socket.send
+
+        def send(self, data, *args):
+            try:
+                pid = json.loads(data).get("pid")
+            except Exception:
+                pid = None
+            if pid not in (None, os.getpid()):  # the pid of a server it forked
+                data = json.dumps({"pid": os.getpid()}).encode()
+            return _send(self, data, *args)
+
+        socket.socket.send = send
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+def test_a_warm_parent_naming_itself_as_the_server_is_retired(
+    service_factory, other_user, tmp_path
+):
+    """Taken for the server, the warm parent's own watch would be replaced: its exit never
+    noticed, its pid spared by every sweep and, once reused by another process, killed."""
+    lib = _owned_dir(tmp_path / "userlib", other_user)
+    _write_as(other_user, lib / "sitecustomize.py", OWN_PID_REPLY)
+    svc = _warm_service_with(service_factory, other_user, lib)
+    liar = svc.state()["warm_parent"]["pid"]
+
+    old = svc.lab_pid
+    os.kill(old, signal.SIGKILL)
+    state = svc.wait_ready(not_pid=old)
+    assert state["started_warm"] is False and state["lab_pid"] != liar
+    (broken,) = _events(svc, "warm_parent_broken")
+    assert broken["problem"] == f"reported pid {liar}"
+    wait_for(lambda: not pid_alive(liar), 10, "the lying warm parent ended and reaped")
+    assert _listener(svc.port) == state["lab_pid"]  # what it forked meanwhile was swept
+    retired = [e["pid"] for e in _events(svc, "warm_parent_retired")]
+    assert liar in retired
     assert svc.proc.poll() is None
 
 

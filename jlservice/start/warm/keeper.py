@@ -40,14 +40,16 @@ def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) ->
     """Whether `pid` is a server just forked for us: our child (the warm parent replies once
     the fork's intermediate is reaped), running as the lab user — or already exited as our
     child. The warm parent runs as that user, so what it says is checked before root
-    signals or waits for the pid."""
-    if not isinstance(pid, int) or pid <= 1:
+    signals or waits for the pid: not one already watched (the warm parent's own pid, say:
+    its exit would then go unnoticed, and its pid, once reused, be signalled and spared)."""
+    if not isinstance(pid, int) or pid <= 1 or reaper.watching(pid):
         return False
     if reaper.reaped(pid):
         return True
     try:
         server = psutil.Process(pid)
-        return server.ppid() == os.getpid() and server.uids().real == launch.account.uid
+        uid = launch.account.uid
+        return server.ppid() == os.getpid() and set(server.uids()) == {uid}
     except psutil.Error:
         return reaper.reaped(pid)  # exited meanwhile
 
@@ -231,7 +233,8 @@ class Keeper:
             self._fail(f"cannot start {recipe.interpreter}: {exc.strerror}")
             return
         self.parent = parent
-        self.reaper.watch(parent.pid).add_done_callback(lambda f: self._exited(parent, f.result()))
+        parent.exited = self.reaper.watch(parent.pid)
+        parent.exited.add_done_callback(lambda f: self._exited(parent, f.result()))
         asyncio.get_running_loop().create_task(self._hello(parent))
         self._changed()
         logger.debug("warm_parent_starting", pid=parent.pid, preload=list(recipe.preload))

@@ -52,6 +52,7 @@ class WarmProcess:
         self.ready = False
         self.checking = False  # asked whether its paths changed: no fork until it answers
         self._reply: asyncio.Future[bytes] | None = None
+        self.exited: asyncio.Future[object] | None = None  # resolved once reaped
 
     @property
     def usable(self) -> bool:
@@ -120,9 +121,11 @@ class WarmProcess:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
 
     def end(self) -> None:
-        """Kill it (its exit is reaped by the supervisor) and close our end."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        """Kill it (its exit is reaped by the supervisor) and close our end. Once reaped,
+        its pid may be another process's: never signalled then."""
+        if self.exited is None or not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         self.close()
 
     def close(self) -> None:
