@@ -24,7 +24,12 @@ from jlservice import bounded, listener
 from jlservice.metrics.view import Endpoint
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json")
-_APP_VERSION = re.compile(r'"appVersion":\s*"([^"]+)"')
+_APP_VERSION = re.compile(r'"appVersion":\s*"([\w.+-]{1,64})"')
+# The execution states a label may name; kernels are the lab user's code and could report
+# a new string every time (a series each): anything else counts as "unknown".
+STATES = frozenset(
+    {"starting", "idle", "busy", "restarting", "autorestarting", "terminating", "dead"}
+)
 _MAX_DEPTH = 64  # ancestry walks stop here (pid 1 is reached long before)
 _MAX_BYTES = 8 * 1024 * 1024  # of one answer: thousands of sessions fit
 _MAX_SECONDS = 10.0  # for one whole answer: a trickle must not hold the sampler
@@ -56,7 +61,7 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
         if not isinstance(kernel, dict) or not isinstance(kernel.get("id"), str):
             continue
         state = kernel.get("execution_state")
-        state = state if isinstance(state, str) else "unknown"
+        state = state if isinstance(state, str) and state in STATES else "unknown"
         states[state] = states.get(state, 0) + 1
         notebooks[kernel["id"]] = ""
     for session in found:

@@ -7,6 +7,8 @@ import collections
 
 from jlservice.config import RestartConfig
 
+PORT_MIN_DELAY_S = 0.1  # even with [restart] delays of 0: looking at a port is not free
+
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
     """Seconds to wait before start number `failures` + 1.
@@ -33,7 +35,9 @@ class PortWait:
         is news (to be logged)."""
         self.waits += 1
         news, self.holder = holder != self.holder, holder
-        return min(restart.initial_delay * 2 ** (self.waits - 1), restart.max_delay), news
+        # The exponent capped: a port held for hours (a thousand waits) must not overflow.
+        delay = min(restart.initial_delay * 2 ** min(self.waits - 1, 64), restart.max_delay)
+        return max(delay, PORT_MIN_DELAY_S), news
 
     def end(self) -> bool:
         """The port was free this time: was it waited for?"""

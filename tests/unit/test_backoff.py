@@ -1,4 +1,5 @@
-"""supervisor.policy.backoff_delay: at once after one failure, then initial, doubling, capped."""
+"""supervisor.policy: the backoff (at once after one failure, then initial, doubling, capped)
+and the waits for a port another program holds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jlservice.config import RestartConfig
-from jlservice.supervisor.policy import backoff_delay
+from jlservice.supervisor.policy import PORT_MIN_DELAY_S, PortWait, backoff_delay
 
 RESTART = RestartConfig(initial_delay=0.5, max_delay=30.0)
 
@@ -53,3 +54,28 @@ def test_doubling_and_capped(restart: RestartConfig, failures: int) -> None:
         assert delay == pytest.approx(2 * previous)
     if failures == 2:
         assert delay == min(restart.initial_delay, restart.max_delay)
+
+
+def test_a_port_held_for_days_keeps_its_wait_at_max_delay() -> None:
+    """A thousand waits (8.5 h with the defaults) once overflowed 2 ** waits and ended
+    the supervisor."""
+    wait = PortWait()
+    delays = [wait.again("pid 7 (jupyter-lab) of user bob", RESTART)[0] for _ in range(10_000)]
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0] and set(delays[6:]) == {30.0}
+
+
+def test_a_port_wait_never_spins_even_with_zero_delays() -> None:
+    wait = PortWait()
+    zero = RestartConfig(initial_delay=0.0, max_delay=0.0)
+    assert {wait.again("bob", zero)[0] for _ in range(5)} == {PORT_MIN_DELAY_S}
+
+
+def test_a_port_holder_is_news_once_until_it_changes() -> None:
+    wait = PortWait()
+    assert [wait.again(who, RESTART)[1] for who in ("a", "a", "b", "b")] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert wait.end() is True and wait.end() is False and wait.waits == 0

@@ -30,7 +30,8 @@ class _Lab(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         try:
-            while path == "/lab":  # a byte each 0.05 s: under any timeout of one read
+            while path == "/lab" and path not in self.answers:  # a byte each 0.05 s: under
+                # any timeout of one read
                 self.wfile.write(b" ")
                 self.wfile.flush()
                 time.sleep(0.05)
@@ -91,6 +92,31 @@ def test_entries_of_other_shapes_are_left_out(lab) -> None:
     assert kernels.fetch(endpoint, 2) == kernels.Kernels(
         {"idle": 0, "busy": 0, "unknown": 1}, {"k1": ""}
     )
+
+
+def test_states_the_lab_user_invents_are_one_unknown_series(lab) -> None:
+    """Each new string would be a new series of jlservice_kernels{state}: 150,000 of them
+    made scrapes of megabytes."""
+    endpoint, handler = lab
+    made_up = [{"id": f"k{n}", "execution_state": f"state-{n}"} for n in range(1000)]
+    busy = {"id": "b", "execution_state": "busy"}
+    handler.answers["/api/kernels"] = json.dumps([*made_up, busy]).encode()
+    handler.answers["/api/sessions"] = b"[]"
+    assert kernels.fetch(endpoint, 2).states == {"idle": 0, "busy": 1, "unknown": 1000}
+
+
+@pytest.mark.parametrize(
+    ("page", "version"),
+    [
+        (b'<script>{"appVersion": "4.6.6"}</script>', "4.6.6"),
+        (b'{"appVersion": "' + b"9" * 100_000 + b'"}', None),  # a label of 100 kB
+        (b'{"appVersion": "4.6\n6"}', None),
+    ],
+)
+def test_the_jupyterlab_version_is_a_version_or_nothing(lab, page, version) -> None:
+    endpoint, handler = lab
+    handler.answers["/lab"] = page
+    assert kernels.lab_version(endpoint, 2) == version
 
 
 @pytest.mark.parametrize(
