@@ -89,9 +89,12 @@ class Supervisor:
         self.port_wait = policy.PortWait()
         self.attempt = 0  # which start a BackoffElapsed is for
         self.deferred = reload.Deferred(parts.wait_idle, self.post)  # [reload] when = idle
+        self.in_start = False  # the starter is at work: events wait until it returns
 
     def post(self, event: Event) -> None:
         self.events.put_nowait(event)
+        if self.in_start and isinstance(event, (StopRequested, ReloadRequested, RotateRequested)):
+            self.parts.keeper.hurry()  # a start must not keep a command waiting
 
     # ── the loop ────────────────────────────────────────────────────────────
 
@@ -178,6 +181,7 @@ class Supervisor:
         self.attempt += 1
         if (deferred := self.deferred.take()) is not None:  # any restart applies it
             self._use_launch(deferred)
+        self.in_start = True
         try:
             started = await self.parts.starter.start(self.launch, self.secrets)
         except PortInUse as exc:
@@ -189,6 +193,8 @@ class Supervisor:
             logger.error("lab_start_failed", problem=str(exc))
             self.publish.failed(str(exc))
             raise Halt(EX_CONFIG) from None
+        finally:
+            self.in_start = False
         if self.port_wait.end():
             logger.info("lab_port_free", port=self.launch.port)
         self.lab = await self.parts.adopt(started, self.launch, self.config.restart.start_timeout)

@@ -63,6 +63,7 @@ class Keeper:
         self._on_change = changed
         self._news = asyncio.Event()  # set at every change of the warm parent
         self._cold_start_s: float | None = None  # the last cold start's spawn → ready
+        self._hurried = False  # a command waits for the start in progress
         self._launch: launcher.Launch | None = None
         self._unavailable: str | None = None  # why the command cannot start warm
         # Why the warm parent failed, and for which launch: not tried again until it changes.
@@ -157,6 +158,12 @@ class Keeper:
         that is still importing before starting cold instead."""
         self._cold_start_s = seconds
 
+    def hurry(self) -> None:
+        """A command (stop, reload, rotate) waits for the start in progress: no waiting for
+        a warm parent then."""
+        self._hurried = True
+        self._news.set()
+
     def spare(self) -> set[int]:
         """Processes a sweep for leftovers must leave alone."""
         return {self.parent.pid, *self._ending} if self.parent else set(self._ending)
@@ -190,8 +197,11 @@ class Keeper:
         One still importing has a head start on a cold start of the same imports, and the
         two would fight for the CPU: wait for it, at most as long as a cold start takes
         (beyond that, a cold start begun now would have served already), then retire it.
-        A check of its paths is answered within FORK_TIMEOUT_S, or it is retired.
+        A check of its paths is answered within FORK_TIMEOUT_S, or it is retired. A
+        command that comes meanwhile (hurry) ends the wait: the lab user can slow both the
+        warm parent and the cold start that sets the limit.
         """
+        self._hurried = False
         if parent.ready:
             limit = FORK_TIMEOUT_S
         elif self._cold_start_s is None:
@@ -202,6 +212,8 @@ class Keeper:
         deadline = time.monotonic() + limit
         while parent is self.parent and not parent.usable:
             self._news.clear()
+            if self._hurried:
+                return "a command is waiting"
             if (left := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._news.wait(), left)

@@ -82,9 +82,13 @@ class FakeStarter:
         self.warm = False
         self.refusals: list[Exception] = []  # raised by the next starts, in order
         self.starts: list[tuple[launcher.Launch, Secrets]] = []
+        self.slow: asyncio.Future[None] | None = None  # the next start waits for it
 
     async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started:
         self.starts.append((launch, secrets))
+        if self.slow is not None:
+            await self.slow
+            self.slow = None
         if self.refusals:
             raise self.refusals.pop(0)
         self.next_pid += 1
@@ -96,6 +100,7 @@ class FakeKeeper:
         self.kept: list[tuple[int, bool]] = []  # (port of the launch, enabled)
         self.distrusted: list[str] = []
         self.cold_starts: list[float] = []  # seconds each took, as the loop said
+        self.hurried = 0
         self.closed = False
         self.parent: state.WarmParent | None = None
 
@@ -107,6 +112,9 @@ class FakeKeeper:
 
     def cold_start_took(self, seconds: float) -> None:
         self.cold_starts.append(seconds)
+
+    def hurry(self) -> None:
+        self.hurried += 1
 
     def spare(self) -> set[int]:
         return {4242}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 from jlservice import EX_CONFIG, errors
@@ -12,6 +13,7 @@ from jlservice.supervisor.events import (
     LabReady,
     LabUnhealthy,
     StartTimedOut,
+    StopRequested,
     WarmParentChanged,
 )
 from jlservice.supervisor.loop import Phase
@@ -64,6 +66,22 @@ async def test_the_keeper_learns_how_long_a_cold_start_takes_never_a_warm_one(ma
     await m.fire(BackoffElapsed)
     await m.ready()
     assert m.keeper.cold_starts == [0.25]
+
+
+async def test_a_command_during_a_start_hurries_the_keeper(machine) -> None:
+    """A start waiting for a warm parent still importing must not keep a stop waiting."""
+    m = machine()
+    m.start()
+    first = await m.ready()
+    m.starter.slow = asyncio.get_running_loop().create_future()
+    first.exit()
+    await m.settle()
+    await m.fire(BackoffElapsed)  # the start now waits
+    await m.step(StopRequested("SIGTERM"))
+    assert m.keeper.hurried == 1
+    m.starter.slow.set_result(None)
+    await m.settle()
+    assert await m.exit_code() == 0 and m.lab.stops == ["stop"]
 
 
 async def test_exit_before_ready_backs_off_with_its_last_words_and_distrusts_a_fork(
