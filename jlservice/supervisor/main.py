@@ -114,6 +114,7 @@ async def _supervise(
         notifier,
         view,
         record,
+        secrets,
         later=loop.call_later,
     )
     exporter = Exporter(view, config.metrics)

@@ -144,7 +144,7 @@ class Records:
         self.spares: list[state.State] = []
         self.failing: OSError | None = None
 
-    def write(self, record: state.State) -> None:
+    def write(self, record: state.State, secrets: Secrets) -> None:
         if self.failing is not None:
             raise self.failing
         self.written.append(record)
@@ -226,6 +226,7 @@ class Harness:
             self.notifier,
             self.view,
             record,
+            Secrets("t" * 64, b"c" * 64),
             later=lambda delay, callback: self.callbacks.append((delay, callback)),
         )
         events: asyncio.Queue[Event] = asyncio.Queue()
