@@ -88,7 +88,9 @@ class FakeStarter:
         if self.refusals:
             raise self.refusals.pop(0)
         self.next_pid += 1
-        return Started(self.next_pid, io.BytesIO(), warm=self.warm, began=1000.0)
+        return Started(
+            self.next_pid, io.BytesIO(), warm=self.warm, began=1000.0, began_monotonic=10.0
+        )
 
 
 class FakeKeeper:
