@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
 from jlservice import config, login, net, state
 from jlservice.cli._client import config_path, published, running_state, wait_state
@@ -44,6 +45,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.rotate:
         return _rotate(args)
     current = running_state(args)
+    if current.state_error:  # what it prints is current; the file that keeps it is not
+        print(f"jlservice: warning: {current.state_error}", file=sys.stderr)
     if args.ssh is not None:
         import socket
 

@@ -18,4 +18,5 @@ class Started(NamedTuple):
     pid: int
     output: BinaryIO  # the read end of its stdout+stderr pipe
     warm: bool  # forked by the warm parent
-    began: float  # time.time() just before the spawn or the fork request
+    began: float  # time.time() just before the spawn or the fork request: a date, for people
+    began_monotonic: float  # time.monotonic() then: for durations, which a clock step leaves alone

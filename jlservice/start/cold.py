@@ -34,9 +34,9 @@ class ColdStart:
 
 def spawn(launch: Launch) -> Started:
     """Spawn a launch whose private dir is prepared."""
-    began = time.time()
+    began, began_monotonic = time.time(), time.monotonic()
     pid, output = detach(popen(launch))
-    return Started(pid, output, warm=False, began=began)
+    return Started(pid, output, warm=False, began=began, began_monotonic=began_monotonic)
 
 
 def _child_setup(parent_pid: int, cwd: str, errors: int):

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import psutil
@@ -41,7 +41,10 @@ class ExitStatus:
 
 
 class Reaper:
-    def __init__(self) -> None:
+    def __init__(self, stuck_ended: Callable[[list[int]], None] = lambda stuck: None) -> None:
+        """`stuck_ended(stuck)`: a process SIGKILL had not ended has exited at last (thawed);
+        `stuck`: those still left."""
+        self._stuck_ended = stuck_ended
         self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
         # While a warm start is in flight (expect_adoption() until the next watch()), exits
         # nobody watched: the new JupyterLab becomes our child before the warm parent has
@@ -80,6 +83,7 @@ class Reaper:
         return self._recent is not None and pid in self._recent
 
     def reap(self) -> None:
+        stuck = len(self.stuck)
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -98,6 +102,8 @@ class Reaper:
                 if self._recent is not None:
                     self._recent[pid] = exit_status
         self._changed.set()
+        if len(self.stuck) != stuck:
+            self._stuck_ended(sorted(self.stuck))
 
     def mark_stuck(self, procs: Iterable[psutil.Process]) -> None:
         for proc in procs:

@@ -34,6 +34,7 @@ class Lab:
         start_timer: asyncio.TimerHandle,
         ready_probe: asyncio.Task[None],
         started: float,
+        began_monotonic: float,
         api_url: str,
         post: Callable[[Event], None],
         reaper: children.Reaper,
@@ -41,7 +42,8 @@ class Lab:
         self.pid = pid
         self.output = output
         self.exited = exited
-        self.started = started
+        self.started = started  # time.time(), for the metrics
+        self._began_monotonic = began_monotonic
         self.ready_at: float | None = None
         self.stop_reason: str | None = None
         self.answering = True  # the last health probe succeeded
@@ -82,6 +84,7 @@ class Lab:
             start_timer=loop.call_later(start_timeout, post, StartTimedOut(pid)),
             ready_probe=loop.create_task(ready),
             started=started.began,
+            began_monotonic=started.began_monotonic,
             api_url=launch.api_url,
             post=post,
             reaper=reaper,
@@ -92,7 +95,8 @@ class Lab:
         return self.ready_at is not None
 
     def mark_ready(self, settings: Callable[[], HealthConfig]) -> float:
-        """JupyterLab answers: watch its health from now on. Returns seconds since spawn."""
+        """JupyterLab answers: watch its health from now on. Returns seconds since spawn (on
+        the monotonic clock: a step of the wall clock meanwhile is no part of the start)."""
         self.ready_at = time.time()
         self._start_timer.cancel()
         self._tasks.append(
@@ -100,7 +104,7 @@ class Lab:
                 health.watch(self.pid, self._api_url, settings, self._probed, self._post)
             )
         )
-        return self.ready_at - self.started
+        return time.monotonic() - self._began_monotonic
 
     def _probed(self, ok: bool) -> None:
         self.answering = ok

@@ -337,7 +337,7 @@ class Supervisor:
 
     def _new_secrets(self) -> None:
         self.secrets = credentials.renew(self.config.service.state_dir)
-        self.publish.token_rotated(self.secrets.token, self.launch.account.uid)
+        self.publish.token_rotated(self.secrets, self.launch.account.uid)
 
     async def _on_rotate(self) -> None:
         """A new token and cookie secret; JupyterLab restarts with them (or starts with them

@@ -96,7 +96,6 @@ async def _supervise(
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
     post = events.put_nowait
-    reaper = children.Reaper()
     notifier = Notifier()
     view = SupervisorView(__version__, config.lab.user, str(config.lab.notebook_dir))
     log.add_secret(secrets.token)
@@ -114,8 +113,10 @@ async def _supervise(
         notifier,
         view,
         record,
+        secrets,
         later=loop.call_later,
     )
+    reaper = children.Reaper(stuck_ended=publisher.stuck)
     exporter = Exporter(view, config.metrics)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))

@@ -7,7 +7,9 @@ updates all three, so they never disagree.
 
 state.json that cannot be written (a full or read-only disk, a deleted directory) stops
 nothing: the supervisor runs on, says so (log, metrics, and a copy of the record in the
-runtime dir that `jlservice status` reads), and writes it again as soon as it can.
+runtime dir that `jlservice status` reads), and writes it again as soon as it can. A state dir
+deleted under it is made again with the login secrets in use, so that the next start of
+jlservice keeps them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from jlservice import files, log, state
+from jlservice import files, log, login, state
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
@@ -33,7 +35,7 @@ RETRY_S = 5.0  # how soon a state.json that could not be written is tried again
 class StateSink(Protocol):
     path: Path
 
-    def write(self, record: state.State) -> None: ...  # raises OSError
+    def write(self, record: state.State, secrets: login.Secrets) -> None: ...  # raises OSError
     def write_spare(self, record: state.State) -> None: ...  # best effort
     def drop_spare(self) -> None: ...
 
@@ -47,9 +49,10 @@ class StateFile:
         self.runtime_dir = runtime_dir
         self.path = state_dir / state.STATE_FILE
 
-    def write(self, record: state.State) -> None:
-        if not self.state_dir.is_dir():  # deleted under us: make it again
+    def write(self, record: state.State, secrets: login.Secrets) -> None:
+        if not self.state_dir.is_dir():  # deleted under us: make it again, with what is in use
             files.ensure_dir(self.state_dir, 0o700)
+            login.save_secrets(self.state_dir, *secrets)
         state.write_state(self.state_dir, record)
 
     def write_spare(self, record: state.State) -> None:
@@ -67,10 +70,13 @@ class Publisher:
         notifier: Notifier,
         view: SupervisorView,
         record: state.State,
+        secrets: login.Secrets,
         later: Callable[[float, Callable[[], None]], object],
     ) -> None:
-        """`later(delay, callback)`: call back after a delay (a retry of state.json)."""
+        """`secrets`: those in use (`record` has the token); `later(delay, callback)`: call
+        back after a delay (a retry of state.json)."""
         self.record = record
+        self._secrets = secrets
         self.view = view
         self.write_problem: str | None = None  # why state.json cannot be written now
         self._sink = sink
@@ -169,9 +175,10 @@ class Publisher:
         if tuple(pids) != self.record.stuck_pids:
             self._save(stuck_pids=tuple(pids))
 
-    def token_rotated(self, token: str, lab_uid: int) -> None:
+    def token_rotated(self, secrets: login.Secrets, lab_uid: int) -> None:
         """New secrets, handed to `lab_uid` (at once: a rotated token must never come back)."""
-        self._save(token=token, lab_uid=lab_uid)
+        self._secrets = secrets
+        self._save(token=secrets.token, lab_uid=lab_uid)
 
     def warm_parent(self, parent: state.WarmParent | None) -> None:
         self.view.warm_parent = parent
@@ -246,7 +253,7 @@ class Publisher:
 
     def _write(self) -> None:
         try:
-            self._sink.write(self.record)
+            self._sink.write(self.record, self._secrets)
         except OSError as exc:
             return self._write_failed(exc)
         if self.write_problem is not None:

@@ -122,15 +122,20 @@ class Service:
     # ── lifecycle ───────────────────────────────────────────────────────────
 
     def start(
-        self, wait: bool = True, env: dict[str, str] | None = None, wrap: list[str] | None = None
+        self,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+        output: int | None = None,
     ) -> Service:
-        """Start `jlservice run`; `wrap`: a command that execs it (the pid stays the same)."""
+        """Start `jlservice run`; `wrap`: a command that execs it (the pid stays the same);
+        `output`: a file descriptor for its stdout and stderr instead of its log file."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*(wrap or []), *self.command, "run", "--config", str(self.config_path)],
                 cwd=self.root,
                 env=child_env(self.env, **(env or {})),
-                stdout=log,
+                stdout=log if output is None else output,
                 stderr=subprocess.STDOUT,
                 start_new_session=self.new_session,
             )

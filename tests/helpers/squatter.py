@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import psutil
 from helpers.procs import wait_for
 from helpers.service import PYTHON
 from jlservice import users
+from jlservice.config import RestartConfig
+from jlservice.supervisor import policy
 
 _SCRIPT = r"""
 import ctypes, json, os, socket, sys, time
@@ -56,6 +59,21 @@ while True:
         except OSError:
             pass
 """
+
+
+def port_wait_steps(restart: RestartConfig) -> list[float]:
+    """jlservice's waits for a port another program holds, up to the first of max_delay
+    (with the defaults 0.5, 1, 2, 4, 8, 16, 30 s); every later one is max_delay again."""
+    steps: list[float] = []
+    while not steps or steps[-1] < restart.max_delay:
+        steps.append(policy.port_delay(len(steps) + 1, restart))
+    return steps
+
+
+def waits_announced(statuses: list[str]) -> list[float]:
+    """The waits for the port that STATUS= lines announce ("… trying again in 2 s: …")."""
+    found = (re.search(r"trying again in (\S+) s", s) for s in statuses)
+    return [float(m[1]) for m in found if m]
 
 
 class Squatter:

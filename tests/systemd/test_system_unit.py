@@ -19,8 +19,11 @@ import psutil
 import pytest
 from helpers.procs import free_port, pid_alive, wait_for
 from helpers.service import LabClient
-from helpers.squatter import Squatter
+from helpers.squatter import Squatter, port_wait_steps, waits_announced
 from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
+
+from jlservice.admin import unit_files
+from jlservice.config import RestartConfig
 
 UNIT = "jlservice"
 
@@ -273,6 +276,59 @@ def test_a_port_squatter_cannot_move_the_main_pid(installed, second_user, tmp_pa
         assert f"by pid {victim} (\\nMAINPID={victim}\\n) of user {account.name};" in status
     else:
         assert f"by a process of user {account.name};" in status
+
+
+def _unit_seconds(key: str) -> float:
+    """A setting of the shipped system unit, in seconds."""
+    found = re.search(rf"^{key}=(\d+)$", unit_files.template("jlservice.service"), re.M)
+    assert found, key
+    return float(found[1])
+
+
+def test_a_port_held_for_long_leaves_the_unit_active_and_it_serves_once_freed(
+    installed, second_user, tmp_path
+):
+    """The default [restart] and the shipped unit. The hold outlasts the waits up to max_delay
+    (31.5 s of them), WatchdogSec (jlservice must keep pinging while it waits) and the minute
+    after which the unit used to be failed for good (jlservice exited after each wait, and
+    StartLimitBurst restarts of it ended the unit). Beyond that nothing changes: each wait is
+    max_delay, none counts as a failure, jlservice never exits, so the start limits never see
+    a start; the unit's TimeoutStartSec ended with READY=1 at the first wait. The 10-minute
+    hold is `python -m bench.port_hold --systemd`."""
+    box = installed.box
+    restart = RestartConfig()
+    steps = port_wait_steps(restart)
+    hold_s = max(sum(steps[:-1]) + 5, _unit_seconds("WatchdogSec") + 5, 60.0)
+    account = second_user
+    inside = ("nsenter", "-t", str(box.pid1), "-m", "-p", "setpriv", f"--reuid={account.uid}")
+    inside += (f"--regid={account.gid}", "--clear-groups")
+    squatter = Squatter(tmp_path / "squatter.jsonl", "127.0.0.1", installed.port, b"jupyter-lab")
+    with squatter.start(account, inside):
+        squatter.wait_listening()
+        box.systemctl("daemon-reload")
+        box.systemctl("start", UNIT)  # Type=notify: returns at READY=1, the first wait
+        began = time.monotonic()
+        first = box.show(UNIT, "MainPID", "ActiveState")
+        assert first["ActiveState"] == "active"
+        seen: list[dict[str, str]] = []
+        while time.monotonic() - began < hold_s:
+            seen.append(box.show(UNIT, "ActiveState", "MainPID", "NRestarts", "StatusText"))
+            time.sleep(1)
+    assert {(p["ActiveState"], p["MainPID"], p["NRestarts"]) for p in seen} == {
+        ("active", first["MainPID"], "0")
+    }
+    announced = waits_announced([p["StatusText"] for p in seen])
+    assert restart.max_delay in announced and max(announced) == restart.max_delay, announced
+    assert f"port {installed.port} on 127.0.0.1 is in use by " in seen[-1]["StatusText"]
+    freed = time.monotonic()
+    wait_for(
+        lambda: box.show(UNIT, "StatusText")["StatusText"].startswith("JupyterLab ready"),
+        restart.max_delay + 60,
+        "JupyterLab to serve once the port is free",
+    )
+    print(f"port freed → ready under systemd: {time.monotonic() - freed:.1f} s")
+    assert installed.answers(installed.token())
+    assert box.show(UNIT, "NRestarts", "MainPID") == {"NRestarts": "0", "MainPID": first["MainPID"]}
 
 
 def _state(installed: Installed) -> dict:

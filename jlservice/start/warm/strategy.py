@@ -28,7 +28,7 @@ class WarmStart:
         if not self.keeper.enabled:
             return await self.cold.start(launch, secrets)
         private_dir.prepare(launch, self.cold.runtime_dir, *secrets)
-        began = time.time()
+        began, began_monotonic = time.time(), time.monotonic()
         read, write = os.pipe2(os.O_CLOEXEC)
         try:
             pid = await self.keeper.fork(launch, write)
@@ -43,4 +43,10 @@ class WarmStart:
             # server all the same: it would hold the port the cold start needs.
             await self.sweep()
             return spawn(launch)
-        return Started(pid, open(read, "rb", buffering=0), warm=True, began=began)
+        return Started(
+            pid,
+            open(read, "rb", buffering=0),
+            warm=True,
+            began=began,
+            began_monotonic=began_monotonic,
+        )

@@ -92,7 +92,9 @@ class FakeStarter:
         if self.refusals:
             raise self.refusals.pop(0)
         self.next_pid += 1
-        return Started(self.next_pid, io.BytesIO(), warm=self.warm, began=1000.0)
+        return Started(
+            self.next_pid, io.BytesIO(), warm=self.warm, began=1000.0, began_monotonic=10.0
+        )
 
 
 class FakeKeeper:
@@ -156,7 +158,7 @@ class Records:
         self.spares: list[state.State] = []
         self.failing: OSError | None = None
 
-    def write(self, record: state.State) -> None:
+    def write(self, record: state.State, secrets: Secrets) -> None:
         if self.failing is not None:
             raise self.failing
         self.written.append(record)
@@ -238,6 +240,7 @@ class Harness:
             self.notifier,
             self.view,
             record,
+            Secrets("t" * 64, b"c" * 64),
             later=lambda delay, callback: self.callbacks.append((delay, callback)),
         )
         events: asyncio.Queue[Event] = asyncio.Queue()

@@ -49,16 +49,19 @@ async def test_the_retry_rearms_while_the_fault_lasts(machine) -> None:
     assert "Read-only file system" in m.records.spares[-1].state_error
 
 
-def test_a_deleted_state_dir_is_made_again(tmp_path) -> None:
+def test_a_deleted_state_dir_is_made_again_with_the_secrets_in_use(tmp_path) -> None:
     import shutil
 
-    from jlservice import state
+    from jlservice import login, state
     from jlservice.supervisor.publish import StateFile
 
     sink = StateFile(tmp_path / "state", tmp_path / "run")
+    secrets = login.Secrets("a" * 64, b"c" * 64)
     record = state.State("a" * 64, "http://x/", "127.0.0.1", 1, "/", "u", "/n", None, 1, 1.0)
-    sink.write(record)
+    sink.write(record, secrets)
     shutil.rmtree(tmp_path / "state")
-    sink.write(record.evolve(status="ready"))
+    sink.write(record.evolve(status="ready"), secrets)
     assert state.read_state(tmp_path / "state").status == "ready"
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert login.load_or_create_token(tmp_path / "state") == secrets.token
+    assert login.load_or_create_cookie_secret(tmp_path / "state") == secrets.cookie_secret

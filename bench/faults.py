@@ -1,0 +1,176 @@
+"""Faults, measured with the default configuration (issue 14's closing figures).
+
+    python -m bench.faults [--runs 5] [--json PATH]   (as root: the read-only remount)
+
+1. ten kill -9 of a ready JupyterLab one second apart -> each answering again: median, worst,
+   and how many were warm;
+2. the state disk (a small tmpfs) remounted read-only, a crash meanwhile, then `remount,rw` ->
+   state.json current again;
+3. SIGHUP -> RELOADING=1 while jlservice's stdout and stderr are a full pipe nobody reads,
+   against the same with its output to a file.
+How each is measured: bench/README.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from helpers.procs import wait_for
+from helpers.service import NotifySocket
+
+from .lab import Lab
+from .report import Metric, say
+from .session import Session, options, parse, run
+
+
+def crashes(session: Session) -> Metric:
+    """Ten kill -9 one second apart, each after the last one answered again."""
+    lab = Lab(session, "crashes", wait_warm=True)
+    lab.start(wait=False)
+    lab.current = lab.wait_ready()
+    back, warm = [], 0
+    for _ in range(10):
+        crash = lab.crash()
+        back.append(crash.back_s)
+        warm += lab.current["started_warm"] is True
+        time.sleep(max(0.0, crash.wall + 1.0 - time.time()))  # the next kill 1 s after this one
+    lab.shutdown()
+    say(f"ten kill -9 one second apart: {', '.join(f'{s:.3f}' for s in back)} s")
+    return Metric(
+        "kill -9 -> /api answering, ten 1 s apart",
+        "s",
+        back,
+        note=f"{warm} of 10 warm; worst {max(back):.3f} s; default [restart]",
+    )
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path) -> Iterator[Path]:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=True)
+
+
+def read_only(session: Session, runs: int) -> Metric:
+    """The state disk read-only while JupyterLab crashes, then writable: -> state.json
+    current (the retry comes every publish.RETRY_S, so this spreads over 0–5 s)."""
+    healed = []
+    with small_tmpfs(session.work / "small") as disk:
+        lab = Lab(session, "ro", service={"state_dir": str(disk / "state")})
+        lab.state_dir = disk / "state"
+        lab.start(wait=False)
+        lab.current = lab.wait_ready()
+        spare = lab.root / "run" / "state.json"
+        for _ in range(runs):
+            subprocess.run(["mount", "-o", "remount,ro", disk], check=True)
+            try:
+                old = lab.current["lab_pid"]
+                os.kill(old, signal.SIGKILL)
+                wait_for(lambda o=old: _spare_ready(spare, o), 60, "the restart (spare copy)")
+                new = json.loads(spare.read_text())["lab_pid"]
+            finally:
+                subprocess.run(["mount", "-o", "remount,rw", disk], check=True)
+            writable = time.monotonic()
+            wait_for(lambda n=new: lab.state().get("lab_pid") == n, 30, "state.json", 0.005)
+            healed.append(time.monotonic() - writable)
+            lab.current = lab.wait_ready()
+        lab.shutdown()
+    return Metric(
+        "remount,rw -> state.json current again",
+        "s",
+        healed,
+        note="retried every 5 s (publish.RETRY_S), whatever else is written meanwhile",
+    )
+
+
+def _spare_ready(spare: Path, old: int) -> bool:
+    try:
+        current = json.loads(spare.read_text())
+    except (OSError, ValueError):
+        return False
+    return current.get("status") == "ready" and current.get("lab_pid") not in (None, old)
+
+
+@contextlib.contextmanager
+def full_pipe() -> Iterator[int]:
+    """The write end of a pipe filled to the last byte; its read end is never read."""
+    read, write = os.pipe()
+    flags = fcntl.fcntl(write, fcntl.F_GETFL)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x" * 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x")
+    fcntl.fcntl(write, fcntl.F_SETFL, flags)
+    try:
+        yield write
+    finally:
+        os.close(write)
+        os.close(read)
+
+
+def reload_latency(session: Session, runs: int, output: int | None, name: str) -> list[float]:
+    """SIGHUP -> RELOADING=1 (its MONOTONIC_USEC: when jlservice sent it), `runs` times."""
+    lab = Lab(session, name)
+    sock = NotifySocket(session.work / f"{name}.sock")
+    try:
+        lab.start(wait=False, env={"NOTIFY_SOCKET": sock.path}, output=output)
+        sock.read_until(lambda m: m.get("READY") == "1", timeout=180)
+        latencies = []
+        for _ in range(runs + 1):  # the first is a warm-up
+            asked = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            lab.signal(signal.SIGHUP)
+            reloading = sock.read_until(lambda m: m.get("RELOADING") == "1", timeout=30)
+            latencies.append((int(reloading["MONOTONIC_USEC"]) * 1000 - asked) / 1e9)
+            sock.read_until(lambda m: m.get("READY") == "1", timeout=30)
+        lab.shutdown()
+    finally:
+        sock.close()
+    return latencies[1:]
+
+
+def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
+    runs = session.args.runs
+    metrics = [crashes(session)]
+    if os.geteuid() == 0:
+        metrics.append(read_only(session, runs))
+    else:
+        session.warnings.append("not root: the read-only remount is not measured")
+    with full_pipe() as pipe:
+        blocked = reload_latency(session, runs, pipe, "blocked")
+    free = reload_latency(session, runs, None, "unblocked")
+    metrics.append(
+        Metric(
+            "SIGHUP -> RELOADING=1, stdout a full unread pipe",
+            "ms",
+            [s * 1000 for s in blocked],
+            baseline="stdout to a file",
+            baseline_samples=[s * 1000 for s in free],
+            note="RELOADING=1's own MONOTONIC_USEC (when jlservice sent it) - the SIGHUP",
+        )
+    )
+    return metrics, {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(options(__doc__, runs=5), argv, "jlservice", "jupyter-lab", "python")
+    return run("bench/faults.py", "jlservice faults", args, args.runs, measure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

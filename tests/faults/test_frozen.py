@@ -1,0 +1,107 @@
+"""A leftover that SIGKILL cannot end: a kernel of a killed JupyterLab, frozen by the cgroup v1
+freezer (as a frozen container or a process stuck in the kernel would be). jlservice waits for
+it a bounded time, then starts the new JupyterLab all the same and says what it left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
+from helpers.procs import pid_alive, wait_for
+from helpers.service import IS_ROOT
+
+from jlservice.supervisor import children
+
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+pytestmark = [
+    pytest.mark.skipif(not IS_ROOT, reason="needs root to make a freezer cgroup"),
+    pytest.mark.skipif(
+        not (FREEZER / "cgroup.procs").exists(),
+        reason="no cgroup v1 freezer at /sys/fs/cgroup/freezer on this machine",
+    ),
+]
+
+
+class Freezer:
+    """A freezer cgroup of the test's own, made by path and removed after thawing."""
+
+    def __init__(self) -> None:
+        self.path = FREEZER / f"jlservice-test-{uuid.uuid4().hex[:12]}"
+        self.path.mkdir()
+        self.pids: list[int] = []
+
+    def freeze(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+        self.pids.append(pid)
+        (self.path / "freezer.state").write_text("FROZEN")
+        wait_for(lambda: self.state() == "FROZEN", 10, "the cgroup to freeze")
+
+    def thaw(self) -> None:
+        (self.path / "freezer.state").write_text("THAWED")
+        wait_for(lambda: self.state() == "THAWED", 10, "the cgroup to thaw")
+
+    def state(self) -> str:
+        return (self.path / "freezer.state").read_text().strip()
+
+    def remove(self) -> None:
+        self.thaw()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not (self.path / "cgroup.procs").read_text().split(), 30, "empty cgroup")
+        self.path.rmdir()
+
+
+@pytest.fixture
+def freezer() -> Iterator[Freezer]:
+    cgroup = Freezer()
+    try:
+        yield cgroup
+    finally:
+        cgroup.remove()
+
+
+def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(service_factory, freezer):
+    svc = service_factory(metrics=metrics_section())
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    _, kernel = svc.start_kernel(token)
+    freezer.freeze(kernel)
+    old = svc.lab_pid
+
+    killed = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    svc.wait_ready(not_pid=old)
+    took = time.monotonic() - killed
+    # The sweep's SIGTERM grace, then KILL_WAIT_S after SIGKILL, then a (warm) start.
+    bound = svc.sections["restart"]["stop_timeout"] + children.KILL_WAIT_S + 30
+    assert took < bound, took
+    assert pid_alive(kernel)  # frozen: SIGKILL is pending, and it has not died
+    assert svc.api("GET", "api/status", token=token).status_code == 200
+
+    assert svc.state()["stuck_pids"] == [kernel]
+    assert f"stuck:       pid {kernel}: SIGKILL did not end them" in svc.cli("status").stdout
+    wait_scrape(metrics_url(svc), lambda m: value(m, "jlservice_stuck_processes") == 1, "stuck 1")
+    stuck = [e for e in svc.log_events() if e["event"] == "leftover_unkillable"]
+    assert [e["pids"] for e in stuck] == [[kernel]]
+
+    # Thawed at last, the pending SIGKILL ends it, and jlservice reaps it.
+    freezer.thaw()
+    wait_for(lambda: not pid_alive(kernel), 30, "the thawed kernel to die")
+    wait_for(
+        lambda: [e for e in svc.log_events() if e["event"] == "stuck_process_ended"],
+        30,
+        "jlservice to reap it",
+    )
+    # … and says so at once: nothing is stuck any more.
+    wait_for(lambda: svc.state().get("stuck_pids") == [], 10, "state.json: nothing stuck")
+    assert "stuck:" not in svc.cli("status").stdout
+    wait_scrape(metrics_url(svc), lambda m: value(m, "jlservice_stuck_processes") == 0, "stuck 0")

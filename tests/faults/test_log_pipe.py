@@ -1,0 +1,96 @@
+"""jlservice's stdout and stderr go to a pipe nobody reads (a stuck journald, a full pipe): the
+supervisor still restarts a killed JupyterLab, answers SIGHUP and SIGTERM and pings the
+watchdog; what cannot be written waits in a bounded queue, then is dropped and counted."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
+from helpers.procs import wait_for
+from helpers.service import NotifySocket, Service
+
+from jlservice import log
+
+FLOOD = log.MAX_QUEUED + 5_000  # lines: more than the queue holds
+
+
+@pytest.fixture
+def full_pipe() -> Iterator[int]:
+    """The write end of a pipe filled to the last byte, whose read end is never read."""
+    read, write = os.pipe()
+    flags = fcntl.fcntl(write, fcntl.F_GETFL)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x" * 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x")
+    # Blocking again (the flag belongs to the pipe's open file, which jlservice shares):
+    # jlservice's next write blocks, as on a reader that stopped reading.
+    fcntl.fcntl(write, fcntl.F_SETFL, flags)
+    try:
+        yield write
+    finally:
+        os.close(write)
+        os.close(read)
+
+
+def _pings(sock: NotifySocket, since: float) -> list[float]:
+    return [t for t, m in sock.messages if m.get("WATCHDOG") == "1" and t >= since]
+
+
+def test_an_unread_output_pipe_blocks_nothing(service_factory, full_pipe, notify_socket):
+    svc: Service = service_factory(metrics=metrics_section())
+    # 2 s: pings every second; the test sees any pause the blocked log would cause.
+    env = {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "2000000"}
+    svc.start(wait=False, env=env, output=full_pipe)
+    notify_socket.read_until(lambda m: m.get("READY") == "1", timeout=90)
+    svc.wait_ready()
+    token = svc.cli("token").stdout.strip()
+
+    # JupyterLab prints more lines than the queue holds, all at once (written to its output
+    # pipe as JupyterLab, or anything it runs, would).
+    with open(f"/proc/{svc.lab_pid}/fd/2", "wb") as lab_stderr:
+        lab_stderr.write(b"".join(b"[W 2026 ServerApp] flood %d\n" % i for i in range(FLOOD)))
+    url = metrics_url(svc)
+    dropped = wait_scrape(
+        url, lambda m: (value(m, "jlservice_log_lines_dropped_total") or 0) > 0, "drops counted"
+    )
+    # Bounded: what did not fit was dropped, not kept.
+    assert value(dropped, "jlservice_log_lines_dropped_total") <= FLOOD
+
+    # A crash is still restarted (with the same token).
+    old = svc.lab_pid
+    os.kill(old, signal.SIGKILL)
+    svc.wait_ready(not_pid=old)
+    assert svc.api("GET", "api/status", token=token).status_code == 200
+
+    # SIGHUP is still answered: RELOADING=1, then READY=1.
+    svc.signal(signal.SIGHUP)
+    notify_socket.read_until(lambda m: m.get("RELOADING") == "1", timeout=30)
+    notify_socket.read_until(lambda m: m.get("READY") == "1", timeout=30)
+    assert svc.state()["last_reload"]["result"] == "unchanged"
+
+    # The watchdog is fed all along (the log is blocked throughout): pings a second apart,
+    # timed as they arrive while the test reads them.
+    since = time.monotonic()
+    notify_socket.read_until(lambda _: len(_pings(notify_socket, since)) >= 4, timeout=30)
+    pings = _pings(notify_socket, since)
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 1.8, pings
+
+    # SIGTERM still stops it cleanly, within the stop timeout and the log's last flush.
+    stopped = time.monotonic()
+    svc.signal(signal.SIGTERM)
+    notify_socket.read_until(lambda m: m.get("STOPPING") == "1", timeout=30)
+    assert svc.wait_exit(timeout=30) == 0
+    assert time.monotonic() - stopped < 15
+    wait_for(lambda: svc.leftovers() == [], 10, "nothing left behind")
