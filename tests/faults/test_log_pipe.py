@@ -18,6 +18,7 @@ from helpers.procs import wait_for
 from helpers.service import NotifySocket, Service
 
 from jlservice import log
+from jlservice.supervisor.lab_output import LINES_PER_S
 
 FLOOD = log.MAX_QUEUED + 5_000  # lines: more than the queue holds
 
@@ -57,10 +58,15 @@ def test_an_unread_output_pipe_blocks_nothing(service_factory, full_pipe, notify
     svc.wait_ready()
     token = svc.cli("token").stdout.strip()
 
-    # JupyterLab prints more lines than the queue holds, all at once (written to its output
-    # pipe as JupyterLab, or anything it runs, would).
+    # JupyterLab prints more lines than the queue holds (written to its output pipe as
+    # JupyterLab, or anything it runs, would), at the most jlservice logs of its output a
+    # second: beyond that its lines are not even queued.
     with open(f"/proc/{svc.lab_pid}/fd/2", "wb") as lab_stderr:
-        lab_stderr.write(b"".join(b"[W 2026 ServerApp] flood %d\n" % i for i in range(FLOOD)))
+        for start in range(0, FLOOD, LINES_PER_S):
+            lines = range(start, min(start + LINES_PER_S, FLOOD))
+            lab_stderr.write(b"".join(b"[W 2026 ServerApp] flood %d\n" % i for i in lines))
+            lab_stderr.flush()
+            time.sleep(1.05)  # the pace of a flood that is logged, not cut
     url = metrics_url(svc)
     dropped = wait_scrape(
         url, lambda m: (value(m, "jlservice_log_lines_dropped_total") or 0) > 0, "drops counted"

@@ -64,9 +64,10 @@ while True:
 def port_wait_steps(restart: RestartConfig) -> list[float]:
     """jlservice's waits for a port another program holds, up to the first of max_delay
     (with the defaults 0.5, 1, 2, 4, 8, 16, 30 s); every later one is max_delay again."""
+    wait = policy.PortWait()
     steps: list[float] = []
     while not steps or steps[-1] < restart.max_delay:
-        steps.append(policy.port_delay(len(steps) + 1, restart))
+        steps.append(wait.again("the holder", restart)[0])
     return steps
 
 
