@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -85,6 +86,24 @@ def write_atomic(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def holds(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> bool:
+    """Whether `path` is already a regular file with exactly `data`, `mode` and `owner`: then
+    it need not be written again (and a full disk does not stop a restart)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+            return False
+        if owner is not None and (st.st_uid, st.st_gid) != owner:
+            return False
+        return st.st_size == len(data) and os.read(fd, len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 def _user_name(uid: int) -> str:

@@ -38,15 +38,20 @@ def prepare_private_dir(
     _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
     files.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
     # An empty token file turns token login off ([auth] token = false).
-    files.write_atomic(
-        launch.token_file, token.encode() if launch.token_login else b"", owner=owner
-    )
-    files.write_atomic(launch.cookie_secret_file, cookie_secret, owner=owner)
+    _give(launch.token_file, token.encode() if launch.token_login else b"", owner)
+    _give(launch.cookie_secret_file, cookie_secret, owner)
     for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
         if name in launch.files:
-            files.write_atomic(launch.private_dir / name, launch.files[name], owner=owner)
+            _give(launch.private_dir / name, launch.files[name], owner)
         else:  # no longer configured: no stale key or hash left behind
             (launch.private_dir / name).unlink(missing_ok=True)
+
+
+def _give(path: Path, data: bytes, owner: tuple[int, int]) -> None:
+    """Write what the file does not hold already: a restart with the same secrets writes
+    nothing, and so works on a full disk."""
+    if not files.holds(path, data, owner=owner):
+        files.write_atomic(path, data, owner=owner)
 
 
 def _drop_if_foreign(path: Path, uid: int) -> None:
