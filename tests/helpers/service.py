@@ -23,6 +23,8 @@ import pytest
 import requests
 import websocket
 
+from jlservice import users
+
 from .procs import Processes, child_env, free_port, stop, wait_for
 
 PYTHON = sys.executable
@@ -59,17 +61,16 @@ def render_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-# What the tests change from jlservice's defaults: quick restarts and health checks, every log
-# line. bench/ runs jlservice with its defaults (bench.lab.Lab).
-TEST_SETTINGS: dict[str, dict[str, Any]] = {
-    "restart": {"stop_timeout": 10, "start_timeout": 60},
-    "health": {"interval": 1, "timeout": 2, "failures": 2},
-    "log": {"format": "json", "level": "debug"},
-}
+# The one thing the tests change from jlservice's defaults (etc/jlservice.toml): the log is
+# JSON lines at debug level, so that a test can wait for the events jlservice logs. A test
+# that departs from any other default says why where it does.
+TEST_SETTINGS: dict[str, dict[str, Any]] = {"log": {"format": "json", "level": "debug"}}
 
 
 class Service:
-    """One jlservice supervisor under test, with its own config, dirs and port."""
+    """One jlservice supervisor under test, with its own config, dirs and port: the
+    deployment jlservice is for when `lab_user` is given (a root supervisor, JupyterLab as
+    that unprivileged user, whose notebook dir it is)."""
 
     command: tuple[str, ...] = (PYTHON, "-m", "jlservice")  # how `jlservice` is run
     settings = TEST_SETTINGS  # the sections after [lab] and [service]
@@ -81,11 +82,12 @@ class Service:
         wait_warm: bool = False,
         *,
         config_path: Path | None = None,
+        lab_user: users.Account | None = None,
         **sections: dict[str, Any],
     ) -> None:
         """`wait_warm`: being ready includes a warm parent ready to fork the next start, so
         that the restarts a test causes are warm ones. `config_path`: default
-        tmp_path/jlservice.toml."""
+        tmp_path/jlservice.toml. `lab_user`: [lab] user, unless `sections` name another."""
         self.root = tmp_path
         self.wait_warm = wait_warm
         self.port = free_port()
@@ -95,17 +97,29 @@ class Service:
         self.config_path = config_path or tmp_path / "jlservice.toml"
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / "jlservice.log"
+        lab: dict[str, Any] = {"port": self.port, "notebook_dir": str(self.notebooks)}
+        if lab_user is not None:
+            lab["user"] = lab_user.name
         self.sections: dict[str, dict[str, Any]] = {
-            "lab": {"port": self.port, "notebook_dir": str(self.notebooks), "allow_root": IS_ROOT},
+            "lab": lab,
             "service": {"state_dir": str(self.state_dir), "runtime_dir": str(tmp_path / "run")},
             **copy.deepcopy(self.settings),
         }
         for name, values in sections.items():
             self.sections.setdefault(name, {}).update(values)
+        account = self.account
+        if account is not None and IS_ROOT:  # the notebook dir is the lab user's, as installed
+            os.chown(self.notebooks, account.uid, account.gid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] | None = None  # its processes' environment; None: ours
         self.procs = Processes()  # everything we saw, for cleanup
         self.write_config()
+
+    @property
+    def account(self) -> users.Account | None:
+        """The account JupyterLab runs as ([lab] user, else whoever runs the tests)."""
+        name = self.sections["lab"].get("user")
+        return users.lookup(name) if isinstance(name, str) else users.current()
 
     # ── config and CLI ──────────────────────────────────────────────────────
 
@@ -164,7 +178,10 @@ class Service:
                 return s
             return None
 
-        state = wait_for(ready, timeout, "JupyterLab to be ready")
+        try:
+            state = wait_for(ready, timeout, "JupyterLab to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends:\n{self.log_text()[-3000:]}") from None
         self.snapshot()
         return state
 
@@ -208,10 +225,11 @@ class Service:
         return self.procs.running()
 
     def cleanup(self) -> list[int]:
-        """End the supervisor (SIGTERM, SIGKILL after 20 s) and kill what it left; their pids."""
+        """End the supervisor (SIGTERM; SIGKILL after its own [restart] stop_timeout, 20 s,
+        and some) and kill what it left; their pids."""
         self.snapshot()
         if self.proc is not None:
-            stop(self.proc, 20)
+            stop(self.proc, 30)
         return self.procs.kill()
 
     # ── talking to JupyterLab ───────────────────────────────────────────────

@@ -77,32 +77,34 @@ def test_certificate_for_other_names(service):
         "keyfile": str(service.state_dir / "tls.key"),
     }
     service.write_config()
-    _, lines = _doctor(service)
+    status, lines = _doctor(service)
+    assert status == 1
     assert lines["tls"].startswith("✗ tls: ")
     assert "browsers will ask for jupyter.example.test" in lines["tls"]
     assert "`jlservice cert --hostname jupyter.example.test`" in lines["tls"]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to give the notebook dir another owner")
-def test_notebook_dir_of_the_wrong_owner(service, other_user):
-    service.sections["lab"].update(user=other_user.name, allow_root=False)
-    service.write_config()
-    assert service.notebooks.stat().st_uid == 0
+def test_notebook_dir_of_the_wrong_owner(service):
+    os.chown(service.notebooks, 0, 0)  # made by root, never given to the lab user
+    user = service.account
     status, lines = _doctor(service)
     assert status == 1
     assert lines["notebook dir"] == (
-        f"✗ notebook dir: {service.notebooks} belongs to uid 0, not to {other_user.name} "
-        f"(uid {other_user.uid}): notebooks could not be saved → "
-        f"chown -R {other_user.name}: {service.notebooks}"
+        f"✗ notebook dir: {service.notebooks} belongs to uid 0, not to {user.name} "
+        f"(uid {user.uid}): notebooks could not be saved → "
+        f"chown -R {user.name}: {service.notebooks}"
     )
 
 
 def test_notebook_dir_inside_a_hidden_directory(service):
     hidden = service.root / ".cache" / "notebooks"
     hidden.mkdir(parents=True)
+    os.chown(hidden, service.account.uid, service.account.gid)
     service.sections["lab"]["notebook_dir"] = str(hidden)
     service.write_config()
-    _, lines = _doctor(service)
+    status, lines = _doctor(service)
+    assert status == 1
     assert lines["notebook dir"].startswith(
         f"✗ notebook dir: {hidden} is inside the hidden directory '.cache'"
     )
@@ -145,6 +147,7 @@ def test_no_login_on_every_interface_is_found_live(service_factory, tmp_path):
         json.dumps({"IdentityProvider": {"token": ""}})
     )
     svc = service_factory(lab={"ip": "0.0.0.0", "env": {"JUPYTER_CONFIG_DIR": str(user_config)}})
+    os.chown(user_config, svc.account.uid, svc.account.gid)  # the lab user's own
     svc.start(wrap=NETNS)
     in_netns = ["nsenter", f"--net=/proc/{svc.proc.pid}/ns/net"]
     result = subprocess.run(

@@ -97,7 +97,7 @@ def test_supervisor_only_setting_applies_live(service):
     service.start()
     lab = service.lab_pid
     service.sections["log"]["format"] = "console"
-    service.sections["restart"]["max_failures"] = 9
+    service.sections.setdefault("restart", {})["max_failures"] = 9
     service.write_config()
     wait_for(lambda: service.state().get("last_reload"), 30, "the reload")
     assert service.state()["last_reload"]["result"] == "unchanged"
