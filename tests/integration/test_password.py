@@ -9,6 +9,7 @@ import stat
 import time
 
 import psutil
+from helpers.procs import pid_alive
 from helpers.service import PYTHON, files_exposing
 
 PASSWORD = "correct horse battery staple"
@@ -65,7 +66,11 @@ def test_changing_the_password_applies_through_reload(service_factory):
     result = _set_password(svc, "a new one")
     assert result.returncode == 0, result.stderr
     assert "JupyterLab restarted" in result.stdout
-    assert svc.state()["lab_pid"] != before
+    # The command returned once the new server answered.
+    state = svc.state()
+    assert state["status"] == "ready" and state["lab_pid"] not in (None, before)
+    assert pid_alive(state["lab_pid"]) and not pid_alive(before)
+    assert svc.api("GET", "api").status_code == 200
 
     assert _contents(svc, svc.login("a new one")) == 200
     assert _contents(svc, svc.login(PASSWORD)) == 403
