@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -415,10 +416,18 @@ def _world_readable(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in path.parents)
 
 
+SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux; the control message has its number
+
+
 class NotifySocket:
+    """A fake systemd notification socket. Each message is kept with the time the kernel
+    queued it (SO_TIMESTAMP, seconds since the epoch): when jlservice sent it, however late
+    the test reads it, and comparable with the timestamps of jlservice's log."""
+
     def __init__(self, path) -> None:
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         self.sock.bind(self.path)
         self.messages: list[tuple[float, dict[str, str]]] = []
 
@@ -427,11 +436,19 @@ class NotifySocket:
         while time.monotonic() < deadline:
             self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
-                data = self.sock.recv(4096).decode()
+                data, ancillary, _, _ = self.sock.recvmsg(
+                    4096, socket.CMSG_SPACE(16) + socket.CMSG_SPACE(32)
+                )
             except TimeoutError:
                 break
-            fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
+            sent = time.time()
+            for level, kind, payload in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMP):
+                    seconds, micros = struct.unpack("qq", payload[:16])
+                    sent = seconds + micros / 1e6
+            text = data.decode()
+            fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            self.messages.append((sent, fields))
             if predicate(fields):
                 return fields
         raise AssertionError(f"no matching notification; got {self.messages}")
