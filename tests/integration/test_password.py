@@ -149,3 +149,17 @@ def test_password_is_asked_twice_without_echo(service):
     assert status == 0, screen
     assert "typed-secret" not in screen
     assert (service.state_dir / "password").read_text().startswith("argon2:")
+
+
+def test_token_off_leaves_the_password_as_the_only_login(service_factory):
+    svc = service_factory(auth={"token": False})
+    assert _set_password(svc, PASSWORD).returncode == 0
+    svc.start()
+    token = svc.state()["token"]  # jlservice keeps one; JupyterLab must not take it
+    assert svc.api("GET", "api/contents", token).status_code == 403
+    assert svc.api("GET", f"lab?token={token}", allow_redirects=False).status_code != 200
+    assert svc.api("GET", "api/contents").status_code == 403
+    assert _contents(svc, svc.login(PASSWORD)) == 200
+    printed = svc.cli("token")
+    assert printed.returncode == 1 and token not in printed.stdout + printed.stderr
+    assert "- token: token login is off ([auth] token = false)" in svc.cli("doctor").stdout
