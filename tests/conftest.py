@@ -12,9 +12,17 @@ from helpers.service import IS_ROOT, NotifySocket, Service
 
 from jlservice import users
 
+pytest_plugins = ["helpers.skips"]  # an unexpected skip fails where every test must run
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "warm" in metafunc.fixturenames and metafunc.definition.get_closest_marker("warm_and_cold"):
+    definition = metafunc.definition
+    own = any("warm" in m.args[0] for m in definition.iter_markers("parametrize"))
+    if (
+        "warm" in metafunc.fixturenames
+        and definition.get_closest_marker("warm_and_cold")
+        and not own
+    ):
         metafunc.parametrize("warm", [True, False], ids=["warm", "cold"], indirect=True)
 
 
@@ -26,8 +34,9 @@ def warm(request) -> bool | None:
 
 
 @pytest.fixture
-def service_factory(tmp_path: Path, warm: bool | None) -> Iterator:
-    """Make Service objects; every one of them is cleaned up after the test."""
+def service_factory(tmp_path: Path, warm: bool | None, lab_user: users.Account | None) -> Iterator:
+    """Make Service objects, JupyterLab run as `lab_user`; every one of them is cleaned up
+    after the test."""
     made: list[Service] = []
 
     def make(subdir: str = "svc", **sections) -> Service:
@@ -36,7 +45,7 @@ def service_factory(tmp_path: Path, warm: bool | None) -> Iterator:
         root.chmod(0o755)
         if warm is not None:
             sections["restart"] = {"warm": warm, **sections.get("restart", {})}
-        svc = Service(root, wait_warm=warm is True, **sections)
+        svc = Service(root, wait_warm=warm is True, lab_user=lab_user, **sections)
         made.append(svc)
         return svc
 
@@ -48,6 +57,18 @@ def service_factory(tmp_path: Path, warm: bool | None) -> Iterator:
 @pytest.fixture
 def service(service_factory) -> Service:
     return service_factory()
+
+
+@pytest.fixture(scope="session")
+def lab_user() -> Iterator[users.Account | None]:
+    """Whom the suite's services run JupyterLab as. As root: a throw-away unprivileged
+    account, the deployment jlservice is for (a root supervisor, the lab user switched to).
+    Otherwise None: JupyterLab runs as whoever runs the tests, as it would for them."""
+    if not IS_ROOT:
+        yield None
+        return
+    with _throwaway_user() as account:
+        yield account
 
 
 @pytest.fixture(scope="session")

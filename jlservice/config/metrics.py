@@ -73,11 +73,13 @@ def _read_token(r: Reader, path: Path, lab: LabConfig) -> str:
         r.fail("metrics", key, f"{path} does not exist; create it: {_MAKE_TOKEN.format(path=path)}")
     except OSError as exc:
         r.fail("metrics", key, f"{path}: cannot read: {exc.strerror} (jlservice reads it as root)")
-    with os.fdopen(fd, "rb") as f:
-        problem = _exposed(os.fstat(f.fileno()), path, lab)
+    try:  # checked before fdopen, which refuses a directory with IsADirectoryError
+        problem = _exposed(os.fstat(fd), path, lab)
         if problem:
             r.fail("metrics", key, problem)
-        raw = f.read(_TOKEN_MAX + 1)
+        raw = os.read(fd, _TOKEN_MAX + 1)
+    finally:
+        os.close(fd)
     token = raw.strip(b" \t\r\n")
     if not _TOKEN_MIN <= len(token) <= _TOKEN_MAX or not all(33 <= c <= 126 for c in token):
         r.fail(

@@ -11,11 +11,13 @@ import pytest
 from helpers.metrics import (
     metrics_section,
     metrics_url,
+    next_round,
     scrape,
     series,
     value,
     wait_scrape,
 )
+from helpers.procs import wait_for
 from nvml.fakenvml import FULL, GIB, Gpu
 
 PER_GPU = (
@@ -112,8 +114,8 @@ def test_values_units_unsupported_and_a_lost_gpu(service_factory, fake_nvml, out
     assert of_gpu(s, 0) == {"jlservice_gpu_up"}
     assert of_gpu(s, 1) == {*PER_GPU, "jlservice_gpu_up"}
     assert value(s, "jlservice_up") == 1 and svc.lab_pid == lab
-    time.sleep(1.5)  # three more samples at interval 0.5 s
-    s = scrape(url)  # a GPU lost for several rounds keeps the labels it had
+    for _ in range(2):  # a GPU lost for several rounds keeps the labels it had
+        s = next_round(url, s)
     assert value(s, "jlservice_gpu_up", gpu="0", uuid="GPU-full") == 0
     lost = [e for e in svc.log_events() if e.get("event") == "gpu_lost"]
     assert [(e["gpu"], e["level"]) for e in lost] == [(1, "warning"), (0, "warning")]
@@ -131,10 +133,15 @@ def test_a_scrape_never_waits_for_nvml(service_factory, fake_nvml) -> None:
     )
     # The driver hangs: every NVML call now takes 60 s, and would report 99 °C.
     fake_nvml.write([Gpu("GPU-a", **{**FULL, "temp": 99})], delay_ms=60_000)
-    for _ in range(10):  # each answers at once with the last sample the sampler finished
+    # The sampler's next round is stuck inside NVML (within [metrics] interval, 5 s)...
+    wait_for(fake_nvml.hung_calls, 30, "the sampler to be stuck in an NVML call")
+    for _ in range(10):  # ...and each scrape answers at once, with the last finished sample
+        began = time.monotonic()
         s = scrape(url)
+        assert time.monotonic() - began < 5
         assert value(s, "jlservice_gpu_temperature_celsius", gpu="0", uuid="GPU-a") == 41
         assert value(s, "jlservice_up") == 1
+    assert len(fake_nvml.hung_calls()) == 1  # still in that one call: the scrapes did not wait
 
 
 def _real_nvml_present() -> bool:

@@ -15,7 +15,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def metrics_section(**values: object) -> dict[str, object]:
-    return {"listen": f"127.0.0.1:{free_port()}", "interval": 0.5, **values}
+    return {"listen": f"127.0.0.1:{free_port()}", **values}
 
 
 def metrics_url(svc: Service) -> str:
@@ -58,6 +58,18 @@ def wait_scrape(
         return None
 
     return wait_for(attempt, timeout, what, interval=0.2)
+
+
+def next_round(url: str, last: Samples) -> Samples:
+    """The samples of the GPU sampler's round after the one `last` shows (every [metrics]
+    interval, 5 s): each round times its NVML collection anew. A round that read NVML after
+    a change may have asked JupyterLab for its kernels before it: the next one did not."""
+    took = value(last, "jlservice_gpu_collect_duration_seconds")
+    return wait_scrape(
+        url,
+        lambda s: value(s, "jlservice_gpu_collect_duration_seconds") not in (None, took),
+        "the sampler's next round",
+    )
 
 
 def kernel_pid(svc: Service, kernel_id: str) -> int:

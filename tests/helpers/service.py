@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ import psutil
 import pytest
 import requests
 import websocket
+
+from jlservice import users
 
 from .procs import Processes, child_env, free_port, stop, wait_for
 
@@ -59,17 +62,16 @@ def render_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-# What the tests change from jlservice's defaults: quick restarts and health checks, every log
-# line. bench/ runs jlservice with its defaults (bench.lab.Lab).
-TEST_SETTINGS: dict[str, dict[str, Any]] = {
-    "restart": {"stop_timeout": 10, "start_timeout": 60},
-    "health": {"interval": 1, "timeout": 2, "failures": 2},
-    "log": {"format": "json", "level": "debug"},
-}
+# The one thing the tests change from jlservice's defaults (etc/jlservice.toml): the log is
+# JSON lines at debug level, so that a test can wait for the events jlservice logs. A test
+# that departs from any other default says why where it does.
+TEST_SETTINGS: dict[str, dict[str, Any]] = {"log": {"format": "json", "level": "debug"}}
 
 
 class Service:
-    """One jlservice supervisor under test, with its own config, dirs and port."""
+    """One jlservice supervisor under test, with its own config, dirs and port: the
+    deployment jlservice is for when `lab_user` is given (a root supervisor, JupyterLab as
+    that unprivileged user, whose notebook dir it is)."""
 
     command: tuple[str, ...] = (PYTHON, "-m", "jlservice")  # how `jlservice` is run
     settings = TEST_SETTINGS  # the sections after [lab] and [service]
@@ -81,11 +83,12 @@ class Service:
         wait_warm: bool = False,
         *,
         config_path: Path | None = None,
+        lab_user: users.Account | None = None,
         **sections: dict[str, Any],
     ) -> None:
         """`wait_warm`: being ready includes a warm parent ready to fork the next start, so
         that the restarts a test causes are warm ones. `config_path`: default
-        tmp_path/jlservice.toml."""
+        tmp_path/jlservice.toml. `lab_user`: [lab] user, unless `sections` name another."""
         self.root = tmp_path
         self.wait_warm = wait_warm
         self.port = free_port()
@@ -95,17 +98,29 @@ class Service:
         self.config_path = config_path or tmp_path / "jlservice.toml"
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / "jlservice.log"
+        lab: dict[str, Any] = {"port": self.port, "notebook_dir": str(self.notebooks)}
+        if lab_user is not None:
+            lab["user"] = lab_user.name
         self.sections: dict[str, dict[str, Any]] = {
-            "lab": {"port": self.port, "notebook_dir": str(self.notebooks), "allow_root": IS_ROOT},
+            "lab": lab,
             "service": {"state_dir": str(self.state_dir), "runtime_dir": str(tmp_path / "run")},
             **copy.deepcopy(self.settings),
         }
         for name, values in sections.items():
             self.sections.setdefault(name, {}).update(values)
+        account = self.account
+        if account is not None and IS_ROOT:  # the notebook dir is the lab user's, as installed
+            os.chown(self.notebooks, account.uid, account.gid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] | None = None  # its processes' environment; None: ours
         self.procs = Processes()  # everything we saw, for cleanup
         self.write_config()
+
+    @property
+    def account(self) -> users.Account | None:
+        """The account JupyterLab runs as ([lab] user, else whoever runs the tests)."""
+        name = self.sections["lab"].get("user")
+        return users.lookup(name) if isinstance(name, str) else users.current()
 
     # ── config and CLI ──────────────────────────────────────────────────────
 
@@ -169,7 +184,10 @@ class Service:
                 return s
             return None
 
-        state = wait_for(ready, timeout, "JupyterLab to be ready")
+        try:
+            state = wait_for(ready, timeout, "JupyterLab to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends:\n{self.log_text()[-3000:]}") from None
         self.snapshot()
         return state
 
@@ -217,10 +235,11 @@ class Service:
         return self.procs.running()
 
     def cleanup(self) -> list[int]:
-        """End the supervisor (SIGTERM, SIGKILL after 20 s) and kill what it left; their pids."""
+        """End the supervisor (SIGTERM; SIGKILL after its own [restart] stop_timeout, 20 s,
+        and some) and kill what it left; their pids."""
         self.snapshot()
         if self.proc is not None:
-            stop(self.proc, 20)
+            stop(self.proc, 30)
         return self.procs.kill()
 
     # ── talking to JupyterLab ───────────────────────────────────────────────
@@ -406,10 +425,18 @@ def _world_readable(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in path.parents)
 
 
+SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux; the control message has its number
+
+
 class NotifySocket:
+    """A fake systemd notification socket. Each message is kept with the time the kernel
+    queued it (SO_TIMESTAMP, seconds since the epoch): when jlservice sent it, however late
+    the test reads it, and comparable with the timestamps of jlservice's log."""
+
     def __init__(self, path) -> None:
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         self.sock.bind(self.path)
         self.messages: list[tuple[float, dict[str, str]]] = []
 
@@ -418,11 +445,19 @@ class NotifySocket:
         while time.monotonic() < deadline:
             self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
-                data = self.sock.recv(4096).decode()
+                data, ancillary, _, _ = self.sock.recvmsg(
+                    4096, socket.CMSG_SPACE(16) + socket.CMSG_SPACE(32)
+                )
             except TimeoutError:
                 break
-            fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
+            sent = time.time()
+            for level, kind, payload in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMP):
+                    seconds, micros = struct.unpack("qq", payload[:16])
+                    sent = seconds + micros / 1e6
+            text = data.decode()
+            fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            self.messages.append((sent, fields))
             if predicate(fields):
                 return fields
         raise AssertionError(f"no matching notification; got {self.messages}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
 
 import pytest
-from helpers.service import IS_ROOT, NETNS, PYTHON
+from helpers.procs import free_port
+from helpers.service import IS_ROOT, NETNS, PYTHON, render_toml
 
 from jlservice.admin import tls
 
@@ -23,11 +25,27 @@ def _doctor(svc) -> tuple[int, dict[str, str]]:
     return result.returncode, by_name
 
 
+def _own_metrics_port(svc) -> None:
+    """The doctor checks the exporter: a port of its own, not the default 9877, which another
+    jlservice on this machine may hold (or just have let go of)."""
+    svc.sections["metrics"] = metrics = {"listen": f"127.0.0.1:{free_port()}"}
+    svc.write_config(svc.config_path.read_text() + render_toml({"metrics": metrics}))
+
+
+def _only_failing(svc, name: str) -> dict[str, str]:
+    """The doctor's lines, once it has failed (exit status 1) on the check `name` alone."""
+    status, lines = _doctor(svc)
+    failing = [check for check, line in lines.items() if line.startswith("✗ ")]
+    assert (status, failing) == (1, [name]), lines
+    return lines
+
+
 def test_healthy_install_passes_and_masks_the_token(service_factory):
     svc = service_factory()
     assert svc.cli("cert").returncode == 0
     assert svc.cli("password", "--stdin", input="pw\n").returncode == 0
     svc.sections["tls"] = {"certfile": str(svc.state_dir / "tls.crt")}
+    _own_metrics_port(svc)
     svc.start()
     token = svc.cli("token").stdout.strip()
     result = svc.cli("doctor")
@@ -77,32 +95,36 @@ def test_certificate_for_other_names(service):
         "keyfile": str(service.state_dir / "tls.key"),
     }
     service.write_config()
-    _, lines = _doctor(service)
+    _own_metrics_port(service)
+    service.start()  # so that the exit status can only be this check's
+    lines = _only_failing(service, "tls")
     assert lines["tls"].startswith("✗ tls: ")
     assert "browsers will ask for jupyter.example.test" in lines["tls"]
     assert "`jlservice cert --hostname jupyter.example.test`" in lines["tls"]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to give the notebook dir another owner")
-def test_notebook_dir_of_the_wrong_owner(service, other_user):
-    service.sections["lab"].update(user=other_user.name, allow_root=False)
-    service.write_config()
-    assert service.notebooks.stat().st_uid == 0
+def test_notebook_dir_of_the_wrong_owner(service):
+    os.chown(service.notebooks, 0, 0)  # made by root, never given to the lab user
+    user = service.account
     status, lines = _doctor(service)
     assert status == 1
     assert lines["notebook dir"] == (
-        f"✗ notebook dir: {service.notebooks} belongs to uid 0, not to {other_user.name} "
-        f"(uid {other_user.uid}): notebooks could not be saved → "
-        f"chown -R {other_user.name}: {service.notebooks}"
+        f"✗ notebook dir: {service.notebooks} belongs to uid 0, not to {user.name} "
+        f"(uid {user.uid}): notebooks could not be saved → "
+        f"chown -R {user.name}: {service.notebooks}"
     )
 
 
 def test_notebook_dir_inside_a_hidden_directory(service):
     hidden = service.root / ".cache" / "notebooks"
     hidden.mkdir(parents=True)
+    os.chown(hidden, service.account.uid, service.account.gid)
     service.sections["lab"]["notebook_dir"] = str(hidden)
     service.write_config()
-    _, lines = _doctor(service)
+    _own_metrics_port(service)
+    service.start()  # so that the exit status can only be this check's
+    lines = _only_failing(service, "notebook dir")
     assert lines["notebook dir"].startswith(
         f"✗ notebook dir: {hidden} is inside the hidden directory '.cache'"
     )
@@ -145,6 +167,7 @@ def test_no_login_on_every_interface_is_found_live(service_factory, tmp_path):
         json.dumps({"IdentityProvider": {"token": ""}})
     )
     svc = service_factory(lab={"ip": "0.0.0.0", "env": {"JUPYTER_CONFIG_DIR": str(user_config)}})
+    os.chown(user_config, svc.account.uid, svc.account.gid)  # the lab user's own
     svc.start(wrap=NETNS)
     in_netns = ["nsenter", f"--net=/proc/{svc.proc.pid}/ns/net"]
     result = subprocess.run(
@@ -157,3 +180,64 @@ def test_no_login_on_every_interface_is_found_live(service_factory, tmp_path):
     auth = next(line for line in result.stdout.splitlines() if line.startswith("✗ auth: "))
     assert f"on 0.0.0.0:{svc.port} serves files without any login" in auth
     assert f"run code as {svc.state()['user']}" in auth
+
+
+def test_supervisor_not_running(service):
+    service.start()
+    service.signal(signal.SIGTERM)
+    assert service.wait_exit(timeout=60) == 0
+    status, lines = _doctor(service)
+    assert status == 1
+    assert lines["supervisor"] == (
+        "✗ supervisor: not running (last status: stopped) → systemctl start jlservice "
+        "(or `jlservice run`); its log says why it stopped"
+    )
+
+
+def test_jupyterlab_on_an_older_address_than_configured(service_factory):
+    svc = service_factory(reload={"watch": False})  # the change waits for a reload
+    svc.start()
+    old = svc.port
+    svc.sections["lab"]["port"] = new = free_port()
+    svc.write_config()
+    status, lines = _doctor(svc)
+    assert status == 1
+    assert lines["address"] == (
+        f"✗ address: JupyterLab runs on 127.0.0.1:{old}/, the configuration says "
+        f"127.0.0.1:{new}/ → `jlservice reload` (and `jlservice status` for why an earlier "
+        "one failed)"
+    )
+
+
+def test_jupyterlab_that_does_not_answer(service):
+    service.start()
+    lab = service.lab_pid
+    os.kill(lab, signal.SIGSTOP)  # hung: jlservice replaces it within ~16 s
+    try:
+        status, lines = _doctor(service)
+    finally:
+        os.kill(lab, signal.SIGCONT)
+    assert status == 1
+    assert lines["answers"].startswith(f"✗ answers: GET http://127.0.0.1:{service.port}/api → ")
+    assert lines["answers"].endswith("→ see jlservice's log; `jlservice status` for the last error")
+
+
+def test_a_token_jupyterlab_refuses(service_factory, tmp_path):
+    """The lab user's own jupyter config sets a token of its own: JupyterLab serves, but not
+    to the token jlservice hands out."""
+    user_config = tmp_path / "user-jupyter-config"
+    user_config.mkdir()
+    (user_config / "jupyter_server_config.json").write_text(
+        json.dumps({"IdentityProvider": {"token": "the-users-own-token-0123456789"}})
+    )
+    svc = service_factory(lab={"env": {"JUPYTER_CONFIG_DIR": str(user_config)}})
+    os.chown(user_config, svc.account.uid, svc.account.gid)  # the lab user's own
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    status, lines = _doctor(svc)
+    assert status == 1
+    assert lines["token"] == (
+        f"✗ token: the token in the state file ({token[:4]}…) is refused: 403 → check the lab "
+        "user's jupyter_server_config for IdentityProvider.token; `jlservice token --rotate`"
+    )
+    assert token not in "".join(lines.values())

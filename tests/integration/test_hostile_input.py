@@ -70,7 +70,7 @@ DEEP_REPLY = """\
 def _warm_service_with(service_factory, user, lib: Path):
     """A started jlservice, warm, for `user`, whose Python imports what `lib` holds."""
     svc = service_factory(
-        lab={"user": user.name, "allow_root": False, "env": {"PYTHONPATH": str(lib)}},
+        lab={"user": user.name, "env": {"PYTHONPATH": str(lib)}},
         restart={"warm": True},
     )
     svc.wait_warm = True

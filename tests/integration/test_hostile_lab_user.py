@@ -50,7 +50,7 @@ def test_a_new_lab_user_never_gets_the_old_ones_credentials(
 ):
     """The old lab user could read the token and cookie secret its JupyterLab was given,
     and wrote what it liked in its runtime dir: none of that reaches the new one."""
-    svc = service_factory(lab={"user": other_user.name, "allow_root": False})
+    svc = service_factory(lab={"user": other_user.name})
     svc.notebooks.chmod(0o755)  # both users can enter it
     svc.start()
     old_token = svc.cli("token").stdout.strip()
@@ -109,7 +109,7 @@ def test_a_new_lab_user_never_gets_the_old_ones_credentials(
 
 def test_the_same_lab_user_keeps_its_login_across_restarts(service_factory, other_user):
     """The rotation is for a new user only: a restart keeps everyone logged in."""
-    svc = service_factory(lab={"user": other_user.name, "allow_root": False})
+    svc = service_factory(lab={"user": other_user.name})
     svc.notebooks.chmod(0o755)
     svc.start()
     token = svc.cli("token").stdout.strip()
@@ -146,9 +146,7 @@ def test_notebook_dir_swapped_for_a_link_is_entered_as_the_lab_user(
     for path in (space, notebooks):
         path.mkdir(mode=0o755)
         os.chown(path, other_user.uid, other_user.gid)
-    svc = service_factory(
-        lab={"user": other_user.name, "allow_root": False, "notebook_dir": str(notebooks)}
-    )
+    svc = service_factory(lab={"user": other_user.name, "notebook_dir": str(notebooks)})
     svc.start()
     old = svc.lab_pid
     read_secret = f"print(open({str(secret)!r}).read())"
@@ -200,9 +198,7 @@ def test_notebook_dir_the_lab_user_cannot_enter_is_a_clear_error(
 ):
     notebooks = tmp_path / "roots-only"
     notebooks.mkdir(mode=0o700)
-    svc = service_factory(
-        lab={"user": other_user.name, "allow_root": False, "notebook_dir": str(notebooks)}
-    )
+    svc = service_factory(lab={"user": other_user.name, "notebook_dir": str(notebooks)})
     svc.start(wait=False)
     assert svc.wait_exit(timeout=60) == 78
     assert svc.state()["last_error"] == (
@@ -215,7 +211,7 @@ def test_notebook_dir_the_lab_user_cannot_enter_is_a_clear_error(
 def test_a_directory_of_another_user_is_refused(service_factory, other_user, which):
     """The lab user made jlservice's directory before it did (or an earlier jlservice ran as
     that user): it could have planted a token, a cookie secret or links in it."""
-    svc = service_factory(lab={"user": other_user.name, "allow_root": False})
+    svc = service_factory(lab={"user": other_user.name})
     directory = Path(svc.sections["service"][which])
     directory.mkdir(mode=0o700)
     os.chown(directory, other_user.uid, other_user.gid)
@@ -270,7 +266,7 @@ def test_tls_files_the_lab_user_could_swap_are_refused(service_factory, other_us
         """,
     )
     svc = service_factory(
-        lab={"user": other_user.name, "allow_root": False},
+        lab={"user": other_user.name},
         tls={"certfile": str(theirs / "cert.pem"), "keyfile": str(theirs / "key.pem")},
     )
     svc.notebooks.chmod(0o755)

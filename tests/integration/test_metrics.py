@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import psutil
 import pytest
 import requests
 from helpers.metrics import metrics_section, metrics_url, scrape, value, wait_scrape
-from helpers.procs import free_port
+from helpers.procs import free_port, wait_for
 from helpers.service import IS_ROOT, render_toml
 
 import jlservice
@@ -31,7 +30,7 @@ def test_supervisor_figures_across_a_crash_and_reloads(service_factory) -> None:
     info = {
         "version": jlservice.__version__,
         "jupyterlab_version": importlib.metadata.version("jupyterlab"),
-        "user": pwd.getpwuid(os.geteuid()).pw_name,
+        "user": svc.account.name,  # whom JupyterLab runs as
     }
     s = wait_scrape(url, lambda s: value(s, "jlservice_info", **info) == 1, "jlservice_info")
     assert value(s, "jlservice_up") == 1
@@ -113,25 +112,42 @@ def test_up_is_0_while_jupyterlab_does_not_answer(service_factory) -> None:
     assert value(s, "jlservice_restarts_total", reason="crash") == 0
 
 
+def _sampled(svc, offset: int) -> list[dict]:
+    """The sampler's requests that JupyterLab logged after byte `offset` of our log."""
+    return [
+        e
+        for e in svc.log_events(offset)
+        if e.get("event") == "lab_output" and "GET /api/kernels" in e.get("line", "")
+    ]
+
+
 def test_kernels_by_state(service_factory) -> None:
-    svc = service_factory(metrics=metrics_section(gpu=False))
+    # JupyterLab logs the requests it answers 200 at debug level only: there the sampler's
+    # rounds show, every [metrics] interval (5 s).
+    debug = {"options": {"ServerApp.log_level": "DEBUG"}}
+    svc = service_factory(metrics=metrics_section(gpu=False), lab=debug)
     svc.start()
     token = svc.state()["token"]
     url = metrics_url(svc)
     wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="idle") == 0, "no kernels")
     # Sampling api/kernels and api/sessions is no activity: idle servers can still be culled.
     idle_since = svc.api("GET", "api/status", token).json()["last_activity"]
-    time.sleep(2)  # four samples at interval 0.5 s
+    offset = svc.log_path.stat().st_size
+    wait_for(lambda: len(_sampled(svc, offset)) >= 2, 60, "two rounds of the sampler")
     assert svc.api("GET", "api/status", token).json()["last_activity"] == idle_since
     kernel_id, _ = svc.start_kernel(token)
-    # jupyter_server says "starting" until a client connects; running code makes it busy.
-    running = threading.Thread(target=svc.execute, args=(token, kernel_id, "time.sleep(4)"))
+    # jupyter_server says "starting" until a client connects; running code makes it busy,
+    # here until the test has seen it busy.
+    done = svc.notebooks / "seen-busy"
+    code = f"import os, time\nwhile not os.path.exists({str(done)!r}): time.sleep(0.05)"
+    running = threading.Thread(target=svc.execute, args=(token, kernel_id, code))
     svc.execute(token, kernel_id, "import time")
     running.start()
     try:
         s = wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="busy") == 1, "busy")
         assert value(s, "jlservice_kernels", state="idle") == 0
     finally:
+        done.touch()
         running.join()
     wait_scrape(url, lambda s: value(s, "jlservice_kernels", state="idle") == 1, "idle again")
     svc.api("DELETE", f"api/kernels/{kernel_id}", token).raise_for_status()

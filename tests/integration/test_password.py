@@ -9,6 +9,7 @@ import stat
 import time
 
 import psutil
+from helpers.procs import pid_alive
 from helpers.service import PYTHON, files_exposing
 
 PASSWORD = "correct horse battery staple"
@@ -65,7 +66,11 @@ def test_changing_the_password_applies_through_reload(service_factory):
     result = _set_password(svc, "a new one")
     assert result.returncode == 0, result.stderr
     assert "JupyterLab restarted" in result.stdout
-    assert svc.state()["lab_pid"] != before
+    # The command returned once the new server answered.
+    state = svc.state()
+    assert state["status"] == "ready" and state["lab_pid"] not in (None, before)
+    assert pid_alive(state["lab_pid"]) and not pid_alive(before)
+    assert svc.api("GET", "api").status_code == 200
 
     assert _contents(svc, svc.login("a new one")) == 200
     assert _contents(svc, svc.login(PASSWORD)) == 403
@@ -144,3 +149,17 @@ def test_password_is_asked_twice_without_echo(service):
     assert status == 0, screen
     assert "typed-secret" not in screen
     assert (service.state_dir / "password").read_text().startswith("argon2:")
+
+
+def test_token_off_leaves_the_password_as_the_only_login(service_factory):
+    svc = service_factory(auth={"token": False})
+    assert _set_password(svc, PASSWORD).returncode == 0
+    svc.start()
+    token = svc.state()["token"]  # jlservice keeps one; JupyterLab must not take it
+    assert svc.api("GET", "api/contents", token).status_code == 403
+    assert svc.api("GET", f"lab?token={token}", allow_redirects=False).status_code != 200
+    assert svc.api("GET", "api/contents").status_code == 403
+    assert _contents(svc, svc.login(PASSWORD)) == 200
+    printed = svc.cli("token")
+    assert printed.returncode == 1 and token not in printed.stdout + printed.stderr
+    assert "- token: token login is off ([auth] token = false)" in svc.cli("doctor").stdout

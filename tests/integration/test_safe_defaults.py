@@ -164,7 +164,7 @@ def test_no_login_on_loopback_is_warned_about_when_others_have_accounts(
     assert "every local account (" in first["problem"]  # other_user's, at least
     assert f"can reach JupyterLab on 127.0.0.1:{svc.port} and run code as" in first["problem"]
     # Said again at each reload (here of a setting JupyterLab never sees).
-    svc.sections["health"]["interval"] = 2
+    svc.sections["health"] = {"interval": 4}
     svc.write_config()
     assert svc.cli("reload").returncode == 0
     wait_for(lambda: len(warnings()) == 2, 30, "the warning again after the reload")

@@ -10,6 +10,7 @@ import pytest
 import requests
 from cryptography import x509
 from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
+from helpers.procs import pid_alive
 from helpers.service import IS_ROOT, render_toml
 
 from jlservice.admin import tls
@@ -97,7 +98,11 @@ def test_renewed_certificate_restarts_jupyterlab(service):
     result = service.cli("cert", "--hostname", "renewed.example.test")
     assert result.returncode == 0, result.stderr
     assert "JupyterLab restarted" in result.stdout
-    assert service.state()["lab_pid"] != before
+    # The command returned once the new server answered.
+    state = service.state()
+    assert state["status"] == "ready" and state["lab_pid"] not in (None, before)
+    assert pid_alive(state["lab_pid"]) and not pid_alive(before)
+    assert service.api("GET", "api").status_code == 200
     served = ssl.get_server_certificate(("127.0.0.1", service.port))
     names = tls.inspect(served.encode()).names
     assert "renewed.example.test" in names

@@ -8,7 +8,8 @@
  *
  *   init CODE                      nvmlInit* returns CODE (9: driver not loaded)
  *   driver VERSION
- *   delay MILLISECONDS             every device call takes this long (a hung driver)
+ *   delay MILLISECONDS             every device call takes this long (a hung driver); each
+ *                                  first appends its name to $FAKE_NVML_SPEC.hung
  *   gpu UUID NAME…                 the next device (index 0, 1, … in order)
  *   I pci BUS_ID                   e.g. 00000000:3B:00.0
  *   I util GPU% MEMORY%
@@ -158,13 +159,27 @@ static int failure(struct fake_gpu *g, const char *fn) {
     return NVML_SUCCESS;
 }
 
+/* A hung driver: say which call hangs (a test waits for that), then hang. */
+static void hang(const char *fn) {
+    char path[4096];
+    const char *spec = getenv("FAKE_NVML_SPEC");
+    if (spec && snprintf(path, sizeof path, "%s.hung", spec) < (int)sizeof path) {
+        FILE *f = fopen(path, "a");
+        if (f) {
+            fprintf(f, "%s\n", fn);
+            fclose(f);
+        }
+    }
+    usleep(delay_ms * 1000u);
+}
+
 /* The checks every device entry point starts with. */
 #define DEVICE_CALL(device, out)                                        \
     load();                                                             \
     if (!initialised) return NVML_ERROR_UNINITIALIZED;                  \
     if ((device) < gpus || (device) >= gpus + ngpus || !(out))          \
         return NVML_ERROR_INVALID_ARGUMENT;                             \
-    if (delay_ms) usleep(delay_ms * 1000u);                             \
+    if (delay_ms) hang(__func__);                                       \
     int fail_ = failure((device), __func__);                            \
     if (fail_) return fail_;
 

@@ -68,6 +68,11 @@ class FakeNvml:
             "FAKE_NVML_SPEC": str(self.spec),
         }
 
+    def hung_calls(self) -> list[str]:
+        """The NVML calls that have begun to hang (spec `delay`), in order."""
+        hung = self.spec.with_name(self.spec.name + ".hung")
+        return hung.read_text().split() if hung.exists() else []
+
     def write(
         self, gpus: list[Gpu], driver: str = "550.54.15", init: int = 0, delay_ms: int = 0
     ) -> None:

@@ -79,9 +79,13 @@ def test_install_twice_changes_nothing_and_never_overwrites_the_config(
     assert "kept /etc/jlservice/jlservice.toml" in second.stdout
     assert f"not applied: port (the file says {port}, not 9)" in second.stdout
     assert "notebook_dir" not in second.stdout  # not asked for, so not "not applied"
-    # Run again without naming the user (e.g. to point ExecStart at an upgraded jlservice).
-    assert sandbox.run(JLSERVICE, "install").returncode == 0
     assert "/etc/systemd/system/jlservice.service is up to date" in second.stdout
+    # Run again without naming the user (e.g. to point ExecStart at an upgraded jlservice).
+    third = sandbox.run(JLSERVICE, "install")  # fails the test unless it exits 0
+    assert (config.read_bytes(), unit.read_bytes()) == before
+    assert "kept /etc/jlservice/jlservice.toml" in third.stdout
+    assert "/etc/systemd/system/jlservice.service is up to date" in third.stdout
+    assert "not applied" not in third.stdout  # it was asked for nothing
     assert sandbox.show("jlservice", "LoadState")["LoadState"] == "loaded"
 
 
@@ -137,7 +141,10 @@ def test_uninstall_stops_and_removes_the_unit_and_purge_removes_the_rest(
     assert "removed /etc/jlservice/jlservice.toml" in again
     assert not (sandbox.root / "etc-jlservice" / "jlservice.toml").exists()
     assert sorted(p.name for p in state_dir.iterdir()) == ["notes.ipynb"]
-    assert sandbox.run(JLSERVICE, "uninstall", "--purge").returncode == 0
+    # Once more: nothing is left to remove, and that is no error (sandbox.run checks the exit).
+    third = sandbox.run(JLSERVICE, "uninstall", "--purge").stdout
+    assert "removed" not in third and "stopped" not in third, third
+    assert sorted(p.name for p in state_dir.iterdir()) == ["notes.ipynb"]
 
 
 def test_install_as_non_root_points_to_user_unit(sandbox: Sandbox, other_user) -> None:

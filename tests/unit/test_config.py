@@ -489,13 +489,19 @@ def test_root_may_run_lab_as_another_user(write_config, tmp_path: Path) -> None:
 
 
 @needs_root
-def test_other_users_default_notebook_dir_is_their_home(write_config, tmp_path: Path) -> None:
+def test_other_users_default_notebook_dir_is_their_home(
+    write_config, tmp_path: Path, other_user
+) -> None:
+    path = write_config(toml_text({"lab": {"user": other_user.name}}))
+    assert config.load(path, environ={}, cwd=tmp_path).lab.notebook_dir == Path(other_user.home)
+
+
+@needs_root
+def test_a_default_notebook_dir_that_does_not_exist_is_named(write_config, tmp_path) -> None:
     home = pwd.getpwnam("nobody").pw_dir
+    assert not Path(home).exists()  # Debian's /nonexistent
     path = write_config(toml_text({"lab": {"user": "nobody"}}))
-    if Path(home).is_dir():
-        assert config.load(path, environ={}, cwd=tmp_path).lab.notebook_dir == Path(home)
-    else:
-        assert f"[lab] notebook_dir: {home} does not exist" in load_error(path)
+    assert f"[lab] notebook_dir: {home} does not exist" in load_error(path)
 
 
 def test_unprivileged_supervisor_cannot_switch_user(write_config, tmp_path, monkeypatch) -> None:
@@ -690,9 +696,8 @@ def test_locate_system_file_only_if_present(tmp_path: Path, monkeypatch) -> None
 
 
 def test_locate_default_path_is_etc() -> None:
+    # Whether locate() returns it: test_locate_system_file_only_if_present.
     assert Path("/etc/jlservice/jlservice.toml") == config.DEFAULT_PATH
-    if not config.DEFAULT_PATH.exists():
-        assert config.locate(None, {}) is None
 
 
 # --- render ----------------------------------------------------------------------------

@@ -138,10 +138,15 @@ def test_a_token_file_the_lab_user_could_read_or_change_is_refused(
         load(write_config, lab_base, f'bearer_token_file = "{path}"')
 
 
-def test_a_fifo_or_missing_token_file_is_an_error_at_once(write_config, lab_base, tmp_path):
+def test_a_fifo_directory_or_missing_token_file_is_an_error_at_once(
+    write_config, lab_base, tmp_path
+):
     fifo = tmp_path / "fifo.token"
     os.mkfifo(fifo, 0o600)  # nobody writes to it: a blocking open would hang root
     with pytest.raises(config.ConfigError, match=r"fifo\.token is not a regular file"):
         load(write_config, lab_base, f'bearer_token_file = "{fifo}"')
     with pytest.raises(config.ConfigError, match=r"does not exist; create it: \(umask 077;"):
         load(write_config, lab_base, f'bearer_token_file = "{tmp_path / "none"}"')
+    # A directory (found by the fuzzer: IsADirectoryError, a traceback).
+    with pytest.raises(config.ConfigError, match=r"is not a regular file"):
+        load(write_config, lab_base, f'bearer_token_file = "{tmp_path}"')

@@ -1,0 +1,79 @@
+"""[restart] start_timeout and stop_timeout, with real processes that do not cooperate."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+
+from helpers.procs import pid_alive, wait_for
+
+
+def _when(event: dict) -> float:
+    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def _events(svc, name: str) -> list[dict]:
+    return [e for e in svc.log_events() if e.get("event") == name]
+
+
+def test_a_server_that_never_answers_is_stopped_at_start_timeout_and_counted(service_factory):
+    # 3 s, not the default 120 s: the same timer, without two minutes per start.
+    svc = service_factory(restart={"start_timeout": 3})
+    script = svc.root / "silent.sh"  # runs, prints nothing, answers nothing
+    script.write_text("#!/bin/sh\nexec sleep 600\n")
+    script.chmod(0o755)
+    svc.sections["lab"]["command"] = [str(script)]
+    svc.write_config()
+    svc.start(wait=False)
+
+    wait_for(lambda: len(_events(svc, "lab_starting")) >= 2, 60, "the start after the timeout")
+    first, second = _events(svc, "lab_starting")[:2]
+    (timed_out,) = [e for e in _events(svc, "lab_start_timeout") if e["pid"] == first["pid"]]
+    assert timed_out["timeout_s"] == 3
+    # The timer starts as JupyterLab is taken in charge, just before lab_starting is logged.
+    assert 3 - 0.1 <= _when(timed_out) - _when(first) < 3 + 5
+    (exited,) = [e for e in _events(svc, "lab_exited") if e["pid"] == first["pid"]]
+    assert exited["reason"] == "start_timeout"
+    assert exited["status"] == "killed by SIGTERM"
+    assert not pid_alive(first["pid"])
+    # Counted as a failed start: the next one is the first retry of the backoff.
+    scheduled = _events(svc, "lab_restart_scheduled")[0]
+    assert (scheduled["failures"], scheduled["delay_s"]) == (1, 0.0)
+    assert _when(second) >= _when(exited)
+    state = svc.state()
+    assert "JupyterLab did not answer within 3 s" in (state["last_error"] or "")
+    assert state["last_exit"]["reason"] == "start_timeout"
+
+
+def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(service):
+    """With the default stop_timeout (20 s): SIGTERM, then SIGKILL; only then the next start."""
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, _ = service.start_kernel(token)
+    armed = service.notebooks / "armed"
+    ignores = (
+        "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(armed)!r}).touch(); time.sleep(600)"
+    )
+    stubborn = int(
+        service.execute(
+            token,
+            kernel_id,
+            "import subprocess, sys\n"
+            f"child = subprocess.Popen([sys.executable, '-c', {ignores!r}], "
+            "start_new_session=True)\nprint(child.pid)",
+        )
+    )
+    wait_for(armed.exists, 30, "the leftover to ignore SIGTERM")
+    old = service.lab_pid
+    os.kill(old, signal.SIGKILL)
+    state = service.wait_ready(not_pid=old, timeout=120)
+
+    (termed,) = [e for e in _events(service, "leftover_process") if e["pid"] == stubborn]
+    (killed,) = [e for e in _events(service, "leftover_killed") if stubborn in e["pids"]]
+    assert killed["grace_s"] == 20.0  # [restart] stop_timeout's default
+    assert 20 <= _when(killed) - _when(termed) < 20 + 5
+    assert not pid_alive(stubborn)
+    restarted = [e for e in _events(service, "lab_starting") if e["pid"] == state["lab_pid"]]
+    assert _when(restarted[0]) >= _when(killed)  # no new JupyterLab beside the old one's
