@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
     # systemd: booted as PID 1 in a sandbox by tests/systemd; gcc: the fake libnvidia-ml.so.1;
     # nginx and chromium: the reverse-proxy and browser tests run the real programs;
-    # iproute2: a test brings up loopback in a network namespace of its own.
-    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2)
+    # iproute2: a test brings up loopback in a network namespace of its own; prometheus:
+    # promtool checks and unit-tests the shipped rules, and tests/ops runs the real server.
+    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2 prometheus)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
