@@ -1,8 +1,8 @@
 """A real Prometheus scrapes a real jlservice (two fake NVML GPUs, two real kernels holding
 GPU memory) through the shipped scrape job, bearer token and all, and evaluates the shipped
-rules: every query of the Grafana dashboard returns data, every rule evaluates, a healthy
-service raises no alert, and JupyterLab stopped (SIGSTOP) raises JlserviceJupyterLabDown,
-which resolves once it runs again (SIGCONT)."""
+rules: the exposition passes `promtool check metrics`, every query of the Grafana dashboard
+returns data, every rule evaluates, a healthy service raises no alert, and JupyterLab stopped
+(SIGSTOP) raises JlserviceJupyterLabDown, which resolves once it runs again (SIGCONT)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.metrics import metrics_section, open_notebook, series, wait_scrape
+from helpers.metrics import metrics_section, open_notebook, scrape_text, series, wait_scrape
 from helpers.procs import stop, wait_for
-from helpers.prometheus import DASHBOARD, JOB, RULES, Prometheus, config_for, load_yaml
+from helpers.prometheus import DASHBOARD, JOB, RULES, Prometheus, config_for, load_yaml, tool
 from nvml.fakenvml import FULL, GIB, Gpu
 
 from jlservice import disk
@@ -130,6 +130,14 @@ def test_prometheus_scrapes_jlservice_and_alerts_on_a_stopped_jupyterlab(
         "both notebooks' GPU memory",
         token=token,
     )
+    lint = subprocess.run(
+        [tool("promtool"), "check", "metrics"],
+        input=scrape_text(f"http://{listen}/metrics", token),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lint.returncode == 0 and not lint.stdout + lint.stderr, lint.stdout + lint.stderr
 
     directory = tmp_path / "prometheus"
     directory.mkdir()
