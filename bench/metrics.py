@@ -57,6 +57,19 @@ def open_notebooks(lab: Lab, token: str, count: int) -> list[int]:
     return [kernel_pid(lab, kernel_id) for kernel_id in ids]
 
 
+def busy_gpus(kernels: list[int], outsiders: list[int]) -> list[Gpu]:
+    """GPUS GPUs that report every value; GPU i holds kernels i, i + GPUS, … (1 GiB each)
+    and outsider i (0.5 GiB), a process that is no kernel."""
+    return [
+        Gpu(
+            f"GPU-{i:08x}-bench",
+            **FULL,
+            processes=[*((pid, GIB) for pid in kernels[i::GPUS]), (outsiders[i], GIB // 2)],
+        )
+        for i in range(GPUS)
+    ]
+
+
 def cpu_window(pids: list[int], seconds: float) -> list[float]:
     """% of one core each process used over `seconds`."""
     procs = [psutil.Process(pid) for pid in pids]
@@ -104,19 +117,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     outsiders = [
         session.spawn(["sleep", "3600"], lab.root / "sleep.log", lab.env) for _ in range(GPUS)
     ]
-    fake.write(
-        [
-            Gpu(
-                f"GPU-{i:08x}-bench",
-                **FULL,
-                processes=[
-                    *((pid, GIB) for pid in kernels[i::GPUS]),
-                    (outsiders[i].pid, GIB // 2),
-                ],
-            )
-            for i in range(GPUS)
-        ]
-    )
+    fake.write(busy_gpus(kernels, [p.pid for p in outsiders]))
     configure(True, interval=1.0)
     wait_scrape(
         url,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers.service import IS_ROOT, NotifySocket, Service
+from nvml.fakenvml import FakeNvml
 
 from jlservice import users
 
@@ -114,3 +115,12 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.close()
+
+
+@pytest.fixture
+def fake_nvml(tmp_path: Path) -> FakeNvml:
+    """The fake libnvidia-ml.so.1 (tests/nvml), built by gcc for this test in its own dir."""
+    directory = tmp_path / "nvml"
+    directory.mkdir()
+    directory.chmod(0o755)
+    return FakeNvml(directory)

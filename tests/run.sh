@@ -10,8 +10,9 @@ if [ "$(id -u)" = 0 ]; then
     # systemd: booted as PID 1 in a sandbox by tests/systemd; gcc: the fake libnvidia-ml.so.1;
     # nginx and chromium: the reverse-proxy and browser tests run the real programs;
     # iproute2: a test brings up loopback in a network namespace of its own; faketime: a
-    # wall-clock jump under jlservice alone (libfaketime, LD_PRELOAD).
-    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2 faketime)
+    # wall-clock jump under jlservice alone (libfaketime, LD_PRELOAD); prometheus: promtool
+    # checks and unit-tests the shipped rules, and tests/ops runs the real server.
+    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2 faketime prometheus)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

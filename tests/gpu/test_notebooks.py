@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psutil
 from helpers.metrics import (
-    kernel_pid,
     metrics_section,
     metrics_url,
     next_round,
+    open_notebook,
     scrape_text,
     series,
     value,
@@ -25,21 +25,6 @@ from nvml.fakenvml import FULL, GIB, Gpu
 NOTEBOOK_A = 'dir with space/it\'s "quoted" ünïcødé \\ back.ipynb'
 NOTEBOOK_B = "plain.ipynb"
 DASHBOARD = Path(__file__).resolve().parents[2] / "etc" / "grafana" / "jlservice.json"
-EMPTY_NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-
-
-def open_notebook(svc, token: str, path: str) -> tuple[str, int]:
-    """Open `path` as a notebook (POST api/sessions): its kernel's id and process."""
-    file = svc.notebooks / path
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(EMPTY_NOTEBOOK))
-    for made in (file, *file.relative_to(svc.notebooks).parents):  # the lab user's, as saved
-        os.chown(svc.notebooks / made, svc.account.uid, svc.account.gid)
-    body = {"path": path, "name": file.name, "type": "notebook", "kernel": {"name": "python3"}}
-    response = svc.api("POST", "api/sessions", token, json=body)
-    response.raise_for_status()
-    kernel_id = response.json()["kernel"]["id"]
-    return kernel_id, kernel_pid(svc, kernel_id)
 
 
 def test_gpu_memory_per_notebook(service_factory, fake_nvml) -> None:

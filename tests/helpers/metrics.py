@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 
 import psutil
 import requests
@@ -81,3 +83,20 @@ def kernel_pid(svc: Service, kernel_id: str) -> int:
         return None
 
     return wait_for(find, 60, f"the process of kernel {kernel_id}")
+
+
+EMPTY_NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def open_notebook(svc: Service, token: str, path: str) -> tuple[str, int]:
+    """Open `path` as a notebook (POST api/sessions): its kernel's id and process."""
+    file = svc.notebooks / path
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(EMPTY_NOTEBOOK))
+    for made in (file, *file.relative_to(svc.notebooks).parents):  # the lab user's, as saved
+        os.chown(svc.notebooks / made, svc.account.uid, svc.account.gid)
+    body = {"path": path, "name": file.name, "type": "notebook", "kernel": {"name": "python3"}}
+    response = svc.api("POST", "api/sessions", token, json=body)
+    response.raise_for_status()
+    kernel_id = response.json()["kernel"]["id"]
+    return kernel_id, kernel_pid(svc, kernel_id)
