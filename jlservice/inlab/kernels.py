@@ -15,7 +15,8 @@ have it on their path or in their environment.
 - KeepingMappingKernelManager: at start-up, registers each kernel jlservice hands over (the
   handover file jlservice writes) under its own id, with activity tracking, culling and
   auto-restart as for a kernel it started; at exit it leaves the kernels running when the
-  handover says to keep them and jlservice, its parent, still runs.
+  handover says to keep them, which jlservice says just before it stops this server for a
+  restart (and never when it died: its parent-death signal is a SIGTERM as well).
 
 jlservice decides which processes are kept and ends those not adopted in time; this code
 only adopts what it is handed, after checking that the pid still names the kernel's
@@ -28,6 +29,7 @@ import json
 import os
 import select
 import signal
+import time
 
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
@@ -235,6 +237,7 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        began = time.perf_counter()
         adopted = []
         for entry in self._handover().get("kernels", []):
             try:
@@ -242,7 +245,9 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
             except Exception as exc:  # jlservice ends what is not adopted: say why
                 self.log.error("jlservice: cannot adopt kernel %s: %s", entry, exc)
         if adopted:
-            IOLoop.current().add_callback(self._watch_adopted, adopted)
+            took = (time.perf_counter() - began) * 1000
+            self.log.info("jlservice: adopted %d kernels in %.1f ms", len(adopted), took)
+            IOLoop.current().add_callback(self._watch_adopted, adopted, time.perf_counter())
 
     def _handover(self):
         if not self.handover_file:
@@ -291,7 +296,7 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         self.log.info("jlservice: adopted kernel %s (pid %s)", kernel_id, pid)
         return kernel_id
 
-    async def _watch_adopted(self, kernel_ids):
+    async def _watch_adopted(self, kernel_ids, began):
         """What starting a kernel sets up once the loop runs: restarter, control socket,
         activity, the dead-kernel callback, the culler."""
         for kernel_id in kernel_ids:
@@ -302,14 +307,12 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
             km._connect_control_socket()
             await self._finish_kernel_start(kernel_id)
         self.initialize_culler()
-
-    def _keep_on_exit(self):
-        handover = self._handover()
-        return handover.get("keep") is True and handover.get("supervisor") == os.getppid()
+        took = (time.perf_counter() - began) * 1000
+        self.log.info("jlservice: watching %d adopted kernels in %.1f ms", len(kernel_ids), took)
 
     async def shutdown_all(self, now=False):
         """At this server's exit: leave the kernels to jlservice if it keeps them."""
-        if not self._keep_on_exit():
+        if self._handover().get("keep") is not True:
             return await super().shutdown_all(now=now)
         self.log.info("jlservice: leaving %d kernels running for the next server", len(self))
         for km in list(self._kernels.values()):

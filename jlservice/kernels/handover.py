@@ -2,14 +2,15 @@
 
 Written by jlservice alone, in JupyterLab's private dir, and read by the kernel manager
 inside JupyterLab (jlservice.inlab.kernels): the kernels to adopt at start-up, and whether
-to leave its kernels running at its exit (only while jlservice, its parent, runs). jlservice
-never reads it back: what it keeps or ends it decides from /proc (kernels.verify).
+to leave its kernels running at its exit — true only from just before jlservice stops it
+for a restart, so that a JupyterLab whose jlservice died (the parent-death signal is a
+SIGTERM too) shuts them down. jlservice never reads it back: what it keeps or ends it
+decides from /proc (kernels.verify).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -29,7 +30,6 @@ def write(launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:
         launch.handover_file.unlink(missing_ok=True)
         return
     data = {
-        "supervisor": os.getpid(),
         "keep": keep,
         "kernels": [{"id": k.id, "pid": k.pid} for k in kernels],
     }

@@ -82,9 +82,11 @@ class KernelKeeper:
     # ── JupyterLab's life ───────────────────────────────────────────────────
 
     def prepare(self, launch: Launch) -> None:
-        """Before a start: hand it the kernels that wait for it."""
+        """Before a start: hand it the kernels that wait for it. It keeps its kernels at its
+        exit only when told so just before jlservice stops it (lab_stopping): when jlservice
+        itself dies, JupyterLab (sent SIGTERM by the parent-death signal) shuts them down."""
         self._launch = launch
-        self._hand_over(launch, True, self.waiting.values())
+        self._hand_over(launch, False, self.waiting.values())
 
     def ready(self, endpoint: Endpoint) -> None:
         """It answers: read its kernels' output, and ask which of the waiting it adopted."""
@@ -93,10 +95,10 @@ class KernelKeeper:
         task.add_done_callback(self._tasks.discard)
 
     def lab_stopping(self, launch: Launch, wanted: bool) -> None:
-        """It is being stopped on purpose; it leaves its kernels running only if they are
-        to be kept (`wanted`: not a stop, [kernels] survive_restarts, the same user next)."""
-        if self._launch is not None and not self._keeps(launch, wanted):
-            self._hand_over(self._launch, False)
+        """It is being stopped on purpose: it leaves its kernels running if they are to be
+        kept (`wanted`: not a stop, [kernels] survive_restarts, the same user next)."""
+        if self._launch is not None:
+            self._hand_over(self._launch, self._keeps(launch, wanted))
 
     def exited(self, launch: Launch, wanted: bool, spare: Iterable[int], grace: float) -> set[int]:
         """It exited: the pids of its kernels kept for the next start (`launch`), which the

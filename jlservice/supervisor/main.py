@@ -53,14 +53,14 @@ def run(config: Config) -> int:
 
 
 def _first_handover(launch: launcher.Launch, runtime_dir) -> None:
-    """The first JupyterLab adopts nothing (what an earlier jlservice left is not ours) and
-    keeps its kernels at its exit: the kernel keeper takes over from the next start."""
+    """The first JupyterLab adopts nothing (what an earlier jlservice left is not ours); the
+    kernel keeper takes over from the next start."""
     from jlservice.kernels import handover
     from jlservice.start import private_dir
 
     try:
         private_dir.ensure_private_dir(launch, runtime_dir)
-        handover.write(launch, keep=True)
+        handover.write(launch, keep=False)
     except OSError:
         pass  # the start prepares the same directory, and says what is wrong with it
 

@@ -77,6 +77,11 @@ def test_token_is_in_no_cmdline_no_log_and_no_readable_file(service):
 
 
 def test_kill9_restarts_with_same_token_and_ends_orphans(service):
+    """What is left that is not a kept kernel is ended: here a daemon a notebook started
+    (its parent exited: an orphan of the supervisor's), and with survive_restarts = false
+    the kernel too (test_kernels_survive.py: what survive_restarts keeps)."""
+    service.sections["kernels"] = {"survive_restarts": False}
+    service.write_config()
     service.start()
     token = service.cli("token").stdout.strip()
     session = requests.Session()
@@ -91,7 +96,8 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
             "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\nprint(p.pid)",
         )
     )
-    assert pid_alive(sleep_pid)
+    daemon_pid = int(service.execute(token, kernel_id, "!sh -c 'sleep 1000 & echo $!'"))
+    assert pid_alive(sleep_pid) and pid_alive(daemon_pid)
 
     old_lab = service.lab_pid
     os.kill(old_lab, signal.SIGKILL)
@@ -101,7 +107,7 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     assert state["last_exit"]["signal"] == signal.SIGKILL
     assert state["last_exit"]["reason"] == "crash"
     assert not pid_alive(kernel_pid)
-    assert not pid_alive(sleep_pid)
+    assert not pid_alive(sleep_pid) and not pid_alive(daemon_pid)
     assert service.cli("token").stdout.strip() == token
     assert service.api("GET", "api/contents", token).status_code == 200
     # The browser that was logged in stays logged in: its cookie alone still works.

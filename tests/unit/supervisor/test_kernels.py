@@ -9,6 +9,7 @@ import json
 
 from helpers.launch import make_config
 
+from jlservice.kernels import handover as handover_module
 from jlservice.kernels.handover import Kernel
 from jlservice.start import launcher
 from jlservice.supervisor import reload
@@ -41,7 +42,7 @@ async def test_a_crash_keeps_the_kernels_hands_them_over_and_the_next_lab_adopts
     m = machine()
     m.start()
     await m.ready()
-    assert handover(m)["keep"] is True and handover(m)["kernels"] == []
+    assert handover(m)["keep"] is False and handover(m)["kernels"] == []
     await crash_with(m, A, B)
     assert m.swept[-1] >= {A.pid, B.pid, 4242}  # spared by the sweep, with the warm parent
     assert handover(m)["kernels"] == [{"id": A.id, "pid": A.pid}, {"id": B.id, "pid": B.pid}]
@@ -99,18 +100,45 @@ async def test_a_second_crash_keeps_the_adopted_kernels_again(machine) -> None:
     assert m.view.kernels_adopted == 2 and m.state.kernels == (1, 1, 0)
 
 
+def told(monkeypatch) -> list[bool]:
+    """What each write of the handover said: keep the kernels at exit, or not."""
+    said: list[bool] = []
+    write = handover_module.write
+
+    def spy(launch, keep, kernels=()):
+        said.append(keep)
+        write(launch, keep, kernels)
+
+    monkeypatch.setattr(handover_module, "write", spy)
+    return said
+
+
 async def test_a_reload_keeps_the_kernels_and_the_old_lab_is_told_to_leave_them(
-    machine,
+    machine, monkeypatch
 ) -> None:
     m = machine()
     m.start()
     lab = await m.ready()
+    said = told(monkeypatch)
     new = make_config(m.tmp_path, port=9124)
     m.plans.append(reload.Plan(reload.APPLIED, new, launcher.build(new, environ={"PATH": "/b"})))
     m.surviving = [A]
     await m.step(ReloadRequested("SIGHUP"))
     assert lab.stops == ["reload"] and A.pid in m.swept[-1]
-    assert handover(m)["keep"] is True and handover(m)["kernels"][0]["id"] == A.id
+    assert said == [True, False]  # keep, just before the stop; then the next start's
+    assert handover(m)["kernels"][0]["id"] == A.id
+
+
+async def test_a_crash_of_jlservice_is_never_told_to_keep(machine, monkeypatch) -> None:
+    """Only a stop jlservice makes says keep: a JupyterLab whose jlservice died (SIGTERM
+    from the parent-death signal) reads keep = false and shuts its kernels down."""
+    m = machine()
+    said = told(monkeypatch)
+    m.start()
+    await m.ready()
+    await crash_with(m, A)
+    await m.ready()
+    assert said and not any(said)
 
 
 async def test_a_stop_ends_the_kernels_the_running_lab_and_the_waiting_ones(machine) -> None:
