@@ -225,6 +225,43 @@ class KeepingKernelManager(ServerKernelManager):
             super().cleanup_connection_file()
 
 
+def _ask_control(km, timeout=10.0):
+    """The kernel's info (its protocol version, which websockets adapt to), asked on its
+    control channel, which ipykernel answers even while a cell runs."""
+    future = km._kernel_info_future
+    stream = km.connect_control()
+
+    def answered(parts):
+        _, parts = km.session.feed_identities(parts)
+        if not future.done():
+            future.set_result(km.session.deserialize(parts)["content"])
+        stream.close()
+
+    def give_up():
+        if not future.done():
+            future.set_result({})
+        if not stream.closed():
+            stream.close()
+
+    stream.on_recv(answered)
+    km.session.send(stream, km.session.msg("kernel_info_request"))
+    IOLoop.current().call_later(timeout, give_up)
+
+
+def _ask_shell(km):
+    """A kernel_info request on its shell: the reply comes once any cell it runs is done,
+    and then the kernel is idle (a later cell's own status says busy again)."""
+    stream = km.connect_shell()
+
+    def answered(_parts):
+        if km.execution_state == "busy":
+            km.execution_state = "idle"
+        stream.close()
+
+    stream.on_recv(answered)
+    km.session.send(stream, km.session.msg("kernel_info_request"))
+
+
 class KeepingMappingKernelManager(AsyncMappingKernelManager):
     handover_file = Unicode(
         "", config=True, help="jlservice's handover: the kernels to adopt, whether to keep them"
@@ -288,7 +325,12 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         km._attempted_start = True
         km._ready = concurrent.futures.Future()
         km._ready.set_result(None)
-        km.execution_state = "starting"  # until the kernel next says what it does
+        # Maybe running a cell: busy until its shell answers (_ask_shell). Never "starting",
+        # which a new websocket waits out: that would be until the cell ends.
+        km.execution_state = "busy"
+        # Asked on the control channel once the loop runs (_ask_control): a websocket would
+        # ask the shell, which answers only once a running cell is done.
+        km._kernel_info_future = IOLoop.current().asyncio_loop.create_future()
         km.reason = ""
         km.last_activity = utcnow()
         self._kernels[kernel_id] = km
@@ -306,6 +348,8 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
             km.start_restarter()
             km._connect_control_socket()
             await self._finish_kernel_start(kernel_id)
+            _ask_control(km)
+            _ask_shell(km)
         self.initialize_culler()
         took = (time.perf_counter() - began) * 1000
         self.log.info("jlservice: watching %d adopted kernels in %.1f ms", len(kernel_ids), took)

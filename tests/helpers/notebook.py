@@ -15,6 +15,11 @@ from .procs import wait_for
 # exposes; it changes nothing on the server.
 EXPOSE_APP = {"LabApp.expose_app_in_browser": True}
 
+# The open notebook panel (the shell's current widget is unset in a window without focus).
+_NOTEBOOK = (
+    "const nb = Array.from(window.jupyterapp?.shell?.widgets('main') ?? [])"
+    ".find(w => w.sessionContext);"
+)
 NOTEBOOK = {
     "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
     "nbformat": 4,
@@ -39,26 +44,24 @@ class Tab:
         return result["result"].get("value")
 
     def run(self, index: int, source: str | None = None) -> None:
-        """Run cell `index` (with `source`), as Shift+Enter does, without waiting for it."""
+        """Run cell `index` (with `source`) as Shift+Enter does (CodeCell.execute, which
+        the run-cell command calls), without waiting for it."""
         text = json.dumps(source)
         self.js(
-            "const nb = window.jupyterapp.shell.currentWidget;"
-            f"nb.content.activeCellIndex = {index};"
-            f"if ({text} !== null) nb.content.activeCell.model.sharedModel.setSource({text});"
-            "window.jupyterapp.commands.execute('notebook:run-cell'); return true;"
+            f"{_NOTEBOOK} const cell = nb.content.widgets[{index}];"
+            f"if ({text} !== null) cell.model.sharedModel.setSource({text});"
+            "cell.constructor.execute(cell, nb.sessionContext); return true;"
         )
 
     def output(self, index: int) -> str:
         return self.js(
-            "const nb = window.jupyterapp.shell.currentWidget;"
-            f"const cell = nb.content.widgets[{index}];"
+            f"{_NOTEBOOK} const cell = nb.content.widgets[{index}];"
             "return cell.node.querySelector('.jp-OutputArea')?.innerText ?? '';"
         )
 
     def kernel_status(self) -> str | None:
         return self.js(
-            "const nb = window.jupyterapp.shell.currentWidget;"
-            "return nb?.sessionContext?.session?.kernel?.connectionStatus ?? null;"
+            f"{_NOTEBOOK} return nb?.sessionContext?.session?.kernel?.connectionStatus ?? null;"
         )
 
 
@@ -73,9 +76,7 @@ def open_tab(service: Any, profile: Path, cells: int = 3) -> tuple[Chromium, Tab
     browser.call("Page.navigate", url=f"{service.base}lab/tree/tab.ipynb?token={token}")
     tab = Tab(browser)
     wait_for(
-        lambda: browser.evaluate(
-            "!!window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel"
-        ),
+        lambda: tab.kernel_status() is not None,
         180,
         "the notebook and its kernel in the tab",
         interval=0.5,

@@ -342,7 +342,7 @@ def lab_venv_without_jlservice(root: Path) -> Path:
         if not entry.name.startswith("jlservice"):
             (target / entry.name).symlink_to(entry)
     python = venv / "bin" / "python"
-    missing = subprocess.run([python, "-c", "import jlservice"], capture_output=True)
+    missing = subprocess.run([python, "-c", "import jlservice"], capture_output=True, cwd=root)
     assert missing.returncode != 0, "the lab venv must not have jlservice"
     return python
 
@@ -400,3 +400,20 @@ def test_soak_kill9_cycles_keep_every_kernel_busy_or_idle(service):
     service.signal(signal.SIGTERM)
     assert service.wait_exit(timeout=60) == 0
     assert service.leftovers() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_user_change_ends_the_kernels(service, other_user):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    _, pid = open_notebook(service, token)
+    lab, offset = service.lab_pid, log_size(service)
+    service.notebooks.chmod(0o755)
+    os.chown(service.notebooks, other_user.uid, other_user.gid)
+    service.sections["lab"].update(user=other_user.name, allow_root=False)
+    service.write_config()
+    service.wait_ready(not_pid=lab, timeout=90)
+    wait_for(lambda: not pid_alive(pid), 30, "the old user's kernel to be ended")
+    assert not any(e.get("event") == "kernel_adopted" for e in service.log_events(offset))
+    token = service.cli("token").stdout.strip()
+    assert service.api("GET", "api/sessions", token).json() == []
