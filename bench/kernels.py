@@ -72,7 +72,9 @@ def crash(lab: Lab) -> tuple[int, float]:
 
 def measure_tab(session: Session) -> list[Metric]:
     runs = session.args.runs
-    lab = Lab(session, "tab", "tab/config", wait_warm=True, lab={"options": dict(EXPOSE_APP)})
+    lab = Lab(session, "tab", "tab/config", wait_warm=True)
+    lab.sections["lab"]["options"] = dict(EXPOSE_APP)
+    lab.write_config()
     lab.timed_start()
     browser, tab = open_tab(lab, session.work / "chromium")
     kill_ms, reload_ms = [], []

@@ -16,6 +16,15 @@ from helpers.service import IS_ROOT, WARM_AND_COLD, files_exposing
 
 pytestmark = WARM_AND_COLD
 
+# A daemon a notebook starts: its parent (a shell) exits at once, so it is an orphan of the
+# supervisor's from then on, and no kernel.
+DAEMON = (
+    "import subprocess\n"
+    "p = subprocess.Popen(['sh', '-c', 'sleep 1000 >/dev/null 2>&1 & echo $!'],"
+    " stdout=subprocess.PIPE, start_new_session=True)\n"
+    "print(int(p.stdout.readline())); _ = p.wait()"
+)
+
 
 def test_token_logs_in_and_state_file_is_private(service):
     service.start()
@@ -96,7 +105,7 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
             "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\nprint(p.pid)",
         )
     )
-    daemon_pid = int(service.execute(token, kernel_id, "!sh -c 'sleep 1000 & echo $!'"))
+    daemon_pid = int(service.execute(token, kernel_id, DAEMON))
     assert pid_alive(sleep_pid) and pid_alive(daemon_pid)
 
     old_lab = service.lab_pid

@@ -32,6 +32,14 @@ STATE = (
 )
 # The system Python the test venv was made from (tests/run.sh): a second venv from it.
 BASE_PYTHON = getattr(sys, "_base_executable", None) or "/usr/bin/python3"
+# A daemon a notebook starts: its parent (a shell) exits at once, so it is an orphan of the
+# supervisor's from then on, and no kernel.
+DAEMON = (
+    "import subprocess\n"
+    "p = subprocess.Popen(['sh', '-c', 'sleep 1000 >/dev/null 2>&1 & echo $!'],"
+    " stdout=subprocess.PIPE, start_new_session=True)\n"
+    "print(int(p.stdout.readline())); _ = p.wait()"
+)
 STILL_THERE = "kept_file.write('more'); kept_file.flush(); print(x + 1, child.poll())"
 
 
@@ -81,7 +89,8 @@ def test_kill9_keeps_the_kernel_with_its_variables_files_and_children(service):
     kernel_id, pid = open_notebook(service, token)
     child = int(service.execute(token, kernel_id, STATE))
     # A daemon the notebook started (its parent exited): no kernel, so it is not kept.
-    daemon = int(service.execute(token, kernel_id, "!sh -c 'sleep 1000 & echo $!'"))
+    daemon = int(service.execute(token, kernel_id, DAEMON))
+    assert pid_alive(daemon)
     lab, offset = service.lab_pid, log_size(service)
 
     os.kill(lab, signal.SIGKILL)
