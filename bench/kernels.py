@@ -155,6 +155,7 @@ class Listener(threading.Thread):
             except (OSError, websocket.WebSocketException):
                 time.sleep(0.01)
                 continue
+            ws.settimeout(None)  # a quiet kernel is no lost connection
             try:
                 while not self.done.is_set():
                     self._note(json.loads(ws.recv()))
@@ -175,8 +176,8 @@ class Listener(threading.Thread):
         return [b - a - 1 for a, b in itertools.pairwise(seen) if b - a > 1]
 
 
-def start_cell(lab: Lab, token: str, kernel_id: str, code: str) -> None:
-    """Send an execute request and leave it running."""
+def start_cell(lab: Lab, token: str, kernel_id: str, code: str) -> websocket.WebSocket:
+    """Send an execute request and leave it running (on the websocket returned)."""
     url = lab.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
     ws = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=30)
     header = {"msg_id": uuid.uuid4().hex, "username": "bench", "session": uuid.uuid4().hex}
@@ -184,7 +185,7 @@ def start_cell(lab: Lab, token: str, kernel_id: str, code: str) -> None:
     content = {"code": code, "silent": False, "store_history": False, "user_expressions": {}}
     msg = {"header": header, "parent_header": {}, "metadata": {}, "channel": "shell"}
     ws.send(json.dumps({**msg, "content": {**content, "allow_stdin": False}}))
-    ws.close()
+    return ws
 
 
 def measure_soak(session: Session) -> list[Metric]:
@@ -201,8 +202,8 @@ def measure_soak(session: Session) -> list[Metric]:
         lab.execute(token, ids[-1], f"x = {n}")
     listener = Listener(lab, token, ids[0])
     listener.start()
-    start_cell(lab, token, ids[0], TICK)
-    wait_for(lambda: len(listener.seen) > 5, 30, "the busy kernel's lines")
+    busy = start_cell(lab, token, ids[0], TICK)
+    wait_for(lambda: len(listener.seen) > 5, 60, "the busy kernel's lines")
     kept, back_s, fds, rss = [], [], [], []
     supervisor = psutil.Process(lab.proc.pid)
     for i in range(cycles):
@@ -216,6 +217,7 @@ def measure_soak(session: Session) -> list[Metric]:
         time.sleep(session.args.settle)
     time.sleep(1)  # the last gap's first lines after it
     listener.done.set()
+    busy.close()
     for n, kernel_id in enumerate(ids[1:], start=1):
         if lab.execute(token, kernel_id, "x").strip() != str(n):
             raise BenchError(f"kernel {kernel_id} lost its state")
@@ -270,8 +272,12 @@ def measure_adopt(session: Session) -> list[Metric]:
         response = lab.api("POST", "api/kernels", token, json={"name": "python3"})
         response.raise_for_status()
         ids.append(response.json()["id"])
-    for kernel_id in ids:
-        lab.execute(token, kernel_id, "1")
+
+    def all_idle() -> bool:
+        listed = lab.api("GET", "api/kernels", token).json()
+        return len(listed) == count and all(k["execution_state"] == "idle" for k in listed)
+
+    wait_for(all_idle, 300, f"{count} kernels to be idle", 0.5)
     before, after, all_ms = [], [], []
     for i in range(runs):
         offset, killed = crash(lab)
