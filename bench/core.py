@@ -221,8 +221,9 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     args = session.args
     phases = args.only or list(PHASES)
     # Every start cold: these figures are jlservice's own cost over a plain JupyterLab;
-    # bench/warm.py measures warm restarts.
-    lab = Lab(session, restart={"warm": False})
+    # bench/warm.py measures warm restarts. Kernels ended at each crash, as the "kernel
+    # swept" rows measure; bench/kernels.py measures kernels that survive.
+    lab = Lab(session, restart={"warm": False}, kernels={"survive_restarts": False})
     metrics: list[Metric] = []
     plain: list[float] = []
     if "start" in phases:

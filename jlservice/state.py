@@ -62,6 +62,14 @@ class WarmParent(NamedTuple):
     ready: bool  # False while it imports
 
 
+class KeptKernels(NamedTuple):
+    """Kernels across the last restart of JupyterLab ([kernels] survive_restarts)."""
+
+    kept: int  # alive when it exited, kept for the next one
+    adopted: int  # of those, adopted by the running one
+    waiting: int  # of those, still waiting to be adopted (ended after [kernels] grace)
+
+
 class State(NamedTuple):
     token: str
     url: str
@@ -92,6 +100,7 @@ class State(NamedTuple):
     # Set in the runtime dir's copy, written while state.json in the state dir cannot be.
     state_error: str | None = None
     lab_uid: int | None = None  # the lab user the token and cookie secret were handed to
+    kernels: KeptKernels | None = None
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -111,6 +120,8 @@ class State(NamedTuple):
             data["last_reload"] = LastReload(**data["last_reload"])
         if data.get("warm_parent") is not None:
             data["warm_parent"] = WarmParent(**data["warm_parent"])
+        if data.get("kernels") is not None:
+            data["kernels"] = KeptKernels(**data["kernels"])
         if "stuck_pids" in data:
             data["stuck_pids"] = tuple(data["stuck_pids"])
         known = set(cls._fields)

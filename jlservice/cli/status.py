@@ -64,6 +64,8 @@ def _describe(s: state.State, running: bool) -> str:
     ]
     if running and s.warm_parent:
         lines.append(f"warm parent: {_warm_parent(s.warm_parent)}")
+    if s.kernels and (s.kernels.kept or s.last_exit):
+        lines.append(f"kernels:     {_kernels(s.kernels)}")
     if s.last_exit:
         e = s.last_exit
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
@@ -81,6 +83,11 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"state file:  {s.state_error}")
     # The last error can quote a process name or JupyterLab's last words: the lab user's.
     return "\n".join(escape_controls(line) for line in lines)
+
+
+def _kernels(k: state.KeptKernels) -> str:
+    line = f"{k.kept} kept across the last restart, {k.adopted} adopted"
+    return line + (f", {k.waiting} waiting to be adopted" if k.waiting else "")
 
 
 def _warm_parent(warm: state.WarmParent) -> str:

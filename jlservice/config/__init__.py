@@ -23,6 +23,7 @@ _LAZY = {
     "Config": "model",
     "LabConfig": "model",
     "RestartConfig": "model",
+    "KernelsConfig": "model",
     "HealthConfig": "model",
     "ReloadConfig": "model",
     "LogConfig": "model",

@@ -39,6 +39,7 @@ def render(config: Config) -> str:
             },
         ),
         ("restart", vars(config.restart)),
+        ("kernels", vars(config.kernels)),
         ("health", vars(config.health)),
         ("reload", vars(config.reload)),
         ("log", vars(config.log)),

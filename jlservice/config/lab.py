@@ -29,6 +29,7 @@ _WHERE = "[lab] ip and port (jlservice probes and publishes that address)"
 _LOGIN = "[auth] (`jlservice password`, `jlservice token`): it decides who may log in"
 _COOKIE = "nothing: jlservice keeps the login cookie's secret, name and flags"
 _TLS = "[tls] certfile and keyfile (`jlservice cert`)"
+_KERNELS = "[kernels] survive_restarts (jlservice keeps the kernels across restarts)"
 _PROXY = "[lab] public_url: behind a proxy JupyterLab then accepts its host name"
 RESERVED_TRAITS = {
     # Where JupyterLab listens and what it serves.
@@ -70,6 +71,13 @@ RESERVED_TRAITS = {
     "certfile": _TLS,
     "keyfile": _TLS,
     "ssl_options": _TLS,
+    # Kernels that survive JupyterLab ([kernels] survive_restarts): its kernel manager and
+    # session database, and the File → Shut Down entry (jlservice brings JupyterLab back).
+    "kernel_manager_class": _KERNELS,
+    "database_filepath": _KERNELS,
+    "handover_file": _KERNELS,
+    "kernel_output": _KERNELS,
+    "quit_button": "nothing: under jlservice JupyterLab is stopped with `systemctl stop`",
     # Tornado's settings override all of the above (xsrf_cookies, cookie_secret, login_url…).
     "tornado_settings": "nothing: it can override JupyterLab's login settings; put other "
     "tornado settings in the lab user's jupyter_server_config.json",

@@ -66,6 +66,12 @@ class RestartConfig:
 
 
 @dataclass(frozen=True)
+class KernelsConfig:
+    survive_restarts: bool = True  # kernels outlive a JupyterLab restart and are adopted
+    grace: float = 30.0  # seconds a kept kernel may wait for the next JupyterLab to adopt it
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     # A hang is acted on within interval + 2 × timeout (16 s): well inside WatchdogSec=30.
     interval: float = 5.0
@@ -111,6 +117,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     restart: RestartConfig = field(default_factory=RestartConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     log: LogConfig = field(default_factory=LogConfig)

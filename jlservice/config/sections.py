@@ -1,4 +1,4 @@
-"""The supervisor's own sections: [restart], [health], [reload], [log]."""
+"""The supervisor's own sections: [restart], [kernels], [health], [reload], [log]."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from jlservice.config.model import (
     HealthConfig,
+    KernelsConfig,
     LogConfig,
     ReloadConfig,
     RestartConfig,
@@ -34,6 +35,15 @@ def parse_restart(r: Reader, t: Mapping[str, Any]) -> RestartConfig:
     if c.max_delay < c.initial_delay:
         r.fail("restart", "max_delay", f"{c.max_delay} is below initial_delay {c.initial_delay}")
     return c
+
+
+def parse_kernels(r: Reader, t: Mapping[str, Any]) -> KernelsConfig:
+    d = KernelsConfig()
+    r.only(t, "kernels", set(d.__dataclass_fields__))
+    return KernelsConfig(
+        survive_restarts=r.get(t, "kernels", "survive_restarts", bool, d.survive_restarts),
+        grace=r.seconds(t, "kernels", "grace", d.grace, minimum=0),
+    )
 
 
 def parse_health(r: Reader, t: Mapping[str, Any]) -> HealthConfig:

@@ -14,10 +14,27 @@ from jlservice.config.lab import parse_lab
 from jlservice.config.metrics import parse_metrics
 from jlservice.config.model import Config
 from jlservice.config.reader import Reader, digest, parse_toml, read_bytes
-from jlservice.config.sections import parse_health, parse_log, parse_reload, parse_restart
+from jlservice.config.sections import (
+    parse_health,
+    parse_kernels,
+    parse_log,
+    parse_reload,
+    parse_restart,
+)
 from jlservice.config.service import parse_service
 
-SECTIONS = {"lab", "auth", "tls", "service", "restart", "health", "reload", "log", "metrics"}
+SECTIONS = {
+    "lab",
+    "auth",
+    "tls",
+    "service",
+    "restart",
+    "kernels",
+    "health",
+    "reload",
+    "log",
+    "metrics",
+}
 
 
 def load(
@@ -62,6 +79,7 @@ def parse(
         auth=auth,
         tls=parse_tls(reader, reader.table(doc, "tls"), base),
         restart=parse_restart(reader, reader.table(doc, "restart")),
+        kernels=parse_kernels(reader, reader.table(doc, "kernels")),
         health=parse_health(reader, reader.table(doc, "health")),
         reload=parse_reload(reader, reader.table(doc, "reload")),
         log=parse_log(reader, reader.table(doc, "log")),

@@ -128,6 +128,19 @@ class Collector:
                 "Size of the notebook dir's filesystem",
                 value=space.size,
             )
+        yield CounterMetricFamily(
+            "jlservice_kernels_adopted",
+            "Kernels kept across a JupyterLab restart and adopted by the next one",
+            value=view.kernels_adopted,
+        )
+        lost = CounterMetricFamily(
+            "jlservice_kernels_lost",
+            "Kernels that could have outlived a JupyterLab restart and were ended, by reason",
+            labels=["reason"],
+        )
+        for reason, count in view.kernels_lost.items():
+            lost.add_metric([reason], count)
+        yield lost
         if view.up and snap.kernel_states is not None:
             states = GaugeMetricFamily(
                 "jlservice_kernels", "Kernels of JupyterLab, by state", labels=["state"]

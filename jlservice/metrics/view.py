@@ -52,6 +52,8 @@ class SupervisorView:
         self.stuck_processes = 0  # left behind: SIGKILL did not end them
         self.tls_cert_expiry: float | None = None  # Unix time; None without [tls]
         self.warm_parent: state.WarmParent | None = None
+        self.kernels_adopted = 0  # kept across a restart and adopted, in all
+        self.kernels_lost: dict[str, int] = {}  # kept (or keepable) kernels ended, by reason
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server
 
     @property

@@ -43,6 +43,11 @@ PRIVATE_ENV = {
 }
 # Files jlservice may hand JupyterLab in its private dir, next to the token.
 SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
+# [kernels] survive_restarts: the directory put first on JupyterLab's PYTHONPATH, holding
+# only the module that keeps and adopts kernels (jlservice.inlab.kernels, under this name);
+# the handover jlservice writes (what to adopt, whether to keep); the kernels' output FIFO.
+INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
+HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
 
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
 _KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
@@ -64,6 +69,7 @@ class Launch:
     token_login: bool = True
     # The password hash, certificate and key, by file name: a changed one restarts JupyterLab.
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    keep_kernels: bool = False  # [kernels] survive_restarts
     # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
     # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
@@ -108,6 +114,18 @@ class Launch:
     def jupyter_runtime_dir(self) -> Path:
         return self.private_dir / "runtime"
 
+    @property
+    def inlab_dir(self) -> Path:
+        return self.private_dir / INLAB_DIR
+
+    @property
+    def handover_file(self) -> Path:
+        return self.private_dir / HANDOVER
+
+    @property
+    def kernel_output(self) -> Path:
+        return self.private_dir / KERNEL_OUTPUT
+
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     """The launch `config` asks for. Pure apart from reading the password database."""
@@ -129,7 +147,12 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         "--ServerApp.open_browser=False",
         f"--ServerApp.cookie_secret_file={private_dir / 'cookie_secret'}",
         f"--IdentityProvider.cookie_name={cookie_name}",
+        # File → Shut Down would only restart it: jlservice brings JupyterLab back
+        "--ServerApp.quit_button=False",
     ]
+    keep_kernels = config.kernels.survive_restarts
+    if keep_kernels:
+        argv.extend(_keeping_args(private_dir))
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
@@ -156,6 +179,9 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     env.update(lab.env)
     env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
     env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
+    if keep_kernels:  # the kernel manager's module imports first, then leaves os.environ
+        path = [str(private_dir / INLAB_DIR), *filter(None, env.get("PYTHONPATH", "").split(":"))]
+        env["PYTHONPATH"] = os.pathsep.join(path)
     return Launch(
         argv=tuple(argv),
         env=env,
@@ -171,7 +197,20 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         token_login=config.auth.token,
         files=files,
         public_url=lab.public_url,
+        keep_kernels=keep_kernels,
     )
+
+
+def _keeping_args(private_dir: Path) -> list[str]:
+    """JupyterLab's kernels, kept across its restarts: jlservice's kernel manager, and the
+    sessions (notebook → kernel) in a database that outlives the server."""
+    manager = "KeepingMappingKernelManager"
+    return [
+        f"--ServerApp.kernel_manager_class={KERNELS_MODULE}.{manager}",
+        f"--{manager}.handover_file={private_dir / HANDOVER}",
+        f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
+        f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
+    ]
 
 
 def _access_files(config: Config) -> dict[str, bytes]:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from jlservice import files, net
 from jlservice.errors import CannotStartNow
-from jlservice.start.launcher import SERVER_CONFIG, TLS_CERT, TLS_KEY, Launch, runtime_dir_mode
+from jlservice.start.launcher import (
+    KERNELS_MODULE,
+    SERVER_CONFIG,
+    TLS_CERT,
+    TLS_KEY,
+    Launch,
+    runtime_dir_mode,
+)
+
+INLAB_SOURCE = Path(__file__).resolve().parents[1] / "inlab" / "kernels.py"
 
 
 def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
@@ -33,8 +42,7 @@ def prepare_private_dir(
     token file has no trailing newline: jupyter_server reads it verbatim.
     """
     owner = (launch.account.uid, launch.account.gid)
-    files.ensure_dir(runtime_dir, runtime_dir_mode(launch))
-    files.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
+    ensure_private_dir(launch, runtime_dir)
     _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
     files.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
     # An empty token file turns token login off ([auth] token = false).
@@ -45,6 +53,47 @@ def prepare_private_dir(
             _give(launch.private_dir / name, launch.files[name], owner)
         else:  # no longer configured: no stale key or hash left behind
             (launch.private_dir / name).unlink(missing_ok=True)
+    if launch.keep_kernels:
+        _prepare_kernels(launch)
+
+
+def ensure_private_dir(launch: Launch, runtime_dir: Path) -> None:
+    files.ensure_dir(runtime_dir, runtime_dir_mode(launch))
+    files.ensure_dir(launch.private_dir, 0o711 if launch.switch_user else 0o700)
+
+
+def _prepare_kernels(launch: Launch) -> None:
+    """The kernel manager's module, root's and readable (Python lists its directory), and
+    the FIFO the kernels write their output to, the lab user's.
+
+    The module is rewritten only when it differs: its directory is on the warm parent's
+    sys.path, which it watches, and an unchanged file must not make it stale.
+    """
+    files.ensure_dir(launch.inlab_dir, 0o755)
+    module = launch.inlab_dir / f"{KERNELS_MODULE}.py"
+    source = INLAB_SOURCE.read_bytes()
+    try:
+        current = module.read_bytes() if not module.is_symlink() else None
+    except OSError:
+        current = None
+    if current != source:
+        files.write_atomic(module, source, mode=0o644)
+    _ensure_fifo(launch.kernel_output, launch.account.uid, launch.account.gid)
+
+
+def _ensure_fifo(path: Path, uid: int, gid: int) -> None:
+    """A FIFO of `uid` at `path` (another user's, or anything else there, is replaced)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISFIFO(st.st_mode) and st.st_uid == uid:
+        return
+    if st is not None:
+        path.unlink()
+    os.mkfifo(path, 0o600)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o600)
 
 
 def _give(path: Path, data: bytes, owner: tuple[int, int]) -> None:

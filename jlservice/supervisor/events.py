@@ -63,6 +63,26 @@ class WarmParentChanged:
 
 
 @dataclass(frozen=True)
+class KernelsListed:
+    """The JupyterLab started after exit `generation` listed these kernels (id → notebook)."""
+
+    generation: int
+    notebooks: dict[str, str]
+
+
+@dataclass(frozen=True)
+class KernelGraceElapsed:
+    """Kernels kept at exit `generation` may have waited [kernels] grace for an adoption."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class KernelsChanged:
+    """Kernels were kept, adopted or lost: what is published about them changed."""
+
+
+@dataclass(frozen=True)
 class CertificateCheckDue:
     """Time to look at the TLS certificate's expiry again (daily)."""
 
@@ -78,6 +98,9 @@ Event = (
     | ReloadRequested
     | PendingReloadDue
     | WarmParentChanged
+    | KernelsListed
+    | KernelGraceElapsed
+    | KernelsChanged
     | CertificateCheckDue
 )
 

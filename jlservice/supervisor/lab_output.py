@@ -27,6 +27,8 @@ _LEVELS = {"D": "debug", "I": "info", "W": "warning", "E": "error", "C": "critic
 class LabOutput(asyncio.Protocol):
     """Protocol for the child's stdout+stderr pipe."""
 
+    event = "lab_output"
+
     def __init__(self, pid: int, on_line: Callable[[], None]) -> None:
         self.pid = pid
         self._on_line = on_line
@@ -97,7 +99,7 @@ class LabOutput(asyncio.Protocol):
         else:  # continuation lines (URLs, tracebacks) keep the level of the line above
             message = line
         self.last_line = message.strip()[:MAX_LAST_WORDS]
-        getattr(logger, self._level)("lab_output", pid=self.pid, source=self._source, line=message)
+        getattr(logger, self._level)(self.event, pid=self.pid, source=self._source, line=message)
 
 
 def _text(raw: bytes) -> str:

@@ -41,6 +41,9 @@ from jlservice.supervisor.events import (
     CertificateCheckDue,
     ChildExited,
     Event,
+    KernelGraceElapsed,
+    KernelsChanged,
+    KernelsListed,
     LabReady,
     LabUnhealthy,
     PendingReloadDue,
@@ -123,6 +126,7 @@ class Supervisor:
         except Exception:
             # A bug must not leave JupyterLab's kernels (and their GPU memory) behind.
             logger.exception("supervisor_failed")
+            self.parts.kernels.stopping()
             if self.lab is not None:
                 await self.lab.stop("supervisor_failed", self.config.restart.stop_timeout)
             await self._sweep()
@@ -132,6 +136,7 @@ class Supervisor:
                 watchdog.cancel()
             self.parts.follower.stop()
             self.parts.keeper.close()
+            self.parts.kernels.close()
             self.parts.exporter.stop()
 
     async def _handle(self, event: Event) -> None:
@@ -165,6 +170,13 @@ class Supervisor:
                 await self._restart_with(self.deferred.take())
             case WarmParentChanged():
                 self.publish.warm_parent(self.parts.keeper.describe())
+            case KernelsListed():
+                self.parts.kernels.listed(event)
+            case KernelGraceElapsed() if self.parts.kernels.expire(event.generation):
+                await self._sweep({lab.pid} if lab is not None else set())
+            case KernelsChanged():
+                kernels = self.parts.kernels
+                self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)
             case CertificateCheckDue():
                 self._check_certificate()
             case _:
@@ -181,6 +193,7 @@ class Supervisor:
         self.attempt += 1
         if (deferred := self.deferred.take()) is not None:  # any restart applies it
             self._use_launch(deferred)
+        self.parts.kernels.prepare(self.launch)
         self.in_start = True
         try:
             started = await self.parts.starter.start(self.launch, self.secrets)
@@ -222,6 +235,7 @@ class Supervisor:
         # must not take a warm parent that is checking for one that can serve.
         warm = self.parts.keeper.describe()
         self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering, warm)
+        self.parts.kernels.ready(endpoint)
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
         if sys.stdout.isatty():
             print(f"JupyterLab is ready: {state.login_url(self.publish.record)}", flush=True)
@@ -241,6 +255,7 @@ class Supervisor:
     async def _stop_lab(self, reason: str) -> None:
         lab = self.lab
         if lab is not None and not lab.exited.done():
+            self.parts.kernels.lab_stopping(self.launch, self._keeps_kernels())
             self.publish.lab_stopping()
             if not await lab.stop(reason, self.config.restart.stop_timeout):
                 # Frozen, or stuck in the kernel: go on as if it had exited (if it ever
@@ -261,7 +276,10 @@ class Supervisor:
         self.publish.lab_exited(
             state.LastExit(code=status.code, signal=status.signal, at=time.time(), reason=reason)
         )
-        swept = await self._sweep()
+        kept = self.parts.kernels.exited(
+            self.launch, self._keeps_kernels(), self.parts.keeper.spare(), self.config.kernels.grace
+        )
+        swept = await self._sweep(kept)
         if swept:
             logger.info("leftovers_ended", count=swept)
         self.publish.stuck(self.parts.stuck())
@@ -311,9 +329,15 @@ class Supervisor:
         self.publish.port_in_use(delay, problem)
         self.parts.later(delay, BackoffElapsed(self.attempt))
 
-    async def _sweep(self) -> int:
-        """End what JupyterLab left behind; the warm parent is not a leftover."""
-        return await self.parts.sweep(self.parts.keeper.spare(), self.config.restart.stop_timeout)
+    async def _sweep(self, spare: set[int] = frozenset()) -> int:
+        """End what JupyterLab left behind but `spare`; the warm parent and the kept kernels
+        are not leftovers."""
+        spare = self.parts.keeper.spare() | self.parts.kernels.spare() | spare
+        return await self.parts.sweep(spare, self.config.restart.stop_timeout)
+
+    def _keeps_kernels(self) -> bool:
+        """Whether kernels outlive the JupyterLab that exits now (a stop ends them)."""
+        return self.config.kernels.survive_restarts and self.phase is not Phase.STOPPING
 
     # ── commands: stop, rotate ──────────────────────────────────────────────
 
@@ -323,6 +347,7 @@ class Supervisor:
         self.deferred.drop()
         logger.info("supervisor_stopping", signal=signame)
         self.publish.stopping()
+        self.parts.kernels.stopping()
         self.parts.keeper.close()
         if self.lab is not None:
             await self._stop_lab("stop")  # its ChildExited event finishes the stop

@@ -31,6 +31,7 @@ def run(config: Config) -> int:
         service.state_dir, launch.account.uid, launch.account.name
     )
     prctl.become_subreaper()  # before the first child: its orphans must come back to us
+    _first_handover(launch, service.runtime_dir)
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
@@ -49,6 +50,19 @@ def run(config: Config) -> int:
     return asyncio.run(
         _supervise(config, launch, secrets, replaced_from, first, cold, early_signals)
     )
+
+
+def _first_handover(launch: launcher.Launch, runtime_dir) -> None:
+    """The first JupyterLab adopts nothing (what an earlier jlservice left is not ours); the
+    kernel keeper takes over from the next start."""
+    from jlservice.kernels import handover
+    from jlservice.start import private_dir
+
+    try:
+        private_dir.ensure_private_dir(launch, runtime_dir)
+        handover.write(launch, keep=False)
+    except OSError:
+        pass  # the start prepares the same directory, and says what is wrong with it
 
 
 class FirstStart:
@@ -81,6 +95,7 @@ async def _supervise(
     import os
 
     from jlservice import __version__, log
+    from jlservice.kernels.keeper import KernelKeeper
     from jlservice.metrics.exporter import Exporter
     from jlservice.metrics.view import SupervisorView
     from jlservice.start.warm.keeper import Keeper
@@ -120,6 +135,7 @@ async def _supervise(
     exporter = Exporter(view, config.metrics)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
+    kernels = KernelKeeper(post, lambda delay, event: loop.call_later(delay, post, event))
 
     async def adopt(started: Started, launch: launcher.Launch, start_timeout: float) -> Lab:
         return await Lab.adopt(started, launch, reaper, post, start_timeout)
@@ -131,9 +147,14 @@ async def _supervise(
         publisher=publisher,
         starter=FirstStart(
             first,
-            WarmStart(keeper, cold, lambda: sweep(keeper.spare(), config.restart.stop_timeout)),
+            WarmStart(
+                keeper,
+                cold,
+                lambda: sweep(keeper.spare() | kernels.spare(), config.restart.stop_timeout),
+            ),
         ),
         keeper=keeper,
+        kernels=kernels,
         adopt=adopt,
         sweep=sweep,
         plan=reload.plan,

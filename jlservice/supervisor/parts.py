@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 from jlservice import state
 from jlservice.config import Config
+from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
 from jlservice.supervisor.children import ExitStatus
-from jlservice.supervisor.events import Event
+from jlservice.supervisor.events import Event, KernelsListed
 from jlservice.supervisor.publish import Publisher
 
 
@@ -54,6 +55,26 @@ class Keeper(Protocol):
     def close(self) -> None: ...
 
 
+class KernelKeeper(Protocol):
+    """Kernels kept across JupyterLab's restarts (kernels.keeper.KernelKeeper)."""
+
+    adopted_total: int
+    lost: dict[str, int]
+
+    def prepare(self, launch: launcher.Launch) -> None: ...
+    def ready(self, endpoint: Endpoint) -> None: ...
+    def lab_stopping(self, launch: launcher.Launch, wanted: bool) -> None: ...
+    def exited(
+        self, launch: launcher.Launch, wanted: bool, spare: set[int], grace: float
+    ) -> set[int]: ...
+    def stopping(self) -> None: ...
+    def listed(self, event: KernelsListed) -> None: ...
+    def expire(self, generation: int) -> bool: ...
+    def spare(self) -> set[int]: ...
+    def describe(self) -> state.KeptKernels: ...
+    def close(self) -> None: ...
+
+
 class Exporter(Protocol):
     def apply(self, settings: Any) -> None: ...
     def stop(self) -> None: ...
@@ -70,6 +91,7 @@ class Parts:
     publisher: Publisher
     starter: Starter
     keeper: Keeper
+    kernels: KernelKeeper
     adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
     sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
     plan: Callable[[Config, launcher.Launch], reload.Plan]

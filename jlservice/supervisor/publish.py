@@ -184,6 +184,13 @@ class Publisher:
         self.view.warm_parent = parent
         self._save(warm_parent=parent)
 
+    def kernels(self, kept: state.KeptKernels, adopted_total: int, lost: dict[str, int]) -> None:
+        """Kernels kept across the last restart, and in all: adopted, lost by reason."""
+        self.view.kernels_adopted = adopted_total
+        self.view.kernels_lost = dict(lost)
+        if kept != self.record.kernels:
+            self._save(kernels=kept)
+
     def certificate_expiry(self, expiry: float | None) -> None:
         self.view.tls_cert_expiry = expiry
 

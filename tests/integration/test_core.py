@@ -18,6 +18,15 @@ from helpers.service import WARM_AND_COLD, files_exposing
 
 pytestmark = WARM_AND_COLD
 
+# A daemon a notebook starts: its parent (a shell) exits at once, so it is an orphan of the
+# supervisor's from then on, and no kernel.
+DAEMON = (
+    "import subprocess\n"
+    "p = subprocess.Popen(['sh', '-c', 'sleep 1000 >/dev/null 2>&1 & echo $!'],"
+    " stdout=subprocess.PIPE, start_new_session=True)\n"
+    "print(int(p.stdout.readline())); _ = p.wait()"
+)
+
 
 def _when(event: dict) -> float:
     """The log line's time, in seconds since the epoch."""
@@ -84,6 +93,11 @@ def test_token_is_in_no_cmdline_no_log_and_no_readable_file(service):
 
 
 def test_kill9_restarts_with_same_token_and_ends_orphans(service):
+    """What is left that is not a kept kernel is ended: here a daemon a notebook started
+    (its parent exited: an orphan of the supervisor's), and with survive_restarts = false
+    the kernel too (test_kernels_survive.py: what survive_restarts keeps)."""
+    service.sections["kernels"] = {"survive_restarts": False}
+    service.write_config()
     service.start()
     token = service.cli("token").stdout.strip()
     session = requests.Session()
@@ -98,7 +112,8 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
             "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\nprint(p.pid)",
         )
     )
-    assert pid_alive(sleep_pid)
+    daemon_pid = int(service.execute(token, kernel_id, DAEMON))
+    assert pid_alive(sleep_pid) and pid_alive(daemon_pid)
 
     old_lab = service.lab_pid
     os.kill(old_lab, signal.SIGKILL)
@@ -108,7 +123,7 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     assert state["last_exit"]["signal"] == signal.SIGKILL
     assert state["last_exit"]["reason"] == "crash"
     assert not pid_alive(kernel_pid)
-    assert not pid_alive(sleep_pid)
+    assert not pid_alive(sleep_pid) and not pid_alive(daemon_pid)
     assert service.cli("token").stdout.strip() == token
     assert service.api("GET", "api/contents", token).status_code == 200
     # The browser that was logged in stays logged in: its cookie alone still works.

@@ -99,17 +99,19 @@ def test_a_warm_started_lab_is_the_cold_one_served_faster(service_factory, other
     for proc in psutil.process_iter(["cmdline"]):
         assert token not in " ".join(proc.info["cmdline"] or []), proc
 
-    # Crash again: the kernel of the warm-started server is swept like any other.
+    # Crash again: the kernel of the warm-started server is kept like any other.
     state = _crash(svc)
     assert state["started_warm"] is True
-    wait_for(lambda: not pid_alive(kernel_pid), 30, "the orphaned kernel to be ended")
+    wait_for(lambda: svc.state().get("kernels", {}).get("adopted") == 1, 30, "its adoption")
+    assert pid_alive(kernel_pid)
 
-    # The supervisor dies: JupyterLab and the warm parent die with it (parent-death signal).
+    # The supervisor dies: JupyterLab, its kernel and the warm parent die with it.
     warm_parent, lab_pid = _warm_pid(svc), state["lab_pid"]
     svc.proc.kill()
     svc.proc.wait()
     wait_for(lambda: not pid_alive(lab_pid), 30, "JupyterLab to follow the supervisor")
     wait_for(lambda: not pid_alive(warm_parent), 30, "the warm parent to follow it")
+    wait_for(lambda: not pid_alive(kernel_pid), 30, "the kernel to be shut down")
 
 
 def _site_packages() -> Path:

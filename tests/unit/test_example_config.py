@@ -21,6 +21,7 @@ SECTIONS = {
     "tls": config.TLSConfig,
     "service": config.ServiceConfig,
     "restart": config.RestartConfig,
+    "kernels": config.KernelsConfig,
     "health": config.HealthConfig,
     "reload": config.ReloadConfig,
     "log": config.LogConfig,

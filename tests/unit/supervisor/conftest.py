@@ -20,6 +20,9 @@ import pytest
 from helpers.launch import make_config
 
 from jlservice import config, state
+from jlservice.kernels.handover import Kernel
+from jlservice.kernels.keeper import KernelKeeper
+from jlservice.metrics.kernels import Kernels
 from jlservice.metrics.view import SupervisorView
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
@@ -203,6 +206,20 @@ class Harness:
         self.reaping = False
         self.supervisor: Supervisor | None = None
         self.task: asyncio.Task[int] | None = None
+        # The real kernel keeper, with what /proc and JupyterLab would say as fakes.
+        self.surviving: list[Kernel] = []  # the kernels a dead JupyterLab leaves running
+        self.listed: dict[str, str] = {}  # what the next one says it has (id → notebook)
+        self.dead: set[int] = set()  # pids of kept kernels that have exited since
+        self.now = 0.0  # the kernel keeper's clock (monotonic seconds)
+        self.launch.private_dir.mkdir(parents=True, exist_ok=True)
+        self.kernels = KernelKeeper(
+            lambda event: self.post(event),
+            lambda delay, event: self.timers.append((delay, event)),
+            find=lambda runtime_dir, uid, spare: list(self.surviving),
+            ask=self._listed,
+            alive=lambda kernel: kernel.pid not in self.dead,
+            clock=lambda: self.now,
+        )
 
     # ── what the parts do ──
 
@@ -221,6 +238,9 @@ class Harness:
     async def _wait_idle(self, pending, api_url: str, token: str, progress, stranger) -> None:
         progress("waiting for 1 busy kernel(s) to finish")
         await self.idle.wait()
+
+    async def _listed(self, endpoint, timeout: float) -> Kernels:
+        return Kernels({}, dict(self.listed))
 
     def _start_reaping(self) -> None:
         self.reaping = True
@@ -248,6 +268,7 @@ class Harness:
             publisher=publisher,
             starter=self.starter,
             keeper=self.keeper,
+            kernels=self.kernels,
             adopt=self._adopt,
             sweep=self._sweep,
             plan=self._plan,

@@ -1,0 +1,241 @@
+"""The kernel keeper: a dead JupyterLab's kernels are kept for the next one, and ended
+(by the supervisor's sweep) when it has not adopted them within [kernels] grace.
+
+A collaborator of the supervisor's loop (supervisor.loop), which calls it at each start,
+readiness, stop and exit of JupyterLab; it speaks back only by posting events
+(KernelsListed, KernelGraceElapsed, KernelsChanged), and the Publisher shows what
+`describe()` says. Which processes are kernels it decides from /proc (kernels.verify); the
+next JupyterLab learns what to adopt from the handover file it writes (kernels.handover);
+whether it did, from that JupyterLab's own kernels API, asked once it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import psutil
+
+from jlservice import log, state
+from jlservice.kernels import handover, verify
+from jlservice.kernels.handover import Kernel
+from jlservice.kernels.output import KernelOutput
+from jlservice.metrics import kernels as kernels_api
+from jlservice.metrics.view import Endpoint
+from jlservice.start.launcher import Launch
+from jlservice.supervisor.events import (
+    Event,
+    KernelGraceElapsed,
+    KernelsChanged,
+    KernelsListed,
+)
+
+logger = log.get("jlservice.kernels")
+
+ASK_TIMEOUT_S = 10.0  # for JupyterLab's answer: which kernels it has
+LOST_REASONS = ("not_adopted", "exited", "user_changed", "survive_restarts_off", "stop")
+
+
+Find = Callable[[Path, int, Iterable[int]], list[Kernel]]
+Ask = Callable[[Endpoint, float], Awaitable["kernels_api.Kernels | None"]]
+
+
+async def _fetch(endpoint: Endpoint, timeout: float) -> kernels_api.Kernels | None:
+    """JupyterLab's kernels and notebooks, asked off the loop (a blocking HTTP client)."""
+    return await asyncio.to_thread(kernels_api.fetch, endpoint, timeout)
+
+
+class KernelKeeper:
+    def __init__(
+        self,
+        post: Callable[[Event], None],
+        later: Callable[[float, Event], object],
+        find: Find = verify.surviving,
+        ask: Ask = _fetch,
+        alive: Callable[[Kernel], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`later(delay, event)`: post `event` after `delay` seconds. `find`: the verified
+        kernels among our children; `ask`: what a JupyterLab says it has; `alive`: whether a
+        kept kernel's process still runs; `clock`: monotonic seconds (tests give fakes)."""
+        self._post = post
+        self._later = later
+        self._find = find
+        self._ask_lab = ask
+        self._alive = alive or _same_process
+        self._clock = clock
+        self.output = KernelOutput()
+        self.waiting: dict[str, Kernel] = {}  # kept at the last exit, not adopted yet
+        self.deadlines: dict[str, float] = {}  # of the waiting (self._clock())
+        self.adopted: dict[str, Kernel] = {}  # by the running JupyterLab
+        self.kept = 0  # across the last restart
+        self.adopted_total = 0
+        self.lost = dict.fromkeys(LOST_REASONS, 0)
+        self.generation = 0  # which exit the events are about
+        self._launch: Launch | None = None  # what the running (or last) JupyterLab was handed
+        self._notebooks: dict[str, str] = {}  # kernel id → notebook path, as last heard
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ── JupyterLab's life ───────────────────────────────────────────────────
+
+    def prepare(self, launch: Launch) -> None:
+        """Before a start: hand it the kernels that wait for it. It keeps its kernels at its
+        exit only when told so just before jlservice stops it (lab_stopping): when jlservice
+        itself dies, JupyterLab (sent SIGTERM by the parent-death signal) shuts them down."""
+        self._launch = launch
+        self._hand_over(launch, False, self.waiting.values())
+
+    def ready(self, endpoint: Endpoint) -> None:
+        """It answers: read its kernels' output, and ask which of the waiting it adopted."""
+        task = asyncio.get_running_loop().create_task(self._ask(endpoint, self.generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def lab_stopping(self, launch: Launch, wanted: bool) -> None:
+        """It is being stopped on purpose: it leaves its kernels running if they are to be
+        kept (`wanted`: not a stop, [kernels] survive_restarts, the same user next)."""
+        if self._launch is not None:
+            self._hand_over(self._launch, self._keeps(launch, wanted))
+
+    def exited(self, launch: Launch, wanted: bool, spare: Iterable[int], grace: float) -> set[int]:
+        """It exited: the pids of its kernels kept for the next start (`launch`), which the
+        sweep must spare; the others are left to it."""
+        previous = self._launch
+        found = []
+        if previous is not None and previous.keep_kernels:
+            found = self._find(previous.jupyter_runtime_dir, previous.account.uid, spare)
+        self.generation += 1
+        self.adopted = {}
+        if not self._keeps(launch, wanted):
+            reason = self._why_not(launch, wanted)
+            if reason != "stop":  # a stop counts what waited, in stopping()
+                self._lose(found, reason)
+            self.waiting, self.deadlines = {}, {}
+            self._changed()
+            return set()
+        now = self._clock()
+        self.deadlines = {k.id: self.deadlines.get(k.id, now + grace) for k in found}
+        self.waiting = {k.id: k for k in found}
+        self.kept = len(found)
+        if found:
+            logger.info("kernels_kept", count=len(found), kernels=[k.id for k in found])
+            self._schedule_expiry()
+        self._changed()
+        return {k.pid for k in found}
+
+    def stopping(self) -> None:
+        """jlservice stops: the running JupyterLab shuts its kernels down, the sweep ends
+        those that waited for it."""
+        if self._launch is not None:
+            self._hand_over(self._launch, False)
+        self._lose(self.waiting.values(), "stop")
+        self.waiting, self.deadlines, self.adopted = {}, {}, {}
+        self._changed()
+
+    # ── events ──────────────────────────────────────────────────────────────
+
+    def listed(self, event: KernelsListed) -> None:
+        """What the new JupyterLab said it has: those of the waiting are adopted."""
+        if event.generation != self.generation:
+            return
+        self._notebooks.update(event.notebooks)
+        for kernel_id in [k for k in self.waiting if k in event.notebooks]:
+            kernel = self.waiting.pop(kernel_id)
+            self.deadlines.pop(kernel_id, None)
+            self.adopted[kernel_id] = kernel
+            self.adopted_total += 1
+            logger.info(
+                "kernel_adopted",
+                kernel_id=kernel_id,
+                pid=kernel.pid,
+                notebook=event.notebooks[kernel_id] or None,
+            )
+        self._changed()
+
+    def expire(self, generation: int) -> bool:
+        """The grace is over for some of the waiting: forget them (the loop's sweep, which
+        spares only what spare() names, ends them). Whether there are any."""
+        if generation != self.generation:
+            return False
+        now = self._clock()
+        late = [self.waiting[k] for k, due in self.deadlines.items() if due <= now]
+        for kernel in late:
+            del self.waiting[kernel.id]
+            del self.deadlines[kernel.id]
+        alive = [k for k in late if self._alive(k)]
+        self._lose(alive, "not_adopted")
+        self._lose([k for k in late if k not in alive], "exited")
+        self._schedule_expiry()
+        self._changed()
+        return bool(alive)
+
+    # ── what others ask ─────────────────────────────────────────────────────
+
+    def spare(self) -> set[int]:
+        """Kept kernels (waiting or adopted) that still run: no sweep may end them."""
+        kept = [*self.waiting.values(), *self.adopted.values()]
+        return {k.pid for k in kept if self._alive(k)}
+
+    def describe(self) -> state.KeptKernels:
+        return state.KeptKernels(self.kept, len(self.adopted), len(self.waiting))
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.output.close()
+
+    # ── inside ──────────────────────────────────────────────────────────────
+
+    def _keeps(self, launch: Launch, wanted: bool) -> bool:
+        return self._why_not(launch, wanted) is None
+
+    def _why_not(self, launch: Launch, wanted: bool) -> str | None:
+        if not wanted:
+            return "stop" if launch.keep_kernels else "survive_restarts_off"
+        if not launch.keep_kernels:
+            return "survive_restarts_off"
+        if self._launch is not None and self._launch.account.uid != launch.account.uid:
+            return "user_changed"
+        return None
+
+    async def _ask(self, endpoint: Endpoint, generation: int) -> None:
+        if self._launch is not None:
+            await self.output.hold(self._launch.kernel_output)
+        if not self.waiting:
+            return
+        found = await self._ask_lab(endpoint, ASK_TIMEOUT_S)
+        self._post(KernelsListed(generation, dict(found.notebooks) if found else {}))
+
+    def _hand_over(self, launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:
+        try:
+            handover.write(launch, keep, kernels)
+        except OSError as exc:  # the next JupyterLab adopts nothing; they end at the grace
+            logger.error(
+                "kernels_handover_failed", path=str(launch.handover_file), problem=str(exc)
+            )
+
+    def _lose(self, kernels: Iterable[Kernel], reason: str) -> None:
+        for kernel in kernels:
+            self.lost[reason] += 1
+            notebook = self._notebooks.get(kernel.id) or None
+            logger.warning(
+                "kernel_lost", kernel_id=kernel.id, pid=kernel.pid, notebook=notebook, reason=reason
+            )
+
+    def _schedule_expiry(self) -> None:
+        if self.deadlines:
+            delay = max(min(self.deadlines.values()) - self._clock(), 0.0)
+            self._later(delay, KernelGraceElapsed(self.generation))
+
+    def _changed(self) -> None:
+        self._post(KernelsChanged())
+
+
+def _same_process(kernel: Kernel) -> bool:
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(kernel.pid)
+        return proc.create_time() == kernel.started and proc.status() != psutil.STATUS_ZOMBIE
+    return False

@@ -1,0 +1,428 @@
+"""Kernels survive JupyterLab: a real jlservice, real JupyterLab, real kernels.
+
+A crash, a hang, a reload or a token rotation restarts JupyterLab; the kernels it had keep
+running, with their state, and the next JupyterLab adopts them under the same ids and
+sessions. A stop, a user change or survive_restarts = false ends them, as does a grace
+period without adoption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers.metrics import metrics_section, metrics_url, scrape_text
+from helpers.procs import free_port, pid_alive, wait_for
+
+# A kernel's state that must outlive JupyterLab: a variable, an open file, a child process.
+STATE = (
+    "import os, subprocess\n"
+    "x = 41\n"
+    "kept_file = open('kept.txt', 'w')\n"
+    "child = subprocess.Popen(['sleep', '600'])\n"
+    "print(child.pid)"
+)
+# The system Python the test venv was made from (tests/run.sh): a second venv from it.
+BASE_PYTHON = getattr(sys, "_base_executable", None) or "/usr/bin/python3"
+# A daemon a notebook starts: its parent (a shell) exits at once, so it is an orphan of the
+# supervisor's from then on, and no kernel.
+DAEMON = (
+    "import subprocess\n"
+    "p = subprocess.Popen(['sh', '-c', 'sleep 1000 >/dev/null 2>&1 & echo $!'],"
+    " stdout=subprocess.PIPE, start_new_session=True)\n"
+    "print(int(p.stdout.readline())); _ = p.wait()"
+)
+STILL_THERE = "kept_file.write('more'); kept_file.flush(); print(x + 1, child.poll())"
+
+
+def open_notebook(service, token: str, path: str = "kept.ipynb") -> tuple[str, int]:
+    """A notebook's session, as JupyterLab's front end makes it; its kernel's id and pid."""
+    response = service.api(
+        "POST",
+        "api/sessions",
+        token,
+        json={"path": path, "type": "notebook", "name": "", "kernel": {"name": "python3"}},
+    )
+    response.raise_for_status()
+    kernel_id = response.json()["kernel"]["id"]
+    return kernel_id, kernel_pid(service, kernel_id)
+
+
+def kernel_pid(service, kernel_id: str) -> int:
+    def find() -> int | None:
+        for proc in service.snapshot():
+            with contextlib.suppress(psutil.Error):
+                if any(f"kernel-{kernel_id}.json" in arg for arg in proc.cmdline()):
+                    return proc.pid
+        return None
+
+    return wait_for(find, 30, "the kernel process")
+
+
+def adopted(service, kernel_id: str, offset: int) -> dict:
+    """The log line of the kernel's adoption after byte `offset` of the log."""
+
+    def line() -> dict | None:
+        for event in service.log_events(offset):
+            if event.get("event") == "kernel_adopted" and event.get("kernel_id") == kernel_id:
+                return event
+        return None
+
+    return wait_for(line, 60, f"kernel {kernel_id} to be adopted")
+
+
+def log_size(service) -> int:
+    return service.log_path.stat().st_size if service.log_path.exists() else 0
+
+
+def test_kill9_keeps_the_kernel_with_its_variables_files_and_children(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    child = int(service.execute(token, kernel_id, STATE))
+    # A daemon the notebook started (its parent exited): no kernel, so it is not kept.
+    daemon = int(service.execute(token, kernel_id, DAEMON))
+    assert pid_alive(daemon)
+    lab, offset = service.lab_pid, log_size(service)
+
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    event = adopted(service, kernel_id, offset)
+    assert event["pid"] == pid and event["notebook"] == "kept.ipynb"
+
+    assert service.execute(token, kernel_id, STILL_THERE).split() == ["42", "None"]
+    assert pid_alive(pid) and pid_alive(child)
+    assert not pid_alive(daemon)
+    sessions = service.api("GET", "api/sessions", token).json()
+    assert [(s["path"], s["kernel"]["id"]) for s in sessions] == [("kept.ipynb", kernel_id)]
+    state = service.state()
+    assert state["kernels"] == {"kept": 1, "adopted": 1, "waiting": 0}
+    assert "1 kept across the last restart, 1 adopted" in service.cli("status").stdout
+
+
+def _kill9(service, token):
+    os.kill(service.lab_pid, signal.SIGKILL)
+
+
+def _hang(service, token):
+    os.kill(service.lab_pid, signal.SIGSTOP)  # probes fail; jlservice replaces it
+
+
+def _port(service, token):
+    service.sections["lab"]["port"] = service.port = free_port()
+    service.write_config()
+
+
+def _options(service, token):
+    service.sections["lab"].setdefault("options", {})["ServerApp.iopub_msg_rate_limit"] = 2000
+    service.write_config()
+
+
+def _rotate(service, token):
+    rotated = service.cli("token", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    return rotated.stdout.strip()
+
+
+@pytest.mark.parametrize("restart", [_kill9, _hang, _port, _options, _rotate])
+def test_every_restart_keeps_the_kernel_and_its_state(service, restart):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    child = int(service.execute(token, kernel_id, STATE))
+    lab, offset = service.lab_pid, log_size(service)
+
+    token = restart(service, token) or token
+    service.wait_ready(not_pid=lab, timeout=90)
+    adopted(service, kernel_id, offset)
+    assert service.execute(token, kernel_id, STILL_THERE).split() == ["42", "None"]
+    assert pid_alive(pid) and pid_alive(child)
+    assert (service.notebooks / "kept.txt").read_text() == "more"
+
+
+def test_a_stop_ends_the_kernels_also_an_adopted_one(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    adopted_id, adopted_pid = open_notebook(service, token, "first.ipynb")
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, adopted_id, offset)
+    _, fresh_pid = open_notebook(service, token, "second.ipynb")
+
+    service.signal(signal.SIGTERM)
+    assert service.wait_exit(timeout=30) == 0
+    assert not pid_alive(adopted_pid) and not pid_alive(fresh_pid)
+    assert service.leftovers() == []
+
+
+def test_survive_restarts_false_ends_the_kernels_as_before(service_factory):
+    service = service_factory(kernels={"survive_restarts": False})
+    service.start()
+    token = service.cli("token").stdout.strip()
+    _, pid = open_notebook(service, token)
+    lab = service.lab_pid
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    wait_for(lambda: not pid_alive(pid), 30, "the kernel to be ended")
+    assert service.api("GET", "api/sessions", token).json() == []
+    assert "jlservice_kernels" not in " ".join(psutil.Process(service.lab_pid).cmdline())
+
+
+def test_a_kernel_not_adopted_is_ended_after_the_grace(service_factory):
+    # grace = 10 instead of 30 to keep the test short (a cold start takes 2-3 s here); the
+    # unit tests check the default.
+    service = service_factory(kernels={"grace": 10}, metrics=metrics_section())
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    kept_id, kept_pid = open_notebook(service, token, "other.ipynb")
+    for started in (kernel_id, kept_id):  # both have read their connection files
+        assert service.execute(token, started, "1 + 1") == "2"
+    # The next JupyterLab cannot read this kernel's connection file: its adoption fails.
+    (service.root / "run" / "lab" / "runtime" / f"kernel-{kernel_id}.json").write_text("{")
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, kept_id, offset)
+
+    def lost() -> dict | None:
+        events = service.log_events(offset)
+        return next((e for e in events if e.get("event") == "kernel_lost"), None)
+
+    event = wait_for(lost, 30, "the unadopted kernel to be given up")
+    assert event["kernel_id"] == kernel_id and event["reason"] == "not_adopted"
+    wait_for(lambda: not pid_alive(pid), 30, "the unadopted kernel to be ended")
+    assert pid_alive(kept_pid) and pid_alive(service.lab_pid)
+    assert service.state()["kernels"] == {"kept": 2, "adopted": 1, "waiting": 0}
+    metrics = scrape_text(metrics_url(service))
+    assert 'jlservice_kernels_lost_total{reason="not_adopted"} 1.0' in metrics
+    assert "jlservice_kernels_adopted_total 1.0" in metrics
+
+
+def test_rest_interrupt_restart_and_shutdown_of_an_adopted_kernel(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    service.execute(token, kernel_id, "x = 41")
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, kernel_id, offset)
+
+    outcome: list[str] = []
+    runner = threading.Thread(target=_run_long_cell, args=(service, token, kernel_id, outcome))
+    runner.start()
+    wait_for(lambda: _state_of(service, token, kernel_id) == "busy", 30, "the cell to run")
+    assert service.api("POST", f"api/kernels/{kernel_id}/interrupt", token).status_code == 204
+    runner.join(30)
+    assert outcome and "KeyboardInterrupt" in outcome[0]
+    assert service.execute(token, kernel_id, "x + 1") == "42"
+    wait_for(lambda: _state_of(service, token, kernel_id) == "idle", 30, "idle after the cell")
+
+    assert service.api("POST", f"api/kernels/{kernel_id}/restart", token).status_code == 200
+    wait_for(lambda: not pid_alive(pid), 30, "the adopted kernel's process to end")
+    assert "NameError" in _error_of(service, token, kernel_id, "x")
+    new_pid = kernel_pid(service, kernel_id)
+    assert new_pid != pid
+
+    assert service.api("DELETE", f"api/kernels/{kernel_id}", token).status_code == 204
+    wait_for(lambda: not pid_alive(new_pid), 30, "the kernel to end")
+    assert service.api("GET", "api/kernels", token).json() == []
+
+
+def test_a_shutdown_of_an_adopted_kernel_really_ends_its_process(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, kernel_id, offset)
+    assert service.api("DELETE", f"api/kernels/{kernel_id}", token).status_code == 204
+    wait_for(lambda: not pid_alive(pid), 30, "the adopted kernel to end")
+    assert service.api("GET", "api/sessions", token).json() == []
+
+
+def test_two_crashes_in_a_row_and_the_kernel_that_dies_on_its_own_is_restarted(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    service.execute(token, kernel_id, "x = 41")
+    for _ in range(2):
+        lab, offset = service.lab_pid, log_size(service)
+        os.kill(lab, signal.SIGKILL)
+        service.wait_ready(not_pid=lab)
+        adopted(service, kernel_id, offset)
+        assert service.execute(token, kernel_id, "x + 1") == "42"
+    assert kernel_pid(service, kernel_id) == pid
+    # The adopted kernel dies on its own: JupyterLab's restarter starts it again.
+    os.kill(pid, signal.SIGKILL)
+    new_pid = wait_for(
+        lambda: (p := kernel_pid(service, kernel_id)) != pid and p, 60, "an automatic restart"
+    )
+    assert pid_alive(new_pid)
+    assert service.execute(token, kernel_id, "1 + 1") == "2"
+
+
+def test_sigkill_of_jlservice_ends_an_adopted_kernel(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, kernel_id, offset)
+    _, fresh = open_notebook(service, token, "fresh.ipynb")
+    service.signal(signal.SIGKILL)
+    service.wait_exit(timeout=5)
+    wait_for(lambda: not pid_alive(pid) and not pid_alive(fresh), 30, "the kernels to end")
+
+
+def test_a_kernel_writing_to_its_real_stdout_outlives_the_crash(service):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    # A process the kernel starts on the kernel's own stdout (not ipykernel's capture).
+    writer = int(
+        service.execute(
+            token,
+            kernel_id,
+            "import subprocess, sys\n"
+            "out = getattr(sys.stdout, '_original_stdstream_copy', 1)\n"
+            "w = subprocess.Popen(['sh', '-c', 'while :; do echo tick-$$; sleep 0.1; done'],"
+            " stdout=out)\n"
+            "print(w.pid)",
+        )
+    )
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, kernel_id, offset)
+    mark = log_size(service)
+
+    def ticks() -> list[dict]:
+        return [
+            e
+            for e in service.log_events(mark)
+            if e.get("event") == "kernel_output" and f"tick-{writer}" in e.get("line", "")
+        ]
+
+    wait_for(lambda: len(ticks()) >= 5, 30, "the writer's lines in jlservice's log")
+    assert pid_alive(writer) and pid_alive(pid)
+
+
+def _run_long_cell(service, token, kernel_id, outcome):
+    try:
+        service.execute(token, kernel_id, "import time; time.sleep(120)", timeout=90)
+        outcome.append("finished")
+    except AssertionError as exc:
+        outcome.append(str(exc))
+
+
+def _error_of(service, token, kernel_id, code) -> str:
+    try:
+        return service.execute(token, kernel_id, code)
+    except AssertionError as exc:
+        return str(exc)
+
+
+def _state_of(service, token, kernel_id) -> str | None:
+    response = service.api("GET", f"api/kernels/{kernel_id}", token)
+    return response.json().get("execution_state") if response.ok else None
+
+
+def lab_venv_without_jlservice(root: Path) -> Path:
+    """A venv with JupyterLab and without jlservice: the test venv's packages, linked one by
+    one, all but jlservice's (a second install of JupyterLab would cost minutes)."""
+    venv = root / "labvenv"
+    subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    target = venv / "lib" / version / "site-packages"
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith("jlservice"):
+            (target / entry.name).symlink_to(entry)
+    python = venv / "bin" / "python"
+    missing = subprocess.run([python, "-c", "import jlservice"], capture_output=True, cwd=root)
+    assert missing.returncode != 0, "the lab venv must not have jlservice"
+    return python
+
+
+def test_jupyterlab_in_a_venv_without_jlservice_keeps_its_kernels(service_factory, tmp_path):
+    python = lab_venv_without_jlservice(tmp_path)
+    service = service_factory(lab={"command": [str(python), "-m", "jupyterlab"]})
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    assert psutil.Process(pid).cmdline()[0] == str(python)
+    # The kernel manager's module and its directory are JupyterLab's alone.
+    seen = service.execute(
+        token,
+        kernel_id,
+        "import os, sys\n"
+        "print('jlservice_kernels' in sys.modules, any('/lab/python' in p for p in sys.path),"
+        " 'PYTHONPATH' in os.environ, 'JPY_PARENT_PID' in os.environ)",
+    )
+    assert seen.split() == ["False", "False", "False", "False"]
+    service.execute(token, kernel_id, "x = 41")
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    adopted(service, kernel_id, offset)
+    assert service.execute(token, kernel_id, "x + 1") == "42"
+    assert pid_alive(pid)
+
+
+def test_soak_kill9_cycles_keep_every_kernel_busy_or_idle(service):
+    """A cheap version of bench/kernels.py's soak: 5 crashes with 3 kernels, one busy."""
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernels = [open_notebook(service, token, f"soak-{n}.ipynb") for n in range(3)]
+    for n, (kernel_id, _) in enumerate(kernels):
+        service.execute(token, kernel_id, f"x = {n}")
+    busy = kernels[0][0]
+    runner = threading.Thread(target=_run_long_cell, args=(service, token, busy, []), daemon=True)
+    runner.start()
+    wait_for(lambda: _state_of(service, token, busy) == "busy", 30, "the busy cell")
+    fds, rss = [], []
+    for _ in range(5):
+        lab, offset = service.lab_pid, log_size(service)
+        os.kill(lab, signal.SIGKILL)
+        service.wait_ready(not_pid=lab)
+        for kernel_id, _ in kernels:
+            adopted(service, kernel_id, offset)
+        supervisor = psutil.Process(service.proc.pid)
+        fds.append(supervisor.num_fds())
+        rss.append(supervisor.memory_info().rss)
+    for n, (kernel_id, pid) in enumerate(kernels[1:], start=1):
+        assert service.execute(token, kernel_id, "x") == str(n) and pid_alive(pid)
+    assert pid_alive(kernels[0][1])
+    assert fds[-1] <= fds[0] + 2, fds
+    service.signal(signal.SIGTERM)
+    assert service.wait_exit(timeout=60) == 0
+    assert service.leftovers() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_user_change_ends_the_kernels(service, other_user):
+    service.start()
+    token = service.cli("token").stdout.strip()
+    _, pid = open_notebook(service, token)
+    lab, offset = service.lab_pid, log_size(service)
+    service.notebooks.chmod(0o755)
+    os.chown(service.notebooks, other_user.uid, other_user.gid)
+    service.sections["lab"].update(user=other_user.name, allow_root=False)
+    service.write_config()
+    service.wait_ready(not_pid=lab, timeout=90)
+    wait_for(lambda: not pid_alive(pid), 30, "the old user's kernel to be ended")
+    assert not any(e.get("event") == "kernel_adopted" for e in service.log_events(offset))
+    token = service.cli("token").stdout.strip()
+    assert service.api("GET", "api/sessions", token).json() == []
