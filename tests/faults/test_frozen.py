@@ -1,6 +1,8 @@
-"""A leftover that SIGKILL cannot end: a kernel of a killed JupyterLab, frozen by the cgroup v1
-freezer (as a frozen container or a process stuck in the kernel would be). jlservice waits for
-it a bounded time, then starts the new JupyterLab all the same and says what it left behind."""
+"""A leftover that SIGKILL cannot end: a terminal's shell of a killed JupyterLab (its
+kernels are kept for the next JupyterLab; a terminal is not), frozen by the cgroup v1
+freezer (as a frozen container or a process stuck in the kernel would be). jlservice waits
+for it a bounded time, then starts the new JupyterLab all the same and says what it left
+behind."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
 from helpers.procs import pid_alive, wait_for
 from helpers.service import IS_ROOT
 
+from jlservice.config import RestartConfig
 from jlservice.supervisor import children
 
 FREEZER = Path("/sys/fs/cgroup/freezer")
@@ -73,29 +77,32 @@ def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(service_factor
     svc = service_factory(metrics=metrics_section())
     svc.start()
     token = svc.cli("token").stdout.strip()
-    _, kernel = svc.start_kernel(token)
-    freezer.freeze(kernel)
     old = svc.lab_pid
+    svc.api("POST", "api/terminals", token).raise_for_status()
+    shell = wait_for(  # the terminal's shell: the only child of JupyterLab
+        lambda: [p.pid for p in psutil.Process(old).children()], 30, "the terminal's shell"
+    )[0]
+    freezer.freeze(shell)
 
     killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
     svc.wait_ready(not_pid=old)
     took = time.monotonic() - killed
     # The sweep's SIGTERM grace, then KILL_WAIT_S after SIGKILL, then a (warm) start.
-    bound = svc.sections["restart"]["stop_timeout"] + children.KILL_WAIT_S + 30
+    bound = RestartConfig().stop_timeout + children.KILL_WAIT_S + 30
     assert took < bound, took
-    assert pid_alive(kernel)  # frozen: SIGKILL is pending, and it has not died
+    assert pid_alive(shell)  # frozen: SIGKILL is pending, and it has not died
     assert svc.api("GET", "api/status", token=token).status_code == 200
 
-    assert svc.state()["stuck_pids"] == [kernel]
-    assert f"stuck:       pid {kernel}: SIGKILL did not end them" in svc.cli("status").stdout
+    assert svc.state()["stuck_pids"] == [shell]
+    assert f"stuck:       pid {shell}: SIGKILL did not end them" in svc.cli("status").stdout
     wait_scrape(metrics_url(svc), lambda m: value(m, "jlservice_stuck_processes") == 1, "stuck 1")
     stuck = [e for e in svc.log_events() if e["event"] == "leftover_unkillable"]
-    assert [e["pids"] for e in stuck] == [[kernel]]
+    assert [e["pids"] for e in stuck] == [[shell]]
 
     # Thawed at last, the pending SIGKILL ends it, and jlservice reaps it.
     freezer.thaw()
-    wait_for(lambda: not pid_alive(kernel), 30, "the thawed kernel to die")
+    wait_for(lambda: not pid_alive(shell), 30, "the thawed shell to die")
     wait_for(
         lambda: [e for e in svc.log_events() if e["event"] == "stuck_process_ended"],
         30,
