@@ -6,7 +6,8 @@ readiness, stop and exit of JupyterLab; it speaks back only by posting events
 (KernelsListed, KernelGraceElapsed, KernelsChanged), and the Publisher shows what
 `describe()` says. Which processes are kernels it decides from /proc (kernels.verify); the
 next JupyterLab learns what to adopt from the handover file it writes (kernels.handover);
-whether it did, from that JupyterLab's own kernels API, asked once it answers.
+whether it did, from the pidfds that JupyterLab holds once it answers (/proc, which no
+login or certificate stands in front of); their notebooks, for the log, from its API.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from jlservice.supervisor.events import (
 logger = log.get("jlservice.kernels")
 
 ASK_TIMEOUT_S = 10.0  # for JupyterLab's answer: which kernels it has
+MAX_PATH = 4096  # characters of a notebook path kept for the log
 LOST_REASONS = ("not_adopted", "exited", "user_changed", "survive_restarts_off", "stop")
 
 
@@ -55,16 +57,19 @@ class KernelKeeper:
         later: Callable[[float, Event], object],
         find: Find = verify.surviving,
         ask: Ask = _fetch,
+        held: Callable[[int], set[int]] = verify.pidfds_of,
         alive: Callable[[Kernel], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`later(delay, event)`: post `event` after `delay` seconds. `find`: the verified
-        kernels among our children; `ask`: what a JupyterLab says it has; `alive`: whether a
+        kernels among our children; `ask`: what a JupyterLab says it has; `held`: the pids a
+        process holds pidfds of; `alive`: whether a
         kept kernel's process still runs; `clock`: monotonic seconds (tests give fakes)."""
         self._post = post
         self._later = later
         self._find = find
         self._ask_lab = ask
+        self._held = held
         self._alive = alive or _same_process
         self._clock = clock
         self.output = KernelOutput()
@@ -109,6 +114,7 @@ class KernelKeeper:
             found = self._find(previous.jupyter_runtime_dir, previous.account.uid, spare)
         self.generation += 1
         self.adopted = {}
+        self._notebooks = {k.id: self._notebooks.get(k.id, "") for k in found}
         if not self._keeps(launch, wanted):
             reason = self._why_not(launch, wanted)
             if reason != "stop":  # a stop counts what waited, in stopping()
@@ -141,8 +147,8 @@ class KernelKeeper:
         """What the new JupyterLab said it has: those of the waiting are adopted."""
         if event.generation != self.generation:
             return
-        self._notebooks.update(event.notebooks)
-        for kernel_id in [k for k in self.waiting if k in event.notebooks]:
+        for kernel_id in [k for k in self.waiting if k in event.adopted]:
+            self._notebooks[kernel_id] = event.notebooks.get(kernel_id, "")[:MAX_PATH]
             kernel = self.waiting.pop(kernel_id)
             self.deadlines.pop(kernel_id, None)
             self.adopted[kernel_id] = kernel
@@ -151,7 +157,7 @@ class KernelKeeper:
                 "kernel_adopted",
                 kernel_id=kernel_id,
                 pid=kernel.pid,
-                notebook=event.notebooks[kernel_id] or None,
+                notebook=self._notebooks[kernel_id] or None,
             )
         self._changed()
 
@@ -206,8 +212,11 @@ class KernelKeeper:
             await self.output.hold(self._launch.kernel_output)
         if not self.waiting:
             return
-        found = await self._ask_lab(endpoint, ASK_TIMEOUT_S)
-        self._post(KernelsListed(generation, dict(found.notebooks) if found else {}))
+        held = self._held(endpoint.pid)
+        adopted = frozenset(k.id for k in self.waiting.values() if k.pid in held)
+        found = await self._ask_lab(endpoint, ASK_TIMEOUT_S) if adopted else None
+        notebooks = {k: v for k, v in found.notebooks.items() if k in adopted} if found else {}
+        self._post(KernelsListed(generation, adopted, notebooks))
 
     def _hand_over(self, launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:
         try:
@@ -220,7 +229,7 @@ class KernelKeeper:
     def _lose(self, kernels: Iterable[Kernel], reason: str) -> None:
         for kernel in kernels:
             self.lost[reason] += 1
-            notebook = self._notebooks.get(kernel.id) or None
+            notebook = self._notebooks.pop(kernel.id, "") or None
             logger.warning(
                 "kernel_lost", kernel_id=kernel.id, pid=kernel.pid, notebook=notebook, reason=reason
             )

@@ -70,3 +70,25 @@ def _is_connection_file(path: Path, uid: int) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_uid == uid
+
+
+def pidfds_of(pid: int) -> set[int]:
+    """The processes `pid` holds a pidfd of, as root reads /proc/PID/fdinfo: how the next
+    JupyterLab adopts a kernel (it waits for the kernel's exit on one). Asked of /proc, not
+    of JupyterLab's API, which a password-only login or a certificate for another name
+    keeps jlservice out of."""
+    found: set[int] = set()
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:  # gone
+        return found
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(f"{fds}/{name}") != "anon_inode:[pidfd]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}") as info:
+                for line in info:
+                    if line.startswith("Pid:"):
+                        found.add(int(line.split()[1]))
+    return found

@@ -64,9 +64,11 @@ class WarmParentChanged:
 
 @dataclass(frozen=True)
 class KernelsListed:
-    """The JupyterLab started after exit `generation` listed these kernels (id → notebook)."""
+    """The JupyterLab started after exit `generation` adopted these of the waiting kernels
+    (it holds their pidfds), with their notebooks where its API said them (id → path)."""
 
     generation: int
+    adopted: frozenset[str]
     notebooks: dict[str, str]
 
 

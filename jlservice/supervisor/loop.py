@@ -122,6 +122,9 @@ class Supervisor:
             while True:
                 await self._handle(await self.events.get())
         except Halt as halt:
+            if halt.code != 0:  # giving up: kept kernels must not outlive jlservice either
+                self.parts.kernels.stopping()
+                await self._sweep()
             return halt.code
         except Exception:
             # A bug must not leave JupyterLab's kernels (and their GPU memory) behind.

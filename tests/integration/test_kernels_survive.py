@@ -426,3 +426,27 @@ def test_a_user_change_ends_the_kernels(service, other_user):
     assert not any(e.get("event") == "kernel_adopted" for e in service.log_events(offset))
     token = service.cli("token").stdout.strip()
     assert service.api("GET", "api/sessions", token).json() == []
+
+
+def test_under_tls_a_kept_kernel_is_adopted_and_lives_on(service):
+    """jlservice learns of the adoption from the pidfds the new JupyterLab holds, not from
+    its API: over https (a self-signed certificate jlservice's client does not trust), or
+    with a password only, that API does not answer jlservice, and every kept kernel was
+    ended at the grace."""
+    result = service.cli("cert", "--hostname", "127.0.0.1", "--days", "30")
+    assert result.returncode == 0, result.stderr
+    service.sections["tls"] = {
+        "certfile": str(service.state_dir / "tls.crt"),
+        "keyfile": str(service.state_dir / "tls.key"),
+    }
+    service.write_config()
+    service.start()
+    token = service.cli("token").stdout.strip()
+    kernel_id, pid = open_notebook(service, token)
+    lab, offset = service.lab_pid, log_size(service)
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    assert adopted(service, kernel_id, offset)["pid"] == pid
+    assert service.state()["kernels"] == {"kept": 1, "adopted": 1, "waiting": 0}  # none to end
+    kernels = service.api("GET", "api/kernels", token).json()
+    assert [k["id"] for k in kernels] == [kernel_id] and pid_alive(pid)

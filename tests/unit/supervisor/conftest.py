@@ -217,6 +217,7 @@ class Harness:
             lambda delay, event: self.timers.append((delay, event)),
             find=lambda runtime_dir, uid, spare: list(self.surviving),
             ask=self._listed,
+            held=lambda pid: {k.pid for k in self.surviving if k.id in self.listed},
             alive=lambda kernel: kernel.pid not in self.dead,
             clock=lambda: self.now,
         )

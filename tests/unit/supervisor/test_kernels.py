@@ -179,3 +179,20 @@ async def test_survive_restarts_false_is_todays_behaviour(machine) -> None:
     assert not any("kernel_manager_class" in a for a in m.launch.argv)
     await crash_with(m, A)
     assert A.pid not in m.swept[-1] and m.state.kernels == (0, 0, 0)
+
+
+async def test_giving_up_ends_the_kernels_kept_for_a_start_that_never_came(machine) -> None:
+    """The lab user can make every start fail (chmod 000 on its notebook dir): jlservice
+    then exits, and what it kept must not run on without it."""
+    m = machine(restart={"max_failures": 3})
+    m.start()
+    await m.ready()
+    m.surviving = [A]
+    m.lab.exit()
+    await m.settle()
+    await m.fire(BackoffElapsed)
+    await m.failed_starts(2)  # A still runs: kept at each exit, for the next start
+    assert A.pid in m.swept[-2]
+    assert await m.exit_code() == 1
+    assert A.pid not in m.swept[-1]  # the last sweep, at the exit, spared it no more
+    assert m.kernels.lost["stop"] == 1
