@@ -94,7 +94,9 @@ def test_doctor_never_sends_the_token_to_whoever_holds_the_port(service, other_u
 def test_the_idle_reload_probe_never_sends_the_token_to_whoever_holds_the_port(
     service_factory, other_user, tmp_path
 ):
-    svc = service_factory(reload={"when": "idle"})
+    # Kernels (and what they start) are kept across a crash by default; here what the kernel
+    # started must be a leftover the sweep waits for, as with survive_restarts = false.
+    svc = service_factory(reload={"when": "idle"}, kernels={"survive_restarts": False})
     svc.start()
     token = svc.cli("token").stdout.strip()
     kernel_id, _ = svc.start_kernel(token)

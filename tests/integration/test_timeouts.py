@@ -48,6 +48,10 @@ def test_a_server_that_never_answers_is_stopped_at_start_timeout_and_counted(ser
 
 def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(service):
     """With the default stop_timeout (20 s): SIGTERM, then SIGKILL; only then the next start."""
+    # A crash keeps the kernels (and what they started) by default: here they are the
+    # leftovers to sweep, as they are with survive_restarts = false.
+    service.sections["kernels"] = {"survive_restarts": False}
+    service.write_config()
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, _ = service.start_kernel(token)
