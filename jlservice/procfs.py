@@ -17,6 +17,16 @@ def start_time(pid: int) -> float | None:
     return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot: what tells a process from a later one
+    with its pid, unlike start_time(), which moves when the wall clock is stepped (NTP)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident memory of `pid`, from /proc (readable for any process; no psutil import)."""
     try:

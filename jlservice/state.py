@@ -97,6 +97,7 @@ class State(NamedTuple):
     started_warm: bool = False  # the running JupyterLab was forked by the warm parent
     updated_at: float = 0.0  # when the supervisor last changed it (time.time())
     stuck_pids: tuple[int, ...] = ()  # leftovers SIGKILL did not end, left behind
+    supervisor_start_ticks: int | None = None  # procfs.start_ticks: its identity
     # Set in the runtime dir's copy, written while state.json in the state dir cannot be.
     state_error: str | None = None
     lab_uid: int | None = None  # the lab user the token and cookie secret were handed to
@@ -185,7 +186,11 @@ def login_url(state: State, url: str | None = None) -> str:
 def supervisor_alive(state: State) -> bool:
     """Whether the supervisor recorded in `state` still runs (guarding against pid reuse)."""
     pid, started = state.supervisor_pid, state.supervisor_started_at
-    if not pid or started is None:
+    if not pid:
+        return False
+    if state.supervisor_start_ticks is not None:  # a wall-clock step changes nothing
+        return procfs.start_ticks(pid) == state.supervisor_start_ticks
+    if started is None:  # a state file of an older jlservice: by the wall clock
         return False
     start = procfs.start_time(pid)
     return start is not None and abs(start - started) < 1.0

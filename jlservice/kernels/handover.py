@@ -21,7 +21,7 @@ from jlservice.start.launcher import Launch
 class Kernel(NamedTuple):
     id: str
     pid: int
-    started: float  # the process's start time: the same pid later is another process
+    started: int  # procfs.start_ticks: the same pid later is another process
 
 
 def write(launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:

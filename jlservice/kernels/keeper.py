@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from jlservice import log, state
+from jlservice import log, procfs, state
 from jlservice.kernels import handover, verify
 from jlservice.kernels.handover import Kernel
 from jlservice.kernels.output import KernelOutput
@@ -86,12 +86,23 @@ class KernelKeeper:
 
     # ── JupyterLab's life ───────────────────────────────────────────────────
 
-    def prepare(self, launch: Launch) -> None:
+    def prepare(self, launch: Launch) -> bool:
         """Before a start: hand it the kernels that wait for it. It keeps its kernels at its
         exit only when told so just before jlservice stops it (lab_stopping): when jlservice
-        itself dies, JupyterLab (sent SIGTERM by the parent-death signal) shuts them down."""
+        itself dies, JupyterLab (sent SIGTERM by the parent-death signal) shuts them down.
+
+        A start for another lab user, or without survive_restarts (a reload applied while
+        none ran), gives up the waiting kernels instead: True, for the loop to sweep them.
+        """
+        given_up = False
+        if self.waiting and (reason := self._why_not(launch, True)) is not None:
+            self._lose(self.waiting.values(), reason)
+            self.waiting, self.deadlines = {}, {}
+            self._changed()
+            given_up = True
         self._launch = launch
         self._hand_over(launch, False, self.waiting.values())
+        return given_up
 
     def ready(self, endpoint: Endpoint) -> None:
         """It answers: read its kernels' output, and ask which of the waiting it adopted."""
@@ -246,5 +257,6 @@ class KernelKeeper:
 def _same_process(kernel: Kernel) -> bool:
     with contextlib.suppress(psutil.Error):
         proc = psutil.Process(kernel.pid)
-        return proc.create_time() == kernel.started and proc.status() != psutil.STATUS_ZOMBIE
+        same = procfs.start_ticks(kernel.pid) == kernel.started  # not moved by clock steps
+        return same and proc.status() != psutil.STATUS_ZOMBIE
     return False

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from jlservice import procfs
 from jlservice.kernels.handover import Kernel
 
 _KERNEL_FILE = re.compile(
@@ -43,7 +44,10 @@ def surviving(runtime_dir: Path, uid: int, spare: Iterable[int] = ()) -> list[Ke
             kernel_id = _kernel_id(proc, dirs, uid, runtime_dir)
             if kernel_id is None:
                 continue
-            kernel = Kernel(kernel_id, proc.pid, proc.create_time())
+            started = procfs.start_ticks(proc.pid)
+            if started is None:
+                continue
+            kernel = Kernel(kernel_id, proc.pid, started)
             if kernel_id not in found or kernel.started < found[kernel_id].started:
                 found[kernel_id] = kernel
     return sorted(found.values())

@@ -196,7 +196,8 @@ class Supervisor:
         self.attempt += 1
         if (deferred := self.deferred.take()) is not None:  # any restart applies it
             self._use_launch(deferred)
-        self.parts.kernels.prepare(self.launch)
+        if self.parts.kernels.prepare(self.launch):  # kept for another user: ended first
+            await self._sweep()
         self.in_start = True
         try:
             started = await self.parts.starter.start(self.launch, self.secrets)

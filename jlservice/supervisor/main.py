@@ -121,6 +121,7 @@ async def _supervise(
         config_path=str(config.path) if config.path else None,
         supervisor_pid=me,
         supervisor_started_at=procfs.start_time(me),
+        supervisor_start_ticks=procfs.start_ticks(me),
         lab_uid=launch.account.uid,
     )
     publisher = Publisher(

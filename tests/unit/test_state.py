@@ -437,6 +437,20 @@ def test_supervisor_alive_false_for_a_reused_pid() -> None:
     assert not state.supervisor_alive(s)
 
 
+def test_a_wall_clock_step_does_not_make_the_supervisor_look_dead() -> None:
+    """NTP steps the clock at boot, when jlservice has just started: its start time in
+    wall-clock seconds moves with the step, its start in ticks since boot does not."""
+    me = os.getpid()
+    stepped = sample_state(
+        supervisor_pid=me,
+        supervisor_started_at=procfs.start_time(me) - 3600,
+        supervisor_start_ticks=procfs.start_ticks(me),
+    )
+    assert state.supervisor_alive(stepped)
+    reused = stepped._replace(supervisor_start_ticks=procfs.start_ticks(me) - 1)
+    assert not state.supervisor_alive(reused)
+
+
 def test_supervisor_alive_false_for_a_dead_pid() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     started = procfs.start_time(child.pid)

@@ -171,6 +171,24 @@ async def test_a_user_change_ends_the_kernels(machine) -> None:
     assert handover(m)["kernels"] == []
 
 
+async def test_a_user_change_while_no_jupyterlab_runs_ends_the_kernels(machine) -> None:
+    """A reload during the backoff: the kernels kept for the old user must not be handed to
+    the new user's JupyterLab."""
+    m = machine(restart={"initial_delay": 5})
+    m.start()
+    await m.ready()
+    await crash_with(m, A)
+    m.lab.exit()  # the next start fails: a backoff
+    await m.settle()
+    account = dataclasses.replace(m.launch.account, uid=m.launch.account.uid + 1, name="other")
+    other = dataclasses.replace(m.launch, account=account)
+    m.plans.append(reload.Plan(reload.APPLIED, m.config, other))
+    await m.step(ReloadRequested("SIGHUP"))  # starts the new user's JupyterLab at once
+    assert m.starter.starts[-1][0].account.uid == account.uid
+    assert A.pid not in m.swept[-1] and m.view.kernels_lost["user_changed"] == 1
+    assert handover(m)["kernels"] == []
+
+
 async def test_survive_restarts_false_is_todays_behaviour(machine) -> None:
     m = machine(kernels={"survive_restarts": False})
     m.start()
