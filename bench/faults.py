@@ -14,7 +14,6 @@ How each is measured: bench/README.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from helpers.fs import full_pipe
 from helpers.procs import wait_for
 from helpers.service import NotifySocket
 
@@ -102,26 +102,6 @@ def _spare_ready(spare: Path, old: int) -> bool:
     except (OSError, ValueError):
         return False
     return current.get("status") == "ready" and current.get("lab_pid") not in (None, old)
-
-
-@contextlib.contextmanager
-def full_pipe() -> Iterator[int]:
-    """The write end of a pipe filled to the last byte; its read end is never read."""
-    read, write = os.pipe()
-    flags = fcntl.fcntl(write, fcntl.F_GETFL)
-    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 4096)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x")
-    fcntl.fcntl(write, fcntl.F_SETFL, flags)
-    try:
-        yield write
-    finally:
-        os.close(write)
-        os.close(read)
 
 
 def reload_latency(session: Session, runs: int, output: int | None, name: str) -> list[float]:

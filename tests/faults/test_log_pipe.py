@@ -4,8 +4,6 @@ watchdog; what cannot be written waits in a bounded queue, then is dropped and c
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import itertools
 import os
 import signal
@@ -13,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from helpers import fs
 from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
 from helpers.procs import wait_for
 from helpers.service import NotifySocket, Service
@@ -25,24 +24,8 @@ FLOOD = log.MAX_QUEUED + 5_000  # lines: more than the queue holds
 
 @pytest.fixture
 def full_pipe() -> Iterator[int]:
-    """The write end of a pipe filled to the last byte, whose read end is never read."""
-    read, write = os.pipe()
-    flags = fcntl.fcntl(write, fcntl.F_GETFL)
-    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 4096)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x")
-    # Blocking again (the flag belongs to the pipe's open file, which jlservice shares):
-    # jlservice's next write blocks, as on a reader that stopped reading.
-    fcntl.fcntl(write, fcntl.F_SETFL, flags)
-    try:
+    with fs.full_pipe() as write:
         yield write
-    finally:
-        os.close(write)
-        os.close(read)
 
 
 def _pings(sock: NotifySocket, since: float) -> list[float]:

@@ -1,9 +1,11 @@
-"""Small filesystems a test mounts, fills and frees (as root)."""
+"""Small filesystems a test mounts, fills and frees (as root); a pipe filled to the brim."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,3 +35,25 @@ def fill(directory: Path) -> Path:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
+
+
+@contextlib.contextmanager
+def full_pipe() -> Iterator[int]:
+    """The write end of a pipe filled to the last byte, whose read end is never read."""
+    read, write = os.pipe()
+    flags = fcntl.fcntl(write, fcntl.F_GETFL)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x" * 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x")
+    # Blocking again (the flag belongs to the pipe's open file, which jlservice shares):
+    # jlservice's next write blocks, as on a reader that stopped reading.
+    fcntl.fcntl(write, fcntl.F_SETFL, flags)
+    try:
+        yield write
+    finally:
+        os.close(write)
+        os.close(read)

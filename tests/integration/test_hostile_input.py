@@ -47,8 +47,9 @@ def _write_as(account: users.Account, path: Path, text: str) -> None:
 
 # The lab user's code in JupyterLab's interpreter (here through a directory of theirs on
 # PYTHONPATH; as well a .pth file in their site-packages, or a venv they own): in the warm
-# parent it turns every answer to a fork request into JSON nested 30,000 deep.
-DEEP_REPLY = """\
+# parent it replaces every answer to a fork request by the Python expression `reply`.
+def _lying_warm_parent(reply: str) -> str:
+    return """\
     import json, os, socket, sys
 
     if sys.argv[:1] == ["-c"] and '"socket"' in sys.argv[-1]:  # the warm parent's spec
@@ -60,11 +61,14 @@ DEEP_REPLY = """\
             except Exception:
                 pid = None
             if pid not in (None, os.getpid()):  # the pid of a server it forked
-                data = b"[" * 30000 + b"]" * 30000
+                data = REPLY
             return _send(self, data, *args)
 
         socket.socket.send = send
-"""
+""".replace("REPLY", reply)
+
+
+DEEP_REPLY = _lying_warm_parent('b"[" * 30000 + b"]" * 30000')  # JSON nested 30,000 deep
 
 
 def _warm_service_with(service_factory, user, lib: Path):
@@ -105,25 +109,9 @@ def test_a_warm_parent_answering_deep_json_is_retired(service_factory, other_use
     assert svc.proc.poll() is None
 
 
-# In the warm parent: the answer to a fork request names the warm parent itself, a child
-# of the supervisor running as the lab user, as the server it forked.
-OWN_PID_REPLY = """\
-    import json, os, socket, sys
-
-    if sys.argv[:1] == ["-c"] and '"socket"' in sys.argv[-1]:  # the warm parent's spec
-        _send = socket.socket.send
-
-        def send(self, data, *args):
-            try:
-                pid = json.loads(data).get("pid")
-            except Exception:
-                pid = None
-            if pid not in (None, os.getpid()):  # the pid of a server it forked
-                data = json.dumps({"pid": os.getpid()}).encode()
-            return _send(self, data, *args)
-
-        socket.socket.send = send
-"""
+# The server it forked, as the warm parent names it: itself, a child of the supervisor
+# running as the lab user.
+OWN_PID_REPLY = _lying_warm_parent('json.dumps({"pid": os.getpid()}).encode()')
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
