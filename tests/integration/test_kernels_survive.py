@@ -8,7 +8,6 @@ period without adoption.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers.metrics import metrics_section, metrics_url, scrape_text
+from helpers.metrics import kernel_pid, metrics_section, metrics_url, scrape_text
 from helpers.procs import free_port, pid_alive, wait_for
 
 # A kernel's state that must outlive JupyterLab: a variable, an open file, a child process.
@@ -56,17 +55,6 @@ def open_notebook(service, token: str, path: str = "kept.ipynb") -> tuple[str, i
     return kernel_id, kernel_pid(service, kernel_id)
 
 
-def kernel_pid(service, kernel_id: str) -> int:
-    def find() -> int | None:
-        for proc in service.snapshot():
-            with contextlib.suppress(psutil.Error):
-                if any(f"kernel-{kernel_id}.json" in arg for arg in proc.cmdline()):
-                    return proc.pid
-        return None
-
-    return wait_for(find, 30, "the kernel process")
-
-
 def adopted(service, kernel_id: str, offset: int) -> dict:
     """The log line of the kernel's adoption after byte `offset` of the log."""
 
@@ -79,10 +67,6 @@ def adopted(service, kernel_id: str, offset: int) -> dict:
     return wait_for(line, 60, f"kernel {kernel_id} to be adopted")
 
 
-def log_size(service) -> int:
-    return service.log_path.stat().st_size if service.log_path.exists() else 0
-
-
 def test_kill9_keeps_the_kernel_with_its_variables_files_and_children(service):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -91,7 +75,7 @@ def test_kill9_keeps_the_kernel_with_its_variables_files_and_children(service):
     # A daemon the notebook started (its parent exited): no kernel, so it is not kept.
     daemon = int(service.execute(token, kernel_id, DAEMON))
     assert pid_alive(daemon)
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
 
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
@@ -138,7 +122,7 @@ def test_every_restart_keeps_the_kernel_and_its_state(service, restart):
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
     child = int(service.execute(token, kernel_id, STATE))
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
 
     token = restart(service, token) or token
     service.wait_ready(not_pid=lab, timeout=90)
@@ -152,7 +136,7 @@ def test_a_stop_ends_the_kernels_also_an_adopted_one(service):
     service.start()
     token = service.cli("token").stdout.strip()
     adopted_id, adopted_pid = open_notebook(service, token, "first.ipynb")
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, adopted_id, offset)
@@ -189,7 +173,7 @@ def test_a_kernel_not_adopted_is_ended_after_the_grace(service_factory):
         assert service.execute(token, started, "1 + 1") == "2"
     # The next JupyterLab cannot read this kernel's connection file: its adoption fails.
     (service.root / "run" / "lab" / "runtime" / f"kernel-{kernel_id}.json").write_text("{")
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, kept_id, offset)
@@ -213,7 +197,7 @@ def test_rest_interrupt_restart_and_shutdown_of_an_adopted_kernel(service):
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
     service.execute(token, kernel_id, "x = 41")
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, kernel_id, offset)
@@ -243,7 +227,7 @@ def test_a_shutdown_of_an_adopted_kernel_really_ends_its_process(service):
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, kernel_id, offset)
@@ -258,7 +242,7 @@ def test_two_crashes_in_a_row_and_the_kernel_that_dies_on_its_own_is_restarted(s
     kernel_id, pid = open_notebook(service, token)
     service.execute(token, kernel_id, "x = 41")
     for _ in range(2):
-        lab, offset = service.lab_pid, log_size(service)
+        lab, offset = service.lab_pid, service.log_size()
         os.kill(lab, signal.SIGKILL)
         service.wait_ready(not_pid=lab)
         adopted(service, kernel_id, offset)
@@ -277,7 +261,7 @@ def test_sigkill_of_jlservice_ends_an_adopted_kernel(service):
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, kernel_id, offset)
@@ -303,11 +287,11 @@ def test_a_kernel_writing_to_its_real_stdout_outlives_the_crash(service):
             "print(w.pid)",
         )
     )
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, kernel_id, offset)
-    mark = log_size(service)
+    mark = service.log_size()
 
     def ticks() -> list[dict]:
         return [
@@ -373,7 +357,7 @@ def test_jupyterlab_in_a_venv_without_jlservice_keeps_its_kernels(service_factor
     )
     assert seen.split() == ["False", "False", "False", "False"]
     service.execute(token, kernel_id, "x = 41")
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     adopted(service, kernel_id, offset)
@@ -394,7 +378,7 @@ def test_soak_kill9_cycles_keep_every_kernel_busy_or_idle(service):
     wait_for(lambda: _state_of(service, token, busy) == "busy", 30, "the busy cell")
     fds, rss = [], []
     for _ in range(5):
-        lab, offset = service.lab_pid, log_size(service)
+        lab, offset = service.lab_pid, service.log_size()
         os.kill(lab, signal.SIGKILL)
         service.wait_ready(not_pid=lab)
         for kernel_id, _ in kernels:
@@ -416,7 +400,7 @@ def test_a_user_change_ends_the_kernels(service, other_user):
     service.start()
     token = service.cli("token").stdout.strip()
     _, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     service.notebooks.chmod(0o755)
     os.chown(service.notebooks, other_user.uid, other_user.gid)
     service.sections["lab"].update(user=other_user.name, allow_root=False)
@@ -443,7 +427,7 @@ def test_under_tls_a_kept_kernel_is_adopted_and_lives_on(service):
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, log_size(service)
+    lab, offset = service.lab_pid, service.log_size()
     os.kill(lab, signal.SIGKILL)
     service.wait_ready(not_pid=lab)
     assert adopted(service, kernel_id, offset)["pid"] == pid
