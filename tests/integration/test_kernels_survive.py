@@ -55,6 +55,14 @@ def open_notebook(service, token: str, path: str = "kept.ipynb") -> tuple[str, i
     return kernel_id, kernel_pid(service, kernel_id)
 
 
+def crash_and_adopt(service, kernel_id: str) -> dict:
+    """kill -9 of JupyterLab; the log line of the next one's adoption of `kernel_id`."""
+    lab, offset = service.lab_pid, service.log_size()
+    os.kill(lab, signal.SIGKILL)
+    service.wait_ready(not_pid=lab)
+    return adopted(service, kernel_id, offset)
+
+
 def adopted(service, kernel_id: str, offset: int) -> dict:
     """The log line of the kernel's adoption after byte `offset` of the log."""
 
@@ -197,10 +205,7 @@ def test_rest_interrupt_restart_and_shutdown_of_an_adopted_kernel(service):
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
     service.execute(token, kernel_id, "x = 41")
-    lab, offset = service.lab_pid, service.log_size()
-    os.kill(lab, signal.SIGKILL)
-    service.wait_ready(not_pid=lab)
-    adopted(service, kernel_id, offset)
+    crash_and_adopt(service, kernel_id)
 
     outcome: list[str] = []
     runner = threading.Thread(target=_run_long_cell, args=(service, token, kernel_id, outcome))
@@ -227,10 +232,7 @@ def test_a_shutdown_of_an_adopted_kernel_really_ends_its_process(service):
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, service.log_size()
-    os.kill(lab, signal.SIGKILL)
-    service.wait_ready(not_pid=lab)
-    adopted(service, kernel_id, offset)
+    crash_and_adopt(service, kernel_id)
     assert service.api("DELETE", f"api/kernels/{kernel_id}", token).status_code == 204
     wait_for(lambda: not pid_alive(pid), 30, "the adopted kernel to end")
     assert service.api("GET", "api/sessions", token).json() == []
@@ -242,10 +244,7 @@ def test_two_crashes_in_a_row_and_the_kernel_that_dies_on_its_own_is_restarted(s
     kernel_id, pid = open_notebook(service, token)
     service.execute(token, kernel_id, "x = 41")
     for _ in range(2):
-        lab, offset = service.lab_pid, service.log_size()
-        os.kill(lab, signal.SIGKILL)
-        service.wait_ready(not_pid=lab)
-        adopted(service, kernel_id, offset)
+        crash_and_adopt(service, kernel_id)
         assert service.execute(token, kernel_id, "x + 1") == "42"
     assert kernel_pid(service, kernel_id) == pid
     # The adopted kernel dies on its own: JupyterLab's restarter starts it again.
@@ -261,10 +260,7 @@ def test_sigkill_of_jlservice_ends_an_adopted_kernel(service):
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, service.log_size()
-    os.kill(lab, signal.SIGKILL)
-    service.wait_ready(not_pid=lab)
-    adopted(service, kernel_id, offset)
+    crash_and_adopt(service, kernel_id)
     _, fresh = open_notebook(service, token, "fresh.ipynb")
     service.signal(signal.SIGKILL)
     service.wait_exit(timeout=5)
@@ -287,10 +283,7 @@ def test_a_kernel_writing_to_its_real_stdout_outlives_the_crash(service):
             "print(w.pid)",
         )
     )
-    lab, offset = service.lab_pid, service.log_size()
-    os.kill(lab, signal.SIGKILL)
-    service.wait_ready(not_pid=lab)
-    adopted(service, kernel_id, offset)
+    crash_and_adopt(service, kernel_id)
     mark = service.log_size()
 
     def ticks() -> list[dict]:
@@ -357,10 +350,7 @@ def test_jupyterlab_in_a_venv_without_jlservice_keeps_its_kernels(service_factor
     )
     assert seen.split() == ["False", "False", "False", "False"]
     service.execute(token, kernel_id, "x = 41")
-    lab, offset = service.lab_pid, service.log_size()
-    os.kill(lab, signal.SIGKILL)
-    service.wait_ready(not_pid=lab)
-    adopted(service, kernel_id, offset)
+    crash_and_adopt(service, kernel_id)
     assert service.execute(token, kernel_id, "x + 1") == "42"
     assert pid_alive(pid)
 
@@ -427,10 +417,7 @@ def test_under_tls_a_kept_kernel_is_adopted_and_lives_on(service):
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
-    lab, offset = service.lab_pid, service.log_size()
-    os.kill(lab, signal.SIGKILL)
-    service.wait_ready(not_pid=lab)
-    assert adopted(service, kernel_id, offset)["pid"] == pid
+    assert crash_and_adopt(service, kernel_id)["pid"] == pid
     assert service.state()["kernels"] == {"kept": 1, "adopted": 1, "waiting": 0}  # none to end
     kernels = service.api("GET", "api/kernels", token).json()
     assert [k["id"] for k in kernels] == [kernel_id] and pid_alive(pid)
