@@ -70,6 +70,17 @@ def busy_gpus(kernels: list[int], outsiders: list[int]) -> list[Gpu]:
     ]
 
 
+def busy_machine(session: Session, lab: Lab, fake: FakeNvml, token: str, count: int) -> None:
+    """`count` notebooks with a real kernel each and GPUS processes that are no kernel, all
+    holding fake GPU memory (busy_gpus)."""
+    say(f"opening {count} notebooks with a kernel each")
+    kernels = open_notebooks(lab, token, count)
+    outsiders = [
+        session.spawn(["sleep", "3600"], lab.root / "sleep.log", lab.env) for _ in range(GPUS)
+    ]
+    fake.write(busy_gpus(kernels, [p.pid for p in outsiders]))
+
+
 def cpu_window(pids: list[int], seconds: float) -> list[float]:
     """% of one core each process used over `seconds`."""
     procs = [psutil.Process(pid) for pid in pids]
@@ -112,12 +123,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
     configure(False, interval=5.0)
     started = lab.timed_start()
-    say(f"opening {args.kernels} notebooks with a kernel each")
-    kernels = open_notebooks(lab, started.state["token"], args.kernels)
-    outsiders = [
-        session.spawn(["sleep", "3600"], lab.root / "sleep.log", lab.env) for _ in range(GPUS)
-    ]
-    fake.write(busy_gpus(kernels, [p.pid for p in outsiders]))
+    busy_machine(session, lab, fake, started.state["token"], args.kernels)
     configure(True, interval=1.0)
     wait_scrape(
         url,

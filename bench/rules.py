@@ -24,7 +24,7 @@ from helpers.prometheus import RULES, Prometheus, config_for, tool
 from nvml.fakenvml import FakeNvml
 
 from .lab import HOST, Lab
-from .metrics import GPUS, busy_gpus, open_notebooks
+from .metrics import GPUS, busy_machine
 from .report import Metric, say
 from .session import BenchError, Session, options, parse, run
 
@@ -62,12 +62,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     lab = Lab(session, metrics={"listen": listen, "bearer_token_file": str(token_file)})
     lab.env.update(fake.env())
     started = lab.timed_start()
-    say(f"opening {args.kernels} notebooks with a kernel each")
-    kernels = open_notebooks(lab, started.state["token"], args.kernels)
-    outsiders = [
-        session.spawn(["sleep", "3600"], lab.root / "sleep.log", lab.env) for _ in range(GPUS)
-    ]
-    fake.write(busy_gpus(kernels, [p.pid for p in outsiders]))
+    busy_machine(session, lab, fake, started.state["token"], args.kernels)
     wait_scrape(
         f"http://{listen}/metrics",
         lambda s: len(series(s, "jlservice_kernel_gpu_memory_bytes")) == args.kernels,
