@@ -55,6 +55,7 @@ class LastReload(NamedTuple):
     at: float
     source: str  # SIGHUP, file
     result: str  # applied, unchanged, rejected, pending
+    sequence: int = 0  # State.sequence of the record that answered it
 
 
 class WarmParent(NamedTuple):
@@ -96,6 +97,9 @@ class State(NamedTuple):
     warm_parent: WarmParent | None = None
     started_warm: bool = False  # the running JupyterLab was forked by the warm parent
     updated_at: float = 0.0  # when the supervisor last changed it (time.time())
+    # How many times this supervisor has changed it: which of two records is newer, and
+    # whether a reload was answered, whatever steps the wall clock takes.
+    sequence: int = 0
     stuck_pids: tuple[int, ...] = ()  # leftovers SIGKILL did not end, left behind
     supervisor_start_ticks: int | None = None  # procfs.start_ticks: its identity
     # Set in the runtime dir's copy, written while state.json in the state dir cannot be.
@@ -165,7 +169,22 @@ def read_published(state_dir: Path, runtime_dir: Path) -> State:
         main = read_state(state_dir)
     except StateError:
         return spare
-    return spare if spare.updated_at > main.updated_at else main
+    return spare if _newer(spare, main) else main
+
+
+def _newer(a: State, b: State) -> bool:
+    """Whether `a` was published after `b`: by the sequence when one supervisor wrote both,
+    else the running supervisor's, else (both gone) by the wall clock."""
+    if _writer(a) == _writer(b):
+        return a.sequence > b.sequence
+    alive_a, alive_b = supervisor_alive(a), supervisor_alive(b)
+    if alive_a != alive_b:
+        return alive_a
+    return a.updated_at > b.updated_at
+
+
+def _writer(record: State) -> tuple[int | None, int | None, float | None]:
+    return record.supervisor_pid, record.supervisor_start_ticks, record.supervisor_started_at
 
 
 def _owner(path: Path) -> str:

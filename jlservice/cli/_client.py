@@ -60,11 +60,10 @@ def reload(args: argparse.Namespace) -> int:
     """SIGHUP the running supervisor and report what the reload did."""
     service = config.load_service(config_path(args))
     current = running_state(args)
-    asked = time.time()
     os.kill(current.supervisor_pid, signal.SIGHUP)
     latest = wait_state(
         service,
-        lambda s: s.last_reload is not None and s.last_reload.at >= asked - 0.01,
+        lambda s: s.last_reload is not None and s.last_reload.sequence > current.sequence,
         30,
         "answer the reload",
     )

@@ -211,17 +211,17 @@ class Publisher:
 
     def reload_rejected(self, source: str, error: str) -> None:
         self.view.reloaded(reload.REJECTED)
-        last = state.LastReload(time.time(), source, reload.REJECTED)
+        last = self._answer(source, reload.REJECTED)
         self._save(config_error=error, last_reload=last)
 
     def reload_unchanged(self, source: str, launch: Launch) -> None:
         self.view.reloaded(reload.UNCHANGED)
-        last = state.LastReload(time.time(), source, reload.UNCHANGED)
+        last = self._answer(source, reload.UNCHANGED)
         self._save(config_error=None, reload_pending=None, last_reload=last, **launch.published())
 
     def reload_pending(self, source: str, why: str) -> None:
         self.view.reloaded(reload.APPLIED)
-        last = state.LastReload(time.time(), source, reload.PENDING)
+        last = self._answer(source, reload.PENDING)
         self._save(config_error=None, reload_pending=why, last_reload=last)
 
     def still_pending(self, why: str) -> None:
@@ -229,7 +229,7 @@ class Publisher:
 
     def reload_applied(self, source: str) -> None:
         self.view.reloaded(reload.APPLIED)
-        self._save(last_reload=state.LastReload(time.time(), source, reload.APPLIED))
+        self._save(last_reload=self._answer(source, reload.APPLIED))
 
     def launch_changed(self, launch: Launch) -> None:
         """From now on JupyterLab starts as `launch` (a pending reload is no longer pending)."""
@@ -253,8 +253,13 @@ class Publisher:
 
     # ── inside ──────────────────────────────────────────────────────────────
 
+    def _answer(self, source: str, result: str) -> state.LastReload:
+        """The answer to a reload, saved with the next record."""
+        return state.LastReload(time.time(), source, result, self.record.sequence + 1)
+
     def _save(self, **changes: object) -> None:
-        self.record = self.record.evolve(updated_at=time.time(), **changes)
+        sequence = self.record.sequence + 1
+        self.record = self.record.evolve(updated_at=time.time(), sequence=sequence, **changes)
         self.view.config_error = self.record.config_error is not None
         self._write()
 

@@ -121,6 +121,10 @@ def test_a_clock_jump_of_hours_restarts_nothing(service_factory, other_user, tmp
             clock.set(hours)
             _pings_keep_coming(sock, 5)  # probes every second meanwhile ([health] interval 1)
             assert abs(_reload_stamp(svc) - time.time() - hours * HOUR) < 60
+            # `jlservice reload` (the real clock) knows jlservice's answer (its clock).
+            reloaded = svc.cli("reload")
+            assert reloaded.returncode == 0, reloaded.stderr
+            assert "nothing JupyterLab sees changed" in reloaded.stdout
         assert svc.state()["lab_pid"] == lab and svc.state()["restarts"] == 0
         assert not [e for e in svc.log_events() if e["event"].startswith(("lab_probe", "lab_un"))]
         assert svc.api("GET", "api/status", token=token).status_code == 200

@@ -470,15 +470,36 @@ def test_read_published_takes_the_newer_of_state_dir_and_runtime_dir(tmp_path: P
     state_dir, runtime_dir = tmp_path / "state", tmp_path / "run"
     state_dir.mkdir()
     runtime_dir.mkdir()
-    state.write_state(state_dir, sample_state(status="ready", updated_at=100.0))
+    state.write_state(state_dir, sample_state(status="ready", sequence=1, updated_at=100.0))
     assert state.read_published(state_dir, runtime_dir).status == "ready"
-    spare = sample_state(status="backoff", updated_at=200.0, state_error="cannot write …")
+    # The wall clock stepped back between the two: the sequence says which is newer.
+    spare = sample_state(status="backoff", sequence=2, updated_at=50.0, state_error="cannot …")
     state.write_state(runtime_dir, spare)
-    assert state.read_published(state_dir, runtime_dir).state_error == "cannot write …"
-    state.write_state(state_dir, sample_state(status="stopped", updated_at=300.0))
+    assert state.read_published(state_dir, runtime_dir).state_error == "cannot …"
+    state.write_state(state_dir, sample_state(status="stopped", sequence=3, updated_at=10.0))
     assert state.read_published(state_dir, runtime_dir).status == "stopped"
     (state_dir / state.STATE_FILE).unlink()
     assert state.read_published(state_dir, runtime_dir).status == "backoff"
+
+
+def test_read_published_prefers_the_running_supervisors_record(tmp_path: Path) -> None:
+    """A spare left by a supervisor that is gone loses to the running one's state.json,
+    however high its sequence or late its clock."""
+    state_dir, runtime_dir = tmp_path / "state", tmp_path / "run"
+    state_dir.mkdir()
+    runtime_dir.mkdir()
+    me = os.getpid()
+    running = sample_state(
+        status="ready",
+        sequence=1,
+        updated_at=1.0,
+        supervisor_pid=me,
+        supervisor_start_ticks=procfs.start_ticks(me),
+    )
+    state.write_state(state_dir, running)
+    gone = sample_state(status="backoff", sequence=900, updated_at=9e9, supervisor_pid=2**22 + 1)
+    state.write_state(runtime_dir, gone)
+    assert state.read_published(state_dir, runtime_dir).status == "ready"
 
 
 def test_secrets_that_cannot_be_saved_leave_no_old_token_behind(
