@@ -31,8 +31,23 @@ class CannotStartNow(Exception):
     """JupyterLab cannot start right now (port in use, fork failed…): retried with backoff."""
 
 
-class PortInUse(CannotStartNow):
-    """Another program holds JupyterLab's port: retried until it is free, never given up on."""
+class WaitingFor(CannotStartNow):
+    """Something outside jlservice that clears by itself stops the start: retried until it
+    clears, never counted as a failed start, never given up on. `what` is what is waited
+    for, for people; `found` and `cleared` are the log events when it is found, and gone."""
+
+    what, found, cleared = "the notebook dir", "notebook_dir_not_answering", "notebook_dir_answers"
+
+
+class PortInUse(WaitingFor):
+    """Another program holds JupyterLab's port."""
+
+    what, found, cleared = "JupyterLab's port", "lab_port_in_use", "lab_port_free"
+
+
+class NotAnswering(TimeoutError):
+    """A filesystem did not answer in time (a network filesystem whose server is gone): the
+    call still waits in the kernel, in a thread of its own, and the caller goes on."""
 
 
 class CertError(Exception):

@@ -6,15 +6,17 @@ import ipaddress
 import os
 import re
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jlservice import users
+from jlservice import disk, users
 from jlservice.config.model import LabConfig, OptionValue
 from jlservice.config.reader import Reader, kind_of
+from jlservice.errors import NotAnswering
 
 # Traits that jlservice sets itself, or that decide where JupyterLab listens and who may
 # log in, read from jupyter_server 2's ServerApp, IdentityProvider and
@@ -243,9 +245,15 @@ def _notebook_dir(r: Reader, text: str, account: users.Account) -> Path:
     path = Path(text)
     if not path.is_absolute():
         r.fail("lab", "notebook_dir", f"{text!r} must be an absolute path (or start with ~/)")
-    if not path.exists():
+    try:
+        st = disk.stat(path, disk.ANSWER_WITHIN_S)
+    except NotAnswering:
+        r.fail("lab", "notebook_dir", disk.not_answering(path))
+    except FileNotFoundError:
         r.fail("lab", "notebook_dir", f"{path} does not exist (create it, owned by {account.name})")
-    if not path.is_dir():
+    except OSError as exc:
+        r.fail("lab", "notebook_dir", f"cannot look at {path}: {exc.strerror}")
+    if not stat.S_ISDIR(st.st_mode):
         r.fail("lab", "notebook_dir", f"{path} is not a directory")
     return path
 

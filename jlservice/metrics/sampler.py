@@ -77,7 +77,6 @@ class Sampler:
         self.snapshot = Snapshot()
         self._gpus = GpuReader()
         self._lab_version: tuple[int, str] = (0, "")  # (JupyterLab pid, its version)
-        self._space = disk.SpaceReader()
         self._space_low = False  # as last logged
         self._wake = threading.Event()
         self._stopped: threading.Event | None = None  # set: the running thread must end
@@ -160,7 +159,7 @@ class Sampler:
 
     def _notebook_space(self) -> disk.Space | None:
         path = self.view.notebook_dir
-        space = self._space.read(path, _STATVFS_TIMEOUT)
+        space = disk.read_space(path, _STATVFS_TIMEOUT)
         if space is not None and space.low != self._space_low:
             self._space_low = space.low
             if space.low:

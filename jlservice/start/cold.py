@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
@@ -9,8 +10,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from jlservice import prctl, users
-from jlservice.errors import CannotStartNow, LaunchError
+from jlservice import disk, prctl, users
+from jlservice.errors import CannotStartNow, LaunchError, NotAnswering, WaitingFor
 from jlservice.start import Secrets, Started, private_dir
 from jlservice.start.launcher import Launch
 
@@ -22,6 +23,7 @@ class ColdStart:
         self.runtime_dir = runtime_dir
 
     async def start(self, launch: Launch, secrets: Secrets) -> Started:
+        await require_answering(launch)
         return self.start_now(launch, secrets)
 
     def start_now(self, launch: Launch, secrets: Secrets) -> Started:
@@ -30,6 +32,17 @@ class ColdStart:
         LaunchError (a configuration problem)."""
         private_dir.prepare(launch, self.runtime_dir, *secrets)
         return spawn(launch)
+
+
+async def require_answering(launch: Launch) -> None:
+    """The notebook dir answers, or errors.WaitingFor. A network filesystem whose server is
+    gone would hang the start where the new JupyterLab enters it, and the loop with it."""
+    try:
+        await asyncio.to_thread(disk.stat, launch.cwd, disk.ANSWER_WITHIN_S)
+    except NotAnswering:
+        raise WaitingFor(f"notebook_dir {disk.not_answering(launch.cwd)}") from None
+    except OSError:
+        pass  # missing or out of reach: the start itself says which, as the lab user
 
 
 def spawn(launch: Launch) -> Started:

@@ -30,7 +30,7 @@ import time
 
 from jlservice import EX_CONFIG, listener, log, state
 from jlservice.config import Config
-from jlservice.errors import CannotStartNow, Halt, LaunchError, PortInUse
+from jlservice.errors import CannotStartNow, Halt, LaunchError, WaitingFor
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, launcher
 from jlservice.supervisor import children, credentials, policy, reload, risks
@@ -89,7 +89,7 @@ class Supervisor:
         self.lab: Lab | None = None
         self.failures = 0  # failed starts in a row
         self.crashes = policy.CrashHistory()  # of ready servers
-        self.port_wait = policy.PortWait()
+        self.waiting = policy.Waiting()
         self.attempt = 0  # which start a BackoffElapsed is for
         self.deferred = reload.Deferred(parts.wait_idle, self.post)  # [reload] when = idle
         self.in_start = False  # the starter is at work: events wait until it returns
@@ -201,8 +201,8 @@ class Supervisor:
         self.in_start = True
         try:
             started = await self.parts.starter.start(self.launch, self.secrets)
-        except PortInUse as exc:
-            return self._wait_for_port(str(exc))
+        except WaitingFor as exc:
+            return self._wait_for(exc)
         except CannotStartNow as exc:
             logger.error("lab_start_failed", problem=str(exc))
             return self._failed(str(exc), "crash")
@@ -212,8 +212,8 @@ class Supervisor:
             raise Halt(EX_CONFIG) from None
         finally:
             self.in_start = False
-        if self.port_wait.end():
-            logger.info("lab_port_free", port=self.launch.port)
+        if (cleared := self.waiting.end()) is not None:
+            logger.info(cleared.cleared, waited_for=cleared.what)
         self.lab = await self.parts.adopt(started, self.launch, self.config.restart.start_timeout)
         self.phase = Phase.STARTING
         self.publish.starting(self.launch, started.pid, started.warm)
@@ -323,14 +323,14 @@ class Supervisor:
         logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
         self.parts.later(delay, BackoffElapsed(self.attempt))
 
-    def _wait_for_port(self, problem: str) -> None:
-        """→ BACKOFF until the port is free: another program's port is not a failed start,
-        and it may be let go of at any time."""
-        delay, news = self.port_wait.again(problem, self.config.restart)
+    def _wait_for(self, cause: WaitingFor) -> None:
+        """→ BACKOFF until `cause` clears (another program's port, a notebook dir that does
+        not answer): not a failed start, and it may clear at any time."""
+        delay, news = self.waiting.again(cause, self.config.restart)
         if news:
-            logger.warning("lab_port_in_use", problem=problem)
+            logger.warning(cause.found, problem=str(cause))
         self.phase = Phase.BACKOFF
-        self.publish.port_in_use(delay, problem)
+        self.publish.waiting(delay, cause)
         self.parts.later(delay, BackoffElapsed(self.attempt))
 
     async def _sweep(self, spare: set[int] = frozenset()) -> int:

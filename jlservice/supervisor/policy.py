@@ -6,8 +6,9 @@ from __future__ import annotations
 import collections
 
 from jlservice.config import RestartConfig
+from jlservice.errors import WaitingFor
 
-PORT_MIN_DELAY_S = 0.1  # even with [restart] delays of 0: looking at a port is not free
+MIN_WAIT_S = 0.1  # even with [restart] delays of 0: looking again is not free
 
 
 def backoff_delay(failures: int, restart: RestartConfig) -> float:
@@ -22,28 +23,36 @@ def backoff_delay(failures: int, restart: RestartConfig) -> float:
     return min(restart.initial_delay * 2 ** (failures - 2), restart.max_delay)
 
 
-class PortWait:
-    """Starts in a row that found the port taken by another program, and who held it."""
+class Waiting:
+    """Starts in a row that found something outside jlservice in the way (errors.WaitingFor:
+    another program on the port, a notebook dir that does not answer), and what it was."""
 
     def __init__(self) -> None:
         self.waits = 0
-        self.holder: str | None = None  # as last logged
+        self.cause: WaitingFor | None = None  # as last logged
 
-    def again(self, holder: str, restart: RestartConfig) -> tuple[float, bool]:
-        """Seconds before looking again: initial_delay doubling, at most max_delay, so that
-        JupyterLab serves within max_delay of the port being let go; and whether `holder`
-        is news (to be logged)."""
+    def again(self, cause: WaitingFor, restart: RestartConfig) -> tuple[float, bool]:
+        """Seconds before trying again: initial_delay doubling, at most max_delay, so that
+        JupyterLab serves within max_delay of the cause clearing; and whether `cause` is
+        news (to be logged)."""
         self.waits += 1
-        news, self.holder = holder != self.holder, holder
+        news = self.cause is None or (type(cause), str(cause)) != (
+            type(self.cause),
+            str(self.cause),
+        )
+        self.cause = cause
         # The exponent capped: a port held for hours (a thousand waits) must not overflow.
         delay = min(restart.initial_delay * 2 ** min(self.waits - 1, 64), restart.max_delay)
-        return max(delay, PORT_MIN_DELAY_S), news
+        return max(delay, MIN_WAIT_S), news
 
-    def end(self) -> bool:
-        """The port was free this time: was it waited for?"""
-        waited = self.holder is not None
-        self.waits, self.holder = 0, None
-        return waited
+    def end(self) -> WaitingFor | None:
+        """The start went ahead this time: what had been waited for, if anything."""
+        cause, self.waits, self.cause = self.cause, 0, None
+        return cause
+
+
+def _key(cause: WaitingFor | None) -> tuple[type, str] | None:
+    return None if cause is None else (type(cause), str(cause))
 
 
 class CrashHistory:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from jlservice import files, log, login, state
+from jlservice.errors import PortInUse, WaitingFor
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
@@ -144,11 +145,12 @@ class Publisher:
         self._save(status=state.BACKOFF, last_error=problem, restarts=self.record.restarts + 1)
         self._notifier.status(f"Restarting JupyterLab in {delay:g} s: {problem}")
 
-    def port_in_use(self, delay: float, problem: str) -> None:
+    def waiting(self, delay: float, cause: WaitingFor) -> None:
+        problem = str(cause)
         self._end_reload_badly(problem)
-        self.view.port_in_use = True
+        self.view.port_in_use = isinstance(cause, PortInUse)
         self._save(status=state.BACKOFF, last_error=problem)
-        status = f"Waiting for JupyterLab's port, trying again in {delay:g} s: {problem}"
+        status = f"Waiting for {cause.what}, trying again in {delay:g} s: {problem}"
         if self._announced:
             self._notifier.status(status)
         else:  # the service is up, waiting: systemd's start must not time out over it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from jlservice import log
+from jlservice import disk, log
 from jlservice.config import Config
 from jlservice.config.access import open_to_local_users, risks
 from jlservice.start import launcher
@@ -54,10 +54,10 @@ def read_only_notebooks(launch: launcher.Launch) -> str | None:
     """Why notebooks cannot be saved when the notebook dir sits on a read-only mount (as
     everything outside ReadWritePaths= does under ProtectSystem=strict), or None."""
     try:
-        if not os.statvfs(launch.cwd).f_flag & os.ST_RDONLY:
+        if not disk.statvfs(launch.cwd, disk.ANSWER_WITHIN_S).f_flag & os.ST_RDONLY:
             return None
     except OSError:
-        return None  # a missing dir is reported by the start itself
+        return None  # missing or not answering: the start itself says so
     return (
         f"notebook_dir {launch.cwd} is on a read-only mount here, so notebooks cannot be saved; "
         f"under systemd, allow it with `systemctl edit <unit>` and ReadWritePaths=-{launch.cwd} "

@@ -1,18 +1,20 @@
 """The notebook dir's filesystem fills up: JupyterLab keeps serving and reports its own
 errors; jlservice exports the space left, logs once that it is low, and `jlservice doctor`
-fails on it until space is freed."""
+fails on it until space is freed. Or it stops answering: starts wait for it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.fs import fill, tmpfs
+from helpers.fs import fill, hung, tmpfs
 from helpers.metrics import metrics_url, value, wait_scrape
 from helpers.procs import free_port, wait_for
-from helpers.service import IS_ROOT
+from helpers.service import IS_ROOT, NotifySocket
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root to mount a small tmpfs")
 
@@ -79,3 +81,52 @@ def test_a_full_notebook_disk_is_exported_logged_and_failed_by_doctor(
     wait_for(lambda: "notebook_dir_space_ok" in svc.log_text(), 10, "the recovery log")
     assert notebook_line(svc)[0] == 0
     assert svc.log_text().count("notebook_dir_space_low") == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_a_notebook_dir_that_stops_answering_is_waited_for(service_factory, tmp_path):
+    """A hard NFS mount whose server is gone: a crash-restart waits for it (never a failed
+    start, never given up), the supervisor answers meanwhile, and once the filesystem is
+    back JupyterLab serves again with the same token and kernel."""
+    svc = service_factory()
+    sock = NotifySocket(tmp_path / "notify.sock")
+    svc.start(env={"NOTIFY_SOCKET": sock.path})
+    token = svc.cli("token").stdout.strip()
+    kernel_id, _ = svc.start_kernel(token)
+    svc.execute(token, kernel_id, "x = 41")
+    old, offset = svc.lab_pid, svc.log_size()
+    with hung(svc.notebooks), contextlib.closing(sock):
+        os.kill(old, signal.SIGKILL)
+        waiting = wait_for(
+            lambda: "does not answer" in (svc.state().get("last_error") or "") and svc.state(),
+            30,
+            "the start to wait for the notebook dir",
+        )
+        assert waiting["status"] == "backoff"
+        assert "a network filesystem whose server is gone?" in waiting["last_error"]
+        # The loop goes on: a reload is answered, and rejected for the same reason.
+        before = (waiting.get("last_reload") or {}).get("sequence", 0)
+        svc.signal(signal.SIGHUP)
+        answered = wait_for(
+            lambda: (
+                (svc.state().get("last_reload") or {}).get("sequence", 0) > before and svc.state()
+            ),
+            15,
+            "the reload's answer",
+        )
+        assert answered["last_reload"]["result"] == "rejected"
+        assert "notebook_dir" in answered["config_error"], answered["config_error"]
+        assert "does not answer" in answered["config_error"]
+        # Waits double as for a held port; none is a failed start.
+        sock.read_until(
+            lambda m: "Waiting for the notebook dir, trying again in 2 s" in m.get("STATUS", ""),
+            timeout=30,
+        )
+    state = svc.wait_ready(not_pid=old, timeout=60)  # within the next wait (≤ 8 s)
+    events = svc.log_events(offset)
+    names = [e["event"] for e in events]
+    assert names.count("notebook_dir_not_answering") == 1, names
+    assert "notebook_dir_answers" in names
+    assert "lab_start_failed" not in names and "supervisor_giving_up" not in names
+    assert state["last_error"] is None
+    assert svc.execute(token, kernel_id, "print(x + 1)").strip() == "42"

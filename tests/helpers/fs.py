@@ -1,4 +1,5 @@
-"""Small filesystems a test mounts, fills and frees (as root); a pipe filled to the brim."""
+"""Small filesystems a test mounts, fills and frees, or hangs (as root); a pipe filled to
+the brim."""
 
 from __future__ import annotations
 
@@ -22,6 +23,29 @@ def tmpfs(mount: Path, size: str = "2m", mode: str = "0755") -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", mount], check=True)
+
+
+@contextlib.contextmanager
+def hung(mount: Path) -> Iterator[Path]:
+    """A filesystem over `mount` that never answers, as a network filesystem does whose
+    server is gone: a FUSE mount whose daemon never reads /dev/fuse, so every lookup through
+    it waits in the kernel (killable). On exit the connection is closed, which fails what
+    still waits, and it is unmounted."""
+    fuse = os.open("/dev/fuse", os.O_RDWR)
+    try:
+        options = f"fd={fuse},rootmode=40000,user_id=0,group_id=0,allow_other"
+        subprocess.run(
+            ["mount", "-t", "fuse", "-o", options, "hung", mount], pass_fds=(fuse,), check=True
+        )
+        try:
+            yield mount
+        finally:
+            os.close(fuse)
+            fuse = -1
+            subprocess.run(["umount", "-l", mount], check=True)
+    finally:
+        if fuse >= 0:
+            os.close(fuse)
 
 
 def fill(directory: Path) -> Path:

@@ -19,6 +19,7 @@ from helpers.procs import wait_for
 from helpers.service import PYTHON
 from jlservice import users
 from jlservice.config import RestartConfig
+from jlservice.errors import PortInUse
 from jlservice.supervisor import policy
 
 _SCRIPT = r"""
@@ -64,10 +65,10 @@ while True:
 def port_wait_steps(restart: RestartConfig) -> list[float]:
     """jlservice's waits for a port another program holds, up to the first of max_delay
     (with the defaults 0.5, 1, 2, 4, 8, 16, 30 s); every later one is max_delay again."""
-    wait = policy.PortWait()
+    wait = policy.Waiting()
     steps: list[float] = []
     while not steps or steps[-1] < restart.max_delay:
-        steps.append(wait.again("the holder", restart)[0])
+        steps.append(wait.again(PortInUse("the holder"), restart)[0])
     return steps
 
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jlservice.config import RestartConfig
-from jlservice.supervisor.policy import PORT_MIN_DELAY_S, PortWait, backoff_delay
+from jlservice.errors import PortInUse, WaitingFor
+from jlservice.supervisor.policy import MIN_WAIT_S, Waiting, backoff_delay
 
 RESTART = RestartConfig(initial_delay=0.5, max_delay=30.0)
 
@@ -59,23 +60,20 @@ def test_doubling_and_capped(restart: RestartConfig, failures: int) -> None:
 def test_a_port_held_for_days_keeps_its_wait_at_max_delay() -> None:
     """A thousand waits (8.5 h with the defaults) once overflowed 2 ** waits and ended
     the supervisor."""
-    wait = PortWait()
-    delays = [wait.again("pid 7 (jupyter-lab) of user bob", RESTART)[0] for _ in range(10_000)]
+    wait = Waiting()
+    held = PortInUse("pid 7 (jupyter-lab) of user bob")
+    delays = [wait.again(held, RESTART)[0] for _ in range(10_000)]
     assert delays[:4] == [0.5, 1.0, 2.0, 4.0] and set(delays[6:]) == {30.0}
 
 
 def test_a_port_wait_never_spins_even_with_zero_delays() -> None:
-    wait = PortWait()
+    wait = Waiting()
     zero = RestartConfig(initial_delay=0.0, max_delay=0.0)
-    assert {wait.again("bob", zero)[0] for _ in range(5)} == {PORT_MIN_DELAY_S}
+    assert {wait.again(PortInUse("bob"), zero)[0] for _ in range(5)} == {MIN_WAIT_S}
 
 
-def test_a_port_holder_is_news_once_until_it_changes() -> None:
-    wait = PortWait()
-    assert [wait.again(who, RESTART)[1] for who in ("a", "a", "b", "b")] == [
-        True,
-        False,
-        True,
-        False,
-    ]
-    assert wait.end() is True and wait.end() is False and wait.waits == 0
+def test_a_cause_is_news_once_until_it_changes() -> None:
+    wait = Waiting()
+    causes = [PortInUse("a"), PortInUse("a"), PortInUse("b"), WaitingFor("b"), WaitingFor("b")]
+    assert [wait.again(cause, RESTART)[1] for cause in causes] == [True, False, True, True, False]
+    assert wait.end() is causes[-1] and wait.end() is None and wait.waits == 0

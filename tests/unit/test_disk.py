@@ -11,6 +11,7 @@ import pytest
 from helpers.procs import wait_for
 
 from jlservice import disk
+from jlservice.errors import NotAnswering
 
 GiB = 2**30
 
@@ -35,33 +36,42 @@ def test_describe_says_free_total_and_share() -> None:
 
 def test_the_reading_is_statvfs_for_the_lab_user(tmp_path) -> None:
     st = os.statvfs(tmp_path)
-    space = disk.SpaceReader().read(str(tmp_path), 5.0)
+    space = disk.read_space(tmp_path, 5.0)
     assert space is not None and space.size == st.f_blocks * st.f_frsize
     assert abs(space.available - st.f_bavail * st.f_frsize) < 64 * 2**20  # others write too
 
 
 def test_a_missing_path_reads_as_nothing(tmp_path) -> None:
-    assert disk.SpaceReader().read(str(tmp_path / "gone"), 5.0) is None
+    assert disk.read_space(tmp_path / "gone", 5.0) is None
+    with pytest.raises(FileNotFoundError):
+        disk.stat(tmp_path / "gone", 5.0)
 
 
-def test_a_hanging_filesystem_costs_one_thread_and_the_timeout(monkeypatch, tmp_path) -> None:
+def test_a_hanging_filesystem_costs_one_thread_and_the_timeout() -> None:
     answer = threading.Event()
     calls = []
 
-    def hanging(path):
-        calls.append(path)
+    def hanging():
+        calls.append(1)
         answer.wait(30)
-        return disk.Space(1, 2)
+        return "late"
 
-    monkeypatch.setattr(disk, "space", hanging)
-    reader = disk.SpaceReader()
+    thread = disk.OneThread()
     began = time.monotonic()
-    assert reader.read(str(tmp_path), 0.2) is None
+    with pytest.raises(NotAnswering, match=r"no answer within 0\.2 s"):
+        thread.call(hanging, 0.2)
     assert 0.2 <= time.monotonic() - began < 2
     began = time.monotonic()
-    assert reader.read(str(tmp_path), 0.2) is None  # still hung: not asked again
+    with pytest.raises(NotAnswering, match="still no answer"):
+        thread.call(hanging, 0.2)  # still hung: not asked again
     assert time.monotonic() - began < 0.1 and len(calls) == 1
     answer.set()
-    monkeypatch.setattr(disk, "space", lambda path: disk.Space(3, 4))
-    again = wait_for(lambda: reader.read(str(tmp_path), 2.0), 5, "the filesystem answering")
-    assert again == disk.Space(3, 4)
+
+    def answered():
+        try:
+            return thread.call(lambda: "now", 2.0)
+        except NotAnswering:
+            return None
+
+    assert wait_for(answered, 5, "the filesystem answering") == "now"
+    assert len(calls) == 1  # the stale answer was dropped, not returned

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import time
 from urllib.parse import urlsplit
 
 from jlservice import disk, net, state
 from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+from jlservice.errors import NotAnswering
 
 STATVFS_TIMEOUT_S = 2.0
 
@@ -27,7 +27,12 @@ def check_notebook_dir(ctx: Context) -> Result:
         return not_checked(name, NEEDS_CONFIG)
     account = ctx.config.account
     path = ctx.config.lab.notebook_dir
-    owner = os.stat(path).st_uid
+    try:
+        owner = disk.stat(path, disk.ANSWER_WITHIN_S).st_uid
+    except NotAnswering:
+        return Result(name, False, disk.not_answering(path), "check that filesystem")
+    except OSError as exc:
+        return Result(name, False, f"cannot look at {path}: {exc.strerror}", "check it exists")
     if owner != account.uid:
         return Result(
             name,
@@ -45,7 +50,7 @@ def check_notebook_dir(ctx: Context) -> Result:
             "serve hidden directories",
             "choose a notebook_dir without a dot-directory in its path",
         )
-    space = disk.SpaceReader().read(str(path), STATVFS_TIMEOUT_S)
+    space = disk.read_space(path, STATVFS_TIMEOUT_S)
     if space is None:
         return Result(
             name,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from jlservice.start import Secrets, Started, launcher, private_dir
-from jlservice.start.cold import ColdStart, spawn
+from jlservice.start.cold import ColdStart, require_answering, spawn
 from jlservice.start.warm.keeper import Keeper
 
 
@@ -27,6 +27,7 @@ class WarmStart:
         """Raises errors.CannotStartNow (worth retrying) or LaunchError (configuration)."""
         if not self.keeper.enabled:
             return await self.cold.start(launch, secrets)
+        await require_answering(launch)  # a forked server enters it too
         private_dir.prepare(launch, self.cold.runtime_dir, *secrets)
         began, began_monotonic = time.time(), time.monotonic()
         read, write = os.pipe2(os.O_CLOEXEC)

@@ -194,7 +194,7 @@ async def test_a_port_another_program_holds_is_waited_for_without_giving_up(mach
     ]
     await m.fire(BackoffElapsed)
     await m.ready()  # freed: the next start serves
-    assert not m.view.port_in_use and m.supervisor.port_wait.waits == 0
+    assert not m.view.port_in_use and m.supervisor.waiting.waits == 0
 
 
 async def test_a_configuration_the_launch_refuses_halts_with_78(machine) -> None:
