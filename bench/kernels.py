@@ -327,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     p = options(__doc__, runs=5)
     p.add_argument("--cycles", type=int, default=50, help="soak kill -9 cycles (default 50)")
     p.add_argument("--adopt", type=int, default=32, help="kernels to adopt (default 32)")
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
     p.add_argument("--only", action="append", choices=list(PHASES), help="some phases only")
     args = parse(p, argv, "jlservice", "jupyter-lab", "python")
     return run("bench/kernels.py", "jlservice kernels-survive benchmark", args, args.runs, measure)

@@ -122,8 +122,8 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
             raise BenchError(f"jlservice reload: {done.stderr.strip()}")
 
     configure(False, interval=5.0)
-    started = lab.timed_start()
-    busy_machine(session, lab, fake, started.state["token"], args.kernels)
+    lab.timed_start()
+    busy_machine(session, lab, fake, lab.current["token"], args.kernels)
     configure(True, interval=1.0)
     wait_scrape(
         url,

@@ -238,19 +238,10 @@ def metrics(
     ]
 
 
-def summary(results: list[Metric]) -> str:
-    row = results[1]
-    return (
-        f"\nsave -> new port vs plain cold start (medians): {row.difference:+.3f} s "
-        f"(goal <= +{RELOAD_GOAL_S:g} s), ratio {row.ratio:.3f}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = options(__doc__, runs=5)
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
     args = parse(p, argv, "jlservice", "jupyter-lab", "python")
-    return run("bench/reload.py", "jlservice reload benchmark", args, args.runs, measure, summary)
+    return run("bench/reload.py", "jlservice reload benchmark", args, args.runs, measure)
 
 
 if __name__ == "__main__":

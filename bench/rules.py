@@ -61,8 +61,8 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     listen = f"{HOST}:{free_port()}"
     lab = Lab(session, metrics={"listen": listen, "bearer_token_file": str(token_file)})
     lab.env.update(fake.env())
-    started = lab.timed_start()
-    busy_machine(session, lab, fake, started.state["token"], args.kernels)
+    lab.timed_start()
+    busy_machine(session, lab, fake, lab.current["token"], args.kernels)
     wait_scrape(
         f"http://{listen}/metrics",
         lambda s: len(series(s, "jlservice_kernel_gpu_memory_bytes")) == args.kernels,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers.procs import free_port, wait_for
+from helpers.procs import free_port, stop, wait_for
 from helpers.service import LabClient
 from sandbox import JLSERVICE, Sandbox, available
 
@@ -58,7 +58,7 @@ def by_hand(session: Session, config_text: str, run: int) -> float:
 
     wait_for(ready, 120, "jlservice run to be ready", interval=0.005)
     took = time.monotonic() - began
-    session.end(proc)
+    stop(proc, 45)
     return took
 
 

@@ -166,7 +166,6 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = options(__doc__, runs=10)
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
     args = parse(p, argv, "jlservice", "jupyter-lab", "python")
     return run("bench/warm.py", "jlservice warm-restart benchmark", args, args.runs, measure)
 
