@@ -144,5 +144,7 @@ def run_timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
     done = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=120)
     wall = time.monotonic() - start
     if done.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr[-500:]}")
+        raise BenchError(
+            f"{' '.join(argv)} exited with {done.returncode}: {(done.stderr or done.stdout)[-500:]}"
+        )
     return wall, done.stdout
