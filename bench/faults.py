@@ -2,12 +2,8 @@
 
     python -m bench.faults [--runs 5] [--json PATH]   (as root: the read-only remount)
 
-1. ten kill -9 of a ready JupyterLab one second apart -> each answering again: median, worst,
-   and how many were warm;
-2. the state disk (a small tmpfs) remounted read-only, a crash meanwhile, then `remount,rw` ->
-   state.json current again;
-3. SIGHUP -> RELOADING=1 while jlservice's stdout and stderr are a full pipe nobody reads,
-   against the same with its output to a file.
+Ten kill -9 one second apart; the state disk read-only during a crash, then writable ->
+state.json current; SIGHUP -> RELOADING=1 with stdout a full unread pipe vs to a file.
 How each is measured: bench/README.md.
 """
 

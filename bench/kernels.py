@@ -1,18 +1,11 @@
 """Kernels that survive JupyterLab: what a user waits for, what is lost, what it costs.
 
-    python -m bench.kernels [--runs 5] [--cycles 50] [--adopt 32] [--json PATH]
+    python -m bench.kernels [--runs 5] [--cycles 50] [--adopt 32] [--only tab|soak|adopt]
 
-- tab: an open notebook tab in headless Chromium; kill -9 JupyterLab -> the tab's next cell
-  result, and a config reload (an [lab.options] change) -> the next cell result.
-- soak: --cycles kill -9 of JupyterLab with 4 kernels, one of them busy printing a numbered
-  line every 0.1 s, read by a websocket client that reconnects as soon as it can: kernels
-  kept in each cycle, lines printed during each gap and never received, the supervisor's
-  file descriptors and resident memory, and no process left after the stop.
-- adopt: --adopt kernels, kill -9: how long the next JupyterLab takes to adopt them (its
-  own log: before it serves, and setting up their channels once it runs), per kernel.
-
-jlservice runs with its defaults (warm restarts, survive_restarts, grace 30 s). How each is
-measured: bench/README.md.
+tab: kill -9 or a config reload -> an open Chromium tab's next cell result; soak: --cycles
+kill -9 with 4 kernels, one busy (kernels kept, output lost, fds, RSS, leftovers); adopt:
+the next JupyterLab's adoption cost per kernel. jlservice with its defaults (warm restarts,
+survive_restarts, grace 30 s). How each is measured: bench/README.md.
 """
 
 from __future__ import annotations
