@@ -232,7 +232,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = options(__doc__, runs=5)
+    p = options(__doc__, runs=5, settle=True)
     p.add_argument("--cli-runs", type=int, default=20, help="runs per CLI command (default 20)")
     p.add_argument("--idle-seconds", type=float, default=60, help="idle window (default 60)")
     p.add_argument("--idle-windows", type=int, help="idle windows (default: --runs)")

@@ -278,7 +278,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = options(__doc__, runs=5)
+    p = options(__doc__, runs=5, settle=True)
     p.add_argument("--cycles", type=int, default=50, help="soak kill -9 cycles (default 50)")
     p.add_argument("--adopt", type=int, default=32, help="kernels to adopt (default 32)")
     p.add_argument("--only", action="append", choices=list(PHASES), help="some phases only")

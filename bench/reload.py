@@ -199,7 +199,7 @@ def metrics(s: Runs, comments: list[dict[str, Any]]) -> list[Metric]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(options(__doc__, runs=5), argv, "jlservice", "jupyter-lab", "python")
+    args = parse(options(__doc__, runs=5, settle=True), argv, "jlservice", "jupyter-lab", "python")
     return run("bench/reload.py", "jlservice reload benchmark", args, args.runs, measure)
 
 

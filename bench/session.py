@@ -26,8 +26,11 @@ class BenchError(Exception):
     """Something the benchmark needs did not start or did not answer; str() says what."""
 
 
-def options(doc: str, runs: int | None = None, lab: bool = True) -> argparse.ArgumentParser:
-    """The options every benchmark has; `lab`: also those of one that starts JupyterLab."""
+def options(
+    doc: str, runs: int | None = None, lab: bool = True, settle: bool = False
+) -> argparse.ArgumentParser:
+    """The options every benchmark has; `lab`: also those of one that starts JupyterLab;
+    `settle`: --settle, the wait after each start or restart."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     add = p.add_argument
     if runs is not None:
@@ -35,7 +38,6 @@ def options(doc: str, runs: int | None = None, lab: bool = True) -> argparse.Arg
     if lab:
         add("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
         add("--start-timeout", type=float, default=180, help="seconds (default 180)")
-        add("--settle", type=float, default=1.0, help="wait after each start (default 1 s)")
         add(
             "--bytecode",
             choices=("cached", "env"),
@@ -45,6 +47,8 @@ def options(doc: str, runs: int | None = None, lab: bool = True) -> argparse.Arg
         )
     else:
         p.set_defaults(bytecode="env")
+    if settle:
+        add("--settle", type=float, default=1.0, help="wait after each start (default 1 s)")
     add("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
     add("--json", metavar="PATH", help="also write the results as JSON")
     add("--keep", action="store_true", help="keep the work directory (logs)")

@@ -135,7 +135,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(options(__doc__, runs=10), argv, "jlservice", "jupyter-lab", "python")
+    args = parse(options(__doc__, runs=10, settle=True), argv, "jlservice", "jupyter-lab", "python")
     return run("bench/warm.py", "jlservice warm-restart benchmark", args, args.runs, measure)
 
 
