@@ -9,6 +9,7 @@ the idle supervisor's CPU and memory. How each is measured: bench/README.md.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -16,9 +17,10 @@ import time
 from typing import Any
 
 import psutil
+from helpers.service import event_time
 
-from .lab import Lab, Started, event_time, first_event, need_event
-from .report import Metric, say
+from .lab import Lab, first_event, need_event
+from .report import Metric, Runs, say
 from .session import BenchError, Session, options, parse, run, run_timed
 
 PHASES = ("start", "kill", "cli", "idle")
@@ -27,9 +29,7 @@ KERNELS = {
     "python3": "a python3 kernel running",
     "stubborn": "a kernel running that ignores its parent's death (as ipykernel < 7)",
 }
-
-
-# ── 1. start -> ready ────────────────────────────────────────────────────────
+STUBBORN = "jlservice-bench-stubborn"
 
 
 def measure_start(lab: Lab, runs: int, plain: list[float]) -> list[Metric]:
@@ -41,31 +41,28 @@ def measure_start(lab: Lab, runs: int, plain: list[float]) -> list[Metric]:
     lab.plain_start()
     lab.timed_start()
     lab.shutdown()
-    starts: list[Started] = []
-    for i in range(runs):
-        plain.append(lab.plain_start())
-        starts.append(started := lab.timed_start())
+    s = Runs("run", runs)
+    for _ in range(runs):
+        baseline = lab.plain_start()
+        started = lab.timed_start()
         lab.shutdown()
-        say(
-            f"  run {i + 1}/{runs}: plain {plain[-1]:.3f} s, jlservice "
-            f"{started.api_s:.3f} s (lab spawned at {started.spawned_s:.3f} s, "
-            f"declared ready at {started.declared_s:.3f} s)"
-        )
+        s.add(plain=baseline, **started._asdict())
+    plain += s["plain"]
     base = "plain jupyter-lab"
     return [
-        Metric("start->ready: plain jupyter-lab", "s", list(plain)),
-        Metric("start->ready: jlservice run", "s", [r.api_s for r in starts], base, plain, 1.05),
+        Metric("start->ready: plain jupyter-lab", "s", plain),
+        Metric("start->ready: jlservice run", "s", s["api_s"], base, plain, 1.05),
         Metric(
             "  spawn -> lab_starting (adopted)",
             "s",
-            [r.spawned_s for r in starts],
+            s["spawned_s"],
             note="until the supervisor logs lab_starting: it spawns JupyterLab first, "
             "then imports its own machinery and adopts it (context)",
         ),
         Metric(
             "start->declared ready: jlservice run",
             "s",
-            [r.declared_s for r in starts],
+            s["declared_s"],
             base,
             plain,
             note="spawn -> lab_ready event (state.json ready, READY=1); context, no goal",
@@ -73,7 +70,18 @@ def measure_start(lab: Lab, runs: int, plain: list[float]) -> list[Metric]:
     ]
 
 
-# ── 2. kill -9 JupyterLab -> answering again ─────────────────────────────────
+def stubborn_kernelspec(lab: Lab) -> str:
+    """A kernel that stays when JupyterLab dies (a sleeping Python: its command line names
+    its connection file, as a kernel's does)."""
+    spec = lab.root / "jupyter-path" / "kernels" / STUBBORN
+    spec.mkdir(parents=True)
+    argv = [str(lab.bin / "python"), "-c", "import time; time.sleep(3600)", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": STUBBORN, "language": "none"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    lab.env["JUPYTER_PATH"] = os.pathsep.join(
+        filter(None, [str(spec.parent.parent), lab.env.get("JUPYTER_PATH")])
+    )
+    return STUBBORN
 
 
 def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
@@ -81,42 +89,34 @@ def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
     if not plain:  # the start phase was skipped: measure the baseline here
         say("kill: plain cold starts for the baseline (after a warm-up)")
         lab.plain_start()
-        plain.extend(lab.plain_start() for _ in range(args.runs))
-    kernel = lab.add_stubborn_kernelspec() if args.kernel == "stubborn" else args.kernel
-    back, teardown, noticed, decided, respawn, swept = [], [], [], [], [], []
-    for i in range(args.runs):
-        current = lab.timed_start().state
+        plain += [lab.plain_start() for _ in range(args.runs)]
+    kernel = stubborn_kernelspec(lab) if args.kernel == "stubborn" else args.kernel
+    s = Runs("run", args.runs)
+    for _ in range(args.runs):
+        lab.timed_start()
         time.sleep(args.settle)
         if args.kernel != "none":
-            lab.start_kernel(current["token"], kernel)
+            lab.start_kernel(lab.current["token"], kernel)
             time.sleep(args.settle)
         crash = lab.crash()
-        back.append(crash.back_s)
-        teardown.append(crash.teardown_ms)
         starting = lab.wait_event("lab_starting", crash.offset, pid=lab.current["lab_pid"])
         events = lab.log_events(crash.offset)
         gone = need_event(events, "lab_exited", pid=crash.old_pid)
         scheduled = need_event(events[events.index(gone) :], "lab_restart_scheduled")
-        ended = first_event(events, "leftovers_ended")
-        swept.append(ended.get("count", 0) if ended else 0)
-        noticed.append((event_time(gone) - crash.wall) * 1000)
-        decided.append((event_time(scheduled) - event_time(gone)) * 1000)
-        respawn.append((event_time(starting) - event_time(scheduled)) * 1000)
         lab.shutdown()
-        say(
-            f"  run {i + 1}/{args.runs}: back in {back[-1]:.3f} s, exit {teardown[-1]:.2f} ms, "
-            f"noticed {noticed[-1]:.2f} ms, decided {decided[-1]:.2f} ms, respawned "
-            f"{respawn[-1]:.2f} ms, swept {swept[-1]}"
+        s.add(
+            back=crash.back_s,
+            teardown=crash.teardown_ms,
+            noticed=(event_time(gone) - crash.wall) * 1000,
+            decided=(event_time(scheduled) - event_time(gone)) * 1000,
+            respawn=(event_time(starting) - event_time(scheduled)) * 1000,
+            swept=(first_event(events, "leftovers_ended") or {}).get("count", 0),
         )
+    noticed, teardown, decided = s["noticed"], s["teardown"], s["decided"]
+    fresh = f"fresh supervisor per run (first crash: no backoff), {KERNELS[args.kernel]}"
     return [
         Metric(
-            "kill -9 lab -> /api 200",
-            "s",
-            back,
-            "plain cold start",
-            plain,
-            1.10,
-            note=f"fresh supervisor per run (first crash: no backoff), {KERNELS[args.kernel]}",
+            "kill -9 lab -> /api 200", "s", s["back"], "plain cold start", plain, 1.10, note=fresh
         ),
         Metric(
             "kill -9 -> pid gone/zombie (OS)",
@@ -138,13 +138,10 @@ def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
             [a + b for a, b in zip(noticed, decided, strict=True)],
             goal=10,
             goal_on="median",
-            note=f"orphans swept per run: {swept}",
+            note=f"orphans swept per run: {[int(n) for n in s['swept']]}",
         ),
-        Metric("restart_scheduled -> lab_starting", "ms", respawn, note="respawn; context"),
+        Metric("restart_scheduled -> lab_starting", "ms", s["respawn"], note="respawn; context"),
     ]
-
-
-# ── 3. CLI and 4. idle, on one supervisor ────────────────────────────────────
 
 
 def measure_cli(lab: Lab, cli_runs: int) -> list[Metric]:
@@ -161,13 +158,13 @@ def measure_cli(lab: Lab, cli_runs: int) -> list[Metric]:
         raise BenchError("`jlservice token` did not print the token of state.json")
     if f":{lab.port}/" not in out["jupyter server list"]:
         raise BenchError(f"`jupyter server list` did not list the server on port {lab.port}")
-    times: dict[str, list[float]] = {name: [] for name in commands}
     names = list(commands)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(cli_runs):
         for name in names[i % 3 :] + names[: i % 3]:
             times[name].append(run_timed(commands[name], env)[0])
     say("  " + ", ".join(f"{n} {statistics.median(t):.3f} s" for n, t in times.items()))
-    bare, token, listing = (times[n] for n in names)
+    bare, token, listing = times.values()
     return [
         Metric("python -c pass", "s", bare),
         Metric("jupyter server list", "s", listing),
@@ -182,18 +179,17 @@ def measure_idle(lab: Lab, args: Any) -> list[Metric]:
     say(f"idle: settling {args.idle_settle:g} s, then {windows} x {seconds:g} s")
     time.sleep(args.idle_settle)
     assert lab.proc is not None
-    sup, jl = psutil.Process(lab.proc.pid), psutil.Process(lab.current["lab_pid"])
+    procs = {"supervisor": psutil.Process(lab.proc.pid), "lab": psutil.Process(lab.lab_pid)}
     restarts = lab.state().get("restarts")
-    sup_cpu, sup_rss, lab_cpu, lab_rss = [], [], [], []
+    s = Runs("window", windows)
     for _ in range(windows):
-        s0, l0, t0 = _cpu(sup), _cpu(jl), time.monotonic()
+        before, t0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}, time.monotonic()
         time.sleep(seconds)
-        s1, l1, t1 = _cpu(sup), _cpu(jl), time.monotonic()
-        sup_cpu.append((s1 - s0) / (t1 - t0) * 100)
-        lab_cpu.append((l1 - l0) / (t1 - t0) * 100)
-        sup_rss.append(sup.memory_info().rss / 2**20)
-        lab_rss.append(jl.memory_info().rss / 2**20)
-        say(f"  supervisor {sup_cpu[-1]:.3f} % {sup_rss[-1]:.1f} MiB, lab {lab_cpu[-1]:.3f} %")
+        wall = time.monotonic() - t0
+        cpu = {
+            f"{k} %": (sum(p.cpu_times()[:2]) - before[k]) / wall * 100 for k, p in procs.items()
+        }
+        s.add(**cpu, **{f"{k} MiB": p.memory_info().rss / 2**20 for k, p in procs.items()})
     if lab.proc.poll() is not None or lab.state().get("restarts") != restarts:
         raise BenchError("JupyterLab restarted or jlservice exited during the idle windows")
     tick = 100 / os.sysconf("SC_CLK_TCK") / seconds
@@ -202,19 +198,13 @@ def measure_idle(lab: Lab, args: Any) -> list[Metric]:
         f"{tick:.3f} % (one clock tick per window)"
     )
     return [
-        Metric("idle supervisor CPU", "%", sup_cpu, goal=0.2, goal_on="median", note=note),
-        Metric("idle supervisor RSS", "MiB", sup_rss, goal=60, goal_on="median"),
-        Metric("idle JupyterLab CPU (context)", "%", lab_cpu),
-        Metric("idle JupyterLab RSS (context)", "MiB", lab_rss),
+        Metric(
+            "idle supervisor CPU", "%", s["supervisor %"], goal=0.2, goal_on="median", note=note
+        ),
+        Metric("idle supervisor RSS", "MiB", s["supervisor MiB"], goal=60, goal_on="median"),
+        Metric("idle JupyterLab CPU (context)", "%", s["lab %"]),
+        Metric("idle JupyterLab RSS (context)", "MiB", s["lab MiB"]),
     ]
-
-
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
-# ── command line ─────────────────────────────────────────────────────────────
 
 
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
@@ -242,18 +232,17 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = options(__doc__, runs=5)
+    p = options(__doc__, runs=5, settle=True)
     p.add_argument("--cli-runs", type=int, default=20, help="runs per CLI command (default 20)")
     p.add_argument("--idle-seconds", type=float, default=60, help="idle window (default 60)")
     p.add_argument("--idle-windows", type=int, help="idle windows (default: --runs)")
     p.add_argument("--idle-settle", type=float, default=5, help="wait before idle (default 5 s)")
-    p.add_argument("--settle", type=float, default=1.0, help="wait after ready (default 1 s)")
     p.add_argument(
         "--kernel",
         choices=tuple(KERNELS),
         default="none",
-        help="kernel running when JupyterLab is killed (default none); stubborn: a `sleep` "
-        "that does not exit when JupyterLab dies, like ipykernel < 7 or a kernel's children",
+        help="kernel running when JupyterLab is killed (default none); stubborn: one that "
+        "does not exit when JupyterLab dies, like ipykernel < 7 or a kernel's children",
     )
     p.add_argument("--only", action="append", choices=PHASES, help="run only these phases")
     args = parse(p, argv, "jlservice", "jupyter-lab", "jupyter", "python")

@@ -25,9 +25,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
         done = lab.cli(*args, input=stdin)
         if done.returncode != 0:
             raise BenchError(f"{args[0]} failed: {done.stderr.strip()}")
-    # Not Lab.timed_start: its readiness poller speaks http; state.json says when it serves.
-    lab.start(wait=False)
-    lab.wait_ready()
+    lab.start()  # not timed_start: its /api poller speaks http; state.json says when it serves
     doctor = [*lab.command, "doctor", "--config", str(lab.config_path)]
     bare = [str(lab.bin / "python"), "-c", "pass"]
     _, report = run_timed(doctor, lab.env)  # warm-ups; doctor must pass (run_timed raises)
@@ -38,16 +36,9 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
         bare_s.append(run_timed(bare, lab.env)[0])
     lab.shutdown()
     print("\nthe doctor's report on that install:\n" + report)
-    metric = Metric(
-        "jlservice doctor, healthy https + password install",
-        "s",
-        doctor_s,
-        baseline="python -c pass",
-        baseline_samples=bare_s,
-        goal=GOAL_S,
-        goal_on="median",
-        note=f"{len(report.splitlines())} checks, all passed",
-    )
+    name, note = "jlservice doctor, healthy https + password install", "checks, all passed"
+    metric = Metric(name, "s", doctor_s, "python -c pass", bare_s, GOAL_S, "median")
+    metric.note = f"{len(report.splitlines())} {note}"
     return [metric], {"report": report}
 
 

@@ -1,18 +1,11 @@
 """Kernels that survive JupyterLab: what a user waits for, what is lost, what it costs.
 
-    python -m bench.kernels [--runs 5] [--cycles 50] [--adopt 32] [--json PATH]
+    python -m bench.kernels [--runs 5] [--cycles 50] [--adopt 32] [--only tab|soak|adopt]
 
-- tab: an open notebook tab in headless Chromium; kill -9 JupyterLab -> the tab's next cell
-  result, and a config reload (an [lab.options] change) -> the next cell result.
-- soak: --cycles kill -9 of JupyterLab with 4 kernels, one of them busy printing a numbered
-  line every 0.1 s, read by a websocket client that reconnects as soon as it can: kernels
-  kept in each cycle, lines printed during each gap and never received, the supervisor's
-  file descriptors and resident memory, and no process left after the stop.
-- adopt: --adopt kernels, kill -9: how long the next JupyterLab takes to adopt them (its
-  own log: before it serves, and setting up their channels once it runs), per kernel.
-
-jlservice runs with its defaults (warm restarts, survive_restarts, grace 30 s). How each is
-measured: bench/README.md.
+tab: kill -9 or a config reload -> an open Chromium tab's next cell result; soak: --cycles
+kill -9 with 4 kernels, one busy (kernels kept, output lost, fds, RSS, leftovers); adopt:
+the next JupyterLab's adoption cost per kernel. jlservice with its defaults (warm restarts,
+survive_restarts, grace 30 s). How each is measured: bench/README.md.
 """
 
 from __future__ import annotations
@@ -26,16 +19,17 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from typing import Any
 
 import psutil
 import websocket
+from helpers.metrics import open_notebook
 from helpers.notebook import EXPOSE_APP, open_tab
 from helpers.procs import wait_for
+from helpers.service import event_time, execute_request
 
-from .lab import Lab, event_time
-from .report import Metric, say
+from .lab import Lab
+from .report import Metric, Runs, say
 from .session import BenchError, Session, options, parse, run
 
 TICK = (
@@ -58,48 +52,50 @@ def kernels_adopted(lab: Lab, ids: list[str], offset: int, timeout: float = 60) 
     return found() & set(ids)
 
 
-def crash(lab: Lab) -> tuple[int, float]:
-    """kill -9 JupyterLab; (log offset, monotonic time of the kill) once it is ready again."""
-    old, offset = lab.current["lab_pid"], lab.log_size()
-    os.kill(old, signal.SIGKILL)
-    killed = time.monotonic()
-    lab.current = lab.wait_ready(not_pid=old)
-    return offset, killed
-
-
-# ── tab ──────────────────────────────────────────────────────────────────────
+def channels(lab: Lab, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
+    url = lab.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+    return websocket.create_connection(
+        url, header=[f"Authorization: token {token}"], timeout=timeout
+    )
 
 
 def measure_tab(session: Session) -> list[Metric]:
-    runs = session.args.runs
+    runs, settle = session.args.runs, session.args.settle
     lab = Lab(session, "tab", "tab/config", wait_warm=True)
     lab.sections["lab"]["options"] = dict(EXPOSE_APP)
     lab.write_config()
     lab.timed_start()
     browser, tab = open_tab(lab, session.work / "chromium")
+
+    def result(cell: int, code: str, expected: int) -> None:
+        tab.run(cell, code)
+        wait_for(lambda: str(expected) in tab.output(cell), 120, "the result in the tab", 0.005)
+
+    def noticed() -> None:  # a cell run before the tab knows would go to the dead connection
+        wait_for(lambda: tab.kernel_status() != "connected", 60, "the tab to notice", 0.002)
+
     kill_ms, reload_ms = [], []
     try:
         tab.run(0)
         wait_for(lambda: tab.kernel_status() == "connected", 60, "the kernel")
         for i in range(runs + 1):  # the first is a warm-up
-            _, killed = crash_noticed(lab, tab)
-            tab.run(1, f"x + {i}")
-            wait_for(lambda i=i: str(41 + i) in tab.output(1), 120, "the result in the tab", 0.005)
-            if i:
-                kill_ms.append((time.monotonic() - killed) * 1000)
-            lab.current = lab.wait_ready(timeout=120)
-            time.sleep(session.args.settle)
+            os.kill(lab.current["lab_pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            noticed()
+            result(1, f"x + {i}", 41 + i)
+            kill_ms += [(time.monotonic() - killed) * 1000] if i else []
+            lab.wait_ready(timeout=120)
+            time.sleep(settle)
         for i in range(runs):
             old = lab.current["lab_pid"]
             lab.sections["lab"]["options"]["ServerApp.iopub_msg_rate_limit"] = 1000 + i
             lab.write_config()
             saved = time.monotonic()
-            wait_for(lambda: tab.kernel_status() != "connected", 60, "the tab to notice", 0.002)
-            tab.run(2, f"x - {i}")
-            wait_for(lambda i=i: str(41 - i) in tab.output(2), 120, "the result in the tab", 0.005)
+            noticed()
+            result(2, f"x - {i}", 41 - i)
             reload_ms.append((time.monotonic() - saved) * 1000)
-            lab.current = lab.wait_ready(not_pid=old, timeout=120)
-            time.sleep(session.args.settle)
+            lab.wait_ready(not_pid=old, timeout=120)
+            time.sleep(settle)
         say(f"  tab: kill -9 -> result {kill_ms} ms; reload -> result {reload_ms} ms")
     finally:
         browser.close()
@@ -124,51 +120,31 @@ def measure_tab(session: Session) -> list[Metric]:
     ]
 
 
-def crash_noticed(lab: Lab, tab: Any) -> tuple[int, float]:
-    """kill -9 JupyterLab, and wait until the tab knows (a cell run before that would go to
-    the dead connection)."""
-    old, offset = lab.current["lab_pid"], lab.log_size()
-    os.kill(old, signal.SIGKILL)
-    killed = time.monotonic()
-    wait_for(lambda: tab.kernel_status() != "connected", 30, "the tab to notice", 0.002)
-    return offset, killed
-
-
-# ── soak ─────────────────────────────────────────────────────────────────────
-
-
 class Listener(threading.Thread):
     """A websocket client of one kernel that reconnects as soon as it can, and notes every
     `tick-N` line the kernel prints."""
 
     def __init__(self, lab: Lab, token: str, kernel_id: str) -> None:
         super().__init__(daemon=True)
-        self.url = lab.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-        self.header = [f"Authorization: token {token}"]
+        self.connect = lambda: channels(lab, token, kernel_id, 2)
         self.seen: list[int] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
             try:
-                ws = websocket.create_connection(self.url, header=self.header, timeout=2)
+                ws = self.connect()
             except (OSError, websocket.WebSocketException):
                 time.sleep(0.01)
                 continue
             ws.settimeout(None)  # a quiet kernel is no lost connection
-            try:
+            with contextlib.suppress(OSError, ValueError, websocket.WebSocketException):
                 while not self.done.is_set():
-                    self._note(json.loads(ws.recv()))
-            except (OSError, ValueError, websocket.WebSocketException):
-                pass
-            finally:
-                ws.close()
-
-    def _note(self, msg: dict[str, Any]) -> None:
-        if msg.get("msg_type") == "stream":
-            for word in msg["content"]["text"].split():
-                if word.startswith("tick-"):
-                    self.seen.append(int(word[5:]))
+                    msg = json.loads(ws.recv())
+                    if msg.get("msg_type") == "stream":
+                        words = msg["content"]["text"].split()
+                        self.seen += [int(w[5:]) for w in words if w.startswith("tick-")]
+            ws.close()
 
     def gaps(self) -> list[int]:
         """Lines never received, per gap in the numbering (one gap per crash)."""
@@ -176,44 +152,26 @@ class Listener(threading.Thread):
         return [b - a - 1 for a, b in itertools.pairwise(seen) if b - a > 1]
 
 
-def start_cell(lab: Lab, token: str, kernel_id: str, code: str) -> websocket.WebSocket:
-    """Send an execute request and leave it running (on the websocket returned)."""
-    url = lab.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-    ws = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=30)
-    header = {"msg_id": uuid.uuid4().hex, "username": "bench", "session": uuid.uuid4().hex}
-    header.update(msg_type="execute_request", version="5.3")
-    content = {"code": code, "silent": False, "store_history": False, "user_expressions": {}}
-    msg = {"header": header, "parent_header": {}, "metadata": {}, "channel": "shell"}
-    ws.send(json.dumps({**msg, "content": {**content, "allow_stdin": False}}))
-    return ws
-
-
 def measure_soak(session: Session) -> list[Metric]:
     cycles = session.args.cycles
     lab = Lab(session, "soak", wait_warm=True)
     lab.timed_start()
     token = lab.current["token"]
-    ids = []
-    for n in range(4):
-        body = {"path": f"soak-{n}.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
-        response = lab.api("POST", "api/sessions", token, json=body)
-        response.raise_for_status()
-        ids.append(response.json()["kernel"]["id"])
-        lab.execute(token, ids[-1], f"x = {n}")
+    ids = [open_notebook(lab, token, f"soak-{n}.ipynb")[0] for n in range(4)]
+    for n, kernel_id in enumerate(ids):
+        lab.execute(token, kernel_id, f"x = {n}")
     listener = Listener(lab, token, ids[0])
     listener.start()
-    busy = start_cell(lab, token, ids[0], TICK)
+    busy = channels(lab, token, ids[0], 30)
+    busy.send(json.dumps(execute_request(TICK)))  # left running
     wait_for(lambda: len(listener.seen) > 5, 60, "the busy kernel's lines")
-    kept, back_s, fds, rss = [], [], [], []
     supervisor = psutil.Process(lab.proc.pid)
-    for i in range(cycles):
-        offset, killed = crash(lab)
-        back_s.append(time.monotonic() - killed)
-        kept.append(len(kernels_adopted(lab, ids, offset)))
-        fds.append(supervisor.num_fds())
-        rss.append(supervisor.memory_info().rss / 2**20)
-        if i % 10 == 9:
-            say(f"  soak: {i + 1}/{cycles} cycles, kept {sum(kept)}/{4 * (i + 1)}")
+    s = Runs("cycle", cycles)
+    for _ in range(cycles):
+        crash = lab.crash()
+        kept = len(kernels_adopted(lab, ids, crash.offset))
+        rss = supervisor.memory_info().rss / 2**20
+        s.add(kept=kept, ready=crash.ready_s, fds=supervisor.num_fds(), rss=rss)
         time.sleep(session.args.settle)
     time.sleep(1)  # the last gap's first lines after it
     listener.done.set()
@@ -224,7 +182,7 @@ def measure_soak(session: Session) -> list[Metric]:
     pids = [p.pid for p in supervisor.children(recursive=True)]
     lab.shutdown()
     left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    gaps = listener.gaps()
+    gaps, kept, fds, rss = listener.gaps(), s["kept"], s["fds"], s["rss"]
     return [
         Metric(
             f"kernels not kept, over {cycles} kill -9 cycles",
@@ -232,10 +190,10 @@ def measure_soak(session: Session) -> list[Metric]:
             [100 - 100 * k / 4 for k in kept],
             goal=0,
             goal_on="max",
-            note=f"4 kernels, one busy: {sum(kept)} of {4 * cycles} adopted by the next "
+            note=f"4 kernels, one busy: {sum(kept):.0f} of {4 * cycles} adopted by the next "
             "JupyterLab (goal: all kept every time)",
         ),
-        Metric("  kill -9 -> ready again", "s", back_s, note="warm restarts; context"),
+        Metric("  kill -9 -> ready again", "s", s["ready"], note="warm restarts; context"),
         Metric(
             "output lines lost during the gap",
             "lines",
@@ -246,8 +204,8 @@ def measure_soak(session: Session) -> list[Metric]:
         Metric(
             "supervisor fds: first -> last cycle",
             "fds",
-            [float(fds[-1] - fds[0])],
-            note=f"{fds[0]} -> {fds[-1]}",
+            [fds[-1] - fds[0]],
+            note=f"{fds[0]:.0f} -> {fds[-1]:.0f}",
         ),
         Metric(
             "supervisor RSS: first -> last cycle",
@@ -258,46 +216,42 @@ def measure_soak(session: Session) -> list[Metric]:
     ]
 
 
-# ── adopt ────────────────────────────────────────────────────────────────────
-
-
 def measure_adopt(session: Session) -> list[Metric]:
     count, runs = session.args.adopt, session.args.runs
     lab = Lab(session, "adopt", wait_warm=True)
     lab.timed_start()
     token = lab.current["token"]
-    ids = []
     say(f"  adopt: starting {count} kernels")
+    ids = []
     for _ in range(count):
         response = lab.api("POST", "api/kernels", token, json={"name": "python3"})
         response.raise_for_status()
         ids.append(response.json()["id"])
-
     # Listed once started (POST returns then); a kernel never connected to may say
     # "starting" for good, so its state is not waited for.
     wait_for(lambda: len(lab.api("GET", "api/kernels", token).json()) == count, 60, "kernels")
-    before, after, all_ms = [], [], []
+    s = Runs("adopt run", runs)
     for i in range(runs):
-        offset, killed = crash(lab)
-        adopted = kernels_adopted(lab, ids, offset, timeout=120)
-        if len(adopted) != count:
+        crash = lab.crash()
+        if len(adopted := kernels_adopted(lab, ids, crash.offset, timeout=120)) != count:
             raise BenchError(f"run {i + 1}: {len(adopted)} of {count} kernels adopted")
-        events = lab.log_events(offset)
+        events = lab.log_events(crash.offset)
         lines = [e.get("line", "") for e in events if e.get("event") == "lab_output"]
-        first = next(m for line in lines if (m := _ADOPTED.search(line)))
-        second = next(m for line in lines if (m := _WATCHING.search(line)))
-        before.append(float(first[2]) / count)
-        after.append(float(second[2]) / count)
+        before = next(m for line in lines if (m := _ADOPTED.search(line)))
+        after = next(m for line in lines if (m := _WATCHING.search(line)))
         last = max(event_time(e) for e in events if e.get("event") == "kernel_adopted")
-        all_ms.append((last - (time.time() - (time.monotonic() - killed))) * 1000)
-        say(f"  adopt run {i + 1}/{runs}: {first[2]} ms + {second[2]} ms for {count}")
+        s.add(
+            before=float(before[2]) / count,
+            after=float(after[2]) / count,
+            adopted=(last - crash.wall) * 1000,
+        )
         time.sleep(session.args.settle)
     lab.shutdown()
     return [
         Metric(
             f"adoption per kernel, {count} kernels: before serving",
             "ms",
-            before,
+            s["before"],
             goal=5,
             goal_on="median",
             note="connection file, pidfd, /proc checks, the kernel's manager (JupyterLab's log)",
@@ -305,10 +259,10 @@ def measure_adopt(session: Session) -> list[Metric]:
         Metric(
             "  and setting up their channels once it runs",
             "ms",
-            after,
+            s["after"],
             note="restarter, control socket, activity stream (after it answers)",
         ),
-        Metric(f"  kill -9 -> all {count} adopted (jlservice's log)", "ms", all_ms),
+        Metric(f"  kill -9 -> all {count} adopted (jlservice's log)", "ms", s["adopted"]),
     ]
 
 
@@ -324,10 +278,9 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = options(__doc__, runs=5)
+    p = options(__doc__, runs=5, settle=True)
     p.add_argument("--cycles", type=int, default=50, help="soak kill -9 cycles (default 50)")
     p.add_argument("--adopt", type=int, default=32, help="kernels to adopt (default 32)")
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
     p.add_argument("--only", action="append", choices=list(PHASES), help="some phases only")
     args = parse(p, argv, "jlservice", "jupyter-lab", "python")
     return run("bench/kernels.py", "jlservice kernels-survive benchmark", args, args.runs, measure)

@@ -3,31 +3,25 @@ run` (the tests' Service, with jlservice's defaults), timed by the same /api pol
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import http.client
-import json
 import os
 import signal
 import socket
 import time
 from typing import Any, ClassVar, NamedTuple
 
-import psutil
 from helpers.procs import stop, wait_for
-from helpers.service import Service
+from helpers.service import Service, event_time
 
-from .session import BenchError, Session, tail
+from .session import BenchError, Session
 
 HOST = "127.0.0.1"
 PLAIN_TOKEN = "b" * 48  # the plain baseline's token: throw-away, 127.0.0.1 only
-STUBBORN = "jlservice-bench-stubborn"
 
 
 class Started(NamedTuple):
-    """One `jlservice run` brought up; times in seconds from its spawn."""
+    """One `jlservice run` brought up; seconds from its spawn."""
 
-    state: dict[str, Any]  # state.json once ready
     api_s: float  # first 200 on /api (our poller)
     spawned_s: float  # lab_starting event: JupyterLab spawned
     declared_s: float  # lab_ready event: jlservice declares it ready
@@ -41,6 +35,7 @@ class Crash(NamedTuple):
     wall: float  # time.time() at the kill
     teardown_ms: float  # kill -> the OS has ended the process
     back_s: float  # kill -> /api answering again
+    ready_s: float  # kill -> state.json says ready again (with a ready warm parent)
 
 
 class Lab(Service):
@@ -64,28 +59,11 @@ class Lab(Service):
         self.bin = session.bin
         self.command = (str(self.bin / "jlservice"),)
         self.env = dict(session.env)
-        self.poll = session.args.poll_ms / 1000
-        self.start_timeout = session.args.start_timeout
         self.current: dict[str, Any] = {}  # state.json when it last said ready
         session.labs.append(self)
 
     def warn(self, message: str) -> None:
         self.session.warnings.append(message)
-
-    def add_stubborn_kernelspec(self) -> str:
-        """A kernel that stays when JupyterLab dies (`sleep`, holding JupyterLab's stdout)."""
-        path = self.root / "jupyter-path"
-        spec = path / "kernels" / STUBBORN
-        spec.mkdir(parents=True)
-        argv = ["/bin/sh", "-c", "exec sleep 3600", "{connection_file}"]
-        (spec / "kernel.json").write_text(
-            json.dumps({"argv": argv, "display_name": STUBBORN, "language": "none"})
-        )
-        previous = self.env.get("JUPYTER_PATH")
-        self.env["JUPYTER_PATH"] = str(path) + (os.pathsep + previous if previous else "")
-        return STUBBORN
-
-    # ── plain jupyter-lab ───────────────────────────────────────────────────
 
     def plain_start(self, port: int | None = None) -> float:
         """Seconds from spawning plain jupyter-lab to the first 200 on /api; then stop it.
@@ -104,18 +82,14 @@ class Lab(Service):
             "--ServerApp.port_retries=0",
             f"--ServerApp.root_dir={self.notebooks}",
         ]
-        env = dict(
-            self.env, JUPYTER_TOKEN=PLAIN_TOKEN, JUPYTER_RUNTIME_DIR=str(self.root / "plain-run")
-        )
-        log = self.root / "plain.log"
+        runtime = str(self.root / "plain-run")
+        env = dict(self.env, JUPYTER_TOKEN=PLAIN_TOKEN, JUPYTER_RUNTIME_DIR=runtime)
         wait_port_free(port)
         start = time.monotonic()
-        proc = self.session.spawn(argv, log, env)
-        ready = self.wait_api("plain jupyter-lab", port, proc, log)
-        self.session.end(proc)
+        proc = self.session.spawn(argv, self.root / "plain.log", env)
+        ready = self.wait_api("plain jupyter-lab", port, proc)
+        stop(proc, 45)
         return ready - start
-
-    # ── jlservice run ───────────────────────────────────────────────────────
 
     def timed_start(self) -> Started:
         """Spawn `jlservice run`; wait for /api and for state.json to say ready."""
@@ -124,45 +98,41 @@ class Lab(Service):
         start_wall, start = time.time(), time.monotonic()
         self.start(wait=False)
         ready = self.wait_api("jlservice run")
-        self.current = self.wait_ready()
+        self.wait_ready()
         spawned = self.wait_event("lab_starting", offset)
         declared = self.wait_event("lab_ready", offset)  # logged just after state.json says so
         return Started(
-            self.current,
-            api_s=ready - start,
-            spawned_s=event_time(spawned) - start_wall,
-            declared_s=event_time(declared) - start_wall,
+            ready - start, event_time(spawned) - start_wall, event_time(declared) - start_wall
         )
 
     def shutdown(self) -> None:
         """SIGTERM `jlservice run`; a warning when it fails or leaves a process behind."""
         assert self.proc is not None
         self.snapshot()
-        status = stop(self.proc, 45)
-        if status != 0:
+        if status := stop(self.proc, 45):
             self.warn(f"jlservice run exited with status {status} on SIGTERM ({self.log_path})")
         if left := self.procs.kill():
             self.warn(f"pid(s) {left} still ran after jlservice exited ({self.log_path})")
 
     def wait_ready(self, not_pid: int | None = None, timeout: float | None = None):
-        return super().wait_ready(not_pid, timeout or self.start_timeout)
+        """state.json once ready (kept as `current`), within --start-timeout by default."""
+        self.current = super().wait_ready(not_pid, timeout or self.session.args.start_timeout)
+        return self.current
 
-    def wait_api(self, what: str, port: int | None = None, proc=None, log=None) -> float:
+    def wait_api(self, what: str, port: int | None = None, proc: Any = None) -> float:
         """time.monotonic() of the first 200 on /api of `port` (default ours) while `proc`
-        (default `jlservice run`) runs; polls every --poll-ms plus the request."""
-        port, proc, log = port or self.port, proc or self.proc, log or self.log_path
-        deadline = time.monotonic() + self.start_timeout
-        while not http_ok(port):
+        (default `jlservice run`) runs; polled every --poll-ms plus the request."""
+        port, proc = port or self.port, proc or self.proc
+
+        def answers() -> bool:
             if proc.poll() is not None:
-                problem = f"{what} exited before http://{HOST}:{port}/api answered"
-            elif time.monotonic() > deadline:
-                problem = (
-                    f"{what}: http://{HOST}:{port}/api did not answer in {self.start_timeout:g} s"
-                )
-            else:
-                time.sleep(self.poll)
-                continue
-            raise BenchError(f"{problem}\n--- last lines of {log} ---\n{tail(log)}")
+                log = (self.log_path if proc is self.proc else self.root / "plain.log").read_text()
+                lines = "\n".join(log.splitlines()[-15:])
+                raise BenchError(f"{what} exited before /api answered; its log ends:\n{lines}")
+            return http_ok(port)
+
+        args = self.session.args
+        wait_for(answers, args.start_timeout, f"{what} on port {port}", args.poll_ms / 1000)
         return time.monotonic()
 
     def crash(self) -> Crash:
@@ -175,18 +145,9 @@ class Lab(Service):
         wait_for(lambda: exited(old), 5.0, f"pid {old} to exit", interval=0.0002)
         teardown = time.monotonic()
         back = self.wait_api("jlservice run after kill -9")
-        self.current = self.wait_ready(not_pid=old)
-        return Crash(old, offset, kill_wall, (teardown - kill) * 1000, back - kill)
-
-    def start_kernel(self, token: str, name: str) -> int:
-        """Start kernel `name` through the REST API; its pid (a child of JupyterLab)."""
-        response = self.api("POST", "api/kernels", token, json={"name": name})
-        if response.status_code != 201:
-            raise BenchError(f"starting a kernel: HTTP {response.status_code} {response.text}")
-        lab = psutil.Process(self.current["lab_pid"])
-        kids = wait_for(lambda: lab.children(recursive=True), 30.0, "the kernel process", 0.01)
-        self.procs.remember(kids[0].pid)
-        return kids[0].pid
+        self.wait_ready(not_pid=old)
+        ready = time.monotonic()
+        return Crash(old, offset, kill_wall, (teardown - kill) * 1000, back - kill, ready - kill)
 
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""
@@ -196,9 +157,6 @@ class Lab(Service):
             f"a {name} event in {self.log_path}",
             0.01,
         )
-
-
-# ── /api and the JSON log ────────────────────────────────────────────────────
 
 
 def http_ok(port: int, path: str = "/api", timeout: float = 2.0) -> bool:
@@ -231,10 +189,8 @@ def wait_port_free(port: int, timeout: float = 30.0) -> None:
 
 
 def exited(pid: int) -> bool:
-    """Whether process `pid` has finished exiting: gone, or a zombie with no thread left.
-
-    (A thread-group leader shows as a zombie while its other threads still tear down.)
-    """
+    """Whether process `pid` has finished exiting: gone, or a zombie with no thread left
+    (a thread-group leader shows as a zombie while its other threads still tear down)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
@@ -244,26 +200,20 @@ def exited(pid: int) -> bool:
         return True
 
 
-def event_time(event: dict[str, Any]) -> float:
-    """Seconds since the epoch of a structlog ISO timestamp (local time unless it has a zone).
-
-    A naive datetime's .timestamp() reads it as local time, as structlog wrote it, which
-    makes it comparable with time.time().
-    """
-    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
-
-
 def first_event(events: list[Any], name: str, **match: Any) -> dict[str, Any] | None:
     """The first event called `name` whose fields equal `match`, or None."""
-    for event in events:
-        with contextlib.suppress(AttributeError):
-            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
-                return event
-    return None
+    fields = {"event": name, **match}
+    return next(
+        (
+            e
+            for e in events
+            if isinstance(e, dict) and all(e.get(k) == v for k, v in fields.items())
+        ),
+        None,
+    )
 
 
 def need_event(events: list[Any], name: str, **match: Any) -> dict[str, Any]:
-    event = first_event(events, name, **match)
-    if event is None:
+    if (event := first_event(events, name, **match)) is None:
         raise BenchError(f"no {name} event {match or ''} in the jlservice log")
     return event

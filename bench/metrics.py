@@ -17,15 +17,44 @@ import time
 from typing import Any
 
 import psutil
-from helpers.metrics import kernel_pid, scrape_text, series, wait_scrape
+from helpers.metrics import open_notebook, scrape_text, series, wait_scrape
 from helpers.procs import free_port
 from nvml.fakenvml import FULL, GIB, FakeNvml, Gpu
 
 from .lab import HOST, Lab, http_ok
-from .report import Metric, say
+from .report import Metric, Runs, percentile, say
 from .session import BenchError, Session, options, parse, run
 
 GPUS = 8
+
+
+def busy_machine(session: Session, lab: Lab, kernels: int) -> str:
+    """Start `lab` with the fake NVML: `kernels` notebooks with a real kernel each and GPUS
+    processes that are no kernel, all holding fake GPU memory; GPU i holds kernels i,
+    i + GPUS, … (1 GiB each) and outsider i (0.5 GiB). Waits until /metrics (at
+    [metrics] listen) shows them; its URL."""
+    (session.work / "nvml").mkdir()
+    fake = FakeNvml(session.work / "nvml")
+    lab.env.update(fake.env())
+    lab.timed_start()
+    say(f"opening {kernels} notebooks with a kernel each")
+    token = lab.current["token"]
+    pids = [open_notebook(lab, token, f"notebook {i:02d}.ipynb")[1] for i in range(kernels)]
+    log = lab.root / "sleep.log"
+    outsiders = [session.spawn(["sleep", "3600"], log, lab.env).pid for _ in range(GPUS)]
+    held = [[(pid, GIB) for pid in pids[i::GPUS]] + [(outsiders[i], GIB // 2)] for i in range(GPUS)]
+    fake.write([Gpu(f"GPU-{i:08x}-bench", **FULL, processes=p) for i, p in enumerate(held)])
+    return f"http://{lab.sections['metrics']['listen']}/metrics"
+
+
+def wait_notebooks(url: str, kernels: int, token: str | None = None) -> None:
+    wait_scrape(
+        url,
+        lambda s: len(series(s, "jlservice_kernel_gpu_memory_bytes")) == kernels,
+        f"{kernels} notebooks' GPU memory in /metrics",
+        timeout=60,
+        token=token,
+    )
 
 
 def scrape_round(port: int, count: int) -> tuple[float, float]:
@@ -33,52 +62,10 @@ def scrape_round(port: int, count: int) -> tuple[float, float]:
     times = []
     for _ in range(count):
         start = time.perf_counter()
-        ok = http_ok(port, "/metrics", timeout=60)
-        times.append((time.perf_counter() - start) * 1000)
-        if not ok:
+        if not http_ok(port, "/metrics", timeout=60):
             raise BenchError(f"GET http://{HOST}:{port}/metrics did not answer 200")
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1]
-
-
-def open_notebooks(lab: Lab, token: str, count: int) -> list[int]:
-    """`count` notebooks with a real kernel each; their kernels' pids."""
-    ids = []
-    for i in range(count):
-        name = f"notebook {i:02d}.ipynb"
-        (lab.notebooks / name).write_text(
-            '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
-        )
-        body = {"path": name, "name": name, "type": "notebook", "kernel": {"name": "python3"}}
-        response = lab.api("POST", "api/sessions", token, json=body)
-        if response.status_code >= 300:
-            raise BenchError(f"api/sessions: HTTP {response.status_code} {response.text[:200]}")
-        ids.append(response.json()["kernel"]["id"])
-    return [kernel_pid(lab, kernel_id) for kernel_id in ids]
-
-
-def busy_gpus(kernels: list[int], outsiders: list[int]) -> list[Gpu]:
-    """GPUS GPUs that report every value; GPU i holds kernels i, i + GPUS, … (1 GiB each)
-    and outsider i (0.5 GiB), a process that is no kernel."""
-    return [
-        Gpu(
-            f"GPU-{i:08x}-bench",
-            **FULL,
-            processes=[*((pid, GIB) for pid in kernels[i::GPUS]), (outsiders[i], GIB // 2)],
-        )
-        for i in range(GPUS)
-    ]
-
-
-def busy_machine(session: Session, lab: Lab, fake: FakeNvml, token: str, count: int) -> None:
-    """`count` notebooks with a real kernel each and GPUS processes that are no kernel, all
-    holding fake GPU memory (busy_gpus)."""
-    say(f"opening {count} notebooks with a kernel each")
-    kernels = open_notebooks(lab, token, count)
-    outsiders = [
-        session.spawn(["sleep", "3600"], lab.root / "sleep.log", lab.env) for _ in range(GPUS)
-    ]
-    fake.write(busy_gpus(kernels, [p.pid for p in outsiders]))
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), percentile(times, 99)
 
 
 def cpu_window(pids: list[int], seconds: float) -> list[float]:
@@ -92,95 +79,75 @@ def cpu_window(pids: list[int], seconds: float) -> list[float]:
 
 
 def nvidia_smi_ms(runs: int) -> list[float] | None:
-    tool = shutil.which("nvidia-smi")
-    if tool is None:
+    if (tool := shutil.which("nvidia-smi")) is None:
         return None
-    query = (
-        "--query-gpu=index,uuid,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
-    )
+    query = "index,uuid,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([tool, query, "--format=csv,noheader"], capture_output=True, check=True)
+        argv = [tool, f"--query-gpu={query}", "--format=csv,noheader"]
+        subprocess.run(argv, capture_output=True, check=True)
         times.append((time.perf_counter() - start) * 1000)
     return times
 
 
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
-    args = session.args
-    (session.work / "nvml").mkdir()
-    fake = FakeNvml(session.work / "nvml")
-    lab = Lab(session)
-    lab.env.update(fake.env())
-    metrics_port = free_port()
-    url = f"http://{HOST}:{metrics_port}/metrics"
-
-    def configure(reload: bool, **metrics: object) -> None:
-        lab.sections["metrics"] = {"listen": f"{HOST}:{metrics_port}", **metrics}
-        lab.write_config()
-        if reload and (done := lab.cli("reload")).returncode != 0:
-            raise BenchError(f"jlservice reload: {done.stderr.strip()}")
-
-    configure(False, interval=5.0)
-    started = lab.timed_start()
-    busy_machine(session, lab, fake, started.state["token"], args.kernels)
-    configure(True, interval=1.0)
-    wait_scrape(
-        url,
-        lambda s: len(series(s, "jlservice_kernel_gpu_memory_bytes")) == args.kernels,
-        f"{args.kernels} notebooks' GPU memory in /metrics",
-        timeout=60,
-    )
-
     from prometheus_client import CollectorRegistry, start_http_server
 
+    args = session.args
+    metrics_port = free_port()
+    lab = Lab(session, metrics={"listen": f"{HOST}:{metrics_port}", "interval": 5.0})
+
+    def configure(**metrics: object) -> None:
+        lab.sections["metrics"] = {"listen": f"{HOST}:{metrics_port}", **metrics}
+        lab.write_config()
+        if (done := lab.cli("reload")).returncode != 0:
+            raise BenchError(f"jlservice reload: {done.stderr.strip()}")
+
+    url = busy_machine(session, lab, args.kernels)
+    configure(interval=1.0)
+    wait_notebooks(url, args.kernels)
     empty_port = free_port()
     empty, _thread = start_http_server(empty_port, HOST, registry=CollectorRegistry())
-    p50, p99, base50, base99 = [], [], [], []
-    for i in range(args.rounds):
-        b = scrape_round(empty_port, args.scrapes)
-        s = scrape_round(metrics_port, args.scrapes)
-        base50.append(b[0]), base99.append(b[1]), p50.append(s[0]), p99.append(s[1])
-        say(
-            f"  scrape round {i + 1}/{args.rounds}: p50 {s[0]:.2f} ms, p99 {s[1]:.2f} ms "
-            f"(empty registry: {b[0]:.2f} / {b[1]:.2f} ms)"
-        )
+    s = Runs("scrape round", args.rounds)
+    for _ in range(args.rounds):
+        base50, base99 = scrape_round(empty_port, args.scrapes)
+        p50, p99 = scrape_round(metrics_port, args.scrapes)
+        s.add(p50=p50, p99=p99, empty_p50=base50, empty_p99=base99)
     empty.shutdown()
     size = len(scrape_text(url).encode())
-
     assert lab.proc is not None
     pids = [lab.proc.pid, lab.lab_pid]
-    windows: dict[str, list[list[float]]] = {"off": [], "5": [], "1": []}
-    for i in range(args.cpu_rounds):
+    cpu = Runs("cpu round", args.cpu_rounds)
+    for _ in range(args.cpu_rounds):
+        values = {}
         for name, settings in (
             ("off", {"enabled": False}),
             ("5", {"interval": 5.0}),
             ("1", {"interval": 1.0}),
         ):
-            configure(True, **settings)
+            configure(**settings)
             time.sleep(1.0)
-            windows[name].append(cpu_window(pids, args.cpu_seconds))
-            say(
-                f"  cpu round {i + 1}/{args.cpu_rounds} [{name}]: supervisor "
-                f"{windows[name][-1][0]:.3f} %, JupyterLab {windows[name][-1][1]:.3f} %"
-            )
+            values[f"{name} supervisor"], values[f"{name} lab"] = cpu_window(pids, args.cpu_seconds)
+        cpu.add(**values)
     lab.shutdown()
-
-    def sup(name: str) -> list[float]:
-        return [w[0] for w in windows[name]]
-
-    def jl(name: str) -> list[float]:
-        return [w[1] for w in windows[name]]
-
     off = "[metrics] enabled = false"
+    sup, jl = cpu["off supervisor"], cpu["off lab"]
     rows = [
-        Metric("scrape p50", "ms", p50, "empty registry", base50, note=f"{size} bytes per scrape"),
+        Metric(
+            "scrape p50",
+            "ms",
+            s["p50"],
+            "empty registry",
+            s["empty_p50"],
+            note=f"{size} bytes per scrape",
+        ),
         Metric(
             "scrape p99",
             "ms",
-            p99,
+            s["p99"],
             "empty registry",
-            base99,
+            s["empty_p99"],
             5.0,
             "median",
             note=f"{GPUS} fake GPUs, {args.kernels} real kernels",
@@ -188,26 +155,25 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
         Metric(
             "supervisor CPU, interval 5 s",
             "%",
-            sup("5"),
+            cpu["5 supervisor"],
             off,
-            sup("off"),
+            sup,
             0.5,
             "difference",
             note="goal on the difference to metrics off",
         ),
-        Metric("supervisor CPU, interval 1 s", "%", sup("1"), off, sup("off")),
+        Metric("supervisor CPU, interval 1 s", "%", cpu["1 supervisor"], off, sup),
         Metric(
             "JupyterLab CPU, interval 5 s",
             "%",
-            jl("5"),
+            cpu["5 lab"],
             off,
-            jl("off"),
+            jl,
             note="answering api/kernels + api/sessions each interval",
         ),
-        Metric("JupyterLab CPU, interval 1 s", "%", jl("1"), off, jl("off")),
+        Metric("JupyterLab CPU, interval 1 s", "%", cpu["1 lab"], off, jl),
     ]
-    smi = nvidia_smi_ms(args.rounds * 5)
-    if smi is None:
+    if (smi := nvidia_smi_ms(args.rounds * 5)) is None:
         lab.warn("nvidia-smi is not installed here: no nvidia-smi --query-gpu baseline")
     else:
         rows.append(Metric("nvidia-smi --query-gpu", "ms", smi))
@@ -224,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(p, argv, "jlservice", "python")
     if min(args.rounds, args.scrapes, args.kernels, args.cpu_rounds) < 1:
         p.error("--rounds, --scrapes, --kernels and --cpu-rounds must be positive")
-    title = "jlservice metrics benchmark"
-    return run("bench/metrics.py", title, args, args.rounds * 2, measure)
+    return run("bench/metrics.py", "jlservice metrics benchmark", args, args.rounds * 2, measure)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from jlservice.metrics.gpu import GpuReader
 from jlservice.metrics.sampler import attribute
 from jlservice.metrics.view import SupervisorView
 
+from .report import percentile
+
 KERNEL_ID = "0f0e0d0c-real-gpu-check"
 HOLD = (
     "import sys, time, torch\n"
@@ -144,11 +146,6 @@ def attribution(reader: GpuReader, child: int, outsider: int) -> list[tuple[str,
             other_mib >= outsider_mib,
         ),
     ]
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def timings(reader: GpuReader) -> dict[str, float]:

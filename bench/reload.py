@@ -15,24 +15,23 @@ import time
 from typing import Any
 
 from helpers.procs import free_port, pid_alive
-from helpers.service import render_toml
+from helpers.service import event_time, render_toml
 
 from jlservice.supervisor.watch import DEBOUNCE_S
 
-from .lab import Lab, event_time, http_ok, need_event
-from .report import Metric, say
+from .lab import Lab, http_ok, need_event
+from .report import Metric, Runs, say
 from .session import BenchError, Session, options, parse, run
 
 RELOAD_GOAL_S = 0.5  # reload median may exceed the cold-start median by this much
 DETECT_GOAL_MS = 100.0  # rename -> detected, less the debounce window
+STEPS = ("config_change_detected", "config_reloaded", "lab_exited", "lab_starting")
 
 
 def save(lab: Lab, text: str) -> tuple[float, float, int]:
-    """Write `text` beside the config file (fsynced) and rename it over it.
-
-    Returns time.time() and time.monotonic() taken just before the rename, and the log's
-    size then (later events are this save's).
-    """
+    """Write `text` beside the config file (fsynced) and rename it over it: time.time() and
+    time.monotonic() just before the rename, and the log's size then (later events are
+    this save's)."""
     tmp = lab.config_path.with_name(f".{lab.config_path.name}.bench.tmp")
     with tmp.open("w") as f:
         f.write(text)
@@ -44,9 +43,9 @@ def save(lab: Lab, text: str) -> tuple[float, float, int]:
     return wall, mono, offset
 
 
-def change_port(lab: Lab, avoid: set[int], settle: float) -> dict[str, Any]:
-    """Save the config with a new port (none of `avoid`); when each step of the reload
-    happened, in seconds from the rename."""
+def change_port(lab: Lab, avoid: set[int], settle: float) -> dict[str, float]:
+    """Save the config with a new port (none of `avoid`): seconds from the rename to the new
+    port answering (api_s) and to each of STEPS, and the first fs event's `after_s`."""
     old = lab.current["lab_pid"]
     port = free_port()
     while port == lab.port or port in avoid:
@@ -54,65 +53,44 @@ def change_port(lab: Lab, avoid: set[int], settle: float) -> dict[str, Any]:
     lab.sections["lab"]["port"] = lab.port = port
     wall, mono, offset = save(lab, render_toml(lab.sections))
     answered = lab.wait_api(f"jlservice run after moving to port {port}")
-    lab.current = lab.wait_ready(not_pid=old)
-    new = lab.current["lab_pid"]
+    new = lab.wait_ready(not_pid=old)["lab_pid"]
     lab.wait_event("lab_ready", offset, pid=new)
     events = lab.log_events(offset)
-    detected = need_event(events, "config_change_detected")
-    reloaded = need_event(events, "config_reloaded", source="file")
-    if reloaded.get("result") != "applied":
-        raise BenchError(f"a port change was reloaded as {reloaded.get('result')!r}")
+    match = {"config_reloaded": {"source": "file"}, "lab_exited": {"pid": old}}
+    match["lab_starting"] = {"pid": new}
+    steps = {name: need_event(events, name, **match.get(name, {})) for name in STEPS}
+    if (result := steps["config_reloaded"].get("result")) != "applied":
+        raise BenchError(f"a port change was reloaded as {result!r}")
     if lab.current.get("port") != port:
         raise BenchError(f"state.json says port {lab.current.get('port')}, not {port}")
-    exited = need_event(events, "lab_exited", pid=old)
-    starting = need_event(events, "lab_starting", pid=new)
-    t = {e["event"]: event_time(e) - wall for e in (detected, reloaded, exited, starting)}
     time.sleep(settle)
-    return {
-        "port": port,
-        "old_pid": old,
-        "new_pid": new,
-        "api_s": answered - mono,
-        "after_s": detected.get("after_s"),
-        **{f"{k}_s": v for k, v in t.items()},
-    }
+    times = {name: event_time(event) - wall for name, event in steps.items()}
+    return {"api_s": answered - mono, "after_s": steps[STEPS[0]]["after_s"], **times}
 
 
 def comment_edit(lab: Lab, n: int, settle: float) -> dict[str, Any]:
     """Save the config with only a new comment: reloaded "unchanged", JupyterLab kept."""
-    pid = lab.current["lab_pid"]
-    restarts = lab.state().get("restarts")
+    pid, restarts = lab.current["lab_pid"], lab.state().get("restarts")
     wall, _, offset = save(lab, f"# comment-only edit {n}\n" + render_toml(lab.sections))
     reloaded = lab.wait_event("config_reloaded", offset)
     time.sleep(settle)  # a restart would begin at once: give it time to show
     events = lab.log_events(offset)
-    detected = need_event(events, "config_change_detected")
     now = lab.state()
-    stopped = [e for e in events if e.get("event") in ("lab_stopping", "lab_exited")]
-    kept = (
-        not stopped
-        and now.get("lab_pid") == pid
-        and now.get("restarts") == restarts
-        and pid_alive(pid)
-        and http_ok(lab.port)
-    )
+    stopped = [e["event"] for e in events if e.get("event") in ("lab_stopping", "lab_exited")]
+    same = now.get("lab_pid") == pid and now.get("restarts") == restarts
+    kept = not stopped and same and pid_alive(pid) and http_ok(lab.port)
     if not kept:  # carry on with the new JupyterLab; the table reports the failure
         lab.warn(
             f"comment-only edit {n}: JupyterLab pid {pid} -> {now.get('lab_pid')}, "
-            f"result {reloaded.get('result')!r}, events {[e['event'] for e in stopped]}"
+            f"result {reloaded.get('result')!r}, events {stopped}"
         )
-        lab.current = lab.wait_ready()
+        lab.wait_ready()
         time.sleep(settle)
     return {
-        "pid": pid,
         "result": reloaded.get("result"),
-        "kept": kept,
-        "detected_s": event_time(detected) - wall,
-        "reloaded_s": event_time(reloaded) - wall,
+        "kept": kept and reloaded.get("result") == "unchanged",
+        "reloaded_ms": (event_time(reloaded) - wall) * 1000,
     }
-
-
-# ── the runs ─────────────────────────────────────────────────────────────────
 
 
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
@@ -125,50 +103,34 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     say("starting jlservice run")
     lab.timed_start()
     time.sleep(args.settle)
-    plain: list[float] = []
-    runs: list[dict[str, Any]] = []
-    comments: list[dict[str, Any]] = []
     say("warm-up (plain cold start, port change)")
     lab.plain_start(plain_port)
     change_port(lab, {plain_port}, args.settle)
-    for i in range(args.runs):
-        plain.append(lab.plain_start(plain_port))
-        runs.append(r := change_port(lab, {plain_port}, args.settle))
-        say(
-            f"  run {i + 1}/{args.runs}: plain {plain[-1]:.3f} s, save -> new port "
-            f"{r['api_s']:.3f} s (detected {r['config_change_detected_s'] * 1000:.1f} ms, "
-            f"reloaded {r['config_reloaded_s'] * 1000:.1f} ms, old lab exited "
-            f"{r['lab_exited_s'] * 1000:.1f} ms, new lab spawned "
-            f"{r['lab_starting_s'] * 1000:.1f} ms)"
-        )
-    for i in range(args.runs):
-        comments.append(c := comment_edit(lab, i + 1, args.settle))
-        kept = "kept" if c["kept"] else "RESTARTED"
-        say(
-            f"  comment-only edit {i + 1}/{args.runs}: {c['result']} after "
-            f"{c['reloaded_s'] * 1000:.1f} ms, JupyterLab {kept}"
-        )
+    s = Runs("run", args.runs)
+    for _ in range(args.runs):
+        s.add(plain=lab.plain_start(plain_port), **change_port(lab, {plain_port}, args.settle))
+    comments = [comment_edit(lab, i + 1, args.settle) for i in range(args.runs)]
+    say(
+        "  comment-only edits: "
+        + ", ".join(f"{c['result']} {c['reloaded_ms']:.1f} ms" for c in comments)
+    )
     lab.shutdown()
-    raw = {"plain_port": plain_port, "plain_s": plain, "port_changes": runs, "comments": comments}
-    return metrics(plain, runs, comments), {"debounce_s": DEBOUNCE_S, "runs": raw}
+    return metrics(s, comments), {"debounce_s": DEBOUNCE_S, "runs": s, "comments": comments}
 
 
-def metrics(
-    plain: list[float], runs: list[dict[str, Any]], comments: list[dict[str, Any]]
-) -> list[Metric]:
+def metrics(s: Runs, comments: list[dict[str, Any]]) -> list[Metric]:
     def ms(key: str, minus: str | None = None) -> list[float]:
-        return [(r[key] - (r[minus] if minus else 0.0)) * 1000 for r in runs]
+        return [(a - (s[minus][i] if minus else 0.0)) * 1000 for i, a in enumerate(s[key])]
 
-    detect = ms("config_change_detected_s")
-    debounce_ms = DEBOUNCE_S * 1000
-    first_fs = [d - r["after_s"] * 1000 for d, r in zip(detect, runs, strict=True)]
-    base = "plain cold start"
+    detect, debounce = ms("config_change_detected"), DEBOUNCE_S * 1000
+    plain, base = s["plain"], "plain cold start"
+    results = ", ".join(sorted({str(c["result"]) for c in comments}))
     return [
         Metric("cold start: plain jupyter-lab", "s", plain, note="spawn -> first 200 on /api"),
         Metric(
             "save -> new port /api 200",
             "s",
-            [r["api_s"] for r in runs],
+            s["api_s"],
             base,
             plain,
             RELOAD_GOAL_S,
@@ -179,7 +141,7 @@ def metrics(
         Metric(
             "  lab_starting -> /api 200",
             "s",
-            [r["api_s"] - r["lab_starting_s"] for r in runs],
+            [a - b for a, b in zip(s["api_s"], s["lab_starting"], strict=True)],
             base,
             plain,
             note="the new JupyterLab's own start (timestamp of lab_starting vs our poller)",
@@ -188,48 +150,46 @@ def metrics(
             "rename -> config_change_detected",
             "ms",
             detect,
-            note=f"wall clock, log timestamp; includes the {debounce_ms:g} ms debounce window",
+            note=f"wall clock, log timestamp; includes the {debounce:g} ms debounce window",
         ),
         Metric(
             "  minus the debounce window",
             "ms",
-            [d - debounce_ms for d in detect],
+            [d - debounce for d in detect],
             goal=DETECT_GOAL_MS,
             goal_on="median",
-            note=f"detected - {debounce_ms:g} ms (jlservice.watch.DEBOUNCE_S)",
+            note=f"detected - {debounce:g} ms (jlservice.watch.DEBOUNCE_S)",
         ),
         Metric(
             "  rename -> first fs event seen",
             "ms",
-            first_fs,
+            [d - a * 1000 for d, a in zip(detect, s["after_s"], strict=True)],
             note="detected - after_s (after_s is rounded to 1 ms: +-0.5 ms): inotify, watchdog's "
             "thread, hand-over to the loop; context",
         ),
         Metric(
             "detected -> config_reloaded",
             "ms",
-            ms("config_reloaded_s", "config_change_detected_s"),
+            ms("config_reloaded", "config_change_detected"),
             note="re-read and validate the file, compare the launch; context",
         ),
         Metric(
             "config_reloaded -> lab_exited",
             "ms",
-            ms("lab_exited_s", "config_reloaded_s"),
+            ms("lab_exited", "config_reloaded"),
             note="SIGTERM to the old JupyterLab until its exit is noticed; context",
         ),
-        Metric("lab_exited -> lab_starting", "ms", ms("lab_starting_s", "lab_exited_s")),
+        Metric("lab_exited -> lab_starting", "ms", ms("lab_starting", "lab_exited")),
         Metric(
             "comment edit -> config_reloaded",
             "ms",
-            [c["reloaded_s"] * 1000 for c in comments],
-            note="results: "
-            + ", ".join(sorted({str(c["result"]) for c in comments}))
-            + " (expected: unchanged); debounce included",
+            [c["reloaded_ms"] for c in comments],
+            note=f"results: {results} (expected: unchanged); debounce included",
         ),
         Metric(
             "comment edit: JupyterLab restarted",
             "count",
-            [0.0 if c["kept"] and c["result"] == "unchanged" else 1.0 for c in comments],
+            [0.0 if c["kept"] else 1.0 for c in comments],
             goal=0,
             goal_on="max",
             note="1 when the pid changed, it stopped, /api stopped answering or the result "
@@ -238,19 +198,9 @@ def metrics(
     ]
 
 
-def summary(results: list[Metric]) -> str:
-    row = results[1]
-    return (
-        f"\nsave -> new port vs plain cold start (medians): {row.difference:+.3f} s "
-        f"(goal <= +{RELOAD_GOAL_S:g} s), ratio {row.ratio:.3f}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = options(__doc__, runs=5)
-    p.add_argument("--settle", type=float, default=1.0, help="wait after each (default 1 s)")
-    args = parse(p, argv, "jlservice", "jupyter-lab", "python")
-    return run("bench/reload.py", "jlservice reload benchmark", args, args.runs, measure, summary)
+    args = parse(options(__doc__, runs=5, settle=True), argv, "jlservice", "jupyter-lab", "python")
+    return run("bench/reload.py", "jlservice reload benchmark", args, args.runs, measure)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,40 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# ── statistics and the table ─────────────────────────────────────────────────
+def percentile(samples: Sequence[float], p: float) -> float:
+    """The sample of rank p % (the nearest rank from the smallest to the largest)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Runs(dict[str, list[float]]):
+    """Samples by name, one of each per run; each run's values said on stderr."""
+
+    def __init__(self, what: str, total: int) -> None:
+        super().__init__()
+        self.what, self.total, self.done = what, total, 0
+
+    def add(self, **values: float) -> None:
+        self.done += 1
+        for name, value in values.items():
+            self.setdefault(name, []).append(value)
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+        say(f"  {self.what} {self.done}/{self.total}: {figures}")
+
+
+# ── a row of the table ───────────────────────────────────────────────────────
+
+GOALS = {  # what goal_on bounds, and how the goal reads
+    "ratio": "ratio <= {goal:g}",  # median ÷ baseline median
+    "median": "<= {goal:g} {unit}",
+    "difference": "median - baseline <= {goal:g} {unit}",  # median − baseline median
+    "max": "max <= {goal:g} {unit}",  # the largest sample
+}
 
 
 @dataclass
 class Metric:
-    """One row: samples of jlservice, optionally samples of a baseline, and a goal.
-
-    goal_on says what the goal bounds: "ratio" (median ÷ baseline median), "median",
-    "difference" (median − baseline median, in `unit`) or "max" (the largest sample).
-    """
+    """One row: samples of jlservice, optionally samples of a baseline, and a goal."""
 
     name: str
     unit: str
@@ -43,7 +67,7 @@ class Metric:
     baseline: str | None = None
     baseline_samples: list[float] = field(default_factory=list)
     goal: float | None = None
-    goal_on: str = "ratio"
+    goal_on: str = "ratio"  # one of GOALS
     note: str = ""
 
     @property
@@ -68,34 +92,24 @@ class Metric:
     def ok(self) -> bool | None:
         if self.goal is None:
             return None
-        value = {
-            "ratio": self.ratio,
-            "difference": self.difference,
-            "max": max(self.samples),
-        }.get(self.goal_on, self.median)
-        return None if value is None else value <= self.goal
+        value = {"ratio": self.ratio, "difference": self.difference, "max": max(self.samples)}
+        bounded = value.get(self.goal_on, self.median)
+        return None if bounded is None else bounded <= self.goal
 
     def goal_text(self) -> str:
-        if self.goal is None:
-            return ""
-        return {
-            "ratio": f"ratio <= {self.goal:g}",
-            "difference": f"median - baseline <= {self.goal:g} {self.unit}",
-            "max": f"max <= {self.goal:g} {self.unit}",
-        }.get(self.goal_on, f"<= {self.goal:g} {self.unit}")
+        return (
+            "" if self.goal is None else GOALS[self.goal_on].format(goal=self.goal, unit=self.unit)
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        figures = ("median", "baseline_median", "ratio", "difference", "ok")
         return {
             **asdict(self),
-            "median": self.median,
+            **{name: getattr(self, name) for name in figures},
+            "goal_text": self.goal_text(),
             "min": min(self.samples),
             "max": max(self.samples),
             "n": len(self.samples),
-            "baseline_median": self.baseline_median,
-            "ratio": self.ratio,
-            "difference": self.difference,
-            "goal_text": self.goal_text(),
-            "ok": self.ok,
         }
 
 
@@ -109,7 +123,7 @@ def _num(value: float | None, unit: str) -> str:
 
 def table(metrics: Sequence[Metric]) -> str:
     header = ["metric", "unit", "n", "median", "min", "max", "baseline median", "ratio", "goal", ""]
-    rows = []
+    rows = [header]
     for m in metrics:
         base = m.baseline_median
         rows.append(
@@ -124,20 +138,18 @@ def table(metrics: Sequence[Metric]) -> str:
                 {True: "PASS", False: "FAIL", None: ""}[m.ok],
             ]
         )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    numeric = {2, 3, 4, 5, 7}
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        out = [
-            c.rjust(w) if i in numeric else c.ljust(w)
+        aligned = (
+            c.rjust(w) if i in (2, 3, 4, 5, 7) else c.ljust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
+        )
+        return "  ".join(aligned).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), "  ".join("-" * w for w in widths), *map(line, rows[1:])]
     notes = [f"  [{i}] {m.name}: {m.note}" for i, m in enumerate(metrics, 1) if m.note]
-    text = "\n".join([line(header), rule, *(line(r) for r in rows)])
-    return text + ("\n\nnotes:\n" + "\n".join(notes) if notes else "")
+    return "\n".join(lines + (["", "notes:", *notes] if notes else []))
 
 
 # ── the machine ──────────────────────────────────────────────────────────────
@@ -145,7 +157,7 @@ def table(metrics: Sequence[Metric]) -> str:
 _VERSIONS = """
 import json, sys
 from importlib import metadata
-out = {"python": sys.version.split()[0], "python_executable": sys.executable}
+out = {"python": f"{sys.version.split()[0]} ({sys.executable})"}
 for name in ("jlservice", "jupyterlab", "jupyter_server", "tornado", "structlog", "psutil"):
     try:
         out[name] = metadata.version(name)
@@ -155,34 +167,36 @@ print(json.dumps(out))
 """
 
 
-def machine_info(python: str, env: Mapping[str, str]) -> dict[str, Any]:
+def machine(python: str, env: Mapping[str, str]) -> dict[str, Any]:
     """The machine, and the versions the children run with (`python`, `env`)."""
-    info: dict[str, Any] = {
-        "hostname": socket.gethostname(),
-        "cpu_model": _first_value("/proc/cpuinfo", ("model name", "Model", "cpu model"), ":")
-        or platform.processor()
-        or platform.machine(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(),
-        "os": _first_value("/etc/os-release", ("PRETTY_NAME=",), "=") or platform.system(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "user": "root" if os.geteuid() == 0 else str(os.geteuid()),
-        "bytecode": "PYTHONDONTWRITEBYTECODE=1"
-        if env.get("PYTHONDONTWRITEBYTECODE")
-        else f"cached ({env.get('PYTHONPYCACHEPREFIX') or '__pycache__'})",
-    }
     done = subprocess.run(
         [python, "-c", _VERSIONS], capture_output=True, text=True, env=dict(env), timeout=60
     )
-    if done.returncode == 0:
-        info.update(json.loads(done.stdout))
-    info["jlservice_commit"] = _git_commit()
-    return info
+    v = json.loads(done.stdout) if done.returncode == 0 else {}
+    cpu = _value("/proc/cpuinfo", ("model name", "Model", "cpu model"), ":")
+    cores = f"{os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable"
+    system = _value("/etc/os-release", ("PRETTY_NAME=",), "=") or platform.system()
+    cache = env.get("PYTHONPYCACHEPREFIX") or "__pycache__"
+    return {
+        "host": socket.gethostname(),
+        "cpu": f"{cpu or platform.processor() or platform.machine()} ({cores})",
+        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "os / kernel": f"{system} / Linux {platform.release()}",
+        "python": v.get("python"),
+        "jlservice": f"{v.get('jlservice')} (commit {_commit()})",
+        "jupyterlab": v.get("jupyterlab"),
+        "jupyter_server": v.get("jupyter_server"),
+        "tornado / structlog / psutil": f"{v.get('tornado')} / {v.get('structlog')} / "
+        f"{v.get('psutil')}",
+        "bytecode": "PYTHONDONTWRITEBYTECODE=1"
+        if env.get("PYTHONDONTWRITEBYTECODE")
+        else f"cached ({cache})",
+        "load average at start": " ".join(str(round(x, 2)) for x in os.getloadavg()),
+        "running as": "root" if os.geteuid() == 0 else str(os.geteuid()),
+    }
 
 
-def _first_value(path: str, keys: tuple[str, ...], sep: str) -> str | None:
+def _value(path: str, keys: tuple[str, ...], sep: str) -> str | None:
     with contextlib.suppress(OSError):
         for line in Path(path).read_text().splitlines():
             if line.startswith(keys):
@@ -190,46 +204,20 @@ def _first_value(path: str, keys: tuple[str, ...], sep: str) -> str | None:
     return None
 
 
-def _git(*args: str) -> str | None:
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # reads only: takes no lock
+def _commit() -> str | None:
+    """HEAD of the checkout, "+dirty" when jlservice/ has changes (git takes no lock)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    asks = (("rev-parse", "--short", "HEAD"), ("status", "--porcelain", "--", "jlservice"))
     try:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, env=env, timeout=10
+        head, dirty = (
+            subprocess.run(
+                ["git", "-C", str(REPO), *ask], capture_output=True, text=True, env=env, timeout=10
+            )
+            for ask in asks
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _git_commit() -> str | None:
-    """HEAD of the repository, "+dirty" when jlservice/ has changes."""
-    head = _git("rev-parse", "--short", "HEAD")
-    if head is None:
-        return None
-    return head + ("+dirty" if _git("status", "--porcelain", "--", "jlservice") else "")
-
-
-def describe_machine(info: Mapping[str, Any]) -> str:
-    get = info.get
-    rows = [
-        ("host", get("hostname")),
-        ("cpu", f"{get('cpu_model')} ({get('cores')} cores, {get('cores_usable')} usable)"),
-        ("memory", f"{get('ram_gib')} GiB"),
-        ("os / kernel", f"{get('os')} / Linux {get('kernel')}"),
-        ("python", f"{get('python')} ({get('python_executable')})"),
-        ("jlservice", f"{get('jlservice')} (commit {get('jlservice_commit')})"),
-        ("jupyterlab", get("jupyterlab")),
-        ("jupyter_server", get("jupyter_server")),
-        (
-            "tornado / structlog / psutil",
-            f"{get('tornado')} / {get('structlog')} / {get('psutil')}",
-        ),
-        ("bytecode", get("bytecode")),
-        ("load average at start", " ".join(str(x) for x in get("loadavg_at_start", []))),
-        ("running as", get("user")),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    return None if head.returncode else head.stdout.strip() + ("+dirty" if dirty.stdout else "")
 
 
 # ── the two ends of a run ────────────────────────────────────────────────────
@@ -237,13 +225,14 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 
 def announce(title: str, python: str, env: Mapping[str, str], runs: int) -> dict[str, Any]:
     """Print the title, the machine and why this run may not be a measurement."""
-    machine = machine_info(python, env)
-    print(f"{title}\n\nmachine:\n" + describe_machine(machine), flush=True)
+    info = machine(python, env)
+    width = max(map(len, info))
+    print(f"{title}\n\nmachine:", *(f"  {k.ljust(width)}  {v}" for k, v in info.items()), sep="\n")
     if runs < 5:
         print(f"\n  WARNING: --runs {runs} < 5: a smoke run, not a measurement")
-    if machine["loadavg_at_start"][0] > 0.5:
-        print(f"  WARNING: load average {machine['loadavg_at_start'][0]}: machine not quiet")
-    return machine
+    if (load := os.getloadavg()[0]) > 0.5:
+        print(f"  WARNING: load average {load:.2f}: machine not quiet", flush=True)
+    return info
 
 
 def finish(
@@ -255,23 +244,23 @@ def finish(
     extra: Mapping[str, Any],
 ) -> int:
     """Print the table and warnings, write --json, and return the exit status (--strict)."""
-    print(f"\nresults ({time.time() - began:.0f} s):\n")
-    print(table(metrics))
+    print(f"\nresults ({time.time() - began:.0f} s):\n\n{table(metrics)}")
     for warning in warnings:
         print(f"WARNING: {warning}")
     if args.json:
-        report = {
-            "benchmark": script,
-            "started_at": began,
-            "args": vars(args),
-            **extra,
-            "metrics": [m.to_dict() for m in metrics],
-            "warnings": list(warnings),
-        }
+        report = {"benchmark": script, "started_at": began, "args": vars(args), **extra}
+        report.update(metrics=[m.to_dict() for m in metrics], warnings=list(warnings))
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {path}")
+    for m in metrics:  # a goal on the difference: the table shows no difference
+        if m.goal_on == "difference" and m.goal is not None and m.difference is not None:
+            ratio = "" if m.ratio is None else f", ratio {m.ratio:.3f}"
+            print(
+                f"\n{m.name} vs {m.baseline} (medians): {m.difference:+.3f} {m.unit} "
+                f"(goal <= +{m.goal:g} {m.unit}){ratio}"
+            )
     missed = [m.name for m in metrics if m.ok is False]
     if missed:
         print(f"goals missed: {', '.join(missed)}")

@@ -18,13 +18,11 @@ import sys
 import time
 from typing import Any
 
-from helpers.metrics import series, wait_scrape
 from helpers.procs import free_port, wait_for
 from helpers.prometheus import RULES, Prometheus, config_for, tool
-from nvml.fakenvml import FakeNvml
 
 from .lab import HOST, Lab
-from .metrics import GPUS, busy_machine
+from .metrics import GPUS, busy_machine, wait_notebooks
 from .report import Metric, say
 from .session import BenchError, Session, options, parse, run
 
@@ -52,24 +50,13 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     args = session.args
     if shutil.which("prometheus") is None:
         raise BenchError("prometheus is not installed: apt-get install prometheus (Debian)")
-    (session.work / "nvml").mkdir()
-    fake = FakeNvml(session.work / "nvml")
     token = secrets.token_hex(16)
     token_file = session.work / "metrics.token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     listen = f"{HOST}:{free_port()}"
     lab = Lab(session, metrics={"listen": listen, "bearer_token_file": str(token_file)})
-    lab.env.update(fake.env())
-    started = lab.timed_start()
-    busy_machine(session, lab, fake, started.state["token"], args.kernels)
-    wait_scrape(
-        f"http://{listen}/metrics",
-        lambda s: len(series(s, "jlservice_kernel_gpu_memory_bytes")) == args.kernels,
-        f"{args.kernels} notebooks' GPU memory in /metrics",
-        timeout=60,
-        token=token,
-    )
+    wait_notebooks(busy_machine(session, lab, args.kernels), args.kernels, token)
 
     directory = session.work / "prometheus"
     directory.mkdir()

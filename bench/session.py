@@ -26,15 +26,19 @@ class BenchError(Exception):
     """Something the benchmark needs did not start or did not answer; str() says what."""
 
 
-def options(doc: str, runs: int | None = None, lab: bool = True) -> argparse.ArgumentParser:
-    """The options every benchmark has; `lab`: also those of one that starts JupyterLab."""
+def options(
+    doc: str, runs: int | None = None, lab: bool = True, settle: bool = False
+) -> argparse.ArgumentParser:
+    """The options every benchmark has; `lab`: also those of one that starts JupyterLab;
+    `settle`: --settle, the wait after each start or restart."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add = p.add_argument
     if runs is not None:
-        p.add_argument("--runs", type=int, default=runs, help=f"runs per figure (default {runs})")
+        add("--runs", type=int, default=runs, help=f"runs per figure (default {runs})")
     if lab:
-        p.add_argument("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
-        p.add_argument("--start-timeout", type=float, default=180, help="seconds (default 180)")
-        p.add_argument(
+        add("--poll-ms", type=float, default=5, help="/api poll interval (default 5)")
+        add("--start-timeout", type=float, default=180, help="seconds (default 180)")
+        add(
             "--bytecode",
             choices=("cached", "env"),
             default="cached",
@@ -43,10 +47,12 @@ def options(doc: str, runs: int | None = None, lab: bool = True) -> argparse.Arg
         )
     else:
         p.set_defaults(bytecode="env")
-    p.add_argument("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
+    if settle:
+        add("--settle", type=float, default=1.0, help="wait after each start (default 1 s)")
+    add("--bin-dir", default=str(Path(sys.executable).parent), help="venv bin/")
+    add("--json", metavar="PATH", help="also write the results as JSON")
+    add("--keep", action="store_true", help="keep the work directory (logs)")
+    add("--strict", action="store_true", help="exit 3 when a goal is missed")
     return p
 
 
@@ -80,7 +86,6 @@ class Session:
 
     def spawn(self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None):
         """Start `argv` in a session of its own (Ctrl-C reaches us only), output to `log`."""
-        log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             try:
                 proc = subprocess.Popen(
@@ -96,20 +101,10 @@ class Session:
         self.popens.append(proc)
         return proc
 
-    def end(self, proc: subprocess.Popen) -> int:
-        """SIGTERM, SIGKILL after 45 s; the exit status."""
-        status = stop(proc, 45)
-        if proc in self.popens:
-            self.popens.remove(proc)
-        return status
-
     def close(self, script: str) -> None:
-        left = []
-        for proc in list(self.popens):
+        for proc in self.popens:
             stop(proc, 30)
-        for lab in self.labs:
-            left += lab.cleanup()
-        if left:
+        if left := [pid for lab in self.labs for pid in lab.cleanup()]:
             print(f"{script}: had to kill leftover pids {left}", file=sys.stderr)
         if self.args.keep:
             print(f"work directory (logs): {self.work}", file=sys.stderr)
@@ -123,7 +118,6 @@ def run(
     args: argparse.Namespace,
     runs: int,
     measure: Callable[[Session], tuple[list[Metric], dict[str, Any]]],
-    footer: Callable[[list[Metric]], str] | None = None,
 ) -> int:
     """Announce the machine, `measure`, clean up, print the table: the exit status.
 
@@ -145,10 +139,7 @@ def run(
         return 130
     finally:
         session.close(script)
-    status = finish(script, began, metrics, session.warnings, args, {"machine": machine, **extra})
-    if footer is not None:
-        print(footer(metrics))
-    return status
+    return finish(script, began, metrics, session.warnings, args, {"machine": machine, **extra})
 
 
 def run_timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
@@ -158,13 +149,6 @@ def run_timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
     wall = time.monotonic() - start
     if done.returncode != 0:
         raise BenchError(
-            f"{' '.join(argv)} exited with status {done.returncode}: {done.stderr.strip()[-500:]}"
+            f"{' '.join(argv)} exited with {done.returncode}: {(done.stderr or done.stdout)[-500:]}"
         )
     return wall, done.stdout
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

@@ -9,22 +9,25 @@ How each is measured: bench/README.md.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from helpers.procs import free_port, wait_for
-from helpers.service import LabClient
+from helpers.accounts import throwaway_user
+from helpers.procs import free_port, stop, wait_for
+from helpers.service import LabClient, Service, render_toml
 from sandbox import JLSERVICE, Sandbox, available
 
+from jlservice import users
 from jlservice.admin import unit_files
 
-from .report import Metric, say
+from .report import Metric, Runs
 from .session import BenchError, Session, options, parse, run
 
 
@@ -37,28 +40,24 @@ def answers(port: int, token: str) -> bool:
 
 
 def by_hand(session: Session, config_text: str, run: int) -> float:
-    """spawn -> ready of `jlservice run` with the same [lab] as the unit, own state dirs."""
-    work = session.work
-    config = work / f"by-hand-{run}.toml"
-    state_dir = work / f"by-hand-{run}-state"
-    config.write_text(
-        config_text
-        + f'\n[service]\nstate_dir = "{state_dir}"\nruntime_dir = "{work}/by-hand-{run}-run"\n'
-    )
-    began = time.monotonic()
-    proc = session.spawn([JLSERVICE, "run", "--config", str(config)], work / "hand.log")
+    """spawn -> ready (state.json, polled every 5 ms) of `jlservice run` with the unit's
+    configuration and state dirs of its own."""
+    (root := session.work / f"by-hand-{run}").mkdir()
+    svc = Service(root)
+    svc.command = (JLSERVICE,)
+    svc.write_config(config_text + "\n" + render_toml({"service": svc.sections["service"]}))
+    session.labs.append(svc)  # ended with the session
 
     def ready() -> bool:
-        if proc.poll() is not None:
-            raise BenchError(f"jlservice run exited with {proc.returncode}; see {work}/hand.log")
-        try:
-            return json.loads((state_dir / "state.json").read_text())["status"] == "ready"
-        except (OSError, ValueError, KeyError):
-            return False
+        if svc.proc.poll() is not None:
+            raise BenchError(f"jlservice run exited with {svc.proc.returncode}: {svc.log_path}")
+        return svc.state().get("status") == "ready"
 
+    began = time.monotonic()
+    svc.start(wait=False)
     wait_for(ready, 120, "jlservice run to be ready", interval=0.005)
     took = time.monotonic() - began
-    session.end(proc)
+    stop(svc.proc, 45)
     return took
 
 
@@ -89,27 +88,29 @@ def exposure(work: Path) -> dict[str, float]:
     return out
 
 
+@contextlib.contextmanager
+def installed(session: Session) -> Iterator[tuple[Sandbox, users.Account, int]]:
+    """The shipped unit, installed by `jlservice install` for a throw-away user on a free
+    port in a freshly booted sandbox: the sandbox, the user, the port."""
+    session.work.chmod(0o755)  # the user enters it
+    with throwaway_user("jlsbench") as account:
+        box = Sandbox(session.work / "sandbox")
+        try:
+            box.boot()
+            port = free_port()
+            box.run(JLSERVICE, "install", "--user", account.name, "--port", str(port))
+            box.log_to_file("jlservice.service")
+            yield box, account, port
+        finally:
+            box.close()
+
+
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
-    user = "jlsbench" + os.urandom(3).hex()
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", user], check=True)
-    try:
-        session.work.chmod(0o755)
-        return measure_as(session, user)
-    finally:
-        subprocess.run(["userdel", "--remove", user], capture_output=True)
-
-
-def measure_as(session: Session, user: str) -> tuple[list[Metric], dict[str, Any]]:
-    box = Sandbox(session.work / "sandbox")
-    try:
-        box.boot()
-        port = free_port()
-        box.run(JLSERVICE, "install", "--user", user, "--port", str(port))
-        box.log_to_file("jlservice.service")
+    s = Runs("run", session.args.runs)
+    with installed(session) as (box, _, port):
         box.systemctl("enable", "jlservice")
         config_text = (box.root / "etc-jlservice" / "jlservice.toml").read_text()
         hand_config = config_text.replace(f"port = {port}", f"port = {free_port()}")
-        started, plain, reboots = [], [], []
         for run in range(session.args.runs + 1):  # the first of each is an untimed warm-up
             t0 = time.monotonic()
             box.systemctl("start", "jlservice")
@@ -125,39 +126,19 @@ def measure_as(session: Session, user: str) -> tuple[list[Metric], dict[str, Any
             reboot = time.monotonic() - t0
             box.systemctl("stop", "jlservice")
             if run:
-                started.append(took)
-                plain.append(hand)
-                reboots.append(reboot)
-            say(f"run {run}: start {took:.3f} s, by hand {hand:.3f} s, reboot {reboot:.3f} s")
-    finally:
-        box.close()
+                s.add(start=took, by_hand=hand, reboot=reboot)
     scores = exposure(session.work)
+    hand = "jlservice run by hand -> ready"
+    reboot = "boot of the sandbox's systemd + start of the enabled unit"
     metrics = [
-        Metric(
-            "systemctl start -> returns (READY=1)",
-            "s",
-            started,
-            baseline="jlservice run by hand -> ready",
-            baseline_samples=plain,
-            goal=1.05,
-        ),
-        Metric(
-            "reboot (kill PID 1) -> token answers",
-            "s",
-            reboots,
-            note="boot of the sandbox's systemd + start of the enabled unit",
-        ),
+        Metric("systemctl start -> returns (READY=1)", "s", s["start"], hand, s["by_hand"], 1.05),
+        Metric("reboot (kill PID 1) -> token answers", "s", s["reboot"], note=reboot),
     ]
+    note = "systemd-analyze security --offline=true (0 = locked down, 10 = exposed)"
     for source, value in scores.items():
+        goal = None if source.startswith("user/") else 5.0
         metrics.append(
-            Metric(
-                f"exposure {source}",
-                "score",
-                [value],
-                goal=5.0 if not source.startswith("user/") else None,
-                goal_on="median",
-                note="systemd-analyze security --offline=true (0 = locked down, 10 = exposed)",
-            )
+            Metric(f"exposure {source}", "score", [value], None, [], goal, "median", note)
         )
     return metrics, {"exposure": scores}
 

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.accounts import throwaway_user
 from helpers.service import IS_ROOT, NotifySocket, Service
 from nvml.fakenvml import FakeNvml
 
@@ -90,14 +89,8 @@ def second_user() -> Iterator[users.Account]:
 def _throwaway_user() -> Iterator[users.Account]:
     if not IS_ROOT:
         pytest.skip("needs root to create a user with useradd and switch to it")
-    name = "jlst" + secrets.token_hex(3)
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-    try:
-        account = users.lookup(name)
-        assert account is not None
+    with throwaway_user() as account:
         yield account
-    finally:
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
 
 
 @pytest.fixture

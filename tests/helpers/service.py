@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import json
 import os
 import socket
@@ -286,9 +287,10 @@ class Service:
         )
         return session
 
-    def start_kernel(self, token: str) -> tuple[str, int]:
-        """Start a kernel over REST; returns its id and the pid of its process."""
-        response = self.api("POST", "api/kernels", token, json={"name": "python3"})
+    def start_kernel(self, token: str, name: str = "python3") -> tuple[str, int]:
+        """Start a kernel of kernelspec `name` over REST; returns its id and the pid of its
+        process (the one whose command line names its connection file)."""
+        response = self.api("POST", "api/kernels", token, json={"name": name})
         response.raise_for_status()
         kernel_id = response.json()["id"]
 
@@ -357,30 +359,9 @@ class LabClient:
             header = ["Cookie: " + "; ".join(f"{c.name}={c.value}" for c in session.cookies)]
         ws = websocket.create_connection(url, header=header, timeout=timeout)
         try:
-            msg_id = uuid.uuid4().hex
-            ws.send(
-                json.dumps(
-                    {
-                        "header": {
-                            "msg_id": msg_id,
-                            "username": "test",
-                            "session": uuid.uuid4().hex,
-                            "msg_type": "execute_request",
-                            "version": "5.3",
-                        },
-                        "parent_header": {},
-                        "metadata": {},
-                        "channel": "shell",
-                        "content": {
-                            "code": code,
-                            "silent": False,
-                            "store_history": False,
-                            "user_expressions": {},
-                            "allow_stdin": False,
-                        },
-                    }
-                )
-            )
+            request = execute_request(code)
+            msg_id = request["header"]["msg_id"]
+            ws.send(json.dumps(request))
             out = []
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -398,6 +379,21 @@ class LabClient:
             raise AssertionError("kernel did not finish in time")
         finally:
             ws.close()
+
+
+def execute_request(code: str) -> dict[str, Any]:
+    """A kernel's execute_request for `code` (its msg_id in its header)."""
+    ids = {"msg_id": uuid.uuid4().hex, "session": uuid.uuid4().hex, "username": "test"}
+    header = {**ids, "msg_type": "execute_request", "version": "5.3"}
+    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+    content["user_expressions"] = {}
+    return dict(header=header, parent_header={}, metadata={}, channel="shell", content=content)
+
+
+def event_time(event: dict[str, Any]) -> float:
+    """Seconds since the epoch of a log event's ISO timestamp (structlog writes local time:
+    a naive datetime's .timestamp() reads it so), comparable with time.time()."""
+    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
 def files_exposing(secret: str, roots: list[Path]) -> list[str]:
