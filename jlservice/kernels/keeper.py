@@ -172,11 +172,12 @@ class KernelKeeper:
             )
         self._changed()
 
-    def expire(self, generation: int) -> bool:
-        """The grace is over for some of the waiting: forget them (the loop's sweep, which
-        spares only what spare() names, ends them). Whether there are any."""
+    def expire(self, generation: int) -> set[int]:
+        """The grace is over for some of the waiting: forget them. The pids of those still
+        running, for the loop to end (them and theirs alone: the running JupyterLab's
+        orphans, a daemon a notebook started, are not theirs to end)."""
         if generation != self.generation:
-            return False
+            return set()
         now = self._clock()
         late = [self.waiting[k] for k, due in self.deadlines.items() if due <= now]
         for kernel in late:
@@ -187,7 +188,7 @@ class KernelKeeper:
         self._lose([k for k in late if k not in alive], "exited")
         self._schedule_expiry()
         self._changed()
-        return bool(alive)
+        return {k.pid for k in alive}
 
     # ── what others ask ─────────────────────────────────────────────────────
 

@@ -138,6 +138,15 @@ def descendants(spare: Iterable[int] = ()) -> list[psutil.Process]:
     return [p for p in procs if p.pid not in spared]
 
 
+def children_but(pids: Iterable[int]) -> set[int]:
+    """The supervisor's own children other than `pids`: spared by a sweep, they leave it
+    `pids` and their descendants alone to end."""
+    try:
+        return {p.pid for p in psutil.Process().children()} - set(pids)
+    except psutil.Error:
+        return set()
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE

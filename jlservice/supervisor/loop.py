@@ -175,8 +175,8 @@ class Supervisor:
                 self.publish.warm_parent(self.parts.keeper.describe())
             case KernelsListed():
                 self.parts.kernels.listed(event)
-            case KernelGraceElapsed() if self.parts.kernels.expire(event.generation):
-                await self._sweep({lab.pid} if lab is not None else set())
+            case KernelGraceElapsed() if late := self.parts.kernels.expire(event.generation):
+                await self.parts.end(late, self.config.restart.stop_timeout)
             case KernelsChanged():
                 kernels = self.parts.kernels
                 self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)

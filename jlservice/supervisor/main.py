@@ -144,6 +144,9 @@ async def _supervise(
     async def sweep(spare: set[int], grace: float) -> int:
         return await children.sweep(reaper, grace=grace, spare=spare)
 
+    async def end(pids: set[int], grace: float) -> int:
+        return await sweep(children.children_but(pids), grace)
+
     parts = Parts(
         publisher=publisher,
         starter=FirstStart(
@@ -158,6 +161,7 @@ async def _supervise(
         kernels=kernels,
         adopt=adopt,
         sweep=sweep,
+        end=end,
         plan=reload.plan,
         wait_idle=reload.wait_idle,
         exporter=exporter,

@@ -94,6 +94,7 @@ class Parts:
     kernels: KernelKeeper
     adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
     sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
+    end: Callable[[set[int], float], Awaitable[int]]  # (pids, grace): those and theirs alone
     plan: Callable[[Config, launcher.Launch], reload.Plan]
     # (pending, api_url, token, progress, stranger): returns once the kernels are idle, or at
     # the deadline; stranger() says who else holds the port (who must not get the token)

@@ -201,7 +201,8 @@ class Harness:
         self.timers: list[tuple[float, Event]] = []
         self.callbacks: list[tuple[float, Callable[[], None]]] = []  # the Publisher's
         self.idle = asyncio.Event()  # set: the kernels are idle
-        self.swept: list[set[int]] = []
+        self.swept: list[set[int]] = []  # what each sweep spared
+        self.ended: list[set[int]] = []  # what each end of some processes alone ended
         self.stuck: set[int] = set()
         self.reaping = False
         self.supervisor: Supervisor | None = None
@@ -232,6 +233,10 @@ class Harness:
     async def _sweep(self, spare: set[int], grace: float) -> int:
         self.swept.append(spare)
         return 0
+
+    async def _end(self, pids: set[int], grace: float) -> int:
+        self.ended.append(pids)
+        return len(pids)
 
     def _plan(self, current: config.Config, running: launcher.Launch) -> reload.Plan:
         return self.plans.pop(0)
@@ -272,6 +277,7 @@ class Harness:
             kernels=self.kernels,
             adopt=self._adopt,
             sweep=self._sweep,
+            end=self._end,
             plan=self._plan,
             wait_idle=self._wait_idle,
             exporter=self.exporter,
