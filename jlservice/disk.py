@@ -7,6 +7,8 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -33,61 +35,82 @@ class Space(NamedTuple):
 
 
 class OneThread:
-    """Calls on one filesystem made in one thread of its own. A call that takes longer
-    than `timeout` is given up (errors.NotAnswering); no new one is made while it still
-    hangs, so a dead server costs one thread, however long it stays dead."""
+    """Calls on one filesystem made one after the other in a thread of its own; each
+    caller waits for its own answer, at most `timeout` (then errors.NotAnswering). Once a
+    caller has given up, later calls are refused at once until that call is answered, so a
+    dead server costs one thread and no caller more than its timeout, however long it stays
+    dead."""
 
     def __init__(self) -> None:
-        self._asked: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
-        self._answers: queue.SimpleQueue[tuple[Any, OSError | None]] = queue.SimpleQueue()
-        self._waiting = False  # for an answer given up on
+        self._lock = threading.Lock()
+        self._asked: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._given_up: Future[Any] | None = None  # the last call a caller stopped waiting for
         self._thread: threading.Thread | None = None
 
     def call(self, fn: Callable[[], T], timeout: float) -> T:
-        """fn()'s result; its OSError, or errors.NotAnswering."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="jlservice-filesystem")
-            self._thread.daemon = True
-            self._thread.start()
-        if self._waiting:
-            try:
-                self._answers.get_nowait()  # stale: the filesystem answered after all
-            except queue.Empty:
-                raise NotAnswering("still no answer to the last call") from None
-            self._waiting = False
-        self._asked.put(fn)
+        """fn()'s result, or its exception; errors.NotAnswering after `timeout`."""
+        with self._lock:
+            if self._given_up is not None and not self._given_up.done():
+                raise NotAnswering("still no answer to an earlier call")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="jlservice-filesystem")
+                self._thread.daemon = True
+                self._thread.start()
+            answer: Future[T] = Future()
+            self._asked.put((fn, answer))
         try:
-            result, error = self._answers.get(timeout=timeout)
-        except queue.Empty:
-            self._waiting = True
+            return answer.result(timeout)
+        except FutureTimeout:
+            with self._lock:
+                self._given_up = answer
             raise NotAnswering(f"no answer within {timeout:g} s") from None
-        if error is not None:
-            raise error
-        return result
+
+    def close(self) -> None:
+        """Let the thread end once it has answered what it was asked."""
+        self._asked.put(None)
+
+    def hung(self) -> bool:
+        with self._lock:
+            return self._given_up is not None and not self._given_up.done()
 
     def _serve(self) -> None:
-        while True:
-            fn = self._asked.get()
+        while (asked := self._asked.get()) is not None:
+            fn, answer = asked
             try:
-                self._answers.put((fn(), None))
-            except OSError as exc:
-                self._answers.put((None, exc))
+                answer.set_result(fn())
+            except BaseException as exc:  # whatever it is, it is the caller's
+                answer.set_exception(exc)
 
 
-_DIRS: dict[str, OneThread] = {}  # the directories asked about: a notebook dir or two
+_DIRS: dict[str, OneThread] = {}  # the paths asked about: a notebook dir, a command or two
+_DIRS_LOCK = threading.Lock()
+_KEEP_DIRS = 8  # beyond that, the threads of paths that answer are let go
+
+
+def call(path: str | Path, fn: Callable[[], T], timeout: float) -> T:
+    """fn() (which looks at `path`) in the thread that asks `path`'s filesystem, waiting at
+    most `timeout`. Raises what fn raises, or errors.NotAnswering."""
+    key = str(path)
+    with _DIRS_LOCK:
+        thread = _DIRS.get(key)
+        if thread is None:
+            if len(_DIRS) >= _KEEP_DIRS:  # paths of past configurations: keep the hung ones
+                for old in [k for k, t in _DIRS.items() if not t.hung()]:
+                    _DIRS.pop(old).close()
+            thread = _DIRS[key] = OneThread()
+    return thread.call(fn, timeout)
 
 
 def stat(path: str | Path, timeout: float) -> os.stat_result:
-    """os.stat of a directory someone configured, waiting at most `timeout`. Raises its
-    OSError, or errors.NotAnswering."""
-    key = str(path)
-    return _DIRS.setdefault(key, OneThread()).call(lambda: os.stat(key), timeout)
+    """os.stat of a directory someone configured, waiting at most `timeout`."""
+    return call(path, lambda: os.stat(path), timeout)
 
 
 def statvfs(path: str | Path, timeout: float) -> os.statvfs_result:
-    """os.statvfs in the same thread as stat(path) (the same filesystem)."""
-    key = str(path)
-    return _DIRS.setdefault(key, OneThread()).call(lambda: os.statvfs(key), timeout)
+    """os.statvfs of `path`, waiting at most `timeout`."""
+    return call(path, lambda: os.statvfs(path), timeout)
 
 
 def not_answering(path: str | Path) -> str:

@@ -36,13 +36,20 @@ class WaitingFor(CannotStartNow):
     clears, never counted as a failed start, never given up on. `what` is what is waited
     for, for people; `found` and `cleared` are the log events when it is found, and gone."""
 
-    what, found, cleared = "the notebook dir", "notebook_dir_not_answering", "notebook_dir_answers"
+    what, found, cleared = "something outside jlservice", "lab_start_waits", "lab_start_unblocked"
 
 
 class PortInUse(WaitingFor):
     """Another program holds JupyterLab's port."""
 
     what, found, cleared = "JupyterLab's port", "lab_port_in_use", "lab_port_free"
+
+
+class NotebookDirNotAnswering(WaitingFor):
+    """The notebook dir's filesystem does not answer (a network filesystem whose server is
+    gone): JupyterLab would hang entering it."""
+
+    what, found, cleared = "the notebook dir", "notebook_dir_not_answering", "notebook_dir_answers"
 
 
 class NotAnswering(TimeoutError):

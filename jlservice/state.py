@@ -175,7 +175,7 @@ def read_published(state_dir: Path, runtime_dir: Path) -> State:
 def _newer(a: State, b: State) -> bool:
     """Whether `a` was published after `b`: by the sequence when one supervisor wrote both,
     else the running supervisor's, else (both gone) by the wall clock."""
-    if _writer(a) == _writer(b):
+    if _writer(a) == _writer(b) and (a.sequence or b.sequence):  # 0, 0: an older jlservice's
         return a.sequence > b.sequence
     alive_a, alive_b = supervisor_alive(a), supervisor_alive(b)
     if alive_a != alive_b:

@@ -63,7 +63,7 @@ def reload(args: argparse.Namespace) -> int:
     os.kill(current.supervisor_pid, signal.SIGHUP)
     latest = wait_state(
         service,
-        lambda s: s.last_reload is not None and s.last_reload.sequence > current.sequence,
+        lambda s: _answers(s, current),
         30,
         "answer the reload",
     )
@@ -89,6 +89,22 @@ def reload(args: argparse.Namespace) -> int:
         return 0
     print("reloaded: nothing JupyterLab sees changed, so it kept running")
     return 0
+
+
+def _answers(record: state.State, asked: state.State) -> bool:
+    """Whether `record` holds the supervisor's answer to a reload asked of it at `asked`.
+    A supervisor that does not number its records (an older jlservice still running after
+    an upgrade) is taken at its word: a new answer is a different one."""
+    if (record.supervisor_pid, record.supervisor_start_ticks) != (
+        asked.supervisor_pid,
+        asked.supervisor_start_ticks,
+    ):
+        raise CommandError("jlservice restarted before it answered; see `jlservice status`")
+    if record.last_reload is None:
+        return False
+    if asked.sequence == 0:
+        return record.last_reload != asked.last_reload
+    return record.last_reload.sequence > asked.sequence
 
 
 def reload_if_running(args: argparse.Namespace) -> int:

@@ -248,7 +248,7 @@ def _notebook_dir(r: Reader, text: str, account: users.Account) -> Path:
     try:
         st = disk.stat(path, disk.ANSWER_WITHIN_S)
     except NotAnswering:
-        r.fail("lab", "notebook_dir", disk.not_answering(path))
+        return path  # cannot be checked now: starts wait for it to answer
     except FileNotFoundError:
         r.fail("lab", "notebook_dir", f"{path} does not exist (create it, owned by {account.name})")
     except OSError as exc:
@@ -261,6 +261,15 @@ def _notebook_dir(r: Reader, text: str, account: users.Account) -> Path:
 def default_command() -> tuple[str, ...]:
     """The jupyter-lab next to the Python running jlservice (its own environment)."""
     return (str(Path(sys.executable).parent / "jupyter-lab"),)
+
+
+_MISSING = "missing"
+
+
+def _cannot_execute(program: str, account: users.Account) -> str | None:
+    if not os.path.exists(program):
+        return _MISSING
+    return users.execute_denied(program, account)
 
 
 def _command(r: Reader, t: Mapping[str, Any], account: users.Account) -> tuple[str, ...]:
@@ -280,14 +289,17 @@ def _command(r: Reader, t: Mapping[str, Any], account: users.Account) -> tuple[s
             r.fail("lab", "command", f"{program!r} is not on PATH; give an absolute path")
         program = found
     program = os.path.abspath(program)
-    if not os.path.exists(program):
+    try:  # a venv on a network filesystem whose server is gone must not hang the loop
+        why = disk.call(program, lambda: _cannot_execute(program, account), disk.ANSWER_WITHIN_S)
+    except NotAnswering:
+        why = None  # cannot be checked now: the start says what is wrong, if anything
+    if why is _MISSING:
         r.fail(
             "lab",
             "command",
             f"{program} does not exist: install jupyterlab there "
             "(pip install jupyterlab) or point command at its jupyter-lab",
         )
-    why = users.execute_denied(program, account)
     if why:
         r.fail(
             "lab",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import BinaryIO
 
 from jlservice import disk, prctl, users
-from jlservice.errors import CannotStartNow, LaunchError, NotAnswering, WaitingFor
+from jlservice.errors import CannotStartNow, LaunchError, NotAnswering, NotebookDirNotAnswering
 from jlservice.start import Secrets, Started, private_dir
 from jlservice.start.launcher import Launch
 
@@ -40,7 +42,7 @@ async def require_answering(launch: Launch) -> None:
     try:
         await asyncio.to_thread(disk.stat, launch.cwd, disk.ANSWER_WITHIN_S)
     except NotAnswering:
-        raise WaitingFor(f"notebook_dir {disk.not_answering(launch.cwd)}") from None
+        raise NotebookDirNotAnswering(f"notebook_dir {disk.not_answering(launch.cwd)}") from None
     except OSError:
         pass  # missing or out of reach: the start itself says which, as the lab user
 
@@ -62,11 +64,19 @@ def _child_setup(parent_pid: int, cwd: str, errors: int):
     """
 
     def setup() -> None:
+        # A network filesystem whose server is gone makes chdir wait in the kernel; only a
+        # fatal signal ends that wait: SIGALRM's default action, within ANSWER_WITHIN_S. The
+        # mark says what killed the child, for popen().
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        os.write(errors, _ENTERING)
+        signal.alarm(math.ceil(disk.ANSWER_WITHIN_S))
         try:
             os.chdir(cwd)
         except OSError as exc:
             os.write(errors, str(exc.errno).encode())
             raise
+        signal.alarm(0)
+        os.write(errors, _ENTERED)
         prctl.die_with_parent()
         if os.getppid() != parent_pid:  # the supervisor died before we got here
             os._exit(1)
@@ -77,6 +87,18 @@ def _child_setup(parent_pid: int, cwd: str, errors: int):
 def popen(launch: Launch) -> subprocess.Popen[bytes]:
     """Start JupyterLab; its stdout and stderr arrive on one pipe."""
     errors, report = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = _popen(launch, errors, report)
+        # Both ends of `report` are closed now (ours, and the child's at exec or death).
+        if os.read(errors, 64) == _ENTERING:  # the alarm ended it in chdir, before exec
+            proc.wait()
+            raise NotebookDirNotAnswering(f"notebook_dir {disk.not_answering(launch.cwd)}")
+        return proc
+    finally:
+        os.close(errors)
+
+
+def _popen(launch: Launch, errors: int, report: int) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             launch.argv,
@@ -93,7 +115,8 @@ def popen(launch: Launch) -> subprocess.Popen[bytes]:
     except subprocess.SubprocessError:  # raised in _child_setup: entering the notebook dir
         os.close(report)
         report = -1
-        raise _cannot_enter(launch, int(os.read(errors, 16) or errno.EIO)) from None
+        code = os.read(errors, 64).removeprefix(_ENTERING)
+        raise _cannot_enter(launch, int(code or errno.EIO)) from None
     except PermissionError as exc:
         raise LaunchError(
             f"user {launch.account.name} may not execute {launch.argv[0]}: {exc.strerror}"
@@ -107,9 +130,11 @@ def popen(launch: Launch) -> subprocess.Popen[bytes]:
     except ValueError as exc:  # e.g. an embedded NUL that validation let through
         raise LaunchError(f"cannot start {launch.argv[0]}: {exc}") from None
     finally:
-        os.close(errors)
         if report >= 0:
             os.close(report)
+
+
+_ENTERING, _ENTERED = b"<", b">"  # written by the child around its chdir
 
 
 def _cannot_enter(launch: Launch, code: int) -> Exception:

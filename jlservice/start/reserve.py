@@ -32,7 +32,10 @@ def make_room(private_dir: Path) -> None:
     path = private_dir / NAME
     held = os.path.lexists(path)
     if held and free < SIZE:
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError:  # not a file of ours after all (a directory someone made there)
+            return
         logger.warning(
             "runtime_disk_full",
             path=str(private_dir),

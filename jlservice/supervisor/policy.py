@@ -36,10 +36,7 @@ class Waiting:
         JupyterLab serves within max_delay of the cause clearing; and whether `cause` is
         news (to be logged)."""
         self.waits += 1
-        news = self.cause is None or (type(cause), str(cause)) != (
-            type(self.cause),
-            str(self.cause),
-        )
+        news = _key(cause) != _key(self.cause)
         self.cause = cause
         # The exponent capped: a port held for hours (a thousand waits) must not overflow.
         delay = min(restart.initial_delay * 2 ** min(self.waits - 1, 64), restart.max_delay)

@@ -26,14 +26,17 @@ def tmpfs(mount: Path, size: str = "2m", mode: str = "0755") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def hung(mount: Path) -> Iterator[Path]:
+def hung(mount: Path, owner: tuple[int, int] | None = None) -> Iterator[Path]:
     """A filesystem over `mount` that never answers, as a network filesystem does whose
     server is gone: a FUSE mount whose daemon never reads /dev/fuse, so every lookup through
-    it waits in the kernel (killable). On exit the connection is closed, which fails what
-    still waits, and it is unmounted."""
+    it waits in the kernel (killable). For everyone, or (`owner`: uid, gid) a user's own FUSE
+    mount, which only that user may enter: root gets EACCES. On exit the connection is closed,
+    which fails what still waits, and it is unmounted."""
     fuse = os.open("/dev/fuse", os.O_RDWR)
     try:
-        options = f"fd={fuse},rootmode=40000,user_id=0,group_id=0,allow_other"
+        uid, gid = owner or (0, 0)
+        who = f"user_id={uid},group_id={gid}" + (",allow_other" if owner is None else "")
+        options = f"fd={fuse},rootmode=40000,{who}"
         subprocess.run(
             ["mount", "-t", "fuse", "-o", options, "hung", mount], pass_fds=(fuse,), check=True
         )

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jlservice.config import RestartConfig
-from jlservice.errors import PortInUse, WaitingFor
+from jlservice.errors import NotebookDirNotAnswering, PortInUse
 from jlservice.supervisor.policy import MIN_WAIT_S, Waiting, backoff_delay
 
 RESTART = RestartConfig(initial_delay=0.5, max_delay=30.0)
@@ -74,6 +74,7 @@ def test_a_port_wait_never_spins_even_with_zero_delays() -> None:
 
 def test_a_cause_is_news_once_until_it_changes() -> None:
     wait = Waiting()
-    causes = [PortInUse("a"), PortInUse("a"), PortInUse("b"), WaitingFor("b"), WaitingFor("b")]
+    dead = NotebookDirNotAnswering
+    causes = [PortInUse("a"), PortInUse("a"), PortInUse("b"), dead("b"), dead("b")]
     assert [wait.again(cause, RESTART)[1] for cause in causes] == [True, False, True, True, False]
     assert wait.end() is causes[-1] and wait.end() is None and wait.waits == 0

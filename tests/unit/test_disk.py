@@ -75,3 +75,60 @@ def test_a_hanging_filesystem_costs_one_thread_and_the_timeout() -> None:
 
     assert wait_for(answered, 5, "the filesystem answering") == "now"
     assert len(calls) == 1  # the stale answer was dropped, not returned
+
+
+def test_callers_in_two_threads_each_get_their_own_answer() -> None:
+    """The sampler's thread and the loop's ask the same filesystem: an answer one of them
+    gave up on never reaches the other."""
+    thread = disk.OneThread()
+    wrong = []
+
+    def ask(tag: str) -> None:
+        for i in range(2000):
+            try:
+                answer = thread.call(lambda i=i: (tag, i), 5.0)
+            except NotAnswering:
+                continue
+            if answer != (tag, i):
+                wrong.append(answer)
+
+    workers = [threading.Thread(target=ask, args=(tag,)) for tag in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not wrong
+    # A late answer to a caller that gave up goes to nobody.
+    slow = threading.Event()
+    with pytest.raises(NotAnswering):
+        thread.call(lambda: slow.wait(5) and "late", 0.1)
+    slow.set()
+    assert wait_for(lambda: _answer(thread, "mine"), 5, "the thread free again") == "mine"
+
+
+def _answer(thread: disk.OneThread, value: str) -> str | None:
+    try:
+        return thread.call(lambda: value, 2.0)
+    except NotAnswering:
+        return None
+
+
+def test_an_exception_of_any_kind_is_the_callers_and_the_thread_goes_on() -> None:
+    thread = disk.OneThread()
+    with pytest.raises(ValueError, match="embedded null byte"):
+        thread.call(lambda: os.stat("a\0b"), 2.0)
+    assert thread.call(lambda: "still here", 2.0) == "still here"
+
+
+def test_paths_of_past_configurations_are_let_go_but_the_hung_ones() -> None:
+    hung = threading.Event()
+    with pytest.raises(NotAnswering):
+        disk.call("/dead", lambda: hung.wait(10), 0.1)
+    try:
+        for i in range(20):
+            assert disk.call(f"/p{i}", lambda i=i: i, 2.0) == i
+        assert "/dead" in disk._DIRS and len(disk._DIRS) <= 9
+        with pytest.raises(NotAnswering, match="still no answer"):
+            disk.call("/dead", lambda: "never asked", 2.0)
+    finally:
+        hung.set()

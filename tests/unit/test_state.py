@@ -518,3 +518,12 @@ def test_secrets_that_cannot_be_saved_leave_no_old_token_behind(
     assert not (tmp_path / login.TOKEN_FILE).exists()
     assert not (tmp_path / login.COOKIE_SECRET_FILE).exists()
     assert login.load_or_create_token(tmp_path) not in (old, "b" * 64)  # a fresh one
+
+
+def test_records_of_an_older_jlservice_without_sequence_go_by_the_wall_clock(tmp_path) -> None:
+    state_dir, runtime_dir = tmp_path / "state", tmp_path / "run"
+    state_dir.mkdir()
+    runtime_dir.mkdir()
+    state.write_state(state_dir, sample_state(status="ready", updated_at=100.0))
+    state.write_state(runtime_dir, sample_state(status="backoff", updated_at=200.0))
+    assert state.read_published(state_dir, runtime_dir).status == "backoff"

@@ -30,7 +30,7 @@ def check_notebook_dir(ctx: Context) -> Result:
     try:
         owner = disk.stat(path, disk.ANSWER_WITHIN_S).st_uid
     except NotAnswering:
-        return Result(name, False, disk.not_answering(path), "check that filesystem")
+        return Result(name, False, disk.not_answering(path), "mount it again, or move notebook_dir")
     except OSError as exc:
         return Result(name, False, f"cannot look at {path}: {exc.strerror}", "check it exists")
     if owner != account.uid:
