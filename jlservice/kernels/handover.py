@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from jlservice import files
-from jlservice.start import reserve
 from jlservice.start.launcher import Launch
 
 
@@ -30,7 +29,6 @@ def write(launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:
     if not launch.keep_kernels:
         launch.handover_file.unlink(missing_ok=True)
         return
-    reserve.make_room(launch.private_dir)
     data = {
         "keep": keep,
         "kernels": [{"id": k.id, "pid": k.pid} for k in kernels],

@@ -26,6 +26,7 @@ from jlservice.kernels.handover import Kernel
 from jlservice.kernels.output import KernelOutput
 from jlservice.metrics import kernels as kernels_api
 from jlservice.metrics.view import Endpoint
+from jlservice.start import reserve
 from jlservice.start.launcher import Launch
 from jlservice.supervisor.events import (
     Event,
@@ -231,6 +232,7 @@ class KernelKeeper:
         self._post(KernelsListed(generation, adopted, notebooks))
 
     def _hand_over(self, launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:
+        reserve.make_room(launch.private_dir)  # /run full: the handover must still be written
         try:
             handover.write(launch, keep, kernels)
         except OSError as exc:  # the next JupyterLab adopts nothing; they end at the grace

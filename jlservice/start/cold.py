@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from jlservice import disk, prctl, users
 from jlservice.errors import CannotStartNow, LaunchError, NotAnswering, NotebookDirNotAnswering
-from jlservice.start import Secrets, Started, private_dir
+from jlservice.start import Secrets, Started, private_dir, reserve
 from jlservice.start.launcher import Launch
 
 
@@ -26,6 +26,7 @@ class ColdStart:
 
     async def start(self, launch: Launch, secrets: Secrets) -> Started:
         await require_answering(launch)
+        reserve.make_room(launch.private_dir)
         return self.start_now(launch, secrets)
 
     def start_now(self, launch: Launch, secrets: Secrets) -> Started:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from jlservice import files, net
 from jlservice.errors import CannotStartNow
-from jlservice.start import reserve
 from jlservice.start.launcher import (
     KERNELS_MODULE,
     SERVER_CONFIG,
@@ -44,7 +43,6 @@ def prepare_private_dir(
     """
     owner = (launch.account.uid, launch.account.gid)
     ensure_private_dir(launch, runtime_dir)
-    reserve.make_room(launch.private_dir)
     _drop_if_foreign(launch.jupyter_runtime_dir, launch.account.uid)
     files.ensure_dir(launch.jupyter_runtime_dir, 0o700, owner=owner)
     # An empty token file turns token login off ([auth] token = false).

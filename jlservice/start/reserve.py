@@ -12,18 +12,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jlservice import log
-
 SIZE = 1 << 20
 NAME = "reserve"
 _TAKE_BACK_AT = 4 * SIZE  # free space before holding it again: room left for others
 
-logger = log.get("jlservice.start")
-
 
 def make_room(private_dir: Path) -> None:
     """Before anything is written for a start or a stop: free the reserve when the disk is
-    full, or hold it again once there is room."""
+    full, or hold it again once there is room. Called by the supervisor's loop alone, once
+    the log is set up (never by `jlservice run`'s first start, made before its imports)."""
+    from jlservice import log
+
+    logger = log.get("jlservice.start")
     try:
         st = os.statvfs(private_dir)
     except OSError:  # not made yet: the start that makes it says why if it cannot

@@ -63,3 +63,18 @@ def test_token_imports_nothing_heavy(tmp_path):
     }
     assert "jlservice" in imported
     assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
+def test_the_first_start_imports_nothing_heavy():
+    """`jlservice run` starts JupyterLab before its own heavy imports (supervisor.main): what
+    that first start runs must not import them, nor log (the log is set up only after it)."""
+    code = (
+        "import sys\n"
+        "from jlservice.start import cold\n"
+        "from jlservice.kernels import handover\n"
+        "from jlservice.start.launcher import build\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

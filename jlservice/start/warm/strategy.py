@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from jlservice.start import Secrets, Started, launcher, private_dir
+from jlservice.start import Secrets, Started, launcher, private_dir, reserve
 from jlservice.start.cold import ColdStart, require_answering, spawn
 from jlservice.start.warm.keeper import Keeper
 
@@ -28,6 +28,7 @@ class WarmStart:
         if not self.keeper.enabled:
             return await self.cold.start(launch, secrets)
         await require_answering(launch)  # a forked server enters it too
+        reserve.make_room(launch.private_dir)
         private_dir.prepare(launch, self.cold.runtime_dir, *secrets)
         began, began_monotonic = time.time(), time.monotonic()
         read, write = os.pipe2(os.O_CLOEXEC)
