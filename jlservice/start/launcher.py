@@ -47,6 +47,9 @@ SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
 # only the module that keeps and adopts kernels (jlservice.inlab.kernels, under this name);
 # the handover jlservice writes (what to adopt, whether to keep); the kernels' output FIFO.
 INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
+# [kernels] environments: jlservice's kernelspec manager, in the same directory, with the
+# modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
+KERNELSPECS_MODULE = "jlservice_kernelspecs"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
 
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
@@ -70,6 +73,7 @@ class Launch:
     # The password hash, certificate and key, by file name: a changed one restarts JupyterLab.
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     keep_kernels: bool = False  # [kernels] survive_restarts
+    environments: bool = False  # [kernels] environments: jlservice's kernelspec manager
     # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
     # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
@@ -153,6 +157,8 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     keep_kernels = config.kernels.survive_restarts
     if keep_kernels:
         argv.extend(_keeping_args(private_dir))
+    environments = config.kernels.environments
+    argv.extend(_environments_args(environments))
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
@@ -179,7 +185,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     env.update(lab.env)
     env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
     env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
-    if keep_kernels:  # the kernel manager's module imports first, then leaves os.environ
+    if keep_kernels or environments:  # jlservice's modules import first, then leave os.environ
         path = [str(private_dir / INLAB_DIR), *filter(None, env.get("PYTHONPATH", "").split(":"))]
         env["PYTHONPATH"] = os.pathsep.join(path)
     return Launch(
@@ -198,6 +204,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         files=files,
         public_url=lab.public_url,
         keep_kernels=keep_kernels,
+        environments=bool(environments),
     )
 
 
@@ -210,6 +217,18 @@ def _keeping_args(private_dir: Path) -> list[str]:
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
+    ]
+
+
+def _environments_args(patterns: tuple[str, ...]) -> list[str]:
+    """Kernels of the environments `patterns` name, from jlservice's kernelspec manager;
+    none without (JupyterLab keeps its own manager, and lists what it always did)."""
+    if not patterns:
+        return []
+    manager = "EnvironmentKernelSpecManager"
+    return [
+        f"--ServerApp.kernel_spec_manager_class={KERNELSPECS_MODULE}.{manager}",
+        *(f"--{manager}.environments={p}" for p in patterns),
     ]
 
 
