@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jlservice import net, users
 from jlservice.config import Config, OptionValue
+from jlservice.start.conda import conda_env, uses_nb_conda_kernels
 
 # Never handed to JupyterLab (nor to any child): systemd's per-service settings, our own,
 # and a token or runtime dir of the shell jlservice was started from.
@@ -132,7 +133,8 @@ class Launch:
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
-    """The launch `config` asks for. Pure apart from reading the password database."""
+    """The launch `config` asks for. Pure apart from reading the password database (and,
+    with nb_conda_kernels, looking for conda next to the command)."""
     environ = os.environ if environ is None else environ
     lab = config.lab
     account = config.account
@@ -183,6 +185,8 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         env["PATH"] = bindir + os.pathsep + env["PATH"]
     env.update(HOME=account.home, USER=account.name, LOGNAME=account.name, SHELL=account.shell)
     env.update(lab.env)
+    if uses_nb_conda_kernels(lab.options):
+        env.update(conda_env(lab.command[0], env))
     env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
     env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
     if keep_kernels or environments:  # jlservice's modules import first, then leave os.environ

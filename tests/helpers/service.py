@@ -286,9 +286,9 @@ class Service:
         )
         return session
 
-    def start_kernel(self, token: str) -> tuple[str, int]:
-        """Start a kernel over REST; returns its id and the pid of its process."""
-        response = self.api("POST", "api/kernels", token, json={"name": "python3"})
+    def start_kernel(self, token: str, name: str = "python3") -> tuple[str, int]:
+        """Start a kernel (of kernelspec `name`) over REST; its id and its process's pid."""
+        response = self.api("POST", "api/kernels", token, json={"name": name})
         response.raise_for_status()
         kernel_id = response.json()["id"]
 
