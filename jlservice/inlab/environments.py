@@ -66,6 +66,11 @@ class Environment:
         }
 
 
+def printable(text):
+    """`text` with control characters escaped: names reach the launcher and the log."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _stamp(path):
     """What changes when a directory's entries (or a file) change; None if absent."""
     try:
@@ -331,7 +336,7 @@ class Finder:
                 known = (env, _stamps(paths))
                 changed = True
                 for problem in env.problems if env else ():
-                    self.log(f"environment {prefix}: {problem}")
+                    self.log(printable(f"environment {prefix}: {problem}"))
             inspected[prefix] = known
         if changed or inspected.keys() != self._inspected.keys():
             self._inspected = inspected

@@ -79,7 +79,7 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         return self.kernel_spec_class(
             resource_dir=kernel.resource_dir,
             argv=wrapped_argv(env, kernel),
-            display_name=f"{kernel.display_name} [{label}:{env.name}]",
+            display_name=environments.printable(f"{kernel.display_name} [{label}:{env.name}]"),
             language=kernel.language,
             env=kernel.spec.get("env") or {},
             metadata=metadata,

@@ -180,6 +180,14 @@ def test_a_new_or_removed_environment_is_seen_by_the_next_listing(tmp_path: Path
     assert finder.generation == generation  # unchanged: nothing rebuilt
 
 
+def test_a_hostile_environment_name_is_a_valid_kernel_name_and_one_log_line(tmp_path: Path):
+    prefix = conda_env(tmp_path, "x\n[W fake] evil ..", {"bad": "{"})
+    lines: list[str] = []
+    (env,) = environments.Finder([f"{tmp_path}/*"], log=lines.append).find()
+    assert environments.spec_name(env.kind, env.name, "py") == "conda-env-x_w_fake_evil_..-py"
+    assert len(lines) == 1 and "\n" not in lines[0] and str(prefix).replace("\n", "\\n") in lines[0]
+
+
 def test_two_environments_of_one_name_get_two_kernel_names(tmp_path: Path) -> None:
     conda_env(tmp_path / "a", "py", {"python3": IPYKERNEL})
     conda_env(tmp_path / "b", "py", {"python3": IPYKERNEL})
