@@ -9,7 +9,9 @@ the whole module: building them is the slow part.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -182,6 +184,27 @@ def test_doctor_lists_the_environments_and_the_broken_one(lab, trees):
     for kernel in ("conda-env-gpu-ir", "venv-ml-py", "conda-env-hang-py"):
         assert kernel in line
     assert f"broken: broken ({trees.broken})" in line and "python missing" in line
+
+
+def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):
+    """Activation ends in exec: the kept process is the kernel, found and adopted as any."""
+    svc, token = lab
+    kernel_id, pid = svc.start_kernel(token, "conda-env-gpu-py")
+    svc.execute(token, kernel_id, "import os; x = 41")
+    old, offset = svc.lab_pid, svc.log_size()
+    os.kill(old, signal.SIGKILL)
+    svc.wait_ready(not_pid=old)
+
+    def adopted() -> bool:
+        events = svc.log_events(offset)
+        return any(
+            e.get("event") == "kernel_adopted" and e.get("kernel_id") == kernel_id for e in events
+        )
+
+    wait_for(adopted, 60, "the kernel's adoption")
+    seen = svc.execute(token, kernel_id, "print(x + 1, os.getpid(), os.environ['CONDA_PREFIX'])")
+    assert seen.split() == ["42", str(pid), str(trees.gpu)]
+    svc.api("DELETE", f"api/kernels/{kernel_id}", token)
 
 
 def test_nb_conda_kernels_finds_conda_under_the_service(service_factory, tmp_path):
