@@ -22,6 +22,7 @@ import sys
 TIMEOUT = 5.0  # seconds for all of an environment's activation scripts together
 MAX_OUTPUT = 4 << 20
 MAX_STATE = 1 << 20
+SIGKILL = 9  # the signal module imports enum: every kernel start would pay for it
 SHELL_OWN = ("_", "SHLVL", "PWD", "OLDPWD")  # what the shell itself changes
 ACTIVATED = (
     "CONDA_PREFIX",
@@ -74,12 +75,16 @@ def activated(environ, kind, prefix, name):
 
 def _state_vars(prefix):
     """`conda env config vars set` keeps them in conda-meta/state."""
-    import json
-
     try:
         with open(os.path.join(prefix, "conda-meta", "state"), "rb") as f:
-            data = json.loads(f.read(MAX_STATE))
-    except (OSError, ValueError, RecursionError):
+            raw = f.read(MAX_STATE)
+    except OSError:
+        return {}
+    import json  # only when there is a state: every kernel start pays the imports
+
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
         return {}
     found = data.get("env_vars") if isinstance(data, dict) else None
     if not isinstance(found, dict):
@@ -98,19 +103,7 @@ def scripts_of(prefix):
 
 def source(env, scripts, where, timeout=TIMEOUT):
     """`env` after sourcing `scripts`; `env` itself, with one line said, when they fail."""
-    import subprocess
-
-    shell = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
-    proc = subprocess.Popen(
-        [shell, "--noprofile", "--norc", "-c", SOURCE, "sh", *scripts]
-        if shell.endswith("bash")
-        else [shell, "-c", SOURCE, "sh", *scripts],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        start_new_session=True,  # a hung script and whatever it started are ended together
-    )
-    output, finished = _collect(proc, timeout)
+    output, finished = _collect(*_spawn(env, scripts), timeout)
     started, failed, result = _parse(output)
     for status, script in failed:
         say(f"{where}: {_short(script)} failed (status {status}); its settings may be partial")
@@ -126,16 +119,34 @@ def source(env, scripts, where, timeout=TIMEOUT):
     return env
 
 
-def _collect(proc, timeout):
+def _spawn(env, scripts):
+    """The shell sourcing `scripts`, in a session of its own (a hung script and whatever
+    it started are ended together), its stdout a pipe: (its pid, the pipe's read end).
+    posix_spawn, not subprocess, whose imports would cost every kernel start ~8 ms."""
+    shell = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+    plain = ["--noprofile", "--norc"] if shell == "/bin/bash" else []
+    argv = [shell, *plain, "-c", SOURCE, "sh", *scripts]
+    read, write = os.pipe()  # both close-on-exec; the shell gets its copy on fd 1
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, write, 1)]
+    try:
+        pid = os.posix_spawn(shell, argv, env, file_actions=actions, setsid=True)
+    except OSError:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+        os.close(devnull)
+    return pid, read
+
+
+def _collect(pid, fd, timeout):
     """What the shell wrote on the pipe, and whether it exited by itself in time (if not,
     it and what it started are killed)."""
-    import contextlib
-    import signal
     import time
 
-    fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
-    pidfd = os.pidfd_open(proc.pid)
+    pidfd = os.pidfd_open(pid)
     chunks, size, eof, exited = [], 0, False, False
     deadline = time.monotonic() + timeout
     try:
@@ -154,12 +165,18 @@ def _collect(proc, timeout):
                 size += len(chunk)
     finally:
         os.close(pidfd)
-        proc.stdout.close()
+        os.close(fd)
     if not exited:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+        _kill_group(pid)
+    os.waitpid(pid, 0)
     return b"".join(chunks), exited
+
+
+def _kill_group(pid):
+    try:  # noqa: SIM105 - contextlib's imports would cost every kernel start
+        os.killpg(pid, SIGKILL)
+    except OSError:
+        pass
 
 
 def _read(fd):
