@@ -268,11 +268,12 @@ def inspect(prefix):
         if not isinstance(display, str):
             display = dirname
         if _is_ipykernel(argv) and os.path.basename(argv[0]).startswith("python"):
+            has_python_kernel = True  # said once, here, when its python is missing
             if python is None:
                 env.problems.append("python missing: no bin/python; Python kernel skipped")
                 continue
             argv = [python, *argv[1:]]
-            kernel_key, has_python_kernel = "py", True
+            kernel_key = "py"
         elif _program_missing(prefix, argv[0]):
             env.problems.append(f"{where}: {argv[0]} not found; kernel skipped")
             continue

@@ -133,7 +133,9 @@ def test_conda_envs_venvs_and_their_kernels_are_found(tmp_path: Path) -> None:
 
 def test_broken_environments_say_what_is_wrong_once(tmp_path: Path) -> None:
     conda_env(tmp_path, "badjson", {"bad": "{not json", "ir": IR})
-    gone = venv(tmp_path, "gone")
+    gone = conda_env(tmp_path, "gone", {"python3": IPYKERNEL})
+    (gone / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    (gone / "lib" / "python3.11" / "site-packages" / "ipykernel_launcher.py").write_text("")
     (gone / "bin" / "python").unlink()
     (gone / "bin" / "python").symlink_to(tmp_path / "removed-base-python")
     lines: list[str] = []
@@ -142,7 +144,8 @@ def test_broken_environments_say_what_is_wrong_once(tmp_path: Path) -> None:
     assert found["badjson"].kernels == []  # R is nowhere
     assert any("bad/kernel.json: not valid JSON" in p for p in found["badjson"].problems)
     assert any("ir/kernel.json: R not found" in p for p in found["badjson"].problems)
-    assert found["gone"].kernels == [] and "python missing" in found["gone"].problems[0]
+    assert found["gone"].kernels == [] and len(found["gone"].problems) == 1
+    assert "python missing" in found["gone"].problems[0]
     assert len(lines) == 3 and all(line.startswith("environment /") for line in lines)
     finder.find()
     assert len(lines) == 3  # nothing changed: not said again
