@@ -161,7 +161,7 @@ def env_name(prefix, kind):
 
 
 def spec_name(kind, name, kernel):
-    """A kernelspec name as nb_conda_kernels makes them (conda-env-NAME-py), valid for
+    """A kernelspec name in nb_conda_kernels' style (conda-env-NAME-py), valid for
     jupyter_client ([a-z0-9._-])."""
     head = "conda-env" if kind == "conda" else "venv"
     return _NOT_NAME.sub("_", f"{head}-{name}-{kernel}".lower())
