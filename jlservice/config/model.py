@@ -69,6 +69,9 @@ class RestartConfig:
 class KernelsConfig:
     survive_restarts: bool = True  # kernels outlive a JupyterLab restart and are adopted
     grace: float = 30.0  # seconds a kept kernel may wait for the next JupyterLab to adopt it
+    # Paths and globs of conda environments and venvs whose kernels JupyterLab offers,
+    # activated; `~` already the lab user's home. Empty: JupyterLab's own kernelspecs only.
+    environments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

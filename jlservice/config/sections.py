@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from jlservice.config.environments import parse_environments
 from jlservice.config.model import (
     HealthConfig,
     KernelsConfig,
@@ -37,12 +38,13 @@ def parse_restart(r: Reader, t: Mapping[str, Any]) -> RestartConfig:
     return c
 
 
-def parse_kernels(r: Reader, t: Mapping[str, Any]) -> KernelsConfig:
+def parse_kernels(r: Reader, t: Mapping[str, Any], home: str) -> KernelsConfig:
     d = KernelsConfig()
     r.only(t, "kernels", set(d.__dataclass_fields__))
     return KernelsConfig(
         survive_restarts=r.get(t, "kernels", "survive_restarts", bool, d.survive_restarts),
         grace=r.seconds(t, "kernels", "grace", d.grace, minimum=0),
+        environments=parse_environments(r, t, home),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from jlservice import users
 from jlservice.config.access import parse_auth, parse_tls, refuse_open_access
+from jlservice.config.environments import refuse_own_kernelspecs
 from jlservice.config.lab import parse_lab
 from jlservice.config.metrics import parse_metrics
 from jlservice.config.model import Config
@@ -72,6 +73,10 @@ def parse(
     base = path.parent if path is not None else cwd
     auth = parse_auth(reader, reader.table(doc, "auth"), base)
     refuse_open_access(reader, lab, auth)
+    home = users.lookup(lab.user).home  # parse_lab checked that the user exists
+    kernels = parse_kernels(reader, reader.table(doc, "kernels"), home)
+    if kernels.environments:
+        refuse_own_kernelspecs(reader, lab)
     return Config(
         path=path,
         lab=lab,
@@ -79,7 +84,7 @@ def parse(
         auth=auth,
         tls=parse_tls(reader, reader.table(doc, "tls"), base),
         restart=parse_restart(reader, reader.table(doc, "restart")),
-        kernels=parse_kernels(reader, reader.table(doc, "kernels")),
+        kernels=kernels,
         health=parse_health(reader, reader.table(doc, "health")),
         reload=parse_reload(reader, reader.table(doc, "reload")),
         log=parse_log(reader, reader.table(doc, "log")),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jlservice import net, users
 from jlservice.config import Config, OptionValue
+from jlservice.start.conda import conda_env, uses_nb_conda_kernels
 
 # Never handed to JupyterLab (nor to any child): systemd's per-service settings, our own,
 # and a token or runtime dir of the shell jlservice was started from.
@@ -47,6 +48,9 @@ SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
 # only the module that keeps and adopts kernels (jlservice.inlab.kernels, under this name);
 # the handover jlservice writes (what to adopt, whether to keep); the kernels' output FIFO.
 INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
+# [kernels] environments: jlservice's kernelspec manager, in the same directory, with the
+# modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
+KERNELSPECS_MODULE = "jlservice_kernelspecs"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
 
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
@@ -70,6 +74,7 @@ class Launch:
     # The password hash, certificate and key, by file name: a changed one restarts JupyterLab.
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     keep_kernels: bool = False  # [kernels] survive_restarts
+    environments: bool = False  # [kernels] environments: jlservice's kernelspec manager
     # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
     # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
@@ -128,7 +133,8 @@ class Launch:
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
-    """The launch `config` asks for. Pure apart from reading the password database."""
+    """The launch `config` asks for. Pure apart from reading the password database (and,
+    with nb_conda_kernels, looking for conda next to the command)."""
     environ = os.environ if environ is None else environ
     lab = config.lab
     account = config.account
@@ -153,6 +159,8 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
     keep_kernels = config.kernels.survive_restarts
     if keep_kernels:
         argv.extend(_keeping_args(private_dir))
+    environments = config.kernels.environments
+    argv.extend(_environments_args(environments))
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
@@ -177,9 +185,11 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         env["PATH"] = bindir + os.pathsep + env["PATH"]
     env.update(HOME=account.home, USER=account.name, LOGNAME=account.name, SHELL=account.shell)
     env.update(lab.env)
+    if uses_nb_conda_kernels(lab.options):
+        env.update(conda_env(lab.command[0], env))
     env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
     env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
-    if keep_kernels:  # the kernel manager's module imports first, then leaves os.environ
+    if keep_kernels or environments:  # jlservice's modules import first, then leave os.environ
         path = [str(private_dir / INLAB_DIR), *filter(None, env.get("PYTHONPATH", "").split(":"))]
         env["PYTHONPATH"] = os.pathsep.join(path)
     return Launch(
@@ -198,6 +208,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         files=files,
         public_url=lab.public_url,
         keep_kernels=keep_kernels,
+        environments=bool(environments),
     )
 
 
@@ -210,6 +221,18 @@ def _keeping_args(private_dir: Path) -> list[str]:
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
+    ]
+
+
+def _environments_args(patterns: tuple[str, ...]) -> list[str]:
+    """Kernels of the environments `patterns` name, from jlservice's kernelspec manager;
+    none without (JupyterLab keeps its own manager, and lists what it always did)."""
+    if not patterns:
+        return []
+    manager = "EnvironmentKernelSpecManager"
+    return [
+        f"--ServerApp.kernel_spec_manager_class={KERNELSPECS_MODULE}.{manager}",
+        *(f"--{manager}.environments={p}" for p in patterns),
     ]
 
 

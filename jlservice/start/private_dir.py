@@ -11,6 +11,7 @@ from jlservice import files, net
 from jlservice.errors import CannotStartNow
 from jlservice.start.launcher import (
     KERNELS_MODULE,
+    KERNELSPECS_MODULE,
     SERVER_CONFIG,
     TLS_CERT,
     TLS_KEY,
@@ -18,7 +19,14 @@ from jlservice.start.launcher import (
     runtime_dir_mode,
 )
 
-INLAB_SOURCE = Path(__file__).resolve().parents[1] / "inlab" / "kernels.py"
+INLAB = Path(__file__).resolve().parents[1] / "inlab"
+INLAB_SOURCE = INLAB / "kernels.py"
+# [kernels] environments: the kernelspec manager and what it uses, under these names.
+ENVIRONMENT_MODULES = {
+    f"{KERNELSPECS_MODULE}.py": INLAB / "kernelspecs.py",
+    "jlservice_environments.py": INLAB / "environments.py",
+    "jlservice_activate.py": INLAB / "activate.py",
+}
 
 
 def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
@@ -55,6 +63,10 @@ def prepare_private_dir(
             (launch.private_dir / name).unlink(missing_ok=True)
     if launch.keep_kernels:
         _prepare_kernels(launch)
+    if launch.environments:
+        files.ensure_dir(launch.inlab_dir, 0o755)
+        for name, source in ENVIRONMENT_MODULES.items():
+            _install_module(launch.inlab_dir / name, source)
 
 
 def ensure_private_dir(launch: Launch, runtime_dir: Path) -> None:
@@ -70,15 +82,19 @@ def _prepare_kernels(launch: Launch) -> None:
     sys.path, which it watches, and an unchanged file must not make it stale.
     """
     files.ensure_dir(launch.inlab_dir, 0o755)
-    module = launch.inlab_dir / f"{KERNELS_MODULE}.py"
-    source = INLAB_SOURCE.read_bytes()
+    _install_module(launch.inlab_dir / f"{KERNELS_MODULE}.py", INLAB_SOURCE)
+    _ensure_fifo(launch.kernel_output, launch.account.uid, launch.account.gid)
+
+
+def _install_module(module: Path, source_path: Path) -> None:
+    """A module of jlservice.inlab, root's and readable, written only when it differs."""
+    source = source_path.read_bytes()
     try:
         current = module.read_bytes() if not module.is_symlink() else None
     except OSError:
         current = None
     if current != source:
         files.write_atomic(module, source, mode=0o644)
-    _ensure_fifo(launch.kernel_output, launch.account.uid, launch.account.gid)
 
 
 def _ensure_fifo(path: Path, uid: int, gid: int) -> None:

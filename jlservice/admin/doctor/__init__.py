@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jlservice.admin.doctor.context import Context, Result
+from jlservice.admin.doctor.environments import check_conda, check_environments
 from jlservice.admin.doctor.http import check_answers, check_auth, check_metrics, check_token
 from jlservice.admin.doctor.local import (
     check_address,
@@ -32,6 +33,8 @@ CHECKS: tuple[Callable[[Context], Result], ...] = (
     check_auth,
     check_tls,
     check_metrics,
+    check_environments,
+    check_conda,
 )
 
 

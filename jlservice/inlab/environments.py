@@ -1,0 +1,368 @@
+"""Find the conda environments and venvs that [kernels] environments names, and their kernels.
+
+Standard library only. Runs as the lab user: inside JupyterLab (as `jlservice_environments`,
+for jlservice's kernelspec manager) and in `jlservice doctor` (as `python -m
+jlservice.inlab.environments PATTERN…`, which prints what it found as JSON). It only reads:
+directory listings, stat(), and kernel.json files of at most MAX_JSON bytes. It never runs
+anything an environment holds.
+
+A Finder keeps what it found and, when asked again, only stat()s the directories that
+decide it (those a glob listed, and per environment its top, bin/, site-packages/,
+conda-meta/ and kernel directories): an environment created, removed or changed is seen at
+the next listing, and an unchanged machine costs a few hundred stat() calls, no polling.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+
+MAX_JSON = 64 << 10  # a kernel.json is a few hundred bytes
+MAX_MATCHES = 1000  # entries one glob level may yield; more is not a list of environments
+PYTHON_NAMES = ("python", "python3")
+_NOT_NAME = re.compile(r"[^a-z0-9._-]+")
+
+
+class Kernel:
+    """One kernel of an environment: what a kernelspec needs, argv not yet wrapped."""
+
+    def __init__(self, name, display_name, language, argv, resource_dir, spec):
+        self.name = name
+        self.display_name = display_name
+        self.language = language
+        self.argv = argv
+        self.resource_dir = resource_dir
+        self.spec = spec  # the rest of its kernel.json: env, metadata, interrupt_mode
+
+    def as_dict(self):
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "language": self.language,
+            "argv": self.argv,
+        }
+
+
+class Environment:
+    def __init__(self, prefix, kind, name):
+        self.prefix = prefix
+        self.kind = kind  # "conda" or "venv"
+        self.name = name
+        self.kernels = []
+        self.problems = []  # one line each: what is wrong, for the log and the doctor
+
+    def as_dict(self):
+        return {
+            "prefix": self.prefix,
+            "kind": self.kind,
+            "name": self.name,
+            "kernels": [k.as_dict() for k in self.kernels],
+            "problems": self.problems,
+        }
+
+
+def printable(text):
+    """`text` with control characters escaped: names reach the launcher and the log."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _stamp(path):
+    """What changes when a directory's entries (or a file) change; None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, stat.S_IFMT(st.st_mode))
+
+
+def _stamps(paths):
+    return {p: _stamp(p) for p in paths}
+
+
+def _fresh(stamps):
+    return all(_stamp(p) == s for p, s in stamps.items())
+
+
+def _is_magic(part):
+    return any(c in part for c in "*?[")
+
+
+def expand(pattern):
+    """The directories `pattern` names now, and the directories whose listing decided it."""
+    found = ["/"]
+    listed = []
+    for part in pattern.strip("/").split("/"):
+        if not part:
+            continue
+        following = []
+        for base in found:
+            if not _is_magic(part):
+                following.append(os.path.join(base, part))
+                continue
+            listed.append(base)
+            try:
+                with os.scandir(base) as entries:
+                    names = []
+                    for entry in entries:
+                        if len(names) >= MAX_MATCHES:
+                            break
+                        if fnmatch.fnmatchcase(entry.name, part) and not (
+                            entry.name.startswith(".") and not part.startswith(".")
+                        ):
+                            names.append(entry.name)
+            except OSError:
+                continue
+            following.extend(os.path.join(base, n) for n in sorted(names))
+        found = following
+    # A literal path that does not exist yet: its parent's listing tells when it appears.
+    listed.extend(os.path.dirname(p) for p in found if not os.path.isdir(p))
+    return [p for p in found if os.path.isdir(p)], listed
+
+
+def _read_json(path):
+    """A small JSON object from a regular file; ValueError saying what is wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        raw = f.read(MAX_JSON + 1)
+    if len(raw) > MAX_JSON:
+        raise ValueError(f"larger than {MAX_JSON >> 10} KiB")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON ({getattr(exc, 'msg', 'too deep')})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def kind_of(prefix):
+    if os.path.isdir(os.path.join(prefix, "conda-meta")):
+        return "conda"
+    if os.path.isfile(os.path.join(prefix, "pyvenv.cfg")):
+        return "venv"
+    return None
+
+
+def env_name(prefix, kind):
+    """conda's name for it: "base" for an install's root, else the directory's name."""
+    if kind == "conda" and os.path.isdir(os.path.join(prefix, "envs")):
+        return "base"
+    return os.path.basename(prefix.rstrip("/")) or prefix
+
+
+def spec_name(kind, name, kernel):
+    """A kernelspec name in nb_conda_kernels' style (conda-env-NAME-py), valid for
+    jupyter_client ([a-z0-9._-])."""
+    head = "conda-env" if kind == "conda" else "venv"
+    return _NOT_NAME.sub("_", f"{head}-{name}-{kernel}".lower())
+
+
+def _site_packages(prefix):
+    lib = os.path.join(prefix, "lib")
+    try:
+        names = sorted(n for n in os.listdir(lib) if n.startswith("python"))
+    except OSError:
+        return []
+    return [os.path.join(lib, n, "site-packages") for n in names]
+
+
+def _python(prefix):
+    for name in PYTHON_NAMES:
+        path = os.path.join(prefix, "bin", name)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _has_ipykernel(site_dirs):
+    return any(os.path.isfile(os.path.join(d, "ipykernel_launcher.py")) for d in site_dirs)
+
+
+def _is_ipykernel(argv):
+    return "ipykernel_launcher" in argv or "ipykernel" in argv
+
+
+def _program_missing(prefix, program):
+    if "/" in program:
+        return not os.access(program, os.X_OK)
+    return not os.access(os.path.join(prefix, "bin", program), os.X_OK) and not _on_path(program)
+
+
+def _on_path(program):
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+def _shipped(prefix):
+    """{kernel dir name: (dir, kernel.json's data or the ValueError)} of share/jupyter/kernels."""
+    root = os.path.join(prefix, "share", "jupyter", "kernels")
+    try:
+        names = sorted(os.listdir(root))[:MAX_MATCHES]
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        path = os.path.join(root, name, "kernel.json")
+        if not os.path.lexists(path):
+            continue
+        try:
+            found[name] = (os.path.join(root, name), _read_json(path))
+        except ValueError as exc:
+            found[name] = (os.path.join(root, name), exc)
+    return found
+
+
+def _watched(prefix, site_dirs, shipped):
+    kernels = os.path.join(prefix, "share", "jupyter", "kernels")
+    paths = [prefix, os.path.join(prefix, "bin"), os.path.join(prefix, "lib"), kernels]
+    paths += [os.path.join(prefix, "conda-meta"), *site_dirs]
+    for directory, _ in shipped.values():
+        paths += [directory, os.path.join(directory, "kernel.json")]
+    return paths
+
+
+def _extras(data):
+    """What else of a kernel.json a KernelSpec takes, where it has the right shape."""
+    extras = {}
+    env = data.get("env")
+    if isinstance(env, dict) and all(isinstance(v, str) for v in env.values()):
+        extras["env"] = env
+    if isinstance(data.get("metadata"), dict):
+        extras["metadata"] = data["metadata"]
+    if data.get("interrupt_mode") in ("signal", "message"):
+        extras["interrupt_mode"] = data["interrupt_mode"]
+    return extras
+
+
+def inspect(prefix):
+    """(Environment or None when `prefix` is no environment, the paths that decided it)."""
+    kind = kind_of(prefix)
+    if kind is None:
+        return None, [prefix]
+    env = Environment(prefix, kind, env_name(prefix, kind))
+    site_dirs = _site_packages(prefix)
+    shipped = _shipped(prefix)
+    python = _python(prefix)
+    has_python_kernel = False
+    for dirname, (directory, data) in shipped.items():
+        where = f"share/jupyter/kernels/{dirname}/kernel.json"
+        if isinstance(data, ValueError):
+            env.problems.append(f"{where}: {data}; kernel skipped")
+            continue
+        argv = data.get("argv")
+        display = data.get("display_name")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            env.problems.append(f"{where}: argv is not a list of strings; kernel skipped")
+            continue
+        if not isinstance(display, str):
+            display = dirname
+        if _is_ipykernel(argv) and os.path.basename(argv[0]).startswith("python"):
+            has_python_kernel = True  # said once, here, when its python is missing
+            if python is None:
+                env.problems.append("python missing: no bin/python; Python kernel skipped")
+                continue
+            argv = [python, *argv[1:]]
+            kernel_key = "py"
+        elif _program_missing(prefix, argv[0]):
+            env.problems.append(f"{where}: {argv[0]} not found; kernel skipped")
+            continue
+        else:
+            kernel_key = dirname
+        spec = _extras(data)
+        language = data.get("language") if isinstance(data.get("language"), str) else ""
+        name = spec_name(kind, env.name, kernel_key)
+        env.kernels.append(Kernel(name, display, language, argv, directory, spec))
+    if not has_python_kernel and _has_ipykernel(site_dirs):
+        if python is None:
+            env.problems.append("python missing: ipykernel is installed but bin/python is not")
+        else:
+            argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            resources = os.path.join(site_dirs[0], "ipykernel", "resources")
+            name = spec_name(kind, env.name, "py")
+            env.kernels.append(Kernel(name, "Python 3 (ipykernel)", "python", argv, resources, {}))
+    return env, _watched(prefix, site_dirs, shipped)
+
+
+def _unique(environments):
+    """Two environments of one name (two installs' "base"): the later one's kernels get a
+    name of their own, from its path."""
+    seen = set()
+    for env in environments:
+        for kernel in env.kernels:
+            if kernel.name in seen:
+                digest = hashlib.sha256(env.prefix.encode()).hexdigest()[:8]
+                kernel.name = f"{kernel.name}-{digest}"
+            seen.add(kernel.name)
+
+
+class Finder:
+    """The environments of `patterns`, found again only where a watched directory changed.
+
+    `skip`: prefixes whose kernels JupyterLab lists anyway (its own environment). `log`:
+    called with one line per problem, when an environment is (re)inspected.
+    """
+
+    def __init__(self, patterns, skip=(), log=None):
+        self.patterns = list(patterns)
+        self.skip = {os.path.realpath(p) for p in skip}
+        self.log = log or (lambda line: None)
+        self._glob_stamps = None  # what decided the list of candidates
+        self._candidates = []
+        self._inspected = {}  # prefix: (Environment or None, stamps)
+        self._environments = []
+        self.generation = 0  # +1 whenever what find() returns changed
+
+    def find(self):
+        """The environments found, each with its kernels and problems."""
+        changed = False
+        if self._glob_stamps is None or not _fresh(self._glob_stamps):
+            self._candidates, self._glob_stamps = self._expand()
+            changed = True
+        inspected = {}
+        for prefix in self._candidates:
+            known = self._inspected.get(prefix)
+            if known is None or not _fresh(known[1]):
+                env, paths = inspect(prefix)
+                known = (env, _stamps(paths))
+                changed = True
+                for problem in env.problems if env else ():
+                    self.log(printable(f"environment {prefix}: {problem}"))
+            inspected[prefix] = known
+        if changed or inspected.keys() != self._inspected.keys():
+            self._inspected = inspected
+            self._environments = [e for e, _ in inspected.values() if e is not None]
+            _unique(self._environments)
+            self.generation += 1
+        return self._environments
+
+    def _expand(self):
+        candidates, listed = [], []
+        for pattern in self.patterns:
+            found, decided = expand(pattern)
+            listed.extend(decided)
+            for prefix in found:
+                if prefix not in candidates and os.path.realpath(prefix) not in self.skip:
+                    candidates.append(prefix)
+        return candidates, _stamps(dict.fromkeys(listed))
+
+
+def main(argv):
+    """`python -m jlservice.inlab.environments PATTERN…`: what the lab user finds, as JSON."""
+    environments = Finder(argv).find()
+    json.dump([e.as_dict() for e in environments], sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,231 @@
+"""[kernels] environments: kernels of conda environments and venvs in JupyterLab, started
+through its REST API as the lab user and looked at from inside; changes seen live; broken
+environments reported, never fatal.
+
+One set of real environment trees (helpers.envtrees; pip runs once) and one service serve
+the whole module: building them is the slow part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import envtrees
+from helpers.procs import wait_for
+from helpers.service import IS_ROOT, PYTHON, Service
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: JupyterLab as the lab user")
+
+VARIABLES = ("CONDA_PREFIX", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "PYTHONPATH", envtrees.ACTIVATED)
+PROBE = (
+    "import json, os, sys; print(json.dumps({'prefix': sys.prefix, 'uid': os.getuid(), "
+    "'path': os.environ['PATH'].split(':'), "
+    f"**{{k: os.environ.get(k) for k in {VARIABLES!r}}}}}))"
+)
+
+
+class Trees:
+    def __init__(self, root: Path, home: Path) -> None:
+        self.root = root
+        self.base = root / "conda"
+        self.gpu = self.base / "envs" / "gpu"
+        self.hang = self.base / "envs" / "hang"
+        self.broken = self.base / "envs" / "broken"
+        self.venvs = home / "venvs"
+        self.ml = self.venvs / "ml"
+        self.patterns = [str(self.base), f"{self.base}/envs/*", "~/venvs/*"]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory, lab_user):
+    root = tmp_path_factory.mktemp("environments")
+    for directory in (root, *list(root.parents)[:3]):
+        directory.chmod(directory.stat().st_mode | 0o755)
+    t = Trees(root, Path(lab_user.home))
+    envtrees.pip_env(t.base)
+    (t.base / "conda-meta").mkdir()
+    envtrees.copy_env(t.base, t.gpu, conda=True)
+    envtrees.add_activate_script(t.gpu, "x.sh", f'export {envtrees.ACTIVATED}="$CONDA_PREFIX"\n')
+    envtrees.add_r_kernel(t.gpu)
+    envtrees.copy_env(t.base, t.hang, conda=True)
+    envtrees.add_activate_script(t.hang, "hang.sh", "sleep 600\n")
+    envtrees.broken_env(t.broken)
+    envtrees.copy_env(t.base, t.ml, conda=False, link=False)
+    envtrees.give(t.venvs, lab_user)
+    yield t
+    shutil.rmtree(t.venvs, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(trees, lab_user, tmp_path_factory):
+    root = tmp_path_factory.mktemp("envservice")
+    root.chmod(0o755)
+    svc = Service(root, lab_user=lab_user, kernels={"environments": trees.patterns})
+    try:
+        svc.start()
+        yield svc, svc.cli("token").stdout.strip()
+    finally:
+        svc.cleanup()
+
+
+def specs(svc: Service, token: str) -> dict[str, dict]:
+    response = svc.api("GET", "api/kernelspecs", token)
+    response.raise_for_status()
+    return {name: s["spec"] for name, s in response.json()["kernelspecs"].items()}
+
+
+def probe(svc: Service, token: str, kernel: str) -> dict:
+    """What the kernel `kernel` sees, from inside; then it is shut down."""
+    kernel_id, _ = svc.start_kernel(token, kernel)
+    try:
+        return json.loads(svc.execute(token, kernel_id, PROBE))
+    finally:
+        svc.api("DELETE", f"api/kernels/{kernel_id}", token)
+
+
+def test_every_environments_kernels_are_listed_and_broken_ones_logged(lab, trees):
+    svc, token = lab
+    listed = specs(svc, token)
+    assert set(listed) == {
+        "python3",  # JupyterLab's own, as without environments
+        "conda-env-base-py",
+        "conda-env-gpu-py",
+        "conda-env-gpu-ir",
+        "conda-env-hang-py",
+        "venv-ml-py",
+    }, sorted(listed)
+    assert listed["conda-env-gpu-py"]["display_name"] == "Python 3 (ipykernel) [conda env:gpu]"
+    assert listed["conda-env-gpu-ir"]["display_name"] == "R [conda env:gpu]"
+    assert listed["conda-env-gpu-ir"]["language"] == "R"
+    assert listed["venv-ml-py"]["display_name"] == "Python 3 (ipykernel) [venv:ml]"
+    specs(svc, token)  # listed again: the broken ones are not said again
+    said = [line for line in svc.log_text().splitlines() if f"environment {trees.broken}" in line]
+    assert len(said) == 2, said
+    assert any("bad/kernel.json: not valid JSON" in line for line in said)
+    assert any("python missing" in line for line in said)
+
+
+def test_a_conda_kernel_runs_activated(lab, trees, lab_user):
+    svc, token = lab
+    seen = probe(svc, token, "conda-env-gpu-py")
+    assert seen["prefix"] == str(trees.gpu)
+    assert seen["path"][0] == str(trees.gpu / "bin")
+    assert seen["CONDA_PREFIX"] == str(trees.gpu) and seen["CONDA_DEFAULT_ENV"] == "gpu"
+    assert seen[envtrees.ACTIVATED] == str(trees.gpu)  # its activate.d script ran
+    assert seen["VIRTUAL_ENV"] is None and seen["PYTHONPATH"] is None
+    assert seen["uid"] == lab_user.uid
+
+
+def test_a_kernel_an_environment_ships_runs_activated(lab, trees):
+    """Its kernel.json says a bare `R`: the environment's, first on the activated PATH."""
+    svc, token = lab
+    seen = probe(svc, token, "conda-env-gpu-ir")
+    assert seen["prefix"] == str(trees.gpu) and seen["CONDA_PREFIX"] == str(trees.gpu)
+    assert seen[envtrees.ACTIVATED] == str(trees.gpu)
+
+
+def test_a_venv_kernel_runs_activated(lab, trees, lab_user):
+    svc, token = lab
+    seen = probe(svc, token, "venv-ml-py")
+    assert seen["prefix"] == str(trees.ml) and seen["VIRTUAL_ENV"] == str(trees.ml)
+    assert seen["path"][0] == str(trees.ml / "bin") and seen["CONDA_PREFIX"] is None
+
+
+def test_a_hanging_activation_script_is_named_and_the_kernel_starts(lab, trees):
+    svc, token = lab
+    seen = probe(svc, token, "conda-env-hang-py")
+    assert seen["prefix"] == str(trees.hang) and seen["CONDA_PREFIX"] == str(trees.hang)
+    said = [line for line in svc.log_text().splitlines() if "hang.sh did not finish" in line]
+    assert len(said) == 1 and str(trees.hang) in said[0], said
+
+
+def test_an_environment_made_or_removed_shows_without_a_restart(lab, trees, lab_user):
+    svc, token = lab
+    lab_pid = svc.lab_pid
+    new = trees.venvs / "fresh"
+    shutil.copytree(trees.ml, new, symlinks=True, copy_function=os.link)  # pip's files, fast
+    envtrees.give(new, lab_user)
+    wait_for(lambda: "venv-fresh-py" in specs(svc, token), 10, "the new venv's kernel")
+    shutil.rmtree(new)
+    wait_for(lambda: "venv-fresh-py" not in specs(svc, token), 10, "the venv's kernel gone")
+    assert svc.lab_pid == lab_pid
+
+
+def test_the_users_own_kernelspecs_keep_working(lab, trees, lab_user):
+    """`ipykernel install --user` beside the environments, as without them."""
+    svc, token = lab
+    install = [str(trees.ml / "bin" / "python"), "-m", "ipykernel", "install", "--user"]
+    subprocess.run(
+        [*install, "--name", "mine"],
+        check=True,
+        capture_output=True,
+        user=lab_user.uid,
+        env={"HOME": lab_user.home, "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert "mine" in specs(svc, token)
+        assert probe(svc, token, "mine")["prefix"] == str(trees.ml)
+    finally:
+        shutil.rmtree(Path(lab_user.home) / ".local" / "share" / "jupyter" / "kernels" / "mine")
+
+
+def test_doctor_lists_the_environments_and_the_broken_one(lab, trees):
+    svc, _ = lab
+    result = svc.cli("doctor")
+    line = next(x for x in result.stdout.splitlines() if x[2:].startswith("environments:"))
+    assert line.startswith("✗ ") and "5 found" in line, line
+    for kernel in ("conda-env-gpu-ir", "venv-ml-py", "conda-env-hang-py"):
+        assert kernel in line
+    assert f"broken: broken ({trees.broken})" in line and "python missing" in line
+
+
+def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):
+    """Activation ends in exec: the kept process is the kernel, found and adopted as any."""
+    svc, token = lab
+    kernel_id, pid = svc.start_kernel(token, "conda-env-gpu-py")
+    svc.execute(token, kernel_id, "import os; x = 41")
+    old, offset = svc.lab_pid, svc.log_size()
+    os.kill(old, signal.SIGKILL)
+    svc.wait_ready(not_pid=old)
+
+    def adopted() -> bool:
+        events = svc.log_events(offset)
+        return any(
+            e.get("event") == "kernel_adopted" and e.get("kernel_id") == kernel_id for e in events
+        )
+
+    wait_for(adopted, 60, "the kernel's adoption")
+    seen = svc.execute(token, kernel_id, "print(x + 1, os.getpid(), os.environ['CONDA_PREFIX'])")
+    assert seen.split() == ["42", str(pid), str(trees.gpu)]
+    svc.api("DELETE", f"api/kernels/{kernel_id}", token)
+
+
+def test_nb_conda_kernels_finds_conda_under_the_service(service_factory, tmp_path):
+    """JupyterLab of a conda install, nb_conda_kernels its kernelspec manager, no conda
+    on PATH (as under systemd): it still lists the install's environments."""
+    root = tmp_path / "miniconda3"
+    gpu = root / "envs" / "gpu"
+    (gpu / "bin").mkdir(parents=True)
+    (gpu / "bin" / "python").symlink_to(envtrees.PYTHON)
+    envtrees.fake_conda(root, [root / "envs" / "jl", gpu])
+    command = root / "envs" / "jl" / "bin" / "jupyter-lab"
+    command.parent.mkdir(parents=True)
+    command.symlink_to(Path(PYTHON).parent / "jupyter-lab")
+    options = {"ServerApp.kernel_spec_manager_class": "nb_conda_kernels.CondaKernelSpecManager"}
+    standin = str(envtrees.nb_conda_standin(tmp_path / "standin"))
+    svc = service_factory(
+        lab={"command": [str(command)], "options": options, "env": {"PYTHONPATH": standin}}
+    )
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    assert "conda-env-gpu-py" in specs(svc, token), svc.log_text()[-2000:]
+    lines = svc.cli("doctor").stdout.splitlines()
+    line = next(x for x in lines if x[2:].startswith("conda:"))
+    assert line.startswith("✓ ") and f"{root}/bin/conda lists 3 environments" in line, line

@@ -1,0 +1,88 @@
+"""nb_conda_kernels under the service: jlservice finds the conda of the [lab] command's
+install and gives it to JupyterLab; the doctor asks it, as the lab user, what it lists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from helpers import envtrees
+from helpers.launch import make_config
+
+from jlservice.admin.doctor.context import Context
+from jlservice.admin.doctor.environments import check_conda
+from jlservice.start import conda, launcher
+
+NB_CONDA = {"ServerApp.kernel_spec_manager_class": "nb_conda_kernels.CondaKernelSpecManager"}
+
+
+def install(tmp_path: Path) -> tuple[Path, Path]:
+    """A conda install with JupyterLab in its env `jl`: (its conda, the jupyter-lab)."""
+    root = tmp_path / "miniconda3"
+    exe = envtrees.fake_conda(root, [root / "envs" / "jl", root / "envs" / "gpu"])
+    lab = root / "envs" / "jl" / "bin" / "jupyter-lab"
+    lab.parent.mkdir(parents=True)
+    lab.write_text("#!/bin/sh\n")
+    lab.chmod(0o755)
+    return exe, lab
+
+
+def test_nb_conda_kernels_is_recognised_in_options() -> None:
+    assert conda.uses_nb_conda_kernels(NB_CONDA)
+    assert conda.uses_nb_conda_kernels({"CondaKernelSpecManager.env_filter": "x"})
+    assert not conda.uses_nb_conda_kernels({"ServerApp.allow_origin": "*"})
+
+
+def test_jupyterlab_gets_the_conda_of_its_own_install(tmp_path: Path) -> None:
+    exe, lab = install(tmp_path)
+    cfg = make_config(tmp_path, command=[str(lab)], options=NB_CONDA)
+    env = launcher.build(cfg, environ={"PATH": "/usr/bin:/bin"}).env
+    assert env["CONDA_EXE"] == str(exe)
+    # JupyterLab's own bin/ first (a bare `python` is its), conda's after.
+    assert env["PATH"].split(os.pathsep) == [str(lab.parent), "/usr/bin", "/bin", str(exe.parent)]
+
+
+def test_condas_own_condabin_and_an_explicit_conda_exe_win(tmp_path: Path) -> None:
+    exe, lab = install(tmp_path)
+    condabin = exe.parent.parent / "condabin" / "conda"
+    condabin.parent.mkdir()
+    condabin.write_text("")
+    assert conda.find_conda(str(lab), {}) == str(condabin)
+    assert conda.find_conda(str(lab), {"CONDA_EXE": "/elsewhere/conda"}) == "/elsewhere/conda"
+
+
+def test_without_nb_conda_kernels_nothing_is_added(tmp_path: Path) -> None:
+    _, lab = install(tmp_path)
+    env = launcher.build(make_config(tmp_path, command=[str(lab)]), environ={}).env
+    assert "CONDA_EXE" not in env
+
+
+def context(cfg) -> Context:
+    return Context(None, cfg, None, None, None, False)
+
+
+def test_doctor_asks_that_conda_what_it_lists(tmp_path: Path) -> None:
+    exe, lab = install(tmp_path)
+    result = check_conda(context(make_config(tmp_path, command=[str(lab)], options=NB_CONDA)))
+    assert result.ok is True, result
+    assert f"{exe} lists 3 environments" in result.detail and "gpu" in result.detail
+
+
+def test_doctor_says_when_there_is_no_conda(tmp_path: Path) -> None:
+    _, lab = install(tmp_path)
+    (tmp_path / "miniconda3" / "bin" / "conda").unlink()
+    result = check_conda(context(make_config(tmp_path, command=[str(lab)], options=NB_CONDA)))
+    assert result.ok is False and "no conda next to" in result.detail
+    assert "CONDA_EXE" in result.fix
+
+
+def test_doctor_says_when_conda_fails(tmp_path: Path) -> None:
+    _, lab = install(tmp_path)
+    broken = tmp_path / "broken-conda"
+    broken.write_text("#!/bin/sh\necho 'CondaError: no such thing' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    cfg = make_config(
+        tmp_path, command=[str(lab)], options=NB_CONDA, env={"CONDA_EXE": str(broken)}
+    )
+    result = check_conda(context(cfg))
+    assert result.ok is False and "status 1: CondaError: no such thing" in result.detail
