@@ -75,8 +75,6 @@ RESERVED_TRAITS = {
     "ssl_options": _TLS,
     # Kernels that survive JupyterLab ([kernels] survive_restarts): its kernel manager and
     # session database, and the File → Shut Down entry (jlservice brings JupyterLab back).
-    "kernel_manager_class": _KERNELS,
-    "database_filepath": _KERNELS,
     "handover_file": _KERNELS,
     "kernel_output": _KERNELS,
     "quit_button": "nothing: under jlservice JupyterLab is stopped with `systemctl stop`",
@@ -85,6 +83,10 @@ RESERVED_TRAITS = {
     "tornado settings in the lab user's jupyter_server_config.json",
 }
 # The command-line aliases and flags of jupyter-lab and jupyter-server that set one.
+# Set by jlservice only while [kernels] survive_restarts is on: its kernel manager, and
+# sessions kept where the next JupyterLab finds them. Otherwise they are the user's.
+KEEPING_TRAITS = {"kernel_manager_class": _KERNELS, "database_filepath": _KERNELS}
+
 _RESERVED_ALIASES = {
     "ip": "ip",
     "port": "port",
@@ -105,8 +107,30 @@ def reserved_option(key: str) -> str | None:
     return RESERVED_TRAITS.get(key.rpartition(".")[2])
 
 
-def reserved_argument(word: str) -> str | None:
-    """The managed trait that `word`, on JupyterLab's command line, would set, if any.
+def refuse_keeping_traits(r: Reader, lab: LabConfig) -> None:
+    """[kernels] survive_restarts: JupyterLab's kernel manager and sessions are jlservice's."""
+    for key in lab.options:
+        trait = key.rpartition(".")[2]
+        if trait in KEEPING_TRAITS:
+            r.fail(
+                "lab",
+                f'options."{key}"',
+                "is managed by jlservice while [kernels] survive_restarts = true; "
+                "set that to false to use your own",
+            )
+    for arg in lab.command[1:]:
+        for word in arg.split():
+            if (trait := reserved_argument(word, KEEPING_TRAITS)) is not None:
+                r.fail(
+                    "lab",
+                    "command",
+                    f"{word.partition('=')[0]!r} sets {trait}, which is managed by jlservice "
+                    "while [kernels] survive_restarts = true; set that to false to use your own",
+                )
+
+
+def reserved_argument(word: str, traits: Mapping[str, str] = RESERVED_TRAITS) -> str | None:
+    """The managed trait (of `traits`) that `word`, on JupyterLab's command line, would set.
 
     traitlets takes "--Class.trait=value" with one dash or two, and argparse any
     unambiguous prefix of a long alias or flag ("--allow-r" is "--allow-root").
@@ -117,7 +141,9 @@ def reserved_argument(word: str) -> str | None:
         return None
     if "." in name:
         trait = name.rpartition(".")[2].replace("-", "_")
-        return trait if trait in RESERVED_TRAITS else None
+        return trait if trait in traits else None
+    if traits is not RESERVED_TRAITS:  # its aliases are RESERVED_TRAITS'
+        return None
     name = name.replace("_", "-")
     if dashes == 1:
         return _RESERVED_ALIASES.get(name)

@@ -11,7 +11,7 @@ from typing import Any
 from jlservice import users
 from jlservice.config.access import parse_auth, parse_tls, refuse_open_access
 from jlservice.config.environments import refuse_own_kernelspecs
-from jlservice.config.lab import parse_lab
+from jlservice.config.lab import parse_lab, refuse_keeping_traits
 from jlservice.config.metrics import parse_metrics
 from jlservice.config.model import Config
 from jlservice.config.reader import Reader, digest, parse_toml, read_bytes
@@ -75,6 +75,8 @@ def parse(
     refuse_open_access(reader, lab, auth)
     home = users.lookup(lab.user).home  # parse_lab checked that the user exists
     kernels = parse_kernels(reader, reader.table(doc, "kernels"), home)
+    if kernels.survive_restarts:
+        refuse_keeping_traits(reader, lab)
     if kernels.environments:
         refuse_own_kernelspecs(reader, lab)
     return Config(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from jlservice import config, users
+from jlservice.start import launcher
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -862,6 +863,20 @@ def test_command_with_a_looping_interpreter(write_config, lab_base, tmp_path: Pa
 def test_managed_traits_are_refused_on_any_class(lab_base, tmp_path, key):
     with pytest.raises(config.ConfigError, match="is managed by jlservice"):
         config.parse({"lab": {**lab_base, "options": {key: "x"}}}, "x", None, {}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "key", ["ServerApp.kernel_manager_class", "SessionManager.database_filepath"]
+)
+def test_the_kernel_manager_is_the_users_only_without_survive_restarts(lab_base, tmp_path, key):
+    doc = {"lab": {**lab_base, "options": {key: "x"}}}
+    with pytest.raises(config.ConfigError, match="while \\[kernels\\] survive_restarts = true"):
+        config.parse(doc, "x", None, {}, tmp_path)
+    command = {**lab_base, "command": ["/bin/sh", "-c", f"exec jupyter-lab --{key}=x"]}
+    with pytest.raises(config.ConfigError, match=f"'--{key}' sets"):
+        config.parse({"lab": command}, "x", None, {}, tmp_path)
+    cfg = config.parse({**doc, "kernels": {"survive_restarts": False}}, "x", None, {}, tmp_path)
+    assert f"--{key}=x" in launcher.build(cfg).argv
 
 
 def test_other_traits_pass(lab_base, tmp_path):
