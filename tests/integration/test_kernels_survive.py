@@ -8,6 +8,7 @@ period without adoption.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -230,6 +231,43 @@ def test_rest_interrupt_restart_and_shutdown_of_an_adopted_kernel(service):
     assert service.api("DELETE", f"api/kernels/{kernel_id}", token).status_code == 204
     wait_for(lambda: not pid_alive(new_pid), 30, "the kernel to end")
     assert service.api("GET", "api/kernels", token).json() == []
+
+
+def test_adopted_kernels_are_culled_when_idle_and_spared_while_busy(service_factory):
+    """JupyterLab's idle culling (off by default; on here, short, as an admin would turn it
+    on) and activity tracking work for adopted kernels as for any: the idle one is culled,
+    the one running a cell through the crash is not."""
+    options = {"MappingKernelManager.cull_idle_timeout": 6, "MappingKernelManager.cull_interval": 1}
+    service = service_factory(lab={"options": options})
+    service.start()
+    token = service.cli("token").stdout.strip()
+    idle_id, idle_pid = open_notebook(service, token)
+    busy_id, busy_pid = open_notebook(service, token, "busy.ipynb")
+
+    def run_cell() -> None:  # its websocket dies with JupyterLab; the cell runs on
+        with contextlib.suppress(Exception):
+            service.execute(token, busy_id, "import time; time.sleep(120)", timeout=90)
+
+    runner = threading.Thread(target=run_cell)
+    runner.start()
+    wait_for(lambda: _state_of(service, token, busy_id) == "busy", 30, "the cell to run")
+    lab, offset = service.lab_pid, service.log_size()
+    os.kill(lab, signal.SIGKILL)
+    runner.join(30)
+    service.wait_ready(not_pid=lab)
+    adopted(service, idle_id, offset)
+    adopted(service, busy_id, offset)
+    model = service.api("GET", f"api/kernels/{idle_id}", token).json()
+    assert model["execution_state"] == "idle", model
+
+    wait_for(lambda: not pid_alive(idle_pid), 30, "the idle adopted kernel to be culled")
+
+    def listed() -> dict:
+        return {k["id"]: k for k in service.api("GET", "api/kernels", token).json()}
+
+    wait_for(lambda: idle_id not in listed(), 30, "the culled kernel to leave the list")
+    assert listed()[busy_id]["execution_state"] == "busy"
+    assert pid_alive(busy_pid)
 
 
 def test_a_shutdown_of_an_adopted_kernel_really_ends_its_process(service):
