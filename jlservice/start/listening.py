@@ -59,30 +59,37 @@ def _listens(sock: socket.socket) -> bool:
 
 
 class Listening:
-    """The sockets held for one address, until the address changes or they are closed."""
+    """The sockets held for one address and lab user, until either changes or they are
+    closed."""
 
     def __init__(self) -> None:
-        self._address: tuple[str, int] | None = None
+        self._key: tuple[str, int, int] | None = None
         self._sockets: list[socket.socket] = []
 
     def hold(self, launch: Launch) -> tuple[int, ...]:
         """The descriptors listening on `launch`'s address, owned by its user: the ones
         held, or new ones (bound now) for a new address. Raises errors.PortInUse or
-        CannotStartNow."""
-        address = (launch.ip, launch.port)
-        if address != self._address or not all(map(_listens, self._sockets)):
+        CannotStartNow.
+
+        Another lab user gets new ones: the old one's processes may hold these still
+        (JupyterLab's user can take its descriptors), and must not accept the new user's
+        connections — holding the old socket, they hold the port, which is then waited for
+        as any other program's.
+        """
+        key = (launch.ip, launch.port, launch.account.uid)
+        if key != self._key or not all(map(_listens, self._sockets)):
             self.close()  # first: a new ip on the same port would collide with the old
             self._sockets = bind(launch.ip, launch.port)
-            self._address = address
-        if launch.switch_user:
-            for sock in self._sockets:
-                os.fchown(sock.fileno(), launch.account.uid, launch.account.gid)
+            self._key = key
+            if launch.switch_user:
+                for sock in self._sockets:
+                    os.fchown(sock.fileno(), launch.account.uid, launch.account.gid)
         return tuple(sock.fileno() for sock in self._sockets)
 
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()
-        self._sockets, self._address = [], None
+        self._sockets, self._key = [], None
 
 
 def environ(fds: tuple[int, ...]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import pytest
 import requests
 from helpers.procs import free_port, wait_for
 from helpers.service import event_time
+from helpers.squatter import Squatter
 
 from jlservice import listener, net
 
@@ -135,3 +136,33 @@ def test_the_port_is_free_once_jlservice_stops(service_factory):
     service.signal(signal.SIGTERM)
     assert service.wait_exit(60) == 0
     net.require_free("127.0.0.1", service.port)  # raises PortInUse if still held
+
+
+def test_no_other_program_takes_the_port_when_jupyterlab_dies(service, other_user, tmp_path):
+    """With survive_restarts = false, a squatter can (test_port_squatter.py)."""
+    service.start()
+    token = service.cli("token").stdout.strip()
+    held = _listening_inodes(service.port)
+    lab = service.lab_pid
+    record = tmp_path / "squatter.jsonl"
+    # It tries to bind every 5 ms, from before JupyterLab dies until the next one serves.
+    with Squatter(record, "127.0.0.1", service.port, b"jupyter-lab").start(other_user) as squatter:
+        os.kill(lab, signal.SIGKILL)
+        service.wait_ready(not_pid=lab)
+        assert _status("127.0.0.1", service.port, token).status_code == 200
+        assert _listening_inodes(service.port) == held
+        assert squatter.requests() == []
+
+
+def test_a_squatter_bound_first_cannot_listen(service, other_user, tmp_path):
+    """Bound with SO_REUSEADDR, it lets jlservice bind too; then jlservice listens first."""
+    record = tmp_path / "squatter.jsonl"
+    squatter = Squatter(record, "127.0.0.1", service.port, b"jupyter-lab", listen_later=True)
+    with squatter.start(other_user):
+        squatter.wait_bound()
+        service.start()
+        squatter.listen()  # fails: EADDRINUSE
+        wait_for(lambda: squatter.proc.poll() is not None, 30, "the squatter to fail")
+        token = service.cli("token").stdout.strip()
+        assert _status("127.0.0.1", service.port, token).status_code == 200
+        assert squatter.requests() == []

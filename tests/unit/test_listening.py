@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -16,8 +17,10 @@ from jlservice.start.cold import ColdStart
 from jlservice.start.launcher import Launch
 
 
-def launch(ip: str, port: int, keep: bool = True) -> Launch:
+def launch(ip: str, port: int, keep: bool = True, uid: int | None = None) -> Launch:
     account = users.current()
+    if uid is not None:  # another lab user (no switch: jlservice need not be root here)
+        account = dataclasses.replace(account, uid=uid)
     return Launch(
         argv=("jupyter-lab",),
         env={},
@@ -33,6 +36,10 @@ def launch(ip: str, port: int, keep: bool = True) -> Launch:
     )
 
 
+def inodes(fds: tuple[int, ...]) -> list[int]:
+    return [os.fstat(fd).st_ino for fd in fds]
+
+
 def connects(ip: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as sock:
         return sock.connect_ex((ip, port)) == 0
@@ -44,13 +51,26 @@ def test_the_socket_is_held_while_the_address_stays_and_replaced_when_it_changes
     try:
         fds = held.hold(launch("127.0.0.1", port))
         assert len(fds) == 1 and connects("127.0.0.1", port)
-        assert held.hold(launch("127.0.0.1", port)) == fds  # the same socket: never closed
+        assert inodes(held.hold(launch("127.0.0.1", port))) == inodes(fds)  # never closed
         other = free_port()
         held.hold(launch("127.0.0.1", other))
         assert connects("127.0.0.1", other) and not connects("127.0.0.1", port)
     finally:
         held.close()
     assert not connects("127.0.0.1", other)
+
+
+def test_another_lab_user_gets_a_new_socket() -> None:
+    """The old user's processes may hold the old one: they must not answer the new user's
+    connections."""
+    held = listening.Listening()
+    port = free_port()
+    try:
+        fds = held.hold(launch("127.0.0.1", port))
+        first = inodes(fds)
+        assert inodes(held.hold(launch("127.0.0.1", port, uid=os.getuid() + 1))) != first
+    finally:
+        held.close()
 
 
 def test_one_that_stopped_listening_is_made_again() -> None:
