@@ -383,12 +383,6 @@ def _load_jupyter_server_extension(serverapp):
     listen = os.environ.pop(LISTEN_FDS, "")  # kernels and terminals never see it
     if not listen:
         return  # not started by jlservice with a socket: it binds itself
-    import socket
-
-    sockets = []
-    for fd in map(int, listen.split(",")):
-        os.set_inheritable(fd, False)  # terminals fork and exec without closing fds
-        sockets.append(socket.socket(fileno=fd))
     missing = [name for name in _BINDS if not callable(getattr(type(serverapp), name, None))]
     if missing:
         serverapp.log.critical(
@@ -397,8 +391,13 @@ def _load_jupyter_server_extension(serverapp):
             " or ".join(missing),
         )
         serverapp.exit(1)
-    for sock in sockets:
-        sock.setblocking(False)
+    import socket
+
+    sockets = []
+    for fd in map(int, listen.split(",")):
+        os.set_inheritable(fd, False)  # terminals fork and exec without closing fds
+        sockets.append(socket.socket(fileno=fd))
+        sockets[-1].setblocking(False)
 
     def bind():
         serverapp.http_server.add_sockets(sockets)

@@ -116,6 +116,7 @@ def test_jupyterlab_shares_jlservices_socket_and_no_kernel_or_shell_gets_it(serv
         assert len(others) >= 2  # the kernel, the terminal's shell
         for process in others:
             assert not held & _socket_inodes(process.pid), process.cmdline()
+            assert "JLSERVICE_LISTEN_FDS" not in process.environ()
         if restart == 0:
             lab = service.lab_pid
             os.kill(lab, signal.SIGKILL)
