@@ -2,8 +2,9 @@
 
 It stays open across JupyterLab's restarts: a connection made while no JupyterLab runs
 waits in its backlog and is served by the next one, instead of being refused. (JupyterLab's
-front end, refused when it asks for its kernel after the kernel's websocket closed, tries
-again only after a random 10–30 s.) Each JupyterLab is handed the socket — inherited by a
+front end reconnects a kernel's websocket at once when it closes; refused, it tries again
+only after a random wait that grows: up to 1, 3, 7, 15 s…, or 10–30 s once its look-up of
+the kernel is refused too.) Each JupyterLab is handed the socket — inherited by a
 cold start, over SCM_RIGHTS by the warm parent — and its server extension (inlab/kernels.py)
 serves it instead of binding one itself.
 
