@@ -167,3 +167,22 @@ def test_a_squatter_bound_first_cannot_listen(service, other_user, tmp_path):
         token = service.cli("token").stdout.strip()
         assert _status("127.0.0.1", service.port, token).status_code == 200
         assert squatter.requests() == []
+
+
+def test_https_is_served_on_the_held_socket_through_the_gap(service):
+    """JupyterLab's TLS settings apply to the socket it is handed."""
+    assert service.cli("cert", "--days", "30").returncode == 0
+    service.sections["tls"] = {
+        "certfile": str(service.state_dir / "tls.crt"),
+        "keyfile": str(service.state_dir / "tls.key"),
+    }
+    service.write_config()
+    service.start()
+    token = service.cli("token").stdout.strip()
+    assert service.api("GET", "api/status", token).status_code == 200
+    lab = service.lab_pid
+    os.kill(lab, signal.SIGKILL)
+    wait_for(lambda: _gone(lab), 30, "JupyterLab to die", 0.001)
+    response = service.api("GET", "api/status", token)
+    assert response.status_code == 200 and response.url.startswith("https://")
+    assert service.wait_ready(not_pid=lab)
