@@ -53,16 +53,17 @@ def require_free(ip: str, port: int, key: str = "[lab] port") -> None:
         try:
             sock.bind((ip, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}"
-                ) from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                where = "[lab] ip" if key == "[lab] port" else key
-                raise CannotStartNow(
-                    f"{ip} is not an address of this machine; fix {where}"
-                ) from None
-            raise CannotStartNow(f"cannot listen on {ip}:{port}: {exc.strerror}") from None
+            raise cannot_listen(exc, ip, port, key) from None
+
+
+def cannot_listen(exc: OSError, ip: str, port: int, key: str = "[lab] port") -> CannotStartNow:
+    """What a failed bind to ip:port means: PortInUse (who holds it), or CannotStartNow."""
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUse(f"port {port} on {ip} is in use{_holder(port)}; stop it or change {key}")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        where = "[lab] ip" if key == "[lab] port" else key
+        return CannotStartNow(f"{ip} is not an address of this machine; fix {where}")
+    return CannotStartNow(f"cannot listen on {ip}:{port}: {exc.strerror}")
 
 
 def _holder(port: int) -> str:

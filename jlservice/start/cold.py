@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from jlservice import disk, prctl, users
+from jlservice import disk, net, prctl, users
 from jlservice.errors import CannotStartNow, LaunchError, NotAnswering, NotebookDirNotAnswering
-from jlservice.start import Secrets, Started, private_dir, reserve
+from jlservice.start import Secrets, Started, listening, private_dir, reserve
 from jlservice.start.launcher import Launch
 
 
@@ -23,6 +23,7 @@ class ColdStart:
 
     def __init__(self, runtime_dir: Path) -> None:
         self.runtime_dir = runtime_dir
+        self.listening = listening.Listening()
 
     async def start(self, launch: Launch, secrets: Secrets) -> Started:
         await require_answering(launch)
@@ -33,8 +34,25 @@ class ColdStart:
         """Synchronous and light, so that `jlservice run` can start JupyterLab before its
         own heavier imports. Raises errors.CannotStartNow (worth retrying) or
         LaunchError (a configuration problem)."""
+        return spawn(launch, self.prepare(launch, secrets))
+
+    def prepare(self, launch: Launch, secrets: Secrets) -> tuple[int, ...]:
+        """What every start needs first, cold or warm: its address, and the secrets in
+        place. Returns the listening descriptors JupyterLab is to serve: with [kernels]
+        survive_restarts, the ones jlservice holds across restarts; else none, and it binds
+        the (free) port itself."""
+        if launch.keep_kernels:
+            fds = self.listening.hold(launch)
+        else:
+            self.listening.close()
+            net.require_free(launch.ip, launch.port)
+            fds = ()
         private_dir.prepare(launch, self.runtime_dir, *secrets)
-        return spawn(launch)
+        return fds
+
+    def close(self) -> None:
+        """jlservice stops: the port is let go."""
+        self.listening.close()
 
 
 async def require_answering(launch: Launch) -> None:
@@ -48,10 +66,10 @@ async def require_answering(launch: Launch) -> None:
         pass  # missing or out of reach: the start itself says which, as the lab user
 
 
-def spawn(launch: Launch) -> Started:
-    """Spawn a launch whose private dir is prepared."""
+def spawn(launch: Launch, listen: tuple[int, ...]) -> Started:
+    """Spawn a launch whose private dir is prepared, serving the descriptors `listen`."""
     began, began_monotonic = time.time(), time.monotonic()
-    pid, output = detach(popen(launch))
+    pid, output = detach(popen(launch, listen))
     return Started(pid, output, warm=False, began=began, began_monotonic=began_monotonic)
 
 
@@ -85,11 +103,12 @@ def _child_setup(parent_pid: int, cwd: str, errors: int):
     return setup
 
 
-def popen(launch: Launch) -> subprocess.Popen[bytes]:
-    """Start JupyterLab; its stdout and stderr arrive on one pipe."""
+def popen(launch: Launch, listen: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """Start JupyterLab; its stdout and stderr arrive on one pipe. It inherits the
+    listening descriptors `listen` (under the same numbers)."""
     errors, report = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = _popen(launch, errors, report)
+        proc = _popen(launch, errors, report, listen)
         # Both ends of `report` are closed now (ours, and the child's at exec or death).
         if os.read(errors, 64) == _ENTERING:  # the alarm ended it in chdir, before exec
             proc.wait()
@@ -99,11 +118,14 @@ def popen(launch: Launch) -> subprocess.Popen[bytes]:
         os.close(errors)
 
 
-def _popen(launch: Launch, errors: int, report: int) -> subprocess.Popen[bytes]:
+def _popen(
+    launch: Launch, errors: int, report: int, listen: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             launch.argv,
-            env=dict(launch.env),
+            env={**launch.env, **listening.environ(listen)},
+            pass_fds=listen,
             cwd="/",
             umask=launch.umask,
             stdin=subprocess.DEVNULL,

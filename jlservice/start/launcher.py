@@ -213,11 +213,13 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
 
 
 def _keeping_args(private_dir: Path) -> list[str]:
-    """JupyterLab's kernels, kept across its restarts: jlservice's kernel manager, and the
-    sessions (notebook → kernel) in a database that outlives the server."""
+    """JupyterLab's kernels, kept across its restarts: jlservice's kernel manager, the
+    sessions (notebook → kernel) in a database that outlives the server, and the same module
+    as a server extension that serves the listening socket jlservice holds (start/listening)."""
     manager = "KeepingMappingKernelManager"
     return [
         f"--ServerApp.kernel_manager_class={KERNELS_MODULE}.{manager}",
+        f"--ServerApp.jpserver_extensions={KERNELS_MODULE}=True",
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",

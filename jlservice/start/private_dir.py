@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from jlservice import files, net
+from jlservice import files
 from jlservice.errors import CannotStartNow
 from jlservice.start.launcher import (
     KERNELS_MODULE,
@@ -30,8 +30,7 @@ ENVIRONMENT_MODULES = {
 
 
 def prepare(launch: Launch, runtime_dir: Path, token: str, cookie_secret: bytes) -> None:
-    """What every start needs first, cold or warm: a free address and the secrets in place."""
-    net.require_free(launch.ip, launch.port)
+    """The secrets in place, for every start, cold or warm."""
     try:
         prepare_private_dir(launch, runtime_dir, token, cookie_secret)
     except OSError as exc:

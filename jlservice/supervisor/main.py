@@ -175,4 +175,7 @@ async def _supervise(
         from jlservice.supervisor.credentials import log_user_changed
 
         log_user_changed(replaced_from, launch.account)
-    return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
+    try:
+        return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
+    finally:
+        cold.close()  # the listening socket it held across restarts: the port is free

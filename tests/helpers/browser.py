@@ -47,6 +47,7 @@ class Chromium:
         )
         self.procs = Processes()
         self._ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []  # of the domains enabled (Network.enable…)
         port_file = profile / "DevToolsActivePort"
         wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, "Chromium")
         port = int(port_file.read_text().split()[0])
@@ -63,7 +64,9 @@ class Chromium:
         self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
-            if msg.get("id") == msg_id:
+            if "method" in msg:
+                self.events.append(msg)
+            elif msg.get("id") == msg_id:
                 if "error" in msg:
                     raise AssertionError(f"{method}: {msg['error']}")
                 return msg["result"]

@@ -46,3 +46,46 @@ def test_an_open_tab_goes_on_after_kill9_without_a_reload(service_factory, tmp_p
         assert shown[0] == "line-0" and shown[-1] == "line-44"  # some lost in the gap
     finally:
         browser.close()
+
+
+def _websockets(events: list[dict], path: str) -> tuple[set[str], set[str]]:
+    """Of the tab's network `events`, the websockets to a URL with `path` in it that it
+    opened, and those the server took (handshake 101)."""
+    opened = {
+        e["params"]["requestId"]
+        for e in events
+        if e["method"] == "Network.webSocketCreated" and path in e["params"]["url"]
+    }
+    taken = {
+        e["params"]["requestId"]
+        for e in events
+        if e["method"] == "Network.webSocketHandshakeResponseReceived"
+        and e["params"]["response"]["status"] == 101
+    }
+    return opened, taken & opened
+
+
+def test_after_kill9_the_tabs_first_reconnection_gets_through(service_factory, tmp_path):
+    """The tab reconnects its kernel's websocket at once when it closes, while no JupyterLab
+    runs: the connection waits for the next one, which takes it. Refused, the front end
+    tries again after a random wait that doubles each time (up to 1, 3, 7, 15 s…), or after
+    10-30 s once its look-up of the kernel is refused too."""
+    # Cold restarts: the gap lasts seconds, so that the tab's first try surely falls in it
+    # (a warm restart leaves ~0.3 s; test_an_open_tab_goes_on… runs with the defaults).
+    service = service_factory(lab={"options": EXPOSE_APP}, restart={"warm": False})
+    service.start()
+    browser, tab = open_tab(service, tmp_path / "chromium-profile")
+    try:
+        browser.call("Network.enable")
+        tab.run(0, "x = 41; print('set')")
+        wait_for(lambda: "set" in tab.output(0), 60, "x = 41 in the tab")
+        since = len(browser.events)
+        os.kill(service.lab_pid, signal.SIGKILL)
+        wait_for(lambda: tab.kernel_status() != "connected", 60, "the tab to notice", 0.005)
+        tab.run(1, "x + 1")
+        wait_for(lambda: "42" in tab.output(1), 120, "x + 1 = 42 in the tab", 0.01)
+        opened, taken = _websockets(browser.events[since:], "/channels")
+        assert opened, "the tab never reconnected its kernel"
+        assert taken == opened  # the old code: the first try refused
+    finally:
+        browser.close()

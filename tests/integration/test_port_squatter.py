@@ -66,7 +66,16 @@ def test_a_squatters_name_adds_no_field_to_sd_notify(
     assert [f for f in sent if not set(f) <= FIELDS] == [], sent
 
 
-def test_doctor_never_sends_the_token_to_whoever_holds_the_port(service, other_user, tmp_path):
+# With survive_restarts = false JupyterLab binds its port itself, and a squatter can take it
+# when JupyterLab dies, or listen before it binds; with the default jlservice holds the port
+# throughout, and no squatter gets it (test_listening.py).
+NOT_HELD = {"survive_restarts": False}
+
+
+def test_doctor_never_sends_the_token_to_whoever_holds_the_port(
+    service_factory, other_user, tmp_path
+):
+    service = service_factory(kernels=NOT_HELD)
     service.start()
     token = service.cli("token").stdout.strip()
     lab = service.lab_pid
@@ -144,7 +153,7 @@ def test_a_squatter_that_listens_first_does_not_pass_for_jupyterlab(
     service_factory, other_user, tmp_path
 ):
     # Its own metrics port: the sampler sends the token to a JupyterLab believed ready.
-    svc = service_factory(metrics={"listen": f"127.0.0.1:{free_port()}"})
+    svc = service_factory(metrics={"listen": f"127.0.0.1:{free_port()}"}, kernels=NOT_HELD)
     record = tmp_path / "squatter.jsonl"
     squatter = Squatter(record, "127.0.0.1", svc.port, b"jupyter-lab", listen_later=True)
     with squatter.start(other_user):

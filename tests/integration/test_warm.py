@@ -75,6 +75,9 @@ def test_a_warm_started_lab_is_the_cold_one_served_faster(service_factory, other
     assert first["started_warm"] is False  # the first start never waits for a warm parent
     cold = psutil.Process(first["lab_pid"])
     cold_env, cold_umask = cold.environ(), _umask(cold.pid)
+    # Which descriptor is its listening socket: a cold start is told in its environment, a
+    # warm one in os.environ after the fork (neither hands it on: test_listening.py).
+    assert cold_env.pop("JLSERVICE_LISTEN_FDS").isdigit()
 
     state = _crash(svc)
     assert state["started_warm"] is True

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import psutil
 
 from jlservice import log, procfs, state
-from jlservice.start import launcher
+from jlservice.start import launcher, listening
 from jlservice.start.warm.process import EXIT_STALE, WarmProcess, parse
 from jlservice.start.warm.recipe import Recipe, for_launch
 from jlservice.supervisor import children
@@ -98,8 +98,11 @@ class Keeper:
         self._failed = None
         self._spawn(recipe)
 
-    async def fork(self, launch: launcher.Launch, output: int) -> int | None:
-        """Start `launch` from the warm parent with `output` as its stdout and stderr.
+    async def fork(
+        self, launch: launcher.Launch, output: int, listen: tuple[int, ...] = ()
+    ) -> int | None:
+        """Start `launch` from the warm parent with `output` as its stdout and stderr,
+        serving the listening descriptors `listen` (start.listening).
 
         Returns the server's pid, or None (with the reason logged) to start cold.
         """
@@ -121,10 +124,11 @@ class Keeper:
             "cwd": launch.cwd,
             "umask": launch.umask,
             "supervisor": os.getpid(),
+            "listen_env": listening.ENV,  # named, with its numbers there, for the server
         }
         self.reaper.expect_adoption()  # an exit reaped from now on may be the new server's
         try:
-            socket.send_fds(parent.sock, [json.dumps(request).encode()], [output])
+            socket.send_fds(parent.sock, [json.dumps(request).encode()], [output, *listen])
             raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
             if not raw:
                 raise ConnectionAbortedError("it exited")

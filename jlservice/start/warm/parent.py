@@ -37,6 +37,7 @@ PR_SET_NAME = 15
 IN_CHANGES = 0x2 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 | 0x01000000
 _libc = ctypes.CDLL(None, use_errno=True)
 MAX_MESSAGE = 1 << 16
+MAX_FDS = 1 + 4  # the output pipe, and JupyterLab's listening socket (start/listening.py)
 MAX_ENTRIES = 20000  # per snapshot: a huge directory must not stall each warm start
 STALE_DEBOUNCE_S = 1.0  # pip writes many files: look once they settle
 EXIT_STALE = 3  # the supervisor's keeper knows this status: replaced, not broken
@@ -128,9 +129,10 @@ def wait_until_orphaned(intermediate, supervisor):
     die_with_supervisor(supervisor)
 
 
-def become_server(sock, report, request, output):
+def become_server(sock, report, request, output, listen):
     """In the intermediate: apply the launch, fork the server, write its pid to `report`,
-    exit. Returns only in the server."""
+    exit. Returns only in the server, which is told (request["listen_env"]) which of its
+    descriptors are the listening sockets to serve, `listen`."""
     try:
         os.chdir(request["cwd"])
         os.umask(request["umask"])
@@ -152,6 +154,8 @@ def become_server(sock, report, request, output):
     os.setsid()  # its own session, as a cold start's start_new_session gives it
     wait_until_orphaned(intermediate, request["supervisor"])
     sys.argv = list(request["argv"])
+    if listen:
+        os.environ[request["listen_env"]] = ",".join(map(str, listen))
     set_name(request["module"] or os.path.basename(sys.argv[0]))
     return request
 
@@ -175,7 +179,7 @@ def serve(sock, paths, marks, changes):
                 os._exit(EXIT_STALE)
         if sock not in readable:
             continue
-        message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+        message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
         if not message:
             os._exit(0)  # the supervisor closed its end
         request = json.loads(message)
@@ -184,9 +188,9 @@ def serve(sock, paths, marks, changes):
                 os._exit(EXIT_STALE)
             send(sock, fresh=True)
             continue
-        output = fds[0]
+        output, listen = fds[0], fds[1:]
         if snapshot(paths) != marks:
-            os.close(output)
+            close_all(fds)
             send(sock, stale=True)
             continue
         report, report_w = os.pipe()
@@ -195,14 +199,19 @@ def serve(sock, paths, marks, changes):
             os.close(report)
             if changes is not None:
                 os.close(changes)
-            return become_server(sock, report_w, request, output)
-        os.close(output)
+            return become_server(sock, report_w, request, output, listen)
+        close_all(fds)  # the listening sockets too: this process never serves them
         os.close(report_w)
         # Once the intermediate is reaped, the server it reported is the supervisor's child.
         os.waitpid(pid, 0)
         reply = os.read(report, MAX_MESSAGE)
         os.close(report)
         sock.send(reply or json.dumps({"error": "the fork's intermediate died"}).encode())
+
+
+def close_all(fds):
+    for fd in fds:
+        os.close(fd)
 
 
 def drain(fd):

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from jlservice.start import Secrets, Started, launcher, private_dir, reserve
+from jlservice.start import Secrets, Started, launcher, reserve
 from jlservice.start.cold import ColdStart, require_answering, spawn
 from jlservice.start.warm.keeper import Keeper
 
@@ -29,11 +29,11 @@ class WarmStart:
             return await self.cold.start(launch, secrets)
         await require_answering(launch)  # a forked server enters it too
         reserve.make_room(launch.private_dir)
-        private_dir.prepare(launch, self.cold.runtime_dir, *secrets)
+        listen = self.cold.prepare(launch, secrets)
         began, began_monotonic = time.time(), time.monotonic()
         read, write = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = await self.keeper.fork(launch, write)
+            pid = await self.keeper.fork(launch, write, listen)
         except BaseException:
             os.close(read)
             raise
@@ -44,7 +44,7 @@ class WarmStart:
             # A warm parent that answered wrongly (it runs as the lab user) may have forked a
             # server all the same: it would hold the port the cold start needs.
             await self.sweep()
-            return spawn(launch)
+            return spawn(launch, listen)
         return Started(
             pid,
             open(read, "rb", buffering=0),
