@@ -49,19 +49,26 @@ class Kernel:
 
 
 class Environment:
-    def __init__(self, prefix, kind, name):
+    def __init__(self, prefix, kind, name, owner=None):
         self.prefix = prefix
         self.kind = kind  # "conda" or "venv"
         self.name = name
+        self.owner = owner  # the uid owning its top directory
         self.kernels = []
         self.problems = []  # one line each: what is wrong, for the log and the doctor
 
-    def as_dict(self):
+    def as_dict(self, names=None):
+        """`names`: {id(kernel): the name it is listed under} (see named())."""
+        kernels = []
+        for kernel in self.kernels:
+            kernels.append(kernel.as_dict())
+            kernels[-1]["name"] = kernel.name if names is None else names.get(id(kernel))
         return {
             "prefix": self.prefix,
             "kind": self.kind,
             "name": self.name,
-            "kernels": [k.as_dict() for k in self.kernels],
+            "owner": self.owner,
+            "kernels": kernels,
             "problems": self.problems,
         }
 
@@ -154,8 +161,10 @@ def kind_of(prefix):
 
 
 def env_name(prefix, kind):
-    """conda's name for it: "base" for an install's root, else the directory's name."""
-    if kind == "conda" and os.path.isdir(os.path.join(prefix, "envs")):
+    """conda's name for it: "base" for an install's root, else the directory's name. A
+    prefix inside an envs/ is an environment, never a root, whatever it holds."""
+    inside_envs = "envs" in prefix.strip("/").split("/")[:-1]
+    if kind == "conda" and not inside_envs and os.path.isdir(os.path.join(prefix, "envs")):
         return "base"
     return os.path.basename(prefix.rstrip("/")) or prefix
 
@@ -250,7 +259,11 @@ def inspect(prefix):
     kind = kind_of(prefix)
     if kind is None:
         return None, [prefix]
-    env = Environment(prefix, kind, env_name(prefix, kind))
+    try:
+        owner = os.stat(prefix).st_uid
+    except OSError:
+        owner = None
+    env = Environment(prefix, kind, env_name(prefix, kind), owner)
     site_dirs = _site_packages(prefix)
     shipped = _shipped(prefix)
     python = _python(prefix)
@@ -282,7 +295,7 @@ def inspect(prefix):
         spec = _extras(data)
         language = data.get("language") if isinstance(data.get("language"), str) else ""
         name = spec_name(kind, env.name, kernel_key)
-        env.kernels.append(Kernel(name, display, language, argv, directory, spec))
+        _add(env, Kernel(name, display, language, argv, directory, spec), where)
     if not has_python_kernel and _has_ipykernel(site_dirs):
         if python is None:
             env.problems.append("python missing: ipykernel is installed but bin/python is not")
@@ -290,20 +303,55 @@ def inspect(prefix):
             argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
             resources = os.path.join(site_dirs[0], "ipykernel", "resources")
             name = spec_name(kind, env.name, "py")
-            env.kernels.append(Kernel(name, "Python 3 (ipykernel)", "python", argv, resources, {}))
+            kernel = Kernel(name, "Python 3 (ipykernel)", "python", argv, resources, {})
+            _add(env, kernel, "ipykernel")
     return env, _watched(prefix, site_dirs, shipped)
 
 
-def _unique(environments):
-    """Two environments of one name (two installs' "base"): the later one's kernels get a
-    name of their own, from its path."""
-    seen = set()
+def _add(env, kernel, where):
+    if any(k.name == kernel.name for k in env.kernels):
+        env.problems.append(f"{where}: kernel name {kernel.name} is another's too; skipped")
+    else:
+        env.kernels.append(kernel)
+
+
+def _digest(prefix):
+    return hashlib.sha256(os.fsencode(prefix)).hexdigest()[:12]
+
+
+def named(environments, taken=()):
+    """({kernel name: (Environment, Kernel)}, {name: the prefixes that wanted it}).
+
+    A name that two environments want, or that a kernelspec of JupyterLab's (`taken`: the
+    user's own, its environment's) already has, is given to none of them: each such kernel
+    is listed as NAME-<hash of its prefix>, which depends on nothing else (neither the
+    search order nor what else exists), so another user's environment appearing can never
+    take over, or rename, a name a notebook uses. A name that still collides is dropped.
+    """
+    wanted = {}
     for env in environments:
         for kernel in env.kernels:
-            if kernel.name in seen:
-                digest = hashlib.sha256(env.prefix.encode()).hexdigest()[:8]
-                kernel.name = f"{kernel.name}-{digest}"
-            seen.add(kernel.name)
+            wanted.setdefault(kernel.name, []).append((env, kernel))
+    collisions = {
+        name: [env.prefix for env, _ in claims]
+        for name, claims in wanted.items()
+        if len(claims) > 1 or name in taken
+    }
+    final = {}
+    for name, claims in wanted.items():
+        for env, kernel in claims:
+            listed = f"{name}-{_digest(env.prefix)}" if name in collisions else name
+            final.setdefault(listed, []).append((env, kernel))
+    return {n: c[0] for n, c in final.items() if len(c) == 1 and n not in taken}, collisions
+
+
+def collision_line(name, prefixes, taken):
+    """One log line for the environments that want the kernel name `name`."""
+    who = ", ".join(prefixes) + (" and a kernelspec of JupyterLab's" if name in taken else "")
+    return printable(
+        f"kernel name {name} is wanted by {who}: no environment gets it, each is listed as "
+        f"{name}-<hash of its path>"
+    )
 
 
 class Finder:
@@ -342,7 +390,6 @@ class Finder:
         if changed or inspected.keys() != self._inspected.keys():
             self._inspected = inspected
             self._environments = [e for e, _ in inspected.values() if e is not None]
-            _unique(self._environments)
             self.generation += 1
         return self._environments
 
@@ -360,7 +407,8 @@ class Finder:
 def main(argv):
     """`python -m jlservice.inlab.environments PATTERN…`: what the lab user finds, as JSON."""
     environments = Finder(argv).find()
-    json.dump([e.as_dict() for e in environments], sys.stdout)
+    names = {id(kernel): name for name, (_, kernel) in named(environments)[0].items()}
+    json.dump([e.as_dict(names) for e in environments], sys.stdout)
     return 0
 
 

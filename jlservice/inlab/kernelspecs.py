@@ -53,23 +53,30 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         super().__init__(**kwargs)
         self._finder = environments.Finder(self.environments, skip=[sys.prefix], log=self._problem)
         self._specs = {}
-        self._generation = -1
+        self._built = None  # what _specs was built from: the finder's generation, the taken names
+        self._collisions = {}  # those said in the log
 
     def _problem(self, line):
         self.log.warning("jlservice: %s", line)
 
     def _own(self):
-        """{name: KernelSpec} of the environments' kernels, rebuilt when they changed."""
+        """{name: KernelSpec} of the environments' kernels, rebuilt when they changed.
+        JupyterLab's own kernelspecs (the user's, its environment's) keep their names."""
         found = self._finder.find()
-        if self._finder.generation != self._generation:
+        taken = frozenset(super().find_kernel_specs())
+        if (self._finder.generation, taken) != self._built:
+            kernels, collisions = environments.named(found, taken)
             allowed = self.allowed_kernelspecs
             self._specs = {
-                kernel.name: self._spec(env, kernel)
-                for env in found
-                for kernel in env.kernels
-                if not allowed or kernel.name in allowed
+                name: self._spec(env, kernel)
+                for name, (env, kernel) in kernels.items()
+                if not allowed or name in allowed
             }
-            self._generation = self._finder.generation
+            self._built = (self._finder.generation, taken)
+            for name, prefixes in collisions.items():
+                if self._collisions.get(name) != prefixes:
+                    self._problem(environments.collision_line(name, prefixes, taken))
+            self._collisions = collisions
         return self._specs
 
     def _spec(self, env, kernel):
@@ -101,8 +108,6 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         own = self._own()
         listed = {}
         for name in super().find_kernel_specs():
-            if name in own:
-                continue
             try:
                 spec = super().get_kernel_spec(name)
             except NoSuchKernel:

@@ -191,11 +191,34 @@ def test_a_hostile_environment_name_is_a_valid_kernel_name_and_one_log_line(tmp_
     assert len(lines) == 1 and "\n" not in lines[0] and str(prefix).replace("\n", "\\n") in lines[0]
 
 
-def test_two_environments_of_one_name_get_two_kernel_names(tmp_path: Path) -> None:
-    conda_env(tmp_path / "a", "py", {"python3": IPYKERNEL})
-    conda_env(tmp_path / "b", "py", {"python3": IPYKERNEL})
-    names = [k.name for e in environments.Finder([f"{tmp_path}/*/py"]).find() for k in e.kernels]
-    assert names[0] == "conda-env-py-py" and names[1].startswith("conda-env-py-py-")
+def test_no_environment_keeps_a_name_two_want_nor_one_jupyterlab_has(tmp_path: Path) -> None:
+    """Whichever comes first in search order, and whatever else appears later: a name two
+    environments want is neither's, and each one's own is stable."""
+    a = conda_env(tmp_path / "a", "py", {"python3": IPYKERNEL})
+    b = conda_env(tmp_path / "b", "py", {"python3": IPYKERNEL})
+    conda_env(tmp_path / "c", "gpu", {"python3": IPYKERNEL})
+    found = environments.Finder([f"{tmp_path}/*/*"]).find()
+    kernels, collisions = environments.named(found)
+    by_prefix = {env.prefix: name for name, (env, _) in kernels.items()}
+    assert collisions == {"conda-env-py-py": [str(a), str(b)]}
+    assert by_prefix[str(a)] != by_prefix[str(b)]
+    assert all(by_prefix[str(p)].startswith("conda-env-py-py-") for p in (a, b))
+    assert by_prefix[str(tmp_path / "c" / "gpu")] == "conda-env-gpu-py"
+    alone, _ = environments.named([e for e in reversed(found) if e.prefix != str(b)])
+    assert {n for n, (e, _) in alone.items() if e.prefix == str(a)} == {"conda-env-py-py"}
+    beaten, said = environments.named(found, taken={"conda-env-gpu-py"})  # the user's own
+    gpu = [n for n, (e, _) in beaten.items() if e.name == "gpu"]
+    assert gpu == [f"conda-env-gpu-py-{environments._digest(str(tmp_path / 'c' / 'gpu'))}"]
+    assert said["conda-env-gpu-py"] == [str(tmp_path / "c" / "gpu")]
+
+
+def test_a_prefix_inside_envs_is_never_base(tmp_path: Path) -> None:
+    base = conda_env(tmp_path, "conda", {"python3": IPYKERNEL})
+    (base / "envs").mkdir()
+    fake = conda_env(base / "envs", "zz", {"python3": IPYKERNEL})
+    (fake / "envs").mkdir()
+    found = environments.Finder([f"{base}/envs/*", str(base)]).find()
+    assert {e.prefix: e.name for e in found} == {str(fake): "zz", str(base): "base"}
 
 
 def test_doctor_form_prints_json(tmp_path: Path) -> None:

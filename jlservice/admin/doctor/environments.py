@@ -82,13 +82,24 @@ def check_environments(ctx: Context) -> Result:
         for e in found
         for problem in e.get("problems") or []
     ]
+    trusted = (0, ctx.config.account.uid)
+    foreign = [
+        f"{e.get('name')} ({e.get('prefix')}, uid {e.get('owner')})"
+        for e in found
+        if e.get("owner") not in trusted
+    ]
+    fixes = []
     if broken:
-        return Result(
-            name,
-            False,
-            f"{detail}; broken: {'; '.join(broken)}",
-            "fix or remove those environments (JupyterLab skips what is broken)",
+        detail += f"; broken: {'; '.join(broken)}"
+        fixes.append("fix or remove those environments (JupyterLab skips what is broken)")
+    if foreign:
+        detail += f"; owned by other users: {'; '.join(foreign)}"
+        fixes.append(
+            "a kernel of those runs code its owner can change, as you: leave them out of "
+            "[kernels] environments unless you trust their owners"
         )
+    if fixes:
+        return Result(name, False, detail, "; ".join(fixes))
     return Result(name, True, detail)
 
 
