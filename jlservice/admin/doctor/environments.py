@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any
 
-from jlservice import users
+from jlservice import disk, users
 from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+from jlservice.errors import NotAnswering
 from jlservice.start import conda, launcher
 
 TIMEOUT_S = 30.0
 MAX_ANSWER = 4 << 20
 
 
-def _as_lab_user(account: users.Account, argv: list[str]) -> subprocess.CompletedProcess:
+def _as_lab_user(
+    account: users.Account, argv: list[str], path: str = "/usr/local/bin:/usr/bin:/bin"
+) -> subprocess.CompletedProcess:
     switch: dict[str, Any] = {}
     if os.geteuid() == 0 and account.uid != 0:
         switch = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": account.home, "LANG": "C.UTF-8"}
+    env = {"PATH": path, "HOME": account.home, "LANG": "C.UTF-8"}
     return subprocess.run(
         argv, capture_output=True, timeout=TIMEOUT_S, cwd="/", env=env, check=False, **switch
     )
@@ -110,18 +114,24 @@ def check_conda(ctx: Context) -> Result:
     lab = ctx.config.lab
     if not conda.uses_nb_conda_kernels(lab.options):
         return Result(name, None, "not checked: nb_conda_kernels is not configured")
-    exe = launcher.build(ctx.config).env.get("CONDA_EXE")
+    env = launcher.build(ctx.config).env
+    path, exe = env["PATH"], env.get("CONDA_EXE")
+    if not exe:
+        try:  # the lab user's directories: a dead network filesystem must not hang the doctor
+            exe = disk.call(path, lambda: shutil.which("conda", path=path), disk.ANSWER_WITHIN_S)
+        except NotAnswering:
+            return Result(name, False, f"conda on JupyterLab's PATH: {disk.not_answering(path)}")
     if exe is None:
         return Result(
             name,
             False,
             f"nb_conda_kernels is configured, but there is no conda next to {lab.command[0]} "
-            f"({', '.join(conda.candidates(lab.command[0]))}) and no CONDA_EXE: it will list "
+            f"({', '.join(conda.directories(lab.command[0]))}) and no CONDA_EXE: it will list "
             "no environment",
             '[lab] env CONDA_EXE = "/path/to/conda" (your install\'s bin/conda)',
         )
     try:
-        info = _answer(_as_lab_user(ctx.config.account, [exe, "info", "--json"]))
+        info = _answer(_as_lab_user(ctx.config.account, [exe, "info", "--json"], path))
         envs = info.get("envs") if isinstance(info, dict) else None
         if not isinstance(envs, list):
             raise ValueError("answered no list of envs")
