@@ -91,16 +91,25 @@ def _stamps(paths):
     return {p: _stamp(p) for p in paths}
 
 
-def _fresh(stamps):
-    return all(_stamp(p) == s for p, s in stamps.items())
+def _fresh(stamps, note):
+    for path, stamp in stamps.items():
+        note(path)
+        if _stamp(path) != stamp:
+            return False
+    return True
+
+
+def _nowhere(path):
+    pass
 
 
 def _is_magic(part):
     return any(c in part for c in "*?[")
 
 
-def expand(pattern):
-    """The directories `pattern` names now, and the directories whose listing decided it."""
+def expand(pattern, note=_nowhere):
+    """The directories `pattern` names now, and the directories whose listing decided it.
+    `note` is called with each path before it is looked at."""
     found = ["/"]
     listed = []
     for part in pattern.strip("/").split("/"):
@@ -112,6 +121,7 @@ def expand(pattern):
                 following.append(os.path.join(base, part))
                 continue
             listed.append(base)
+            note(base)
             try:
                 with os.scandir(base) as entries:
                     names = []
@@ -127,8 +137,14 @@ def expand(pattern):
             following.extend(os.path.join(base, n) for n in sorted(names))
         found = following
     # A literal path that does not exist yet: its parent's listing tells when it appears.
-    listed.extend(os.path.dirname(p) for p in found if not os.path.isdir(p))
-    return [p for p in found if os.path.isdir(p)], listed
+    there = []
+    for path in found:
+        note(path)
+        if os.path.isdir(path):
+            there.append(path)
+        else:
+            listed.append(os.path.dirname(path))
+    return there, listed
 
 
 def _read_json(path):
@@ -370,17 +386,22 @@ class Finder:
         self._inspected = {}  # prefix: (Environment or None, stamps)
         self._environments = []
         self.generation = 0  # +1 whenever what find() returns changed
+        self.at = None  # the path being looked at (the one that hangs, if find() does)
+
+    def _note(self, path):
+        self.at = path
 
     def find(self):
         """The environments found, each with its kernels and problems."""
         changed = False
-        if self._glob_stamps is None or not _fresh(self._glob_stamps):
+        if self._glob_stamps is None or not _fresh(self._glob_stamps, self._note):
             self._candidates, self._glob_stamps = self._expand()
             changed = True
         inspected = {}
         for prefix in self._candidates:
             known = self._inspected.get(prefix)
-            if known is None or not _fresh(known[1]):
+            if known is None or not _fresh(known[1], self._note):
+                self.at = prefix
                 env, paths = inspect(prefix)
                 known = (env, _stamps(paths))
                 changed = True
@@ -396,9 +417,10 @@ class Finder:
     def _expand(self):
         candidates, listed = [], []
         for pattern in self.patterns:
-            found, decided = expand(pattern)
+            found, decided = expand(pattern, self._note)
             listed.extend(decided)
             for prefix in found:
+                self.at = prefix
                 if prefix not in candidates and os.path.realpath(prefix) not in self.skip:
                     candidates.append(prefix)
         return candidates, _stamps(dict.fromkeys(listed))

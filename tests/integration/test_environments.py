@@ -13,10 +13,11 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from helpers import envtrees
+from helpers import envtrees, fs
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT, PYTHON, Service
 
@@ -242,6 +243,35 @@ def test_no_environment_takes_over_a_kernel_name(lab, trees, lab_user, other_use
         for path in (mine, theirs, user_spec, fake_base):
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_environment_that_never_answers_blocks_no_listing(lab, trees):
+    """A dead network filesystem as an environment directory (a FUSE mount that never
+    answers): the listing answers all the same, as it was, names it in the log, and a kernel
+    of another environment starts; JupyterLab is not restarted."""
+    svc, token = lab
+    before, lab_pid = specs(svc, token), svc.lab_pid
+    dead = trees.base / "envs" / "dead"
+    dead.mkdir()
+    try:
+        offset = svc.log_size()
+        with fs.hung(dead):
+            began = time.monotonic()
+            assert specs(svc, token) == before
+            assert time.monotonic() - began < 10  # the hang itself: 30 s, the request's limit
+            log = svc.log_path.read_bytes()[offset:].decode(errors="replace")
+            assert f"environment {dead} does not answer" in log, log[-2000:]
+            assert specs(svc, token) == before
+            kernel_id, _ = svc.start_kernel(token, "venv-ml-py")
+            svc.api("DELETE", f"api/kernels/{kernel_id}", token)
+
+        def answers() -> bool:
+            return specs(svc, token) == before and "environments answer again" in svc.log_text()
+
+        wait_for(answers, 10, "the environments to answer again")
+        assert svc.lab_pid == lab_pid
+    finally:
+        dead.rmdir()
 
 
 def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):
