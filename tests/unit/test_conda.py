@@ -8,6 +8,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
 from helpers import envtrees
 from helpers.launch import make_config
 
@@ -127,3 +128,20 @@ def test_doctor_says_when_conda_fails(tmp_path: Path) -> None:
     )
     result = check_conda(context(cfg))
     assert result.ok is False and "status 1: CondaError: no such thing" in result.detail
+
+
+@pytest.mark.parametrize(
+    "body", ["exec yes\n", "head -c 5000000 /dev/zero | tr '\\0' x >&2\nexit 1\n"]
+)
+def test_doctor_reads_no_more_of_an_answer_than_it_takes(tmp_path: Path, body: str) -> None:
+    """A conda that never stops talking, on stdout or stderr: the doctor stops reading at
+    4 MiB and ends it."""
+    _, lab = install(tmp_path)
+    chatty = tmp_path / "chatty-conda"
+    chatty.write_text(f"#!/bin/sh\n{body}")
+    chatty.chmod(0o755)
+    cfg = make_config(
+        tmp_path, command=[str(lab)], options=NB_CONDA, env={"CONDA_EXE": str(chatty)}
+    )
+    result = check_conda(context(cfg))
+    assert result.ok is False and "answered more than 4 MiB" in result.detail, result.detail[:200]

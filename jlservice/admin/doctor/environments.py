@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
 import subprocess
 import sys
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from jlservice import disk, users
 from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
@@ -24,25 +26,67 @@ TIMEOUT_S = 30.0
 MAX_ANSWER = 4 << 20
 
 
+class Answer(NamedTuple):
+    returncode: int | None  # None: killed, for answering more than MAX_ANSWER
+    stdout: bytes
+    stderr: bytes
+
+
 def _as_lab_user(
     account: users.Account, argv: list[str], path: str = "/usr/local/bin:/usr/bin:/bin"
-) -> subprocess.CompletedProcess:
+) -> Answer:
     switch: dict[str, Any] = {}
     if os.geteuid() == 0 and account.uid != 0:
         switch = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
     env = {"PATH": path, "HOME": account.home, "LANG": "C.UTF-8"}
-    return subprocess.run(
-        argv, capture_output=True, timeout=TIMEOUT_S, cwd="/", env=env, check=False, **switch
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, cwd="/", env=env, **switch
     )
+    try:
+        stdout, stderr = _read_bounded(proc, argv)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    big = max(len(stdout), len(stderr)) > MAX_ANSWER
+    return Answer(None if big else proc.returncode, stdout, stderr)
 
 
-def _answer(proc: subprocess.CompletedProcess) -> Any:
+def _read_bounded(proc: subprocess.Popen, argv: list[str]) -> tuple[bytes, bytes]:
+    """At most MAX_ANSWER + 1 bytes of each of `proc`'s stdout and stderr, until both end,
+    one is over, or TIMEOUT_S passed (subprocess.TimeoutExpired)."""
+    read: dict[int, bytearray] = {proc.stdout.fileno(): bytearray()}  # type: ignore[union-attr]
+    read[proc.stderr.fileno()] = bytearray()  # type: ignore[union-attr]
+    deadline = time.monotonic() + TIMEOUT_S
+    with selectors.DefaultSelector() as selector:
+        for fd in read:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(argv, TIMEOUT_S)
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                read[key.fd] += chunk
+                if not chunk:
+                    selector.unregister(key.fd)
+                elif len(read[key.fd]) > MAX_ANSWER:
+                    return tuple(bytes(b) for b in read.values())  # type: ignore[return-value]
+    out, err = read.values()
+    return bytes(out), bytes(err)
+
+
+def _answer(proc: Answer) -> Any:
     """The JSON a lab user's process printed; ValueError saying why there is none."""
+    if proc.returncode is None:
+        raise ValueError(f"answered more than {MAX_ANSWER >> 20} MiB")
     if proc.returncode != 0:
         said = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise ValueError(f"exited with status {proc.returncode}: {said[-1] if said else ''}")
-    if len(proc.stdout) > MAX_ANSWER:
-        raise ValueError(f"answered more than {MAX_ANSWER >> 20} MiB")
+        last = said[-1][:200] if said else ""
+        raise ValueError(f"exited with status {proc.returncode}: {last}")
     try:
         return json.loads(proc.stdout)
     except (ValueError, RecursionError):
