@@ -1,8 +1,8 @@
 """Find the conda environments and venvs that [kernels] environments names, and their kernels.
 
 Standard library only. Runs as the lab user: inside JupyterLab (as `jlservice_environments`,
-for jlservice's kernelspec manager) and in `jlservice doctor` (as `python -m
-jlservice.inlab.environments PATTERN…`, which prints what it found as JSON). It only reads:
+for jlservice's kernelspec manager) and in `jlservice doctor` (as `python -I -S
+environments.py PATTERN…`, which prints what it found as JSON). It only reads:
 directory listings, stat(), and kernel.json files of at most MAX_JSON bytes. It never runs
 anything an environment holds.
 
@@ -427,8 +427,13 @@ class Finder:
 
 
 def main(argv):
-    """`python -m jlservice.inlab.environments PATTERN…`: what the lab user finds, as JSON."""
-    environments = Finder(argv).find()
+    """`python -I -S environments.py [--skip PREFIX]… PATTERN…` (jlservice doctor): what
+    the lab user finds, as JSON."""
+    skip = []
+    while len(argv) >= 2 and argv[0] == "--skip":
+        skip.append(argv[1])
+        argv = argv[2:]
+    environments = Finder(argv, skip=skip).find()
     names = {id(kernel): name for name, (_, kernel) in named(environments)[0].items()}
     json.dump([e.as_dict(names) for e in environments], sys.stdout)
     return 0

@@ -13,6 +13,8 @@ import pytest
 from helpers.launch import build, make_config
 
 from jlservice import config, users
+from jlservice.admin.doctor.context import Context
+from jlservice.admin.doctor.environments import check_environments
 from jlservice.inlab import activate, environments
 from jlservice.start import launcher
 
@@ -305,3 +307,24 @@ def test_a_missing_kernel_program_is_one_line(tmp_path: Path) -> None:
         proc.stderr
         == f"jlservice: environment gpu ({prefix}): cannot start R: No such file or directory\n"
     )
+
+
+def test_the_doctor_finds_what_jupyterlab_finds(tmp_path: Path) -> None:
+    """The file JupyterLab runs, JupyterLab's PATH (a kernel's program found on it is not
+    missing), JupyterLab's own environment left out."""
+    lab = venv(tmp_path / "envs", "lab")
+    (lab / "bin" / "jupyter-lab").write_text("#!/bin/sh\n")
+    (lab / "bin" / "jupyter-lab").chmod(0o755)
+    conda_env(tmp_path / "envs", "r", {"ir": IR})
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "R").write_text("#!/bin/sh\n")
+    (tools / "R").chmod(0o755)
+    cfg = make_config(
+        tmp_path,
+        {"kernels": {"environments": [f"{tmp_path}/envs/*"]}},
+        command=[str(lab / "bin" / "jupyter-lab")],
+        env={"PATH": f"{tools}:/usr/bin:/bin"},
+    )
+    result = check_environments(Context(None, cfg, None, None, None, False))
+    assert result.ok is True and result.detail == "1 found: r (conda: conda-env-r-ir)", result

@@ -2,8 +2,8 @@
 
 Whatever they look at is the lab user's (environments, conda): root never reads it, and
 never runs it. The environments are found, and conda is asked, by a process of the lab
-user (`python -I -m jlservice.inlab.environments`, `conda info --json`), which sees what
-JupyterLab will see; its answer is bounded.
+user (`python -I -S …/inlab/environments.py`, the file JupyterLab runs, with its PATH;
+`conda info --json`), which sees what JupyterLab will see; its answer is bounded.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from jlservice import disk, users
 from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
 from jlservice.errors import NotAnswering
 from jlservice.start import conda, launcher
+from jlservice.start.private_dir import ENVIRONMENT_MODULES
 
 TIMEOUT_S = 30.0
 MAX_ANSWER = 4 << 20
@@ -94,8 +95,14 @@ def _answer(proc: Answer) -> Any:
 
 
 def _discover(ctx: Context) -> list[dict[str, Any]]:
-    argv = [sys.executable, "-I", "-m", "jlservice.inlab.environments"]
-    found = _answer(_as_lab_user(ctx.config.account, [*argv, *ctx.config.kernels.environments]))
+    """What JupyterLab's kernelspec manager finds: the file it runs, with JupyterLab's PATH
+    (kernel programs are looked for on it), skipping JupyterLab's own environment."""
+    assert ctx.config is not None
+    launch = launcher.build(ctx.config)
+    source = str(ENVIRONMENT_MODULES["jlservice_environments.py"])
+    own = os.path.dirname(os.path.dirname(os.path.abspath(ctx.config.lab.command[0])))
+    argv = [sys.executable, "-I", "-S", source, "--skip", own, *ctx.config.kernels.environments]
+    found = _answer(_as_lab_user(ctx.config.account, argv, launch.env["PATH"]))
     if not isinstance(found, list) or not all(isinstance(e, dict) for e in found):
         raise ValueError("did not answer a list of environments")
     return found
@@ -117,6 +124,14 @@ def check_environments(ctx: Context) -> Result:
         found = _discover(ctx)
     except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         return Result(name, False, f"looking for them as {ctx.config.lab.user} failed: {exc}")
+    result = _judge(name, found, patterns, ctx.config.account.uid)
+    if os.geteuid() not in (0, ctx.config.account.uid):  # it could not switch users
+        seen = f" (looked as uid {os.geteuid()}, not as {ctx.config.lab.user}: run as root)"
+        result = result._replace(detail=result.detail + seen)
+    return result
+
+
+def _judge(name: str, found: list[dict[str, Any]], patterns: tuple[str, ...], uid: int) -> Result:
     if not found:
         return Result(
             name,
@@ -130,11 +145,10 @@ def check_environments(ctx: Context) -> Result:
         for e in found
         for problem in e.get("problems") or []
     ]
-    trusted = (0, ctx.config.account.uid)
     foreign = [
         f"{e.get('name')} ({e.get('prefix')}, uid {e.get('owner')})"
         for e in found
-        if e.get("owner") not in trusted
+        if e.get("owner") not in (0, uid)
     ]
     fixes = []
     if broken:
