@@ -23,7 +23,9 @@ import stat
 import sys
 
 MAX_JSON = 64 << 10  # a kernel.json is a few hundred bytes
-MAX_MATCHES = 1000  # entries one glob level may yield; more is not a list of environments
+MAX_MATCHES = 1000  # paths a pattern, and all of them together, may yield: more is not a
+# list of environments (the first in sorted order are kept, and the log says so)
+MAX_SCAN = 100_000  # entries of one directory read at most
 PYTHON_NAMES = ("python", "python3")
 _NOT_NAME = re.compile(r"[^a-z0-9._-]+")
 
@@ -107,9 +109,10 @@ def _is_magic(part):
     return any(c in part for c in "*?[")
 
 
-def expand(pattern, note=_nowhere):
-    """The directories `pattern` names now, and the directories whose listing decided it.
-    `note` is called with each path before it is looked at."""
+def expand(pattern, note=_nowhere, log=_nowhere):
+    """The directories `pattern` names now (at most MAX_MATCHES, the first in sorted order),
+    and the directories whose listing decided it. `note` is called with each path before it
+    is looked at, `log` with a line when paths were left out."""
     found = ["/"]
     listed = []
     for part in pattern.strip("/").split("/"):
@@ -122,29 +125,35 @@ def expand(pattern, note=_nowhere):
                 continue
             listed.append(base)
             note(base)
-            try:
-                with os.scandir(base) as entries:
-                    names = []
-                    for entry in entries:
-                        if len(names) >= MAX_MATCHES:
-                            break
-                        if fnmatch.fnmatchcase(entry.name, part) and not (
-                            entry.name.startswith(".") and not part.startswith(".")
-                        ):
-                            names.append(entry.name)
-            except OSError:
-                continue
-            following.extend(os.path.join(base, n) for n in sorted(names))
-        found = following
-    # A literal path that does not exist yet: its parent's listing tells when it appears.
+            following.extend(os.path.join(base, n) for n in _matching(base, part))
+        found = sorted(following)
+        if len(found) > MAX_MATCHES:
+            log(printable(f"{pattern}: more than {MAX_MATCHES} matches; the first are used"))
+            del found[MAX_MATCHES:]
     there = []
     for path in found:
         note(path)
         if os.path.isdir(path):
             there.append(path)
-        else:
+        else:  # a literal path that does not exist yet: its parent's listing tells when
             listed.append(os.path.dirname(path))
     return there, listed
+
+
+def _matching(base, part):
+    names = []
+    try:
+        with os.scandir(base) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_SCAN:
+                    break
+                if fnmatch.fnmatchcase(entry.name, part) and not (
+                    entry.name.startswith(".") and not part.startswith(".")
+                ):
+                    names.append(entry.name)
+    except OSError:
+        pass
+    return names
 
 
 def _read_json(path):
@@ -415,15 +424,17 @@ class Finder:
         return self._environments
 
     def _expand(self):
-        candidates, listed = [], []
+        candidates, listed = {}, []
         for pattern in self.patterns:
-            found, decided = expand(pattern, self._note)
+            found, decided = expand(pattern, self._note, self.log)
             listed.extend(decided)
             for prefix in found:
                 self.at = prefix
                 if prefix not in candidates and os.path.realpath(prefix) not in self.skip:
-                    candidates.append(prefix)
-        return candidates, _stamps(dict.fromkeys(listed))
+                    candidates[prefix] = None
+        if len(candidates) > MAX_MATCHES:
+            self.log(f"more than {MAX_MATCHES} environments; the first are used")
+        return list(candidates)[:MAX_MATCHES], _stamps(dict.fromkeys(listed))
 
 
 def main(argv):

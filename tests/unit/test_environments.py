@@ -153,6 +153,17 @@ def test_broken_environments_say_what_is_wrong_once(tmp_path: Path) -> None:
     assert len(lines) == 3  # nothing changed: not said again
 
 
+def test_a_pattern_yields_at_most_max_matches_in_all_the_first_in_order(tmp_path: Path) -> None:
+    for top in ("a", "b"):
+        for i in range(600):
+            (tmp_path / top / f"{i:04}").mkdir(parents=True)
+    lines: list[str] = []
+    found, _ = environments.expand(f"{tmp_path}/*/*", log=lines.append)
+    every = sorted(str(p) for p in tmp_path.glob("*/*"))
+    assert found == every[: environments.MAX_MATCHES]
+    assert lines == [f"{tmp_path}/*/*: more than 1000 matches; the first are used"]
+
+
 def test_hostile_kernel_json_is_bounded(tmp_path: Path) -> None:
     prefix = conda_env(tmp_path, "hostile", {"big": " " * (environments.MAX_JSON + 1)})
     fifo = prefix / "share" / "jupyter" / "kernels" / "fifo"
