@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.launch import build, make_config
+from helpers.launch import make_config
 
 from jlservice import config, users
 from jlservice.admin.doctor.context import Context
@@ -59,12 +59,19 @@ IR = {"argv": ["R", "--args", "{connection_file}"], "display_name": "R", "langua
 # ── configuration and launch ──────────────────────────────────────────────────
 
 
-def test_environments_default_to_none_and_the_launch_is_unchanged(tmp_path: Path) -> None:
-    """Unset: no kernelspec manager of jlservice's, JupyterLab lists what it always did."""
-    launch = build(tmp_path)
-    assert make_config(tmp_path).kernels.environments == ()
+@pytest.mark.parametrize("keep", [True, False])
+def test_environments_default_to_none_and_the_launch_is_unchanged(tmp_path: Path, keep) -> None:
+    """Unset: the launch is the one without the key, argv and environment alike (no
+    kernelspec manager of jlservice's, no PYTHONPATH of its own without survive_restarts)."""
+    kernels = {"survive_restarts": keep}
+    cfg = make_config(tmp_path, {"kernels": kernels})
+    assert cfg.kernels.environments == ()
+    launch = launcher.build(cfg, environ={"PATH": "/usr/bin:/bin"})
+    empty = make_config(tmp_path, {"kernels": {**kernels, "environments": []}})
+    assert launcher.build(empty, environ={"PATH": "/usr/bin:/bin"}) == launch
     assert not launch.environments
     assert not any("kernel_spec_manager" in a or "Environment" in a for a in launch.argv)
+    assert ("PYTHONPATH" in launch.env) == keep
 
 
 def test_tilde_is_the_lab_users_home_and_globs_reach_jupyterlab(tmp_path: Path) -> None:
@@ -281,14 +288,23 @@ def test_venv_activation(tmp_path: Path) -> None:
     assert env["PATH"].split(":")[0] == f"{prefix}/bin"
 
 
+def test_a_fifo_as_conda_state_does_not_hang_the_start(tmp_path: Path) -> None:
+    prefix = conda_env(tmp_path, "gpu")
+    os.mkfifo(prefix / "conda-meta" / "state")
+    env, err = run_activated(prefix)  # a blocking open() would wait for a writer forever
+    assert env["CONDA_PREFIX"] == str(prefix) and err == ""
+
+
 @pytest.mark.parametrize(
     ("script", "said"),
     [
         ("return 3\n", "b.sh failed (status 3)"),
-        ("exit 4\n", "b.sh ended the shell"),
+        ("exit 4\n", "b.sh ended the shell (status 4)"),
         ("sleep 60\n", "b.sh did not finish within 5 s"),
+        ("head -c 5000000 /dev/zero >&3\n", "printed more than 4 MiB"),
+        ('export BIG="$(head -c 300000 /dev/zero | tr "\\0" x)"\n', "ended the shell (status 1"),
     ],
-    ids=["fails", "exits", "hangs"],
+    ids=["fails", "exits", "hangs", "floods", "too-big-for-exec"],
 )
 def test_a_bad_activation_script_is_named_and_the_kernel_starts(
     tmp_path: Path, script: str, said: str
@@ -300,9 +316,10 @@ def test_a_bad_activation_script_is_named_and_the_kernel_starts(
     (scripts / "b.sh").write_text(script)
     env, err = run_activated(prefix)
     assert env["CONDA_PREFIX"] == str(prefix)  # the kernel started, activated
-    lines = err.splitlines()
+    lines = [line for line in err.splitlines() if line.startswith("jlservice:")]
     assert len(lines) == 1 and said in lines[0] and str(prefix) in lines[0], err
     assert ("FIRST" in env) == (script == "return 3\n")
+    assert "BIG" not in env
 
 
 def test_a_missing_kernel_program_is_one_line(tmp_path: Path) -> None:
