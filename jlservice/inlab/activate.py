@@ -17,6 +17,7 @@ Standard library only, and only what the kernel's start needs: it runs on every 
 
 import os
 import select
+import stat  # os imported it already
 import sys
 
 TIMEOUT = 5.0  # seconds for all of an environment's activation scripts together
@@ -75,11 +76,18 @@ def activated(environ, kind, prefix, name):
 
 def _state_vars(prefix):
     """`conda env config vars set` keeps them in conda-meta/state."""
-    try:
-        with open(os.path.join(prefix, "conda-meta", "state"), "rb") as f:
-            raw = f.read(MAX_STATE)
+    try:  # non-blocking: a FIFO there must not hang the kernel's start
+        fd = os.open(os.path.join(prefix, "conda-meta", "state"), os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        raw = os.read(fd, MAX_STATE)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
     import json  # only when there is a state: every kernel start pays the imports
 
     try:
@@ -103,8 +111,10 @@ def scripts_of(prefix):
 
 def source(env, scripts, where, timeout=TIMEOUT):
     """`env` after sourcing `scripts`; `env` itself, with one line said, when they fail."""
-    output, finished = _collect(*_spawn(env, scripts), timeout)
+    output, finished, status = _collect(*_spawn(env, scripts), timeout)
     started, failed, result = _parse(output)
+    if len(output) > MAX_OUTPUT or status != 0:  # what it printed is not all of `env -0`
+        result = None
     for status, script in failed:
         say(f"{where}: {_short(script)} failed (status {status}); its settings may be partial")
     if result is not None:
@@ -114,7 +124,12 @@ def source(env, scripts, where, timeout=TIMEOUT):
                 result[key] = env[key]
         return result
     culprit = _short(started[-1] if started else scripts[0])
-    why = f"did not finish within {timeout:g} s" if not finished else "ended the shell"
+    if len(output) > MAX_OUTPUT:
+        why = f"printed more than {MAX_OUTPUT >> 20} MiB of environment"
+    elif not finished:
+        why = f"did not finish within {timeout:g} s"
+    else:
+        why = f"ended the shell (status {status})"
     say(f"{where}: {culprit} {why}; the kernel starts without the activation scripts' settings")
     return env
 
@@ -141,8 +156,8 @@ def _spawn(env, scripts):
 
 
 def _collect(pid, fd, timeout):
-    """What the shell wrote on the pipe, and whether it exited by itself in time (if not,
-    it and what it started are killed)."""
+    """What the shell wrote on the pipe, whether it exited by itself in time (if not, it
+    and what it started are killed), and its exit status."""
     import time
 
     os.set_blocking(fd, False)
@@ -168,8 +183,8 @@ def _collect(pid, fd, timeout):
         os.close(fd)
     if not exited:
         _kill_group(pid)
-    os.waitpid(pid, 0)
-    return b"".join(chunks), exited
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return b"".join(chunks), exited, status
 
 
 def _kill_group(pid):

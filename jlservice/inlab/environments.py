@@ -1,8 +1,8 @@
 """Find the conda environments and venvs that [kernels] environments names, and their kernels.
 
 Standard library only. Runs as the lab user: inside JupyterLab (as `jlservice_environments`,
-for jlservice's kernelspec manager) and in `jlservice doctor` (as `python -m
-jlservice.inlab.environments PATTERN…`, which prints what it found as JSON). It only reads:
+for jlservice's kernelspec manager) and in `jlservice doctor` (as `python -I -S
+environments.py PATTERN…`, which prints what it found as JSON). It only reads:
 directory listings, stat(), and kernel.json files of at most MAX_JSON bytes. It never runs
 anything an environment holds.
 
@@ -23,7 +23,9 @@ import stat
 import sys
 
 MAX_JSON = 64 << 10  # a kernel.json is a few hundred bytes
-MAX_MATCHES = 1000  # entries one glob level may yield; more is not a list of environments
+MAX_MATCHES = 1000  # paths a pattern, and all of them together, may yield: more is not a
+# list of environments (the first in sorted order are kept, and the log says so)
+MAX_SCAN = 100_000  # entries of one directory read at most
 PYTHON_NAMES = ("python", "python3")
 _NOT_NAME = re.compile(r"[^a-z0-9._-]+")
 
@@ -49,19 +51,26 @@ class Kernel:
 
 
 class Environment:
-    def __init__(self, prefix, kind, name):
+    def __init__(self, prefix, kind, name, owner=None):
         self.prefix = prefix
         self.kind = kind  # "conda" or "venv"
         self.name = name
+        self.owner = owner  # the uid owning its top directory
         self.kernels = []
         self.problems = []  # one line each: what is wrong, for the log and the doctor
 
-    def as_dict(self):
+    def as_dict(self, names=None):
+        """`names`: {id(kernel): the name it is listed under} (see named())."""
+        kernels = []
+        for kernel in self.kernels:
+            kernels.append(kernel.as_dict())
+            kernels[-1]["name"] = kernel.name if names is None else names.get(id(kernel))
         return {
             "prefix": self.prefix,
             "kind": self.kind,
             "name": self.name,
-            "kernels": [k.as_dict() for k in self.kernels],
+            "owner": self.owner,
+            "kernels": kernels,
             "problems": self.problems,
         }
 
@@ -84,16 +93,26 @@ def _stamps(paths):
     return {p: _stamp(p) for p in paths}
 
 
-def _fresh(stamps):
-    return all(_stamp(p) == s for p, s in stamps.items())
+def _fresh(stamps, note):
+    for path, stamp in stamps.items():
+        note(path)
+        if _stamp(path) != stamp:
+            return False
+    return True
+
+
+def _nowhere(path):
+    pass
 
 
 def _is_magic(part):
     return any(c in part for c in "*?[")
 
 
-def expand(pattern):
-    """The directories `pattern` names now, and the directories whose listing decided it."""
+def expand(pattern, note=_nowhere, log=_nowhere):
+    """The directories `pattern` names now (at most MAX_MATCHES, the first in sorted order),
+    and the directories whose listing decided it. `note` is called with each path before it
+    is looked at, `log` with a line when paths were left out."""
     found = ["/"]
     listed = []
     for part in pattern.strip("/").split("/"):
@@ -105,23 +124,36 @@ def expand(pattern):
                 following.append(os.path.join(base, part))
                 continue
             listed.append(base)
-            try:
-                with os.scandir(base) as entries:
-                    names = []
-                    for entry in entries:
-                        if len(names) >= MAX_MATCHES:
-                            break
-                        if fnmatch.fnmatchcase(entry.name, part) and not (
-                            entry.name.startswith(".") and not part.startswith(".")
-                        ):
-                            names.append(entry.name)
-            except OSError:
-                continue
-            following.extend(os.path.join(base, n) for n in sorted(names))
-        found = following
-    # A literal path that does not exist yet: its parent's listing tells when it appears.
-    listed.extend(os.path.dirname(p) for p in found if not os.path.isdir(p))
-    return [p for p in found if os.path.isdir(p)], listed
+            note(base)
+            following.extend(os.path.join(base, n) for n in _matching(base, part))
+        found = sorted(following)
+        if len(found) > MAX_MATCHES:
+            log(printable(f"{pattern}: more than {MAX_MATCHES} matches; the first are used"))
+            del found[MAX_MATCHES:]
+    there = []
+    for path in found:
+        note(path)
+        if os.path.isdir(path):
+            there.append(path)
+        else:  # a literal path that does not exist yet: its parent's listing tells when
+            listed.append(os.path.dirname(path))
+    return there, listed
+
+
+def _matching(base, part):
+    names = []
+    try:
+        with os.scandir(base) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_SCAN:
+                    break
+                if fnmatch.fnmatchcase(entry.name, part) and not (
+                    entry.name.startswith(".") and not part.startswith(".")
+                ):
+                    names.append(entry.name)
+    except OSError:
+        pass
+    return names
 
 
 def _read_json(path):
@@ -154,8 +186,10 @@ def kind_of(prefix):
 
 
 def env_name(prefix, kind):
-    """conda's name for it: "base" for an install's root, else the directory's name."""
-    if kind == "conda" and os.path.isdir(os.path.join(prefix, "envs")):
+    """conda's name for it: "base" for an install's root, else the directory's name. A
+    prefix inside an envs/ is an environment, never a root, whatever it holds."""
+    inside_envs = "envs" in prefix.strip("/").split("/")[:-1]
+    if kind == "conda" and not inside_envs and os.path.isdir(os.path.join(prefix, "envs")):
         return "base"
     return os.path.basename(prefix.rstrip("/")) or prefix
 
@@ -250,7 +284,11 @@ def inspect(prefix):
     kind = kind_of(prefix)
     if kind is None:
         return None, [prefix]
-    env = Environment(prefix, kind, env_name(prefix, kind))
+    try:
+        owner = os.stat(prefix).st_uid
+    except OSError:
+        owner = None
+    env = Environment(prefix, kind, env_name(prefix, kind), owner)
     site_dirs = _site_packages(prefix)
     shipped = _shipped(prefix)
     python = _python(prefix)
@@ -282,7 +320,7 @@ def inspect(prefix):
         spec = _extras(data)
         language = data.get("language") if isinstance(data.get("language"), str) else ""
         name = spec_name(kind, env.name, kernel_key)
-        env.kernels.append(Kernel(name, display, language, argv, directory, spec))
+        _add(env, Kernel(name, display, language, argv, directory, spec), where)
     if not has_python_kernel and _has_ipykernel(site_dirs):
         if python is None:
             env.problems.append("python missing: ipykernel is installed but bin/python is not")
@@ -290,20 +328,55 @@ def inspect(prefix):
             argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
             resources = os.path.join(site_dirs[0], "ipykernel", "resources")
             name = spec_name(kind, env.name, "py")
-            env.kernels.append(Kernel(name, "Python 3 (ipykernel)", "python", argv, resources, {}))
+            kernel = Kernel(name, "Python 3 (ipykernel)", "python", argv, resources, {})
+            _add(env, kernel, "ipykernel")
     return env, _watched(prefix, site_dirs, shipped)
 
 
-def _unique(environments):
-    """Two environments of one name (two installs' "base"): the later one's kernels get a
-    name of their own, from its path."""
-    seen = set()
+def _add(env, kernel, where):
+    if any(k.name == kernel.name for k in env.kernels):
+        env.problems.append(f"{where}: kernel name {kernel.name} is another's too; skipped")
+    else:
+        env.kernels.append(kernel)
+
+
+def _digest(prefix):
+    return hashlib.sha256(os.fsencode(prefix)).hexdigest()[:12]
+
+
+def named(environments, taken=()):
+    """({kernel name: (Environment, Kernel)}, {name: the prefixes that wanted it}).
+
+    A name that two environments want, or that a kernelspec of JupyterLab's (`taken`: the
+    user's own, its environment's) already has, is given to none of them: each such kernel
+    is listed as NAME-<hash of its prefix>, which depends on nothing else (neither the
+    search order nor what else exists), so another user's environment appearing can never
+    take over, or rename, a name a notebook uses. A name that still collides is dropped.
+    """
+    wanted = {}
     for env in environments:
         for kernel in env.kernels:
-            if kernel.name in seen:
-                digest = hashlib.sha256(env.prefix.encode()).hexdigest()[:8]
-                kernel.name = f"{kernel.name}-{digest}"
-            seen.add(kernel.name)
+            wanted.setdefault(kernel.name, []).append((env, kernel))
+    collisions = {
+        name: [env.prefix for env, _ in claims]
+        for name, claims in wanted.items()
+        if len(claims) > 1 or name in taken
+    }
+    final = {}
+    for name, claims in wanted.items():
+        for env, kernel in claims:
+            listed = f"{name}-{_digest(env.prefix)}" if name in collisions else name
+            final.setdefault(listed, []).append((env, kernel))
+    return {n: c[0] for n, c in final.items() if len(c) == 1 and n not in taken}, collisions
+
+
+def collision_line(name, prefixes, taken):
+    """One log line for the environments that want the kernel name `name`."""
+    who = ", ".join(prefixes) + (" and a kernelspec of JupyterLab's" if name in taken else "")
+    return printable(
+        f"kernel name {name} is wanted by {who}: no environment gets it, each is listed as "
+        f"{name}-<hash of its path>"
+    )
 
 
 class Finder:
@@ -322,17 +395,22 @@ class Finder:
         self._inspected = {}  # prefix: (Environment or None, stamps)
         self._environments = []
         self.generation = 0  # +1 whenever what find() returns changed
+        self.at = None  # the path being looked at (the one that hangs, if find() does)
+
+    def _note(self, path):
+        self.at = path
 
     def find(self):
         """The environments found, each with its kernels and problems."""
         changed = False
-        if self._glob_stamps is None or not _fresh(self._glob_stamps):
+        if self._glob_stamps is None or not _fresh(self._glob_stamps, self._note):
             self._candidates, self._glob_stamps = self._expand()
             changed = True
         inspected = {}
         for prefix in self._candidates:
             known = self._inspected.get(prefix)
-            if known is None or not _fresh(known[1]):
+            if known is None or not _fresh(known[1], self._note):
+                self.at = prefix
                 env, paths = inspect(prefix)
                 known = (env, _stamps(paths))
                 changed = True
@@ -342,25 +420,33 @@ class Finder:
         if changed or inspected.keys() != self._inspected.keys():
             self._inspected = inspected
             self._environments = [e for e, _ in inspected.values() if e is not None]
-            _unique(self._environments)
             self.generation += 1
         return self._environments
 
     def _expand(self):
-        candidates, listed = [], []
+        candidates, listed = {}, []
         for pattern in self.patterns:
-            found, decided = expand(pattern)
+            found, decided = expand(pattern, self._note, self.log)
             listed.extend(decided)
             for prefix in found:
+                self.at = prefix
                 if prefix not in candidates and os.path.realpath(prefix) not in self.skip:
-                    candidates.append(prefix)
-        return candidates, _stamps(dict.fromkeys(listed))
+                    candidates[prefix] = None
+        if len(candidates) > MAX_MATCHES:
+            self.log(f"more than {MAX_MATCHES} environments; the first are used")
+        return list(candidates)[:MAX_MATCHES], _stamps(dict.fromkeys(listed))
 
 
 def main(argv):
-    """`python -m jlservice.inlab.environments PATTERN…`: what the lab user finds, as JSON."""
-    environments = Finder(argv).find()
-    json.dump([e.as_dict() for e in environments], sys.stdout)
+    """`python -I -S environments.py [--skip PREFIX]… PATTERN…` (jlservice doctor): what
+    the lab user finds, as JSON."""
+    skip = []
+    while len(argv) >= 2 and argv[0] == "--skip":
+        skip.append(argv[1])
+        argv = argv[2:]
+    environments = Finder(argv, skip=skip).find()
+    names = {id(kernel): name for name, (_, kernel) in named(environments)[0].items()}
+    json.dump([e.as_dict(names) for e in environments], sys.stdout)
     return 0
 
 

@@ -10,11 +10,19 @@ a kernelspec's argv starts with jlservice_activate, which activates the environm
 kernel's own launch and then becomes the kernel.
 
 Listing costs a few stat() calls per environment while nothing changed: the Finder only
-looks again where a directory it watches changed.
+looks again where a directory it watches changed. It looks in a thread of its own, never on
+JupyterLab's event loop: an environment on a network filesystem whose server is gone (or
+a FUSE mount that never answers) is named in the log, and the launcher lists the
+environments as last found until it answers again.
 """
 
+import asyncio
 import os
+import queue
 import sys
+import threading
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 
 import jlservice_environments as environments
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -22,6 +30,7 @@ from traitlets import List, Unicode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACTIVATE = os.path.join(HERE, "jlservice_activate.py")
+ANSWER_WITHIN_S = 2.0  # a listing waits that long for the environments, at most
 
 
 def _scrub(env):
@@ -44,6 +53,77 @@ def wrapped_argv(env, kernel):
     return [*head, *kernel.argv]
 
 
+class Looking:
+    """finder.find() in one daemon thread of its own. A caller waits for it at most
+    ANSWER_WITHIN_S, then gets what was found last; while a look is hung, callers get that
+    at once and no other look is started: a dead server costs one thread, however long."""
+
+    def __init__(self, finder, log):
+        self._finder = finder
+        self._log = log
+        self._lock = threading.Lock()
+        self._asked = queue.SimpleQueue()
+        self._thread = None
+        self._pending = None  # the look under way
+        self._hung = None  # the look said not to answer
+        self.last = (-1, [])  # (the finder's generation, the environments) found last
+
+    def now(self):
+        """The environments, waiting for them on this thread."""
+        answer = self._ask()
+        if answer is not self._hung:
+            wait_for([answer], timeout=ANSWER_WITHIN_S)
+        return self._result(answer)
+
+    async def soon(self):
+        """The environments, waiting for them without blocking the event loop."""
+        answer = self._ask()
+        if answer is not self._hung:
+            await asyncio.wait([asyncio.wrap_future(answer)], timeout=ANSWER_WITHIN_S)
+        return self._result(answer)
+
+    def _ask(self):
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._serve, name="jlservice-environments", daemon=True
+                    )
+                    self._thread.start()
+                self._pending = Future()
+                self._asked.put(self._pending)
+            return self._pending
+
+    def _serve(self):
+        while True:
+            answer = self._asked.get()
+            try:
+                found = self._finder.find()
+            except BaseException as exc:  # whatever it is, it is the caller's to say
+                answer.set_exception(exc)
+            else:
+                answer.set_result((self._finder.generation, found))
+
+    def _result(self, answer):
+        if self._hung is not None and self._hung.done():
+            self._hung = None
+            self._log("the environments answer again")
+        if not answer.done():
+            if self._hung is not answer:
+                self._hung = answer
+                self._log(
+                    f"environment {self._finder.at} does not answer within "
+                    f"{ANSWER_WITHIN_S:g} s (a network filesystem whose server is gone?): the "
+                    "environments are listed as last found until it answers"
+                )
+            return self.last
+        try:
+            self.last = answer.result()
+        except Exception as exc:
+            self._log(f"looking for the environments failed: {exc!r}")
+        return self.last
+
+
 class EnvironmentKernelSpecManager(KernelSpecManager):
     environments = List(
         Unicode(), config=True, help="jlservice's [kernels] environments: paths and globs"
@@ -51,25 +131,33 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._finder = environments.Finder(self.environments, skip=[sys.prefix], log=self._problem)
+        finder = environments.Finder(self.environments, skip=[sys.prefix], log=self._problem)
+        self._looking = Looking(finder, self._problem)
         self._specs = {}
-        self._generation = -1
+        self._built = None  # what _specs was built from: the finder's generation, the taken names
+        self._collisions = {}  # those said in the log
 
     def _problem(self, line):
         self.log.warning("jlservice: %s", line)
 
-    def _own(self):
-        """{name: KernelSpec} of the environments' kernels, rebuilt when they changed."""
-        found = self._finder.find()
-        if self._finder.generation != self._generation:
+    def _own(self, found, taken):
+        """{name: KernelSpec} of the environments' kernels (`found`: the finder's generation
+        and environments), rebuilt when they changed. JupyterLab's own kernelspecs (`taken`:
+        the user's, its environment's) keep their names."""
+        taken = frozenset(taken)
+        if (found[0], taken) != self._built:
+            kernels, collisions = environments.named(found[1], taken)
             allowed = self.allowed_kernelspecs
             self._specs = {
-                kernel.name: self._spec(env, kernel)
-                for env in found
-                for kernel in env.kernels
-                if not allowed or kernel.name in allowed
+                name: self._spec(env, kernel)
+                for name, (env, kernel) in kernels.items()
+                if not allowed or name in allowed
             }
-            self._generation = self._finder.generation
+            self._built = (found[0], taken)
+            for name, prefixes in collisions.items():
+                if self._collisions.get(name) != prefixes:
+                    self._problem(environments.collision_line(name, prefixes, taken))
+            self._collisions = collisions
         return self._specs
 
     def _spec(self, env, kernel):
@@ -88,21 +176,32 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
 
     def find_kernel_specs(self):
         specs = super().find_kernel_specs()
-        specs.update({name: spec.resource_dir for name, spec in self._own().items()})
+        own = self._own(self._looking.now(), specs)
+        specs.update({name: spec.resource_dir for name, spec in own.items()})
         return specs
 
     def get_kernel_spec(self, kernel_name):
-        spec = self._own().get(kernel_name)
-        return spec if spec is not None else super().get_kernel_spec(kernel_name)
+        """JupyterLab's own, else the environment's kernel as last listed (a kernel start
+        never waits for the environments), else as found now."""
+        try:
+            return super().get_kernel_spec(kernel_name)
+        except NoSuchKernel:
+            pass
+        spec = self._specs.get(kernel_name)
+        if spec is None:
+            taken = super().find_kernel_specs()
+            spec = self._own(self._looking.now(), taken).get(kernel_name)
+        if spec is None:
+            raise NoSuchKernel(kernel_name)
+        return spec
 
-    def get_all_specs(self):
-        """What GET api/kernelspecs lists: the environments are looked at once, not once
-        per kernel as the inherited loop would."""
-        own = self._own()
+    async def get_all_specs(self):
+        """What GET api/kernelspecs lists (jupyter_server awaits it): the environments are
+        looked at once, not once per kernel as the inherited loop would."""
+        found = await self._looking.soon()
+        taken = super().find_kernel_specs()
         listed = {}
-        for name in super().find_kernel_specs():
-            if name in own:
-                continue
+        for name in taken:
             try:
                 spec = super().get_kernel_spec(name)
             except NoSuchKernel:
@@ -111,6 +210,6 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
                 self.log.warning("Error loading kernelspec %r", name, exc_info=True)
                 continue
             listed[name] = {"resource_dir": spec.resource_dir, "spec": spec.to_dict()}
-        for name, spec in own.items():
+        for name, spec in self._own(found, taken).items():
             listed[name] = {"resource_dir": spec.resource_dir, "spec": spec.to_dict()}
         return listed

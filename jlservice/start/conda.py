@@ -3,8 +3,11 @@
 nb_conda_kernels (CondaKernelSpecManager in [lab] options) runs `$CONDA_EXE info --json`
 (`conda` on PATH without it) to find the environments. In a login shell `conda activate`
 set CONDA_EXE; under systemd nothing did, and `conda` is a shell function, not on PATH:
-it lists no environment. jlservice gives JupyterLab the conda of the install its `[lab]
-command` belongs to. It only looks (stat), never runs it: it is the lab user's to run.
+it lists no environment. jlservice puts the conda of the install its `[lab] command`
+belongs to on JupyterLab's PATH: the directories where that install keeps it, at the end.
+Root looks at none of them (a home on a network filesystem whose server is gone would hang
+the supervisor, and what is there would make the launch depend on the filesystem): which
+one holds `conda` is found by nb_conda_kernels, as the lab user.
 """
 
 from __future__ import annotations
@@ -26,31 +29,23 @@ def uses_nb_conda_kernels(options: Mapping[str, OptionValue]) -> bool:
     )
 
 
-def candidates(command: str) -> list[str]:
-    """Where the conda of the install holding `command` (its bin/) would be: in its
-    prefix, or, for an environment in an install's envs/, in the install's root."""
+def directories(command: str) -> list[str]:
+    """Where the conda of the install holding `command` (its bin/) is, in conda's order:
+    condabin/ then bin/, of its prefix and, for an environment in an install's envs/, of
+    the install's root."""
     prefix = os.path.dirname(os.path.dirname(os.path.abspath(command)))
     roots = [prefix]
     if os.path.basename(os.path.dirname(prefix)) == "envs":
         roots.append(os.path.dirname(os.path.dirname(prefix)))
-    return [os.path.join(root, d, "conda") for root in roots for d in ("condabin", "bin")]
-
-
-def find_conda(command: str, env: Mapping[str, str]) -> str | None:
-    """CONDA_EXE if JupyterLab's environment names one, else the install's own conda."""
-    if env.get("CONDA_EXE"):
-        return env["CONDA_EXE"]
-    return next((p for p in candidates(command) if os.path.isfile(p)), None)
+    return [os.path.join(root, d) for d in ("condabin", "bin") for root in roots]
 
 
 def conda_env(command: str, env: Mapping[str, str]) -> dict[str, str]:
-    """What JupyterLab's environment needs for nb_conda_kernels: CONDA_EXE, and conda's
-    directory on PATH (after JupyterLab's own, so that a bare `python` stays its)."""
-    conda = find_conda(command, env)
-    if conda is None:
+    """What JupyterLab's environment needs for nb_conda_kernels: the install's conda
+    directories on PATH, after JupyterLab's own (a bare `python` stays its). Nothing when
+    CONDA_EXE names one already."""
+    if env.get("CONDA_EXE"):
         return {}
-    path = env.get("PATH", "").split(os.pathsep)
-    bindir = os.path.dirname(conda)
-    if bindir not in path:
-        path.append(bindir)
-    return {"CONDA_EXE": conda, "PATH": os.pathsep.join(p for p in path if p)}
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p]
+    path += [d for d in directories(command) if d not in path]
+    return {"PATH": os.pathsep.join(path)}

@@ -133,8 +133,7 @@ class Launch:
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
-    """The launch `config` asks for. Pure apart from reading the password database (and,
-    with nb_conda_kernels, looking for conda next to the command)."""
+    """The launch `config` asks for. Pure apart from reading the password database."""
     environ = os.environ if environ is None else environ
     lab = config.lab
     account = config.account

@@ -54,7 +54,8 @@ def copy_env(source: Path, prefix: Path, conda: bool, link: bool = True) -> Path
     subprocess.run([PYTHON, "-m", "venv", "--copies", "--without-pip", str(prefix)], check=True)
     target = _site_packages(prefix)
     shutil.rmtree(target)
-    subprocess.run(["cp", "-al" if link else "-a", str(_site_packages(source)), str(target)])
+    cp = ["cp", "-al" if link else "-a", str(_site_packages(source)), str(target)]
+    subprocess.run(cp, check=True)
     shutil.copytree(source / "share" / "jupyter", prefix / "share" / "jupyter")
     if conda:
         (prefix / "conda-meta").mkdir()

@@ -13,10 +13,11 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from helpers import envtrees
+from helpers import envtrees, fs
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT, PYTHON, Service
 
@@ -184,6 +185,93 @@ def test_doctor_lists_the_environments_and_the_broken_one(lab, trees):
     for kernel in ("conda-env-gpu-ir", "venv-ml-py", "conda-env-hang-py"):
         assert kernel in line
     assert f"broken: broken ({trees.broken})" in line and "python missing" in line
+
+
+def listed_from(listed: dict[str, dict], prefix: Path) -> list[str]:
+    """The names `listed` gives the kernels of the environment at `prefix`."""
+    return sorted(
+        name
+        for name, spec in listed.items()
+        if spec["metadata"].get("jlservice_environment") == str(prefix)
+    )
+
+
+def test_no_environment_takes_over_a_kernel_name(lab, trees, lab_user, other_user):
+    """Another user's venv of the same name, made while JupyterLab runs, first in search
+    order: neither it nor the user's own keeps venv-torch-py; the user's own `--user`
+    kernelspec of that name is the one listed under it; a conda prefix inside envs/ that
+    holds an envs/ of its own is not "base"."""
+    svc, token = lab
+    mine, theirs, fake_base = trees.venvs / "torch", trees.base / "envs" / "torch", None
+    shutil.copytree(trees.ml, mine, symlinks=True, copy_function=os.link)
+    envtrees.give(mine, lab_user)
+    user_spec = Path(lab_user.home) / ".local" / "share" / "jupyter" / "kernels" / "venv-torch-py"
+    try:
+        wait_for(lambda: listed_from(specs(svc, token), mine) == ["venv-torch-py"], 10, "mine")
+        offset = svc.log_size()
+        # Hard links: the other user owns the directories (what decides who made it), not
+        # the files they share with the lab user's venv.
+        shutil.copytree(trees.ml, theirs, symlinks=True, copy_function=os.link)
+        for directory, _, _ in os.walk(theirs):
+            os.chown(directory, other_user.uid, other_user.gid)
+        wait_for(lambda: listed_from(specs(svc, token), theirs), 10, "the other user's venv")
+        listed = specs(svc, token)
+        assert "venv-torch-py" not in listed, listed.get("venv-torch-py")
+        (own,), (other,) = listed_from(listed, mine), listed_from(listed, theirs)
+        assert own.startswith("venv-torch-py-") and other.startswith("venv-torch-py-")
+        log = svc.log_path.read_bytes()[offset:].decode(errors="replace")
+        said = [line for line in log.splitlines() if "kernel name venv-torch-py" in line]
+        assert len(said) == 1 and str(mine) in said[0] and str(theirs) in said[0], said
+        line = next(x for x in svc.cli("doctor").stdout.splitlines() if "environments:" in x)
+        assert f"owned by other users: torch ({theirs}, uid {other_user.uid})" in line, line
+
+        user_spec.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(trees.ml / "share" / "jupyter" / "kernels" / "python3", user_spec)
+        envtrees.give(user_spec.parent.parent.parent.parent, lab_user)
+        shutil.rmtree(theirs)
+        listed = specs(svc, token)
+        assert "jlservice_environment" not in listed["venv-torch-py"]["metadata"]
+        assert listed_from(listed, mine) == [own]  # named as before: the name is its own
+
+        fake_base = trees.base / "envs" / "zz"
+        shutil.copytree(trees.ml, fake_base, symlinks=True, copy_function=os.link)
+        (fake_base / "conda-meta").mkdir()
+        (fake_base / "envs").mkdir()
+        wait_for(lambda: "conda-env-zz-py" in specs(svc, token), 10, "the fake base")
+        assert listed_from(specs(svc, token), trees.base) == ["conda-env-base-py"]
+    finally:
+        for path in (mine, theirs, user_spec, fake_base):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_environment_that_never_answers_blocks_no_listing(lab, trees):
+    """A dead network filesystem as an environment directory (a FUSE mount that never
+    answers): the listing answers all the same, as it was, names it in the log, and a kernel
+    of another environment starts; JupyterLab is not restarted."""
+    svc, token = lab
+    before, lab_pid = specs(svc, token), svc.lab_pid
+    dead = trees.base / "envs" / "dead"
+    dead.mkdir()
+    try:
+        offset = svc.log_size()
+        with fs.hung(dead):
+            began = time.monotonic()
+            assert specs(svc, token) == before
+            assert time.monotonic() - began < 10  # the hang itself: 30 s, the request's limit
+            log = svc.log_path.read_bytes()[offset:].decode(errors="replace")
+            assert f"environment {dead} does not answer" in log, log[-2000:]
+            assert specs(svc, token) == before
+            kernel_id, _ = svc.start_kernel(token, "venv-ml-py")
+            svc.api("DELETE", f"api/kernels/{kernel_id}", token)
+
+        def answers() -> bool:
+            return specs(svc, token) == before and "environments answer again" in svc.log_text()
+
+        wait_for(answers, 10, "the environments to answer again")
+        assert svc.lab_pid == lab_pid
+    finally:
+        dead.rmdir()
 
 
 def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):

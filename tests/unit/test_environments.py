@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.launch import build, make_config
+from helpers.launch import make_config
 
 from jlservice import config, users
+from jlservice.admin.doctor.context import Context
+from jlservice.admin.doctor.environments import check_environments
 from jlservice.inlab import activate, environments
 from jlservice.start import launcher
 
@@ -57,12 +59,19 @@ IR = {"argv": ["R", "--args", "{connection_file}"], "display_name": "R", "langua
 # ── configuration and launch ──────────────────────────────────────────────────
 
 
-def test_environments_default_to_none_and_the_launch_is_unchanged(tmp_path: Path) -> None:
-    """Unset: no kernelspec manager of jlservice's, JupyterLab lists what it always did."""
-    launch = build(tmp_path)
-    assert make_config(tmp_path).kernels.environments == ()
+@pytest.mark.parametrize("keep", [True, False])
+def test_environments_default_to_none_and_the_launch_is_unchanged(tmp_path: Path, keep) -> None:
+    """Unset: the launch is the one without the key, argv and environment alike (no
+    kernelspec manager of jlservice's, no PYTHONPATH of its own without survive_restarts)."""
+    kernels = {"survive_restarts": keep}
+    cfg = make_config(tmp_path, {"kernels": kernels})
+    assert cfg.kernels.environments == ()
+    launch = launcher.build(cfg, environ={"PATH": "/usr/bin:/bin"})
+    empty = make_config(tmp_path, {"kernels": {**kernels, "environments": []}})
+    assert launcher.build(empty, environ={"PATH": "/usr/bin:/bin"}) == launch
     assert not launch.environments
     assert not any("kernel_spec_manager" in a or "Environment" in a for a in launch.argv)
+    assert ("PYTHONPATH" in launch.env) == keep
 
 
 def test_tilde_is_the_lab_users_home_and_globs_reach_jupyterlab(tmp_path: Path) -> None:
@@ -151,6 +160,17 @@ def test_broken_environments_say_what_is_wrong_once(tmp_path: Path) -> None:
     assert len(lines) == 3  # nothing changed: not said again
 
 
+def test_a_pattern_yields_at_most_max_matches_in_all_the_first_in_order(tmp_path: Path) -> None:
+    for top in ("a", "b"):
+        for i in range(600):
+            (tmp_path / top / f"{i:04}").mkdir(parents=True)
+    lines: list[str] = []
+    found, _ = environments.expand(f"{tmp_path}/*/*", log=lines.append)
+    every = sorted(str(p) for p in tmp_path.glob("*/*"))
+    assert found == every[: environments.MAX_MATCHES]
+    assert lines == [f"{tmp_path}/*/*: more than 1000 matches; the first are used"]
+
+
 def test_hostile_kernel_json_is_bounded(tmp_path: Path) -> None:
     prefix = conda_env(tmp_path, "hostile", {"big": " " * (environments.MAX_JSON + 1)})
     fifo = prefix / "share" / "jupyter" / "kernels" / "fifo"
@@ -191,11 +211,34 @@ def test_a_hostile_environment_name_is_a_valid_kernel_name_and_one_log_line(tmp_
     assert len(lines) == 1 and "\n" not in lines[0] and str(prefix).replace("\n", "\\n") in lines[0]
 
 
-def test_two_environments_of_one_name_get_two_kernel_names(tmp_path: Path) -> None:
-    conda_env(tmp_path / "a", "py", {"python3": IPYKERNEL})
-    conda_env(tmp_path / "b", "py", {"python3": IPYKERNEL})
-    names = [k.name for e in environments.Finder([f"{tmp_path}/*/py"]).find() for k in e.kernels]
-    assert names[0] == "conda-env-py-py" and names[1].startswith("conda-env-py-py-")
+def test_no_environment_keeps_a_name_two_want_nor_one_jupyterlab_has(tmp_path: Path) -> None:
+    """Whichever comes first in search order, and whatever else appears later: a name two
+    environments want is neither's, and each one's own is stable."""
+    a = conda_env(tmp_path / "a", "py", {"python3": IPYKERNEL})
+    b = conda_env(tmp_path / "b", "py", {"python3": IPYKERNEL})
+    conda_env(tmp_path / "c", "gpu", {"python3": IPYKERNEL})
+    found = environments.Finder([f"{tmp_path}/*/*"]).find()
+    kernels, collisions = environments.named(found)
+    by_prefix = {env.prefix: name for name, (env, _) in kernels.items()}
+    assert collisions == {"conda-env-py-py": [str(a), str(b)]}
+    assert by_prefix[str(a)] != by_prefix[str(b)]
+    assert all(by_prefix[str(p)].startswith("conda-env-py-py-") for p in (a, b))
+    assert by_prefix[str(tmp_path / "c" / "gpu")] == "conda-env-gpu-py"
+    alone, _ = environments.named([e for e in reversed(found) if e.prefix != str(b)])
+    assert {n for n, (e, _) in alone.items() if e.prefix == str(a)} == {"conda-env-py-py"}
+    beaten, said = environments.named(found, taken={"conda-env-gpu-py"})  # the user's own
+    gpu = [n for n, (e, _) in beaten.items() if e.name == "gpu"]
+    assert gpu == [f"conda-env-gpu-py-{environments._digest(str(tmp_path / 'c' / 'gpu'))}"]
+    assert said["conda-env-gpu-py"] == [str(tmp_path / "c" / "gpu")]
+
+
+def test_a_prefix_inside_envs_is_never_base(tmp_path: Path) -> None:
+    base = conda_env(tmp_path, "conda", {"python3": IPYKERNEL})
+    (base / "envs").mkdir()
+    fake = conda_env(base / "envs", "zz", {"python3": IPYKERNEL})
+    (fake / "envs").mkdir()
+    found = environments.Finder([f"{base}/envs/*", str(base)]).find()
+    assert {e.prefix: e.name for e in found} == {str(fake): "zz", str(base): "base"}
 
 
 def test_doctor_form_prints_json(tmp_path: Path) -> None:
@@ -245,14 +288,23 @@ def test_venv_activation(tmp_path: Path) -> None:
     assert env["PATH"].split(":")[0] == f"{prefix}/bin"
 
 
+def test_a_fifo_as_conda_state_does_not_hang_the_start(tmp_path: Path) -> None:
+    prefix = conda_env(tmp_path, "gpu")
+    os.mkfifo(prefix / "conda-meta" / "state")
+    env, err = run_activated(prefix)  # a blocking open() would wait for a writer forever
+    assert env["CONDA_PREFIX"] == str(prefix) and err == ""
+
+
 @pytest.mark.parametrize(
     ("script", "said"),
     [
         ("return 3\n", "b.sh failed (status 3)"),
-        ("exit 4\n", "b.sh ended the shell"),
+        ("exit 4\n", "b.sh ended the shell (status 4)"),
         ("sleep 60\n", "b.sh did not finish within 5 s"),
+        ("head -c 5000000 /dev/zero >&3\n", "printed more than 4 MiB"),
+        ('export BIG="$(head -c 300000 /dev/zero | tr "\\0" x)"\n', "ended the shell (status 1"),
     ],
-    ids=["fails", "exits", "hangs"],
+    ids=["fails", "exits", "hangs", "floods", "too-big-for-exec"],
 )
 def test_a_bad_activation_script_is_named_and_the_kernel_starts(
     tmp_path: Path, script: str, said: str
@@ -264,9 +316,10 @@ def test_a_bad_activation_script_is_named_and_the_kernel_starts(
     (scripts / "b.sh").write_text(script)
     env, err = run_activated(prefix)
     assert env["CONDA_PREFIX"] == str(prefix)  # the kernel started, activated
-    lines = err.splitlines()
+    lines = [line for line in err.splitlines() if line.startswith("jlservice:")]
     assert len(lines) == 1 and said in lines[0] and str(prefix) in lines[0], err
     assert ("FIRST" in env) == (script == "return 3\n")
+    assert "BIG" not in env
 
 
 def test_a_missing_kernel_program_is_one_line(tmp_path: Path) -> None:
@@ -282,3 +335,24 @@ def test_a_missing_kernel_program_is_one_line(tmp_path: Path) -> None:
         proc.stderr
         == f"jlservice: environment gpu ({prefix}): cannot start R: No such file or directory\n"
     )
+
+
+def test_the_doctor_finds_what_jupyterlab_finds(tmp_path: Path) -> None:
+    """The file JupyterLab runs, JupyterLab's PATH (a kernel's program found on it is not
+    missing), JupyterLab's own environment left out."""
+    lab = venv(tmp_path / "envs", "lab")
+    (lab / "bin" / "jupyter-lab").write_text("#!/bin/sh\n")
+    (lab / "bin" / "jupyter-lab").chmod(0o755)
+    conda_env(tmp_path / "envs", "r", {"ir": IR})
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "R").write_text("#!/bin/sh\n")
+    (tools / "R").chmod(0o755)
+    cfg = make_config(
+        tmp_path,
+        {"kernels": {"environments": [f"{tmp_path}/envs/*"]}},
+        command=[str(lab / "bin" / "jupyter-lab")],
+        env={"PATH": f"{tools}:/usr/bin:/bin"},
+    )
+    result = check_environments(Context(None, cfg, None, None, None, False))
+    assert result.ok is True and result.detail == "1 found: r (conda: conda-env-r-ir)", result
