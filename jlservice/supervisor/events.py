@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from jlservice.supervisor.children import ExitStatus
+
+if TYPE_CHECKING:
+    from jlservice.metrics.sampler import Snapshot
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,13 @@ class KernelsChanged:
 
 
 @dataclass(frozen=True)
+class NotebooksSampled:
+    """The metrics sampler's round: what each notebook uses now (its Snapshot)."""
+
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
 class CertificateCheckDue:
     """Time to look at the TLS certificate's expiry again (daily)."""
 
@@ -103,6 +114,7 @@ Event = (
     | KernelsListed
     | KernelGraceElapsed
     | KernelsChanged
+    | NotebooksSampled
     | CertificateCheckDue
 )
 

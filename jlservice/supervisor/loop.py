@@ -46,6 +46,7 @@ from jlservice.supervisor.events import (
     KernelsListed,
     LabReady,
     LabUnhealthy,
+    NotebooksSampled,
     PendingReloadDue,
     ReloadRequested,
     RotateRequested,
@@ -180,6 +181,8 @@ class Supervisor:
             case KernelsChanged():
                 kernels = self.parts.kernels
                 self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)
+            case NotebooksSampled():
+                self.publish.notebooks(event.snapshot, self.config.metrics.interval)
             case CertificateCheckDue():
                 self._check_certificate()
             case _:

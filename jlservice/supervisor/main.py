@@ -92,16 +92,18 @@ async def _supervise(
 ) -> int:
     """Make the real collaborators and run the state machine with them."""
     import asyncio
+    import contextlib
     import os
 
     from jlservice import __version__, log
     from jlservice.kernels.keeper import KernelKeeper
     from jlservice.metrics.exporter import Exporter
+    from jlservice.metrics.sampler import Snapshot
     from jlservice.metrics.view import SupervisorView
     from jlservice.start.warm.keeper import Keeper
     from jlservice.start.warm.strategy import WarmStart
     from jlservice.supervisor import children, reload
-    from jlservice.supervisor.events import Event, WarmParentChanged
+    from jlservice.supervisor.events import Event, NotebooksSampled, WarmParentChanged
     from jlservice.supervisor.lab import Lab
     from jlservice.supervisor.loop import Parts, Supervisor
     from jlservice.supervisor.notify import Notifier
@@ -134,6 +136,12 @@ async def _supervise(
     )
     reaper = children.Reaper(stuck_ended=publisher.stuck)
     exporter = Exporter(view, config.metrics)
+
+    def sampled(snapshot: Snapshot) -> None:  # in the sampler's thread
+        with contextlib.suppress(RuntimeError):  # the loop has closed: jlservice exits
+            loop.call_soon_threadsafe(post, NotebooksSampled(snapshot))
+
+    exporter.sampler.on_round = sampled
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
     kernels = KernelKeeper(post, lambda delay, event: loop.call_later(delay, post, event))

@@ -21,7 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from jlservice import files, log, login, state
+from jlservice import files, log, login, resources, state
+from jlservice.metrics import table
+from jlservice.metrics.sampler import Snapshot
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
@@ -38,6 +40,7 @@ class StateSink(Protocol):
     def write(self, record: state.State, secrets: login.Secrets) -> None: ...  # raises OSError
     def write_spare(self, record: state.State) -> None: ...  # best effort
     def drop_spare(self) -> None: ...
+    def write_notebooks(self, table: dict[str, object]) -> None: ...  # best effort
 
 
 class StateFile:
@@ -62,6 +65,10 @@ class StateFile:
     def drop_spare(self) -> None:
         (self.runtime_dir / state.STATE_FILE).unlink(missing_ok=True)
 
+    def write_notebooks(self, table: dict[str, object]) -> None:
+        with contextlib.suppress(OSError):  # the metrics still say it
+            resources.write(self.runtime_dir, table)
+
 
 class Publisher:
     def __init__(
@@ -85,6 +92,7 @@ class Publisher:
         self._retrying = False
         self._owes_ready = False  # RELOADING=1 sent, READY=1 not yet
         self._announced = False  # READY=1 sent once: systemd's start job is done
+        self._notebooks: tuple[Snapshot, float] | None = None  # the sampler's last round
         self._save()
 
     # ── one JupyterLab's life ───────────────────────────────────────────────
@@ -190,6 +198,11 @@ class Publisher:
         self.view.kernels_lost = dict(lost)
         if kept != self.record.kernels:
             self._save(kernels=kept)
+
+    def notebooks(self, snapshot: Snapshot, interval: float) -> None:
+        """The sampler's round: what each notebook uses, for `status --json` and `top`."""
+        self._notebooks = (snapshot, interval)
+        self._sink.write_notebooks(table.table(snapshot, self.view, interval))
 
     def certificate_expiry(self, expiry: float | None) -> None:
         self.view.tls_cert_expiry = expiry
