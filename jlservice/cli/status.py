@@ -67,6 +67,8 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"warm parent: {_warm_parent(s.warm_parent)}")
     if s.kernels and (s.kernels.kept or s.last_exit):
         lines.append(f"kernels:     {_kernels(s.kernels)}")
+    if s.last_oom_kill:
+        lines.append(f"OOM kills:   {s.oom_kills}; last: {_oom_kill(s.last_oom_kill)}")
     if s.last_exit:
         e = s.last_exit
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
@@ -84,6 +86,21 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"state file:  {s.state_error}")
     # The last error can quote a process name or JupyterLab's last words: the lab user's.
     return "\n".join(escape_controls(line) for line in lines)
+
+
+def _oom_kill(k: state.OomKill) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.at))
+    whose = (
+        f"notebook {k.notebook or '(none)'} (kernel {k.kernel_id})"
+        if k.kernel_id
+        else ("a process of JupyterLab's that is no kernel's")
+    )
+    limit = f"limit {_size(k.limit_bytes)}" if k.limit_bytes else "no limit but the machine's"
+    return f"{whose} at {when}: {k.process} (pid {k.pid}) had {_size(k.memory_bytes)}, {limit}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _kernels(k: state.KeptKernels) -> str:

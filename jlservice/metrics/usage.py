@@ -12,6 +12,7 @@ ended is kept. Runs in the sampler thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,8 +77,18 @@ def _rank(proc: Proc, lab_pid: int) -> tuple[bool, int]:
     return proc.ppid != lab_pid, proc.start_ticks
 
 
-def _names_kernel(pid: int, lab: Endpoint, ids: set[str]) -> str | None:
-    """The kernel id whose connection file `pid` names, if it runs as the lab user."""
+def kernel_in(chain: list[int], lab: Endpoint, me: int) -> str | None:
+    """The kernel in `chain` (a process and its ancestors, nearest first): the process whose
+    parent is JupyterLab or jlservice (`me`) and that is a kernel, whatever its id."""
+    for pid, parent in itertools.pairwise(chain):
+        if parent in (lab.pid, me):
+            return _names_kernel(pid, lab, None)
+    return None
+
+
+def _names_kernel(pid: int, lab: Endpoint, ids: set[str] | None) -> str | None:
+    """The kernel id (of `ids`, or any) whose connection file `pid` names, if it runs as the
+    lab user."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             uids = next(line for line in f if line.startswith(b"Uid:")).split()[1:3]
@@ -89,7 +100,7 @@ def _names_kernel(pid: int, lab: Endpoint, ids: set[str]) -> str | None:
         return None
     for arg in argv:
         kernel_id = connection_file_id(os.fsdecode(arg), lab.runtime_dir)
-        if kernel_id is not None and kernel_id in ids:
+        if kernel_id is not None and (ids is None or kernel_id in ids):
             return kernel_id
     return None
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jlservice import net, users
+from jlservice import net, oom, users
 from jlservice.config import Config, OptionValue
 
 # Never handed to JupyterLab (nor to any child): systemd's per-service settings, our own,
@@ -209,6 +209,7 @@ def _keeping_args(private_dir: Path) -> list[str]:
         f"--ServerApp.kernel_manager_class={KERNELS_MODULE}.{manager}",
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
+        f"--{manager}.kernel_oom_score_adj={oom.KERNEL}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
     ]
 

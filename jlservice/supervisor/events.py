@@ -96,6 +96,23 @@ class NotebooksSampled:
 
 
 @dataclass(frozen=True)
+class OomKilled:
+    """The OOM killer ended a process of this service (a kernel's, when `kernel_id`)."""
+
+    pid: int
+    process: str  # its name, as the kernel log says it (the lab user's choice)
+    kernel_id: str | None
+    notebook: str
+    memory_bytes: int  # what the killed process had resident
+    notebook_memory_bytes: int | None  # what its kernel's tree had, at the last round
+    limit_bytes: int | None  # of the cgroup whose limit was hit; None: the machine's memory
+    cgroup: str  # the memory cgroup that ran out ("" when the whole machine did)
+
+    def fields(self) -> dict[str, object]:
+        return {k: v for k, v in vars(self).items() if v not in (None, "")}
+
+
+@dataclass(frozen=True)
 class CertificateCheckDue:
     """Time to look at the TLS certificate's expiry again (daily)."""
 
@@ -115,6 +132,7 @@ Event = (
     | KernelGraceElapsed
     | KernelsChanged
     | NotebooksSampled
+    | OomKilled
     | CertificateCheckDue
 )
 

@@ -47,6 +47,7 @@ from jlservice.supervisor.events import (
     LabReady,
     LabUnhealthy,
     NotebooksSampled,
+    OomKilled,
     PendingReloadDue,
     ReloadRequested,
     RotateRequested,
@@ -183,6 +184,8 @@ class Supervisor:
                 self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)
             case NotebooksSampled():
                 self.publish.notebooks(event.snapshot, self.config.metrics.interval)
+            case OomKilled():
+                self.publish.oom_killed(event)
             case CertificateCheckDue():
                 self._check_certificate()
             case _:

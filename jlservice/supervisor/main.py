@@ -10,12 +10,18 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
-from jlservice import errors, files, login, prctl, procfs, state
+from jlservice import errors, files, login, oom, prctl, procfs, state
 from jlservice.config import Config, ConfigError
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from jlservice.kernels.oom import OomWatch
+    from jlservice.metrics.exporter import Exporter
+    from jlservice.metrics.view import SupervisorView
+    from jlservice.supervisor.events import Event
     from jlservice.supervisor.parts import Starter
 
 
@@ -31,6 +37,8 @@ def run(config: Config) -> int:
         service.state_dir, launch.account.uid, launch.account.name
     )
     prctl.become_subreaper()  # before the first child: its orphans must come back to us
+    # Before the first child too: JupyterLab and the warm parent inherit it.
+    unprotected = oom.protect_self() if launch.keep_kernels else None
     _first_handover(launch, service.runtime_dir)
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
@@ -47,6 +55,12 @@ def run(config: Config) -> int:
     from jlservice import log
 
     log.configure(config.log.level, config.log.format)
+    if unprotected:
+        log.get("jlservice.supervisor").warning(
+            "oom_protection_off",
+            problem=f"{unprotected}; the OOM killer may take JupyterLab or jlservice before "
+            "a kernel (run jlservice as root, or under its unit, which sets OOMScoreAdjust)",
+        )
     return asyncio.run(
         _supervise(config, launch, secrets, replaced_from, first, cold, early_signals)
     )
@@ -103,7 +117,7 @@ async def _supervise(
     from jlservice.start.warm.keeper import Keeper
     from jlservice.start.warm.strategy import WarmStart
     from jlservice.supervisor import children, reload
-    from jlservice.supervisor.events import Event, NotebooksSampled, WarmParentChanged
+    from jlservice.supervisor.events import NotebooksSampled, WarmParentChanged
     from jlservice.supervisor.lab import Lab
     from jlservice.supervisor.loop import Parts, Supervisor
     from jlservice.supervisor.notify import Notifier
@@ -179,4 +193,35 @@ async def _supervise(
         from jlservice.supervisor.credentials import log_user_changed
 
         log_user_changed(replaced_from, launch.account)
-    return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
+    ooms = _watch_ooms(post, exporter, view)
+    try:
+        return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
+    finally:
+        ooms.close()
+
+
+def _watch_ooms(
+    post: Callable[[Event], None], exporter: Exporter, view: SupervisorView
+) -> OomWatch:
+    """The OOM killer's victims among this service's processes, from the kernel log."""
+    import asyncio
+
+    from jlservice import log
+    from jlservice.kernels import cgroups
+    from jlservice.kernels.oom import OomWatch
+
+    memory = cgroups.memory()
+    watch = OomWatch(
+        post,
+        lambda: exporter.sampler.snapshot,
+        lambda: view.endpoint,
+        memory.limit if memory is not None else lambda _cgroup: None,
+    )
+    problem = watch.start(asyncio.get_running_loop())
+    if problem is not None:
+        log.get("jlservice.kernels").warning(
+            "oom_kills_unseen",
+            problem=f"{problem}; jlservice cannot say which notebook the OOM killer hit "
+            "(run it as root)",
+        )
+    return watch

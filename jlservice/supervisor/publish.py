@@ -27,6 +27,7 @@ from jlservice.metrics.sampler import Snapshot
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
+from jlservice.supervisor.events import OomKilled
 from jlservice.supervisor.notify import Notifier
 
 logger = log.get("jlservice.supervisor")
@@ -203,6 +204,25 @@ class Publisher:
         """The sampler's round: what each notebook uses, for `status --json` and `top`."""
         self._notebooks = (snapshot, interval)
         self._sink.write_notebooks(table.table(snapshot, self.view, interval))
+
+    def oom_killed(self, kill: OomKilled) -> None:
+        """The OOM killer ended a process of this service: metrics, state, the table."""
+        self.view.oom_kills_total += 1
+        if kill.kernel_id is not None:
+            _, count = self.view.oom_kills.get(kill.kernel_id, ("", 0))
+            self.view.oom_kills[kill.kernel_id] = (kill.notebook, count + 1)
+        last = state.OomKill(
+            time.time(),
+            kill.pid,
+            kill.process,
+            kill.kernel_id,
+            kill.notebook,
+            kill.memory_bytes,
+            kill.limit_bytes,
+        )
+        self._save(oom_kills=self.record.oom_kills + 1, last_oom_kill=last)
+        if self._notebooks is not None:
+            self.notebooks(*self._notebooks)
 
     def certificate_expiry(self, expiry: float | None) -> None:
         self.view.tls_cert_expiry = expiry

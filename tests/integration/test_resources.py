@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 from helpers.metrics import metrics_section, metrics_url, open_notebook, wait_scrape
 from helpers.procs import wait_for
+from helpers.service import IS_ROOT
 
 NOTEBOOK = 'dir with space/it\'s "quoted" ünïcødé \\ back.ipynb'
 MIB = 2**20
@@ -70,3 +77,80 @@ def test_a_kernel_and_its_children_as_proc_sees_them(service_factory) -> None:
     assert row["notebook"] == NOTEBOOK and row["pid"] == pid
     assert row["rss_bytes"] == pytest.approx(proc_rss, rel=0.05)
     assert row["state"] == "idle" and row["oom_kills"] == 0
+
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+# Processes the notebook starts one after another, 60 MiB each — each smaller than
+# JupyterLab — until the OOM killer ends one: whose, it prints.
+HOG = (
+    "import subprocess, sys, time\n"
+    "code = 'import time; b = b\"x\" * (60 << 20); time.sleep(600)'\n"
+    "procs = []\n"
+    "while not any(p.poll() is not None for p in procs):\n"
+    "    procs.append(subprocess.Popen([sys.executable, '-c', code]))\n"
+    "    time.sleep(0.3)\n"
+    "dead = next(p for p in procs if p.poll() is not None)\n"
+    "[p.kill() for p in procs]\n"
+    "print(dead.pid, dead.returncode)"
+)
+
+
+@pytest.fixture
+def memcg() -> Iterator[Path]:
+    """A v1 memory cgroup of the test's own (this machine's memory controller is on v1)."""
+    if not IS_ROOT:
+        pytest.skip("needs root: a memory cgroup of the test's own")
+    if not (V1_MEMORY / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory")
+    path = V1_MEMORY / f"jlservice-test-{os.getpid()}-{time.monotonic_ns()}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():  # what the service left
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        wait_for(lambda: not (path / "cgroup.procs").read_text().strip(), 30, "an empty cgroup")
+        path.rmdir()
+
+
+def test_the_oom_killer_takes_a_kernels_process_never_jupyterlab(service_factory, memcg) -> None:
+    """In a memory cgroup that runs out, the notebook that allocates loses a process of its
+    own — although JupyterLab is the largest process there — and jlservice says which
+    notebook it was, what it had and the limit; JupyterLab and another kernel live on."""
+    svc = service_factory(metrics=metrics_section())
+    svc.start(wrap=["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(memcg)])
+    token = svc.state()["token"]
+    lab = svc.lab_pid
+    hog_id, hog_pid = open_notebook(svc, token, NOTEBOOK)
+    other_id, other_pid = open_notebook(svc, token, "other.ipynb")
+    assert svc.execute(token, other_id, "x = 41; print(x)").strip() == "41"
+    assert psutil.Process(lab).memory_info().rss > 80 * MIB  # more than each of the hog's
+    limit = int((memcg / "memory.usage_in_bytes").read_text()) + 250 * MIB
+    (memcg / "memory.limit_in_bytes").write_text(str(limit))
+    offset = svc.log_size()
+    victim, returncode = svc.execute(token, hog_id, HOG, timeout=120).split()
+    assert returncode == "-9"
+    assert int((memcg / "memory.oom_control").read_text().split("oom_kill ")[1].split()[0]) >= 1
+
+    def logged() -> dict | None:
+        found = [e for e in svc.log_events(offset) if e.get("event") == "kernel_oom_killed"]
+        return found[0] if found else None
+
+    line = wait_for(logged, 30, "the kill in jlservice's log")
+    assert line["notebook"] == NOTEBOOK and line["kernel_id"] == hog_id
+    assert line["pid"] == int(victim) and line["limit_bytes"] == limit
+    assert 60 * MIB <= line["memory_bytes"] < 100 * MIB
+    assert svc.lab_pid == lab and psutil.Process(lab).is_running()
+    assert psutil.Process(other_pid).is_running() and psutil.Process(hog_pid).is_running()
+    assert svc.execute(token, other_id, "print(x + 1)").strip() == "42"
+    wait_scrape(
+        metrics_url(svc),
+        lambda s: _of(s, "jlservice_kernel_oom_kills_total", hog_id) == 1,
+        "the kill counted for the notebook",
+    )
+    status = json.loads(svc.cli("status", "--json").stdout)
+    assert status["oom_kills"] == 1
+    assert status["last_oom_kill"]["notebook"] == NOTEBOOK
+    text = svc.cli("status").stdout
+    assert "OOM kills:   1" in text and hog_id in text, text
