@@ -116,6 +116,7 @@ class State(NamedTuple):
     kernels: KeptKernels | None = None
     oom_kills: int = 0  # processes of this service the OOM killer ended, in all
     last_oom_kill: OomKill | None = None
+    limits: str | None = None  # [kernels] memory_max: "on: …" or "off: why"
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)

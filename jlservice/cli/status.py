@@ -67,6 +67,8 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"warm parent: {_warm_parent(s.warm_parent)}")
     if s.kernels and (s.kernels.kept or s.last_exit):
         lines.append(f"kernels:     {_kernels(s.kernels)}")
+    if running and s.limits:
+        lines.append(f"kernel limits: {s.limits}")
     if s.last_oom_kill:
         lines.append(f"OOM kills:   {s.oom_kills}; last: {_oom_kill(s.last_oom_kill)}")
     if s.last_exit:

@@ -69,6 +69,10 @@ class RestartConfig:
 class KernelsConfig:
     survive_restarts: bool = True  # kernels outlive a JupyterLab restart and are adopted
     grace: float = 30.0  # seconds a kept kernel may wait for the next JupyterLab to adopt it
+    memory_max: int | None = None  # bytes for each kernel and all it starts (its cgroup)
+    # Shut down kernels idle this long while they hold GPU memory (0: never).
+    cull_idle_gpu: float = 0.0
+    cull_connected: bool = False  # also those a tab is connected to
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,25 @@ class KeepingProvisioner(LocalProvisioner):
                 os.close(output)
         # Now, while the kernel is still starting its interpreter: what it starts inherits it.
         _raise_oom_score(self.pid, self._mapping().kernel_oom_score_adj)
+        await self._place()
         return info
+
+    async def _place(self):
+        """Ask jlservice to put the kernel into its memory cgroup ([kernels] memory_max),
+        before anyone can run a cell in it; there is no socket while limits are off."""
+        path = getattr(self._mapping(), "limits_socket", "")
+        if not path or not os.path.exists(path):
+            return
+        request = json.dumps({"kernel_id": self.kernel_id, "pid": self.pid}).encode() + b"\n"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+            writer.write(request)
+            answer = (await asyncio.wait_for(reader.readline(), 10)).decode(errors="replace")
+            writer.close()
+        except (OSError, asyncio.TimeoutError) as exc:
+            answer = f"no answer ({exc})"
+        if answer.strip() != "ok":
+            self.log.warning("jlservice: kernel %s has no memory limit: %s", self.kernel_id, answer)
 
     def _mapping(self):
         return getattr(self.parent, "parent", None)
@@ -284,6 +302,7 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         "", config=True, help="jlservice's handover: the kernels to adopt, whether to keep them"
     )
     kernel_output = Unicode("", config=True, help="jlservice's FIFO for the kernels' output")
+    limits_socket = Unicode("", config=True, help="jlservice's socket that places kernels")
     kernel_oom_score_adj = Integer(
         None, allow_none=True, config=True, help="oom_score_adj of kernels and what this forks"
     )

@@ -12,6 +12,14 @@ UNLIMITED_V1 = 1 << 62  # v1 says "no limit" with PAGE_COUNTER_MAX pages in byte
 
 
 @dataclass(frozen=True)
+class Cgroup:
+    """A kernel's own memory cgroup, where it has one."""
+
+    charge: int  # bytes charged to it now (memory.current / memory.usage_in_bytes)
+    limit: int | None  # its memory limit; None: none
+
+
+@dataclass(frozen=True)
 class Memory:
     """Where the memory controller's hierarchy is mounted, and which version it is."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from jlservice import disk, log
 from jlservice.config import MetricsConfig
+from jlservice.kernels.cgroups import Cgroup
 from jlservice.metrics import kernels, proctree, usage
 from jlservice.metrics.gpu import GpuReader, GpuSample
 from jlservice.metrics.view import Endpoint, SupervisorView
@@ -86,7 +87,7 @@ class Sampler:
         self._space_low = False  # as last logged
         self._accounting = usage.Accounting()
         # Set by the supervisor: the kernel's own cgroup (limits), and who hears of each round.
-        self.cgroup: Callable[[str], usage.Cgroup | None] = lambda _id: None
+        self.cgroup: Callable[[str], Cgroup | None] = lambda _id: None
         self.on_round: Callable[[Snapshot], None] = lambda _snapshot: None
         self._wake = threading.Event()
         self._stopped: threading.Event | None = None  # set: the running thread must end

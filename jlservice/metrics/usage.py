@@ -17,19 +17,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jlservice.kernels.cgroups import Cgroup
 from jlservice.metrics.kernels import Activity, connection_file_id
 from jlservice.metrics.proctree import PAGE, TICK, Proc, Table
 from jlservice.metrics.view import Endpoint
 
 MAX_TREE = 10_000  # processes counted for one kernel (a fork bomb must not hold the sampler)
-
-
-@dataclass(frozen=True)
-class Cgroup:
-    """A kernel's own memory cgroup, where it has one."""
-
-    charge: int  # bytes charged to it now (memory.current / memory.usage_in_bytes)
-    limit: int | None  # its memory limit; None: none
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
 # the handover jlservice writes (what to adopt, whether to keep); the kernels' output FIFO.
 INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
+LIMITS_SOCKET = "kernels.sock"  # where the kernel manager asks jlservice to place a kernel
 
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
 _KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
@@ -125,6 +126,10 @@ class Launch:
     @property
     def kernel_output(self) -> Path:
         return self.private_dir / KERNEL_OUTPUT
+
+    @property
+    def limits_socket(self) -> Path:
+        return self.private_dir / LIMITS_SOCKET
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
@@ -210,6 +215,7 @@ def _keeping_args(private_dir: Path) -> list[str]:
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
         f"--{manager}.kernel_oom_score_adj={oom.KERNEL}",
+        f"--{manager}.limits_socket={private_dir / LIMITS_SOCKET}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
     ]
 

@@ -420,6 +420,7 @@ class Supervisor:
         self.config = new
         self.parts.follower.follow(new)
         self.parts.exporter.apply(new.metrics)
+        self.publish.limits(self.parts.kernel_settings(new.kernels))
         if self.phase is Phase.READY or not new.restart.warm:
             self.parts.keeper.keep(self.launch, new.restart.warm)  # warm turned on or off
         risks.warn_about_config(new)

@@ -10,17 +10,13 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
-from jlservice import errors, files, login, oom, prctl, procfs, state
+from jlservice import errors, files, login, prctl, procfs, state
 from jlservice.config import Config, ConfigError
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart
+from jlservice.supervisor import resources
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from jlservice.kernels.oom import OomWatch
-    from jlservice.metrics.exporter import Exporter
-    from jlservice.metrics.view import SupervisorView
     from jlservice.supervisor.events import Event
     from jlservice.supervisor.parts import Starter
 
@@ -37,8 +33,7 @@ def run(config: Config) -> int:
         service.state_dir, launch.account.uid, launch.account.name
     )
     prctl.become_subreaper()  # before the first child: its orphans must come back to us
-    # Before the first child too: JupyterLab and the warm parent inherit it.
-    unprotected = oom.protect_self() if launch.keep_kernels else None
+    early = resources.before_children(config.kernels, launch)  # the OOM order, the cgroups
     _first_handover(launch, service.runtime_dir)
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
@@ -55,14 +50,8 @@ def run(config: Config) -> int:
     from jlservice import log
 
     log.configure(config.log.level, config.log.format)
-    if unprotected:
-        log.get("jlservice.supervisor").warning(
-            "oom_protection_off",
-            problem=f"{unprotected}; the OOM killer may take JupyterLab or jlservice before "
-            "a kernel (run jlservice as root, or under its unit, which sets OOMScoreAdjust)",
-        )
     return asyncio.run(
-        _supervise(config, launch, secrets, replaced_from, first, cold, early_signals)
+        _supervise(config, launch, secrets, replaced_from, first, cold, early_signals, early)
     )
 
 
@@ -103,6 +92,7 @@ async def _supervise(
     first: Started | Exception,
     cold: ColdStart,
     early_signals: list[int],
+    early: resources.Early,
 ) -> int:
     """Make the real collaborators and run the state machine with them."""
     import asyncio
@@ -156,11 +146,14 @@ async def _supervise(
             loop.call_soon_threadsafe(post, NotebooksSampled(snapshot))
 
     exporter.sampler.on_round = sampled
+    used = resources.Resources(early, post, exporter, view)
+    publisher.limits(early.limits_said)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
     kernels = KernelKeeper(post, lambda delay, event: loop.call_later(delay, post, event))
 
     async def adopt(started: Started, launch: launcher.Launch, start_timeout: float) -> Lab:
+        used.lab_started(started.pid, launch)
         return await Lab.adopt(started, launch, reaper, post, start_timeout)
 
     async def sweep(spare: set[int], grace: float) -> int:
@@ -188,40 +181,14 @@ async def _supervise(
         start_reaping=lambda: reaper.install(loop),
         stuck=lambda: sorted(reaper.stuck),
         watchdog_interval=notifier.watchdog_interval,
+        kernel_settings=used.apply,
     )
     if replaced_from is not None:
         from jlservice.supervisor.credentials import log_user_changed
 
         log_user_changed(replaced_from, launch.account)
-    ooms = _watch_ooms(post, exporter, view)
+    await used.start(launch, config.kernels.memory_max)
     try:
         return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
     finally:
-        ooms.close()
-
-
-def _watch_ooms(
-    post: Callable[[Event], None], exporter: Exporter, view: SupervisorView
-) -> OomWatch:
-    """The OOM killer's victims among this service's processes, from the kernel log."""
-    import asyncio
-
-    from jlservice import log
-    from jlservice.kernels import cgroups
-    from jlservice.kernels.oom import OomWatch
-
-    memory = cgroups.memory()
-    watch = OomWatch(
-        post,
-        lambda: exporter.sampler.snapshot,
-        lambda: view.endpoint,
-        memory.limit if memory is not None else lambda _cgroup: None,
-    )
-    problem = watch.start(asyncio.get_running_loop())
-    if problem is not None:
-        log.get("jlservice.kernels").warning(
-            "oom_kills_unseen",
-            problem=f"{problem}; jlservice cannot say which notebook the OOM killer hit "
-            "(run it as root)",
-        )
-    return watch
+        used.close()

@@ -205,6 +205,14 @@ class Publisher:
         self._notebooks = (snapshot, interval)
         self._sink.write_notebooks(table.table(snapshot, self.view, interval))
 
+    def limits(self, said: str) -> None:
+        """Whether [kernels] memory_max holds, and why not (status, doctor, notebooks.json)."""
+        if not said:
+            return
+        self.view.limits = {"on": said.startswith("on:"), "said": said}
+        if said != self.record.limits:
+            self._save(limits=said)
+
     def oom_killed(self, kill: OomKilled) -> None:
         """The OOM killer ended a process of this service: metrics, state, the table."""
         self.view.oom_kills_total += 1

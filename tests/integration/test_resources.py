@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
+from helpers.cgroup import OwnCgroup, own_cgroup
 from helpers.metrics import metrics_section, metrics_url, open_notebook, wait_scrape
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT
@@ -79,7 +75,6 @@ def test_a_kernel_and_its_children_as_proc_sees_them(service_factory) -> None:
     assert row["state"] == "idle" and row["oom_kills"] == 0
 
 
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
 # Processes the notebook starts one after another, 60 MiB each — each smaller than
 # JupyterLab — until the OOM killer ends one: whose, it prints.
 HOG = (
@@ -96,42 +91,32 @@ HOG = (
 
 
 @pytest.fixture
-def memcg() -> Iterator[Path]:
-    """A v1 memory cgroup of the test's own (this machine's memory controller is on v1)."""
+def memcg() -> Iterator[OwnCgroup]:
     if not IS_ROOT:
         pytest.skip("needs root: a memory cgroup of the test's own")
-    if not (V1_MEMORY / "cgroup.procs").exists():
-        pytest.skip("no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory")
-    path = V1_MEMORY / f"jlservice-test-{os.getpid()}-{time.monotonic_ns()}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():  # what the service left
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        wait_for(lambda: not (path / "cgroup.procs").read_text().strip(), 30, "an empty cgroup")
-        path.rmdir()
+    with own_cgroup() as made:
+        yield made
 
 
 def test_the_oom_killer_takes_a_kernels_process_never_jupyterlab(service_factory, memcg) -> None:
-    """In a memory cgroup that runs out, the notebook that allocates loses a process of its
-    own — although JupyterLab is the largest process there — and jlservice says which
-    notebook it was, what it had and the limit; JupyterLab and another kernel live on."""
+    """In a memory cgroup of the test's own (v1 on this machine) that runs out, the notebook
+    that allocates loses a process of its own — although JupyterLab is the largest process
+    there — and jlservice says which notebook it was, what it had and the limit; JupyterLab
+    and another kernel live on."""
     svc = service_factory(metrics=metrics_section())
-    svc.start(wrap=["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(memcg)])
+    svc.start(wrap=memcg.wrap())
     token = svc.state()["token"]
     lab = svc.lab_pid
     hog_id, hog_pid = open_notebook(svc, token, NOTEBOOK)
     other_id, other_pid = open_notebook(svc, token, "other.ipynb")
     assert svc.execute(token, other_id, "x = 41; print(x)").strip() == "41"
     assert psutil.Process(lab).memory_info().rss > 80 * MIB  # more than each of the hog's
-    limit = int((memcg / "memory.usage_in_bytes").read_text()) + 250 * MIB
-    (memcg / "memory.limit_in_bytes").write_text(str(limit))
+    limit = memcg.usage() + 250 * MIB
+    memcg.limit(limit)
     offset = svc.log_size()
     victim, returncode = svc.execute(token, hog_id, HOG, timeout=120).split()
     assert returncode == "-9"
-    assert int((memcg / "memory.oom_control").read_text().split("oom_kill ")[1].split()[0]) >= 1
+    assert memcg.oom_kills() >= 1
 
     def logged() -> dict | None:
         found = [e for e in svc.log_events(offset) if e.get("event") == "kernel_oom_killed"]
