@@ -74,7 +74,7 @@ class OomKill(NamedTuple):
     """The last process of this service the OOM killer ended."""
 
     at: float
-    pid: int
+    pid: int | None  # None: known from the kernel's cgroup alone
     process: str
     kernel_id: str | None  # None: no kernel's (JupyterLab, a terminal, jlservice)
     notebook: str

@@ -98,7 +98,8 @@ def _oom_kill(k: state.OomKill) -> str:
         else ("a process of JupyterLab's that is no kernel's")
     )
     limit = f"limit {_size(k.limit_bytes)}" if k.limit_bytes else "no limit but the machine's"
-    return f"{whose} at {when}: {k.process} (pid {k.pid}) had {_size(k.memory_bytes)}, {limit}"
+    what = f"{k.process} (pid {k.pid}) had" if k.pid is not None else "its cgroup peaked at"
+    return f"{whose} at {when}: {what} {_size(k.memory_bytes)}, {limit}"
 
 
 def _size(n: int) -> str:

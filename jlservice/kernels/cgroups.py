@@ -17,6 +17,8 @@ class Cgroup:
 
     charge: int  # bytes charged to it now (memory.current / memory.usage_in_bytes)
     limit: int | None  # its memory limit; None: none
+    oom_kills: int = 0  # processes the OOM killer ended in it, since it was made
+    peak: int | None = None  # the most it was charged (None: this kernel does not say)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,19 @@ class Memory:
 
     def charge(self, cgroup: str) -> int | None:
         raw = _read(self.dir(cgroup) / self.charge_file)
+        return int(raw) if raw is not None and raw.isdigit() else None
+
+    def oom_kills(self, cgroup: str) -> int:
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        for line in (_read(self.dir(cgroup) / name) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.isdigit():
+                return int(value)
+        return 0
+
+    def peak(self, cgroup: str) -> int | None:
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        raw = _read(self.dir(cgroup) / name)
         return int(raw) if raw is not None and raw.isdigit() else None
 
     def of(self, pid: int | str = "self") -> str | None:

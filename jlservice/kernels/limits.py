@@ -68,7 +68,10 @@ class Limits:
     def cgroup(self, kernel_id: str) -> Cgroup | None:
         path = f"{self.base}/{KERNELS}/kernel-{kernel_id}"
         charge = self.memory.charge(path)
-        return None if charge is None else Cgroup(charge, self.memory.limit(path))
+        if charge is None:
+            return None
+        m = self.memory
+        return Cgroup(charge, m.limit(path), m.oom_kills(path), m.peak(path))
 
     def sweep(self, running: set[str]) -> None:
         """Remove the cgroups of kernels that are gone (a cgroup still in use stays)."""

@@ -1,9 +1,13 @@
-"""Which notebook the OOM killer hit: the kernel log (/dev/kmsg, root's to read) says what it
-killed, and the sampler's last round (or the dead process's ancestry) whose tree it was in.
+"""Which notebook the OOM killer hit, from two sources:
 
-A collaborator of the supervisor's loop: it reads /dev/kmsg when it is readable (the loop's
-add_reader: no polling), logs one warning per kill of this service's processes, and posts an
-OomKilled event for the Publisher. Kills of other processes on the machine are not ours.
+- the kernel log (/dev/kmsg, root's to read, followed with the loop's add_reader: at once):
+  what it killed, its memory; the sampler's last round, the dead process's ancestry or its
+  kernel's own cgroup say whose tree it was in. Kills of other processes are not ours.
+- each kernel's own cgroup (kernels.limits), where kernels have one: its OOM-kill counter,
+  read in every sampler round — what the shipped unit leaves (ProtectKernelLogs=yes hides
+  the kernel log), at the sampler's pace. A kill the log told of is not told again.
+
+A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled.
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ _KERNEL_CGROUP = re.compile(
 
 @dataclass(frozen=True)
 class _Kill:
-    pid: int
+    pid: int | None
     process: str
-    memory: int  # bytes resident
+    memory: int  # bytes resident (or its cgroup's peak)
     kernel_id: str | None
     memcg: str  # the cgroup whose limit was hit ("" for the whole machine)
 
@@ -70,6 +74,7 @@ class OomWatch:
         self._fd: int | None = None
         self._pending: dict[int, tuple[str, str, str | None]] = {}  # pid → what oom-kill said
         self._tasks: set[asyncio.Task[None]] = set()
+        self._counted: dict[str, int] = {}  # kernel id → kills told (from either source)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> str | None:
         """Follow the kernel log from now on; why it cannot, or None."""
@@ -155,8 +160,21 @@ class OomWatch:
             limit_bytes=limit,
             cgroup=kill.memcg,
         )
+        if kill.kernel_id is not None and kill.pid is not None:
+            self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
         logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
         self._post(event)
+
+    def sampled(self, snap: Snapshot) -> None:
+        """A sampler round: kills the kernels' own cgroups count that were not told yet."""
+        for used in snap.notebooks:
+            if used.cgroup is None:
+                continue
+            told = self._counted.get(used.kernel_id, 0)
+            self._counted[used.kernel_id] = max(told, used.cgroup.oom_kills)
+            for _ in range(used.cgroup.oom_kills - told):
+                peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
+                self._tell(_Kill(None, "", peak, used.kernel_id, ""), used, used.notebook)
 
     def _kernel_of(self, pid: int) -> str | None:
         """The kernel whose tree `pid` was in: as the last round saw it, or by its ancestry

@@ -99,11 +99,11 @@ class NotebooksSampled:
 class OomKilled:
     """The OOM killer ended a process of this service (a kernel's, when `kernel_id`)."""
 
-    pid: int
+    pid: int | None  # None: known from the kernel's cgroup alone (no kernel log to read)
     process: str  # its name, as the kernel log says it (the lab user's choice)
     kernel_id: str | None
     notebook: str
-    memory_bytes: int  # what the killed process had resident
+    memory_bytes: int  # what the killed process had resident (else its cgroup's peak)
     notebook_memory_bytes: int | None  # what its kernel's tree had, at the last round
     limit_bytes: int | None  # of the cgroup whose limit was hit; None: the machine's memory
     cgroup: str  # the memory cgroup that ran out ("" when the whole machine did)

@@ -141,12 +141,14 @@ async def _supervise(
     reaper = children.Reaper(stuck_ended=publisher.stuck)
     exporter = Exporter(view, config.metrics)
 
+    used = resources.Resources(early, post, exporter, view)
+
     def sampled(snapshot: Snapshot) -> None:  # in the sampler's thread
         with contextlib.suppress(RuntimeError):  # the loop has closed: jlservice exits
             loop.call_soon_threadsafe(post, NotebooksSampled(snapshot))
+            loop.call_soon_threadsafe(used.sampled, snapshot)
 
     exporter.sampler.on_round = sampled
-    used = resources.Resources(early, post, exporter, view)
     publisher.limits(early.limits_said)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))

@@ -17,6 +17,7 @@ from jlservice.start.launcher import Launch
 
 if TYPE_CHECKING:
     from jlservice.metrics.exporter import Exporter
+    from jlservice.metrics.sampler import Snapshot
     from jlservice.metrics.view import SupervisorView
     from jlservice.supervisor.events import Event
 
@@ -82,6 +83,10 @@ class Resources:
             )
         if self.placer is not None:
             await self.placer.start(launch.limits_socket)
+
+    def sampled(self, snapshot: Snapshot) -> None:
+        """In the loop's thread, after each sampler round."""
+        self.watch.sampled(snapshot)
 
     def lab_started(self, pid: int, launch: Launch) -> None:
         if self.placer is not None:

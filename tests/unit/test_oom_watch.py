@@ -70,3 +70,20 @@ def test_a_kill_below_jupyterlab_that_is_no_kernels_is_reported_as_ours() -> Non
         watch.line(line)
     (kill,) = posted
     assert kill.kernel_id is None and kill.notebook == "" and kill.process == "bash"
+
+
+def test_without_the_kernel_log_the_kernels_cgroup_counts_and_only_once() -> None:
+    """Under the shipped unit the kernel log is hidden: a kernel's own cgroup says it."""
+    used = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=1, peak=1 << 30))
+    watch, posted = _watch(Snapshot(notebooks=(used,), owners={100: K, 4242: K}))
+    watch.sampled(Snapshot(notebooks=(used,)))
+    watch.sampled(Snapshot(notebooks=(used,)))  # the same count again: nothing new
+    (kill,) = posted
+    assert (kill.kernel_id, kill.notebook, kill.pid) == (K, NOTEBOOK, None)
+    assert kill.memory_bytes == 1 << 30 and kill.limit_bytes == 1 << 30
+    # The log told of the next one first: the cgroup's count does not tell it again.
+    for line in _oom(4242):
+        watch.line(line)
+    again = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=2, peak=1 << 30))
+    watch.sampled(Snapshot(notebooks=(again,)))
+    assert [k.pid for k in posted] == [None, 4242]

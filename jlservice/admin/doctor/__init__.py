@@ -19,6 +19,7 @@ from jlservice.admin.doctor.local import (
     check_supervisor,
     check_tls,
 )
+from jlservice.admin.doctor.resources import check_limits
 from jlservice.text import escape_controls
 
 CHECKS: tuple[Callable[[Context], Result], ...] = (
@@ -32,6 +33,7 @@ CHECKS: tuple[Callable[[Context], Result], ...] = (
     check_auth,
     check_tls,
     check_metrics,
+    check_limits,
 )
 
 
