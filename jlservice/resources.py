@@ -14,8 +14,10 @@ MAX_BYTES = 16 * 1024 * 1024  # thousands of notebooks with long paths fit
 
 
 def write(runtime_dir: Path, table: dict[str, Any]) -> None:
-    """Root's alone (0600): notebook paths are the lab user's business. Raises OSError."""
-    files.write_atomic(runtime_dir / FILE, json.dumps(table, sort_keys=True).encode())
+    """Root's alone (0600): notebook paths are the lab user's business. Raises OSError.
+    Not fsynced: it is rewritten every round, and no use after a reboot."""
+    data = json.dumps(table, sort_keys=True).encode()
+    files.write_atomic(runtime_dir / FILE, data, durable=False)
 
 
 def read(runtime_dir: Path) -> dict[str, Any] | None:

@@ -71,6 +71,7 @@ class Placer:
         problem = _not_its_kernel(pid, peer, kernel_id, launch)
         if problem is None:
             try:
+                self.limits.sweep(set())  # the cgroups of kernels gone since (not in use)
                 self.limits.place(kernel_id, pid)
             except (OSError, ValueError) as exc:
                 problem = f"cannot place it: {exc}"

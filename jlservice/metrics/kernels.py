@@ -120,6 +120,31 @@ def _ours(endpoint: Endpoint) -> bool:
     return stranger is None
 
 
+def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout: float) -> bool:
+    """Shut kernel `kernel_id` down if JupyterLab says it is still idle, with no activity
+    after `since` (Unix time): a cell started since the round that chose it keeps it."""
+    if not _ours(endpoint):
+        return False
+    try:
+        kernel = _get(endpoint, f"/kernels/{urllib.parse.quote(kernel_id)}", timeout)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(kernel, dict) or kernel.get("execution_state") != "idle":
+        return False
+    last = _timestamp(kernel.get("last_activity"))
+    if last is None or last > since:
+        return False
+    url = f"{endpoint.api_url}/kernels/{urllib.parse.quote(kernel_id)}"
+    request = urllib.request.Request(
+        url, method="DELETE", headers={"Authorization": f"token {endpoint.token}"}
+    )
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return response.status == 204
+    except OSError:
+        return False
+
+
 def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:
     # Looking must not count as activity: the server would never look idle to its cullers.
     url = f"{endpoint.api_url}{path}?no_track_activity=1"

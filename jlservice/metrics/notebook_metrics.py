@@ -61,6 +61,16 @@ def collect(snap: Snapshot, view: SupervisorView, notebook_labels: bool) -> Iter
         "Processes of this service the OOM killer ended, kernels' or not",
         value=view.oom_kills_total,
     )
+    yield CounterMetricFamily(
+        "jlservice_kernels_culled",
+        "Idle kernels holding GPU memory shut down ([kernels] cull_idle_gpu)",
+        value=view.culled,
+    )
+    yield CounterMetricFamily(
+        "jlservice_kernels_culled_gpu_memory_bytes",
+        "GPU memory the culled kernels held",
+        value=view.culled_gpu_bytes,
+    )
     if snap.sample_seconds is not None:
         yield GaugeMetricFamily(
             "jlservice_sample_duration_seconds",

@@ -88,15 +88,19 @@ class KernelsChanged:
     """Kernels were kept, adopted or lost: what is published about them changed."""
 
 
+class NotebookEvent:
+    """What happened to notebooks' resources: the loop hands it to the Publisher as it is."""
+
+
 @dataclass(frozen=True)
-class NotebooksSampled:
+class NotebooksSampled(NotebookEvent):
     """The metrics sampler's round: what each notebook uses now (its Snapshot)."""
 
     snapshot: Snapshot
 
 
 @dataclass(frozen=True)
-class OomKilled:
+class OomKilled(NotebookEvent):
     """The OOM killer ended a process of this service (a kernel's, when `kernel_id`)."""
 
     pid: int | None  # None: known from the kernel's cgroup alone (no kernel log to read)
@@ -110,6 +114,16 @@ class OomKilled:
 
     def fields(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v not in (None, "")}
+
+
+@dataclass(frozen=True)
+class KernelCulled(NotebookEvent):
+    """An idle kernel holding GPU memory was shut down ([kernels] cull_idle_gpu)."""
+
+    kernel_id: str
+    notebook: str
+    gpu_memory_bytes: int  # what it held, freed
+    at: float
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ Event = (
     | KernelsChanged
     | NotebooksSampled
     | OomKilled
+    | KernelCulled
     | CertificateCheckDue
 )
 

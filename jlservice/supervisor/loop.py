@@ -46,8 +46,7 @@ from jlservice.supervisor.events import (
     KernelsListed,
     LabReady,
     LabUnhealthy,
-    NotebooksSampled,
-    OomKilled,
+    NotebookEvent,
     PendingReloadDue,
     ReloadRequested,
     RotateRequested,
@@ -182,10 +181,8 @@ class Supervisor:
             case KernelsChanged():
                 kernels = self.parts.kernels
                 self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)
-            case NotebooksSampled():
-                self.publish.notebooks(event.snapshot, self.config.metrics.interval)
-            case OomKilled():
-                self.publish.oom_killed(event)
+            case NotebookEvent():
+                self.publish.notebook_event(event, self.config.metrics.interval)
             case CertificateCheckDue():
                 self._check_certificate()
             case _:

@@ -27,7 +27,7 @@ from jlservice.metrics.sampler import Snapshot
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
-from jlservice.supervisor.events import OomKilled
+from jlservice.supervisor.events import KernelCulled, NotebookEvent, NotebooksSampled, OomKilled
 from jlservice.supervisor.notify import Notifier
 
 logger = log.get("jlservice.supervisor")
@@ -200,6 +200,15 @@ class Publisher:
         if kept != self.record.kernels:
             self._save(kernels=kept)
 
+    def notebook_event(self, event: NotebookEvent, interval: float) -> None:
+        match event:
+            case NotebooksSampled():
+                self.notebooks(event.snapshot, interval)
+            case OomKilled():
+                self.oom_killed(event)
+            case KernelCulled():
+                self.kernel_culled(event)
+
     def notebooks(self, snapshot: Snapshot, interval: float) -> None:
         """The sampler's round: what each notebook uses, for `status --json` and `top`."""
         self._notebooks = (snapshot, interval)
@@ -231,6 +240,10 @@ class Publisher:
         self._save(oom_kills=self.record.oom_kills + 1, last_oom_kill=last)
         if self._notebooks is not None:
             self.notebooks(*self._notebooks)
+
+    def kernel_culled(self, culled: KernelCulled) -> None:
+        self.view.culled += 1
+        self.view.culled_gpu_bytes += culled.gpu_memory_bytes
 
     def certificate_expiry(self, expiry: float | None) -> None:
         self.view.tls_cert_expiry = expiry

@@ -46,7 +46,9 @@ class Resources:
         post: Callable[[Event], None],
         exporter: Exporter,
         view: SupervisorView,
+        kernels: KernelsConfig,
     ) -> None:
+        from jlservice.kernels.culler import Culler
         from jlservice.kernels.oom import OomWatch
         from jlservice.kernels.placer import Placer
 
@@ -61,6 +63,7 @@ class Resources:
             lambda: view.endpoint,
             memory.limit if memory is not None else lambda _cgroup: None,
         )
+        self.culler = Culler(post, kernels, lambda: view.endpoint)
 
     async def start(self, launch: Launch, memory_max: int | None) -> None:
         early = self.early
@@ -87,6 +90,7 @@ class Resources:
     def sampled(self, snapshot: Snapshot) -> None:
         """In the loop's thread, after each sampler round."""
         self.watch.sampled(snapshot)
+        self.culler.sampled(snapshot)
 
     def lab_started(self, pid: int, launch: Launch) -> None:
         if self.placer is not None:
@@ -95,6 +99,7 @@ class Resources:
     def apply(self, kernels: KernelsConfig) -> str:
         """New [kernels] settings (a reload): a new memory_max holds for running kernels too;
         what the limits are now."""
+        self.culler.settings = kernels
         found = self.early.limits
         if found is not None and kernels.memory_max != found.memory_max:
             found.apply(kernels.memory_max)
@@ -106,5 +111,6 @@ class Resources:
 
     def close(self) -> None:
         self.watch.close()
+        self.culler.close()
         if self.placer is not None:
             self.placer.close()

@@ -194,7 +194,9 @@ def test_a_kernel_not_adopted_is_ended_after_the_grace(service_factory):
     assert event["kernel_id"] == kernel_id and event["reason"] == "not_adopted"
     wait_for(lambda: not pid_alive(pid), 30, "the unadopted kernel to be ended")
     assert pid_alive(kept_pid) and pid_alive(service.lab_pid)
-    assert service.state()["kernels"] == {"kept": 2, "adopted": 1, "waiting": 0}
+    # Published after the sweep that ended it (the loop's next event).
+    wanted = {"kept": 2, "adopted": 1, "waiting": 0}
+    wait_for(lambda: service.state()["kernels"] == wanted, 10, "the state to say so")
     metrics = scrape_text(metrics_url(service))
     assert 'jlservice_kernels_lost_total{reason="not_adopted"} 1.0' in metrics
     assert "jlservice_kernels_adopted_total 1.0" in metrics

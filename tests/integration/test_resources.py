@@ -129,13 +129,16 @@ def test_the_oom_killer_takes_a_kernels_process_never_jupyterlab(service_factory
     assert svc.lab_pid == lab and psutil.Process(lab).is_running()
     assert psutil.Process(other_pid).is_running() and psutil.Process(hog_pid).is_running()
     assert svc.execute(token, other_id, "print(x + 1)").strip() == "42"
+    # The hog may lose a second process before it notices the first: each is told.
+    kills = [e for e in svc.log_events(offset) if e.get("event") == "kernel_oom_killed"]
+    assert {e["kernel_id"] for e in kills} == {hog_id}
     wait_scrape(
         metrics_url(svc),
-        lambda s: _of(s, "jlservice_kernel_oom_kills_total", hog_id) == 1,
-        "the kill counted for the notebook",
+        lambda s: _of(s, "jlservice_kernel_oom_kills_total", hog_id) == len(kills),
+        "the kills counted for the notebook",
     )
     status = json.loads(svc.cli("status", "--json").stdout)
-    assert status["oom_kills"] == 1
+    assert status["oom_kills"] == len(kills)
     assert status["last_oom_kill"]["notebook"] == NOTEBOOK
     text = svc.cli("status").stdout
-    assert "OOM kills:   1" in text and hog_id in text, text
+    assert f"OOM kills:   {len(kills)}" in text and hog_id in text, text
