@@ -145,11 +145,12 @@ def _ooms(session: Session) -> list[Metric]:
             kernel_id, pid = _open(lab, token, name)
             cgroup.limit(cgroup.usage() + 200 * MIB)
             offset, fd = lab.log_size(), os.pidfd_open(pid)
-            _allocate(lab, token, kernel_id)
+            ws = _allocate(lab, token, kernel_id)
             if not select.select([fd], [], [], 60)[0]:
                 raise BenchError("the kernel was not OOM-killed within 60 s")
             died = time.monotonic()
             os.close(fd)
+            ws.close()
             while not any(e.get("event") == "kernel_oom_killed" for e in lab.log_events(offset)):
                 time.sleep(0.001)
             to_log.append((time.monotonic() - died) * 1000)
@@ -175,8 +176,8 @@ def _open(lab: Lab, token: str, name: str) -> tuple[str, int]:
     return kernel_id, kernel_pid(lab, kernel_id)
 
 
-def _allocate(lab: Lab, token: str, kernel_id: str) -> None:
-    """Send a cell that allocates 400 MiB, without waiting for an answer that never comes."""
+def _allocate(lab: Lab, token: str, kernel_id: str) -> Any:
+    """Send a cell that allocates 400 MiB; the websocket, open (the answer never comes)."""
     import uuid
 
     import websocket
@@ -189,7 +190,7 @@ def _allocate(lab: Lab, token: str, kernel_id: str) -> None:
                "user_expressions": {}, "allow_stdin": False}  # fmt: skip
     msg = {"header": header, "parent_header": {}, "metadata": {}, "channel": "shell"}
     ws.send(json.dumps({**msg, "content": content}))
-    ws.close()
+    return ws
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,8 +180,8 @@ class KeepingProvisioner(LocalProvisioner):
         return info
 
     async def _place(self):
-        """Ask jlservice to put the kernel into its memory cgroup ([kernels] memory_max),
-        before anyone can run a cell in it; there is no socket while limits are off."""
+        """Tell jlservice of the kernel (whose pid is which notebook's) and have it put into
+        its memory cgroup ([kernels] memory_max), before anyone can run a cell in it."""
         path = getattr(self._mapping(), "limits_socket", "")
         if not path or not os.path.exists(path):
             return

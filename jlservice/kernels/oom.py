@@ -62,6 +62,7 @@ class OomWatch:
         snapshot: Callable[[], Snapshot],
         endpoint: Callable[[], Endpoint | None],
         limit: Callable[[str], int | None],
+        launched: Callable[[], dict[int, str]] = dict,
         path: str = KMSG,
     ) -> None:
         """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
@@ -70,6 +71,7 @@ class OomWatch:
         self._snapshot = snapshot
         self._endpoint = endpoint
         self._limit = limit
+        self._launched = launched  # pid → kernel id of kernels started since the last round
         self._path = path
         self._fd: int | None = None
         self._pending: dict[int, tuple[str, str, str | None]] = {}  # pid → what oom-kill said
@@ -181,9 +183,12 @@ class OomWatch:
         (a process, or a kernel, started since)."""
         owners = self._snapshot().owners
         chain = _ancestry(pid)
+        launched = self._launched()
         for ancestor in chain:
             if ancestor in owners:
                 return owners[ancestor]
+            if ancestor in launched:
+                return launched[ancestor]
         endpoint = self._endpoint()
         return usage.kernel_in(chain, endpoint, os.getpid()) if endpoint is not None else None
 

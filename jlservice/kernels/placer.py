@@ -1,6 +1,8 @@
-"""Each new kernel into its cgroup as it starts: jlservice's kernel manager asks, on a unix
-socket in JupyterLab's private dir, right after it launched the kernel (and before the
-kernel runs a cell), and waits for the answer.
+"""Each new kernel told to jlservice as it starts, and put into its cgroup where kernels have
+one: jlservice's kernel manager asks, on a unix socket in JupyterLab's private dir, right
+after it launched the kernel (and before the kernel runs a cell), and waits for the answer.
+jlservice remembers which pid is which kernel (`launched`): a kernel the OOM killer ends
+before the sampler's next round is still named.
 
 Only the running JupyterLab may ask (SO_PEERCRED names the process that connected), and only
 for a kernel it started: its child, running as the lab user, naming the connection file of
@@ -27,10 +29,15 @@ TIMEOUT_S = 5.0
 
 
 class Placer:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits | None) -> None:
         self.limits = limits
         self.lab: tuple[int, Launch] | None = None  # the JupyterLab that may ask, its launch
+        self.launched: dict[int, str] = {}  # pid → kernel id, of kernels since the last round
         self._server: asyncio.AbstractServer | None = None
+
+    def seen(self, owners: dict[int, str]) -> None:
+        """A sampler round: what it saw, it names from now on."""
+        self.launched = {pid: k for pid, k in self.launched.items() if pid not in owners}
 
     async def start(self, path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -40,7 +47,8 @@ class Placer:
     def serve_for(self, pid: int, launch: Launch) -> None:
         """From now on only JupyterLab `pid` may ask."""
         self.lab = (pid, launch)
-        self.limits.sweep(set())  # what the last one's kernels left (one in use stays)
+        if self.limits is not None:
+            self.limits.sweep(set())  # what the last one's kernels left (one in use stays)
 
     def close(self) -> None:
         if self._server is not None:
@@ -70,6 +78,8 @@ class Placer:
             return "refused: not a request"
         problem = _not_its_kernel(pid, peer, kernel_id, launch)
         if problem is None:
+            self.launched[pid] = kernel_id
+        if problem is None and self.limits is not None:
             try:
                 self.limits.sweep(set())  # the cgroups of kernels gone since (not in use)
                 self.limits.place(kernel_id, pid)

@@ -141,7 +141,7 @@ async def _supervise(
     reaper = children.Reaper(stuck_ended=publisher.stuck)
     exporter = Exporter(view, config.metrics)
 
-    used = resources.Resources(early, post, exporter, view, config.kernels)
+    used = resources.Resources(early, post, exporter, view, config.kernels, launch.keep_kernels)
 
     def sampled(snapshot: Snapshot) -> None:  # in the sampler's thread
         with contextlib.suppress(RuntimeError):  # the loop has closed: jlservice exits

@@ -47,13 +47,14 @@ class Resources:
         exporter: Exporter,
         view: SupervisorView,
         kernels: KernelsConfig,
+        keeps_kernels: bool,
     ) -> None:
         from jlservice.kernels.culler import Culler
         from jlservice.kernels.oom import OomWatch
         from jlservice.kernels.placer import Placer
 
         self.early = early
-        self.placer = Placer(early.limits) if early.limits is not None else None
+        self.placer = Placer(early.limits) if keeps_kernels else None
         if early.limits is not None:
             exporter.sampler.cgroup = early.limits.cgroup
         memory = cgroups.memory()
@@ -62,6 +63,7 @@ class Resources:
             lambda: exporter.sampler.snapshot,
             lambda: view.endpoint,
             memory.limit if memory is not None else lambda _cgroup: None,
+            (lambda: self.placer.launched) if self.placer is not None else dict,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 
@@ -91,6 +93,8 @@ class Resources:
         """In the loop's thread, after each sampler round."""
         self.watch.sampled(snapshot)
         self.culler.sampled(snapshot)
+        if self.placer is not None:
+            self.placer.seen(snapshot.owners)
 
     def lab_started(self, pid: int, launch: Launch) -> None:
         if self.placer is not None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 
 import psutil
@@ -88,6 +90,38 @@ HOG = (
     "[p.kill() for p in procs]\n"
     "print(dead.pid, dead.returncode)"
 )
+
+
+def test_a_kernel_kept_across_a_crash_is_still_counted(service_factory) -> None:
+    """After kill -9 of JupyterLab its kernels are jlservice's children (the subreaper):
+    the next JupyterLab adopts them, and they count as before, their CPU counter going on."""
+    svc = service_factory(metrics=metrics_section())
+    svc.start()
+    token = svc.state()["token"]
+    kernel_id, pid = open_notebook(svc, token, NOTEBOOK)
+    svc.execute(token, kernel_id, "sum(range(10**7))")
+    url = metrics_url(svc)
+    s = wait_scrape(
+        url, lambda s: _of(s, "jlservice_kernel_processes", kernel_id) == 1, "the kernel counted"
+    )
+    before = _of(s, "jlservice_kernel_cpu_seconds_total", kernel_id)
+    lab = svc.lab_pid
+    os.kill(lab, signal.SIGKILL)
+    svc.wait_ready(not_pid=lab)
+    assert psutil.Process(pid).ppid() == svc.proc.pid  # kept: now jlservice's child
+    s = wait_scrape(
+        url,
+        lambda s: (
+            _of(s, "jlservice_kernel_processes", kernel_id) == 1
+            and _of(s, "jlservice_kernel_restarts_total", kernel_id) == 0
+        ),
+        "the adopted kernel counted",
+    )
+    assert _of(s, "jlservice_kernel_cpu_seconds_total", kernel_id) >= before > 0
+    rss = psutil.Process(pid).memory_info().rss
+    assert _of(s, "jlservice_kernel_resident_memory_bytes", kernel_id) == pytest.approx(
+        rss, rel=0.05
+    )
 
 
 @pytest.fixture

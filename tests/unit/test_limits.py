@@ -110,3 +110,25 @@ def test_without_systemd_limits_are_off_and_say_why() -> None:
     )
     found, why = limits.set_up(4 << 30, False, environ={"INVOCATION_ID": "x"})
     assert found is None and "survive_restarts = true" in why
+
+
+def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path) -> None:
+    """What cgroup v2 asks (a cgroup that divides its memory holds no process): jlservice
+    moves itself into supervisor/, then enables +memory below. The cgroup files are plain
+    files here: the order and the contents of the writes, not the kernel's semantics."""
+    from jlservice.kernels.cgroups import Memory
+
+    unit = tmp_path / "system.slice" / "jlservice.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    limits._prepare(Memory(tmp_path, 2), "/system.slice/jlservice.service")
+    assert (unit / "supervisor" / "cgroup.procs").read_text() == str(os.getpid())
+    assert (unit / "cgroup.subtree_control").read_text() == "+memory"
+    assert (unit / "kernels" / "cgroup.subtree_control").read_text() == "+memory"
+    found = limits.Limits(Memory(tmp_path, 2), "/system.slice/jlservice.service", 256 * MIB)
+    (unit / "kernels" / f"kernel-{K}").mkdir()
+    found.place(K, 4242)
+    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == str(256 * MIB)
+    assert (unit / "kernels" / f"kernel-{K}" / "cgroup.procs").read_text() == "4242"
+    found.apply(None)
+    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == "max"

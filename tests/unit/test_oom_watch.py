@@ -87,3 +87,15 @@ def test_without_the_kernel_log_the_kernels_cgroup_counts_and_only_once() -> Non
     again = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=2, peak=1 << 30))
     watch.sampled(Snapshot(notebooks=(again,)))
     assert [k.pid for k in posted] == [None, 4242]
+
+
+def test_a_kernel_started_since_the_last_round_is_named_from_its_launch() -> None:
+    """Killed and reaped before the sampler saw it: the kernel manager told of its pid."""
+    posted: list = []
+    watch = OomWatch(
+        posted.append, lambda: Snapshot(), lambda: None, lambda _c: None, lambda: {999_999_997: K}
+    )
+    for line in _oom(999_999_997):
+        watch.line(line)
+    (kill,) = posted
+    assert kill.kernel_id == K and kill.pid == 999_999_997
