@@ -46,7 +46,7 @@ class Limits:
     def describe(self) -> str:
         v = f"cgroup v{self.memory.version}"
         if self.memory_max is None:
-            return f"off: no [kernels] memory_max (each kernel has its own {v} cgroup)"
+            return f"off: no [kernels] memory_max (each kernel still has a {v} cgroup of its own)"
         return f"on: {self.memory_max} bytes per kernel ({v}, {self.kernels})"
 
     def place(self, kernel_id: str, pid: int) -> None:
