@@ -33,11 +33,13 @@ class Placer:
         self.limits = limits
         self.lab: tuple[int, Launch] | None = None  # the JupyterLab that may ask, its launch
         self.launched: dict[int, str] = {}  # pid → kernel id, of kernels since the last round
+        self.running: set[str] = set()  # kernel ids of the last round: their cgroups stay
         self._server: asyncio.AbstractServer | None = None
 
     def seen(self, owners: dict[int, str]) -> None:
         """A sampler round: what it saw, it names from now on."""
         self.launched = {pid: k for pid, k in self.launched.items() if pid not in owners}
+        self.running = set(owners.values())
 
     async def start(self, path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -81,7 +83,9 @@ class Placer:
             self.launched[pid] = kernel_id
         if problem is None and self.limits is not None:
             try:
-                self.limits.sweep(set())  # the cgroups of kernels gone since (not in use)
+                # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)
+                # keeps its cgroup and the count of kills in it.
+                self.limits.sweep(self.running | set(self.launched.values()) | {kernel_id})
                 self.limits.place(kernel_id, pid)
             except (OSError, ValueError) as exc:
                 problem = f"cannot place it: {exc}"
