@@ -60,9 +60,14 @@ def _check_existing(path: Path, st: os.stat_result, uid: int) -> None:
 
 
 def write_atomic(
-    path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
+    path: Path,
+    data: bytes,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    durable: bool = True,
 ) -> None:
-    """Write `data` so that readers see the old or the new content, never a mix."""
+    """Write `data` so that readers see the old or the new content, never a mix; `durable`:
+    and on disk before this returns (fsync), for what must survive a power cut."""
     import tempfile  # O_EXCL with a random name: nothing planted in advance is followed
 
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -74,13 +79,16 @@ def write_atomic(
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
     os.replace(tmp, path)
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

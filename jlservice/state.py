@@ -71,6 +71,18 @@ class KeptKernels(NamedTuple):
     waiting: int  # of those, still waiting to be adopted (ended after [kernels] grace)
 
 
+class OomKill(NamedTuple):
+    """The last process of this service the OOM killer ended."""
+
+    at: float
+    pid: int | None  # None: known from the kernel's cgroup alone
+    process: str
+    kernel_id: str | None  # None: no kernel's (JupyterLab, a terminal, jlservice)
+    notebook: str
+    memory_bytes: int  # what the process had resident
+    limit_bytes: int | None  # of the cgroup that ran out; None: the machine's memory
+
+
 class State(NamedTuple):
     token: str
     url: str
@@ -106,6 +118,9 @@ class State(NamedTuple):
     state_error: str | None = None
     lab_uid: int | None = None  # the lab user the token and cookie secret were handed to
     kernels: KeptKernels | None = None
+    oom_kills: int = 0  # processes of this service the OOM killer ended, in all
+    last_oom_kill: OomKill | None = None
+    limits: str | None = None  # [kernels] memory_max: "on: …" or "off: why"
 
     def evolve(self, **changes: Any) -> State:
         return self._replace(**changes)
@@ -127,6 +142,8 @@ class State(NamedTuple):
             data["warm_parent"] = WarmParent(**data["warm_parent"])
         if data.get("kernels") is not None:
             data["kernels"] = KeptKernels(**data["kernels"])
+        if data.get("last_oom_kill") is not None:
+            data["last_oom_kill"] = OomKill(**data["last_oom_kill"])
         if "stuck_pids" in data:
             data["stuck_pids"] = tuple(data["stuck_pids"])
         known = set(cls._fields)

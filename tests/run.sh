@@ -12,7 +12,7 @@ if [ "$(id -u)" = 0 ]; then
     # iproute2: a test brings up loopback in a network namespace of its own; faketime: a
     # wall-clock jump under jlservice alone (libfaketime, LD_PRELOAD); prometheus: promtool
     # checks and unit-tests the shipped rules, and tests/ops runs the real server.
-    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2 faketime prometheus)
+    packages=(python3-venv systemd gcc libc6-dev nginx chromium iproute2 faketime prometheus tmux)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

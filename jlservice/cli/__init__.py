@@ -24,11 +24,12 @@ from jlservice.cli import (
     run,
     status,
     token,
+    top,
 )
 from jlservice.errors import CommandError
 from jlservice.text import escape_controls
 
-COMMANDS = (run, token, status, reload, check_config, install, password, cert, nginx, doctor)
+COMMANDS = (run, token, status, top, reload, check_config, install, password, cert, nginx, doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from jlservice import config, procfs, state
+from jlservice import config, procfs, resources, state
 from jlservice.cli._client import EX_NOT_RUNNING, config_path, published
 from jlservice.cli.common import mask
 from jlservice.text import escape_controls
@@ -35,6 +35,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if running and current.warm_parent:
             report["warm_parent"]["rss_bytes"] = procfs.rss_bytes(current.warm_parent.pid)
         report["login_url"] = state.login_url(masked)
+        report["notebooks"] = resources.read(service.runtime_dir) if running else None
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(_describe(masked, running))
@@ -66,6 +67,10 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"warm parent: {_warm_parent(s.warm_parent)}")
     if s.kernels and (s.kernels.kept or s.last_exit):
         lines.append(f"kernels:     {_kernels(s.kernels)}")
+    if running and s.limits:
+        lines.append(f"kernel limits: {s.limits}")
+    if s.last_oom_kill:
+        lines.append(f"OOM kills:   {s.oom_kills}; last: {_oom_kill(s.last_oom_kill)}")
     if s.last_exit:
         e = s.last_exit
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
@@ -83,6 +88,22 @@ def _describe(s: state.State, running: bool) -> str:
         lines.append(f"state file:  {s.state_error}")
     # The last error can quote a process name or JupyterLab's last words: the lab user's.
     return "\n".join(escape_controls(line) for line in lines)
+
+
+def _oom_kill(k: state.OomKill) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.at))
+    whose = (
+        f"notebook {k.notebook or '(none)'} (kernel {k.kernel_id})"
+        if k.kernel_id
+        else ("a process of JupyterLab's that is no kernel's")
+    )
+    limit = f"limit {_size(k.limit_bytes)}" if k.limit_bytes else "no limit but the machine's"
+    what = f"{k.process} (pid {k.pid}) had" if k.pid is not None else "its cgroup peaked at"
+    return f"{whose} at {when}: {what} {_size(k.memory_bytes)}, {limit}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _kernels(k: state.KeptKernels) -> str:

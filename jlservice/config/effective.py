@@ -39,7 +39,7 @@ def render(config: Config) -> str:
             },
         ),
         ("restart", vars(config.restart)),
-        ("kernels", vars(config.kernels)),
+        ("kernels", {k: v for k, v in vars(config.kernels).items() if v is not None}),
         ("health", vars(config.health)),
         ("reload", vars(config.reload)),
         ("log", vars(config.log)),

@@ -77,6 +77,8 @@ RESERVED_TRAITS = {
     # session database, and the File → Shut Down entry (jlservice brings JupyterLab back).
     "handover_file": _KERNELS,
     "kernel_output": _KERNELS,
+    "kernel_oom_score_adj": _KERNELS,
+    "limits_socket": _KERNELS,
     "quit_button": "nothing: under jlservice JupyterLab is stopped with `systemctl stop`",
     # Tornado's settings override all of the above (xsrf_cookies, cookie_secret, login_url…).
     "tornado_settings": "nothing: it can override JupyterLab's login settings; put other "

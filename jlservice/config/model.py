@@ -72,6 +72,10 @@ class KernelsConfig:
     # Paths and globs of conda environments and venvs whose kernels JupyterLab offers,
     # activated; `~` already the lab user's home. Empty: JupyterLab's own kernelspecs only.
     environments: tuple[str, ...] = ()
+    memory_max: int | None = None  # bytes for each kernel and all it starts (its cgroup)
+    # Shut down kernels idle this long while they hold GPU memory (0: never).
+    cull_idle_gpu: float = 0.0
+    cull_connected: bool = False  # also those a tab is connected to
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,31 @@ def parse_kernels(r: Reader, t: Mapping[str, Any], home: str) -> KernelsConfig:
         survive_restarts=r.get(t, "kernels", "survive_restarts", bool, d.survive_restarts),
         grace=r.seconds(t, "kernels", "grace", d.grace, minimum=0),
         environments=parse_environments(r, t, home),
+        memory_max=_size(r, t, "kernels", "memory_max"),
+        cull_idle_gpu=r.seconds(t, "kernels", "cull_idle_gpu", d.cull_idle_gpu, minimum=0),
+        cull_connected=r.get(t, "kernels", "cull_connected", bool, d.cull_connected),
     )
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+MIN_MEMORY = 64 * 2**20  # less cannot even start a Python kernel
+
+
+def _size(r: Reader, t: Mapping[str, Any], section: str, key: str) -> int | None:
+    """Bytes, as a number or as systemd writes sizes ("512M", "4G": powers of 1024)."""
+    value = t.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(float(match[1]) * _UNITS[match[2].lower()])
+    else:
+        r.fail(section, key, f'{value!r} is not a size (bytes, or like "512M", "4G")')
+    if size < MIN_MEMORY:
+        r.fail(section, key, f"{value!r} is below {MIN_MEMORY // 2**20}M: no kernel starts in it")
+    return size
 
 
 def parse_health(r: Reader, t: Mapping[str, Any]) -> HealthConfig:

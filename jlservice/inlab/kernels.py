@@ -6,7 +6,8 @@ Importing it takes that directory out of os.environ again, so kernels and termin
 have it on their path or in their environment.
 
 - KeepingProvisioner: the local provisioner, with kernels launched independent (no
-  JPY_PARENT_PID: ipykernel then does not exit with this server) and their output on
+  JPY_PARENT_PID: ipykernel then does not exit with this server), their oom_score_adj raised
+  as they start (the OOM killer takes a kernel before this server), and their output on
   jlservice's kernel-output FIFO, which jlservice reads for as long as it runs, so that no
   kernel dies of SIGPIPE when this server is gone. It also adopts a surviving kernel by
   pid, through a pidfd: this server is not its parent (jlservice, the child subreaper, is,
@@ -41,7 +42,7 @@ from jupyter_server.services.kernels.kernelmanager import (
     ServerKernelManager,
 )
 from tornado.ioloop import IOLoop
-from traitlets import Unicode, default
+from traitlets import Integer, Unicode, default
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_FILE = 1 << 20  # the handover and a connection file are a few hundred bytes each
@@ -76,6 +77,17 @@ def _names(pid, connection_file):
         argv = f.read(MAX_FILE).split(b"\0")
     wanted = {os.fsencode(connection_file), os.fsencode(os.path.realpath(connection_file))}
     return any(arg in wanted for arg in argv)
+
+
+def _raise_oom_score(pid, value):
+    """Raise `pid`'s oom_score_adj to `value` (anyone may raise it; lowering needs root)."""
+    if value is None:
+        return
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError:
+        pass  # gone already, or /proc is read-only here: the kernel runs on unranked
 
 
 def _environ(pid):
@@ -160,15 +172,38 @@ class KeepingProvisioner(LocalProvisioner):
             kwargs.setdefault("stdout", output)
             kwargs.setdefault("stderr", output)
         try:
-            return await super().launch_kernel(cmd, **kwargs)
+            info = await super().launch_kernel(cmd, **kwargs)
         finally:
             if output is not None:
                 os.close(output)
+        # Now, while the kernel is still starting its interpreter: what it starts inherits it.
+        _raise_oom_score(self.pid, self._mapping().kernel_oom_score_adj)
+        await self._place()
+        return info
+
+    async def _place(self):
+        """Tell jlservice of the kernel (whose pid is which notebook's) and have it put into
+        its memory cgroup ([kernels] memory_max), before anyone can run a cell in it."""
+        path = getattr(self._mapping(), "limits_socket", "")
+        if not path or not os.path.exists(path):
+            return
+        request = json.dumps({"kernel_id": self.kernel_id, "pid": self.pid}).encode() + b"\n"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+            writer.write(request)
+            answer = (await asyncio.wait_for(reader.readline(), 10)).decode(errors="replace")
+            writer.close()
+        except (OSError, asyncio.TimeoutError) as exc:
+            answer = f"no answer ({exc})"
+        if answer.strip() != "ok":
+            self.log.warning("jlservice: kernel %s has no memory limit: %s", self.kernel_id, answer)
+
+    def _mapping(self):
+        return getattr(self.parent, "parent", None)
 
     def _open_output(self):
         """jlservice's kernel-output FIFO, for writing; None without one (or no reader)."""
-        mapping = getattr(self.parent, "parent", None)
-        path = getattr(mapping, "kernel_output", "")
+        path = getattr(self._mapping(), "kernel_output", "")
         if not path:
             return None
         try:
@@ -269,6 +304,10 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         "", config=True, help="jlservice's handover: the kernels to adopt, whether to keep them"
     )
     kernel_output = Unicode("", config=True, help="jlservice's FIFO for the kernels' output")
+    limits_socket = Unicode("", config=True, help="jlservice's socket that places kernels")
+    kernel_oom_score_adj = Integer(
+        None, allow_none=True, config=True, help="oom_score_adj of kernels and what this forks"
+    )
 
     @default("kernel_manager_class")
     def _default_kernel_manager_class(self):
@@ -276,6 +315,9 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        if self.kernel_oom_score_adj is not None:  # a terminal's shell, a forked helper
+            value = self.kernel_oom_score_adj
+            os.register_at_fork(after_in_child=lambda: _raise_oom_score("self", value))
         began = time.perf_counter()
         adopted = []
         for entry in self._handover().get("kernels", []):

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 
 from jlservice import log, procfs
+from jlservice.metrics import notebook_metrics
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import Sampler, Snapshot
 from jlservice.metrics.view import SupervisorView
@@ -36,6 +37,8 @@ class Collector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._supervisor()
+        snap = self.sampler.snapshot
+        yield from notebook_metrics.collect(snap, self.view, self.sampler.settings.notebook_labels)
         yield from self._gpus()
 
     def _supervisor(self) -> Iterator[Metric]:

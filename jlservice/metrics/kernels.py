@@ -1,9 +1,7 @@
-"""Which notebook holds a process: JupyterLab's kernels and sessions, and process ancestry.
+"""JupyterLab's kernels (their state and activity) and sessions (kernel id → notebook path).
 
-A kernel is a process of the lab user, below the JupyterLab jlservice runs, that names its
-connection file `<JUPYTER_RUNTIME_DIR>/kernel-<id>.json` on its command line; any process
-started from a notebook descends from its kernel. The sessions API maps kernel ids to
-notebook paths. Runs in the sampler thread: blocking calls are fine here.
+Which process is which kernel is metrics.usage's to say, from /proc and the connection file
+each kernel names (connection_file_id). Runs in the sampler thread: blocking calls are fine.
 
 JupyterLab runs as the lab user, so what it answers is read as untrusted: capped in bytes,
 time and depth, and only the shapes expected are taken.
@@ -11,14 +9,13 @@ time and depth, and only the shapes expected are taken.
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import psutil
 
 from jlservice import bounded, listener
 from jlservice.metrics.view import Endpoint
@@ -30,7 +27,6 @@ _APP_VERSION = re.compile(r'"appVersion":\s*"([\w.+-]{1,64})"')
 STATES = frozenset(
     {"starting", "idle", "busy", "restarting", "autorestarting", "terminating", "dead"}
 )
-_MAX_DEPTH = 64  # ancestry walks stop here (pid 1 is reached long before)
 _MAX_BYTES = 8 * 1024 * 1024  # of one answer: thousands of sessions fit
 _MAX_SECONDS = 10.0  # for one whole answer: a trickle must not hold the sampler
 # 127.0.0.1 must never go through an http_proxy from the environment.
@@ -38,9 +34,19 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
+class Activity:
+    """What JupyterLab says of one kernel."""
+
+    state: str = "unknown"  # one of STATES, or "unknown"
+    last_activity: float | None = None  # Unix time
+    connections: int = 0  # websockets open to it (tabs)
+
+
+@dataclass(frozen=True)
 class Kernels:
     states: dict[str, int]  # execution_state -> number of kernels
     notebooks: dict[str, str]  # kernel id -> notebook path ("" for a kernel of no session)
+    activity: dict[str, Activity] = field(default_factory=dict, compare=False)
 
 
 def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels | None:
@@ -57,6 +63,7 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
         return None
     states: dict[str, int] = {"idle": 0, "busy": 0}
     notebooks = {}
+    activity = {}
     for kernel in kernels:
         if not isinstance(kernel, dict) or not isinstance(kernel.get("id"), str):
             continue
@@ -64,6 +71,12 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
         state = state if isinstance(state, str) and state in STATES else "unknown"
         states[state] = states.get(state, 0) + 1
         notebooks[kernel["id"]] = ""
+        connections = kernel.get("connections")
+        activity[kernel["id"]] = Activity(
+            state,
+            _timestamp(kernel.get("last_activity")),
+            connections if isinstance(connections, int) and connections >= 0 else 0,
+        )
     for session in found:
         if not isinstance(session, dict):
             continue
@@ -72,7 +85,18 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
         path = session.get("path")
         if isinstance(kernel_id, str) and kernel_id in notebooks and isinstance(path, str):
             notebooks[kernel_id] = path
-    return Kernels(states, notebooks)
+    return Kernels(states, notebooks, activity)
+
+
+def _timestamp(value: object) -> float | None:
+    """An ISO 8601 time as JupyterLab writes it (…Z), as Unix time."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def lab_version(endpoint: Endpoint, timeout: float) -> str | None:
@@ -96,6 +120,31 @@ def _ours(endpoint: Endpoint) -> bool:
     return stranger is None
 
 
+def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout: float) -> bool:
+    """Shut kernel `kernel_id` down if JupyterLab says it is still idle, with no activity
+    after `since` (Unix time): a cell started since the round that chose it keeps it."""
+    if not _ours(endpoint):
+        return False
+    try:
+        kernel = _get(endpoint, f"/kernels/{urllib.parse.quote(kernel_id)}", timeout)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(kernel, dict) or kernel.get("execution_state") != "idle":
+        return False
+    last = _timestamp(kernel.get("last_activity"))
+    if last is None or last > since:
+        return False
+    url = f"{endpoint.api_url}/kernels/{urllib.parse.quote(kernel_id)}"
+    request = urllib.request.Request(
+        url, method="DELETE", headers={"Authorization": f"token {endpoint.token}"}
+    )
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return response.status == 204
+    except OSError:
+        return False
+
+
 def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:
     # Looking must not count as activity: the server would never look idle to its cullers.
     url = f"{endpoint.api_url}{path}?no_track_activity=1"
@@ -117,51 +166,6 @@ def _open(url: str, token: str, timeout: float) -> bytes:
                 raise TimeoutError(f"{url}: the answer took over {_MAX_SECONDS} s")
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def owner(pid: int, kernel_ids: dict[str, str] | set[str], lab: Endpoint) -> str | None:
-    """The id of the kernel `pid` is, or descends from; None for any other process.
-
-    Of the kernels in its ancestry, the one nearest JupyterLab counts: what a notebook
-    starts cannot claim to be another notebook's kernel.
-    """
-    try:
-        for process in reversed(_below(pid, lab.pid)):
-            kernel_id = _kernel_id(process, kernel_ids, lab)
-            if kernel_id is not None:
-                return kernel_id
-    except psutil.Error:
-        return None
-    return None
-
-
-def _below(pid: int, lab_pid: int) -> list[psutil.Process]:
-    """`pid` and its ancestors up to JupyterLab (`lab_pid`) excluded, nearest first; empty
-    when `pid` does not descend from JupyterLab."""
-    chain = []
-    process: psutil.Process | None = psutil.Process(pid)
-    for _ in range(_MAX_DEPTH):
-        if process is None or process.pid <= 1:
-            return []
-        if process.pid == lab_pid:
-            return chain
-        chain.append(process)
-        process = process.parent()
-    return []
-
-
-def _kernel_id(
-    process: psutil.Process, kernel_ids: dict[str, str] | set[str], lab: Endpoint
-) -> str | None:
-    """The kernel `process` is: it runs as the lab user and names one of `kernel_ids`'s
-    connection files in JupyterLab's runtime dir."""
-    if any(uid != lab.uid for uid in process.uids()):
-        return None
-    for arg in process.cmdline():
-        kernel_id = connection_file_id(arg, lab.runtime_dir)
-        if kernel_id is not None and kernel_id in kernel_ids:
-            return kernel_id
-    return None
 
 
 def connection_file_id(arg: str, runtime_dir: str) -> str | None:

@@ -6,17 +6,19 @@ JupyterLab. Nothing the sampler meets may end it, let alone the supervisor.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jlservice import disk, log
 from jlservice.config import MetricsConfig
-from jlservice.metrics import kernels
+from jlservice.kernels.cgroups import Cgroup
+from jlservice.metrics import kernels, proctree, usage
 from jlservice.metrics.gpu import GpuReader, GpuSample
-from jlservice.metrics.view import SupervisorView
+from jlservice.metrics.view import Endpoint, SupervisorView
 
 logger = log.get("jlservice.metrics")
 
@@ -43,6 +45,10 @@ class Snapshot:
     gpu_enabled: bool = False
     collect_seconds: float | None = None
     notebook_space: disk.Space | None = None  # None: the filesystem did not answer
+    notebooks: tuple[usage.Usage, ...] = ()  # each kernel's tree, by kernel id
+    owners: dict[int, str] = field(default_factory=dict)  # pid → kernel id, for this round
+    at: float = 0.0  # when it was taken (Unix time)
+    sample_seconds: float | None = None  # how long the round took (HTTP, /proc, NVML)
 
 
 def attribute(
@@ -78,6 +84,10 @@ class Sampler:
         self._gpus = GpuReader()
         self._lab_version: tuple[int, str] = (0, "")  # (JupyterLab pid, its version)
         self._space_low = False  # as last logged
+        self._accounting = usage.Accounting()
+        # Set by the supervisor: the kernel's own cgroup (limits), and who hears of each round.
+        self.cgroup: Callable[[str], Cgroup | None] = lambda _id: None
+        self.on_round: Callable[[Snapshot], None] = lambda _snapshot: None
         self._wake = threading.Event()
         self._stopped: threading.Event | None = None  # set: the running thread must end
         self._thread: threading.Thread | None = None
@@ -120,12 +130,14 @@ class Sampler:
             else:
                 if not stopped.is_set():
                     self.snapshot = snapshot
+                    self.on_round(snapshot)
             self._wake.wait(self.settings.interval)
             self._wake.clear()
 
     def take(self) -> Snapshot:
         settings = self.settings
         endpoint = self.view.endpoint
+        began = time.perf_counter()
         found = None
         if endpoint is not None:
             # Without notebook labels, the sessions API (notebook paths) is not even read.
@@ -134,28 +146,42 @@ class Sampler:
                 version = kernels.lab_version(endpoint, _HTTP_TIMEOUT)
                 self._lab_version = (endpoint.pid if version else 0, version or "")
         space = self._notebook_space()
-        if not settings.gpu:
-            return Snapshot(
-                self._lab_version[1], found.states if found else None, notebook_space=space
-            )
-        began = time.perf_counter()
-        gpus = self._gpus.sample()
         notebooks = found.notebooks if found else {}
-        # One walk a pid a round; nothing is any kernel's while no JupyterLab is ready.
-        owner = functools.cache(
-            lambda pid: kernels.owner(pid, notebooks, endpoint) if endpoint else None
-        )
-        held, other = attribute(gpus or (), notebooks, owner)
-        return Snapshot(
+        used, owners = self._account(endpoint, found)
+        snapshot = Snapshot(
             lab_version=self._lab_version[1],
             kernel_states=found.states if found else None,
-            gpus=gpus,
-            kernel_memory=held,
-            other_memory=other,
-            gpu_enabled=True,
-            collect_seconds=time.perf_counter() - began,
             notebook_space=space,
+            notebooks=used,
+            owners=owners,
+            at=time.time(),
         )
+        if settings.gpu:
+            gpu_began = time.perf_counter()
+            gpus = self._gpus.sample()
+            held, other = attribute(gpus or (), notebooks, owners.get)
+            snapshot = dataclasses.replace(
+                snapshot,
+                gpus=gpus,
+                kernel_memory=held,
+                other_memory=other,
+                gpu_enabled=True,
+                collect_seconds=time.perf_counter() - gpu_began,
+            )
+        return dataclasses.replace(snapshot, sample_seconds=time.perf_counter() - began)
+
+    def _account(
+        self, endpoint: Endpoint | None, found: kernels.Kernels | None
+    ) -> tuple[tuple[usage.Usage, ...], dict[int, str]]:
+        """One pass over /proc: each kernel's tree; nothing while no JupyterLab answers."""
+        if endpoint is None or found is None:
+            return (), {}
+        table = proctree.scan()
+        roots = usage.kernel_roots(table, endpoint, set(found.notebooks), os.getpid())
+        used = self._accounting.round(
+            table, roots, found.activity, found.notebooks, time.time(), self.cgroup
+        )
+        return used, usage.owners(table, roots)
 
     def _notebook_space(self) -> disk.Space | None:
         path = self.view.notebook_dir

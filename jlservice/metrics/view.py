@@ -54,6 +54,11 @@ class SupervisorView:
         self.warm_parent: state.WarmParent | None = None
         self.kernels_adopted = 0  # kept across a restart and adopted, in all
         self.kernels_lost: dict[str, int] = {}  # kept (or keepable) kernels ended, by reason
+        self.oom_kills: dict[str, tuple[str, int]] = {}  # kernel id → (notebook, kills)
+        self.oom_kills_total = 0  # of any process of the service
+        self.culled = 0  # idle kernels holding GPU memory shut down ([kernels] cull_idle_gpu)
+        self.culled_gpu_bytes = 0  # the GPU memory they held
+        self.limits: dict[str, object] = {}  # [kernels] memory_max: whether it holds, and why
         self.on_ready: Callable[[], None] = lambda: None  # the sampler: sample the new server
 
     @property

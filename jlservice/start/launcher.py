@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jlservice import net, users
+from jlservice import net, oom, users
 from jlservice.config import Config, OptionValue
 from jlservice.start.conda import conda_env, uses_nb_conda_kernels
 
@@ -52,6 +52,7 @@ INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
 # modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
 KERNELSPECS_MODULE = "jlservice_kernelspecs"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
+LIMITS_SOCKET = "kernels.sock"  # where the kernel manager asks jlservice to place a kernel
 
 # What survives a switch to another user: locale and PATH, nothing of the admin's session.
 _KEPT_ACROSS_USERS = ("PATH", "LANG", "LANGUAGE", "TZ")
@@ -130,6 +131,10 @@ class Launch:
     @property
     def kernel_output(self) -> Path:
         return self.private_dir / KERNEL_OUTPUT
+
+    @property
+    def limits_socket(self) -> Path:
+        return self.private_dir / LIMITS_SOCKET
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
@@ -221,6 +226,8 @@ def _keeping_args(private_dir: Path) -> list[str]:
         f"--ServerApp.jpserver_extensions={KERNELS_MODULE}=True",
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
+        f"--{manager}.kernel_oom_score_adj={oom.KERNEL}",
+        f"--{manager}.limits_socket={private_dir / LIMITS_SOCKET}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
     ]
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from jlservice.supervisor.children import ExitStatus
+
+if TYPE_CHECKING:
+    from jlservice.metrics.sampler import Snapshot
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,44 @@ class KernelsChanged:
     """Kernels were kept, adopted or lost: what is published about them changed."""
 
 
+class NotebookEvent:
+    """What happened to notebooks' resources: the loop hands it to the Publisher as it is."""
+
+
+@dataclass(frozen=True)
+class NotebooksSampled(NotebookEvent):
+    """The metrics sampler's round: what each notebook uses now (its Snapshot)."""
+
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class OomKilled(NotebookEvent):
+    """The OOM killer ended a process of this service (a kernel's, when `kernel_id`)."""
+
+    pid: int | None  # None: known from the kernel's cgroup alone (no kernel log to read)
+    process: str  # its name, as the kernel log says it (the lab user's choice)
+    kernel_id: str | None
+    notebook: str
+    memory_bytes: int  # what the killed process had resident (else its cgroup's peak)
+    notebook_memory_bytes: int | None  # what its kernel's tree had, at the last round
+    limit_bytes: int | None  # of the cgroup whose limit was hit; None: the machine's memory
+    cgroup: str  # the memory cgroup that ran out ("" when the whole machine did)
+
+    def fields(self) -> dict[str, object]:
+        return {k: v for k, v in vars(self).items() if v not in (None, "")}
+
+
+@dataclass(frozen=True)
+class KernelCulled(NotebookEvent):
+    """An idle kernel holding GPU memory was shut down ([kernels] cull_idle_gpu)."""
+
+    kernel_id: str
+    notebook: str
+    gpu_memory_bytes: int  # what it held, freed
+    at: float
+
+
 @dataclass(frozen=True)
 class CertificateCheckDue:
     """Time to look at the TLS certificate's expiry again (daily)."""
@@ -103,6 +145,9 @@ Event = (
     | KernelsListed
     | KernelGraceElapsed
     | KernelsChanged
+    | NotebooksSampled
+    | OomKilled
+    | KernelCulled
     | CertificateCheckDue
 )
 

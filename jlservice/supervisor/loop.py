@@ -46,6 +46,7 @@ from jlservice.supervisor.events import (
     KernelsListed,
     LabReady,
     LabUnhealthy,
+    NotebookEvent,
     PendingReloadDue,
     ReloadRequested,
     RotateRequested,
@@ -180,6 +181,8 @@ class Supervisor:
             case KernelsChanged():
                 kernels = self.parts.kernels
                 self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)
+            case NotebookEvent():
+                self.publish.notebook_event(event, self.config.metrics.interval)
             case CertificateCheckDue():
                 self._check_certificate()
             case _:
@@ -414,6 +417,7 @@ class Supervisor:
         self.config = new
         self.parts.follower.follow(new)
         self.parts.exporter.apply(new.metrics)
+        self.publish.limits(self.parts.kernel_settings(new.kernels))
         if self.phase is Phase.READY or not new.restart.warm:
             self.parts.keeper.keep(self.launch, new.restart.warm)  # warm turned on or off
         risks.warn_about_config(new)

@@ -14,8 +14,10 @@ from jlservice import errors, files, login, prctl, procfs, state
 from jlservice.config import Config, ConfigError
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart
+from jlservice.supervisor import resources
 
 if TYPE_CHECKING:
+    from jlservice.supervisor.events import Event
     from jlservice.supervisor.parts import Starter
 
 
@@ -31,6 +33,7 @@ def run(config: Config) -> int:
         service.state_dir, launch.account.uid, launch.account.name
     )
     prctl.become_subreaper()  # before the first child: its orphans must come back to us
+    early = resources.before_children(config.kernels, launch)  # the OOM order, the cgroups
     _first_handover(launch, service.runtime_dir)
     # Until the loop takes over, a stop, reload or rotation request is kept, not fatal.
     early_signals: list[int] = []
@@ -48,7 +51,7 @@ def run(config: Config) -> int:
 
     log.configure(config.log.level, config.log.format)
     return asyncio.run(
-        _supervise(config, launch, secrets, replaced_from, first, cold, early_signals)
+        _supervise(config, launch, secrets, replaced_from, first, cold, early_signals, early)
     )
 
 
@@ -89,19 +92,22 @@ async def _supervise(
     first: Started | Exception,
     cold: ColdStart,
     early_signals: list[int],
+    early: resources.Early,
 ) -> int:
     """Make the real collaborators and run the state machine with them."""
     import asyncio
+    import contextlib
     import os
 
     from jlservice import __version__, log
     from jlservice.kernels.keeper import KernelKeeper
     from jlservice.metrics.exporter import Exporter
+    from jlservice.metrics.sampler import Snapshot
     from jlservice.metrics.view import SupervisorView
     from jlservice.start.warm.keeper import Keeper
     from jlservice.start.warm.strategy import WarmStart
     from jlservice.supervisor import children, reload
-    from jlservice.supervisor.events import Event, WarmParentChanged
+    from jlservice.supervisor.events import NotebooksSampled, WarmParentChanged
     from jlservice.supervisor.lab import Lab
     from jlservice.supervisor.loop import Parts, Supervisor
     from jlservice.supervisor.notify import Notifier
@@ -134,11 +140,22 @@ async def _supervise(
     )
     reaper = children.Reaper(stuck_ended=publisher.stuck)
     exporter = Exporter(view, config.metrics)
+
+    used = resources.Resources(early, post, exporter, view, config.kernels, launch.keep_kernels)
+
+    def sampled(snapshot: Snapshot) -> None:  # in the sampler's thread
+        with contextlib.suppress(RuntimeError):  # the loop has closed: jlservice exits
+            loop.call_soon_threadsafe(post, NotebooksSampled(snapshot))
+            loop.call_soon_threadsafe(used.sampled, snapshot)
+
+    exporter.sampler.on_round = sampled
+    publisher.limits(early.limits_said)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
     kernels = KernelKeeper(post, lambda delay, event: loop.call_later(delay, post, event))
 
     async def adopt(started: Started, launch: launcher.Launch, start_timeout: float) -> Lab:
+        used.lab_started(started.pid, launch)
         return await Lab.adopt(started, launch, reaper, post, start_timeout)
 
     async def sweep(spare: set[int], grace: float) -> int:
@@ -170,12 +187,15 @@ async def _supervise(
         start_reaping=lambda: reaper.install(loop),
         stuck=lambda: sorted(reaper.stuck),
         watchdog_interval=notifier.watchdog_interval,
+        kernel_settings=used.apply,
     )
     if replaced_from is not None:
         from jlservice.supervisor.credentials import log_user_changed
 
         log_user_changed(replaced_from, launch.account)
+    await used.start(launch, config.kernels.memory_max)
     try:
         return await Supervisor(config, launch, secrets, parts, events).run(early_signals)
     finally:
+        used.close()
         cold.close()  # the listening socket it held across restarts: the port is free

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jlservice import state
-from jlservice.config import Config
+from jlservice.config import Config, KernelsConfig
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
@@ -105,3 +105,5 @@ class Parts:
     start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
     stuck: Callable[[], list[int]]  # pids SIGKILL did not end (frozen, D state)
     watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks
+    # New [kernels] settings, from a reload (limits, culling) → what the limits are now
+    kernel_settings: Callable[[KernelsConfig], str] = lambda _kernels: ""

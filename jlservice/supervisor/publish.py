@@ -21,11 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from jlservice import files, log, login, state
+from jlservice import files, log, login, resources, state
 from jlservice.errors import PortInUse, WaitingFor
+from jlservice.metrics import table
+from jlservice.metrics.sampler import Snapshot
 from jlservice.metrics.view import Endpoint, SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
+from jlservice.supervisor.events import KernelCulled, NotebookEvent, NotebooksSampled, OomKilled
 from jlservice.supervisor.notify import Notifier
 
 logger = log.get("jlservice.supervisor")
@@ -39,6 +42,7 @@ class StateSink(Protocol):
     def write(self, record: state.State, secrets: login.Secrets) -> None: ...  # raises OSError
     def write_spare(self, record: state.State) -> None: ...  # best effort
     def drop_spare(self) -> None: ...
+    def write_notebooks(self, table: dict[str, object]) -> None: ...  # best effort
 
 
 class StateFile:
@@ -63,6 +67,10 @@ class StateFile:
     def drop_spare(self) -> None:
         (self.runtime_dir / state.STATE_FILE).unlink(missing_ok=True)
 
+    def write_notebooks(self, table: dict[str, object]) -> None:
+        with contextlib.suppress(OSError):  # the metrics still say it
+            resources.write(self.runtime_dir, table)
+
 
 class Publisher:
     def __init__(
@@ -86,6 +94,7 @@ class Publisher:
         self._retrying = False
         self._owes_ready = False  # RELOADING=1 sent, READY=1 not yet
         self._announced = False  # READY=1 sent once: systemd's start job is done
+        self._notebooks: tuple[Snapshot, float] | None = None  # the sampler's last round
         self._save()
 
     # ── one JupyterLab's life ───────────────────────────────────────────────
@@ -192,6 +201,51 @@ class Publisher:
         self.view.kernels_lost = dict(lost)
         if kept != self.record.kernels:
             self._save(kernels=kept)
+
+    def notebook_event(self, event: NotebookEvent, interval: float) -> None:
+        match event:
+            case NotebooksSampled():
+                self.notebooks(event.snapshot, interval)
+            case OomKilled():
+                self.oom_killed(event)
+            case KernelCulled():
+                self.kernel_culled(event)
+
+    def notebooks(self, snapshot: Snapshot, interval: float) -> None:
+        """The sampler's round: what each notebook uses, for `status --json` and `top`."""
+        self._notebooks = (snapshot, interval)
+        self._sink.write_notebooks(table.table(snapshot, self.view, interval))
+
+    def limits(self, said: str) -> None:
+        """Whether [kernels] memory_max holds, and why not (status, doctor, notebooks.json)."""
+        if not said:
+            return
+        self.view.limits = {"on": said.startswith("on:"), "said": said}
+        if said != self.record.limits:
+            self._save(limits=said)
+
+    def oom_killed(self, kill: OomKilled) -> None:
+        """The OOM killer ended a process of this service: metrics, state, the table."""
+        self.view.oom_kills_total += 1
+        if kill.kernel_id is not None:
+            _, count = self.view.oom_kills.get(kill.kernel_id, ("", 0))
+            self.view.oom_kills[kill.kernel_id] = (kill.notebook, count + 1)
+        last = state.OomKill(
+            time.time(),
+            kill.pid,
+            kill.process,
+            kill.kernel_id,
+            kill.notebook,
+            kill.memory_bytes,
+            kill.limit_bytes,
+        )
+        self._save(oom_kills=self.record.oom_kills + 1, last_oom_kill=last)
+        if self._notebooks is not None:
+            self.notebooks(*self._notebooks)
+
+    def kernel_culled(self, culled: KernelCulled) -> None:
+        self.view.culled += 1
+        self.view.culled_gpu_bytes += culled.gpu_memory_bytes
 
     def certificate_expiry(self, expiry: float | None) -> None:
         self.view.tls_cert_expiry = expiry

@@ -1,4 +1,4 @@
-"""GPU processes to kernels and notebooks: real processes, real /proc, real ancestry.
+"""Processes to kernels and notebooks: real processes, real /proc, real ancestry.
 
 Here the test process plays JupyterLab: the processes it starts are its kernels."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jlservice.metrics import kernels
+from jlservice.metrics import kernels, proctree, usage
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import KernelMemory, attribute
 from jlservice.metrics.view import Endpoint
@@ -28,6 +28,15 @@ def _lab(runtime: Path, **changes) -> Endpoint:
     """The test process as the JupyterLab whose kernels these are."""
     values = dict(api_url="", token="", pid=os.getpid(), uid=os.geteuid(), runtime_dir=str(runtime))
     return Endpoint(**{**values, **changes})
+
+
+class _Kernels:
+    """kernels.owner as the sampler asks it: which kernel's tree `pid` is in, this round."""
+
+    @staticmethod
+    def owner(pid: int, ids: set[str], lab: Endpoint, me: int = -1) -> str | None:
+        table = proctree.scan()
+        return usage.owners(table, usage.kernel_roots(table, lab, set(ids), me)).get(pid)
 
 
 def _connection(runtime: Path, kernel_id: str) -> str:
@@ -62,21 +71,21 @@ def spawn() -> Iterator:
 
 def test_kernel_and_its_child_belong_to_the_kernel(spawn, tmp_path) -> None:
     kernel_pid, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], ["sleep", "300"])
-    assert kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path)) == KERNEL
-    assert kernels.owner(child_pid, {KERNEL}, _lab(tmp_path)) == KERNEL
+    assert _Kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path)) == KERNEL
+    assert _Kernels.owner(child_pid, {KERNEL}, _lab(tmp_path)) == KERNEL
 
 
 def test_kernel_of_another_server_is_nobodys(spawn, tmp_path) -> None:
     kernel_pid, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], ["sleep", "300"])
-    assert kernels.owner(kernel_pid, {"another-kernel"}, _lab(tmp_path)) is None
-    assert kernels.owner(child_pid, set(), _lab(tmp_path)) is None
+    assert _Kernels.owner(kernel_pid, {"another-kernel"}, _lab(tmp_path)) is None
+    assert _Kernels.owner(child_pid, set(), _lab(tmp_path)) is None
 
 
 def test_process_outside_jupyter_and_gone_process_are_nobodys(tmp_path) -> None:
     with subprocess.Popen(["sleep", "30"]) as proc:
-        assert kernels.owner(proc.pid, {KERNEL}, _lab(tmp_path)) is None
+        assert _Kernels.owner(proc.pid, {KERNEL}, _lab(tmp_path)) is None
         proc.kill()
-    assert kernels.owner(proc.pid, {KERNEL}, _lab(tmp_path)) is None  # reaped: no such process
+    assert _Kernels.owner(proc.pid, {KERNEL}, _lab(tmp_path)) is None  # reaped: no such process
 
 
 def test_a_kernel_descends_from_jupyterlab(spawn, tmp_path) -> None:
@@ -85,28 +94,28 @@ def test_a_kernel_descends_from_jupyterlab(spawn, tmp_path) -> None:
     elsewhere, _ = spawn([])
     kernel_pid, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], ["sleep", "300"])
     lab = _lab(tmp_path, pid=elsewhere)
-    assert kernels.owner(kernel_pid, {KERNEL}, lab) is None
-    assert kernels.owner(child_pid, {KERNEL}, lab) is None
-    assert kernels.owner(os.getpid(), {KERNEL}, _lab(tmp_path)) is None  # JupyterLab itself
+    assert _Kernels.owner(kernel_pid, {KERNEL}, lab) is None
+    assert _Kernels.owner(child_pid, {KERNEL}, lab) is None
+    assert _Kernels.owner(os.getpid(), {KERNEL}, _lab(tmp_path)) is None  # JupyterLab itself
 
 
 def test_a_kernel_runs_as_the_lab_user(spawn, tmp_path) -> None:
     kernel_pid, _ = spawn(["-f", _connection(tmp_path, KERNEL)])
-    assert kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path, uid=os.geteuid() + 1)) is None
+    assert _Kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path, uid=os.geteuid() + 1)) is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as nobody")
 def test_a_process_of_another_user_is_no_kernel(spawn, tmp_path) -> None:
     kernel_pid, _ = spawn(["-f", _connection(tmp_path, KERNEL)], user=65534, group=65534)
     assert psutil.Process(kernel_pid).uids().real == 65534
-    assert kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path)) is None
+    assert _Kernels.owner(kernel_pid, {KERNEL}, _lab(tmp_path)) is None
 
 
 def test_the_kernel_nearest_jupyterlab_counts(spawn, tmp_path) -> None:
     """What a notebook starts cannot pass for another notebook's kernel."""
     child = [sys.executable, "-c", SLEEP, "-f", _connection(tmp_path, OTHER)]
     _, child_pid = spawn(["-f", _connection(tmp_path, KERNEL)], child)
-    assert kernels.owner(child_pid, {KERNEL, OTHER}, _lab(tmp_path)) == KERNEL
+    assert _Kernels.owner(child_pid, {KERNEL, OTHER}, _lab(tmp_path)) == KERNEL
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ HEAVY = (
     "structlog",
     "psutil",
     "prometheus_client",
+    "rich",
 )
 
 

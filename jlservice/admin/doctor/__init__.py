@@ -20,6 +20,7 @@ from jlservice.admin.doctor.local import (
     check_supervisor,
     check_tls,
 )
+from jlservice.admin.doctor.resources import check_limits
 from jlservice.text import escape_controls
 
 CHECKS: tuple[Callable[[Context], Result], ...] = (
@@ -35,6 +36,7 @@ CHECKS: tuple[Callable[[Context], Result], ...] = (
     check_metrics,
     check_environments,
     check_conda,
+    check_limits,
 )
 
 

@@ -159,6 +159,7 @@ class Records:
     def __init__(self) -> None:
         self.written: list[state.State] = []
         self.spares: list[state.State] = []
+        self.notebooks: list[dict[str, Any]] = []
         self.failing: OSError | None = None
 
     def write(self, record: state.State, secrets: Secrets) -> None:
@@ -171,6 +172,9 @@ class Records:
 
     def drop_spare(self) -> None:
         self.spares.append(None)
+
+    def write_notebooks(self, table: dict[str, Any]) -> None:
+        self.notebooks.append(table)
 
 
 class Recorder:

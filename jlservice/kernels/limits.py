@@ -1,0 +1,129 @@
+"""[kernels] memory_max: each kernel, and everything it starts, in a memory cgroup of its own
+inside the cgroup systemd delegated to jlservice (Delegate=yes).
+
+    <jlservice.service>/             what systemd made for the unit, delegated to jlservice
+        supervisor/                  (cgroup v2 only) jlservice, JupyterLab, the warm parent
+        kernels/kernel-<id>/         one kernel's tree, with its memory limit
+
+The kernels stay inside the unit's cgroup: `systemctl stop` ends them with everything else,
+and across JupyterLab's restarts they keep their cgroup. On cgroup v2 a cgroup that divides
+its memory among children may hold no process itself, so jlservice first moves itself into
+`supervisor/` (before it starts anything: JupyterLab and the warm parent inherit it). On v1
+(a hybrid layout's `memory` hierarchy) there is no such rule and jlservice stays where
+systemd put it. Outside systemd, or without the rights, limits are off and `why` says why;
+accounting goes on from the process tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from jlservice.kernels.cgroups import Cgroup, Memory, memory
+
+KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+KERNELS = "kernels"
+SUPERVISOR = "supervisor"
+FIX = "add a drop-in with `systemctl edit jlservice`: [Service] ProtectControlGroups=no"
+
+
+@dataclass
+class Limits:
+    """The delegated cgroup and the limit new kernels get (None: accounting only)."""
+
+    memory: Memory
+    base: str  # the unit's cgroup, in the memory hierarchy
+    memory_max: int | None
+
+    @property
+    def kernels(self) -> Path:
+        return self.memory.dir(self.base) / KERNELS
+
+    def describe(self) -> str:
+        v = f"cgroup v{self.memory.version}"
+        if self.memory_max is None:
+            return f"off: no [kernels] memory_max (each kernel still has a {v} cgroup of its own)"
+        return f"on: {self.memory_max} bytes per kernel ({v}, {self.kernels})"
+
+    def place(self, kernel_id: str, pid: int) -> None:
+        """Move `pid` (a verified kernel) into kernel-<id>, made with the limit; OSError."""
+        if not KERNEL_ID.fullmatch(kernel_id):
+            raise ValueError(f"{kernel_id!r} is not a kernel id")
+        path = self.kernels / f"kernel-{kernel_id}"
+        path.mkdir(exist_ok=True)
+        self._limit(path)
+        (path / "cgroup.procs").write_text(str(pid))
+
+    def apply(self, memory_max: int | None) -> None:
+        """A new [kernels] memory_max, for the running kernels too."""
+        self.memory_max = memory_max
+        for path in self._kernel_dirs():
+            with contextlib.suppress(OSError):
+                self._limit(path)
+
+    def cgroup(self, kernel_id: str) -> Cgroup | None:
+        path = f"{self.base}/{KERNELS}/kernel-{kernel_id}"
+        charge = self.memory.charge(path)
+        if charge is None:
+            return None
+        m = self.memory
+        return Cgroup(charge, m.limit(path), m.oom_kills(path), m.peak(path))
+
+    def sweep(self, running: set[str]) -> None:
+        """Remove the cgroups of kernels that are gone (a cgroup still in use stays)."""
+        for path in self._kernel_dirs():
+            if path.name.removeprefix("kernel-") not in running:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+    def _limit(self, path: Path) -> None:
+        value = str(self.memory_max) if self.memory_max is not None else "max"
+        if self.memory.version == 1 and self.memory_max is None:
+            value = "-1"
+        (path / self.memory.limit_file).write_text(value)
+
+    def _kernel_dirs(self) -> list[Path]:
+        with contextlib.suppress(OSError):
+            return [p for p in self.kernels.iterdir() if p.name.startswith("kernel-")]
+        return []
+
+
+def set_up(
+    memory_max: int | None, keeps_kernels: bool, environ: Mapping[str, str] = os.environ
+) -> tuple[Limits | None, str]:
+    """Before jlservice starts any child: the kernels' cgroups, or None and why not."""
+    if not keeps_kernels:
+        return None, "off: needs jlservice's kernel manager ([kernels] survive_restarts = true)"
+    if "INVOCATION_ID" not in environ:
+        return None, "off: jlservice does not run under systemd (no cgroup delegated to it)"
+    found = memory()
+    if found is None:
+        return None, "off: this machine has no memory cgroup controller"
+    base = found.of()
+    if base is None or not base.endswith(".service"):
+        return None, f"off: jlservice's cgroup {base} is not its unit's"
+    if found.version == 2 and base.endswith(f"/{SUPERVISOR}"):
+        base = base.rpartition("/")[0]  # moved already (a restart of jlservice itself)
+    try:
+        _prepare(found, base)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return None, f"off: cannot divide {found.dir(base)} ({why}); {FIX}"
+    limits = Limits(found, base, memory_max)
+    return limits, limits.describe()
+
+
+def _prepare(found: Memory, base: str) -> None:
+    root = found.dir(base)
+    (root / KERNELS).mkdir(exist_ok=True)
+    if found.version == 1:
+        return
+    (root / SUPERVISOR).mkdir(exist_ok=True)
+    for pid in (root / "cgroup.procs").read_text().split():  # jlservice (and its threads)
+        (root / SUPERVISOR / "cgroup.procs").write_text(pid)
+    for parent in (root, root / KERNELS):
+        (parent / "cgroup.subtree_control").write_text("+memory")

@@ -1,0 +1,214 @@
+"""Which notebook the OOM killer hit, from two sources:
+
+- the kernel log (/dev/kmsg, root's to read, followed with the loop's add_reader: at once):
+  what it killed, its memory; the sampler's last round, the dead process's ancestry or its
+  kernel's own cgroup say whose tree it was in. Kills of other processes are not ours.
+- each kernel's own cgroup (kernels.limits), where kernels have one: its OOM-kill counter,
+  read in every sampler round — what the shipped unit leaves (ProtectKernelLogs=yes hides
+  the kernel log), at the sampler's pace. A kill the log told of is not told again.
+
+A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from jlservice import log
+from jlservice.metrics import kernels, usage
+from jlservice.metrics.sampler import Snapshot
+from jlservice.metrics.usage import Usage
+from jlservice.metrics.view import Endpoint
+from jlservice.supervisor.events import Event, OomKilled
+
+logger = log.get("jlservice.kernels")
+
+KMSG = "/dev/kmsg"
+ASK_TIMEOUT_S = 2.0  # for JupyterLab's sessions: a new kernel's notebook
+MAX_DEPTH = 64
+_OOM_KILL = re.compile(
+    r"oom-kill:constraint=(\w+),.*?(?:oom_memcg=([^,]*),)?task_memcg=([^,]*),task=.*,pid=(\d+),"
+)
+_KILLED = re.compile(
+    r"Killed process (\d+) \((.{0,64})\) total-vm:\d+kB, anon-rss:(\d+)kB, "
+    r"file-rss:(\d+)kB, shmem-rss:(\d+)kB"
+)
+# A kernel's own cgroup (kernels.limits) names it: …/kernel-<id>[/…]
+_KERNEL_CGROUP = re.compile(
+    r"/kernel-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b"
+)
+
+
+@dataclass(frozen=True)
+class _Kill:
+    pid: int | None
+    process: str
+    memory: int  # bytes resident (or its cgroup's peak)
+    kernel_id: str | None
+    memcg: str  # the cgroup whose limit was hit ("" for the whole machine)
+
+
+class OomWatch:
+    def __init__(
+        self,
+        post: Callable[[Event], None],
+        snapshot: Callable[[], Snapshot],
+        endpoint: Callable[[], Endpoint | None],
+        limit: Callable[[str], int | None],
+        launched: Callable[[], dict[int, str]] = dict,
+        path: str = KMSG,
+    ) -> None:
+        """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
+        `limit(memcg)`: the memory limit of the cgroup the kernel log names."""
+        self._post = post
+        self._snapshot = snapshot
+        self._endpoint = endpoint
+        self._limit = limit
+        self._launched = launched  # pid → kernel id of kernels started since the last round
+        self._path = path
+        self._fd: int | None = None
+        self._pending: dict[int, tuple[str, str, str | None]] = {}  # pid → what oom-kill said
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._counted: dict[str, int] = {}  # kernel id → kills told (from either source)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> str | None:
+        """Follow the kernel log from now on; why it cannot, or None."""
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            return f"cannot read {self._path}: {exc.strerror}"
+        os.lseek(fd, 0, os.SEEK_END)  # what happened before jlservice started is not news
+        self._fd = fd
+        loop.add_reader(fd, self._readable)
+        return None
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        while True:
+            try:
+                record = os.read(self._fd, 8192)  # one record a read
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # overwritten before it was read: go on
+                    continue
+                return
+            if not record:
+                return
+            self.line(record.decode(errors="replace").partition(";")[2].strip())
+
+    def line(self, text: str) -> None:
+        """One message of the kernel log."""
+        if (match := _OOM_KILL.search(text)) is not None:
+            constraint, memcg, task_memcg, pid = match.groups()
+            own = _KERNEL_CGROUP.search(task_memcg)
+            # Still there (dying, or a zombie its parent has not reaped): whose is it?
+            kernel_id = own[1] if own else self._kernel_of(int(pid))
+            self._pending[int(pid)] = (constraint, memcg or "", kernel_id)
+            return
+        if (match := _KILLED.search(text)) is None:
+            return
+        pid = int(match[1])
+        constraint, memcg, kernel_id = self._pending.pop(pid, ("", "", None))
+        kill = _Kill(
+            pid=pid,
+            process=match[2],
+            memory=sum(int(kb) for kb in match.groups()[2:]) * 1024,
+            kernel_id=kernel_id if kernel_id is not None else self._kernel_of(pid),
+            memcg=memcg if constraint == "CONSTRAINT_MEMCG" else "",
+        )
+        if kill.kernel_id is None and not self._ours(pid):
+            return
+        used = next((u for u in self._snapshot().notebooks if u.kernel_id == kill.kernel_id), None)
+        if kill.kernel_id is not None and used is None and (endpoint := self._endpoint()):
+            # A kernel started since the last round: its notebook, from JupyterLab.
+            task = asyncio.get_running_loop().create_task(self._ask_and_tell(endpoint, kill))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._tell(kill, used, used.notebook if used is not None else "")
+
+    async def _ask_and_tell(self, endpoint: Endpoint, kill: _Kill) -> None:
+        found = await asyncio.to_thread(kernels.fetch, endpoint, ASK_TIMEOUT_S)
+        self._tell(kill, None, found.notebooks.get(kill.kernel_id or "", "") if found else "")
+
+    def _tell(self, kill: _Kill, used: Usage | None, notebook: str) -> None:
+        limit = used.cgroup.limit if used is not None and used.cgroup is not None else None
+        if limit is None and kill.memcg:
+            limit = self._limit(kill.memcg)
+        event = OomKilled(
+            pid=kill.pid,
+            process=kill.process,
+            kernel_id=kill.kernel_id,
+            notebook=notebook,
+            memory_bytes=kill.memory,
+            notebook_memory_bytes=used.rss_bytes if used is not None else None,
+            limit_bytes=limit,
+            cgroup=kill.memcg,
+        )
+        if kill.kernel_id is not None and kill.pid is not None:
+            self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
+        logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
+        self._post(event)
+
+    def sampled(self, snap: Snapshot) -> None:
+        """A sampler round: kills the kernels' own cgroups count that were not told yet."""
+        for used in snap.notebooks:
+            if used.cgroup is None:
+                continue
+            told = self._counted.get(used.kernel_id, 0)
+            self._counted[used.kernel_id] = max(told, used.cgroup.oom_kills)
+            for _ in range(used.cgroup.oom_kills - told):
+                peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
+                self._tell(_Kill(None, "", peak, used.kernel_id, ""), used, used.notebook)
+
+    def _kernel_of(self, pid: int) -> str | None:
+        """The kernel whose tree `pid` was in: as the last round saw it, or by its ancestry
+        (a process, or a kernel, started since)."""
+        owners = self._snapshot().owners
+        chain = _ancestry(pid)
+        launched = self._launched()
+        for ancestor in chain:
+            if ancestor in owners:
+                return owners[ancestor]
+            if ancestor in launched:
+                return launched[ancestor]
+        endpoint = self._endpoint()
+        return usage.kernel_in(chain, endpoint, os.getpid()) if endpoint is not None else None
+
+    def _ours(self, pid: int) -> bool:
+        """A process of this service that is no kernel's: JupyterLab, jlservice, a terminal."""
+        endpoint = self._endpoint()
+        ours = {os.getpid(), *([endpoint.pid] if endpoint is not None else [])}
+        return bool(ours & set(_ancestry(pid)))
+
+
+def _ancestry(pid: int) -> list[int]:
+    """`pid` and its ancestors, nearest first, as far as /proc still has them."""
+    chain = []
+    for _ in range(MAX_DEPTH):
+        if pid <= 1:
+            break
+        chain.append(pid)
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_bytes()
+            pid = int(raw.rpartition(b")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return chain

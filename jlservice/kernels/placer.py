@@ -1,0 +1,115 @@
+"""Each new kernel told to jlservice as it starts, and put into its cgroup where kernels have
+one: jlservice's kernel manager asks, on a unix socket in JupyterLab's private dir, right
+after it launched the kernel (and before the kernel runs a cell), and waits for the answer.
+jlservice remembers which pid is which kernel (`launched`): a kernel the OOM killer ends
+before the sampler's next round is still named.
+
+Only the running JupyterLab may ask (SO_PEERCRED names the process that connected), and only
+for a kernel it started: its child, running as the lab user, naming the connection file of
+the kernel id it asks for. The answer is one line: `ok`, or what went wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+
+from jlservice import bounded, log
+from jlservice.kernels.limits import Limits
+from jlservice.metrics.kernels import connection_file_id
+from jlservice.start.launcher import Launch
+
+logger = log.get("jlservice.kernels")
+
+MAX_REQUEST = 4096
+TIMEOUT_S = 5.0
+
+
+class Placer:
+    def __init__(self, limits: Limits | None) -> None:
+        self.limits = limits
+        self.lab: tuple[int, Launch] | None = None  # the JupyterLab that may ask, its launch
+        self.launched: dict[int, str] = {}  # pid → kernel id, of kernels since the last round
+        self.running: set[str] = set()  # kernel ids of the last round: their cgroups stay
+        self._server: asyncio.AbstractServer | None = None
+
+    def seen(self, owners: dict[int, str]) -> None:
+        """A sampler round: what it saw, it names from now on."""
+        self.launched = {pid: k for pid, k in self.launched.items() if pid not in owners}
+        self.running = set(owners.values())
+
+    async def start(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path)
+        os.chmod(path, 0o666)  # the lab user connects; SO_PEERCRED says who did
+
+    def serve_for(self, pid: int, launch: Launch) -> None:
+        """From now on only JupyterLab `pid` may ask."""
+        self.lab = (pid, launch)
+        if self.limits is not None:
+            self.limits.sweep(set())  # what the last one's kernels left (one in use stays)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
+            answer = self._answer(writer.get_extra_info("socket"), line)
+            writer.write(answer.encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError, ValueError):
+            pass  # the asker gave up: its kernel runs without a limit, and it says so
+        finally:
+            writer.close()
+
+    def _answer(self, sock: socket.socket, line: bytes) -> str:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        peer, _uid, _gid = struct.unpack("3i", creds)
+        if self.lab is None or peer != self.lab[0]:
+            return "refused: only the running JupyterLab may ask"
+        launch = self.lab[1]
+        try:
+            request = bounded.loads(line[:MAX_REQUEST], MAX_REQUEST)
+            kernel_id, pid = str(request["kernel_id"]), int(request["pid"])
+        except (ValueError, TypeError, KeyError):
+            return "refused: not a request"
+        problem = _not_its_kernel(pid, peer, kernel_id, launch)
+        if problem is None:
+            self.launched[pid] = kernel_id
+        if problem is None and self.limits is not None:
+            try:
+                # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)
+                # keeps its cgroup and the count of kills in it.
+                self.limits.sweep(self.running | set(self.launched.values()) | {kernel_id})
+                self.limits.place(kernel_id, pid)
+            except (OSError, ValueError) as exc:
+                problem = f"cannot place it: {exc}"
+        if problem is not None:
+            logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=problem)
+            return problem
+        logger.debug("kernel_placed", kernel_id=kernel_id, pid=pid)
+        return "ok"
+
+
+def _not_its_kernel(pid: int, lab_pid: int, kernel_id: str, launch: Launch) -> str | None:
+    """Why `pid` is not JupyterLab's kernel `kernel_id`, or None when it is."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        status = Path(f"/proc/{pid}/status").read_bytes().decode(errors="replace")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()[: 1 << 20].split(b"\0")
+    except OSError:
+        return f"no process {pid}"
+    if int(stat.rpartition(b")")[2].split()[1]) != lab_pid:
+        return f"process {pid} is not JupyterLab's child"
+    uids = next((line.split()[1:3] for line in status.splitlines() if line.startswith("Uid:")), [])
+    if [int(u) for u in uids] != [launch.account.uid] * 2:
+        return f"process {pid} does not run as {launch.account.name}"
+    runtime = str(launch.jupyter_runtime_dir)
+    if not any(connection_file_id(os.fsdecode(a), runtime) == kernel_id for a in argv):
+        return f"process {pid} is not kernel {kernel_id[:64]}"
+    return None

@@ -1,0 +1,178 @@
+"""What each notebook uses, with real kernels started through JupyterLab: the metrics and
+`jlservice status --json` against what /proc says of the kernel's tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from helpers.cgroup import OwnCgroup, own_cgroup
+from helpers.metrics import metrics_section, metrics_url, open_notebook, wait_scrape
+from helpers.procs import wait_for
+from helpers.service import IS_ROOT
+
+NOTEBOOK = 'dir with space/it\'s "quoted" ünïcødé \\ back.ipynb'
+MIB = 2**20
+# Three processes the notebook starts, each holding 50 MiB it has written (resident).
+HOLDERS = (
+    "import subprocess, sys\n"
+    "code = 'import sys, time; b = b\"x\" * (50 << 20); print(1, flush=True); time.sleep(600)'\n"
+    "procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)"
+    " for _ in range(3)]\n"
+    "[p.stdout.readline() for p in procs]\n"
+    "print(' '.join(str(p.pid) for p in procs))"
+)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _of(samples, name: str, kernel_id: str) -> float | None:
+    for (metric, labels), value in samples.items():
+        if metric == name and ("kernel_id", kernel_id) in labels:
+            assert ("notebook", NOTEBOOK) in labels, labels
+            return value
+    return None
+
+
+def test_a_kernel_and_its_children_as_proc_sees_them(service_factory) -> None:
+    svc = service_factory(metrics=metrics_section())
+    svc.start()
+    token = svc.state()["token"]
+    kernel_id, pid = open_notebook(svc, token, NOTEBOOK)
+    children = [int(p) for p in svc.execute(token, kernel_id, HOLDERS).split()]
+    tree = _tree(pid)
+    assert set(children) <= {p.pid for p in tree}
+    url = metrics_url(svc)
+    s = wait_scrape(
+        url,
+        lambda s: _of(s, "jlservice_kernel_processes", kernel_id) == len(tree),
+        "a round that counts the kernel's children",
+    )
+    proc_rss = sum(p.memory_info().rss for p in tree)
+    rss = _of(s, "jlservice_kernel_resident_memory_bytes", kernel_id)
+    assert rss >= 3 * 50 * MIB
+    assert rss == pytest.approx(proc_rss, rel=0.05)
+    cpu = _of(s, "jlservice_kernel_cpu_seconds_total", kernel_id)
+    used = sum(sum(p.cpu_times()[:2]) for p in _tree(pid))
+    assert 0 < cpu <= used + 0.05
+    assert _of(s, "jlservice_kernel_busy", kernel_id) == 0
+    assert _of(s, "jlservice_kernel_idle_seconds", kernel_id) >= 0
+    assert _of(s, "jlservice_kernel_oom_kills_total", kernel_id) == 0
+
+    def listed() -> dict | None:
+        report = json.loads(svc.cli("status", "--json").stdout)
+        rows = [r for r in report["notebooks"]["notebooks"] if r["kernel_id"] == kernel_id]
+        return rows[0] if rows and rows[0]["processes"] == len(tree) else None
+
+    row = wait_for(listed, 30, "the kernel in `jlservice status --json`")
+    assert row["notebook"] == NOTEBOOK and row["pid"] == pid
+    assert row["rss_bytes"] == pytest.approx(proc_rss, rel=0.05)
+    assert row["state"] == "idle" and row["oom_kills"] == 0
+
+
+# Processes the notebook starts one after another, 60 MiB each — each smaller than
+# JupyterLab — until the OOM killer ends one: whose, it prints.
+HOG = (
+    "import subprocess, sys, time\n"
+    "code = 'import time; b = b\"x\" * (60 << 20); time.sleep(600)'\n"
+    "procs = []\n"
+    "while not any(p.poll() is not None for p in procs):\n"
+    "    procs.append(subprocess.Popen([sys.executable, '-c', code]))\n"
+    "    time.sleep(0.3)\n"
+    "dead = next(p for p in procs if p.poll() is not None)\n"
+    "[p.kill() for p in procs]\n"
+    "print(dead.pid, dead.returncode)"
+)
+
+
+def test_a_kernel_kept_across_a_crash_is_still_counted(service_factory) -> None:
+    """After kill -9 of JupyterLab its kernels are jlservice's children (the subreaper):
+    the next JupyterLab adopts them, and they count as before, their CPU counter going on."""
+    svc = service_factory(metrics=metrics_section())
+    svc.start()
+    token = svc.state()["token"]
+    kernel_id, pid = open_notebook(svc, token, NOTEBOOK)
+    svc.execute(token, kernel_id, "sum(range(10**7))")
+    url = metrics_url(svc)
+    s = wait_scrape(
+        url, lambda s: _of(s, "jlservice_kernel_processes", kernel_id) == 1, "the kernel counted"
+    )
+    before = _of(s, "jlservice_kernel_cpu_seconds_total", kernel_id)
+    lab = svc.lab_pid
+    os.kill(lab, signal.SIGKILL)
+    svc.wait_ready(not_pid=lab)
+    assert psutil.Process(pid).ppid() == svc.proc.pid  # kept: now jlservice's child
+    s = wait_scrape(
+        url,
+        lambda s: (
+            _of(s, "jlservice_kernel_processes", kernel_id) == 1
+            and _of(s, "jlservice_kernel_restarts_total", kernel_id) == 0
+        ),
+        "the adopted kernel counted",
+    )
+    assert _of(s, "jlservice_kernel_cpu_seconds_total", kernel_id) >= before > 0
+    rss = psutil.Process(pid).memory_info().rss
+    assert _of(s, "jlservice_kernel_resident_memory_bytes", kernel_id) == pytest.approx(
+        rss, rel=0.05
+    )
+
+
+@pytest.fixture
+def memcg() -> Iterator[OwnCgroup]:
+    if not IS_ROOT:
+        pytest.skip("needs root: a memory cgroup of the test's own")
+    with own_cgroup() as made:
+        yield made
+
+
+def test_the_oom_killer_takes_a_kernels_process_never_jupyterlab(service_factory, memcg) -> None:
+    """In a memory cgroup of the test's own (v1 on this machine) that runs out, the notebook
+    that allocates loses a process of its own — although JupyterLab is the largest process
+    there — and jlservice says which notebook it was, what it had and the limit; JupyterLab
+    and another kernel live on."""
+    svc = service_factory(metrics=metrics_section())
+    svc.start(wrap=memcg.wrap())
+    token = svc.state()["token"]
+    lab = svc.lab_pid
+    hog_id, hog_pid = open_notebook(svc, token, NOTEBOOK)
+    other_id, other_pid = open_notebook(svc, token, "other.ipynb")
+    assert svc.execute(token, other_id, "x = 41; print(x)").strip() == "41"
+    assert psutil.Process(lab).memory_info().rss > 80 * MIB  # more than each of the hog's
+    limit = memcg.usage() + 250 * MIB
+    memcg.limit(limit)
+    offset = svc.log_size()
+    victim, returncode = svc.execute(token, hog_id, HOG, timeout=120).split()
+    assert returncode == "-9"
+    assert memcg.oom_kills() >= 1
+
+    def logged() -> dict | None:
+        found = [e for e in svc.log_events(offset) if e.get("event") == "kernel_oom_killed"]
+        return found[0] if found else None
+
+    line = wait_for(logged, 30, "the kill in jlservice's log")
+    assert line["notebook"] == NOTEBOOK and line["kernel_id"] == hog_id
+    assert line["pid"] == int(victim) and line["limit_bytes"] == limit
+    assert 60 * MIB <= line["memory_bytes"] < 100 * MIB
+    assert svc.lab_pid == lab and psutil.Process(lab).is_running()
+    assert psutil.Process(other_pid).is_running() and psutil.Process(hog_pid).is_running()
+    assert svc.execute(token, other_id, "print(x + 1)").strip() == "42"
+    # The hog may lose a second process before it notices the first: each is told.
+    kills = [e for e in svc.log_events(offset) if e.get("event") == "kernel_oom_killed"]
+    assert {e["kernel_id"] for e in kills} == {hog_id}
+    wait_scrape(
+        metrics_url(svc),
+        lambda s: _of(s, "jlservice_kernel_oom_kills_total", hog_id) == len(kills),
+        "the kills counted for the notebook",
+    )
+    status = json.loads(svc.cli("status", "--json").stdout)
+    assert status["oom_kills"] == len(kills)
+    assert status["last_oom_kill"]["notebook"] == NOTEBOOK
+    text = svc.cli("status").stdout
+    assert f"OOM kills:   {len(kills)}" in text and hog_id in text, text

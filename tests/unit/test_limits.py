@@ -1,0 +1,134 @@
+"""Kernels into cgroups of their own (kernels.limits, kernels.placer) with a real memory
+cgroup the test makes (v1 on this machine; v2 where the controller is there), standing in
+for the one systemd delegates; and why limits are off where they cannot hold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.cgroup import OwnCgroup, own_cgroup
+
+from jlservice.kernels import limits
+from jlservice.kernels.placer import Placer
+
+K = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
+MIB = 2**20
+
+
+@pytest.fixture
+def delegated() -> Iterator[OwnCgroup]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a memory cgroup of the test's own")
+    with own_cgroup() as made:
+        (made.path / limits.KERNELS).mkdir()
+        try:
+            yield made
+        finally:
+            for kernel in (made.path / limits.KERNELS).glob("kernel-*"):
+                kernel.rmdir()
+            (made.path / limits.KERNELS).rmdir()
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A child of the test process (which plays JupyterLab) naming kernel K's file."""
+    code = "import sys, time; sys.stdin.readline(); b = b'x' * (200 << 20); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "-f", str(tmp_path / f"kernel-{K}.json")],
+        stdin=subprocess.PIPE,
+    )
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_kernel_past_its_limit_is_killed_in_its_own_cgroup(delegated, kernel) -> None:
+    found = limits.Limits(delegated.memory, delegated.name, 100 * MIB)
+    found.place(K, kernel.pid)
+    own = f"{delegated.name}/kernels/kernel-{K}"
+    assert delegated.memory.of(kernel.pid) == own
+    assert found.cgroup(K).limit == 100 * MIB
+    kernel.stdin.write(b"go\n")
+    kernel.stdin.flush()
+    assert kernel.wait(timeout=30) == -9  # the OOM killer, in that cgroup only
+    found.sweep({K})
+    assert (delegated.path / "kernels" / f"kernel-{K}").exists()  # a running kernel's stays
+    found.sweep(set())
+    assert not (delegated.path / "kernels" / f"kernel-{K}").exists()
+
+
+def test_a_new_limit_holds_for_running_kernels(delegated, kernel) -> None:
+    found = limits.Limits(delegated.memory, delegated.name, None)
+    found.place(K, kernel.pid)
+    assert found.cgroup(K).limit is None
+    found.apply(300 * MIB)
+    assert found.cgroup(K).limit == 300 * MIB
+
+
+def test_only_jupyterlab_may_place_only_its_kernel(delegated, kernel, tmp_path) -> None:
+    """The test process plays JupyterLab: its child is the kernel."""
+
+    class Launched:  # what the placer reads of a Launch
+        jupyter_runtime_dir = tmp_path
+        account = type("A", (), {"uid": os.geteuid(), "name": "root"})()
+
+    placer = Placer(limits.Limits(delegated.memory, delegated.name, 200 * MIB))
+    path = tmp_path / "kernels.sock"
+
+    async def ask(request: dict) -> str:
+        await placer.start(path)
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(json.dumps(request).encode() + b"\n")
+        answer = (await reader.readline()).decode().strip()
+        writer.close()
+        placer.close()
+        return answer
+
+    own = f"{delegated.name}/kernels/kernel-{K}"
+    placer.serve_for(os.getpid() + 10**6, Launched)  # some other JupyterLab
+    assert asyncio.run(ask({"kernel_id": K, "pid": kernel.pid})).startswith("refused")
+    placer.serve_for(os.getpid(), Launched)
+    other = "0a1b2c3d-0000-4000-8000-000000000000"
+    assert "is not kernel" in asyncio.run(ask({"kernel_id": other, "pid": kernel.pid}))
+    assert "not JupyterLab's child" in asyncio.run(ask({"kernel_id": K, "pid": os.getppid()}))
+    assert delegated.memory.of(kernel.pid) != own
+    assert asyncio.run(ask({"kernel_id": K, "pid": kernel.pid})) == "ok"
+    assert delegated.memory.of(kernel.pid) == own
+
+
+def test_without_systemd_limits_are_off_and_say_why() -> None:
+    found, why = limits.set_up(4 << 30, True, environ={})
+    assert found is None and why == (
+        "off: jlservice does not run under systemd (no cgroup delegated to it)"
+    )
+    found, why = limits.set_up(4 << 30, False, environ={"INVOCATION_ID": "x"})
+    assert found is None and "survive_restarts = true" in why
+
+
+def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path) -> None:
+    """What cgroup v2 asks (a cgroup that divides its memory holds no process): jlservice
+    moves itself into supervisor/, then enables +memory below. The cgroup files are plain
+    files here: the order and the contents of the writes, not the kernel's semantics."""
+    from jlservice.kernels.cgroups import Memory
+
+    unit = tmp_path / "system.slice" / "jlservice.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    limits._prepare(Memory(tmp_path, 2), "/system.slice/jlservice.service")
+    assert (unit / "supervisor" / "cgroup.procs").read_text() == str(os.getpid())
+    assert (unit / "cgroup.subtree_control").read_text() == "+memory"
+    assert (unit / "kernels" / "cgroup.subtree_control").read_text() == "+memory"
+    found = limits.Limits(Memory(tmp_path, 2), "/system.slice/jlservice.service", 256 * MIB)
+    (unit / "kernels" / f"kernel-{K}").mkdir()
+    found.place(K, 4242)
+    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == str(256 * MIB)
+    assert (unit / "kernels" / f"kernel-{K}" / "cgroup.procs").read_text() == "4242"
+    found.apply(None)
+    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == "max"

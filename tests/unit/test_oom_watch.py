@@ -1,0 +1,101 @@
+"""The kernel log's OOM messages → which notebook, what it had, its limit (kernels.oom)."""
+
+from __future__ import annotations
+
+import os
+
+from jlservice.kernels.cgroups import Cgroup
+from jlservice.kernels.oom import OomWatch
+from jlservice.metrics.sampler import Snapshot
+from jlservice.metrics.usage import Usage
+from jlservice.metrics.view import Endpoint
+
+K = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
+NOTEBOOK = 'a dir/it\'s "ü".ipynb'
+
+
+def _oom(pid: int, memcg: str = "/svc", task: str = "python3") -> list[str]:
+    """What Linux 6.x logs for one kill in a memory cgroup."""
+    return [
+        f"oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+        f"oom_memcg={memcg},task_memcg={memcg},task={task},pid={pid},uid=1000",
+        f"Memory cgroup out of memory: Killed process {pid} ({task}) total-vm:323768kB, "
+        "anon-rss:102016kB, file-rss:6508kB, shmem-rss:4kB, UID:1000 pgtables:272kB "
+        "oom_score_adj:500",
+    ]
+
+
+def _watch(snapshot: Snapshot, endpoint: Endpoint | None = None) -> tuple[OomWatch, list]:
+    posted: list = []
+    watch = OomWatch(posted.append, lambda: snapshot, lambda: endpoint, {"/svc": 1 << 30}.get)
+    return watch, posted
+
+
+def _usage(pid: int, cgroup: Cgroup | None = None) -> Usage:
+    return Usage(K, NOTEBOOK, pid, "busy", None, 1, 3.0, 1.0, 5 << 30, 4, 0, cgroup)
+
+
+def test_a_kill_in_a_kernels_tree_names_its_notebook_memory_and_limit() -> None:
+    snap = Snapshot(notebooks=(_usage(100),), owners={100: K, 4242: K})
+    watch, posted = _watch(snap)
+    for line in _oom(4242):
+        watch.line(line)
+    (kill,) = posted
+    assert (kill.kernel_id, kill.notebook, kill.pid, kill.process) == (K, NOTEBOOK, 4242, "python3")
+    assert kill.memory_bytes == (102016 + 6508 + 4) * 1024
+    assert kill.limit_bytes == 1 << 30 and kill.notebook_memory_bytes == 5 << 30
+
+
+def test_the_kernels_own_cgroup_names_it_and_its_limit() -> None:
+    snap = Snapshot(notebooks=(_usage(100, Cgroup(2 << 30, 2 << 30)),), owners={100: K})
+    watch, posted = _watch(snap)
+    for line in _oom(999_999_999, memcg=f"/system.slice/jlservice.service/kernel-{K}"):
+        watch.line(line)
+    (kill,) = posted
+    assert kill.kernel_id == K and kill.limit_bytes == 2 << 30
+
+
+def test_a_kill_of_a_process_that_is_not_ours_is_not_reported() -> None:
+    watch, posted = _watch(Snapshot(owners={100: K}))
+    for line in _oom(999_999_998, task="other user's"):
+        watch.line(line)
+    assert posted == []
+
+
+def test_a_kill_below_jupyterlab_that_is_no_kernels_is_reported_as_ours() -> None:
+    """Here the test process plays JupyterLab: it is the victim's ancestor."""
+    lab = Endpoint("", "", os.getppid(), 0, "/")
+    watch, posted = _watch(Snapshot(), lab)
+    for line in _oom(os.getpid(), task="bash"):
+        watch.line(line)
+    (kill,) = posted
+    assert kill.kernel_id is None and kill.notebook == "" and kill.process == "bash"
+
+
+def test_without_the_kernel_log_the_kernels_cgroup_counts_and_only_once() -> None:
+    """Under the shipped unit the kernel log is hidden: a kernel's own cgroup says it."""
+    used = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=1, peak=1 << 30))
+    watch, posted = _watch(Snapshot(notebooks=(used,), owners={100: K, 4242: K}))
+    watch.sampled(Snapshot(notebooks=(used,)))
+    watch.sampled(Snapshot(notebooks=(used,)))  # the same count again: nothing new
+    (kill,) = posted
+    assert (kill.kernel_id, kill.notebook, kill.pid) == (K, NOTEBOOK, None)
+    assert kill.memory_bytes == 1 << 30 and kill.limit_bytes == 1 << 30
+    # The log told of the next one first: the cgroup's count does not tell it again.
+    for line in _oom(4242):
+        watch.line(line)
+    again = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=2, peak=1 << 30))
+    watch.sampled(Snapshot(notebooks=(again,)))
+    assert [k.pid for k in posted] == [None, 4242]
+
+
+def test_a_kernel_started_since_the_last_round_is_named_from_its_launch() -> None:
+    """Killed and reaped before the sampler saw it: the kernel manager told of its pid."""
+    posted: list = []
+    watch = OomWatch(
+        posted.append, lambda: Snapshot(), lambda: None, lambda _c: None, lambda: {999_999_997: K}
+    )
+    for line in _oom(999_999_997):
+        watch.line(line)
+    (kill,) = posted
+    assert kill.kernel_id == K and kill.pid == 999_999_997
