@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 from helpers.procs import pid_alive, wait_for
-from helpers.service import WARM_AND_COLD, files_exposing
+from helpers.service import WARM_AND_COLD, Service, files_exposing
 
 pytestmark = WARM_AND_COLD
 
@@ -31,6 +31,34 @@ DAEMON = (
 def _when(event: dict) -> float:
     """The log line's time, in seconds since the epoch."""
     return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+@pytest.fixture(scope="module")
+def always_crashing(module_service_factory) -> Service:
+    """A command that always fails at once, under the default [restart]: ten failed starts
+    and 91.5 s of backoff. The module's first test starts it and its last one waits for the
+    give-up, so that the backoff passes while the other tests run (it costs them nothing: a
+    shell script that exits, and a supervisor that sleeps)."""
+    svc = module_service_factory("always-crashing")
+    script = svc.root / "crash.sh"
+    script.write_text("#!/bin/sh\necho 'no GPU driver found, giving up' >&2\nexit 3\n")
+    script.chmod(0o755)
+    svc.sections["lab"]["command"] = [str(script)]
+    svc.write_config()
+    return svc.start(wait=False)
+
+
+def test_always_crashing_command_is_retried_at_once_and_says_why(always_crashing):
+    svc = always_crashing
+    wait_for(
+        lambda: [e for e in svc.log_events() if e["event"] == "lab_restart_scheduled"],
+        30,
+        "the first retry to be scheduled",
+    )
+    first = next(e for e in svc.log_events() if e["event"] == "lab_restart_scheduled")
+    assert (first["failures"], first["delay_s"]) == (1, 0.0)  # the first retry is at once
+    assert "no GPU driver found" in (svc.state().get("last_error") or "")
+    assert svc.proc.poll() is None  # it goes on trying
 
 
 def test_token_logs_in_and_state_file_is_private(service):
@@ -139,34 +167,6 @@ def test_hung_jupyterlab_is_detected_and_replaced(service):
     assert not pid_alive(hung)
     events = [e["event"] for e in service.log_events()]
     assert "lab_probe_failed" in events and "lab_unhealthy" in events
-
-
-@pytest.mark.parametrize("warm", [None], ids=["once"], indirect=True)  # no server: no warm start
-def test_always_crashing_command_backs_off_then_gives_up(service_factory):
-    """With the defaults: ten failed starts, about a minute and a half of backoff."""
-    svc = service_factory()
-    script = svc.root / "crash.sh"
-    script.write_text("#!/bin/sh\necho 'no GPU driver found, giving up' >&2\nexit 3\n")
-    script.chmod(0o755)
-    svc.sections["lab"]["command"] = [str(script)]
-    svc.write_config()
-    svc.start(wait=False)
-
-    assert svc.wait_exit(timeout=180) == 1
-    scheduled = [e for e in svc.log_events() if e["event"] == "lab_restart_scheduled"]
-    assert [e["delay_s"] for e in scheduled] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-    starts = [_when(e) for e in svc.log_events() if e["event"] == "lab_starting"]
-    assert len(starts) == 10
-    # Each start waited its delay: the schedule is kept, not merely logged.
-    for event, start in zip(scheduled, starts[1:], strict=True):
-        assert start - _when(event) >= event["delay_s"], (event, start)
-    state = svc.state()
-    assert state["status"] == "failed"
-    assert "no GPU driver found" in state["last_error"]
-    assert "gave up after 10" in state["last_error"]
-    status = svc.cli("status")
-    assert status.returncode == 3
-    assert "no GPU driver found" in status.stdout
 
 
 def test_sigterm_stops_everything_in_time(service):
@@ -315,3 +315,26 @@ def test_jupyterlab_output_keeps_its_level(service):
         if e["event"] == "lab_output" and "is running at" in e["line"]
     ]
     assert running and running[0]["level"] == "info"
+
+
+def test_always_crashing_command_backs_off_then_gives_up(always_crashing):
+    """With the defaults: ten failed starts, about a minute and a half of backoff (started by
+    this module's first test)."""
+    svc = always_crashing
+    assert svc.wait_exit(timeout=180) == 1
+    scheduled = [e for e in svc.log_events() if e["event"] == "lab_restart_scheduled"]
+    assert [e["delay_s"] for e in scheduled] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    starts = [_when(e) for e in svc.log_events() if e["event"] == "lab_starting"]
+    assert len(starts) == 10
+    assert [e["failures"] for e in scheduled] == list(range(1, 10))
+    # Each start waited its delay, and not much longer: the schedule is kept, not merely logged.
+    for event, start in zip(scheduled, starts[1:], strict=True):
+        waited = start - _when(event)
+        assert event["delay_s"] <= waited < event["delay_s"] + 1.0, (event, waited)
+    state = svc.state()
+    assert state["status"] == "failed"
+    assert "no GPU driver found" in state["last_error"]
+    assert "gave up after 10" in state["last_error"]
+    status = svc.cli("status")
+    assert status.returncode == 3
+    assert "no GPU driver found" in status.stdout
