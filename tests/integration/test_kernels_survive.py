@@ -1,9 +1,9 @@
 """Kernels survive JupyterLab: a real jlservice, real JupyterLab, real kernels.
 
-A crash, a hang, a reload or a token rotation restarts JupyterLab; the kernels it had keep
-running, with their state, and the next JupyterLab adopts them under the same ids and
-sessions. A stop, a user change or survive_restarts = false ends them, as does a grace
-period without adoption.
+A crash, a hang (test_hang.py), a reload or a token rotation restarts JupyterLab; the
+kernels it had keep running, with their state, and the next JupyterLab adopts them under the
+same ids and sessions. A stop, a user change or survive_restarts = false ends them, as does a
+grace period without adoption.
 """
 
 from __future__ import annotations
@@ -104,10 +104,6 @@ def _kill9(service, token):
     os.kill(service.lab_pid, signal.SIGKILL)
 
 
-def _hang(service, token):
-    os.kill(service.lab_pid, signal.SIGSTOP)  # probes fail; jlservice replaces it
-
-
 def _port(service, token):
     service.sections["lab"]["port"] = service.port = free_port()
     service.write_config()
@@ -124,7 +120,8 @@ def _rotate(service, token):
     return rotated.stdout.strip()
 
 
-@pytest.mark.parametrize("restart", [_kill9, _hang, _port, _options, _rotate])
+# A hang keeps the kernel too: test_hang.py, which looks at one hang from every side.
+@pytest.mark.parametrize("restart", [_kill9, _port, _options, _rotate])
 def test_every_restart_keeps_the_kernel_and_its_state(service, restart):
     service.start()
     token = service.cli("token").stdout.strip()
