@@ -21,7 +21,9 @@ from helpers.squatter import HeldPort, Squatter, port_wait_steps, waits_announce
 
 from jlservice.config import RestartConfig
 
-pytestmark = WARM_AND_COLD
+# WARM_AND_COLD: the tests that restart JupyterLab, or where the warm parent must go with it
+# (a stop, a kill of jlservice, the token in no command line); the others see only the
+# first start, which is cold either way, and run with the default.
 
 RESTART = RestartConfig()  # the defaults
 STEPS = port_wait_steps(RESTART)  # 0.5, 1, 2, 4, 8, 16, 30 s
@@ -143,6 +145,7 @@ def test_token_logs_in_and_state_file_is_private(service):
     assert requests.get(url, timeout=30).status_code == 200
 
 
+@WARM_AND_COLD
 def test_token_is_in_no_cmdline_no_log_and_no_readable_file(service):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -163,6 +166,7 @@ def test_token_is_in_no_cmdline_no_log_and_no_readable_file(service):
     assert files_exposing(token, [r for r in roots if r.exists()]) == []
 
 
+@WARM_AND_COLD
 def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     """What is left that is not a kept kernel is ended: here a daemon a notebook started
     (its parent exited: an orphan of the supervisor's), and with survive_restarts = false
@@ -201,6 +205,7 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     assert service.api("GET", "api/contents", session=session).status_code == 200
 
 
+@WARM_AND_COLD
 def test_sigterm_stops_everything_in_time(service):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -220,6 +225,7 @@ def test_sigterm_stops_everything_in_time(service):
     assert "not running" in stopped.stderr
 
 
+@WARM_AND_COLD
 def test_sigkill_of_supervisor_takes_jupyterlab_down(service):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -253,6 +259,7 @@ def test_port_in_use_is_reported_and_recovered(service):
     service.wait_ready(timeout=60)
 
 
+@WARM_AND_COLD
 def test_token_rotation_logs_everyone_out(service):
     service.start()
     old = service.cli("token").stdout.strip()
