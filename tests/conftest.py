@@ -27,6 +27,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("warm", [True, False], ids=["warm", "cold"], indirect=True)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `early` run first, in their order: each starts a service that mostly
+    waits (a backoff with the defaults), which a later test of its module looks at; the
+    waiting passes while the other tests run."""
+    items.sort(key=lambda item: item.get_closest_marker("early") is None)
+
+
 @pytest.fixture
 def warm(request) -> bool | None:
     """[restart] warm for a test's services: helpers.service.WARM_AND_COLD runs a suite both
@@ -42,14 +50,14 @@ def service_factory(tmp_path: Path, warm: bool | None, lab_user: users.Account |
         yield make
 
 
-@pytest.fixture(scope="module")
-def module_service_factory(
+@pytest.fixture(scope="session")
+def early_service_factory(
     tmp_path_factory: pytest.TempPathFactory, lab_user: users.Account | None
 ) -> Iterator:
-    """The same, for a service the tests of one module share: one started by the module's
-    first test and looked at by its last, so that what it waits for (a backoff with the
-    defaults) passes while the others run. Cleaned up after the module."""
-    with _services(_enterable(tmp_path_factory.mktemp("module")), None, lab_user) as make:
+    """The same, for the services of tests marked `early` (pytest_collection_modifyitems),
+    which later tests look at: they live until the end of the run, or until a test ends them
+    with cleanup()."""
+    with _services(_enterable(tmp_path_factory.mktemp("early")), None, lab_user) as make:
         yield make
 
 

@@ -43,13 +43,13 @@ def _when(event: dict) -> float:
     return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
-@pytest.fixture(scope="module")
-def always_crashing(module_service_factory) -> Service:
+@pytest.fixture(scope="session")
+def always_crashing(early_service_factory) -> Service:
     """A command that always fails at once, under the default [restart]: ten failed starts
-    and 91.5 s of backoff. The module's first test starts it and its last one waits for the
+    and 91.5 s of backoff. An early test starts it and this module's last one waits for the
     give-up, so that the backoff passes while the other tests run (it costs them nothing: a
     shell script that exits, and a supervisor that sleeps)."""
-    svc = module_service_factory("always-crashing")
+    svc = early_service_factory("always-crashing")
     script = svc.root / "crash.sh"
     script.write_text("#!/bin/sh\necho 'no GPU driver found, giving up' >&2\nexit 3\n")
     script.chmod(0o755)
@@ -58,6 +58,7 @@ def always_crashing(module_service_factory) -> Service:
     return svc.start(wait=False)
 
 
+@pytest.mark.early
 def test_always_crashing_command_is_retried_at_once_and_says_why(always_crashing):
     svc = always_crashing
     wait_for(
@@ -71,18 +72,19 @@ def test_always_crashing_command_is_retried_at_once_and_says_why(always_crashing
     assert svc.proc.poll() is None  # it goes on trying
 
 
-@pytest.fixture(scope="module")
-def held_port(module_service_factory, other_user) -> Iterator[tuple[Service, HeldPort, str]]:
+@pytest.fixture(scope="session")
+def held_port(early_service_factory, other_user) -> Iterator[tuple[Service, HeldPort, str]]:
     """The port held by another user's program (say their own `jupyter lab` on 8888) for
     long, with the default [restart]: jlservice waits through every backoff step up to
     max_delay, says who holds the port, and serves within max_delay of it being let go. The
     hold lasts until the waits have reached max_delay (0.5 + 1 + 2 + 4 + 8 + 16 = 31.5 s of
     them), not the 10 minutes of issue 14: from then on every wait is the same max_delay and
     nothing counts them (a port wait is not a failed start), so a longer hold repeats the last
-    step; the 10-minute hold itself is `python -m bench.port_hold`. Started by this module's
-    first tests and looked at by its last, so that its minute passes while the others run.
+    step; the 10-minute hold itself is `python -m bench.port_hold`. Started by an early test
+    and looked at by this module's last but one, so that its minute passes while the other
+    tests run.
     The service, the hold, and how `jlservice status` names the holder."""
-    svc = module_service_factory("held-port", metrics=metrics_section())
+    svc = early_service_factory("held-port", metrics=metrics_section())
     notify = NotifySocket(svc.root / "notify.sock")
     squatter = Squatter(svc.root / "squatter.jsonl", "127.0.0.1", svc.port, b"jupyter-lab")
     pid = squatter.start(other_user).wait_listening()
@@ -96,6 +98,7 @@ def held_port(module_service_factory, other_user) -> Iterator[tuple[Service, Hel
         notify.close()
 
 
+@pytest.mark.early
 def test_a_port_held_by_another_program_is_waited_for_and_its_holder_named(held_port):
     svc, _, holder = held_port
     wait_for(lambda: holder in (svc.state().get("last_error") or ""), 30, "the holder in the state")
@@ -358,7 +361,7 @@ def test_jupyterlab_output_keeps_its_level(service):
 
 def test_a_port_held_past_every_backoff_step_is_waited_for(held_port):
     """Through every wait up to max_delay, each announced with the holder, and served within
-    max_delay of the port being let go (started by this module's first tests)."""
+    max_delay of the port being let go (started by an early test above)."""
     svc, hold, holder = held_port
     assert STEPS == [0.5, 1, 2, 4, 8, 16, 30]
     freed = hold.released(timeout=sum(STEPS) + 90)
@@ -377,11 +380,12 @@ def test_a_port_held_past_every_backoff_step_is_waited_for(held_port):
     assert "lab_port_free" in events
     url = metrics_url(svc)
     wait_scrape(url, lambda m: value(m, "jlservice_port_in_use") == 0, "port in use: 0")
+    svc.cleanup()  # its JupyterLab is not needed for the rest of the run
 
 
 def test_always_crashing_command_backs_off_then_gives_up(always_crashing):
     """With the defaults: ten failed starts, about a minute and a half of backoff (started by
-    this module's first test)."""
+    an early test above)."""
     svc = always_crashing
     assert svc.wait_exit(timeout=180) == 1
     scheduled = [e for e in svc.log_events() if e["event"] == "lab_restart_scheduled"]
