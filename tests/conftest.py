@@ -26,6 +26,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("warm", [True, False], ids=["warm", "cold"], indirect=True)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `early` run first, in their order: each starts a service that mostly
+    waits (a backoff with the defaults), which a later test of its module looks at; the
+    waiting passes while the other tests run."""
+    items.sort(key=lambda item: item.get_closest_marker("early") is None)
+
+
 @pytest.fixture
 def warm(request) -> bool | None:
     """[restart] warm for a test's services: helpers.service.WARM_AND_COLD runs a suite both
@@ -37,21 +45,40 @@ def warm(request) -> bool | None:
 def service_factory(tmp_path: Path, warm: bool | None, lab_user: users.Account | None) -> Iterator:
     """Make Service objects, JupyterLab run as `lab_user`; every one of them is cleaned up
     after the test."""
+    with _services(tmp_path, warm, lab_user) as make:
+        yield make
+
+
+@pytest.fixture(scope="session")
+def early_service_factory(
+    tmp_path_factory: pytest.TempPathFactory, lab_user: users.Account | None
+) -> Iterator:
+    """The same, for the services of tests marked `early` (pytest_collection_modifyitems),
+    which later tests look at: they live until the end of the run, or until a test ends them
+    with cleanup()."""
+    with _services(_enterable(tmp_path_factory.mktemp("early")), None, lab_user) as make:
+        yield make
+
+
+@contextlib.contextmanager
+def _services(root: Path, warm: bool | None, lab_user: users.Account | None) -> Iterator:
     made: list[Service] = []
 
     def make(subdir: str = "svc", **sections) -> Service:
-        root = tmp_path / subdir
-        root.mkdir()
-        root.chmod(0o755)
+        directory = root / subdir
+        directory.mkdir()
+        directory.chmod(0o755)
         if warm is not None:
             sections["restart"] = {"warm": warm, **sections.get("restart", {})}
-        svc = Service(root, wait_warm=warm is True, lab_user=lab_user, **sections)
+        svc = Service(directory, wait_warm=warm is True, lab_user=lab_user, **sections)
         made.append(svc)
         return svc
 
-    yield make
-    for svc in made:
-        svc.cleanup()
+    try:
+        yield make
+    finally:
+        for svc in made:
+            svc.cleanup()
 
 
 @pytest.fixture
@@ -95,11 +122,15 @@ def _throwaway_user() -> Iterator[users.Account]:
 
 @pytest.fixture
 def tmp_path(tmp_path: Path) -> Path:
+    return _enterable(tmp_path)
+
+
+def _enterable(path: Path) -> Path:
     # pytest's base temp dir is 0700; services that switch users need to enter it.
-    for parent in (tmp_path, *list(tmp_path.parents)[:3]):
+    for parent in (path, *list(path.parents)[:3]):
         if parent.stat().st_uid == os.geteuid():
             parent.chmod(parent.stat().st_mode | 0o711)
-    return tmp_path
+    return path
 
 
 @pytest.fixture

@@ -64,28 +64,44 @@ class Freezer:
         self.path.rmdir()
 
 
-@pytest.fixture
-def freezer() -> Iterator[Freezer]:
-    cgroup = Freezer()
+@pytest.fixture(scope="session")
+def frozen_leftover(early_service_factory) -> Iterator[tuple]:
+    """A JupyterLab killed with its terminal's shell frozen (so SIGKILL cannot end it), by an
+    early test: the sweep's wait for it (stop_timeout, 20 s, and then some) passes while the
+    other tests run. The service, the freezer, the shell's pid, the killed JupyterLab's, when
+    it was killed (time.monotonic()) and the token."""
+    freezer = Freezer()
     try:
-        yield cgroup
+        svc = early_service_factory("frozen", metrics=metrics_section())
+        svc.start()
+        token = svc.cli("token").stdout.strip()
+        old = svc.lab_pid
+        svc.api("POST", "api/terminals", token).raise_for_status()
+        shell = wait_for(  # the terminal's shell: the only child of JupyterLab
+            lambda: [p.pid for p in psutil.Process(old).children()], 30, "the terminal's shell"
+        )[0]
+        freezer.freeze(shell)
+        killed = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        yield svc, freezer, shell, old, killed, token
     finally:
-        cgroup.remove()
+        freezer.remove()
 
 
-def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(service_factory, freezer):
-    svc = service_factory(metrics=metrics_section())
-    svc.start()
-    token = svc.cli("token").stdout.strip()
-    old = svc.lab_pid
-    svc.api("POST", "api/terminals", token).raise_for_status()
-    shell = wait_for(  # the terminal's shell: the only child of JupyterLab
-        lambda: [p.pid for p in psutil.Process(old).children()], 30, "the terminal's shell"
-    )[0]
-    freezer.freeze(shell)
+@pytest.mark.early
+def test_a_frozen_leftover_is_sent_sigterm_and_waited_for(frozen_leftover):
+    svc, _, shell, _, _, _ = frozen_leftover
+    wait_for(
+        lambda: [e for e in svc.log_events() if e.get("event") == "leftover_process"],
+        60,
+        "the sweep of what the killed JupyterLab left",
+    )
+    assert pid_alive(shell), "frozen: nothing ends it"
 
-    killed = time.monotonic()
-    os.kill(old, signal.SIGKILL)
+
+def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(frozen_leftover):
+    """(Killed by the early test above.)"""
+    svc, freezer, shell, old, killed, token = frozen_leftover
     svc.wait_ready(not_pid=old)
     took = time.monotonic() - killed
     # The sweep's SIGTERM grace, then KILL_WAIT_S after SIGKILL, then a (warm) start.
@@ -93,13 +109,11 @@ def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(service_factor
     assert took < bound, took
     assert pid_alive(shell)  # frozen: SIGKILL is pending, and it has not died
     assert svc.api("GET", "api/status", token=token).status_code == 200
-
     assert svc.state()["stuck_pids"] == [shell]
     assert f"stuck:       pid {shell}: SIGKILL did not end them" in svc.cli("status").stdout
     wait_scrape(metrics_url(svc), lambda m: value(m, "jlservice_stuck_processes") == 1, "stuck 1")
     stuck = [e for e in svc.log_events() if e["event"] == "leftover_unkillable"]
     assert [e["pids"] for e in stuck] == [[shell]]
-
     # Thawed at last, the pending SIGKILL ends it, and jlservice reaps it.
     freezer.thaw()
     wait_for(lambda: not pid_alive(shell), 30, "the thawed shell to die")
@@ -112,3 +126,4 @@ def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(service_factor
     wait_for(lambda: svc.state().get("stuck_pids") == [], 10, "state.json: nothing stuck")
     assert "stuck:" not in svc.cli("status").stdout
     wait_scrape(metrics_url(svc), lambda m: value(m, "jlservice_stuck_processes") == 0, "stuck 0")
+    svc.cleanup()  # not needed for the rest of the run

@@ -31,8 +31,9 @@ from .procs import Processes, child_env, free_port, stop, wait_for
 
 PYTHON = sys.executable
 IS_ROOT = os.geteuid() == 0
-# The core and reload suites run twice, JupyterLab restarted from the warm parent and cold:
-# every test of theirs that starts a service (conftest.pytest_generate_tests).
+# Tests that restart JupyterLab (or where the warm parent runs beside it) run twice, the
+# restart forked from the warm parent and cold: each test so marked that starts a service
+# (conftest.pytest_generate_tests). The first start is cold either way.
 WARM_AND_COLD = pytest.mark.warm_and_cold
 
 

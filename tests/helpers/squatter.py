@@ -11,12 +11,14 @@ import contextlib
 import json
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import psutil
 
 from helpers.procs import wait_for
-from helpers.service import PYTHON
+from helpers.service import PYTHON, NotifySocket
 from jlservice import users
 from jlservice.config import RestartConfig
 from jlservice.errors import PortInUse
@@ -140,3 +142,44 @@ class Squatter:
         if self.proc is not None:
             self.proc.stdin.close()
             self.proc.wait(10)
+
+
+class HeldPort:
+    """A port another user's program holds (`squatter`, listening) while a service, with the
+    default [restart], starts and waits for it: `hold()` lets it go, in a thread, once
+    jlservice announces (on `notify`, the service's NOTIFY_SOCKET) a wait of max_delay: every
+    wait up to there has been announced, and from then on each is the same max_delay and
+    nothing counts them."""
+
+    def __init__(self, squatter: Squatter, notify: NotifySocket) -> None:
+        self.squatter = squatter
+        self.notify = notify
+        self.freed: float | None = None  # when it let go (time.time())
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+
+    def hold(self) -> HeldPort:
+        self._thread.start()
+        return self
+
+    def released(self, timeout: float) -> float:
+        """Once the squatter has let go: when it did; raises what went wrong before."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the port still held after {timeout} s"
+        if self.error is not None:
+            raise self.error
+        assert self.freed is not None
+        return self.freed
+
+    def _hold(self) -> None:
+        restart = RestartConfig()
+        try:
+            self.notify.read_until(
+                lambda m: waits_announced([m.get("STATUS", "")]) == [restart.max_delay],
+                timeout=sum(port_wait_steps(restart)) + 60,
+            )
+        except BaseException as exc:  # raised in the test, by released()
+            self.error = exc
+        finally:
+            self.squatter.__exit__(None, None, None)
+            self.freed = time.time()

@@ -1,14 +1,15 @@
 """Kernels survive JupyterLab: a real jlservice, real JupyterLab, real kernels.
 
-A crash, a hang, a reload or a token rotation restarts JupyterLab; the kernels it had keep
-running, with their state, and the next JupyterLab adopts them under the same ids and
-sessions. A stop, a user change or survive_restarts = false ends them, as does a grace
-period without adoption.
+A crash, a hang (test_hang.py), a reload or a token rotation restarts JupyterLab; the
+kernels it had keep running, with their state, and the next JupyterLab adopts them under the
+same ids and sessions. A stop, a user change or survive_restarts = false ends them, as does a
+grace period without adoption.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
@@ -41,6 +42,10 @@ DAEMON = (
     "print(int(p.stdout.readline())); _ = p.wait()"
 )
 STILL_THERE = "kept_file.write('more'); kept_file.flush(); print(x + 1, child.poll())"
+
+
+def _when(event: dict) -> float:
+    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
 def open_notebook(service, token: str, path: str = "kept.ipynb") -> tuple[str, int]:
@@ -105,10 +110,6 @@ def _kill9(service, token):
     os.kill(service.lab_pid, signal.SIGKILL)
 
 
-def _hang(service, token):
-    os.kill(service.lab_pid, signal.SIGSTOP)  # probes fail; jlservice replaces it
-
-
 def _port(service, token):
     service.sections["lab"]["port"] = service.port = free_port()
     service.write_config()
@@ -125,7 +126,8 @@ def _rotate(service, token):
     return rotated.stdout.strip()
 
 
-@pytest.mark.parametrize("restart", [_kill9, _hang, _port, _options, _rotate])
+# A hang keeps the kernel too: test_hang.py, which looks at one hang from every side.
+@pytest.mark.parametrize("restart", [_kill9, _port, _options, _rotate])
 def test_every_restart_keeps_the_kernel_and_its_state(service, restart):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -170,10 +172,13 @@ def test_survive_restarts_false_ends_the_kernels_as_before(service_factory):
     assert "jlservice_kernels" not in " ".join(psutil.Process(service.lab_pid).cmdline())
 
 
-def test_a_kernel_not_adopted_is_ended_after_the_grace(service_factory):
-    # grace = 10 instead of 30 to keep the test short (a cold start takes 2-3 s here); the
-    # unit tests check the default.
-    service = service_factory(kernels={"grace": 10}, metrics=metrics_section())
+@pytest.fixture(scope="session")
+def not_adopted(early_service_factory) -> tuple:
+    """A kept kernel the next JupyterLab cannot adopt (its connection file is broken), beside
+    one it adopts, with the default [kernels] grace (30 s): set up by an early test, so that
+    the grace passes while the other tests run; the service, the two kernels' ids and pids,
+    and where the log was at the crash."""
+    service = early_service_factory("not-adopted", metrics=metrics_section())
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, pid = open_notebook(service, token)
@@ -189,13 +194,30 @@ def test_a_kernel_not_adopted_is_ended_after_the_grace(service_factory):
     # A daemon a notebook starts under the new JupyterLab: an orphan of the supervisor's,
     # but none of the unadopted kernel's, so the end of that kernel leaves it alone.
     daemon = int(service.execute(token, kept_id, DAEMON))
+    return service, (kernel_id, pid), (kept_id, kept_pid), offset, daemon
+
+
+@pytest.mark.early
+def test_a_kernel_the_next_jupyterlab_cannot_adopt_waits_out_the_grace(not_adopted):
+    service, (_, pid), (kept_id, _), offset, _ = not_adopted
+    adopted(service, kept_id, offset)
+    assert pid_alive(pid), "not ended before the grace"
+    assert service.state()["kernels"]["kept"] == 2
+
+
+def test_a_kernel_not_adopted_is_ended_after_the_grace(not_adopted):
+    """With the default grace (30 s), which has passed since the early test above ran."""
+    service, (kernel_id, pid), (_, kept_pid), offset, daemon = not_adopted
 
     def lost() -> dict | None:
         events = service.log_events(offset)
         return next((e for e in events if e.get("event") == "kernel_lost"), None)
 
-    event = wait_for(lost, 30, "the unadopted kernel to be given up")
+    event = wait_for(lost, 60, "the unadopted kernel to be given up")
     assert event["kernel_id"] == kernel_id and event["reason"] == "not_adopted"
+    exited = next(e for e in service.log_events(offset) if e.get("event") == "lab_exited")
+    waited = _when(event) - _when(exited)
+    assert 30 <= waited < 30 + 10, f"given up {waited:.1f} s after the crash, not at the grace"
     wait_for(lambda: not pid_alive(pid), 30, "the unadopted kernel to be ended")
     assert pid_alive(kept_pid) and pid_alive(service.lab_pid) and pid_alive(daemon)
     counts = {"kept": 2, "adopted": 1, "waiting": 0}
@@ -203,6 +225,7 @@ def test_a_kernel_not_adopted_is_ended_after_the_grace(service_factory):
     metrics = scrape_text(metrics_url(service))
     assert 'jlservice_kernels_lost_total{reason="not_adopted"} 1.0' in metrics
     assert "jlservice_kernels_adopted_total 1.0" in metrics
+    service.cleanup()
 
 
 def test_rest_interrupt_restart_and_shutdown_of_an_adopted_kernel(service):

@@ -16,10 +16,19 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (tests/run.sh installs it when root)"
 )
 
-# A cell that runs through the crash: a line a second for 45 s. (JupyterLab's front end
-# tries to reconnect at once, then after a random wait in a doubling range (up to 1 s, 3 s,
-# 7 s, 15 s…): the tab may take many seconds to see the new server.)
-COUNT = "import time\nfor i in range(45):\n    print(f'line-{i}', flush=True)\n    time.sleep(1)"
+# A cell that runs through the crash: a line a second until the test, having seen its lines
+# come through the new server, tells it to stop with a file in its working directory (the
+# notebook's).
+# JupyterLab's front end tries to reconnect at once, then after a random wait in a doubling
+# range (up to 1 s, 3 s, 7 s, 15 s…): the tab may take many seconds to see the new server,
+# and the cell outlasts that, however long, and no longer.
+COUNT = (
+    "import os, time\n"
+    "i = 0\n"
+    "while not os.path.exists('stop-counting') and i < 600:\n"
+    "    print(f'line-{i}', flush=True); i += 1; time.sleep(1)\n"
+    "print('counted', flush=True)"
+)
 
 
 def test_an_open_tab_goes_on_after_kill9_without_a_reload(service_factory, tmp_path):
@@ -35,15 +44,19 @@ def test_an_open_tab_goes_on_after_kill9_without_a_reload(service_factory, tmp_p
         os.kill(lab, signal.SIGKILL)
         killed = time.monotonic()
         service.wait_ready(not_pid=lab)
+        dead = _last_line(tab)  # the old server is gone: what comes next, the new one brings
 
-        # The running cell went on in the kernel: its later lines appear in the same tab.
-        wait_for(lambda: "line-44" in tab.output(1), 90, "the cell's last line in the tab")
+        # The running cell went on in the kernel: its later lines appear in the same tab
+        # (those printed while the tab had no server are lost), and, told to stop, its last.
+        wait_for(lambda: _last_line(tab) > dead, 90, "the cell's later lines in the tab")
+        (service.notebooks / "stop-counting").touch()
+        wait_for(lambda: "counted" in tab.output(1), 30, "the cell's last line in the tab")
         tab.run(2, "x + 1")
         wait_for(lambda: "42" in tab.output(2), 60, "x + 1 = 42 in the tab")
         assert time.monotonic() - killed < 90
         assert browser.evaluate("performance.timeOrigin") == page  # never reloaded
-        shown = [line for line in tab.output(1).split() if line.startswith("line-")]
-        assert shown[0] == "line-0" and shown[-1] == "line-44"  # some lost in the gap
+        shown = tab.output(1).split()
+        assert shown[0] == "line-0" and shown[-1] == "counted"  # some lost in the gap
     finally:
         browser.close()
 
@@ -89,3 +102,9 @@ def test_after_kill9_the_tabs_first_reconnection_gets_through(service_factory, t
         assert taken == opened  # the old code: the first try refused
     finally:
         browser.close()
+
+
+def _last_line(tab) -> int:
+    """The number of the counting cell's last line the tab shows (-1: none yet)."""
+    shown = [int(w[5:]) for w in tab.output(1).split() if w.startswith("line-")]
+    return max(shown, default=-1)

@@ -15,7 +15,8 @@ import requests
 from helpers.procs import free_port, pid_alive, wait_for
 from helpers.service import WARM_AND_COLD, render_toml
 
-pytestmark = WARM_AND_COLD
+# WARM_AND_COLD: the tests that restart JupyterLab, which a warm or a cold start then
+# serves; the others, where only the first (always cold) start happens, run with the default.
 
 
 def _events(svc, name):
@@ -63,6 +64,7 @@ def test_comment_edit_restarts_nothing(service):
     assert len(_events(service, "lab_starting")) == 1
 
 
+@WARM_AND_COLD
 @pytest.mark.parametrize("style", ["in_place", "rename", "sed"])
 def test_port_change_moves_server_and_keeps_login(service, style):
     service.start()
@@ -146,6 +148,7 @@ def _settled(svc) -> None:
     wait_for(lambda: _events(svc, "config_reloaded")[-1]["source"] == "SIGHUP", 30, "SIGHUP")
 
 
+@WARM_AND_COLD
 def test_burst_of_saves_restarts_once(service):
     service.start()
     lab = service.lab_pid
@@ -167,6 +170,7 @@ def test_burst_of_saves_restarts_once(service):
     assert service.state()["port"] == state["port"] == service.sections["lab"]["port"]
 
 
+@WARM_AND_COLD
 @pytest.mark.parametrize("trigger", ["SIGHUP", "jlservice reload"])
 def test_sighup_and_reload_command_with_notify_handshake(service_factory, trigger, notify_socket):
     svc = service_factory(reload={"watch": False})
@@ -238,6 +242,7 @@ def test_reload_without_a_running_supervisor_says_so(service):
     assert "jlservice is not running" in result.stderr
 
 
+@WARM_AND_COLD
 def test_idle_policy_waits_for_busy_kernel(service_factory):
     svc = service_factory(reload={"when": "idle"})
     svc.start()
@@ -299,6 +304,7 @@ def test_reload_to_a_port_in_use_is_rejected_and_keeps_serving(service):
     assert len(_events(service, "lab_starting")) == 1
 
 
+@WARM_AND_COLD
 def test_change_during_a_reload_leads_to_exactly_one_more(service):
     service.start()
     first_lab = service.lab_pid

@@ -6,7 +6,9 @@ import datetime
 import os
 import signal
 
+import pytest
 from helpers.procs import pid_alive, wait_for
+from helpers.service import Service
 
 
 def _when(event: dict) -> float:
@@ -46,12 +48,14 @@ def test_a_server_that_never_answers_is_stopped_at_start_timeout_and_counted(ser
     assert state["last_exit"]["reason"] == "start_timeout"
 
 
-def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(service):
-    """With the default stop_timeout (20 s): SIGTERM, then SIGKILL; only then the next start."""
+@pytest.fixture(scope="session")
+def stubborn_leftover(early_service_factory) -> tuple[Service, int, int]:
+    """A crash leaves a process that ignores SIGTERM, with the default stop_timeout (20 s):
+    made by an early test, so that the 20 s pass while the other tests run. The service, the
+    leftover's pid, and the crashed JupyterLab's."""
     # A crash keeps the kernels (and what they started) by default: here they are the
     # leftovers to sweep, as they are with survive_restarts = false.
-    service.sections["kernels"] = {"survive_restarts": False}
-    service.write_config()
+    service = early_service_factory("stubborn", kernels={"survive_restarts": False})
     service.start()
     token = service.cli("token").stdout.strip()
     kernel_id, _ = service.start_kernel(token)
@@ -72,6 +76,24 @@ def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(service):
     wait_for(armed.exists, 30, "the leftover to ignore SIGTERM")
     old = service.lab_pid
     os.kill(old, signal.SIGKILL)
+    return service, stubborn, old
+
+
+@pytest.mark.early
+def test_a_leftover_that_ignores_sigterm_is_sent_sigterm_first(stubborn_leftover):
+    service, stubborn, _ = stubborn_leftover
+    wait_for(
+        lambda: [e for e in _events(service, "leftover_process") if e["pid"] == stubborn],
+        60,
+        "the leftover to be told to stop",
+    )
+    assert pid_alive(stubborn), "it ignores SIGTERM: still there, until stop_timeout"
+
+
+def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(stubborn_leftover):
+    """With the default stop_timeout (20 s): SIGTERM, then SIGKILL; only then the next start
+    (the crash was an early test's, above)."""
+    service, stubborn, old = stubborn_leftover
     state = service.wait_ready(not_pid=old, timeout=120)
 
     (termed,) = [e for e in _events(service, "leftover_process") if e["pid"] == stubborn]
@@ -81,3 +103,4 @@ def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(service):
     assert not pid_alive(stubborn)
     restarted = [e for e in _events(service, "lab_starting") if e["pid"] == state["lab_pid"]]
     assert _when(restarted[0]) >= _when(killed)  # no new JupyterLab beside the old one's
+    service.cleanup()

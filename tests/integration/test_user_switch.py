@@ -14,10 +14,9 @@ from helpers.service import IS_ROOT, WARM_AND_COLD
 
 from jlservice import users
 
-pytestmark = [
-    pytest.mark.skipif(not IS_ROOT, reason="switching users needs root"),
-    WARM_AND_COLD,
-]
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+# WARM_AND_COLD: the tests where a warm parent runs as the user beside JupyterLab, or a restart
+# is forked from it; the others see only the first (always cold) start, with the default.
 
 
 @pytest.fixture
@@ -33,6 +32,7 @@ def user_service(service_factory, other_user):
     return svc
 
 
+@WARM_AND_COLD
 def test_lab_kernels_and_files_belong_to_the_user(user_service, other_user):
     svc = user_service.start()
     lab = psutil.Process(svc.lab_pid)
@@ -75,6 +75,7 @@ def test_lab_kernels_and_files_belong_to_the_user(user_service, other_user):
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o711
 
 
+@WARM_AND_COLD
 def test_lab_user_cannot_make_root_follow_a_symlink(user_service, other_user, tmp_path):
     """From a kernel, the user tries to swap the runtime dir for a link to a root directory."""
     svc = user_service.start()
@@ -157,6 +158,7 @@ def test_non_root_cannot_run_lab_as_someone_else(tmp_path, other_user):
     assert f"jlservice runs as {other_user.name}, not root" in result.stderr
 
 
+@WARM_AND_COLD
 def test_password_and_https_for_another_user(user_service, other_user):
     """The hash and the key stay root's 0600 files; the lab user gets its own copies."""
     svc = user_service
