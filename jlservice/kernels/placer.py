@@ -17,7 +17,7 @@ import socket
 import struct
 from pathlib import Path
 
-from jlservice import bounded, log
+from jlservice import bounded, log, oom
 from jlservice.kernels.limits import Limits
 from jlservice.metrics.kernels import connection_file_id
 from jlservice.start.launcher import Launch
@@ -81,6 +81,7 @@ class Placer:
         problem = _not_its_kernel(pid, peer, kernel_id, launch)
         if problem is None:
             self.launched[pid] = kernel_id
+            oom.set_score(pid, oom.KERNEL)  # as root: its floor too, which a cell cannot lower
         if problem is None and self.limits is not None:
             try:
                 # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)

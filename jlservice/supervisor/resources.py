@@ -34,7 +34,7 @@ class Early:
 
 
 def before_children(kernels: KernelsConfig, launch: Launch) -> Early:
-    unprotected = oom.protect_self() if launch.keep_kernels else None
+    unprotected = oom.protect_self()
     found, said = limits.set_up(kernels.memory_max, launch.keep_kernels)
     return Early(unprotected, found, said)
 
@@ -73,7 +73,7 @@ class Resources:
             logger.warning(
                 "oom_protection_off",
                 problem=f"{early.unprotected}; the OOM killer may take JupyterLab or jlservice "
-                "before a kernel (run jlservice as root, or under its unit: OOMScoreAdjust)",
+                "before a kernel (run jlservice as root)",
             )
         if memory_max is not None and early.limits is None:
             logger.warning("kernel_limits_off", problem=early.limits_said)
