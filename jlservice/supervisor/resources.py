@@ -63,7 +63,7 @@ class Resources:
             lambda: exporter.sampler.snapshot,
             lambda: view.endpoint,
             memory.limit if memory is not None else lambda _cgroup: None,
-            (lambda: self.placer.launched) if self.placer is not None else dict,
+            self.placer.names if self.placer is not None else dict,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 
@@ -87,7 +87,7 @@ class Resources:
                 "(run it as root)",
             )
         if self.placer is not None:
-            await self.placer.start(launch.limits_socket)
+            await self.placer.start(launch.limits_socket, launch.account)
 
     def sampled(self, snapshot: Snapshot) -> None:
         """In the loop's thread, after each sampler round."""
