@@ -197,6 +197,20 @@ def test_silent_connections_hold_no_more_than_a_few_fds(tmp_path) -> None:
     assert held <= cap
 
 
+def test_kernel_cgroups_are_capped(tmp_path) -> None:
+    """A JupyterLab that places child after child under new ids: past the cap, refused
+    (memory cgroup ids are a system-wide resource). Plain files stand in for cgroupfs."""
+    from jlservice.kernels.cgroups import Memory
+
+    unit = tmp_path / "jlservice.service"
+    found = limits.Limits(Memory(tmp_path, 2), "/jlservice.service", None)
+    for n in range(limits.MAX_KERNEL_CGROUPS):
+        (unit / "kernels" / f"kernel-{n}").mkdir(parents=True)
+    with pytest.raises(ValueError, match="1024 kernel cgroups already"):
+        found.place(K, 4242)
+    assert not (unit / "kernels" / f"kernel-{K}").exists()
+
+
 def test_without_systemd_limits_are_off_and_say_why() -> None:
     found, why = limits.set_up(4 << 30, True, environ={})
     assert found is None and why == (
