@@ -64,6 +64,10 @@ class Limits:
         self._limit(path)
         (path / "cgroup.procs").write_text(str(pid))
 
+    def move(self, pid: int, cgroup: str) -> None:
+        """`pid` back into `cgroup` (of the memory hierarchy); OSError."""
+        (self.memory.dir(cgroup) / "cgroup.procs").write_text(str(pid))
+
     def apply(self, memory_max: int | None) -> None:
         """A new [kernels] memory_max, for the running kernels too."""
         self.memory_max = memory_max

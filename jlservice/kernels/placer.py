@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import struct
 from pathlib import Path
@@ -97,23 +98,51 @@ class Placer:
             kernel_id, pid = str(request["kernel_id"]), int(request["pid"])
         except (ValueError, TypeError, KeyError):
             return "refused: not a request"
-        problem = _not_its_kernel(pid, peer, kernel_id, launch)
-        if problem is None:
-            self.launched[pid] = (kernel_id, procfs.start_ticks(pid) or 0)
-            oom.set_score(pid, oom.KERNEL)  # as root: its floor too, which a cell cannot lower
-        if problem is None and self.limits is not None:
+        try:
+            pidfd = os.pidfd_open(pid)  # the process checked is the one placed, never a reuse
+        except (OSError, OverflowError):
+            pidfd = -1
+        try:
+            problem = self._place(pidfd, pid, peer, kernel_id, launch)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        if problem is not None:
+            logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=problem)
+            return problem
+        logger.debug("kernel_placed", kernel_id=kernel_id, pid=pid)
+        return "ok"
+
+    def _place(self, pidfd: int, pid: int, peer: int, kernel_id: str, launch: Launch) -> str | None:
+        """What went wrong placing `pid` (open as `pidfd`), or None."""
+        ticks = procfs.start_ticks(pid)
+        problem = _not_its_kernel(pid, peer, kernel_id, launch) if pidfd >= 0 else "gone"
+        if problem is None and (ticks is None or not _alive(pidfd)):
+            problem = "gone"  # what was read of /proc may be another process's
+        if problem is not None:
+            return f"no process {pid}" if problem == "gone" else problem
+        assert ticks is not None
+        oom.set_score(pid, oom.KERNEL)  # as root: its floor too, which a cell cannot lower
+        if self.limits is not None:
+            before = self.limits.memory.of(pid)
             try:
                 # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)
                 # keeps its cgroup and the count of kills in it.
                 self.limits.sweep(self.running | set(self.names().values()) | {kernel_id})
                 self.limits.place(kernel_id, pid)
             except (OSError, ValueError) as exc:
-                problem = f"cannot place it: {exc}"
-        if problem is not None:
-            logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=problem)
-            return problem
-        logger.debug("kernel_placed", kernel_id=kernel_id, pid=pid)
-        return "ok"
+                return f"cannot place it: {exc}"
+            if not _alive(pidfd):  # it ended: the pid written may have been another's
+                if before is not None and procfs.start_ticks(pid) not in (None, ticks):
+                    self.limits.move(pid, before)
+                return f"process {pid} ended as it was placed"
+        self.launched[pid] = (kernel_id, ticks)
+        return None
+
+
+def _alive(pidfd: int) -> bool:
+    """A pidfd becomes readable once its process has ended (its pid may then be reused)."""
+    return not select.select([pidfd], [], [], 0)[0]
 
 
 def _peer(sock: socket.socket) -> int:

@@ -133,6 +133,28 @@ def test_only_jupyterlab_may_place_only_its_kernel(delegated, kernel, tmp_path) 
     assert placer.names() == {}
 
 
+def test_a_kernel_that_ends_while_checked_is_not_placed(
+    delegated, kernel, tmp_path, monkeypatch
+) -> None:
+    """Its pid may be another process's by the time it would be written to cgroup.procs:
+    the checks hold only for the process the placer holds a pidfd of, while it runs."""
+    placer = Placer(limits.Limits(delegated.memory, delegated.name, 200 * MIB))
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    checked = placer_module._not_its_kernel
+
+    def ends_meanwhile(*args):
+        problem = checked(*args)
+        kernel.kill()
+        kernel.wait()  # reaped: its pid free for anyone's next process
+        return problem
+
+    monkeypatch.setattr(placer_module, "_not_its_kernel", ends_meanwhile)
+    (answer,) = _serving(placer, tmp_path / "kernels.sock", {"kernel_id": K, "pid": kernel.pid})
+    assert answer == f"no process {kernel.pid}"
+    assert not (delegated.path / "kernels" / f"kernel-{K}").exists()
+    assert placer.names() == {}
+
+
 def test_another_user_cannot_reach_the_socket(tmp_path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: another user")
