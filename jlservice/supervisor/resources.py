@@ -64,6 +64,7 @@ class Resources:
             lambda: view.endpoint,
             memory.limit if memory is not None else lambda _cgroup: None,
             self.placer.names if self.placer is not None else dict,
+            kernels_cgroup=f"{early.limits.base}/{limits.KERNELS}" if early.limits else None,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 
