@@ -28,6 +28,7 @@ from jlservice.kernels.cgroups import Cgroup, Memory, memory
 KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 KERNELS = "kernels"
 SUPERVISOR = "supervisor"
+MAX_KERNEL_CGROUPS = 1024  # memory cgroup ids are few system-wide (65535 on v1)
 FIX = "add a drop-in with `systemctl edit jlservice`: [Service] ProtectControlGroups=no"
 
 
@@ -54,9 +55,18 @@ class Limits:
         if not KERNEL_ID.fullmatch(kernel_id):
             raise ValueError(f"{kernel_id!r} is not a kernel id")
         path = self.kernels / f"kernel-{kernel_id}"
+        if not path.exists() and len(self._kernel_dirs()) >= MAX_KERNEL_CGROUPS:
+            raise ValueError(
+                f"{MAX_KERNEL_CGROUPS} kernel cgroups already in {self.kernels}; "
+                "shut down kernels not in use"
+            )
         path.mkdir(exist_ok=True)
         self._limit(path)
         (path / "cgroup.procs").write_text(str(pid))
+
+    def move(self, pid: int, cgroup: str) -> None:
+        """`pid` back into `cgroup` (of the memory hierarchy); OSError."""
+        (self.memory.dir(cgroup) / "cgroup.procs").write_text(str(pid))
 
     def apply(self, memory_max: int | None) -> None:
         """A new [kernels] memory_max, for the running kernels too."""

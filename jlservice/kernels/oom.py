@@ -40,10 +40,8 @@ _KILLED = re.compile(
     r"Killed process (\d+) \((.{0,64})\) total-vm:\d+kB, anon-rss:(\d+)kB, "
     r"file-rss:(\d+)kB, shmem-rss:(\d+)kB"
 )
-# A kernel's own cgroup (kernels.limits) names it: …/kernel-<id>[/…]
-_KERNEL_CGROUP = re.compile(
-    r"/kernel-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b"
-)
+# A kernel's own cgroup (kernels.limits) names it: <unit>/kernels/kernel-<id>[/…]
+_KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,12 @@ class OomWatch:
         limit: Callable[[str], int | None],
         launched: Callable[[], dict[int, str]] = dict,
         path: str = KMSG,
+        kernels_cgroup: str | None = None,
     ) -> None:
         """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
-        `limit(memcg)`: the memory limit of the cgroup the kernel log names."""
+        `limit(memcg)`: the memory limit of the cgroup the kernel log names;
+        `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere."""
+        self._kernels_cgroup = kernels_cgroup
         self._post = post
         self._snapshot = snapshot
         self._endpoint = endpoint
@@ -117,9 +118,8 @@ class OomWatch:
         """One message of the kernel log."""
         if (match := _OOM_KILL.search(text)) is not None:
             constraint, memcg, task_memcg, pid = match.groups()
-            own = _KERNEL_CGROUP.search(task_memcg)
             # Still there (dying, or a zombie its parent has not reaped): whose is it?
-            kernel_id = own[1] if own else self._kernel_of(int(pid))
+            kernel_id = self._cgroup_names(task_memcg) or self._kernel_of(int(pid))
             self._pending[int(pid)] = (constraint, memcg or "", kernel_id)
             return
         if (match := _KILLED.search(text)) is None:
@@ -177,6 +177,16 @@ class OomWatch:
             for _ in range(used.cgroup.oom_kills - told):
                 peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
                 self._tell(_Kill(None, "", peak, used.kernel_id, ""), used, used.notebook)
+
+    def _cgroup_names(self, task_memcg: str) -> str | None:
+        """The running kernel whose own cgroup `task_memcg` is in: only one of ours counts
+        (anyone may name a cgroup of theirs kernel-<id>)."""
+        prefix = f"{self._kernels_cgroup}/kernel-"
+        if self._kernels_cgroup is None or not task_memcg.startswith(prefix):
+            return None
+        kernel_id = task_memcg[len(prefix) :].partition("/")[0]
+        running = {*self._snapshot().owners.values(), *self._launched().values()}
+        return kernel_id if _KERNEL_ID.fullmatch(kernel_id) and kernel_id in running else None
 
     def _kernel_of(self, pid: int) -> str | None:
         """The kernel whose tree `pid` was in: as the last round saw it, or by its ancestry

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import struct
 from pathlib import Path
 
-from jlservice import bounded, log
+from jlservice import bounded, log, oom, procfs, users
 from jlservice.kernels.limits import Limits
 from jlservice.metrics.kernels import connection_file_id
 from jlservice.start.launcher import Launch
@@ -26,25 +27,40 @@ logger = log.get("jlservice.kernels")
 
 MAX_REQUEST = 4096
 TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 8  # at once; more are closed unread (each holds one of jlservice's fds)
 
 
 class Placer:
     def __init__(self, limits: Limits | None) -> None:
         self.limits = limits
         self.lab: tuple[int, Launch] | None = None  # the JupyterLab that may ask, its launch
-        self.launched: dict[int, str] = {}  # pid → kernel id, of kernels since the last round
+        # pid → (kernel id, start ticks), of kernels placed since the last round that saw them
+        self.launched: dict[int, tuple[str, int]] = {}
         self.running: set[str] = set()  # kernel ids of the last round: their cgroups stay
         self._server: asyncio.AbstractServer | None = None
+        self._open = 0
+
+    def names(self) -> dict[int, str]:
+        """pid → kernel id of the kernels placed since the last round."""
+        return {pid: kernel_id for pid, (kernel_id, _) in self.launched.items()}
 
     def seen(self, owners: dict[int, str]) -> None:
-        """A sampler round: what it saw, it names from now on."""
-        self.launched = {pid: k for pid, k in self.launched.items() if pid not in owners}
+        """A sampler round: what it saw, it names from now on; a kernel gone (or its pid now
+        another process's) is forgotten."""
+        self.launched = {
+            pid: (k, ticks)
+            for pid, (k, ticks) in self.launched.items()
+            if pid not in owners and procfs.start_ticks(pid) == ticks
+        }
         self.running = set(owners.values())
 
-    async def start(self, path: Path) -> None:
+    async def start(self, path: Path, account: users.Account) -> None:
         path.unlink(missing_ok=True)
         self._server = await asyncio.start_unix_server(self._serve, path)
-        os.chmod(path, 0o666)  # the lab user connects; SO_PEERCRED says who did
+        # The lab user's alone (root connects anyway); SO_PEERCRED says which process did.
+        if os.geteuid() == 0:
+            os.chown(path, account.uid, account.gid)
+        os.chmod(path, 0o600)
 
     def serve_for(self, pid: int, launch: Launch) -> None:
         """From now on only JupyterLab `pid` may ask."""
@@ -57,43 +73,81 @@ class Placer:
             self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open += 1
         try:
+            sock = writer.get_extra_info("socket")
+            if self._open > MAX_CONNECTIONS or _peer(sock) != self._lab_pid():
+                return  # closed unread: only the running JupyterLab may ask, a few at once
             line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
-            answer = self._answer(writer.get_extra_info("socket"), line)
-            writer.write(answer.encode() + b"\n")
+            writer.write(self._answer(line).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), TIMEOUT_S)
         except (OSError, asyncio.TimeoutError, ValueError):
             pass  # the asker gave up: its kernel runs without a limit, and it says so
         finally:
+            self._open -= 1
             writer.close()
 
-    def _answer(self, sock: socket.socket, line: bytes) -> str:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        peer, _uid, _gid = struct.unpack("3i", creds)
-        if self.lab is None or peer != self.lab[0]:
-            return "refused: only the running JupyterLab may ask"
-        launch = self.lab[1]
+    def _lab_pid(self) -> int | None:
+        return self.lab[0] if self.lab is not None else None
+
+    def _answer(self, line: bytes) -> str:
+        assert self.lab is not None
+        peer, launch = self.lab
         try:
             request = bounded.loads(line[:MAX_REQUEST], MAX_REQUEST)
             kernel_id, pid = str(request["kernel_id"]), int(request["pid"])
         except (ValueError, TypeError, KeyError):
             return "refused: not a request"
-        problem = _not_its_kernel(pid, peer, kernel_id, launch)
-        if problem is None:
-            self.launched[pid] = kernel_id
-        if problem is None and self.limits is not None:
-            try:
-                # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)
-                # keeps its cgroup and the count of kills in it.
-                self.limits.sweep(self.running | set(self.launched.values()) | {kernel_id})
-                self.limits.place(kernel_id, pid)
-            except (OSError, ValueError) as exc:
-                problem = f"cannot place it: {exc}"
+        try:
+            pidfd = os.pidfd_open(pid)  # the process checked is the one placed, never a reuse
+        except (OSError, OverflowError):
+            pidfd = -1
+        try:
+            problem = self._place(pidfd, pid, peer, kernel_id, launch)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
         if problem is not None:
             logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=problem)
             return problem
         logger.debug("kernel_placed", kernel_id=kernel_id, pid=pid)
         return "ok"
+
+    def _place(self, pidfd: int, pid: int, peer: int, kernel_id: str, launch: Launch) -> str | None:
+        """What went wrong placing `pid` (open as `pidfd`), or None."""
+        ticks = procfs.start_ticks(pid)
+        problem = _not_its_kernel(pid, peer, kernel_id, launch) if pidfd >= 0 else "gone"
+        if problem is None and (ticks is None or not _alive(pidfd)):
+            problem = "gone"  # what was read of /proc may be another process's
+        if problem is not None:
+            return f"no process {pid}" if problem == "gone" else problem
+        assert ticks is not None
+        oom.set_score(pid, oom.KERNEL)  # as root: its floor too, which a cell cannot lower
+        if self.limits is not None:
+            before = self.limits.memory.of(pid)
+            try:
+                # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)
+                # keeps its cgroup and the count of kills in it.
+                self.limits.sweep(self.running | set(self.names().values()) | {kernel_id})
+                self.limits.place(kernel_id, pid)
+            except (OSError, ValueError) as exc:
+                return f"cannot place it: {exc}"
+            if not _alive(pidfd):  # it ended: the pid written may have been another's
+                if before is not None and procfs.start_ticks(pid) not in (None, ticks):
+                    self.limits.move(pid, before)
+                return f"process {pid} ended as it was placed"
+        self.launched[pid] = (kernel_id, ticks)
+        return None
+
+
+def _alive(pidfd: int) -> bool:
+    """A pidfd becomes readable once its process has ended (its pid may then be reused)."""
+    return not select.select([pidfd], [], [], 0)[0]
+
+
+def _peer(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
 
 
 def _not_its_kernel(pid: int, lab_pid: int, kernel_id: str, launch: Launch) -> str | None:

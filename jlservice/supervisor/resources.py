@@ -34,7 +34,7 @@ class Early:
 
 
 def before_children(kernels: KernelsConfig, launch: Launch) -> Early:
-    unprotected = oom.protect_self() if launch.keep_kernels else None
+    unprotected = oom.protect_self()
     found, said = limits.set_up(kernels.memory_max, launch.keep_kernels)
     return Early(unprotected, found, said)
 
@@ -63,7 +63,8 @@ class Resources:
             lambda: exporter.sampler.snapshot,
             lambda: view.endpoint,
             memory.limit if memory is not None else lambda _cgroup: None,
-            (lambda: self.placer.launched) if self.placer is not None else dict,
+            self.placer.names if self.placer is not None else dict,
+            kernels_cgroup=f"{early.limits.base}/{limits.KERNELS}" if early.limits else None,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 
@@ -73,7 +74,7 @@ class Resources:
             logger.warning(
                 "oom_protection_off",
                 problem=f"{early.unprotected}; the OOM killer may take JupyterLab or jlservice "
-                "before a kernel (run jlservice as root, or under its unit: OOMScoreAdjust)",
+                "before a kernel (run jlservice as root)",
             )
         if memory_max is not None and early.limits is None:
             logger.warning("kernel_limits_off", problem=early.limits_said)
@@ -87,7 +88,7 @@ class Resources:
                 "(run it as root)",
             )
         if self.placer is not None:
-            await self.placer.start(launch.limits_socket)
+            await self.placer.start(launch.limits_socket, launch.account)
 
     def sampled(self, snapshot: Snapshot) -> None:
         """In the loop's thread, after each sampler round."""

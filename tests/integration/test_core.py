@@ -192,6 +192,8 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     )
     daemon_pid = int(service.execute(token, kernel_id, DAEMON))
     assert pid_alive(sleep_pid) and pid_alive(daemon_pid)
+    with open(f"/proc/{kernel_pid}/oom_score_adj") as f:  # JupyterLab's, never jlservice's
+        assert int(f.read()) >= 0
 
     old_lab = service.lab_pid
     os.kill(old_lab, signal.SIGKILL)

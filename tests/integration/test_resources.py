@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import psutil
@@ -26,6 +28,47 @@ HOLDERS = (
     "[p.stdout.readline() for p in procs]\n"
     "print(' '.join(str(p.pid) for p in procs))"
 )
+
+
+# A cell that lowers its kernel's oom_score_adj just below +500.
+LOWER = (
+    "try:\n"
+    "    with open('/proc/self/oom_score_adj', 'w') as f:\n"
+    "        f.write('499')\n"
+    "except PermissionError as exc:\n"
+    "    print('refused', exc.errno)\n"
+    "else:\n"
+    "    print('lowered')"
+)
+
+
+def _lower_as(uid: int, pid: int, value: int) -> str:
+    """What writing `value` to `pid`'s oom_score_adj does, as `uid` (the lab user)."""
+    code = (
+        "import sys\n"
+        "try:\n"
+        "    with open(f'/proc/{sys.argv[1]}/oom_score_adj', 'w') as f:\n"
+        "        f.write(sys.argv[2])\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+        "else:\n"
+        "    print('lowered')"
+    )
+    argv = [sys.executable, "-c", code, str(pid), str(value)]
+    return subprocess.run(argv, user=uid, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _sets_floors() -> bool:
+    """Whether root here may lower an oom_score_adj (CAP_SYS_RESOURCE), and so lock floors:
+    a container may withhold it, and then jlservice protects nothing and locks nothing."""
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return IS_ROOT and bool(caps & (1 << 24))
+
+
+def _oom_score(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        return int(f.read())
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -75,6 +118,18 @@ def test_a_kernel_and_its_children_as_proc_sees_them(service_factory) -> None:
     assert row["notebook"] == NOTEBOOK and row["pid"] == pid
     assert row["rss_bytes"] == pytest.approx(proc_rss, rel=0.05)
     assert row["state"] == "idle" and row["oom_kills"] == 0
+
+    if _sets_floors():
+        # jlservice alone is protected; root wrote each child's value, and with it the floor
+        # it cannot go below: a notebook cannot hand its kernel, nor JupyterLab, -900.
+        assert _oom_score(svc.proc.pid) == -900
+        assert _oom_score(pid) == 500
+        assert svc.execute(token, kernel_id, LOWER) == "refused 13"
+        uid = svc.account.uid
+        warm = svc.state()["warm_parent"]
+        for lab in (svc.lab_pid, *([warm["pid"]] if warm else [])):
+            assert _oom_score(lab) == 0
+            assert _lower_as(uid, lab, -1) == "refused"
 
 
 # Processes the notebook starts one after another, 60 MiB each — each smaller than

@@ -5,17 +5,23 @@ for the one systemd delegates; and why limits are off where they cannot hold."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.cgroup import OwnCgroup, own_cgroup
 
+from jlservice import users
 from jlservice.kernels import limits
+from jlservice.kernels import placer as placer_module
 from jlservice.kernels.placer import Placer
 
 K = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
@@ -72,35 +78,159 @@ def test_a_new_limit_holds_for_running_kernels(delegated, kernel) -> None:
     assert found.cgroup(K).limit == 300 * MIB
 
 
+class Launched:  # what the placer reads of a Launch: the test process plays JupyterLab
+    account = users.current()
+
+    def __init__(self, runtime: Path) -> None:
+        self.jupyter_runtime_dir = runtime
+
+
+async def _ask(placer: Placer, path: Path, request: dict) -> str:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(json.dumps(request).encode() + b"\n")
+    try:
+        answer = (await reader.readline()).decode().strip()
+    except ConnectionResetError:  # closed with the request unread
+        answer = ""
+    writer.close()
+    return answer
+
+
+def _serving(placer: Placer, path: Path, *requests: dict) -> list[str]:
+    async def run() -> list[str]:
+        await placer.start(path, Launched.account)
+        try:
+            return [await _ask(placer, path, r) for r in requests]
+        finally:
+            placer.close()
+
+    return asyncio.run(run())
+
+
 def test_only_jupyterlab_may_place_only_its_kernel(delegated, kernel, tmp_path) -> None:
     """The test process plays JupyterLab: its child is the kernel."""
-
-    class Launched:  # what the placer reads of a Launch
-        jupyter_runtime_dir = tmp_path
-        account = type("A", (), {"uid": os.geteuid(), "name": "root"})()
-
     placer = Placer(limits.Limits(delegated.memory, delegated.name, 200 * MIB))
     path = tmp_path / "kernels.sock"
-
-    async def ask(request: dict) -> str:
-        await placer.start(path)
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        writer.write(json.dumps(request).encode() + b"\n")
-        answer = (await reader.readline()).decode().strip()
-        writer.close()
-        placer.close()
-        return answer
-
     own = f"{delegated.name}/kernels/kernel-{K}"
-    placer.serve_for(os.getpid() + 10**6, Launched)  # some other JupyterLab
-    assert asyncio.run(ask({"kernel_id": K, "pid": kernel.pid})).startswith("refused")
-    placer.serve_for(os.getpid(), Launched)
+    placer.serve_for(os.getpid() + 10**6, Launched(tmp_path))  # some other JupyterLab
+    assert _serving(placer, path, {"kernel_id": K, "pid": kernel.pid}) == [""]  # closed unread
+    placer.serve_for(os.getpid(), Launched(tmp_path))
     other = "0a1b2c3d-0000-4000-8000-000000000000"
-    assert "is not kernel" in asyncio.run(ask({"kernel_id": other, "pid": kernel.pid}))
-    assert "not JupyterLab's child" in asyncio.run(ask({"kernel_id": K, "pid": os.getppid()}))
-    assert delegated.memory.of(kernel.pid) != own
-    assert asyncio.run(ask({"kernel_id": K, "pid": kernel.pid})) == "ok"
+    not_kernel, not_child, ok = _serving(
+        placer,
+        path,
+        {"kernel_id": other, "pid": kernel.pid},
+        {"kernel_id": K, "pid": os.getppid()},
+        {"kernel_id": K, "pid": kernel.pid},
+    )
+    assert "is not kernel" in not_kernel and "not JupyterLab's child" in not_child
+    assert ok == "ok"
     assert delegated.memory.of(kernel.pid) == own
+    assert placer.names() == {kernel.pid: K}
+    kernel.kill()
+    kernel.wait()
+    placer.seen({})  # a round after the kernel's death (its pid free for another process)
+    assert placer.names() == {}
+
+
+def test_a_kernel_that_ends_while_checked_is_not_placed(
+    delegated, kernel, tmp_path, monkeypatch
+) -> None:
+    """Its pid may be another process's by the time it would be written to cgroup.procs:
+    the checks hold only for the process the placer holds a pidfd of, while it runs."""
+    placer = Placer(limits.Limits(delegated.memory, delegated.name, 200 * MIB))
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    checked = placer_module._not_its_kernel
+
+    def ends_meanwhile(*args):
+        problem = checked(*args)
+        kernel.kill()
+        kernel.wait()  # reaped: its pid free for anyone's next process
+        return problem
+
+    monkeypatch.setattr(placer_module, "_not_its_kernel", ends_meanwhile)
+    (answer,) = _serving(placer, tmp_path / "kernels.sock", {"kernel_id": K, "pid": kernel.pid})
+    assert answer == f"no process {kernel.pid}"
+    assert not (delegated.path / "kernels" / f"kernel-{K}").exists()
+    assert placer.names() == {}
+
+
+def test_another_user_cannot_reach_the_socket(tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: another user")
+    run = Path(tempfile.mkdtemp(prefix="jlservice-placer-"))
+    try:
+        run.chmod(0o711)  # as the private dir: others may pass, not list
+        placer = Placer(None)
+        path = run / "kernels.sock"
+
+        async def other_user() -> str:
+            await placer.start(path, Launched.account)
+            code = (
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.errno)\n"
+                "else:\n    print('connected')"
+            )
+            argv = [sys.executable, "-c", code, str(path)]
+            proc = await asyncio.create_subprocess_exec(
+                *argv, user=65534, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            placer.close()
+            return out.decode().strip()
+
+        assert asyncio.run(other_user()) == str(errno.EACCES)
+    finally:
+        shutil.rmtree(run)
+
+
+async def _eof(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await reader.read()
+
+
+def test_silent_connections_hold_no_more_than_a_few_fds(tmp_path) -> None:
+    """The running JupyterLab itself (the only one let in) opens 100 connections and sends
+    nothing: those past the cap are closed at once, unread; jlservice holds the cap."""
+    placer = Placer(None)
+    path = tmp_path / "kernels.sock"
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+
+    async def run() -> tuple[int, int, int]:
+        await placer.start(path, Launched.account)
+        base = len(os.listdir("/proc/self/fd"))
+        conns = [await asyncio.open_unix_connection(str(path)) for _ in range(100)]
+        reads = [asyncio.ensure_future(_eof(r)) for r, _ in conns]
+        past = 100 - placer_module.MAX_CONNECTIONS
+        while sum(r.done() for r in reads) < past:  # each EOF: one closed by the placer
+            await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED, timeout=1)
+        held = len(os.listdir("/proc/self/fd")) - base - 100  # the placer's side
+        still = sum(not r.done() for r in reads)
+        for r in reads:
+            r.cancel()
+        for _, w in conns:
+            w.close()
+        placer.close()
+        return held, still, placer_module.MAX_CONNECTIONS
+
+    held, still, cap = asyncio.run(run())
+    assert still == cap  # the first few wait for their request (TIMEOUT_S)
+    assert held <= cap
+
+
+def test_kernel_cgroups_are_capped(tmp_path) -> None:
+    """A JupyterLab that places child after child under new ids: past the cap, refused
+    (memory cgroup ids are a system-wide resource). Plain files stand in for cgroupfs."""
+    from jlservice.kernels.cgroups import Memory
+
+    unit = tmp_path / "jlservice.service"
+    found = limits.Limits(Memory(tmp_path, 2), "/jlservice.service", None)
+    for n in range(limits.MAX_KERNEL_CGROUPS):
+        (unit / "kernels" / f"kernel-{n}").mkdir(parents=True)
+    with pytest.raises(ValueError, match="1024 kernel cgroups already"):
+        found.place(K, 4242)
+    assert not (unit / "kernels" / f"kernel-{K}").exists()
 
 
 def test_without_systemd_limits_are_off_and_say_why() -> None:

@@ -25,9 +25,18 @@ def _oom(pid: int, memcg: str = "/svc", task: str = "python3") -> list[str]:
     ]
 
 
+KERNELS = "/system.slice/jlservice.service/kernels"
+
+
 def _watch(snapshot: Snapshot, endpoint: Endpoint | None = None) -> tuple[OomWatch, list]:
     posted: list = []
-    watch = OomWatch(posted.append, lambda: snapshot, lambda: endpoint, {"/svc": 1 << 30}.get)
+    watch = OomWatch(
+        posted.append,
+        lambda: snapshot,
+        lambda: endpoint,
+        {"/svc": 1 << 30}.get,
+        kernels_cgroup=KERNELS,
+    )
     return watch, posted
 
 
@@ -49,10 +58,25 @@ def test_a_kill_in_a_kernels_tree_names_its_notebook_memory_and_limit() -> None:
 def test_the_kernels_own_cgroup_names_it_and_its_limit() -> None:
     snap = Snapshot(notebooks=(_usage(100, Cgroup(2 << 30, 2 << 30)),), owners={100: K})
     watch, posted = _watch(snap)
-    for line in _oom(999_999_999, memcg=f"/system.slice/jlservice.service/kernel-{K}"):
+    for line in _oom(999_999_999, memcg=f"{KERNELS}/kernel-{K}"):
         watch.line(line)
     (kill,) = posted
     assert kill.kernel_id == K and kill.limit_bytes == 2 << 30
+
+
+def test_a_cgroup_of_anyone_elses_named_for_a_kernel_names_none() -> None:
+    """Another user's own cgroup called kernel-<id of ours>, or ours for a kernel that is
+    not running: no kill of that notebook's told."""
+    snap = Snapshot(notebooks=(_usage(100, Cgroup(2 << 30, 2 << 30)),), owners={100: K})
+    watch, posted = _watch(snap)
+    gone = "0a1b2c3d-0000-4000-8000-000000000000"
+    for memcg in (
+        f"/user.slice/user-1001.slice/user@1001.service/kernel-{K}",
+        f"{KERNELS}/kernel-{gone}",
+    ):
+        for line in _oom(999_999_997, memcg=memcg, task="python3"):
+            watch.line(line)
+    assert posted == []
 
 
 def test_a_kill_of_a_process_that_is_not_ours_is_not_reported() -> None:
