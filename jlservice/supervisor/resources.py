@@ -74,7 +74,8 @@ class Resources:
             logger.warning(
                 "oom_protection_off",
                 problem=f"{early.unprotected}; the OOM killer may take JupyterLab or jlservice "
-                "before a kernel (run jlservice as root)",
+                "before a kernel, and a notebook may lower its kernel's score (run jlservice "
+                "as root with CAP_SYS_RESOURCE, which this container or unit withholds)",
             )
         if memory_max is not None and early.limits is None:
             logger.warning("kernel_limits_off", problem=early.limits_said)

@@ -130,6 +130,10 @@ def test_a_kernel_and_its_children_as_proc_sees_them(service_factory) -> None:
         for lab in (svc.lab_pid, *([warm["pid"]] if warm else [])):
             assert _oom_score(lab) == 0
             assert _lower_as(uid, lab, -1) == "refused"
+    else:  # a container that withholds it: kernels still go first, and the log says so
+        assert _oom_score(pid) == 500 and _oom_score(svc.lab_pid) == 0
+        (off,) = [e for e in svc.log_events() if e["event"] == "oom_protection_off"]
+        assert "CAP_SYS_RESOURCE" in off["problem"], off
 
 
 # Processes the notebook starts one after another, 60 MiB each — each smaller than
