@@ -51,9 +51,11 @@ class Culler:
             held[memory.kernel_id] = held.get(memory.kernel_id, 0) + memory.bytes
         for used in snap.notebooks:
             idle = used.idle_seconds
+            since = used.last_activity  # a cell run after it keeps the kernel
             if (
                 used.state != "idle"
                 or idle is None
+                or since is None
                 or idle < threshold
                 or held.get(used.kernel_id, 0) <= 0
                 or (used.connections and not self.settings.cull_connected)
@@ -61,7 +63,6 @@ class Culler:
             ):
                 continue
             self._busy.add(used.kernel_id)
-            since = snap.at - idle + 1.0  # its last activity as the round saw it (±1 s)
             task = asyncio.get_running_loop().create_task(
                 self._cull(
                     endpoint, used.kernel_id, used.notebook, idle, held[used.kernel_id], since

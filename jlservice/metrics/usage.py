@@ -39,6 +39,7 @@ class Usage:
     processes: int
     restarts: int  # seen by the sampler: a new process under the same kernel id
     cgroup: Cgroup | None = None
+    last_activity: float | None = None  # Unix time, as JupyterLab said it, while idle
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Accounting:
                     pid=root,
                     state=info.state,
                     idle_seconds=max(idle, 0.0) if idle is not None else None,
+                    last_activity=info.last_activity if idle is not None else None,
                     connections=info.connections,
                     cpu_seconds=seen[0].total / TICK,
                     cpu_ratio=seen[1],

@@ -14,7 +14,10 @@ LAB = Endpoint("http://127.0.0.1:1/api", "t", 1, 1, "/")
 
 
 def _usage(kernel_id: str, state: str = "idle", idle: float | None = 100.0, tabs: int = 0):
-    return Usage(kernel_id, f"{kernel_id}.ipynb", 1, state, idle, tabs, 1.0, 0.0, 1, 1, 0)
+    last = 1000.0 - idle if idle is not None else None  # the round is at 1000.0
+    return Usage(
+        kernel_id, f"{kernel_id}.ipynb", 1, state, idle, tabs, 1.0, 0.0, 1, 1, 0, None, last
+    )
 
 
 def _culled(settings: KernelsConfig, *used: Usage, gpu: tuple[str, ...] = ()) -> list[str]:
@@ -23,6 +26,8 @@ def _culled(settings: KernelsConfig, *used: Usage, gpu: tuple[str, ...] = ()) ->
 
     def shut_down(endpoint, kernel_id, since, timeout) -> bool:
         asked.append(kernel_id)
+        # Exactly its last activity as JupyterLab said it: one a second later keeps it.
+        assert since == next(u.last_activity for u in used if u.kernel_id == kernel_id)
         return True
 
     async def round_() -> None:
