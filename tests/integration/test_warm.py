@@ -172,6 +172,21 @@ def _waited_for(svc: Service, offset: int, pid: int) -> None:
     assert not [e for e in events if e["event"] == "lab_start_cold"]
 
 
+def _forked_from_the_importing(svc: Service, offset: int, pid: int) -> bool:
+    """kill -9 of JupyterLab while warm parent `pid` imports: the start waits for it and
+    forks from it (True); or, if a loaded machine slowed its imports past what a cold start
+    takes, gives it up after that long, and only then starts cold — never both at once."""
+    if _crash(svc)["started_warm"]:
+        _waited_for(svc, offset, pid)
+        return True
+    events = svc.log_events(offset)
+    (waited,) = [e for e in events if e["event"] == "lab_start_waits_for_warm_parent"]
+    assert waited["pid"] == pid
+    (cold,) = [e for e in events if e["event"] == "lab_start_cold"]
+    assert "still importing after" in cold["reason"], cold
+    return False
+
+
 def test_a_crash_while_the_warm_parent_imports_waits_for_it(service_factory):
     """kill -9 of the first JupyterLab while the warm parent it made still imports: the
     restart forks from that parent once it is ready, rather than a cold start fighting it
@@ -182,9 +197,8 @@ def test_a_crash_while_the_warm_parent_imports_waits_for_it(service_factory):
     importing = wait_for(lambda: svc.state().get("warm_parent"), 10, "the warm parent")
     assert importing["ready"] is False
     offset = svc.log_size()
-    assert _crash(svc)["started_warm"] is True
-    _waited_for(svc, offset, importing["pid"])
-    assert _warm_pid(svc) == importing["pid"]
+    if _forked_from_the_importing(svc, offset, importing["pid"]):
+        assert _warm_pid(svc) == importing["pid"]
 
 
 def test_a_killed_warm_parents_successor_serves_the_next_start(service_factory):
@@ -199,8 +213,7 @@ def test_a_killed_warm_parents_successor_serves_the_next_start(service_factory):
     )
     assert any(e["event"] == "warm_parent_exited" for e in svc.log_events())
     offset = svc.log_size()
-    assert _crash(svc)["started_warm"] is True  # its successor was still importing
-    _waited_for(svc, offset, successor)
+    _forked_from_the_importing(svc, offset, successor)  # its successor was still importing
     assert _crash(svc)["started_warm"] is True
 
 

@@ -70,6 +70,8 @@ def test_a_fork_that_fails_is_said_and_the_cold_start_says_why(service_factory):
 def test_a_shell_wrapper_command_starts_cold_every_time(service_factory):
     wrapper = ["/bin/sh", "-c", 'exec "$0" "$@"', JUPYTER_LAB]
     svc = service_factory(lab={"command": wrapper}, restart={"warm": True}).start()
+    # Said once JupyterLab is ready; the log is written by a thread of its own.
+    wait_for(lambda: _events(svc, "warm_parent_unavailable"), 10, "the warm parent's absence")
     (unavailable,) = _events(svc, "warm_parent_unavailable")
     assert unavailable["reason"] == "/bin/sh is not a Python script"
     assert svc.state()["warm_parent"] is None
