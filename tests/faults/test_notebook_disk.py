@@ -83,6 +83,18 @@ def test_a_full_notebook_disk_is_exported_logged_and_failed_by_doctor(
     assert svc.log_text().count("notebook_dir_space_low") == 1
 
 
+def _crash_and_wait(svc, lab: int) -> dict:
+    """kill -9 of JupyterLab `lab`; the state once the next start waits for the notebook dir."""
+    os.kill(lab, signal.SIGKILL)
+    waiting = wait_for(
+        lambda: "does not answer" in (svc.state().get("last_error") or "") and svc.state(),
+        30,
+        "the start to wait for the notebook dir",
+    )
+    assert waiting["status"] == "backoff"
+    return waiting
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
 def test_a_notebook_dir_that_stops_answering_is_waited_for(service_factory, tmp_path):
     """A hard NFS mount whose server is gone: a crash-restart waits for it (never a failed
@@ -96,13 +108,7 @@ def test_a_notebook_dir_that_stops_answering_is_waited_for(service_factory, tmp_
     svc.execute(token, kernel_id, "x = 41")
     old, offset = svc.lab_pid, svc.log_size()
     with hung(svc.notebooks), contextlib.closing(sock):
-        os.kill(old, signal.SIGKILL)
-        waiting = wait_for(
-            lambda: "does not answer" in (svc.state().get("last_error") or "") and svc.state(),
-            30,
-            "the start to wait for the notebook dir",
-        )
-        assert waiting["status"] == "backoff"
+        waiting = _crash_and_wait(svc, old)
         assert "a network filesystem whose server is gone?" in waiting["last_error"]
         # The loop goes on: a reload is answered (its check of the dir cannot be made now).
         before = waiting["sequence"]
@@ -139,13 +145,7 @@ def test_a_lab_users_own_mount_that_hangs_does_not_hang_the_supervisor(service_f
     svc.start()
     old, offset = svc.lab_pid, svc.log_size()
     with hung(svc.notebooks, owner=(svc.account.uid, svc.account.gid)):
-        os.kill(old, signal.SIGKILL)
-        waiting = wait_for(
-            lambda: "does not answer" in (svc.state().get("last_error") or "") and svc.state(),
-            30,
-            "the start to wait for the notebook dir",
-        )
-        assert waiting["status"] == "backoff"
+        _crash_and_wait(svc, old)
         reloaded = svc.cli("reload")  # answered: the loop never hung
         assert reloaded.returncode == 78 and "notebook_dir" in reloaded.stderr, reloaded
     svc.wait_ready(not_pid=old, timeout=60)

@@ -270,6 +270,18 @@ class Service:
         """With https, trust exactly the configured certificate."""
         return self.sections["tls"]["certfile"] if self.scheme == "https" else True
 
+    def use_certificate(self, *names: str, days: int = 365) -> None:
+        """`jlservice cert` for `names` (this machine's name and 127.0.0.1 if none), and
+        `sections`' [tls] set to it (write_config() writes it): the https helpers trust
+        exactly that certificate."""
+        args = [a for n in names for a in ("--hostname", n)]
+        result = self.cli("cert", *args, "--days", str(days))
+        assert result.returncode == 0, result.stderr
+        self.sections["tls"] = {
+            "certfile": str(self.state_dir / "tls.crt"),
+            "keyfile": str(self.state_dir / "tls.key"),
+        }
+
     def login(self, password: str, base: str | None = None) -> requests.Session:
         """Log in through JupyterLab's login form, as a browser does: GET /login sets the
         _xsrf cookie, POST /login sends it back with the password. The session then holds

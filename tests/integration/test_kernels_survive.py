@@ -472,12 +472,7 @@ def test_under_tls_a_kept_kernel_is_adopted_and_lives_on(service):
     its API: over https (a self-signed certificate jlservice's client does not trust), or
     with a password only, that API does not answer jlservice, and every kept kernel was
     ended at the grace."""
-    result = service.cli("cert", "--hostname", "127.0.0.1", "--days", "30")
-    assert result.returncode == 0, result.stderr
-    service.sections["tls"] = {
-        "certfile": str(service.state_dir / "tls.crt"),
-        "keyfile": str(service.state_dir / "tls.key"),
-    }
+    service.use_certificate("127.0.0.1", days=30)
     service.write_config()
     service.start()
     token = service.cli("token").stdout.strip()

@@ -171,11 +171,7 @@ def test_a_squatter_bound_first_cannot_listen(service, other_user, tmp_path):
 
 def test_https_is_served_on_the_held_socket_through_the_gap(service):
     """JupyterLab's TLS settings apply to the socket it is handed."""
-    assert service.cli("cert", "--days", "30").returncode == 0
-    service.sections["tls"] = {
-        "certfile": str(service.state_dir / "tls.crt"),
-        "keyfile": str(service.state_dir / "tls.key"),
-    }
+    service.use_certificate(days=30)
     service.write_config()
     service.start()
     token = service.cli("token").stdout.strip()

@@ -16,19 +16,8 @@ from helpers.service import IS_ROOT, render_toml
 from jlservice.admin import tls
 
 
-def _cert(svc, *names: str, days: int = 365) -> None:
-    args = [a for n in names for a in ("--hostname", n)]
-    result = svc.cli("cert", *args, "--days", str(days))
-    assert result.returncode == 0, result.stderr
-    # Service's https helpers trust exactly this certificate.
-    svc.sections["tls"] = {
-        "certfile": str(svc.state_dir / "tls.crt"),
-        "keyfile": str(svc.state_dir / "tls.key"),
-    }
-
-
 def test_cert_then_https_with_the_names_asked_for(service):
-    _cert(service, "jupyter.example.test", "10.1.2.3")
+    service.use_certificate("jupyter.example.test", "10.1.2.3")
     cert_file, key_file = service.state_dir / "tls.crt", service.state_dir / "tls.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     config_text = service.config_path.read_text()
@@ -74,14 +63,14 @@ def test_cert_then_https_with_the_names_asked_for(service):
 
 
 def test_certificate_near_expiry_is_warned_about(service):
-    _cert(service, days=10)
+    service.use_certificate(days=10)
     service.start()
     warnings = [e for e in service.log_events() if e.get("event") == "tls_certificate_expiring"]
     assert warnings and "in 10 days" in warnings[0]["problem"], warnings
 
 
 def test_missing_key_file_is_a_config_error(service):
-    _cert(service)
+    service.use_certificate()
     (service.state_dir / "tls.key").unlink()
     result = service.cli("run")
     assert result.returncode == 78
@@ -92,7 +81,7 @@ def test_missing_key_file_is_a_config_error(service):
 
 
 def test_renewed_certificate_restarts_jupyterlab(service):
-    _cert(service)
+    service.use_certificate()
     service.start()
     before = service.lab_pid
     result = service.cli("cert", "--hostname", "renewed.example.test")
