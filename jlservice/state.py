@@ -192,7 +192,7 @@ def read_published(state_dir: Path, runtime_dir: Path) -> State:
 def _newer(a: State, b: State) -> bool:
     """Whether `a` was published after `b`: by the sequence when one supervisor wrote both,
     else the running supervisor's, else (both gone) by the wall clock."""
-    if _writer(a) == _writer(b) and (a.sequence or b.sequence):  # 0, 0: an older jlservice's
+    if writer(a) == writer(b) and (a.sequence or b.sequence):  # 0, 0: an older jlservice's
         return a.sequence > b.sequence
     alive_a, alive_b = supervisor_alive(a), supervisor_alive(b)
     if alive_a != alive_b:
@@ -200,7 +200,8 @@ def _newer(a: State, b: State) -> bool:
     return a.updated_at > b.updated_at
 
 
-def _writer(record: State) -> tuple[int | None, int | None, float | None]:
+def writer(record: State) -> tuple[int | None, int | None, float | None]:
+    """Which supervisor published `record` (a pid alone may be reused)."""
     return record.supervisor_pid, record.supervisor_start_ticks, record.supervisor_started_at
 
 

@@ -95,10 +95,7 @@ def _answers(record: state.State, asked: state.State) -> bool:
     """Whether `record` holds the supervisor's answer to a reload asked of it at `asked`.
     A supervisor that does not number its records (an older jlservice still running after
     an upgrade) is taken at its word: a new answer is a different one."""
-    if (record.supervisor_pid, record.supervisor_start_ticks) != (
-        asked.supervisor_pid,
-        asked.supervisor_start_ticks,
-    ):
+    if state.writer(record) != state.writer(asked):
         raise CommandError("jlservice restarted before it answered; see `jlservice status`")
     if record.last_reload is None:
         return False
