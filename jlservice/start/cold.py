@@ -26,9 +26,14 @@ class ColdStart:
         self.listening = listening.Listening()
 
     async def start(self, launch: Launch, secrets: Secrets) -> Started:
+        await self.ready_to_start(launch)
+        return self.start_now(launch, secrets)
+
+    async def ready_to_start(self, launch: Launch) -> None:
+        """Before any start the loop makes, cold or warm (a forked server enters the
+        notebook dir too): the notebook dir answers, and /run has room."""
         await require_answering(launch)
         reserve.make_room(launch.private_dir)
-        return self.start_now(launch, secrets)
 
     def start_now(self, launch: Launch, secrets: Secrets) -> Started:
         """Synchronous and light, so that `jlservice run` can start JupyterLab before its

@@ -6,8 +6,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from jlservice.start import Secrets, Started, launcher, reserve
-from jlservice.start.cold import ColdStart, require_answering, spawn
+from jlservice.start import Secrets, Started, launcher
+from jlservice.start.cold import ColdStart, spawn
 from jlservice.start.warm.keeper import Keeper
 
 
@@ -27,8 +27,7 @@ class WarmStart:
         """Raises errors.CannotStartNow (worth retrying) or LaunchError (configuration)."""
         if not self.keeper.enabled:
             return await self.cold.start(launch, secrets)
-        await require_answering(launch)  # a forked server enters it too
-        reserve.make_room(launch.private_dir)
+        await self.cold.ready_to_start(launch)
         listen = self.cold.prepare(launch, secrets)
         began, began_monotonic = time.time(), time.monotonic()
         read, write = os.pipe2(os.O_CLOEXEC)
