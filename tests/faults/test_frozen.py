@@ -44,6 +44,7 @@ class Freezer:
 
     def freeze(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
+        assert str(pid) in self.procs(), f"pid {pid} was not moved into the freezer (exiting?)"
         self.pids.append(pid)
         (self.path / "freezer.state").write_text("FROZEN")
         wait_for(lambda: self.state() == "FROZEN", 10, "the cgroup to freeze")
@@ -51,6 +52,9 @@ class Freezer:
     def thaw(self) -> None:
         (self.path / "freezer.state").write_text("THAWED")
         wait_for(lambda: self.state() == "THAWED", 10, "the cgroup to thaw")
+
+    def procs(self) -> list[str]:
+        return (self.path / "cgroup.procs").read_text().split()
 
     def state(self) -> str:
         return (self.path / "freezer.state").read_text().strip()
@@ -60,7 +64,7 @@ class Freezer:
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not (self.path / "cgroup.procs").read_text().split(), 30, "empty cgroup")
+        wait_for(lambda: not self.procs(), 30, "empty cgroup")
         self.path.rmdir()
 
 
@@ -76,10 +80,8 @@ def frozen_leftover(early_service_factory) -> Iterator[tuple]:
         svc.start()
         token = svc.cli("token").stdout.strip()
         old = svc.lab_pid
-        svc.api("POST", "api/terminals", token).raise_for_status()
-        shell = wait_for(  # the terminal's shell: the only child of JupyterLab
-            lambda: [p.pid for p in psutil.Process(old).children()], 30, "the terminal's shell"
-        )[0]
+        shell = int(svc.open_terminal(token)[1])
+        assert psutil.Process(shell).ppid() == old
         freezer.freeze(shell)
         killed = time.monotonic()
         os.kill(old, signal.SIGKILL)

@@ -10,6 +10,7 @@ import copy
 import datetime
 import json
 import os
+import secrets
 import socket
 import stat
 import struct
@@ -315,6 +316,29 @@ class Service:
             return None
 
         return kernel_id, wait_for(kernel_pid, 30, "the kernel process")
+
+    def open_terminal(self, token: str, command: str = "echo $$") -> tuple[str, str]:
+        """Open a JupyterLab terminal and run `command` in its shell; returns the terminal's
+        name and what the command printed (by default the shell's pid: JupyterLab may have
+        other children, such as the node it runs at start to read yarn's config)."""
+        name = self.api("POST", "api/terminals", token).json()["name"]
+        url = self.base.replace("http", "ws", 1) + f"terminals/websocket/{name}?token={token}"
+        ws = websocket.create_connection(url, timeout=30)
+        try:
+            marker = secrets.token_hex(4)
+            ws.send(json.dumps(["stdin", f"echo {marker}-$({command})\r"]))
+            out = ""
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                kind, *data = json.loads(ws.recv())
+                if kind == "stdout":
+                    out += data[0]
+                    for line in out.splitlines():
+                        if line.startswith(f"{marker}-"):
+                            return name, line[len(marker) + 1 :].strip()
+            raise AssertionError(f"no answer from the terminal: {out!r}")
+        finally:
+            ws.close()
 
     def execute(
         self,

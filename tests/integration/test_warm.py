@@ -16,7 +16,6 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-import websocket
 from helpers.metrics import metrics_section, metrics_url, scrape, value, wait_scrape
 from helpers.procs import pid_alive, wait_for
 from helpers.service import IS_ROOT, Service, render_toml
@@ -43,27 +42,6 @@ def _crash(svc: Service) -> dict:
 def _umask(pid: int) -> str:
     status = Path(f"/proc/{pid}/status").read_text()
     return next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
-
-
-def _terminal_says(svc: Service, token: str, command: str) -> str:
-    name = svc.api("POST", "api/terminals", token).json()["name"]
-    url = svc.base.replace("http", "ws", 1) + f"terminals/websocket/{name}?token={token}"
-    ws = websocket.create_connection(url, timeout=30)
-    try:
-        marker = secrets.token_hex(4)
-        ws.send(json.dumps(["stdin", f"echo {marker}-$({command})\r"]))
-        out = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            kind, *data = json.loads(ws.recv())
-            if kind == "stdout":
-                out += data[0]
-                for line in out.splitlines():
-                    if line.startswith(f"{marker}-"):
-                        return line[len(marker) + 1 :].strip()
-        raise AssertionError(f"no answer from the terminal: {out!r}")
-    finally:
-        ws.close()
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
@@ -98,7 +76,7 @@ def test_a_warm_started_lab_is_the_cold_one_served_faster(service_factory, other
     assert svc.execute(token, kernel_id, "import os; print(os.getuid())").strip() == str(
         other_user.uid
     )
-    assert _terminal_says(svc, token, "id -u") == str(other_user.uid)
+    assert svc.open_terminal(token, "id -u")[1] == str(other_user.uid)
     for proc in psutil.process_iter(["cmdline"]):
         assert token not in " ".join(proc.info["cmdline"] or []), proc
 
