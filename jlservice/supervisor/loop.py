@@ -36,7 +36,6 @@ from jlservice.start import Secrets, launcher
 from jlservice.supervisor import children, credentials, policy, reload, risks
 from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import (
-    SIGNALS,
     BackoffElapsed,
     CertificateCheckDue,
     ChildExited,
@@ -53,7 +52,7 @@ from jlservice.supervisor.events import (
     StartTimedOut,
     StopRequested,
     WarmParentChanged,
-    signal_event,
+    post_signals,
 )
 from jlservice.supervisor.parts import Lab, Parts
 
@@ -105,15 +104,9 @@ class Supervisor:
     async def run(self, early_signals: list[int] = ()) -> int:
         """Start JupyterLab and keep it running until a stop; returns the exit status."""
         loop = asyncio.get_running_loop()
-        for signum in SIGNALS:
-            loop.add_signal_handler(signum, self.post, signal_event(signum))
-        for signum in early_signals:  # arrived while jlservice was still importing
-            self.post(signal_event(signum))
-        watchdog = None
-        if self.parts.watchdog_interval:
-            watchdog = loop.create_task(
-                self.publish.feed_watchdog(self.parts.watchdog_interval, self._hung)
-            )
+        post_signals(loop, self.post, early_signals)
+        interval = self.parts.watchdog_interval
+        watchdog = loop.create_task(self.publish.feed_watchdog(interval, self._hung))
         try:
             self._started_up()
             await self._start()
@@ -136,12 +129,8 @@ class Supervisor:
             await self._sweep()
             return 1
         finally:
-            if watchdog:
-                watchdog.cancel()
-            self.parts.follower.stop()
-            self.parts.keeper.close()
-            self.parts.kernels.close()
-            self.parts.exporter.stop()
+            watchdog.cancel()
+            self.parts.close()
 
     async def _handle(self, event: Event) -> None:
         lab, phase = self.lab, self.phase

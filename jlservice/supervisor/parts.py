@@ -123,3 +123,10 @@ class Parts:
     start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
     stuck: Callable[[], list[int]]  # pids SIGKILL did not end (frozen, D state)
     watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks
+
+    def close(self) -> None:
+        """The loop has ended: stop what still runs."""
+        self.follower.stop()
+        self.keeper.close()
+        self.kernels.close()
+        self.exporter.stop()
