@@ -388,12 +388,7 @@ class Supervisor:
             return self._reload_done()
         if self.config.reload.when == "idle" and self.phase is Phase.READY:
             left = self.reloads.defer(
-                plan.launch,
-                self.launch,
-                self.config.reload.max_wait,
-                self.secrets.token,
-                self.publish.still_pending,
-                lambda: self.lab.pid if self.lab else None,
+                plan, self.launch, self.secrets.token, lambda: self.lab.pid if self.lab else None
             )
             logger.info("config_reload_pending", source=source, max_wait_s=round(left, 1))
             self.publish.reload_pending(source, "waiting for busy kernels to finish")

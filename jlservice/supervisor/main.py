@@ -180,7 +180,7 @@ async def _supervise(
         adopt=adopt,
         sweep=sweep,
         end=end,
-        reloads=reload.Planner(post, follower, exporter, used.apply),
+        reloads=reload.Planner(post, follower, exporter, used.apply, publisher.still_pending),
         exporter=exporter,
         follower=follower,
         later=lambda delay, event: loop.call_later(delay, post, event),

@@ -84,11 +84,9 @@ class Reloads(Protocol):
     def apply(self, current: Config, new: Config) -> str: ...
     def defer(
         self,
-        launch: launcher.Launch,
+        plan: reload.Plan,
         running: launcher.Launch,
-        max_wait: float,
         token: str,
-        progress: Callable[[str], None],
         lab_pid: Callable[[], int | None],
     ) -> float: ...
     def due(self, generation: int) -> bool: ...

@@ -124,15 +124,18 @@ class Planner:
         follower: ConfigFollower,
         exporter: Exporter,
         kernel_settings: Callable[[KernelsConfig], str],
+        progress: Callable[[str], None],
         read: Callable[[Config, launcher.Launch], Plan] | None = None,
         wait: Callable[..., Awaitable[None]] | None = None,
     ) -> None:
         """`kernel_settings`: new [kernels] settings (limits, culling) → what the limits are
-        now; `read` and `wait`: this module's plan and wait_idle, or a test's."""
+        now; `progress(why)`: what a waiting reload waits for, now; `read` and `wait`: this
+        module's plan and wait_idle, or a test's."""
         self._post = post
         self._follower = follower
         self._exporter = exporter
         self._kernel_settings = kernel_settings
+        self._progress = progress
         self._read = read or plan
         self._wait = wait or wait_idle
         self.pending: PendingReload | None = None
@@ -154,19 +157,14 @@ class Planner:
         return self._kernel_settings(new.kernels)
 
     def defer(
-        self,
-        launch: launcher.Launch,
-        running: launcher.Launch,
-        max_wait: float,
-        token: str,
-        progress: Callable[[str], None],
-        lab_pid: Callable[[], int | None],
+        self, plan: Plan, running: launcher.Launch, token: str, lab_pid: Callable[[], int | None]
     ) -> float:
         """Wait for the kernels of the JupyterLab `lab_pid()` started as `running` to be
-        idle before restarting with `launch`; returns the seconds left."""
+        idle before restarting with the plan's launch; returns the seconds left."""
         previous = self.pending
+        max_wait = plan.config.reload.max_wait
         deadline = previous.deadline if previous else time.monotonic() + max_wait
-        pending = PendingReload(launch, deadline, previous.generation + 1 if previous else 1)
+        pending = PendingReload(plan.launch, deadline, previous.generation + 1 if previous else 1)
         self.drop()
         self.pending = pending
 
@@ -177,7 +175,7 @@ class Planner:
                 "JupyterLab is not running" if pid is None else listener.stranger_to(running, pid)
             )
 
-        wait = self._wait(pending, running.api_url, token, progress, stranger)
+        wait = self._wait(pending, running.api_url, token, self._progress, stranger)
         pending.task = asyncio.get_running_loop().create_task(self._then_post(pending, wait))
         return deadline - time.monotonic()
 

@@ -282,6 +282,7 @@ class Harness:
             self.follower,
             self.exporter,
             lambda _kernels: "",
+            publisher.still_pending,
             self._plan,
             self._wait_idle,
         )
