@@ -129,14 +129,16 @@ async def test_reload_during_backoff_starts_the_new_configuration_now(machine) -
     assert len(m.starter.starts) == 4
 
 
-async def test_reload_turns_warm_restarts_off_at_once(machine) -> None:
+async def test_reload_applies_what_jupyterlab_never_sees_at_once(machine) -> None:
     m = machine()
     m.start()
     await m.ready()
-    new = make_config(m.tmp_path, {"restart": {"warm": False}})
+    new = make_config(m.tmp_path, {"restart": {"warm": False}, "metrics": {"enabled": False}})
     m.plans.append(reload.Plan(reload.UNCHANGED, new, m.launch))
     await m.step(ReloadRequested("SIGHUP"))
-    assert m.keeper.kept[-1] == (m.launch.port, False)
+    assert m.keeper.kept[-1] == (m.launch.port, False)  # warm restarts off
+    assert m.follower.calls[-2:] == [("accept", (new.digest,)), ("follow", (new,))]
+    assert m.exporter.calls[-1] == ("apply", (new.metrics,)) and m.supervisor.config is new
 
 
 async def test_a_second_pending_reload_keeps_the_first_deadline_and_the_first_wait_is_stale(
@@ -171,14 +173,3 @@ async def test_the_idle_wait_asks_who_holds_the_running_port_and_knows_a_dead_la
     old.exit()
     await m.settle()
     assert m.stranger() == "JupyterLab is not running"
-
-
-async def test_a_reload_hands_the_new_settings_to_the_watcher_and_the_exporter(machine) -> None:
-    m = machine()
-    m.start()
-    await m.ready()
-    new = make_config(m.tmp_path, {"metrics": {"enabled": False}})
-    m.plans.append(reload.Plan(reload.UNCHANGED, new, m.launch))
-    await m.step(ReloadRequested("SIGHUP"))
-    assert m.follower.calls[-2:] == [("accept", (new.digest,)), ("follow", (new,))]
-    assert m.exporter.calls[-1] == ("apply", (new.metrics,)) and m.supervisor.config is new
