@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jlservice.supervisor.children import ExitStatus
 
 if TYPE_CHECKING:
+    import asyncio
+
     from jlservice.metrics.sampler import Snapshot
 
 
@@ -162,3 +165,14 @@ def signal_event(signum: int) -> Event:
     if signum == signal.SIGUSR1:
         return RotateRequested()
     return StopRequested(signal.Signals(signum).name)
+
+
+def post_signals(
+    loop: asyncio.AbstractEventLoop, post: Callable[[Event], None], early: Iterable[int]
+) -> None:
+    """From now on each of SIGNALS is posted as its event; `early`, the signals that came
+    while jlservice was still importing, are posted first."""
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, post, signal_event(signum))
+    for signum in early:
+        post(signal_event(signum))

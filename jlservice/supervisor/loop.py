@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 
-from jlservice import EX_CONFIG, listener, log, state
+from jlservice import EX_CONFIG, log, state
 from jlservice.config import Config
 from jlservice.errors import CannotStartNow, Halt, LaunchError, WaitingFor
 from jlservice.metrics.view import Endpoint
@@ -36,7 +36,6 @@ from jlservice.start import Secrets, launcher
 from jlservice.supervisor import children, credentials, policy, reload, risks
 from jlservice.supervisor.children import ExitStatus
 from jlservice.supervisor.events import (
-    SIGNALS,
     BackoffElapsed,
     CertificateCheckDue,
     ChildExited,
@@ -53,7 +52,7 @@ from jlservice.supervisor.events import (
     StartTimedOut,
     StopRequested,
     WarmParentChanged,
-    signal_event,
+    post_signals,
 )
 from jlservice.supervisor.parts import Lab, Parts
 
@@ -92,7 +91,7 @@ class Supervisor:
         self.crashes = policy.CrashHistory()  # of ready servers
         self.waiting = policy.Waiting()
         self.attempt = 0  # which start a BackoffElapsed is for
-        self.deferred = reload.Deferred(parts.wait_idle, self.post)  # [reload] when = idle
+        self.reloads = parts.reloads  # the reload planner
         self.in_start = False  # the starter is at work: events wait until it returns
 
     def post(self, event: Event) -> None:
@@ -105,15 +104,9 @@ class Supervisor:
     async def run(self, early_signals: list[int] = ()) -> int:
         """Start JupyterLab and keep it running until a stop; returns the exit status."""
         loop = asyncio.get_running_loop()
-        for signum in SIGNALS:
-            loop.add_signal_handler(signum, self.post, signal_event(signum))
-        for signum in early_signals:  # arrived while jlservice was still importing
-            self.post(signal_event(signum))
-        watchdog = None
-        if self.parts.watchdog_interval:
-            watchdog = loop.create_task(
-                self.publish.feed_watchdog(self.parts.watchdog_interval, self._hung)
-            )
+        post_signals(loop, self.post, early_signals)
+        interval = self.parts.watchdog_interval
+        watchdog = loop.create_task(self.publish.feed_watchdog(interval, self._hung))
         try:
             self._started_up()
             await self._start()
@@ -136,12 +129,8 @@ class Supervisor:
             await self._sweep()
             return 1
         finally:
-            if watchdog:
-                watchdog.cancel()
-            self.parts.follower.stop()
-            self.parts.keeper.close()
-            self.parts.kernels.close()
-            self.parts.exporter.stop()
+            watchdog.cancel()
+            self.parts.close()
 
     async def _handle(self, event: Event) -> None:
         lab, phase = self.lab, self.phase
@@ -169,9 +158,9 @@ class Supervisor:
                 await self._on_rotate()
             case ReloadRequested() if phase is not Phase.STOPPING:
                 await self._on_reload(event.source)
-            case PendingReloadDue() if self.deferred.due(event.generation):
+            case PendingReloadDue() if self.reloads.due(event.generation):
                 self.publish.reload_started()
-                await self._restart_with(self.deferred.take())
+                await self._restart_with(self.reloads.take())
             case WarmParentChanged():
                 self.publish.warm_parent(self.parts.keeper.describe())
             case KernelsListed():
@@ -197,7 +186,7 @@ class Supervisor:
     async def _start(self) -> None:
         """STARTING: start the current launch, or BACKOFF / Halt if it cannot start."""
         self.attempt += 1
-        if (deferred := self.deferred.take()) is not None:  # any restart applies it
+        if (deferred := self.reloads.take()) is not None:  # any restart applies it
             self._use_launch(deferred)
         if self.parts.kernels.prepare(self.launch):  # kept for another user: ended first
             await self._sweep()
@@ -351,7 +340,7 @@ class Supervisor:
     async def _on_stop(self, signame: str) -> None:
         """Any phase → STOPPING; halts once JupyterLab and its leftovers are gone."""
         self.phase = Phase.STOPPING
-        self.deferred.drop()
+        self.reloads.drop()
         logger.info("supervisor_stopping", signal=signame)
         self.publish.stopping()
         self.parts.kernels.stopping()
@@ -385,22 +374,24 @@ class Supervisor:
         """Read the file again: reject it, apply what JupyterLab never sees, and restart
         JupyterLab if its launch changed (now, or once the kernels are idle)."""
         self.publish.reload_started()
-        plan = self.parts.plan(self.config, self.launch)
-        if plan.config is not None:
-            self.parts.follower.accept(plan.config.digest)
+        plan = self.reloads.plan(self.config, self.launch)
         if plan.result == reload.REJECTED:
             self.publish.reload_rejected(source, plan.error)
             logger.error("config_rejected", source=source, problem=plan.error)
             return self._reload_done()
-        self._apply_supervisor_settings(plan.config)
+        self._reconfigure(plan.config)
         if plan.result == reload.UNCHANGED:
-            self.deferred.drop()
+            self.reloads.drop()
             self.launch = plan.launch  # may differ in what JupyterLab never sees (public_url)
             self.publish.reload_unchanged(source, plan.launch)
             logger.info("config_reloaded", source=source, result=plan.result)
             return self._reload_done()
         if self.config.reload.when == "idle" and self.phase is Phase.READY:
-            self._defer_until_idle(plan.launch, source)
+            left = self.reloads.defer(
+                plan, self.launch, self.secrets.token, lambda: self.lab.pid if self.lab else None
+            )
+            logger.info("config_reload_pending", source=source, max_wait_s=round(left, 1))
+            self.publish.reload_pending(source, "waiting for busy kernels to finish")
             return self._reload_done()
         self.publish.reload_applied(source)
         logger.info("config_reloaded", source=source, result=plan.result)
@@ -410,14 +401,11 @@ class Supervisor:
         ready = self.lab.pid if self.phase is Phase.READY and self.lab else None
         self.publish.reload_done(self.launch, ready)
 
-    def _apply_supervisor_settings(self, new: Config) -> None:
+    def _reconfigure(self, new: Config) -> None:
         """Settings JupyterLab never sees take effect at once."""
-        if (new.log.level, new.log.format) != (self.config.log.level, self.config.log.format):
-            log.configure(new.log.level, new.log.format)
+        limits = self.reloads.apply(self.config, new)
         self.config = new
-        self.parts.follower.follow(new)
-        self.parts.exporter.apply(new.metrics)
-        self.publish.limits(self.parts.kernel_settings(new.kernels))
+        self.publish.limits(limits)
         if self.phase is Phase.READY or not new.restart.warm:
             self.parts.keeper.keep(self.launch, new.restart.warm)  # warm turned on or off
         risks.warn_about_config(new)
@@ -434,7 +422,7 @@ class Supervisor:
 
     def _use_launch(self, launch: launcher.Launch) -> None:
         """From now on start `launch` (the one a pending reload waited to apply, if any)."""
-        self.deferred.drop()
+        self.reloads.drop()
         previous, self.launch = self.launch, launch
         if launch.account.uid != previous.account.uid:  # the old user holds the secrets
             self._new_secrets()
@@ -442,24 +430,6 @@ class Supervisor:
             credentials.log_user_changed(old, launch.account)
         risks.warn_about_launch(launch)
         self.publish.launch_changed(launch)
-
-    def _defer_until_idle(self, launch: launcher.Launch, source: str) -> None:
-        left = self.deferred.defer(
-            launch,
-            self.config.reload.max_wait,
-            self.launch.api_url,
-            self.secrets.token,
-            self.publish.still_pending,
-            self._stranger_on_port,
-        )
-        logger.info("config_reload_pending", source=source, max_wait_s=round(left, 1))
-        self.publish.reload_pending(source, "waiting for busy kernels to finish")
-
-    def _stranger_on_port(self) -> str | None:
-        """Who, instead of the running JupyterLab, would receive a request with the token."""
-        if self.lab is None:
-            return "JupyterLab is not running"
-        return listener.stranger_to(self.launch, self.lab.pid)
 
     # ── the certificate and the watchdog ────────────────────────────────────
 

@@ -152,6 +152,7 @@ async def _supervise(
     publisher.limits(early.limits_said)
     exporter.start()
     keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
+    follower = ConfigFollower(loop, post)
     kernels = KernelKeeper(post, lambda delay, event: loop.call_later(delay, post, event))
 
     async def adopt(started: Started, launch: launcher.Launch, start_timeout: float) -> Lab:
@@ -179,15 +180,13 @@ async def _supervise(
         adopt=adopt,
         sweep=sweep,
         end=end,
-        plan=reload.plan,
-        wait_idle=reload.wait_idle,
+        reloads=reload.Planner(post, follower, exporter, used.apply, publisher.still_pending),
         exporter=exporter,
-        follower=ConfigFollower(loop, post),
+        follower=follower,
         later=lambda delay, event: loop.call_later(delay, post, event),
         start_reaping=lambda: reaper.install(loop),
         stuck=lambda: sorted(reaper.stuck),
         watchdog_interval=notifier.watchdog_interval,
-        kernel_settings=used.apply,
     )
     if replaced_from is not None:
         from jlservice.supervisor.credentials import log_user_changed

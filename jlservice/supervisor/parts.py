@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jlservice import state
-from jlservice.config import Config, KernelsConfig
+from jlservice.config import Config
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
@@ -75,6 +75,25 @@ class KernelKeeper(Protocol):
     def close(self) -> None: ...
 
 
+class Reloads(Protocol):
+    """The reload planner (supervisor.reload.Planner)."""
+
+    pending: reload.PendingReload | None
+
+    def plan(self, current: Config, running: launcher.Launch) -> reload.Plan: ...
+    def apply(self, current: Config, new: Config) -> str: ...
+    def defer(
+        self,
+        plan: reload.Plan,
+        running: launcher.Launch,
+        token: str,
+        lab_pid: Callable[[], int | None],
+    ) -> float: ...
+    def due(self, generation: int) -> bool: ...
+    def take(self) -> launcher.Launch | None: ...
+    def drop(self) -> None: ...
+
+
 class Exporter(Protocol):
     def apply(self, settings: Any) -> None: ...
     def stop(self) -> None: ...
@@ -95,15 +114,17 @@ class Parts:
     adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
     sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
     end: Callable[[set[int], float], Awaitable[int]]  # (pids, grace): those and theirs alone
-    plan: Callable[[Config, launcher.Launch], reload.Plan]
-    # (pending, api_url, token, progress, stranger): returns once the kernels are idle, or at
-    # the deadline; stranger() says who else holds the port (who must not get the token)
-    wait_idle: Callable[..., Awaitable[None]]
+    reloads: Reloads
     exporter: Exporter
     follower: ConfigFollower
     later: Callable[[float, Event], object]  # post the event after a delay
     start_reaping: Callable[[], None]  # SIGCHLD → exits of JupyterLab and of orphans
     stuck: Callable[[], list[int]]  # pids SIGKILL did not end (frozen, D state)
     watchdog_interval: float | None = None  # seconds between WATCHDOG=1, if systemd asks
-    # New [kernels] settings, from a reload (limits, culling) → what the limits are now
-    kernel_settings: Callable[[KernelsConfig], str] = lambda _kernels: ""
+
+    def close(self) -> None:
+        """The loop has ended: stop what still runs."""
+        self.follower.stop()
+        self.keeper.close()
+        self.kernels.close()
+        self.exporter.stop()

@@ -253,9 +253,10 @@ class Publisher:
     def watchdog(self) -> None:
         self._notifier.watchdog()
 
-    async def feed_watchdog(self, interval: float, hung: Callable[[], bool]) -> None:
-        """WATCHDOG=1 every `interval` seconds, except while `hung()`."""
-        while True:
+    async def feed_watchdog(self, interval: float | None, hung: Callable[[], bool]) -> None:
+        """WATCHDOG=1 every `interval` seconds, except while `hung()`; None: systemd does
+        not ask for it."""
+        while interval:
             if not hung():
                 self._notifier.watchdog()
             await asyncio.sleep(interval)

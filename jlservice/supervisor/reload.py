@@ -1,5 +1,6 @@
 """What a configuration reload needs: nothing, a JupyterLab restart, or a rejection; and,
-for `[reload] when = "idle"`, the wait for the kernels to finish what they are doing.
+for `[reload] when = "idle"`, the wait for the kernels to finish what they are doing. The
+Planner is how the loop asks, applies and waits; the loop keeps only the transitions.
 
 The decision compares the *effective* launch (argv, environment, user, directory, files) of
 the new configuration with the running one, so comment edits, reordering and supervisor-only
@@ -12,12 +13,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from jlservice import config, log, net
-from jlservice.config import Config, ConfigError
+from jlservice import config, listener, log, net
+from jlservice.config import Config, ConfigError, KernelsConfig
 from jlservice.start import launcher
 from jlservice.supervisor import probe
 from jlservice.supervisor.events import Event, PendingReloadDue
+
+if TYPE_CHECKING:
+    from jlservice.supervisor.parts import ConfigFollower, Exporter
 
 logger = log.get("jlservice.supervisor")
 
@@ -70,56 +75,6 @@ class PendingReload:
     task: asyncio.Task[None] | None = None
 
 
-class Deferred:
-    """The one reload that waits for idle kernels, if any. Once they are idle, or at the
-    deadline of the first reload that had to wait (a newer one does not extend it), it posts
-    PendingReloadDue for its generation; an older generation's event is stale."""
-
-    def __init__(
-        self, wait_idle: Callable[..., Awaitable[None]], post: Callable[[Event], None]
-    ) -> None:
-        self._wait_idle = wait_idle  # wait_idle below, or a test's
-        self._post = post
-        self.pending: PendingReload | None = None
-
-    def defer(
-        self,
-        launch: launcher.Launch,
-        max_wait: float,
-        api_url: str,
-        token: str,
-        progress: Callable[[str], None],
-        stranger: Callable[[], str | None],
-    ) -> float:
-        """Wait for idle kernels before restarting with `launch`; returns the seconds left."""
-        previous = self.pending
-        deadline = previous.deadline if previous else time.monotonic() + max_wait
-        pending = PendingReload(launch, deadline, previous.generation + 1 if previous else 1)
-        self.drop()
-        self.pending = pending
-        wait = self._wait_idle(pending, api_url, token, progress, stranger)
-        pending.task = asyncio.get_running_loop().create_task(self._then_post(pending, wait))
-        return deadline - time.monotonic()
-
-    async def _then_post(self, pending: PendingReload, wait: Awaitable[None]) -> None:
-        await wait
-        self._post(PendingReloadDue(pending.generation))
-
-    def due(self, generation: int) -> bool:
-        return self.pending is not None and self.pending.generation == generation
-
-    def take(self) -> launcher.Launch | None:
-        """The waiting reload's launch, no longer waiting; None if none waits."""
-        launch = self.pending.launch if self.pending else None
-        self.drop()
-        return launch
-
-    def drop(self) -> None:
-        if self.pending is not None and self.pending.task is not None:
-            self.pending.task.cancel()
-        self.pending = None
-
-
 async def wait_idle(
     pending: PendingReload,
     api_url: str,
@@ -154,3 +109,90 @@ async def wait_idle(
             what = f"{busy} busy kernel(s)" if busy else "kernels whose state is unknown"
             progress(f"waiting for {what} to finish, at most {left:.0f} s more")
         await asyncio.sleep(min(1.0, max(left, 0)))
+
+
+class Planner:
+    """The loop's reload planner: what a new configuration needs (`plan`), the settings
+    JupyterLab never sees applied at once (`apply`), and the one reload that waits for idle
+    kernels (`defer`). Once they are idle, or at the deadline of the first reload that had
+    to wait (a newer one does not extend it), it posts PendingReloadDue for its generation;
+    an older generation's event is stale."""
+
+    def __init__(
+        self,
+        post: Callable[[Event], None],
+        follower: ConfigFollower,
+        exporter: Exporter,
+        kernel_settings: Callable[[KernelsConfig], str],
+        progress: Callable[[str], None],
+        read: Callable[[Config, launcher.Launch], Plan] | None = None,
+        wait: Callable[..., Awaitable[None]] | None = None,
+    ) -> None:
+        """`kernel_settings`: new [kernels] settings (limits, culling) → what the limits are
+        now; `progress(why)`: what a waiting reload waits for, now; `read` and `wait`: this
+        module's plan and wait_idle, or a test's."""
+        self._post = post
+        self._follower = follower
+        self._exporter = exporter
+        self._kernel_settings = kernel_settings
+        self._progress = progress
+        self._read = read or plan
+        self._wait = wait or wait_idle
+        self.pending: PendingReload | None = None
+
+    def plan(self, current: Config, running: launcher.Launch) -> Plan:
+        """Read the configuration file again (the watcher then knows it was read)."""
+        found = self._read(current, running)
+        if found.config is not None:
+            self._follower.accept(found.config.digest)
+        return found
+
+    def apply(self, current: Config, new: Config) -> str:
+        """Apply at once the settings JupyterLab never sees; returns what the kernels'
+        limits are now ("" if that is not known)."""
+        if (new.log.level, new.log.format) != (current.log.level, current.log.format):
+            log.configure(new.log.level, new.log.format)
+        self._follower.follow(new)
+        self._exporter.apply(new.metrics)
+        return self._kernel_settings(new.kernels)
+
+    def defer(
+        self, plan: Plan, running: launcher.Launch, token: str, lab_pid: Callable[[], int | None]
+    ) -> float:
+        """Wait for the kernels of the JupyterLab `lab_pid()` started as `running` to be
+        idle before restarting with the plan's launch; returns the seconds left."""
+        previous = self.pending
+        max_wait = plan.config.reload.max_wait
+        deadline = previous.deadline if previous else time.monotonic() + max_wait
+        pending = PendingReload(plan.launch, deadline, previous.generation + 1 if previous else 1)
+        self.drop()
+        self.pending = pending
+
+        def stranger() -> str | None:
+            """Who, instead of the running JupyterLab, would receive a request with the token."""
+            pid = lab_pid()
+            return (
+                "JupyterLab is not running" if pid is None else listener.stranger_to(running, pid)
+            )
+
+        wait = self._wait(pending, running.api_url, token, self._progress, stranger)
+        pending.task = asyncio.get_running_loop().create_task(self._then_post(pending, wait))
+        return deadline - time.monotonic()
+
+    async def _then_post(self, pending: PendingReload, wait: Awaitable[None]) -> None:
+        await wait
+        self._post(PendingReloadDue(pending.generation))
+
+    def due(self, generation: int) -> bool:
+        return self.pending is not None and self.pending.generation == generation
+
+    def take(self) -> launcher.Launch | None:
+        """The waiting reload's launch, no longer waiting; None if none waits."""
+        launch = self.pending.launch if self.pending else None
+        self.drop()
+        return launch
+
+    def drop(self) -> None:
+        if self.pending is not None and self.pending.task is not None:
+            self.pending.task.cancel()
+        self.pending = None

@@ -205,6 +205,8 @@ class Harness:
         self.timers: list[tuple[float, Event]] = []
         self.callbacks: list[tuple[float, Callable[[], None]]] = []  # the Publisher's
         self.idle = asyncio.Event()  # set: the kernels are idle
+        self.stranger: Callable[[], str | None] | None = None  # as the last idle wait got it
+        self.reloads: reload.Planner | None = None
         self.swept: list[set[int]] = []  # what each sweep spared
         self.ended: list[set[int]] = []  # what each end of some processes alone ended
         self.stuck: set[int] = set()
@@ -246,6 +248,7 @@ class Harness:
         return self.plans.pop(0)
 
     async def _wait_idle(self, pending, api_url: str, token: str, progress, stranger) -> None:
+        self.stranger = stranger
         progress("waiting for 1 busy kernel(s) to finish")
         await self.idle.wait()
 
@@ -274,6 +277,15 @@ class Harness:
             later=lambda delay, callback: self.callbacks.append((delay, callback)),
         )
         events: asyncio.Queue[Event] = asyncio.Queue()
+        self.reloads = reload.Planner(
+            self.post,
+            self.follower,
+            self.exporter,
+            lambda _kernels: "",
+            publisher.still_pending,
+            self._plan,
+            self._wait_idle,
+        )
         parts = Parts(
             publisher=publisher,
             starter=self.starter,
@@ -282,8 +294,7 @@ class Harness:
             adopt=self._adopt,
             sweep=self._sweep,
             end=self._end,
-            plan=self._plan,
-            wait_idle=self._wait_idle,
+            reloads=self.reloads,
             exporter=self.exporter,
             follower=self.follower,
             later=lambda delay, event: self.timers.append((delay, event)),

@@ -110,7 +110,7 @@ async def test_a_restart_on_its_own_applies_the_pending_reload(machine) -> None:
     old.exit()  # a crash before the kernels went idle
     await m.settle()
     await m.fire(BackoffElapsed)
-    assert m.starter.starts[-1][0].port == 9124 and m.supervisor.deferred.pending is None
+    assert m.starter.starts[-1][0].port == 9124 and m.reloads.pending is None
     due = PendingReloadDue(generation=1)
     await m.step(due)  # the wait's late answer changes nothing
     assert len(m.starter.starts) == 2
@@ -129,11 +129,47 @@ async def test_reload_during_backoff_starts_the_new_configuration_now(machine) -
     assert len(m.starter.starts) == 4
 
 
-async def test_reload_turns_warm_restarts_off_at_once(machine) -> None:
+async def test_reload_applies_what_jupyterlab_never_sees_at_once(machine) -> None:
     m = machine()
     m.start()
     await m.ready()
-    new = make_config(m.tmp_path, {"restart": {"warm": False}})
+    new = make_config(m.tmp_path, {"restart": {"warm": False}, "metrics": {"enabled": False}})
     m.plans.append(reload.Plan(reload.UNCHANGED, new, m.launch))
     await m.step(ReloadRequested("SIGHUP"))
-    assert m.keeper.kept[-1] == (m.launch.port, False)
+    assert m.keeper.kept[-1] == (m.launch.port, False)  # warm restarts off
+    assert m.follower.calls[-2:] == [("accept", (new.digest,)), ("follow", (new,))]
+    assert m.exporter.calls[-1] == ("apply", (new.metrics,)) and m.supervisor.config is new
+
+
+async def test_a_second_pending_reload_keeps_the_first_deadline_and_the_first_wait_is_stale(
+    machine,
+) -> None:
+    m = machine(reload={"when": "idle", "max_wait": 600})
+    m.start()
+    old = await m.ready()
+    m.plans.append(restart_plan(m, port=9124))
+    await m.step(ReloadRequested("file"))
+    first = m.reloads.pending
+    m.plans.append(restart_plan(m, port=9125))
+    await m.step(ReloadRequested("SIGHUP"))
+    assert m.reloads.pending.generation == 2 and m.reloads.pending.deadline == first.deadline
+    assert first.task.cancelled()
+    await m.step(PendingReloadDue(generation=1))  # the first wait's answer: stale
+    assert old.stops == [] and m.state.reload_pending is not None
+    await m.step(PendingReloadDue(generation=2))
+    assert old.stops == ["reload"] and m.starter.starts[-1][0].port == 9125
+
+
+async def test_the_idle_wait_asks_who_holds_the_running_port_and_knows_a_dead_lab(
+    machine,
+) -> None:
+    m = machine(reload={"when": "idle"})
+    m.start()
+    old = await m.ready()
+    m.plans.append(restart_plan(m, port=9124))
+    await m.step(ReloadRequested("file"))
+    where = f"127.0.0.1:{m.launch.port}"  # the running JupyterLab's, not the new 9124
+    assert m.stranger() == f"nothing listens on {where}"  # the fake listens nowhere
+    old.exit()
+    await m.settle()
+    assert m.stranger() == "JupyterLab is not running"
