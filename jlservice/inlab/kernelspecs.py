@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 
 import jlservice_environments as environments
+import jlservice_envnames as envnames
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from traitlets import List, Unicode
 
@@ -146,7 +147,7 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         the user's, its environment's) keep their names."""
         taken = frozenset(taken)
         if (found[0], taken) != self._built:
-            kernels, collisions = environments.named(found[1], taken)
+            kernels, collisions = envnames.named(found[1], taken)
             allowed = self.allowed_kernelspecs
             self._specs = {
                 name: self._spec(env, kernel)
@@ -156,7 +157,7 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
             self._built = (found[0], taken)
             for name, prefixes in collisions.items():
                 if self._collisions.get(name) != prefixes:
-                    self._problem(environments.collision_line(name, prefixes, taken))
+                    self._problem(envnames.collision_line(name, prefixes, taken))
             self._collisions = collisions
         return self._specs
 
@@ -167,7 +168,7 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         return self.kernel_spec_class(
             resource_dir=kernel.resource_dir,
             argv=wrapped_argv(env, kernel),
-            display_name=environments.printable(f"{kernel.display_name} [{label}:{env.name}]"),
+            display_name=envnames.printable(f"{kernel.display_name} [{label}:{env.name}]"),
             language=kernel.language,
             env=kernel.spec.get("env") or {},
             metadata=metadata,
