@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import envtrees, fs
+from helpers.browser import CHROMIUM, Chromium
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT, PYTHON, Service
 
@@ -157,6 +158,36 @@ def test_an_environment_made_or_removed_shows_without_a_restart(lab, trees, lab_
     shutil.rmtree(new)
     wait_for(lambda: "venv-fresh-py" not in specs(svc, token), 10, "the venv's kernel gone")
     assert svc.lab_pid == lab_pid
+
+
+def cards(browser: Chromium) -> list[str]:
+    """The labels of the launcher's cards the page shows now."""
+    labels = "Array.from(document.querySelectorAll('.jp-LauncherCard-label'), c => c.innerText)"
+    return browser.evaluate(labels) or []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (tests/run.sh does it)")
+def test_an_open_launcher_shows_a_new_environment_and_loses_it(lab, trees, lab_user, tmp_path):
+    """A launcher open in a browser: a venv made gets its card within seconds and loses it
+    when removed, without a reload of the page (JupyterLab itself asks only every 61 s)."""
+    svc, token = lab
+    browser = Chromium(tmp_path / "chromium-profile")
+    new = trees.venvs / "shown"
+    card = "Python 3 (ipykernel) [venv:shown]"
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{svc.base}lab?reset&token={token}")
+        wait_for(lambda: "Python 3 (ipykernel) [venv:ml]" in cards(browser), 180, "the launcher")
+        page = browser.evaluate("performance.timeOrigin")
+        shutil.copytree(trees.ml, new, symlinks=True, copy_function=os.link)
+        envtrees.give(new, lab_user)
+        wait_for(lambda: card in cards(browser), 10, "the new venv's card", 0.2)
+        shutil.rmtree(new)
+        wait_for(lambda: card not in cards(browser), 10, "the venv's card gone", 0.2)
+        assert browser.evaluate("performance.timeOrigin") == page  # never reloaded
+    finally:
+        browser.close()
+        shutil.rmtree(new, ignore_errors=True)
 
 
 def test_the_users_own_kernelspecs_keep_working(lab, trees, lab_user):
