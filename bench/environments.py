@@ -7,6 +7,9 @@
   `environments`, run side by side, requests alternating; and the first listing after a
   new environment appeared (the one directory that changed is looked at again). Goal: at
   most 50 ms more.
+- a look unasked: what JupyterLab's environments thread pays every 2 s (so that the
+  launcher shows a new environment at once) while nothing changed: one Finder.find() of
+  the same --envs environments, in this process.
 - kernel start: POST api/kernels → the first cell's result, for the environment's kernel
   (activated: PATH, CONDA_PREFIX, an activate.d script sourced) vs a plain kernelspec of
   the same interpreter (no activation). Goal: ≤ 1.2×.
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from helpers import envtrees
+
+from jlservice.inlab import environments
 
 from .lab import Lab
 from .report import Metric, say
@@ -45,6 +50,18 @@ def build(session: Session, count: int) -> tuple[Path, Path]:
     first = envs / "env00"
     envtrees.add_activate_script(first, "x.sh", f'export {envtrees.ACTIVATED}="$CONDA_PREFIX"\n')
     return envs, first
+
+
+def look_ms(envs: Path, count: int) -> list[float]:
+    """`count` looks of the Finder JupyterLab runs, at environments that do not change."""
+    finder = environments.Finder([f"{envs}/*"])
+    finder.find()  # the first look inspects every environment; later ones only stat()
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        finder.find()
+        samples.append((time.perf_counter() - began) * 1000)
+    return samples
 
 
 def listing_ms(lab: Lab, token: str) -> float:
@@ -86,6 +103,7 @@ def add_plain_kernelspec(lab: Lab, python: Path) -> None:
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     runs, count = session.args.runs, session.args.envs
     envs, first = build(session, count)
+    looks = look_ms(envs, runs * 10)
     plain = Lab(session, "plain")
     with_envs = Lab(session, "envs", kernels={"environments": [f"{envs}/*"]})
     add_plain_kernelspec(with_envs, first / "bin" / "python")
@@ -136,6 +154,11 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
             baseline_samples=base_ms,
             goal=LIST_GOAL_MS,
             goal_on="difference",
+        ),
+        Metric(
+            f"a look unasked, {count} environments unchanged (every 2 s in JupyterLab)",
+            "ms",
+            looks,
         ),
         Metric(
             "kernel start → first result, activated conda-style env (activate.d script)",

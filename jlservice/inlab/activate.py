@@ -180,9 +180,9 @@ def _collect(pid, fd, timeout):
                 size += len(chunk)
     finally:
         os.close(pidfd)
+        if not exited:  # before the pipe closes: nothing it started meets EPIPE and says so
+            _kill_group(pid)  # on stderr, in the middle of our line
         os.close(fd)
-    if not exited:
-        _kill_group(pid)
     status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return b"".join(chunks), exited, status
 

@@ -14,6 +14,10 @@ looks again where a directory it watches changed. It looks in a thread of its ow
 JupyterLab's event loop: an environment on a network filesystem whose server is gone (or
 a FUSE mount that never answers) is named in the log, and the launcher lists the
 environments as last found until it answers again.
+
+Loaded as a server extension too: that thread then also looks every LOOK_EVERY_S, and a
+change of the environments' kernels is emitted as the event CHANGED, on which jlservice's
+labextension (inlab/labextension/) has the launcher ask for the kernelspecs again.
 """
 
 import asyncio
@@ -25,12 +29,31 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 
 import jlservice_environments as environments
+import jlservice_envnames as envnames
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from traitlets import List, Unicode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACTIVATE = os.path.join(HERE, "jlservice_activate.py")
 ANSWER_WITHIN_S = 2.0  # a listing waits that long for the environments, at most
+LOOK_EVERY_S = 2.0  # a look unasked, so that a new environment is in the launcher at once
+CHANGED = "https://jlservice.invalid/events/kernelspecs/v1"  # the labextension's name for it
+CHANGED_SCHEMA = {
+    "$id": CHANGED,
+    "version": "1",
+    "title": "jlservice: the environments' kernels changed",
+    "description": "An environment of [kernels] environments appeared, went or changed: "
+    "the front end asks for the kernelspecs again.",
+    "type": "object",
+    "properties": {
+        "environments": {
+            "type": "integer",
+            "title": "environments",
+            "description": "How many environments are found now.",
+        }
+    },
+    "required": ["environments"],
+}
 
 
 def _scrub(env):
@@ -56,7 +79,9 @@ def wrapped_argv(env, kernel):
 class Looking:
     """finder.find() in one daemon thread of its own. A caller waits for it at most
     ANSWER_WITHIN_S, then gets what was found last; while a look is hung, callers get that
-    at once and no other look is started: a dead server costs one thread, however long."""
+    at once and no other look is started: a dead server costs one thread, however long.
+    Once watched (watch()), it also looks unasked every LOOK_EVERY_S and calls `changed`
+    (on that thread) when the environments differ from the last look's."""
 
     def __init__(self, finder, log):
         self._finder = finder
@@ -66,7 +91,13 @@ class Looking:
         self._thread = None
         self._pending = None  # the look under way
         self._hung = None  # the look said not to answer
+        self._changed = None
         self.last = (-1, [])  # (the finder's generation, the environments) found last
+
+    def watch(self, changed):
+        """Look every LOOK_EVERY_S from now on; `changed(environments)` after a change."""
+        self._changed = changed
+        self._ask()
 
     def now(self):
         """The environments, waiting for them on this thread."""
@@ -82,8 +113,10 @@ class Looking:
             await asyncio.wait([asyncio.wrap_future(answer)], timeout=ANSWER_WITHIN_S)
         return self._result(answer)
 
-    def _ask(self):
+    def _ask(self, unasked=False):
         with self._lock:
+            if unasked and self._pending is not None and not self._pending.done():
+                return None  # a caller's look is under way, or hung
             if self._pending is None or self._pending.done():
                 if self._thread is None:
                     self._thread = threading.Thread(
@@ -95,14 +128,29 @@ class Looking:
             return self._pending
 
     def _serve(self):
+        seen = None  # the generation the last look found
         while True:
-            answer = self._asked.get()
+            try:
+                answer = self._asked.get(timeout=LOOK_EVERY_S if self._changed else None)
+            except queue.Empty:
+                answer = self._ask(unasked=True)
+                if answer is None:
+                    continue
+                answer = self._asked.get()
             try:
                 found = self._finder.find()
             except BaseException as exc:  # whatever it is, it is the caller's to say
                 answer.set_exception(exc)
-            else:
-                answer.set_result((self._finder.generation, found))
+                continue
+            answer.set_result((self._finder.generation, found))
+            if self._changed is not None and seen not in (None, self._finder.generation):
+                try:
+                    self._changed(found)
+                except Exception as exc:
+                    self._log(
+                        f"telling the front end that the environments changed failed: {exc!r}"
+                    )
+            seen = self._finder.generation
 
     def _result(self, answer):
         if self._hung is not None and self._hung.done():
@@ -140,13 +188,18 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
     def _problem(self, line):
         self.log.warning("jlservice: %s", line)
 
+    def watch(self, changed):
+        """Look at the environments every LOOK_EVERY_S; `changed(environments)` (on the
+        looking thread) when their kernels changed."""
+        self._looking.watch(changed)
+
     def _own(self, found, taken):
         """{name: KernelSpec} of the environments' kernels (`found`: the finder's generation
         and environments), rebuilt when they changed. JupyterLab's own kernelspecs (`taken`:
         the user's, its environment's) keep their names."""
         taken = frozenset(taken)
         if (found[0], taken) != self._built:
-            kernels, collisions = environments.named(found[1], taken)
+            kernels, collisions = envnames.named(found[1], taken)
             allowed = self.allowed_kernelspecs
             self._specs = {
                 name: self._spec(env, kernel)
@@ -156,7 +209,7 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
             self._built = (found[0], taken)
             for name, prefixes in collisions.items():
                 if self._collisions.get(name) != prefixes:
-                    self._problem(environments.collision_line(name, prefixes, taken))
+                    self._problem(envnames.collision_line(name, prefixes, taken))
             self._collisions = collisions
         return self._specs
 
@@ -167,7 +220,7 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         return self.kernel_spec_class(
             resource_dir=kernel.resource_dir,
             argv=wrapped_argv(env, kernel),
-            display_name=environments.printable(f"{kernel.display_name} [{label}:{env.name}]"),
+            display_name=envnames.printable(f"{kernel.display_name} [{label}:{env.name}]"),
             language=kernel.language,
             env=kernel.spec.get("env") or {},
             metadata=metadata,
@@ -213,3 +266,22 @@ class EnvironmentKernelSpecManager(KernelSpecManager):
         for name, spec in self._own(found, taken).items():
             listed[name] = {"resource_dir": spec.resource_dir, "spec": spec.to_dict()}
         return listed
+
+
+def _jupyter_server_extension_points():
+    return [{"module": __name__}]
+
+
+def _load_jupyter_server_extension(serverapp):
+    """Emit CHANGED (on the event loop, as jupyter_events needs) whenever the environments'
+    kernels change, for jlservice's labextension."""
+    manager = serverapp.kernel_spec_manager
+    if not isinstance(manager, EnvironmentKernelSpecManager):
+        return
+    events = serverapp.event_logger
+    events.register_event_schema(CHANGED_SCHEMA)
+
+    def emit(found):
+        events.emit(schema_id=CHANGED, data={"environments": len(found)})
+
+    manager.watch(lambda found: serverapp.io_loop.add_callback(emit, found))

@@ -51,6 +51,9 @@ INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
 # [kernels] environments: jlservice's kernelspec manager, in the same directory, with the
 # modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
 KERNELSPECS_MODULE = "jlservice_kernelspecs"
+# Its labextension, which has the launcher list a new environment at once (read in place:
+# the lab user reads jlservice's package already, as the doctor runs inlab/ from it).
+LABEXTENSIONS = Path(__file__).resolve().parents[1] / "inlab" / "labextension" / "built"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
 LIMITS_SOCKET = "kernels.sock"  # where the kernel manager asks jlservice to place a kernel
 
@@ -233,14 +236,17 @@ def _keeping_args(private_dir: Path) -> list[str]:
 
 
 def _environments_args(patterns: tuple[str, ...]) -> list[str]:
-    """Kernels of the environments `patterns` name, from jlservice's kernelspec manager;
-    none without (JupyterLab keeps its own manager, and lists what it always did)."""
+    """Kernels of the environments `patterns` name, from jlservice's kernelspec manager,
+    also a server extension that tells the front end when they change, and the labextension
+    that hears it; none without (JupyterLab keeps its own manager, lists what it always did)."""
     if not patterns:
         return []
     manager = "EnvironmentKernelSpecManager"
     return [
         f"--ServerApp.kernel_spec_manager_class={KERNELSPECS_MODULE}.{manager}",
         *(f"--{manager}.environments={p}" for p in patterns),
+        f"--ServerApp.jpserver_extensions={KERNELSPECS_MODULE}=True",
+        f"--LabApp.extra_labextensions_path={LABEXTENSIONS}",
     ]
 
 

@@ -25,6 +25,9 @@ INLAB_SOURCE = INLAB / "kernels.py"
 ENVIRONMENT_MODULES = {
     f"{KERNELSPECS_MODULE}.py": INLAB / "kernelspecs.py",
     "jlservice_environments.py": INLAB / "environments.py",
+    "jlservice_envglob.py": INLAB / "envglob.py",
+    "jlservice_envprefix.py": INLAB / "envprefix.py",
+    "jlservice_envnames.py": INLAB / "envnames.py",
     "jlservice_activate.py": INLAB / "activate.py",
 }
 

@@ -18,14 +18,26 @@ from pathlib import Path
 
 import pytest
 from helpers import envtrees, fs
+from helpers.browser import CHROMIUM, Chromium
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT, PYTHON, Service
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: JupyterLab as the lab user")
 
-VARIABLES = ("CONDA_PREFIX", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "PYTHONPATH", envtrees.ACTIVATED)
+RESTARTED = "JLST_RESTARTED"  # what an activate.d script added after a kernel's start exports
+STACKED = "JLST_STACKED"  # what an activate.d script prepends to
+VARIABLES = (
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    envtrees.ACTIVATED,
+    RESTARTED,
+    STACKED,
+)
 PROBE = (
     "import json, os, sys; print(json.dumps({'prefix': sys.prefix, 'uid': os.getuid(), "
+    "'pid': os.getpid(), "
     "'path': os.environ['PATH'].split(':'), "
     f"**{{k: os.environ.get(k) for k in {VARIABLES!r}}}}}))"
 )
@@ -159,6 +171,36 @@ def test_an_environment_made_or_removed_shows_without_a_restart(lab, trees, lab_
     assert svc.lab_pid == lab_pid
 
 
+def cards(browser: Chromium) -> list[str]:
+    """The labels of the launcher's cards the page shows now."""
+    labels = "Array.from(document.querySelectorAll('.jp-LauncherCard-label'), c => c.innerText)"
+    return browser.evaluate(labels) or []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (tests/run.sh does it)")
+def test_an_open_launcher_shows_a_new_environment_and_loses_it(lab, trees, lab_user, tmp_path):
+    """A launcher open in a browser: a venv made gets its card within seconds and loses it
+    when removed, without a reload of the page (JupyterLab itself asks only every 61 s)."""
+    svc, token = lab
+    browser = Chromium(tmp_path / "chromium-profile")
+    new = trees.venvs / "shown"
+    card = "Python 3 (ipykernel) [venv:shown]"
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{svc.base}lab?reset&token={token}")
+        wait_for(lambda: "Python 3 (ipykernel) [venv:ml]" in cards(browser), 180, "the launcher")
+        page = browser.evaluate("performance.timeOrigin")
+        shutil.copytree(trees.ml, new, symlinks=True, copy_function=os.link)
+        envtrees.give(new, lab_user)
+        wait_for(lambda: card in cards(browser), 10, "the new venv's card", 0.2)
+        shutil.rmtree(new)
+        wait_for(lambda: card not in cards(browser), 10, "the venv's card gone", 0.2)
+        assert browser.evaluate("performance.timeOrigin") == page  # never reloaded
+    finally:
+        browser.close()
+        shutil.rmtree(new, ignore_errors=True)
+
+
 def test_the_users_own_kernelspecs_keep_working(lab, trees, lab_user):
     """`ipykernel install --user` beside the environments, as without them."""
     svc, token = lab
@@ -274,11 +316,8 @@ def test_an_environment_that_never_answers_blocks_no_listing(lab, trees):
         dead.rmdir()
 
 
-def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):
-    """Activation ends in exec: the kept process is the kernel, found and adopted as any."""
-    svc, token = lab
-    kernel_id, pid = svc.start_kernel(token, "conda-env-gpu-py")
-    svc.execute(token, kernel_id, "import os; x = 41")
+def crash_and_adopt(svc: Service, kernel_id: str) -> None:
+    """kill -9 of JupyterLab; back once the next one has adopted the kernel `kernel_id`."""
     old, offset = svc.lab_pid, svc.log_size()
     os.kill(old, signal.SIGKILL)
     svc.wait_ready(not_pid=old)
@@ -290,9 +329,63 @@ def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):
         )
 
     wait_for(adopted, 60, "the kernel's adoption")
+
+
+def test_an_environments_kernel_survives_a_crash_of_jupyterlab(lab, trees):
+    """Activation ends in exec: the kept process is the kernel, found and adopted as any."""
+    svc, token = lab
+    kernel_id, pid = svc.start_kernel(token, "conda-env-gpu-py")
+    svc.execute(token, kernel_id, "import os; x = 41")
+    crash_and_adopt(svc, kernel_id)
     seen = svc.execute(token, kernel_id, "print(x + 1, os.getpid(), os.environ['CONDA_PREFIX'])")
     assert seen.split() == ["42", str(pid), str(trees.gpu)]
     svc.api("DELETE", f"api/kernels/{kernel_id}", token)
+
+
+def restart_after_adoption(svc: Service, token: str, prefix: Path) -> tuple[int, dict]:
+    """A kernel of the environment at `prefix` started, kept through kill -9 of JupyterLab,
+    then (an activate.d script y.sh added) restarted in JupyterLab: (its first pid, what
+    the restarted kernel sees)."""
+    kernel_id, pid = svc.start_kernel(token, f"conda-env-{prefix.name}-py")
+    try:
+        crash_and_adopt(svc, kernel_id)
+        envtrees.add_activate_script(prefix, "y.sh", f'export {RESTARTED}="$CONDA_PREFIX"\n')
+        svc.api("POST", f"api/kernels/{kernel_id}/restart", token).raise_for_status()
+        return pid, json.loads(svc.execute(token, kernel_id, PROBE))
+    finally:
+        (prefix / "etc" / "conda" / "activate.d" / "y.sh").unlink(missing_ok=True)
+        svc.api("DELETE", f"api/kernels/{kernel_id}", token)
+
+
+def test_an_adopted_kernels_restart_sources_the_activation_scripts_again(lab, trees):
+    """Restarted in JupyterLab after it survived JupyterLab's crash, an environment's
+    kernel starts through the activation again: a script added meanwhile runs."""
+    svc, token = lab
+    pid, seen = restart_after_adoption(svc, token, trees.gpu)
+    assert seen["pid"] != pid  # a new kernel process, under the same id
+    assert seen["prefix"] == str(trees.gpu) and seen["path"][0] == str(trees.gpu / "bin")
+    assert seen["path"].count(str(trees.gpu / "bin")) == 1
+    assert seen["CONDA_PREFIX"] == str(trees.gpu) and seen["CONDA_DEFAULT_ENV"] == "gpu"
+    assert seen[envtrees.ACTIVATED] == str(trees.gpu) and seen[RESTARTED] == str(trees.gpu)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="inlab/kernels.py _adopt restarts an adopted kernel with its /proc environ, which "
+    "for an environment's kernel is the activated one: its scripts apply twice",
+)
+def test_an_adopted_kernels_restart_starts_from_what_a_fresh_start_has(lab, trees):
+    """A script that prepends to a variable (as CUDA packages' do to LD_LIBRARY_PATH) finds
+    it as a fresh start has it, not already holding what its last run prepended."""
+    svc, token = lab
+    stacks = f'export {STACKED}="$CONDA_PREFIX/lib${{{STACKED}:+:${STACKED}}}"\n'
+    envtrees.add_activate_script(trees.gpu, "z.sh", stacks)
+    try:
+        _, seen = restart_after_adoption(svc, token, trees.gpu)
+    finally:
+        (trees.gpu / "etc" / "conda" / "activate.d" / "z.sh").unlink()
+    assert seen[STACKED] == f"{trees.gpu}/lib"
 
 
 def test_nb_conda_kernels_finds_conda_under_the_service(service_factory, tmp_path):

@@ -15,7 +15,7 @@ from helpers.launch import make_config
 from jlservice import config, users
 from jlservice.admin.doctor.context import Context
 from jlservice.admin.doctor.environments import check_environments
-from jlservice.inlab import activate, environments
+from jlservice.inlab import activate, envglob, environments, envnames, envprefix
 from jlservice.start import launcher
 
 ACTIVATE = activate.__file__
@@ -84,6 +84,11 @@ def test_tilde_is_the_lab_users_home_and_globs_reach_jupyterlab(tmp_path: Path) 
     manager = "--ServerApp.kernel_spec_manager_class=jlservice_kernelspecs."
     assert any(a.startswith(manager) for a in launch.argv)
     assert f"--EnvironmentKernelSpecManager.environments={home}/venvs/*" in launch.argv
+    # the server extension that says when the kernels change, and the labextension that hears it
+    assert "--ServerApp.jpserver_extensions=jlservice_kernelspecs=True" in launch.argv
+    labextensions = f"--LabApp.extra_labextensions_path={launcher.LABEXTENSIONS}"
+    assert labextensions in launch.argv
+    assert (launcher.LABEXTENSIONS / "jlservice-kernelspecs" / "package.json").is_file()
     assert launch.env["PYTHONPATH"].split(os.pathsep)[0] == str(launch.inlab_dir)
 
 
@@ -165,21 +170,21 @@ def test_a_pattern_yields_at_most_max_matches_in_all_the_first_in_order(tmp_path
         for i in range(600):
             (tmp_path / top / f"{i:04}").mkdir(parents=True)
     lines: list[str] = []
-    found, _ = environments.expand(f"{tmp_path}/*/*", log=lines.append)
+    found, _ = envglob.expand(f"{tmp_path}/*/*", log=lines.append)
     every = sorted(str(p) for p in tmp_path.glob("*/*"))
-    assert found == every[: environments.MAX_MATCHES]
+    assert found == every[: envglob.MAX_MATCHES]
     assert lines == [f"{tmp_path}/*/*: more than 1000 matches; the first are used"]
 
 
 def test_hostile_kernel_json_is_bounded(tmp_path: Path) -> None:
-    prefix = conda_env(tmp_path, "hostile", {"big": " " * (environments.MAX_JSON + 1)})
+    prefix = conda_env(tmp_path, "hostile", {"big": " " * (envprefix.MAX_JSON + 1)})
     fifo = prefix / "share" / "jupyter" / "kernels" / "fifo"
     fifo.mkdir()
     os.mkfifo(fifo / "kernel.json")  # would block a plain open()
     deep = prefix / "share" / "jupyter" / "kernels" / "deep"
     deep.mkdir()
     (deep / "kernel.json").write_text("[" * 60_000)
-    env, _ = environments.inspect(str(prefix))
+    env, _ = envprefix.inspect(str(prefix))
     problems = " ".join(env.problems)
     assert "larger than 64 KiB" in problems and "not a regular file" in problems
     assert "deep/kernel.json: not valid JSON" in problems
@@ -207,7 +212,7 @@ def test_a_hostile_environment_name_is_a_valid_kernel_name_and_one_log_line(tmp_
     prefix = conda_env(tmp_path, "x\n[W fake] evil ..", {"bad": "{"})
     lines: list[str] = []
     (env,) = environments.Finder([f"{tmp_path}/*"], log=lines.append).find()
-    assert environments.spec_name(env.kind, env.name, "py") == "conda-env-x_w_fake_evil_..-py"
+    assert envprefix.spec_name(env.kind, env.name, "py") == "conda-env-x_w_fake_evil_..-py"
     assert len(lines) == 1 and "\n" not in lines[0] and str(prefix).replace("\n", "\\n") in lines[0]
 
 
@@ -218,17 +223,17 @@ def test_no_environment_keeps_a_name_two_want_nor_one_jupyterlab_has(tmp_path: P
     b = conda_env(tmp_path / "b", "py", {"python3": IPYKERNEL})
     conda_env(tmp_path / "c", "gpu", {"python3": IPYKERNEL})
     found = environments.Finder([f"{tmp_path}/*/*"]).find()
-    kernels, collisions = environments.named(found)
+    kernels, collisions = envnames.named(found)
     by_prefix = {env.prefix: name for name, (env, _) in kernels.items()}
     assert collisions == {"conda-env-py-py": [str(a), str(b)]}
     assert by_prefix[str(a)] != by_prefix[str(b)]
     assert all(by_prefix[str(p)].startswith("conda-env-py-py-") for p in (a, b))
     assert by_prefix[str(tmp_path / "c" / "gpu")] == "conda-env-gpu-py"
-    alone, _ = environments.named([e for e in reversed(found) if e.prefix != str(b)])
+    alone, _ = envnames.named([e for e in reversed(found) if e.prefix != str(b)])
     assert {n for n, (e, _) in alone.items() if e.prefix == str(a)} == {"conda-env-py-py"}
-    beaten, said = environments.named(found, taken={"conda-env-gpu-py"})  # the user's own
+    beaten, said = envnames.named(found, taken={"conda-env-gpu-py"})  # the user's own
     gpu = [n for n, (e, _) in beaten.items() if e.name == "gpu"]
-    assert gpu == [f"conda-env-gpu-py-{environments._digest(str(tmp_path / 'c' / 'gpu'))}"]
+    assert gpu == [f"conda-env-gpu-py-{envnames.digest(str(tmp_path / 'c' / 'gpu'))}"]
     assert said["conda-env-gpu-py"] == [str(tmp_path / "c" / "gpu")]
 
 
