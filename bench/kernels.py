@@ -53,6 +53,19 @@ def kernels_adopted(lab: Lab, ids: list[str], offset: int, timeout: float = 60) 
     return found() & set(ids)
 
 
+def lab_line(lab: Lab, pattern: re.Pattern[str], offset: int, timeout: float = 60) -> re.Match[str]:
+    """The first line JupyterLab printed after byte `offset` of the log that matches
+    `pattern`, once there (a line logged once its loop runs may come after the adoptions)."""
+
+    def found() -> re.Match[str] | None:
+        lines = (
+            e.get("line", "") for e in lab.log_events(offset) if e.get("event") == "lab_output"
+        )
+        return next((m for line in lines if (m := pattern.search(line))), None)
+
+    return wait_for(found, timeout, f"JupyterLab's line {pattern.pattern!r}", 0.01)
+
+
 def channels(lab: Lab, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
     url = lab.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
     return websocket.create_connection(
@@ -255,10 +268,9 @@ def measure_adopt(session: Session) -> list[Metric]:
         crash = lab.crash()
         if len(adopted := kernels_adopted(lab, ids, crash.offset, timeout=120)) != count:
             raise BenchError(f"run {i + 1}: {len(adopted)} of {count} kernels adopted")
+        before = lab_line(lab, _ADOPTED, crash.offset)
+        after = lab_line(lab, _WATCHING, crash.offset)
         events = lab.log_events(crash.offset)
-        lines = [e.get("line", "") for e in events if e.get("event") == "lab_output"]
-        before = next(m for line in lines if (m := _ADOPTED.search(line)))
-        after = next(m for line in lines if (m := _WATCHING.search(line)))
         last = max(event_time(e) for e in events if e.get("event") == "kernel_adopted")
         s.add(
             before=float(before[2]) / count,
