@@ -37,8 +37,10 @@ TICK = (
     "import itertools, time\n"
     "for i in itertools.count():\n    print(f'tick-{i}', flush=True)\n    time.sleep(0.1)"
 )
-_ADOPTED = re.compile(r"jlservice: adopted (\d+) kernels in ([0-9.]+) ms")
-_WATCHING = re.compile(r"jlservice: watching (\d+) adopted kernels in ([0-9.]+) ms")
+# JupyterLab's lines: the wall-clock time, and its CPU time, of each part of the adoption.
+_TOOK = r"in ([0-9.]+) ms \(([0-9.]+) ms of CPU\)"
+_ADOPTED = re.compile(r"jlservice: adopted (\d+) kernels " + _TOOK)
+_WATCHING = re.compile(r"jlservice: watching (\d+) adopted kernels " + _TOOK)
 
 
 def kernels_adopted(lab: Lab, ids: list[str], offset: int, timeout: float = 60) -> set[str]:
@@ -275,24 +277,33 @@ def measure_adopt(session: Session) -> list[Metric]:
         s.add(
             before=float(before[2]) / count,
             after=float(after[2]) / count,
+            cpu=(float(before[3]) + float(after[3])) / count,
             adopted=(last - crash.wall) * 1000,
         )
         time.sleep(session.args.settle)
     lab.shutdown()
     return [
         Metric(
-            f"adoption per kernel, {count} kernels: before serving",
+            f"adoption per kernel, {count} kernels: JupyterLab's CPU time, both parts",
             "ms",
-            s["before"],
+            s["cpu"],
             goal=5,
             goal_on="median",
-            note="connection file, pidfd, /proc checks, the kernel's manager (JupyterLab's log)",
+            note="JupyterLab's process time over the two parts below (its log): what adopting "
+            "costs, whatever else the machine runs",
         ),
         Metric(
-            "  and setting up their channels once it runs",
+            "  before serving (wall clock)",
+            "ms",
+            s["before"],
+            note="connection file, pidfd, /proc checks, the kernel's manager",
+        ),
+        Metric(
+            "  and setting up their channels once its loop runs (wall clock)",
             "ms",
             s["after"],
-            note="restarter, control socket, activity stream (after it answers)",
+            note="restarter, activity stream, kernel_info asked on control and shell (their "
+            "answers are handled later)",
         ),
         Metric(f"  kill -9 -> all {count} adopted (jlservice's log)", "ms", s["adopted"]),
     ]

@@ -27,7 +27,6 @@ connection file.
 """
 
 import asyncio
-import concurrent.futures
 import json
 import os
 import select
@@ -299,6 +298,18 @@ def _ask_shell(km):
     km.session.send(stream, km.session.msg("kernel_info_request"))
 
 
+class _Took:
+    """Time taken since it was made, as the log says it: the wall clock and this process's
+    CPU time (what the work costs, whatever else the machine runs meanwhile)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __str__(self):
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return f"{wall * 1000:.1f} ms ({cpu * 1000:.1f} ms of CPU)"
+
+
 class KeepingMappingKernelManager(AsyncMappingKernelManager):
     handover_file = Unicode(
         "", config=True, help="jlservice's handover: the kernels to adopt, whether to keep them"
@@ -318,17 +329,20 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         if self.kernel_oom_score_adj is not None:  # a terminal's shell, a forked helper
             value = self.kernel_oom_score_adj
             os.register_at_fork(after_in_child=lambda: _raise_oom_score("self", value))
-        began = time.perf_counter()
-        adopted = []
+        began = _Took()
+        adopted, specs = {}, {}
         for entry in self._handover().get("kernels", []):
             try:
-                adopted.append(self._adopt(str(entry["id"]), int(entry["pid"])))
+                kernel_id, pid = str(entry["id"]), int(entry["pid"])
+                self._adopt(kernel_id, pid, specs)
+                adopted[kernel_id] = pid
             except Exception as exc:  # jlservice ends what is not adopted: say why
                 self.log.error("jlservice: cannot adopt kernel %s: %s", entry, exc)
         if adopted:
-            took = (time.perf_counter() - began) * 1000
-            self.log.info("jlservice: adopted %d kernels in %.1f ms", len(adopted), took)
-            IOLoop.current().add_callback(self._watch_adopted, adopted, time.perf_counter())
+            named = ", ".join(f"{k} (pid {pid})" for k, pid in adopted.items())
+            # One line for all: a write to the pipe jlservice reads costs as much as an adoption.
+            self.log.info("jlservice: adopted %d kernels in %s: %s", len(adopted), began, named)
+            IOLoop.current().add_callback(self._watch_adopted, list(adopted))
 
     def _handover(self):
         if not self.handover_file:
@@ -339,8 +353,9 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
             self.log.error("jlservice: cannot read %s: %s", self.handover_file, exc)
             return {}
 
-    def _adopt(self, kernel_id, pid):
-        """Register the running kernel `kernel_id` (process `pid`) as if started here."""
+    def _adopt(self, kernel_id, pid, specs):
+        """Register the running kernel `kernel_id` (process `pid`) as if started here.
+        `specs`: the kernelspecs by name, looked up once for all the adopted kernels."""
         connection_file = os.path.join(self.connection_dir, f"kernel-{kernel_id}.json")
         info = _read_json(connection_file)
         pidfd = os.pidfd_open(pid)
@@ -355,6 +370,9 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
                 kernel_spec_manager=self.kernel_spec_manager,
             )
             km.load_connection_info(info)
+            if km.kernel_name not in specs:
+                specs[km.kernel_name] = km.kernel_spec
+            km._kernel_spec = specs[km.kernel_name]  # read, never changed, by its users
             km.kernel_id = kernel_id
             km._launch_args = {"env": _environ(pid), "cwd": os.readlink(f"/proc/{pid}/cwd")}
             provisioner = KeepingProvisioner(
@@ -367,36 +385,37 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         km.provisioner = provisioner
         km._connection_file_written = True  # removed when it is shut down, as ours
         km._attempted_start = True
-        km._ready = concurrent.futures.Future()
+        loop = IOLoop.current().asyncio_loop
+        # Done, and of the loop (as a kernel started here has): awaiting it does not yield,
+        # so that the kernels are watched in one go (_watch_adopted).
+        km._ready = loop.create_future()
         km._ready.set_result(None)
         # Maybe running a cell: busy until its shell answers (_ask_shell). Never "starting",
         # which a new websocket waits out: that would be until the cell ends.
         km.execution_state = "busy"
         # Asked on the control channel once the loop runs (_ask_control): a websocket would
         # ask the shell, which answers only once a running cell is done.
-        km._kernel_info_future = IOLoop.current().asyncio_loop.create_future()
+        km._kernel_info_future = loop.create_future()
         km.reason = ""
         km.last_activity = utcnow()
         self._kernels[kernel_id] = km
         self._kernel_connections[kernel_id] = 0
-        self.log.info("jlservice: adopted kernel %s (pid %s)", kernel_id, pid)
-        return kernel_id
 
-    async def _watch_adopted(self, kernel_ids, began):
-        """What starting a kernel sets up once the loop runs: restarter, control socket,
-        activity, the dead-kernel callback, the culler."""
+    async def _watch_adopted(self, kernel_ids):
+        """What starting a kernel sets up once the loop runs: restarter, activity, the
+        dead-kernel callback, the culler. Its control socket is connected when first needed
+        (an interrupt, a shutdown), as jupyter_client does."""
+        began = _Took()
         for kernel_id in kernel_ids:
             km = self._kernels.get(kernel_id)
             if km is None:
                 continue
             km.start_restarter()
-            km._connect_control_socket()
             await self._finish_kernel_start(kernel_id)
             _ask_control(km)
             _ask_shell(km)
         self.initialize_culler()
-        took = (time.perf_counter() - began) * 1000
-        self.log.info("jlservice: watching %d adopted kernels in %.1f ms", len(kernel_ids), took)
+        self.log.info("jlservice: watching %d adopted kernels in %s", len(kernel_ids), began)
 
     async def shutdown_all(self, now=False):
         """At this server's exit: leave the kernels to jlservice if it keeps them."""
