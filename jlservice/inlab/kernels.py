@@ -9,17 +9,14 @@ have it on their path or in their environment.
   JPY_PARENT_PID: ipykernel then does not exit with this server), their oom_score_adj raised
   as they start (the OOM killer takes a kernel before this server), and their output on
   jlservice's kernel-output FIFO, which jlservice reads for as long as it runs, so that no
-  kernel dies of SIGPIPE when this server is gone. It also adopts a surviving kernel by
-  pid, through a pidfd: this server is not its parent (jlservice, the child subreaper, is,
-  and reaps it), and a pidfd tells of the exit without polling and pins the pid.
+  kernel dies of SIGPIPE when this server is gone. It also holds an adopted kernel's
+  process (jlservice_adoption.AdoptedProcess, a pidfd).
 - KeepingKernelManager: a ServerKernelManager with that provisioner.
-- KeepingMappingKernelManager: at start-up, registers each kernel jlservice hands over (the
-  handover file jlservice writes) under its own id, with activity tracking, culling and
-  auto-restart as for a kernel it started; at exit it leaves the kernels running when the
-  handover says to keep them, which jlservice says just before it stops this server for a
-  restart (and never when it died: its parent-death signal is a SIGTERM as well).
-- The module is also a server extension: it serves the listening socket jlservice holds
-  across restarts (JLSERVICE_LISTEN_FDS) instead of binding the port.
+- KeepingMappingKernelManager: at start-up, adopts each kernel jlservice hands over (the
+  handover file jlservice writes; jlservice_adoption); at exit it leaves the kernels running
+  when the handover says to keep them, which jlservice says just before it stops this
+  server for a restart (and never when it died: its parent-death signal is a SIGTERM as
+  well).
 
 jlservice decides which processes are kept and ends those not adopted in time; this code
 only adopts what it is handed, after checking that the pid still names the kernel's
@@ -27,25 +24,19 @@ connection file.
 """
 
 import asyncio
-import concurrent.futures
 import json
 import os
-import select
-import signal
-import time
 
+from jlservice_adoption import AdoptedProcess, adopt, read_json
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
-from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import (
     AsyncMappingKernelManager,
     ServerKernelManager,
 )
-from tornado.ioloop import IOLoop
 from traitlets import Integer, Unicode, default
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAX_FILE = 1 << 20  # the handover and a connection file are a few hundred bytes each
 
 
 def _without_here(path_list):
@@ -65,20 +56,6 @@ def _scrub(env):
 _scrub(os.environ)
 
 
-def _read_json(path):
-    with open(path, "rb") as f:
-        data = json.loads(f.read(MAX_FILE))
-    return data if isinstance(data, dict) else {}
-
-
-def _names(pid, connection_file):
-    """Whether process `pid` runs with `connection_file` on its command line."""
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        argv = f.read(MAX_FILE).split(b"\0")
-    wanted = {os.fsencode(connection_file), os.fsencode(os.path.realpath(connection_file))}
-    return any(arg in wanted for arg in argv)
-
-
 def _raise_oom_score(pid, value):
     """Raise `pid`'s oom_score_adj to `value` (anyone may raise it; lowering needs root)."""
     if value is None:
@@ -88,67 +65,6 @@ def _raise_oom_score(pid, value):
             f.write(str(value))
     except OSError:
         pass  # gone already, or /proc is read-only here: the kernel runs on unranked
-
-
-def _environ(pid):
-    """The environment `pid` was started with (what a restart of it starts with again)."""
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        pairs = f.read(MAX_FILE).split(b"\0")
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition(b"=")
-        if sep and key:
-            env[os.fsdecode(key)] = os.fsdecode(value)
-    return env
-
-
-class AdoptedProcess:
-    """What LocalProvisioner needs of a Popen, for a kernel this server did not start."""
-
-    stdin = stdout = stderr = None
-
-    def __init__(self, pid, pidfd):
-        self.pid = pid
-        self.pidfd = pidfd
-        self.returncode = None
-
-    def poll(self):
-        """None while it runs. Its exit status is its parent's (jlservice's) to know."""
-        if self.returncode is None and select.select([self.pidfd], [], [], 0)[0]:
-            self.returncode = 0
-        return self.returncode
-
-    def wait(self, timeout=None):
-        select.select([self.pidfd], [], [], timeout)
-        return self.poll()
-
-    async def exited(self):
-        """Returns once the process has exited: the pidfd becomes readable, no polling."""
-        if self.poll() is not None:
-            return
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.add_reader(self.pidfd, lambda: done.done() or done.set_result(None))
-        try:
-            await done
-        finally:
-            loop.remove_reader(self.pidfd)
-        self.poll()
-
-    def send_signal(self, signum):
-        if self.poll() is None:  # the pidfd: never a reused pid
-            signal.pidfd_send_signal(self.pidfd, signum)
-
-    def terminate(self):
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self):
-        self.send_signal(signal.SIGKILL)
-
-    def close(self):
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
 
 
 class KeepingProvisioner(LocalProvisioner):
@@ -262,43 +178,6 @@ class KeepingKernelManager(ServerKernelManager):
             super().cleanup_connection_file()
 
 
-def _ask_control(km, timeout=10.0):
-    """The kernel's info (its protocol version, which websockets adapt to), asked on its
-    control channel, which ipykernel answers even while a cell runs."""
-    future = km._kernel_info_future
-    stream = km.connect_control()
-
-    def answered(parts):
-        _, parts = km.session.feed_identities(parts)
-        if not future.done():
-            future.set_result(km.session.deserialize(parts)["content"])
-        stream.close()
-
-    def give_up():
-        if not future.done():
-            future.set_result({})
-        if not stream.closed():
-            stream.close()
-
-    stream.on_recv(answered)
-    km.session.send(stream, km.session.msg("kernel_info_request"))
-    IOLoop.current().call_later(timeout, give_up)
-
-
-def _ask_shell(km):
-    """A kernel_info request on its shell: the reply comes once any cell it runs is done,
-    and then the kernel is idle (a later cell's own status says busy again)."""
-    stream = km.connect_shell()
-
-    def answered(_parts):
-        if km.execution_state == "busy":
-            km.execution_state = "idle"
-        stream.close()
-
-    stream.on_recv(answered)
-    km.session.send(stream, km.session.msg("kernel_info_request"))
-
-
 class KeepingMappingKernelManager(AsyncMappingKernelManager):
     handover_file = Unicode(
         "", config=True, help="jlservice's handover: the kernels to adopt, whether to keep them"
@@ -318,85 +197,16 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         if self.kernel_oom_score_adj is not None:  # a terminal's shell, a forked helper
             value = self.kernel_oom_score_adj
             os.register_at_fork(after_in_child=lambda: _raise_oom_score("self", value))
-        began = time.perf_counter()
-        adopted = []
-        for entry in self._handover().get("kernels", []):
-            try:
-                adopted.append(self._adopt(str(entry["id"]), int(entry["pid"])))
-            except Exception as exc:  # jlservice ends what is not adopted: say why
-                self.log.error("jlservice: cannot adopt kernel %s: %s", entry, exc)
-        if adopted:
-            took = (time.perf_counter() - began) * 1000
-            self.log.info("jlservice: adopted %d kernels in %.1f ms", len(adopted), took)
-            IOLoop.current().add_callback(self._watch_adopted, adopted, time.perf_counter())
+        adopt(self, self._handover().get("kernels", []), KeepingProvisioner)
 
     def _handover(self):
         if not self.handover_file:
             return {}
         try:
-            return _read_json(self.handover_file)
+            return read_json(self.handover_file)
         except (OSError, ValueError) as exc:
             self.log.error("jlservice: cannot read %s: %s", self.handover_file, exc)
             return {}
-
-    def _adopt(self, kernel_id, pid):
-        """Register the running kernel `kernel_id` (process `pid`) as if started here."""
-        connection_file = os.path.join(self.connection_dir, f"kernel-{kernel_id}.json")
-        info = _read_json(connection_file)
-        pidfd = os.pidfd_open(pid)
-        try:
-            if not _names(pid, connection_file):
-                raise LookupError(f"pid {pid} no longer runs with {connection_file}")
-            km = self.kernel_manager_factory(
-                connection_file=connection_file,
-                parent=self,
-                log=self.log,
-                kernel_name=info.get("kernel_name") or self.default_kernel_name,
-                kernel_spec_manager=self.kernel_spec_manager,
-            )
-            km.load_connection_info(info)
-            km.kernel_id = kernel_id
-            km._launch_args = {"env": _environ(pid), "cwd": os.readlink(f"/proc/{pid}/cwd")}
-            provisioner = KeepingProvisioner(
-                kernel_id=kernel_id, kernel_spec=km.kernel_spec, parent=km
-            )
-            provisioner.adopt(pid, pidfd, km.get_connection_info())
-        except BaseException:
-            os.close(pidfd)
-            raise
-        km.provisioner = provisioner
-        km._connection_file_written = True  # removed when it is shut down, as ours
-        km._attempted_start = True
-        km._ready = concurrent.futures.Future()
-        km._ready.set_result(None)
-        # Maybe running a cell: busy until its shell answers (_ask_shell). Never "starting",
-        # which a new websocket waits out: that would be until the cell ends.
-        km.execution_state = "busy"
-        # Asked on the control channel once the loop runs (_ask_control): a websocket would
-        # ask the shell, which answers only once a running cell is done.
-        km._kernel_info_future = IOLoop.current().asyncio_loop.create_future()
-        km.reason = ""
-        km.last_activity = utcnow()
-        self._kernels[kernel_id] = km
-        self._kernel_connections[kernel_id] = 0
-        self.log.info("jlservice: adopted kernel %s (pid %s)", kernel_id, pid)
-        return kernel_id
-
-    async def _watch_adopted(self, kernel_ids, began):
-        """What starting a kernel sets up once the loop runs: restarter, control socket,
-        activity, the dead-kernel callback, the culler."""
-        for kernel_id in kernel_ids:
-            km = self._kernels.get(kernel_id)
-            if km is None:
-                continue
-            km.start_restarter()
-            km._connect_control_socket()
-            await self._finish_kernel_start(kernel_id)
-            _ask_control(km)
-            _ask_shell(km)
-        self.initialize_culler()
-        took = (time.perf_counter() - began) * 1000
-        self.log.info("jlservice: watching %d adopted kernels in %.1f ms", len(kernel_ids), took)
 
     async def shutdown_all(self, now=False):
         """At this server's exit: leave the kernels to jlservice if it keeps them."""
@@ -406,44 +216,3 @@ class KeepingMappingKernelManager(AsyncMappingKernelManager):
         for km in list(self._kernels.values()):
             km.kept = True
             km.stop_restarter()
-
-
-# ── the listening socket jlservice holds across restarts (jlservice/start/listening.py) ──
-
-LISTEN_FDS = "JLSERVICE_LISTEN_FDS"
-_BINDS = ("_find_http_port", "_bind_http_server_tcp")  # jupyter_server 2.10 to 2.21 at least
-
-
-def _jupyter_server_extension_points():
-    return [{"module": __name__}]
-
-
-def _load_jupyter_server_extension(serverapp):
-    """Serve the listening sockets jlservice hands over instead of binding the port: they
-    stay open across this server's restart, so a connection made meanwhile waits for the
-    next server instead of being refused. Runs before the server binds (init_httpserver)."""
-    listen = os.environ.pop(LISTEN_FDS, "")  # kernels and terminals never see it
-    if not listen:
-        return  # not started by jlservice with a socket: it binds itself
-    missing = [name for name in _BINDS if not callable(getattr(type(serverapp), name, None))]
-    if missing:
-        serverapp.log.critical(
-            "jlservice: this jupyter_server has no %s to serve jlservice's listening socket "
-            "with; set [kernels] survive_restarts = false, or use jupyter_server 2.10 to 2.x",
-            " or ".join(missing),
-        )
-        serverapp.exit(1)
-    import socket
-
-    sockets = []
-    for fd in map(int, listen.split(",")):
-        os.set_inheritable(fd, False)  # terminals fork and exec without closing fds
-        sockets.append(socket.socket(fileno=fd))
-        sockets[-1].setblocking(False)
-
-    def bind():
-        serverapp.http_server.add_sockets(sockets)
-        return True
-
-    serverapp._find_http_port = lambda: None  # its test bind would find the port in use
-    serverapp._bind_http_server_tcp = bind

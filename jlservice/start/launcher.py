@@ -45,9 +45,12 @@ PRIVATE_ENV = {
 # Files jlservice may hand JupyterLab in its private dir, next to the token.
 SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
 # [kernels] survive_restarts: the directory put first on JupyterLab's PYTHONPATH, holding
-# only the module that keeps and adopts kernels (jlservice.inlab.kernels, under this name);
-# the handover jlservice writes (what to adopt, whether to keep); the kernels' output FIFO.
+# only jlservice's modules: the kernel manager that keeps kernels (jlservice.inlab.kernels,
+# under this name), the adoption it uses (.adoption) and the server extension that serves
+# the listening socket jlservice holds (.listening); the handover jlservice writes (what to
+# adopt, whether to keep); the kernels' output FIFO.
 INLAB_DIR, KERNELS_MODULE = "python", "jlservice_kernels"
+ADOPTION_MODULE, LISTENING_MODULE = "jlservice_adoption", "jlservice_listening"
 # [kernels] environments: jlservice's kernelspec manager, in the same directory, with the
 # modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
 KERNELSPECS_MODULE = "jlservice_kernelspecs"
@@ -221,12 +224,12 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
 
 def _keeping_args(private_dir: Path) -> list[str]:
     """JupyterLab's kernels, kept across its restarts: jlservice's kernel manager, the
-    sessions (notebook → kernel) in a database that outlives the server, and the same module
-    as a server extension that serves the listening socket jlservice holds (start/listening)."""
+    sessions (notebook → kernel) in a database that outlives the server, and the server
+    extension that serves the listening socket jlservice holds (start/listening)."""
     manager = "KeepingMappingKernelManager"
     return [
         f"--ServerApp.kernel_manager_class={KERNELS_MODULE}.{manager}",
-        f"--ServerApp.jpserver_extensions={KERNELS_MODULE}=True",
+        f"--ServerApp.jpserver_extensions={LISTENING_MODULE}=True",
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
         f"--{manager}.kernel_oom_score_adj={oom.KERNEL}",

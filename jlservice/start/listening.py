@@ -5,7 +5,7 @@ waits in its backlog and is served by the next one, instead of being refused. (J
 front end reconnects a kernel's websocket at once when it closes; refused, it tries again
 only after a random wait that grows: up to 1, 3, 7, 15 s…, or 10–30 s once its look-up of
 the kernel is refused too.) Each JupyterLab is handed the socket — inherited by a
-cold start, over SCM_RIGHTS by the warm parent — and its server extension (inlab/kernels.py)
+cold start, over SCM_RIGHTS by the warm parent — and its server extension (inlab/listening.py)
 serves it instead of binding one itself.
 
 It is made as tornado's bind_sockets makes JupyterLab's own (SO_REUSEADDR, IPV6_V6ONLY,

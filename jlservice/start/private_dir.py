@@ -10,8 +10,10 @@ from pathlib import Path
 from jlservice import files
 from jlservice.errors import CannotStartNow
 from jlservice.start.launcher import (
+    ADOPTION_MODULE,
     KERNELS_MODULE,
     KERNELSPECS_MODULE,
+    LISTENING_MODULE,
     SERVER_CONFIG,
     TLS_CERT,
     TLS_KEY,
@@ -20,7 +22,13 @@ from jlservice.start.launcher import (
 )
 
 INLAB = Path(__file__).resolve().parents[1] / "inlab"
-INLAB_SOURCE = INLAB / "kernels.py"
+# [kernels] survive_restarts: the kernel manager, the adoption it uses, and the server
+# extension that serves jlservice's listening socket, under these names.
+KEEPING_MODULES = {
+    f"{KERNELS_MODULE}.py": INLAB / "kernels.py",
+    f"{ADOPTION_MODULE}.py": INLAB / "adoption.py",
+    f"{LISTENING_MODULE}.py": INLAB / "listening.py",
+}
 # [kernels] environments: the kernelspec manager and what it uses, under these names.
 ENVIRONMENT_MODULES = {
     f"{KERNELSPECS_MODULE}.py": INLAB / "kernelspecs.py",
@@ -77,14 +85,15 @@ def ensure_private_dir(launch: Launch, runtime_dir: Path) -> None:
 
 
 def _prepare_kernels(launch: Launch) -> None:
-    """The kernel manager's module, root's and readable (Python lists its directory), and
-    the FIFO the kernels write their output to, the lab user's.
+    """The kernel manager's modules, root's and readable (Python lists their directory),
+    and the FIFO the kernels write their output to, the lab user's.
 
-    The module is rewritten only when it differs: its directory is on the warm parent's
+    A module is rewritten only when it differs: its directory is on the warm parent's
     sys.path, which it watches, and an unchanged file must not make it stale.
     """
     files.ensure_dir(launch.inlab_dir, 0o755)
-    _install_module(launch.inlab_dir / f"{KERNELS_MODULE}.py", INLAB_SOURCE)
+    for name, source in KEEPING_MODULES.items():
+        _install_module(launch.inlab_dir / name, source)
     _ensure_fifo(launch.kernel_output, launch.account.uid, launch.account.gid)
 
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from helpers.procs import free_port
+from helpers.procs import free_port, wait_for
 from helpers.service import IS_ROOT, NETNS, PYTHON, render_toml
 
 from jlservice.admin import tls
@@ -69,6 +69,34 @@ def test_port_held_by_another_process(service):
         f"✗ port: 127.0.0.1:{service.port} is in use by pid {os.getpid()} ("
     )
     assert "not by jlservice's JupyterLab → stop pid" in lines["port"]
+
+
+def test_port_held_by_jlservice_itself_while_no_jupyterlab_runs(service_factory):
+    """With survive_restarts (the default) jlservice holds JupyterLab's listening socket
+    also while none runs, as after a crash or, here, between failed starts: that port is
+    jlservice's own, not a stranger's, and the failed start is what the doctor blames."""
+    svc = service_factory()
+    script = svc.root / "crash.sh"
+    script.write_text("#!/bin/sh\nexit 3\n")
+    script.chmod(0o755)
+    svc.sections["lab"]["command"] = [str(script)]
+    svc.write_config()
+    svc.start(wait=False)
+
+    def waiting(seconds: float) -> bool:  # the retries come after 0, 0.5, 1, 2, then 4 s
+        events = svc.log_events()
+        return any(
+            e["event"] == "lab_restart_scheduled" and e["delay_s"] >= seconds for e in events
+        )
+
+    wait_for(lambda: waiting(4), 60, "a wait of 4 s between failed starts")
+    status, lines = _doctor(svc)
+    supervisor = svc.state()["supervisor_pid"]
+    assert lines["port"] == (
+        f"✓ port: 127.0.0.1:{svc.port} is held by jlservice (pid {supervisor}) for the next "
+        "JupyterLab (none runs now)"
+    ), lines
+    assert status == 1 and lines["supervisor"].startswith("✗ supervisor: running"), lines
 
 
 def test_expired_certificate(service):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import websocket
 from helpers.metrics import kernel_pid, metrics_section, metrics_url, scrape_text
 from helpers.procs import free_port, pid_alive, wait_for
 
@@ -368,6 +369,8 @@ def _run_long_cell(service, token, kernel_id, outcome):
         outcome.append("finished")
     except AssertionError as exc:
         outcome.append(str(exc))
+    except (OSError, websocket.WebSocketException) as exc:  # its JupyterLab was killed
+        outcome.append(f"connection lost: {exc!r}")
 
 
 def _error_of(service, token, kernel_id, code) -> str:

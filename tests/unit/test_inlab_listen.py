@@ -1,4 +1,4 @@
-"""The server extension in JupyterLab (inlab/kernels.py) that serves jlservice's listening
+"""The server extension in JupyterLab (inlab/listening.py) that serves jlservice's listening
 socket instead of binding the port."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from jlservice.start import listening, private_dir
 
 @pytest.fixture(scope="module")
 def inlab():
-    spec = importlib.util.spec_from_file_location("jlservice_kernels", private_dir.INLAB_SOURCE)
+    source = private_dir.KEEPING_MODULES["jlservice_listening.py"]
+    spec = importlib.util.spec_from_file_location("jlservice_listening", source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -86,4 +87,4 @@ def test_without_a_socket_jupyterlab_binds_itself(inlab, monkeypatch) -> None:
 
 
 def test_it_is_a_server_extension_of_its_own_module(inlab) -> None:
-    assert inlab._jupyter_server_extension_points() == [{"module": "jlservice_kernels"}]
+    assert inlab._jupyter_server_extension_points() == [{"module": "jlservice_listening"}]

@@ -82,7 +82,7 @@ def test_options_render_as_flags(tmp_path: Path) -> None:
         "--ServerApp.allow_origin_pat=b",
     ]
     assert [a for a in argv if a.startswith("--ServerApp.jpserver_extensions=")] == [
-        "--ServerApp.jpserver_extensions=jlservice_kernels=True",  # survive_restarts: ours
+        "--ServerApp.jpserver_extensions=jlservice_listening=True",  # survive_restarts: ours
         "--ServerApp.jpserver_extensions=ext_one=True",
         "--ServerApp.jpserver_extensions=ext.two=False",
     ]

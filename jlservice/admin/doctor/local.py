@@ -123,13 +123,24 @@ def check_port(ctx: Context) -> Result:
     ours = _ours(ctx)
     if ours in holders:
         return Result("port", True, f"{address} is held by jlservice's JupyterLab (pid {ours})")
-    if holders:
-        pid = next(iter(holders))
+    # [kernels] survive_restarts: jlservice itself holds the listening socket across
+    # JupyterLab's restarts, also while none runs (after a crash, between failed starts).
+    supervisor = ctx.state.supervisor_pid if ctx.running else None
+    others = [pid for pid in holders if pid != supervisor]
+    if others:
+        pid = others[0]
         return Result(
             "port",
             False,
             f"{address} is in use by pid {pid} ({_name(pid)}), not by jlservice's JupyterLab",
             f"stop pid {pid}, or change [lab] port",
+        )
+    if supervisor in holders:
+        return Result(
+            "port",
+            True,
+            f"{address} is held by jlservice (pid {supervisor}) for the next JupyterLab "
+            "(none runs now)",
         )
     problem = net.check_port(lab.ip, lab.port)
     if problem is None:
