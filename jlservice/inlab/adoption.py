@@ -21,6 +21,7 @@ from jupyter_server._tz import utcnow
 from tornado.ioloop import IOLoop
 
 MAX_FILE = 1 << 20  # the handover and a connection file are a few hundred bytes each
+SESSION_NAME = b"JPY_SESSION_NAME"  # jupyter_server's: the notebook a kernel is for
 
 
 def adopt(manager, entries, provisioner_class):
@@ -64,7 +65,7 @@ def _adopt(manager, kernel_id, pid, specs, provisioner_class):
             specs[km.kernel_name] = km.kernel_spec
         km._kernel_spec = specs[km.kernel_name]  # read, never changed, by its users
         km.kernel_id = kernel_id
-        km._launch_args = {"env": _environ(pid), "cwd": os.readlink(f"/proc/{pid}/cwd")}
+        km._launch_args = {"env": _restart_env(pid), "cwd": os.readlink(f"/proc/{pid}/cwd")}
         provisioner = provisioner_class(kernel_id=kernel_id, kernel_spec=km.kernel_spec, parent=km)
         provisioner.adopt(pid, pidfd, km.get_connection_info())
     except BaseException:
@@ -121,14 +122,16 @@ def _names(pid, connection_file):
     return any(arg in wanted for arg in argv)
 
 
-def _environ(pid):
-    """The environment `pid` was started with (what a restart of it starts with again)."""
+def _restart_env(pid):
+    """What a restart of kernel `pid` starts with: what a fresh start here is given (this
+    JupyterLab's environment and the notebook's name), not the running kernel's own, which
+    holds what its kernelspec and activation scripts added (they would apply twice)."""
+    env = dict(os.environ)
     with open(f"/proc/{pid}/environ", "rb") as f:
         pairs = f.read(MAX_FILE).split(b"\0")
-    env = {}
     for pair in pairs:
         key, sep, value = pair.partition(b"=")
-        if sep and key:
+        if sep and key == SESSION_NAME:
             env[os.fsdecode(key)] = os.fsdecode(value)
     return env
 

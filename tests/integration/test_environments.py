@@ -369,12 +369,6 @@ def test_an_adopted_kernels_restart_sources_the_activation_scripts_again(lab, tr
     assert seen[envtrees.ACTIVATED] == str(trees.gpu) and seen[RESTARTED] == str(trees.gpu)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="inlab/kernels.py _adopt restarts an adopted kernel with its /proc environ, which "
-    "for an environment's kernel is the activated one: its scripts apply twice",
-)
 def test_an_adopted_kernels_restart_starts_from_what_a_fresh_start_has(lab, trees):
     """A script that prepends to a variable (as CUDA packages' do to LD_LIBRARY_PATH) finds
     it as a fresh start has it, not already holding what its last run prepended."""
