@@ -65,7 +65,8 @@ def _loaded(session: Session, fake: FakeNvml) -> list[Metric]:
             raise BenchError(f"jlservice reload: {done.stderr.strip()}")
 
     configure(False, interval=5.0)
-    token = lab.timed_start().state["token"]
+    lab.timed_start()
+    token = lab.current["token"]
     busy_machine(session, lab, fake, token, args.kernels)
     url = f"http://{listen}/metrics"
     s = wait_scrape(
