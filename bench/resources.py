@@ -28,7 +28,6 @@ from helpers.metrics import (
     wait_scrape,
 )
 from helpers.procs import free_port
-from nvml.fakenvml import FakeNvml
 
 from .lab import HOST, Lab
 from .metrics import busy_machine, cpu_window, scrape_round
@@ -42,9 +41,7 @@ ROUND = "jlservice_sample_duration_seconds"
 
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     args = session.args
-    (session.work / "nvml").mkdir()
-    fake = FakeNvml(session.work / "nvml")
-    rows = _loaded(session, fake)
+    rows = _loaded(session)
     if os.geteuid() == 0:
         rows += _ooms(session)
     else:
@@ -52,10 +49,9 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     return rows, {"kernels": args.kernels}
 
 
-def _loaded(session: Session, fake: FakeNvml) -> list[Metric]:
+def _loaded(session: Session) -> list[Metric]:
     args = session.args
     lab = Lab(session)
-    lab.env.update(fake.env())
     listen = f"{HOST}:{free_port()}"
 
     def configure(reload: bool, **metrics: object) -> None:
@@ -65,10 +61,7 @@ def _loaded(session: Session, fake: FakeNvml) -> list[Metric]:
             raise BenchError(f"jlservice reload: {done.stderr.strip()}")
 
     configure(False, interval=5.0)
-    lab.timed_start()
-    token = lab.current["token"]
-    busy_machine(session, lab, fake, token, args.kernels)
-    url = f"http://{listen}/metrics"
+    url = busy_machine(session, lab, args.kernels)
     s = wait_scrape(
         url,
         lambda s: len(series(s, "jlservice_kernel_resident_memory_bytes")) == args.kernels,
