@@ -1,0 +1,69 @@
+"""The /metrics answer in Prometheus's text format (0.0.4), from two parts:
+
+- what may change at any moment (the supervisor's view, OOM kills, the process's own CPU and
+  memory), formatted on each scrape by prometheus_client;
+- what changes only once a sampler round (each kernel's series, the GPUs: most of the
+  answer, ~10 series per kernel), formatted once in the sampler's thread when the round is
+  taken, and gzip-compressed there too.
+
+A scrape so costs the same with 64 kernels as with none. A gzip answer is the two parts'
+gzip members one after the other, which a gzip reader (Prometheus's, curl's, Python's)
+reads as one stream (RFC 1952, 2.2).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import gzip_accepted
+from prometheus_client.metrics_core import Metric
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Families formatted once: as text, and as one gzip member."""
+
+    text: bytes = b""
+    gzipped: bytes = b""
+
+
+def render(families: Iterable[Metric]) -> Rendered:
+    text = generate_latest(_Families(families))
+    return Rendered(text, gzip.compress(text) if text else b"")
+
+
+class _Families:
+    """What generate_latest formats: anything with collect()."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def app(live: Any, rendered: Callable[[], Rendered]) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app: `live` (a registry) formatted now, then the latest round's `rendered()`."""
+
+    def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "/") == "/favicon.ico":
+            start_response("200 OK", [])
+            return [b""]
+        now, part = generate_latest(live), rendered()
+        headers = [("Content-Type", CONTENT_TYPE)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            headers.append(("Content-Encoding", "gzip"))
+            body = gzip.compress(now) + part.gzipped
+        else:
+            body = now + part.text
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
+    return answer
