@@ -10,8 +10,9 @@ and across JupyterLab's restarts they keep their cgroup. On cgroup v2 a cgroup t
 its memory among children may hold no process itself, so jlservice first moves itself into
 `supervisor/` (before it starts anything: JupyterLab and the warm parent inherit it). On v1
 (a hybrid layout's `memory` hierarchy) there is no such rule and jlservice stays where
-systemd put it. Outside systemd, or without the rights, limits are off and `why` says why;
-accounting goes on from the process tree.
+systemd put it. Outside systemd, without systemd's word that the cgroup is jlservice's
+(Delegate=yes), or without the rights, limits are off and `why` says why; accounting goes on
+from the process tree.
 """
 
 from __future__ import annotations
@@ -19,17 +20,24 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Mapping
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from jlservice.kernels.cgroups import Cgroup, Memory, memory
+from jlservice.kernels.cgroups import Cgroup, Memory, memory, unified
 
 KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 KERNELS = "kernels"
 SUPERVISOR = "supervisor"
 MAX_KERNEL_CGROUPS = 1024  # memory cgroup ids are few system-wide (65535 on v1)
 FIX = "add a drop-in with `systemctl edit jlservice`: [Service] ProtectControlGroups=no"
+# The mark systemd (>= 251) leaves on a delegated unit's cgroup of the v2 hierarchy, and only
+# there: on systemd 252's hybrid layout the v1 hierarchies carry none. user.* since 252;
+# trusted.* is readable only with CAP_SYS_ADMIN, which the shipped units withhold.
+DELEGATE_XATTRS = ("user.delegate", "trusted.delegate")
+SYSTEMCTL_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -114,10 +122,16 @@ def set_up(
     if found is None:
         return None, "off: this machine has no memory cgroup controller"
     base = found.of()
+    if found.version == 2 and base is not None and base.endswith(f"/{SUPERVISOR}"):
+        base = base.rpartition("/")[0]  # moved already (a restart of jlservice itself)
     if base is None or not base.endswith(".service"):
         return None, f"off: jlservice's cgroup {base} is not its unit's"
-    if found.version == 2 and base.endswith(f"/{SUPERVISOR}"):
-        base = base.rpartition("/")[0]  # moved already (a restart of jlservice itself)
+    if not delegated(base, unified()):
+        unit = base.rpartition("/")[2]
+        return None, (
+            f"off: systemd has not delegated {unit}'s cgroup to jlservice (Delegate= is not "
+            f"yes); add a drop-in with `systemctl edit {unit}`: [Service] Delegate=yes"
+        )
     try:
         _prepare(found, base)
     except OSError as exc:
@@ -125,6 +139,30 @@ def set_up(
         return None, f"off: cannot divide {found.dir(base)} ({why}); {FIX}"
     limits = Limits(found, base, memory_max)
     return limits, limits.describe()
+
+
+def delegated(base: str, v2: Path | None, says: Callable[[str], str | None] | None = None) -> bool:
+    """Whether systemd delegated the unit's cgroup `base` to it: systemd's mark on it in the
+    v2 hierarchy (mounted at `v2`), else the unit's Delegate= as systemd `says` it."""
+    if v2 is not None:
+        for name in DELEGATE_XATTRS:
+            with contextlib.suppress(OSError):
+                if os.getxattr(v2 / base.lstrip("/"), name) == b"1":
+                    return True
+    return (says or _systemd_says)(base.rpartition("/")[2]) == "yes"
+
+
+def _systemd_says(unit: str) -> str | None:
+    """`unit`'s Delegate= as systemd has it (systemd < 251, or no v2 hierarchy); None if
+    systemctl does not answer."""
+    if (systemctl := shutil.which("systemctl")) is None:
+        return None
+    argv = [systemctl, "show", "--property=Delegate", "--value", "--", unit]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _prepare(found: Memory, base: str) -> None:

@@ -262,3 +262,27 @@ def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path) -> None:
     assert (unit / "kernels" / f"kernel-{K}" / "cgroup.procs").read_text() == "4242"
     found.apply(None)
     assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == "max"
+
+
+def test_limits_hold_only_in_a_cgroup_systemd_delegated(tmp_path) -> None:
+    """systemd's word that the unit's cgroup is jlservice's: its mark on the cgroup in the
+    v2 hierarchy, else the unit's Delegate= as systemctl says it; else limits are off."""
+    base = "/system.slice/jlservice.service"
+    unit = tmp_path / base.lstrip("/")
+    unit.mkdir(parents=True)
+    asked: list[str] = []
+
+    def says(answer: str | None):
+        return lambda name: asked.append(name) or answer
+
+    assert not limits.delegated(base, tmp_path, says("no"))
+    assert not limits.delegated(base, tmp_path, says(None))  # systemctl did not answer
+    assert not limits.delegated(base, None, says(""))
+    assert limits.delegated(base, None, says("yes"))
+    assert asked == ["jlservice.service"] * 4
+    try:
+        os.setxattr(unit, "user.delegate", b"1")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on {tmp_path}: {exc.strerror}")
+    assert limits.delegated(base, tmp_path, says("no"))
+    assert len(asked) == 4  # the mark is enough
