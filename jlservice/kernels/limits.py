@@ -91,6 +91,11 @@ class Limits:
         m = self.memory
         return Cgroup(charge, m.limit(path), m.oom_kills(path), m.peak(path))
 
+    def oom_kills(self, kernel_id: str) -> int | None:
+        """The OOM-kill counter of kernel-<id> now; None: it has no cgroup."""
+        path = f"{self.base}/{KERNELS}/kernel-{kernel_id}"
+        return self.memory.oom_kills(path) if self.memory.dir(path).is_dir() else None
+
     def sweep(self, running: set[str]) -> None:
         """Remove the cgroups of kernels that are gone (a cgroup still in use stays)."""
         for path in self._kernel_dirs():

@@ -5,7 +5,12 @@
   kernel's own cgroup say whose tree it was in. Kills of other processes are not ours.
 - each kernel's own cgroup (kernels.limits), where kernels have one: its OOM-kill counter,
   read in every sampler round — what the shipped unit leaves (ProtectKernelLogs=yes hides
-  the kernel log), at the sampler's pace. A kill the log told of is not told again.
+  the kernel log), at the sampler's pace.
+
+For a kernel with a cgroup of its own, that cgroup's counter is the count; the log's line only
+adds what was killed. Linux counts the kill before it logs it, so a round may see a kill
+whose line is still to come: while the log is followed, a kill the counter shows and no line
+told yet is told (without the detail) only if the next round still shows it untold.
 
 A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -63,11 +69,14 @@ class OomWatch:
         launched: Callable[[], dict[int, str]] = dict,
         path: str = KMSG,
         kernels_cgroup: str | None = None,
+        kills: Callable[[str], int | None] = lambda _kernel_id: None,
     ) -> None:
         """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
         `limit(memcg)`: the memory limit of the cgroup the kernel log names;
-        `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere."""
+        `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere;
+        `kills(kernel id)`: the OOM-kill counter of its own cgroup now (None: it has none)."""
         self._kernels_cgroup = kernels_cgroup
+        self._kills = kills
         self._post = post
         self._snapshot = snapshot
         self._endpoint = endpoint
@@ -78,6 +87,7 @@ class OomWatch:
         self._pending: dict[int, tuple[str, str, str | None]] = {}  # pid → what oom-kill said
         self._tasks: set[asyncio.Task[None]] = set()
         self._counted: dict[str, int] = {}  # kernel id → kills told (from either source)
+        self._shown: dict[str, int] = {}  # kernel id → its cgroup's counter, last round
 
     def start(self, loop: asyncio.AbstractEventLoop) -> str | None:
         """Follow the kernel log from now on; why it cannot, or None."""
@@ -135,6 +145,9 @@ class OomWatch:
         )
         if kill.kernel_id is None and not self._ours(pid):
             return
+        if kill.kernel_id is not None and not self._untold(kill.kernel_id):
+            logger.info("kernel_oom_kill_detail", **dataclasses.asdict(kill))  # told by a round
+            return
         used = next((u for u in self._snapshot().notebooks if u.kernel_id == kill.kernel_id), None)
         if kill.kernel_id is not None and used is None and (endpoint := self._endpoint()):
             # A kernel started since the last round: its notebook, from JupyterLab.
@@ -162,21 +175,33 @@ class OomWatch:
             limit_bytes=limit,
             cgroup=kill.memcg,
         )
-        if kill.kernel_id is not None and kill.pid is not None:
+        if kill.kernel_id is not None:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
         logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
         self._post(event)
+
+    def _untold(self, kernel_id: str) -> bool:
+        """Whether a kill the log tells of in `kernel_id`'s tree is not counted yet: its
+        cgroup (which counted it before the line) shows more than were told."""
+        count = self._kills(kernel_id)
+        return count is None or count > self._counted.get(kernel_id, 0)
 
     def sampled(self, snap: Snapshot) -> None:
         """A sampler round: kills the kernels' own cgroups count that were not told yet."""
         for used in snap.notebooks:
             if used.cgroup is None:
                 continue
-            told = self._counted.get(used.kernel_id, 0)
-            self._counted[used.kernel_id] = max(told, used.cgroup.oom_kills)
-            for _ in range(used.cgroup.oom_kills - told):
+            count = used.cgroup.oom_kills
+            # While the log is followed, what a round shows first waits for its line a round.
+            sure = min(count, self._shown.get(used.kernel_id, 0)) if self._fd is not None else count
+            self._shown[used.kernel_id] = count
+            for _ in range(sure - self._counted.get(used.kernel_id, 0)):
                 peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
                 self._tell(_Kill(None, "", peak, used.kernel_id, ""), used, used.notebook)
+        if snap.kernel_states is not None:  # JupyterLab answered: kernels it no longer has
+            for counts in (self._counted, self._shown):
+                for gone in counts.keys() - snap.kernels:
+                    del counts[gone]
 
     def _cgroup_names(self, task_memcg: str) -> str | None:
         """The running kernel whose own cgroup `task_memcg` is in: only one of ours counts
