@@ -22,10 +22,12 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from jlservice import log
 from jlservice.kernels.cgroups import Cgroup, Memory, memory, unified
 
 KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -39,6 +41,8 @@ FIX = "add a drop-in with `systemctl edit jlservice`: [Service] ProtectControlGr
 DELEGATE_XATTRS = ("user.delegate", "trusted.delegate")
 SYSTEMCTL_TIMEOUT_S = 5.0
 
+logger = log.get("jlservice.kernels")
+
 
 @dataclass
 class Limits:
@@ -47,6 +51,10 @@ class Limits:
     memory: Memory
     base: str  # the unit's cgroup, in the memory hierarchy
     memory_max: int | None
+    # kernel id → the limit it keeps: a new one failed for it (v1: not below what it uses)
+    kept: dict[str, int | None] = field(default_factory=dict)
+    # The placer's thread and the loop (a reload) both write the kernels' cgroups.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def kernels(self) -> Path:
@@ -54,9 +62,13 @@ class Limits:
 
     def describe(self) -> str:
         v = f"cgroup v{self.memory.version}"
-        if self.memory_max is None:
+        if self.memory_max is None:  # (raising a limit never fails: nothing is kept)
             return f"off: no [kernels] memory_max (each kernel still has a {v} cgroup of its own)"
-        return f"on: {self.memory_max} bytes per kernel ({v}, {self.kernels})"
+        said = f"{self.memory_max} bytes per kernel"
+        if self.kept:
+            kept = ", ".join(f"{k} {'no limit' if n is None else n}" for k, n in self.kept.items())
+            said += f", but {len(self.kept)} kernel(s) kept their old limit ({kept})"
+        return f"on: {said} ({v}, {self.kernels})"
 
     def place(self, kernel_id: str, pid: int) -> None:
         """Move `pid` (a verified kernel) into kernel-<id>, made with the limit; OSError."""
@@ -68,20 +80,38 @@ class Limits:
                 f"{MAX_KERNEL_CGROUPS} kernel cgroups already in {self.kernels}; "
                 "shut down kernels not in use"
             )
-        path.mkdir(exist_ok=True)
-        self._limit(path)
-        (path / "cgroup.procs").write_text(str(pid))
+        with self._lock:
+            path.mkdir(exist_ok=True)
+            self._limit(path)
+            self.kept.pop(kernel_id, None)
+            (path / "cgroup.procs").write_text(str(pid))
 
     def move(self, pid: int, cgroup: str) -> None:
         """`pid` back into `cgroup` (of the memory hierarchy); OSError."""
         (self.memory.dir(cgroup) / "cgroup.procs").write_text(str(pid))
 
     def apply(self, memory_max: int | None) -> None:
-        """A new [kernels] memory_max, for the running kernels too."""
-        self.memory_max = memory_max
-        for path in self._kernel_dirs():
-            with contextlib.suppress(OSError):
-                self._limit(path)
+        """A new [kernels] memory_max, for the running kernels too; a kernel it cannot be
+        set for (v1: EBUSY below what it uses) keeps its limit, logged and in describe()."""
+        with self._lock:
+            self.memory_max = memory_max
+            for path in self._kernel_dirs():
+                kernel_id = path.name.removeprefix("kernel-")
+                try:
+                    self._limit(path)
+                except OSError as exc:
+                    self.kept[kernel_id] = self.memory.limit(
+                        str(path.relative_to(self.memory.mount))
+                    )
+                    logger.warning(
+                        "kernel_limit_kept",
+                        kernel_id=kernel_id,
+                        limit_bytes=self.kept[kernel_id],
+                        problem=f"cannot set {memory_max} bytes: {exc.strerror}; the kernel "
+                        "keeps its limit until it restarts (cgroup v1 cannot go below its use)",
+                    )
+                else:
+                    self.kept.pop(kernel_id, None)
 
     def cgroup(self, kernel_id: str) -> Cgroup | None:
         path = f"{self.base}/{KERNELS}/kernel-{kernel_id}"
@@ -98,10 +128,13 @@ class Limits:
 
     def sweep(self, running: set[str]) -> None:
         """Remove the cgroups of kernels that are gone (a cgroup still in use stays)."""
-        for path in self._kernel_dirs():
-            if path.name.removeprefix("kernel-") not in running:
-                with contextlib.suppress(OSError):
-                    path.rmdir()
+        with self._lock:
+            for path in self._kernel_dirs():
+                kernel_id = path.name.removeprefix("kernel-")
+                if kernel_id not in running:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                        self.kept.pop(kernel_id, None)
 
     def _limit(self, path: Path) -> None:
         value = str(self.memory_max) if self.memory_max is not None else "max"

@@ -10,9 +10,11 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +288,63 @@ def test_limits_hold_only_in_a_cgroup_systemd_delegated(tmp_path) -> None:
         pytest.skip(f"no user xattrs on {tmp_path}: {exc.strerror}")
     assert limits.delegated(base, tmp_path, says("no"))
     assert len(asked) == 4  # the mark is enough
+
+
+def test_a_slow_check_of_a_kernel_never_holds_jlservices_loop(tmp_path, monkeypatch) -> None:
+    """Reading a process's /proc files blocks for as long as that process (the lab user's)
+    holds its memory map's lock: the check runs beside the loop, which goes on meanwhile."""
+    loop_ran = threading.Event()
+
+    def hung(*args) -> str:
+        loop.call_soon_threadsafe(loop_ran.set)  # runs only if the loop is free
+        return "ran beside" if loop_ran.wait(10) else "held the loop"
+
+    monkeypatch.setattr(placer_module, "_not_its_kernel", hung)
+    placer = Placer(None)
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    loop = asyncio.new_event_loop()
+    try:
+        path = tmp_path / "kernels.sock"
+        (answer,) = loop.run_until_complete(_ask_started(placer, path, {"kernel_id": K, "pid": 1}))
+    finally:
+        loop.close()
+    assert answer == "ran beside"
+
+
+async def _ask_started(placer: Placer, path: Path, *requests: dict) -> list[str]:
+    await placer.start(path, Launched.account)
+    try:
+        return [await _ask(placer, path, r) for r in requests]
+    finally:
+        placer.close()
+
+
+def test_a_kernel_asked_for_as_soon_as_it_was_launched_is_placed(tmp_path) -> None:
+    """The kernel manager asks once its launch returned: the exec has closed the launcher's
+    pipe then, but Linux may not have set the new command line up yet (empty in /proc)."""
+    placer = Placer(None)
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    path = tmp_path / "kernels.sock"
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(placer.start(path, Launched.account))
+    serving = threading.Thread(target=loop.run_forever, daemon=True)
+    serving.start()
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "-f"]
+    answers = []
+    try:
+        for n in range(20):
+            kernel_id = f"{n:08x}-6b1d-4c57-9d0e-8a1b2c3d4e5f"
+            with socket.socket(socket.AF_UNIX) as asker:
+                asker.connect(str(path))
+                with subprocess.Popen([*argv, str(tmp_path / f"kernel-{kernel_id}.json")]) as proc:
+                    asker.sendall(
+                        json.dumps({"kernel_id": kernel_id, "pid": proc.pid}).encode() + b"\n"
+                    )
+                    answers.append(asker.makefile().readline().strip())
+                    proc.kill()
+    finally:
+        loop.call_soon_threadsafe(placer.close)
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(10)
+        loop.close()
+    assert answers == ["ok"] * 20
