@@ -9,6 +9,7 @@ As root: the OOM kills happen in a memory cgroup of the bench's own around `jlse
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -145,12 +146,14 @@ def _ooms(session: Session) -> list[Metric]:
             died = time.monotonic()
             os.close(fd)
             ws.close()
-            while not any(e.get("event") == "kernel_oom_killed" for e in lab.log_events(offset)):
-                time.sleep(0.001)
+            if not _until(functools.partial(_logged, lab, offset), died, 0.001):
+                session.warnings.append(f"OOM kill {i + 1}: no kernel_oom_killed within 30 s")
+                break
             to_log.append((time.monotonic() - died) * 1000)
             labels = {"kernel_id": kernel_id, "notebook": name}
-            while (value(scrape(metrics_url(lab)), KILLS, **labels) or 0) < 1:
-                time.sleep(0.005)
+            if not _until(functools.partial(_killed, lab, labels), died, 0.005):
+                session.warnings.append(f"OOM kill {i + 1}: {KILLS} not 1 within 30 s")
+                break
             to_metric.append((time.monotonic() - died) * 1000)
             say(f"  OOM kill {i + 1}: log {to_log[-1]:.1f} ms, metric {to_metric[-1]:.1f} ms")
             cgroup.limit(-1 if cgroup.memory.version == 1 else 2**62)
@@ -161,6 +164,23 @@ def _ooms(session: Session) -> list[Metric]:
         Metric("OOM kill → log line", "ms", to_log, note=note),
         Metric("OOM kill → metric", "ms", to_metric, note="scraped every 5 ms"),
     ]
+
+
+def _logged(lab: Lab, offset: int) -> bool:
+    return any(e.get("event") == "kernel_oom_killed" for e in lab.log_events(offset))
+
+
+def _killed(lab: Lab, labels: dict[str, str]) -> bool:
+    return (value(scrape(metrics_url(lab)), KILLS, **labels) or 0) >= 1
+
+
+def _until(done: Any, since: float, poll: float, timeout: float = 30.0) -> bool:
+    """Whether `done()` came true within `timeout` s of `since`, checked every `poll` s."""
+    while not done():
+        if time.monotonic() - since > timeout:
+            return False
+        time.sleep(poll)
+    return True
 
 
 def _open(lab: Lab, token: str, name: str) -> tuple[str, int]:
