@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from helpers.cgroup import OwnCgroup, own_cgroup
+from helpers.procs import wait_for
 
 from jlservice import users
 from jlservice.kernels import limits
@@ -244,26 +246,39 @@ def test_without_systemd_limits_are_off_and_say_why() -> None:
     assert found is None and "survive_restarts = true" in why
 
 
-def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path) -> None:
+def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path, monkeypatch) -> None:
     """What cgroup v2 asks (a cgroup that divides its memory holds no process): jlservice
-    moves itself into supervisor/, then enables +memory below. The cgroup files are plain
-    files here: the order and the contents of the writes, not the kernel's semantics."""
+    moves itself into supervisor/, then enables +memory below; a kernel's limit is written
+    before the kernel is moved in. The cgroup files are plain files here: the writes, in
+    their order, not the kernel's semantics."""
     from jlservice.kernels.cgroups import Memory
 
     unit = tmp_path / "system.slice" / "jlservice.service"
     unit.mkdir(parents=True)
     (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    writes: list[tuple[str, str]] = []
+    real = Path.write_text
+
+    def recorded(path: Path, text: str, *args, **kwargs) -> int:
+        writes.append((str(path.relative_to(unit)), text))
+        return real(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", recorded)
     limits._prepare(Memory(tmp_path, 2), "/system.slice/jlservice.service")
-    assert (unit / "supervisor" / "cgroup.procs").read_text() == str(os.getpid())
-    assert (unit / "cgroup.subtree_control").read_text() == "+memory"
-    assert (unit / "kernels" / "cgroup.subtree_control").read_text() == "+memory"
+    assert writes == [
+        ("supervisor/cgroup.procs", str(os.getpid())),
+        ("cgroup.subtree_control", "+memory"),
+        ("kernels/cgroup.subtree_control", "+memory"),
+    ]
+    writes.clear()
     found = limits.Limits(Memory(tmp_path, 2), "/system.slice/jlservice.service", 256 * MIB)
-    (unit / "kernels" / f"kernel-{K}").mkdir()
     found.place(K, 4242)
-    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == str(256 * MIB)
-    assert (unit / "kernels" / f"kernel-{K}" / "cgroup.procs").read_text() == "4242"
     found.apply(None)
-    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == "max"
+    assert writes == [
+        (f"kernels/kernel-{K}/memory.max", str(256 * MIB)),
+        (f"kernels/kernel-{K}/cgroup.procs", "4242"),
+        (f"kernels/kernel-{K}/memory.max", "max"),
+    ]
 
 
 def test_limits_hold_only_in_a_cgroup_systemd_delegated(tmp_path) -> None:
@@ -348,3 +363,25 @@ def test_a_kernel_asked_for_as_soon_as_it_was_launched_is_placed(tmp_path) -> No
         serving.join(10)
         loop.close()
     assert answers == ["ok"] * 20
+
+
+def test_a_lower_limit_v1_refuses_is_logged_and_the_old_one_is_said(delegated, kernel) -> None:
+    """cgroup v1 refuses (EBUSY) a limit below what a kernel uses, when it cannot reclaim
+    (no swap): the kernel keeps its old limit, and jlservice says so instead of the new."""
+    if delegated.memory.version != 1:
+        pytest.skip("cgroup v2 takes a memory.max below use (it reclaims, or OOM-kills)")
+    found = limits.Limits(delegated.memory, delegated.name, 300 * MIB)
+    found.place(K, kernel.pid)
+    kernel.stdin.write(b"\n")
+    kernel.stdin.flush()
+    wait_for(lambda: found.cgroup(K).charge > 200 * MIB, 30, "the kernel's 200 MiB")
+    with structlog.testing.capture_logs() as logged:
+        found.apply(100 * MIB)
+    assert found.cgroup(K).limit == 300 * MIB
+    (kept,) = [e for e in logged if e["event"] == "kernel_limit_kept"]
+    assert kept["kernel_id"] == K and kept["limit_bytes"] == 300 * MIB, kept
+    said = found.describe()
+    assert said.startswith(f"on: {100 * MIB} bytes per kernel, but 1 kernel(s) kept"), said
+    assert f"({K} {300 * MIB})" in said
+    found.apply(400 * MIB)  # raising it holds for every kernel again
+    assert found.cgroup(K).limit == 400 * MIB and "kept" not in found.describe()
