@@ -4,6 +4,7 @@ without gzip; OOM kills show at once, between rounds."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import http.client
 from collections.abc import Iterator
@@ -12,9 +13,12 @@ import prometheus_client.exposition
 import pytest
 from helpers.metrics import scrape, series, value
 from helpers.procs import free_port
+from prometheus_client import generate_latest
 
 from jlservice.config import MetricsConfig
 from jlservice.kernels.cgroups import Cgroup
+from jlservice.metrics import exposition
+from jlservice.metrics.collector import round_families
 from jlservice.metrics.exporter import Exporter
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import KernelMemory, Snapshot
@@ -137,3 +141,25 @@ def test_an_oom_kill_shows_before_the_next_round(exporter) -> None:
     # The round stays; the supervisor's Publisher counts a kill in the view.
     exporter.sampler.view.oom_kills[_id(2)] = (_notebook(2), 1)
     assert value(scrape(_url(exporter)), "jlservice_kernel_oom_kills_total", **labels) == 1
+
+
+def test_a_round_is_formatted_as_prometheus_client_formats_it() -> None:
+    """jlservice's own formatting of a round (label texts kept across rounds) writes what
+    generate_latest writes, with notebook paths that need escaping."""
+    snap = _snapshot(3)
+    odd = 'back\\slash\nnew line "quoted" ü.ipynb'
+    snap = dataclasses.replace(
+        snap, notebooks=(dataclasses.replace(snap.notebooks[0], notebook=odd), *snap.notebooks)
+    )
+    families = list(round_families(snap))
+    assert {f.type for f in families} >= {"gauge", "counter", "info"}
+
+    class Registry:
+        def collect(self):
+            return iter(families)
+
+    expected = generate_latest(Registry())
+    for _ in range(2):  # the second time from the kept label texts
+        rendered = exposition.render(families)
+        assert rendered.text == expected
+        assert gzip.decompress(rendered.gzipped) == expected
