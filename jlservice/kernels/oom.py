@@ -57,6 +57,7 @@ class _Kill:
     memory: int  # bytes resident (or its cgroup's peak)
     kernel_id: str | None
     memcg: str  # the cgroup whose limit was hit ("" for the whole machine)
+    in_cgroup: bool = False  # in the kernel's own cgroup, whose counter counts it
 
 
 class OomWatch:
@@ -84,9 +85,10 @@ class OomWatch:
         self._launched = launched  # pid → kernel id of kernels started since the last round
         self._path = path
         self._fd: int | None = None
-        self._pending: dict[int, tuple[str, str, str | None]] = {}  # pid → what oom-kill said
+        # pid → what oom-kill said: constraint, memcg, kernel id, in the kernel's own cgroup
+        self._pending: dict[int, tuple[str, str, str | None, bool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._counted: dict[str, int] = {}  # kernel id → kills told (from either source)
+        self._counted: dict[str, int] = {}  # kernel id → kills in its own cgroup told
         self._shown: dict[str, int] = {}  # kernel id → its cgroup's counter, last round
 
     def start(self, loop: asyncio.AbstractEventLoop) -> str | None:
@@ -129,24 +131,28 @@ class OomWatch:
         if (match := _OOM_KILL.search(text)) is not None:
             constraint, memcg, task_memcg, pid = match.groups()
             # Still there (dying, or a zombie its parent has not reaped): whose is it?
-            kernel_id = self._cgroup_names(task_memcg) or self._kernel_of(int(pid))
-            self._pending[int(pid)] = (constraint, memcg or "", kernel_id)
+            own = self._cgroup_names(task_memcg)
+            kernel_id = own or self._kernel_of(int(pid))
+            self._pending[int(pid)] = (constraint, memcg or "", kernel_id, own is not None)
             return
         if (match := _KILLED.search(text)) is None:
             return
         pid = int(match[1])
-        constraint, memcg, kernel_id = self._pending.pop(pid, ("", "", None))
+        constraint, memcg, kernel_id, in_cgroup = self._pending.pop(pid, ("", "", None, False))
         kill = _Kill(
             pid=pid,
             process=match[2],
             memory=sum(int(kb) for kb in match.groups()[2:]) * 1024,
             kernel_id=kernel_id if kernel_id is not None else self._kernel_of(pid),
             memcg=memcg if constraint == "CONSTRAINT_MEMCG" else "",
+            in_cgroup=in_cgroup,
         )
         if kill.kernel_id is None and not self._ours(pid):
             return
-        if kill.kernel_id is not None and not self._untold(kill.kernel_id):
-            logger.info("kernel_oom_kill_detail", **dataclasses.asdict(kill))  # told by a round
+        if in_cgroup and not self._untold(kill.kernel_id or ""):
+            detail = dataclasses.asdict(kill)
+            del detail["in_cgroup"]
+            logger.info("kernel_oom_kill_detail", **detail)  # a round told (and counted) it
             return
         used = next((u for u in self._snapshot().notebooks if u.kernel_id == kill.kernel_id), None)
         if kill.kernel_id is not None and used is None and (endpoint := self._endpoint()):
@@ -175,7 +181,7 @@ class OomWatch:
             limit_bytes=limit,
             cgroup=kill.memcg,
         )
-        if kill.kernel_id is not None:
+        if kill.kernel_id is not None and kill.in_cgroup:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
         logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
         self._post(event)
@@ -197,7 +203,7 @@ class OomWatch:
             self._shown[used.kernel_id] = count
             for _ in range(sure - self._counted.get(used.kernel_id, 0)):
                 peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
-                self._tell(_Kill(None, "", peak, used.kernel_id, ""), used, used.notebook)
+                self._tell(_Kill(None, "", peak, used.kernel_id, "", True), used, used.notebook)
         if snap.kernel_states is not None:  # JupyterLab answered: kernels it no longer has
             for counts in (self._counted, self._shown):
                 for gone in counts.keys() - snap.kernels:

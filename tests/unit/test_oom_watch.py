@@ -109,11 +109,18 @@ def test_without_the_kernel_log_the_kernels_cgroup_counts_and_only_once() -> Non
     assert (kill.kernel_id, kill.notebook, kill.pid) == (K, NOTEBOOK, None)
     assert kill.memory_bytes == 1 << 30 and kill.limit_bytes == 1 << 30
     # The log told of the next one first: the cgroup's count does not tell it again.
-    for line in _oom(4242):
+    for line in _oom(4242, memcg=f"{KERNELS}/kernel-{K}"):
         watch.line(line)
     again = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=2, peak=1 << 30))
     watch.sampled(Snapshot(notebooks=(again,)))
     assert [k.pid for k in posted] == [None, 4242]
+    # A process of its tree outside its cgroup (forked before the kernel was placed): the
+    # log alone tells it, and the cgroup's next kill is still told.
+    for line in _oom(4242, memcg="/svc"):
+        watch.line(line)
+    third = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=3, peak=1 << 30))
+    watch.sampled(Snapshot(notebooks=(third,)))
+    assert [k.pid for k in posted] == [None, 4242, 4242, None]
 
 
 def test_a_kernel_started_since_the_last_round_is_named_from_its_launch() -> None:
