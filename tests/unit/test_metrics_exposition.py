@@ -25,6 +25,8 @@ from jlservice.metrics.sampler import KernelMemory, Snapshot
 from jlservice.metrics.usage import Usage
 from jlservice.metrics.view import SupervisorView
 
+KILLS = "jlservice_kernel_oom_kills_total"
+
 
 def _id(i: int) -> str:
     return f"{i:08x}-6b1d-4c57-9d0e-8a1b2c3d4e5f"
@@ -163,3 +165,13 @@ def test_a_round_is_formatted_as_prometheus_client_formats_it() -> None:
         rendered = exposition.render(families)
         assert rendered.text == expected
         assert gzip.decompress(rendered.gzipped) == expected
+
+
+def test_a_kill_told_before_its_notebook_was_known_takes_the_rounds_notebook(exporter) -> None:
+    """A kernel killed in its first seconds, when JupyterLab did not answer which notebook
+    it is: its counter carries the notebook once a round knows it."""
+    _round(exporter, _snapshot(2))
+    exporter.sampler.view.oom_kills[_id(1)] = ("", 1)
+    scraped = scrape(_url(exporter))
+    assert value(scraped, KILLS, kernel_id=_id(1), notebook=_notebook(1)) == 1
+    assert value(scraped, KILLS, kernel_id=_id(1), notebook="") is None
