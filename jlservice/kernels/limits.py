@@ -65,9 +65,11 @@ class Limits:
         if self.memory_max is None:  # (raising a limit never fails: nothing is kept)
             return f"off: no [kernels] memory_max (each kernel still has a {v} cgroup of its own)"
         said = f"{self.memory_max} bytes per kernel"
-        if self.kept:
-            kept = ", ".join(f"{k} {'no limit' if n is None else n}" for k, n in self.kept.items())
-            said += f", but {len(self.kept)} kernel(s) kept their old limit ({kept})"
+        with self._lock:  # the placer's thread changes it
+            kept = dict(self.kept)
+        if kept:
+            which = ", ".join(f"{k} {'no limit' if n is None else n}" for k, n in kept.items())
+            said += f", but {len(kept)} kernel(s) kept their old limit ({which})"
         return f"on: {said} ({v}, {self.kernels})"
 
     def place(self, kernel_id: str, pid: int) -> None:
