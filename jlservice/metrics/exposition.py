@@ -4,11 +4,12 @@
   memory), formatted on each scrape by prometheus_client;
 - what changes only once a sampler round (each kernel's series, the GPUs: most of the
   answer, ~10 series per kernel), formatted once in the sampler's thread when the round is
-  taken, and gzip-compressed there too.
+  taken (by `render`, as generate_latest would, at a fraction of its cost), and
+  gzip-compressed there too.
 
-A scrape so costs the same with 64 kernels as with none. A gzip answer is the two parts'
-gzip members one after the other, which a gzip reader (Prometheus's, curl's, Python's)
-reads as one stream (RFC 1952, 2.2).
+A scrape so costs with 64 kernels about what it does with none (one OOM-kill counter each).
+A gzip answer is the two parts' gzip members one after the other, which a gzip reader
+(Prometheus's, curl's, Python's) reads as one stream (RFC 1952, 2.2).
 """
 
 from __future__ import annotations
