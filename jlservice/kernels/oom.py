@@ -5,7 +5,12 @@
   kernel's own cgroup say whose tree it was in. Kills of other processes are not ours.
 - each kernel's own cgroup (kernels.limits), where kernels have one: its OOM-kill counter,
   read in every sampler round — what the shipped unit leaves (ProtectKernelLogs=yes hides
-  the kernel log), at the sampler's pace. A kill the log told of is not told again.
+  the kernel log), at the sampler's pace.
+
+For a kernel with a cgroup of its own, that cgroup's counter is the count; the log's line only
+adds what was killed. Linux counts the kill before it logs it, so a round may see a kill
+whose line is still to come: while the log is followed, a kill the counter shows and no line
+told yet is told (without the detail) only if the next round still shows it untold.
 
 A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -51,6 +57,7 @@ class _Kill:
     memory: int  # bytes resident (or its cgroup's peak)
     kernel_id: str | None
     memcg: str  # the cgroup whose limit was hit ("" for the whole machine)
+    in_cgroup: bool = False  # in the kernel's own cgroup, whose counter counts it
 
 
 class OomWatch:
@@ -63,11 +70,14 @@ class OomWatch:
         launched: Callable[[], dict[int, str]] = dict,
         path: str = KMSG,
         kernels_cgroup: str | None = None,
+        kills: Callable[[str], int | None] = lambda _kernel_id: None,
     ) -> None:
         """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
         `limit(memcg)`: the memory limit of the cgroup the kernel log names;
-        `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere."""
+        `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere;
+        `kills(kernel id)`: the OOM-kill counter of its own cgroup now (None: it has none)."""
         self._kernels_cgroup = kernels_cgroup
+        self._kills = kills
         self._post = post
         self._snapshot = snapshot
         self._endpoint = endpoint
@@ -75,9 +85,11 @@ class OomWatch:
         self._launched = launched  # pid → kernel id of kernels started since the last round
         self._path = path
         self._fd: int | None = None
-        self._pending: dict[int, tuple[str, str, str | None]] = {}  # pid → what oom-kill said
+        # pid → what oom-kill said: constraint, memcg, kernel id, in the kernel's own cgroup
+        self._pending: dict[int, tuple[str, str, str | None, bool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._counted: dict[str, int] = {}  # kernel id → kills told (from either source)
+        self._counted: dict[str, int] = {}  # kernel id → kills in its own cgroup told
+        self._shown: dict[str, int] = {}  # kernel id → its cgroup's counter, last round
 
     def start(self, loop: asyncio.AbstractEventLoop) -> str | None:
         """Follow the kernel log from now on; why it cannot, or None."""
@@ -119,21 +131,28 @@ class OomWatch:
         if (match := _OOM_KILL.search(text)) is not None:
             constraint, memcg, task_memcg, pid = match.groups()
             # Still there (dying, or a zombie its parent has not reaped): whose is it?
-            kernel_id = self._cgroup_names(task_memcg) or self._kernel_of(int(pid))
-            self._pending[int(pid)] = (constraint, memcg or "", kernel_id)
+            own = self._cgroup_names(task_memcg)
+            kernel_id = own or self._kernel_of(int(pid))
+            self._pending[int(pid)] = (constraint, memcg or "", kernel_id, own is not None)
             return
         if (match := _KILLED.search(text)) is None:
             return
         pid = int(match[1])
-        constraint, memcg, kernel_id = self._pending.pop(pid, ("", "", None))
+        constraint, memcg, kernel_id, in_cgroup = self._pending.pop(pid, ("", "", None, False))
         kill = _Kill(
             pid=pid,
             process=match[2],
             memory=sum(int(kb) for kb in match.groups()[2:]) * 1024,
             kernel_id=kernel_id if kernel_id is not None else self._kernel_of(pid),
             memcg=memcg if constraint == "CONSTRAINT_MEMCG" else "",
+            in_cgroup=in_cgroup,
         )
         if kill.kernel_id is None and not self._ours(pid):
+            return
+        if in_cgroup and not self._untold(kill.kernel_id or ""):
+            detail = dataclasses.asdict(kill)
+            del detail["in_cgroup"]
+            logger.info("kernel_oom_kill_detail", **detail)  # a round told (and counted) it
             return
         used = next((u for u in self._snapshot().notebooks if u.kernel_id == kill.kernel_id), None)
         if kill.kernel_id is not None and used is None and (endpoint := self._endpoint()):
@@ -162,21 +181,33 @@ class OomWatch:
             limit_bytes=limit,
             cgroup=kill.memcg,
         )
-        if kill.kernel_id is not None and kill.pid is not None:
+        if kill.kernel_id is not None and kill.in_cgroup:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
         logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
         self._post(event)
+
+    def _untold(self, kernel_id: str) -> bool:
+        """Whether a kill the log tells of in `kernel_id`'s tree is not counted yet: its
+        cgroup (which counted it before the line) shows more than were told."""
+        count = self._kills(kernel_id)
+        return count is None or count > self._counted.get(kernel_id, 0)
 
     def sampled(self, snap: Snapshot) -> None:
         """A sampler round: kills the kernels' own cgroups count that were not told yet."""
         for used in snap.notebooks:
             if used.cgroup is None:
                 continue
-            told = self._counted.get(used.kernel_id, 0)
-            self._counted[used.kernel_id] = max(told, used.cgroup.oom_kills)
-            for _ in range(used.cgroup.oom_kills - told):
+            count = used.cgroup.oom_kills
+            # While the log is followed, what a round shows first waits for its line a round.
+            sure = min(count, self._shown.get(used.kernel_id, 0)) if self._fd is not None else count
+            self._shown[used.kernel_id] = count
+            for _ in range(sure - self._counted.get(used.kernel_id, 0)):
                 peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
-                self._tell(_Kill(None, "", peak, used.kernel_id, ""), used, used.notebook)
+                self._tell(_Kill(None, "", peak, used.kernel_id, "", True), used, used.notebook)
+        if snap.kernel_states is not None:  # JupyterLab answered: kernels it no longer has
+            for counts in (self._counted, self._shown):
+                for gone in counts.keys() - snap.kernels:
+                    del counts[gone]
 
     def _cgroup_names(self, task_memcg: str) -> str | None:
         """The running kernel whose own cgroup `task_memcg` is in: only one of ours counts

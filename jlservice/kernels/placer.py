@@ -7,15 +7,23 @@ before the sampler's next round is still named.
 Only the running JupyterLab may ask (SO_PEERCRED names the process that connected), and only
 for a kernel it started: its child, running as the lab user, naming the connection file of
 the kernel id it asks for. The answer is one line: `ok`, or what went wrong.
+
+The check and the placement run in a thread of their own, one at a time, never on the loop:
+reading a process's /proc files (its command line takes the lock of its memory map) blocks
+for as long as that process, the lab user's, holds the lock — no size bound helps there —
+and a cgroup write waits for the kernel's cgroup locks. What the loop reads (`launched`,
+`running`) is only changed on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import select
 import socket
 import struct
+import time
 from pathlib import Path
 
 from jlservice import bounded, log, oom, procfs, users
@@ -28,6 +36,8 @@ logger = log.get("jlservice.kernels")
 MAX_REQUEST = 4096
 TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 8  # at once; more are closed unread (each holds one of jlservice's fds)
+MAX_CMDLINE = 64 * 1024  # read of a kernel's command line (its connection file is in it)
+EXEC_WAIT_S = 1.0  # for a kernel's exec to set its command line up
 
 
 class Placer:
@@ -39,6 +49,7 @@ class Placer:
         self.running: set[str] = set()  # kernel ids of the last round: their cgroups stay
         self._server: asyncio.AbstractServer | None = None
         self._open = 0
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
     def names(self) -> dict[int, str]:
         """pid → kernel id of the kernels placed since the last round."""
@@ -56,6 +67,7 @@ class Placer:
 
     async def start(self, path: Path, account: users.Account) -> None:
         path.unlink(missing_ok=True)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, "jlservice-placer")
         self._server = await asyncio.start_unix_server(self._serve, path)
         # The lab user's alone (root connects anyway); SO_PEERCRED says which process did.
         if os.geteuid() == 0:
@@ -71,6 +83,8 @@ class Placer:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
@@ -79,7 +93,7 @@ class Placer:
             if self._open > MAX_CONNECTIONS or _peer(sock) != self._lab_pid():
                 return  # closed unread: only the running JupyterLab may ask, a few at once
             line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
-            writer.write(self._answer(line).encode() + b"\n")
+            writer.write((await self._answer(line)).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), TIMEOUT_S)
         except (OSError, asyncio.TimeoutError, ValueError):
             pass  # the asker gave up: its kernel runs without a limit, and it says so
@@ -90,7 +104,7 @@ class Placer:
     def _lab_pid(self) -> int | None:
         return self.lab[0] if self.lab is not None else None
 
-    def _answer(self, line: bytes) -> str:
+    async def _answer(self, line: bytes) -> str:
         assert self.lab is not None
         peer, launch = self.lab
         try:
@@ -98,37 +112,47 @@ class Placer:
             kernel_id, pid = str(request["kernel_id"]), int(request["pid"])
         except (ValueError, TypeError, KeyError):
             return "refused: not a request"
-        try:
-            pidfd = os.pidfd_open(pid)  # the process checked is the one placed, never a reuse
-        except (OSError, OverflowError):
-            pidfd = -1
-        try:
-            problem = self._place(pidfd, pid, peer, kernel_id, launch)
-        finally:
-            if pidfd >= 0:
-                os.close(pidfd)
-        if problem is not None:
-            logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=problem)
-            return problem
+        # Empty cgroups of kernels gone are swept; a kernel restarting (after an OOM kill,
+        # say) keeps its cgroup and the count of kills in it.
+        spare = self.running | set(self.names().values()) | {kernel_id}
+        placed = await asyncio.get_running_loop().run_in_executor(
+            self._worker, self._check_and_place, pid, peer, kernel_id, launch, spare
+        )
+        if isinstance(placed, str):
+            logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=placed)
+            return placed
+        self.launched[pid] = (kernel_id, placed)
         logger.debug("kernel_placed", kernel_id=kernel_id, pid=pid)
         return "ok"
 
-    def _place(self, pidfd: int, pid: int, peer: int, kernel_id: str, launch: Launch) -> str | None:
-        """What went wrong placing `pid` (open as `pidfd`), or None."""
+    def _check_and_place(
+        self, pid: int, peer: int, kernel_id: str, launch: Launch, spare: set[str]
+    ) -> str | int:
+        """In the worker thread: what went wrong, or the start ticks of `pid` once placed."""
+        try:
+            pidfd = os.pidfd_open(pid)  # the process checked is the one placed, never a reuse
+        except (OSError, OverflowError):
+            return f"no process {pid}"
+        try:
+            return self._place(pidfd, pid, peer, kernel_id, launch, spare)
+        finally:
+            os.close(pidfd)
+
+    def _place(
+        self, pidfd: int, pid: int, peer: int, kernel_id: str, launch: Launch, spare: set[str]
+    ) -> str | int:
         ticks = procfs.start_ticks(pid)
-        problem = _not_its_kernel(pid, peer, kernel_id, launch) if pidfd >= 0 else "gone"
+        problem = _not_its_kernel(pid, peer, kernel_id, launch)
         if problem is None and (ticks is None or not _alive(pidfd)):
-            problem = "gone"  # what was read of /proc may be another process's
+            problem = f"no process {pid}"  # what was read of /proc may be another process's
         if problem is not None:
-            return f"no process {pid}" if problem == "gone" else problem
+            return problem
         assert ticks is not None
         oom.set_score(pid, oom.KERNEL)  # as root: its floor too, which a cell cannot lower
         if self.limits is not None:
             before = self.limits.memory.of(pid)
             try:
-                # Empty cgroups of kernels gone; a kernel restarting (after an OOM kill, say)
-                # keeps its cgroup and the count of kills in it.
-                self.limits.sweep(self.running | set(self.names().values()) | {kernel_id})
+                self.limits.sweep(spare)
                 self.limits.place(kernel_id, pid)
             except (OSError, ValueError) as exc:
                 return f"cannot place it: {exc}"
@@ -136,13 +160,25 @@ class Placer:
                 if before is not None and procfs.start_ticks(pid) not in (None, ticks):
                     self.limits.move(pid, before)
                 return f"process {pid} ended as it was placed"
-        self.launched[pid] = (kernel_id, ticks)
-        return None
+        return ticks
 
 
 def _alive(pidfd: int) -> bool:
     """A pidfd becomes readable once its process has ended (its pid may then be reused)."""
     return not select.select([pidfd], [], [], 0)[0]
+
+
+def _command_line(pid: int) -> list[bytes]:
+    """`pid`'s arguments, once its exec has set them up. The kernel manager asks as soon as
+    its launch returned, which is when the exec closed the launcher's pipe: Linux sets the
+    new command line up after that, and till then /proc says it is empty (seen under load)."""
+    deadline = time.monotonic() + EXEC_WAIT_S
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(MAX_CMDLINE)
+        if raw or time.monotonic() > deadline:
+            return raw.split(b"\0")
+        time.sleep(0.005)
 
 
 def _peer(sock: socket.socket) -> int:
@@ -155,7 +191,7 @@ def _not_its_kernel(pid: int, lab_pid: int, kernel_id: str, launch: Launch) -> s
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
         status = Path(f"/proc/{pid}/status").read_bytes().decode(errors="replace")
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes()[: 1 << 20].split(b"\0")
+        argv = _command_line(pid)
     except OSError:
         return f"no process {pid}"
     if int(stat.rpartition(b")")[2].split()[1]) != lab_pid:

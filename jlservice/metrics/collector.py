@@ -1,5 +1,7 @@
-"""The Prometheus collector: fresh samples per scrape from the supervisor's view and the
-sampler's latest Snapshot. Nothing here waits: no NVML, no HTTP, no lock."""
+"""The Prometheus collector: fresh samples per scrape from the supervisor's view, and
+`round_families`, what only a sampler round changes (each kernel, the GPUs), which the
+sampler formats once a round (metrics.exposition). Nothing here waits: no NVML, no HTTP, no
+lock."""
 
 from __future__ import annotations
 
@@ -38,8 +40,7 @@ class Collector:
     def collect(self) -> Iterator[Metric]:
         yield from self._supervisor()
         snap = self.sampler.snapshot
-        yield from notebook_metrics.collect(snap, self.view, self.sampler.settings.notebook_labels)
-        yield from self._gpus()
+        yield from notebook_metrics.live(snap, self.view, snap.notebook_labels)
 
     def _supervisor(self) -> Iterator[Metric]:
         view, snap = self.view, self.sampler.snapshot
@@ -152,39 +153,45 @@ class Collector:
                 states.add_metric([kernel_state], count)
             yield states
 
-    def _gpus(self) -> Iterator[Metric]:
-        snap = self.sampler.snapshot
-        if not snap.gpu_enabled:
-            return
-        doc = "1 while NVML can read the GPU"
-        if snap.gpus is None:  # no library, no driver: one series, and nothing per GPU
-            yield GaugeMetricFamily("jlservice_gpu_up", doc, value=0)
-            return
-        up = GaugeMetricFamily("jlservice_gpu_up", doc, labels=GPU_LABELS)
-        for gpu in snap.gpus:
-            up.add_metric(_ids(gpu), 1 if gpu.up else 0)
-        yield up
-        present = [gpu for gpu in snap.gpus if gpu.up]
-        info = InfoMetricFamily("jlservice_gpu", "GPU identity", labels=GPU_LABELS)
-        for gpu in present:
-            info.add_metric(_ids(gpu), dict(gpu.info))
-        yield info
-        yield from _gpu_values(present)
-        yield _per_kernel(snap, self.sampler.settings.notebook_labels)
-        other = GaugeMetricFamily(
-            "jlservice_gpu_other_memory_bytes",
-            "GPU memory of processes that are no kernel of this JupyterLab",
-            labels=GPU_LABELS,
+
+def round_families(snap: Snapshot) -> Iterator[Metric]:
+    """The families of one sampler round alone, formatted once (metrics.exposition)."""
+    yield from notebook_metrics.per_kernel(snap, snap.notebook_labels)
+    yield from _gpus(snap)
+
+
+def _gpus(snap: Snapshot) -> Iterator[Metric]:
+    if not snap.gpu_enabled:
+        return
+    doc = "1 while NVML can read the GPU"
+    if snap.gpus is None:  # no library, no driver: one series, and nothing per GPU
+        yield GaugeMetricFamily("jlservice_gpu_up", doc, value=0)
+        return
+    up = GaugeMetricFamily("jlservice_gpu_up", doc, labels=GPU_LABELS)
+    for gpu in snap.gpus:
+        up.add_metric(_ids(gpu), 1 if gpu.up else 0)
+    yield up
+    present = [gpu for gpu in snap.gpus if gpu.up]
+    info = InfoMetricFamily("jlservice_gpu", "GPU identity", labels=GPU_LABELS)
+    for gpu in present:
+        info.add_metric(_ids(gpu), dict(gpu.info))
+    yield info
+    yield from _gpu_values(present)
+    yield _per_kernel(snap, snap.notebook_labels)
+    other = GaugeMetricFamily(
+        "jlservice_gpu_other_memory_bytes",
+        "GPU memory of processes that are no kernel of this JupyterLab",
+        labels=GPU_LABELS,
+    )
+    for index, uuid, used in snap.other_memory:
+        other.add_metric([str(index), uuid], used)
+    yield other
+    if snap.collect_seconds is not None:
+        yield GaugeMetricFamily(
+            "jlservice_gpu_collect_duration_seconds",
+            "How long the last NVML collection took",
+            value=snap.collect_seconds,
         )
-        for index, uuid, used in snap.other_memory:
-            other.add_metric([str(index), uuid], used)
-        yield other
-        if snap.collect_seconds is not None:
-            yield GaugeMetricFamily(
-                "jlservice_gpu_collect_duration_seconds",
-                "How long the last NVML collection took",
-                value=snap.collect_seconds,
-            )
 
 
 def _ids(gpu: GpuSample) -> list[str]:

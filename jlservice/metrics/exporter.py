@@ -11,12 +11,12 @@ import errno
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from jlservice import log
 from jlservice.config import MetricsConfig
-from jlservice.metrics import server
-from jlservice.metrics.collector import Collector
+from jlservice.metrics import exposition, server
+from jlservice.metrics.collector import Collector, round_families
 from jlservice.metrics.sampler import Sampler
 from jlservice.metrics.view import SupervisorView
 
@@ -26,13 +26,14 @@ logger = log.get("jlservice.metrics")
 class Exporter:
     def __init__(self, view: SupervisorView, settings: MetricsConfig) -> None:
         self.settings = settings
-        self.sampler = Sampler(view, settings)
+        self.sampler = Sampler(view, settings, lambda s: exposition.render(round_families(s)))
         view.on_ready = self.sampler.wake
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(view, self.sampler))
         ProcessCollector(registry=self.registry)  # the supervisor's own CPU, memory, fds
         # The token of the settings of the moment: a reload changes it without a restart.
-        self._app = server.guarded(make_wsgi_app(self.registry), lambda: self.settings.bearer_token)
+        answer = exposition.app(self.registry, lambda: self.sampler.snapshot.rendered)
+        self._app = server.guarded(answer, lambda: self.settings.bearer_token)
         self._server: tuple[WSGIServer, threading.Thread] | None = None
 
     def start(self) -> None:

@@ -1,5 +1,6 @@
-"""Per-notebook series: each kernel's tree as the sampler's last round saw it, and the OOM
-kills the supervisor attributed. Formats what is there; reads nothing."""
+"""Per-notebook series: each kernel's tree as a sampler round saw it (`per_kernel`, formatted
+once a round), and the OOM kills the supervisor attributed (`live`, on each scrape: a kill is
+counted at once). Formats what is there; reads nothing."""
 
 from __future__ import annotations
 
@@ -32,12 +33,18 @@ VALUES: dict[str, tuple[str, bool, Callable[[Usage], float | None]]] = {
 }  # fmt: skip
 
 
-def collect(snap: Snapshot, view: SupervisorView, notebook_labels: bool) -> Iterator[Metric]:
-    labels = ["kernel_id", *(["notebook"] if notebook_labels else [])]
+def _labels(notebook_labels: bool) -> list[str]:
+    return ["kernel_id", *(["notebook"] if notebook_labels else [])]
 
-    def ids(kernel_id: str, notebook: str) -> list[str]:
-        return [kernel_id, notebook] if notebook_labels else [kernel_id]
 
+def _ids(notebook_labels: bool) -> Callable[[str, str], list[str]]:
+    if notebook_labels:
+        return lambda kernel_id, notebook: [kernel_id, notebook]
+    return lambda kernel_id, _notebook: [kernel_id]
+
+
+def per_kernel(snap: Snapshot, notebook_labels: bool) -> Iterator[Metric]:
+    labels, ids = _labels(notebook_labels), _ids(notebook_labels)
     for name, (doc, counter, of) in VALUES.items():
         kind = CounterMetricFamily if counter else GaugeMetricFamily
         family = kind(f"jlservice_kernel_{name}", doc, labels=labels)
@@ -46,13 +53,20 @@ def collect(snap: Snapshot, view: SupervisorView, notebook_labels: bool) -> Iter
             if value is not None:
                 family.add_metric(ids(used.kernel_id, used.notebook), float(value))
         yield family
+
+
+def live(snap: Snapshot, view: SupervisorView, notebook_labels: bool) -> Iterator[Metric]:
+    labels, ids = _labels(notebook_labels), _ids(notebook_labels)
     ooms = CounterMetricFamily(
         "jlservice_kernel_oom_kills",
         "Processes of a kernel's tree the kernel's OOM killer ended",
         labels=labels,
     )
     # Every kernel has the series from its start (0), so that the first kill is an increase.
-    kills = {u.kernel_id: (u.notebook, 0) for u in snap.notebooks} | dict(view.oom_kills)
+    kills = {u.kernel_id: (u.notebook, 0) for u in snap.notebooks}
+    for kernel_id, (notebook, count) in view.oom_kills.items():
+        # A kill told before JupyterLab named the kernel's notebook: the round names it.
+        kills[kernel_id] = (notebook or kills.get(kernel_id, ("", 0))[0], count)
     for kernel_id, (notebook, count) in kills.items():
         ooms.add_metric(ids(kernel_id, notebook), count)
     yield ooms

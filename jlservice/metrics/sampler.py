@@ -1,4 +1,5 @@
-"""The sampler thread: every `interval` seconds, GPUs and kernels into one immutable Snapshot.
+"""The sampler thread: every `interval` seconds, GPUs and kernels into one immutable Snapshot,
+with the round's series already formatted (`render`, metrics.exposition).
 
 A scrape reads `Sampler.snapshot` (one attribute read) and never waits for NVML or for
 JupyterLab. Nothing the sampler meets may end it, let alone the supervisor.
@@ -17,6 +18,7 @@ from jlservice import disk, log
 from jlservice.config import MetricsConfig
 from jlservice.kernels.cgroups import Cgroup
 from jlservice.metrics import kernels, proctree, usage
+from jlservice.metrics.exposition import Rendered
 from jlservice.metrics.gpu import GpuReader, GpuSample
 from jlservice.metrics.view import Endpoint, SupervisorView
 
@@ -47,8 +49,11 @@ class Snapshot:
     notebook_space: disk.Space | None = None  # None: the filesystem did not answer
     notebooks: tuple[usage.Usage, ...] = ()  # each kernel's tree, by kernel id
     owners: dict[int, str] = field(default_factory=dict)  # pid → kernel id, for this round
+    kernels: frozenset[str] = frozenset()  # the ids of every kernel JupyterLab listed
+    notebook_labels: bool = True  # [metrics] notebook_labels, as the round was taken
     at: float = 0.0  # when it was taken (Unix time)
     sample_seconds: float | None = None  # how long the round took (HTTP, /proc, NVML)
+    rendered: Rendered = field(default_factory=Rendered)  # the round's own series, formatted
 
 
 def attribute(
@@ -77,9 +82,15 @@ def attribute(
 
 
 class Sampler:
-    def __init__(self, view: SupervisorView, settings: MetricsConfig) -> None:
+    def __init__(
+        self,
+        view: SupervisorView,
+        settings: MetricsConfig,
+        render: Callable[[Snapshot], Rendered] = lambda _snapshot: Rendered(),
+    ) -> None:
         self.view = view
         self.settings = settings  # replaced on reload; read once per round
+        self._render = render
         self.snapshot = Snapshot()
         self._gpus = GpuReader()
         self._lab_version: tuple[int, str] = (0, "")  # (JupyterLab pid, its version)
@@ -154,6 +165,8 @@ class Sampler:
             notebook_space=space,
             notebooks=used,
             owners=owners,
+            kernels=frozenset(notebooks),
+            notebook_labels=settings.notebook_labels,
             at=time.time(),
         )
         if settings.gpu:
@@ -168,7 +181,13 @@ class Sampler:
                 gpu_enabled=True,
                 collect_seconds=time.perf_counter() - gpu_began,
             )
-        return dataclasses.replace(snapshot, sample_seconds=time.perf_counter() - began)
+        return self.formatted(
+            dataclasses.replace(snapshot, sample_seconds=time.perf_counter() - began)
+        )
+
+    def formatted(self, snapshot: Snapshot) -> Snapshot:
+        """`snapshot` with its own series formatted, as a scrape serves them."""
+        return dataclasses.replace(snapshot, rendered=self._render(snapshot))
 
     def _account(
         self, endpoint: Endpoint | None, found: kernels.Kernels | None

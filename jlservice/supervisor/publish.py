@@ -95,6 +95,7 @@ class Publisher:
         self._owes_ready = False  # RELOADING=1 sent, READY=1 not yet
         self._announced = False  # READY=1 sent once: systemd's start job is done
         self._notebooks: tuple[Snapshot, float] | None = None  # the sampler's last round
+        self._killed_since: set[str] = set()  # kernels with an OOM kill since the last round
         self._save()
 
     # ── one JupyterLab's life ───────────────────────────────────────────────
@@ -205,6 +206,7 @@ class Publisher:
     def notebook_event(self, event: NotebookEvent, interval: float) -> None:
         match event:
             case NotebooksSampled():
+                self._forget_kills(event.snapshot)
                 self.notebooks(event.snapshot, interval)
             case OomKilled():
                 self.oom_killed(event)
@@ -215,6 +217,14 @@ class Publisher:
         """The sampler's round: what each notebook uses, for `status --json` and `top`."""
         self._notebooks = (snapshot, interval)
         self._sink.write_notebooks(table.table(snapshot, self.view, interval))
+
+    def _forget_kills(self, snapshot: Snapshot) -> None:
+        """The OOM kills of kernels JupyterLab no longer has (their series end); a kill told
+        since the round began may be of a kernel too new for it, and stays."""
+        if snapshot.kernel_states is not None:
+            kept = snapshot.kernels | self._killed_since
+            self.view.oom_kills = {k: v for k, v in self.view.oom_kills.items() if k in kept}
+        self._killed_since = set()
 
     def limits(self, said: str) -> None:
         """Whether [kernels] memory_max holds, and why not (status, doctor, notebooks.json)."""
@@ -228,6 +238,7 @@ class Publisher:
         """The OOM killer ended a process of this service: metrics, state, the table."""
         self.view.oom_kills_total += 1
         if kill.kernel_id is not None:
+            self._killed_since.add(kill.kernel_id)
             _, count = self.view.oom_kills.get(kill.kernel_id, ("", 0))
             self.view.oom_kills[kill.kernel_id] = (kill.notebook, count + 1)
         last = state.OomKill(

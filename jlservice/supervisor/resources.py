@@ -65,6 +65,7 @@ class Resources:
             memory.limit if memory is not None else lambda _cgroup: None,
             self.placer.names if self.placer is not None else dict,
             kernels_cgroup=f"{early.limits.base}/{limits.KERNELS}" if early.limits else None,
+            kills=early.limits.oom_kills if early.limits else lambda _kernel_id: None,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 

@@ -1,5 +1,6 @@
 """A memory cgroup of a test's own, on whichever version this machine's memory controller
-is (v1 on a hybrid layout, v2 on a unified one); emptied (by the pids in it) and removed."""
+is (v1 on a hybrid layout, v2 on a unified one); emptied (by the pids in it and in every
+cgroup below it) and removed, the deepest first."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from jlservice.kernels import cgroups
 
@@ -39,6 +41,17 @@ class OwnCgroup:
     def pids(self) -> list[int]:
         return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
 
+    def below(self) -> list[Path]:
+        """It and every cgroup below it, the deepest first."""
+        return [Path(d) for d, _, _ in os.walk(self.path, topdown=False)]
+
+    def all_pids(self) -> list[int]:
+        pids = []
+        for cgroup in self.below():
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                pids += [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        return pids
+
 
 @contextlib.contextmanager
 def own_cgroup() -> Iterator[OwnCgroup]:
@@ -50,8 +63,9 @@ def own_cgroup() -> Iterator[OwnCgroup]:
     try:
         yield made
     finally:
-        for pid in made.pids():  # what the test left in it
+        for pid in made.all_pids():  # what the test left in it, or below it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not made.pids(), 30, "an empty cgroup")
-        made.path.rmdir()
+        wait_for(lambda: not made.all_pids(), 30, "an empty cgroup")
+        for cgroup in made.below():
+            cgroup.rmdir()

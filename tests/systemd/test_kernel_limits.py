@@ -118,3 +118,22 @@ def test_with_the_shipped_unit_limits_are_off_and_say_why(installed) -> None:
     assert "kernel_limits_off" in installed.log_text()
     doctor = installed.box.run(JLSERVICE, "doctor", check=False).stdout
     assert "kernel limits" in doctor and "ProtectControlGroups=no" in doctor, doctor
+
+
+def test_a_unit_without_delegate_yes_gets_no_limits_and_says_why(installed) -> None:
+    """A unit of jlservice's opened to the cgroup tree but without Delegate=yes (installed
+    before it shipped, or edited): the cgroup is systemd's, and jlservice writes nothing
+    into it. systemd 252 marks a delegated cgroup only in the v2 hierarchy, not in this
+    machine's v1 memory one: what jlservice reads (the shipped unit's test above is on)."""
+    installed.box.drop_in("jlservice.service", "limits", LIMITS_DROP_IN + "Delegate=no\n")
+    installed.config.write_text(installed.config.read_text() + '\n[kernels]\nmemory_max = "1G"\n')
+    installed.start()
+    state = json.loads(installed.box.run(JLSERVICE, "status", "--json").stdout)
+    said = state["limits"]
+    assert said.startswith("off: systemd has not delegated jlservice.service's cgroup"), said
+    assert "[Service] Delegate=yes" in said
+    assert installed.log_text().count("kernel_limits_off") == 1
+    doctor = installed.box.run(JLSERVICE, "doctor", check=False).stdout
+    assert "kernel limits" in doctor and "Delegate=yes" in doctor, doctor
+    memory = cgroups.memory()
+    assert not (memory.dir(memory.of(installed.main_pid())) / "kernels").exists()

@@ -10,14 +10,18 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from helpers.cgroup import OwnCgroup, own_cgroup
+from helpers.procs import wait_for
 
 from jlservice import users
 from jlservice.kernels import limits
@@ -32,14 +36,9 @@ MIB = 2**20
 def delegated() -> Iterator[OwnCgroup]:
     if os.geteuid() != 0:
         pytest.skip("needs root: a memory cgroup of the test's own")
-    with own_cgroup() as made:
+    with own_cgroup() as made:  # removes kernels/ and every kernel-<id> in it too
         (made.path / limits.KERNELS).mkdir()
-        try:
-            yield made
-        finally:
-            for kernel in (made.path / limits.KERNELS).glob("kernel-*"):
-                kernel.rmdir()
-            (made.path / limits.KERNELS).rmdir()
+        yield made
 
 
 @pytest.fixture
@@ -242,23 +241,142 @@ def test_without_systemd_limits_are_off_and_say_why() -> None:
     assert found is None and "survive_restarts = true" in why
 
 
-def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path) -> None:
+def test_on_cgroup_v2_jlservice_leaves_the_units_cgroup_first(tmp_path, monkeypatch) -> None:
     """What cgroup v2 asks (a cgroup that divides its memory holds no process): jlservice
-    moves itself into supervisor/, then enables +memory below. The cgroup files are plain
-    files here: the order and the contents of the writes, not the kernel's semantics."""
+    moves itself into supervisor/, then enables +memory below; a kernel's limit is written
+    before the kernel is moved in. The cgroup files are plain files here: the writes, in
+    their order, not the kernel's semantics."""
     from jlservice.kernels.cgroups import Memory
 
     unit = tmp_path / "system.slice" / "jlservice.service"
     unit.mkdir(parents=True)
     (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    writes: list[tuple[str, str]] = []
+    real = Path.write_text
+
+    def recorded(path: Path, text: str, *args, **kwargs) -> int:
+        writes.append((str(path.relative_to(unit)), text))
+        return real(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", recorded)
     limits._prepare(Memory(tmp_path, 2), "/system.slice/jlservice.service")
-    assert (unit / "supervisor" / "cgroup.procs").read_text() == str(os.getpid())
-    assert (unit / "cgroup.subtree_control").read_text() == "+memory"
-    assert (unit / "kernels" / "cgroup.subtree_control").read_text() == "+memory"
+    assert writes == [
+        ("supervisor/cgroup.procs", str(os.getpid())),
+        ("cgroup.subtree_control", "+memory"),
+        ("kernels/cgroup.subtree_control", "+memory"),
+    ]
+    writes.clear()
     found = limits.Limits(Memory(tmp_path, 2), "/system.slice/jlservice.service", 256 * MIB)
-    (unit / "kernels" / f"kernel-{K}").mkdir()
     found.place(K, 4242)
-    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == str(256 * MIB)
-    assert (unit / "kernels" / f"kernel-{K}" / "cgroup.procs").read_text() == "4242"
     found.apply(None)
-    assert (unit / "kernels" / f"kernel-{K}" / "memory.max").read_text() == "max"
+    assert writes == [
+        (f"kernels/kernel-{K}/memory.max", str(256 * MIB)),
+        (f"kernels/kernel-{K}/cgroup.procs", "4242"),
+        (f"kernels/kernel-{K}/memory.max", "max"),
+    ]
+
+
+def test_limits_hold_only_in_a_cgroup_systemd_delegated(tmp_path) -> None:
+    """systemd's word that the unit's cgroup is jlservice's: its mark on the cgroup in the
+    v2 hierarchy, else the unit's Delegate= as systemctl says it; else limits are off."""
+    base = "/system.slice/jlservice.service"
+    unit = tmp_path / base.lstrip("/")
+    unit.mkdir(parents=True)
+    asked: list[str] = []
+
+    def says(answer: str | None):
+        return lambda name: asked.append(name) or answer
+
+    assert not limits.delegated(base, tmp_path, says("no"))
+    assert not limits.delegated(base, tmp_path, says(None))  # systemctl did not answer
+    assert not limits.delegated(base, None, says(""))
+    assert limits.delegated(base, None, says("yes"))
+    assert asked == ["jlservice.service"] * 4
+    try:
+        os.setxattr(unit, "user.delegate", b"1")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on {tmp_path}: {exc.strerror}")
+    assert limits.delegated(base, tmp_path, says("no"))
+    assert len(asked) == 4  # the mark is enough
+
+
+def test_a_slow_check_of_a_kernel_never_holds_jlservices_loop(tmp_path, monkeypatch) -> None:
+    """Reading a process's /proc files blocks for as long as that process (the lab user's)
+    holds its memory map's lock: the check runs beside the loop, which goes on meanwhile."""
+    loop_ran = threading.Event()
+
+    def hung(*args) -> str:
+        loop.call_soon_threadsafe(loop_ran.set)  # runs only if the loop is free
+        return "ran beside" if loop_ran.wait(10) else "held the loop"
+
+    monkeypatch.setattr(placer_module, "_not_its_kernel", hung)
+    placer = Placer(None)
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    loop = asyncio.new_event_loop()
+    try:
+        path = tmp_path / "kernels.sock"
+        (answer,) = loop.run_until_complete(_ask_started(placer, path, {"kernel_id": K, "pid": 1}))
+    finally:
+        loop.close()
+    assert answer == "ran beside"
+
+
+async def _ask_started(placer: Placer, path: Path, *requests: dict) -> list[str]:
+    await placer.start(path, Launched.account)
+    try:
+        return [await _ask(placer, path, r) for r in requests]
+    finally:
+        placer.close()
+
+
+def test_a_kernel_asked_for_as_soon_as_it_was_launched_is_placed(tmp_path) -> None:
+    """The kernel manager asks once its launch returned: the exec has closed the launcher's
+    pipe then, but Linux may not have set the new command line up yet (empty in /proc)."""
+    placer = Placer(None)
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    path = tmp_path / "kernels.sock"
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(placer.start(path, Launched.account))
+    serving = threading.Thread(target=loop.run_forever, daemon=True)
+    serving.start()
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "-f"]
+    answers = []
+    try:
+        for n in range(20):
+            kernel_id = f"{n:08x}-6b1d-4c57-9d0e-8a1b2c3d4e5f"
+            with socket.socket(socket.AF_UNIX) as asker:
+                asker.connect(str(path))
+                with subprocess.Popen([*argv, str(tmp_path / f"kernel-{kernel_id}.json")]) as proc:
+                    asker.sendall(
+                        json.dumps({"kernel_id": kernel_id, "pid": proc.pid}).encode() + b"\n"
+                    )
+                    answers.append(asker.makefile().readline().strip())
+                    proc.kill()
+    finally:
+        loop.call_soon_threadsafe(placer.close)
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(10)
+        loop.close()
+    assert answers == ["ok"] * 20
+
+
+def test_a_lower_limit_v1_refuses_is_logged_and_the_old_one_is_said(delegated, kernel) -> None:
+    """cgroup v1 refuses (EBUSY) a limit below what a kernel uses, when it cannot reclaim
+    (no swap): the kernel keeps its old limit, and jlservice says so instead of the new."""
+    if delegated.memory.version != 1:
+        pytest.skip("cgroup v2 takes a memory.max below use (it reclaims, or OOM-kills)")
+    found = limits.Limits(delegated.memory, delegated.name, 300 * MIB)
+    found.place(K, kernel.pid)
+    kernel.stdin.write(b"\n")
+    kernel.stdin.flush()
+    wait_for(lambda: found.cgroup(K).charge > 200 * MIB, 30, "the kernel's 200 MiB")
+    with structlog.testing.capture_logs() as logged:
+        found.apply(100 * MIB)
+    assert found.cgroup(K).limit == 300 * MIB
+    (kept,) = [e for e in logged if e["event"] == "kernel_limit_kept"]
+    assert kept["kernel_id"] == K and kept["limit_bytes"] == 300 * MIB, kept
+    said = found.describe()
+    assert said.startswith(f"on: {100 * MIB} bytes per kernel, but 1 kernel(s) kept"), said
+    assert f"({K} {300 * MIB})" in said
+    found.apply(400 * MIB)  # raising it holds for every kernel again
+    assert found.cgroup(K).limit == 400 * MIB and "kept" not in found.describe()

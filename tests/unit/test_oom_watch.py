@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+
+import pytest
 
 from jlservice.kernels.cgroups import Cgroup
 from jlservice.kernels.oom import OomWatch
@@ -106,11 +109,18 @@ def test_without_the_kernel_log_the_kernels_cgroup_counts_and_only_once() -> Non
     assert (kill.kernel_id, kill.notebook, kill.pid) == (K, NOTEBOOK, None)
     assert kill.memory_bytes == 1 << 30 and kill.limit_bytes == 1 << 30
     # The log told of the next one first: the cgroup's count does not tell it again.
-    for line in _oom(4242):
+    for line in _oom(4242, memcg=f"{KERNELS}/kernel-{K}"):
         watch.line(line)
     again = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=2, peak=1 << 30))
     watch.sampled(Snapshot(notebooks=(again,)))
     assert [k.pid for k in posted] == [None, 4242]
+    # A process of its tree outside its cgroup (forked before the kernel was placed): the
+    # log alone tells it, and the cgroup's next kill is still told.
+    for line in _oom(4242, memcg="/svc"):
+        watch.line(line)
+    third = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=3, peak=1 << 30))
+    watch.sampled(Snapshot(notebooks=(third,)))
+    assert [k.pid for k in posted] == [None, 4242, 4242, None]
 
 
 def test_a_kernel_started_since_the_last_round_is_named_from_its_launch() -> None:
@@ -123,3 +133,69 @@ def test_a_kernel_started_since_the_last_round_is_named_from_its_launch() -> Non
         watch.line(line)
     (kill,) = posted
     assert kill.kernel_id == K and kill.pid == 999_999_997
+
+
+def _following(watch: OomWatch, loop: asyncio.AbstractEventLoop) -> None:
+    """Follow the real kernel log, as `jlservice run` does as root (the test's lines are
+    handed to line() as its reader would)."""
+    if (problem := watch.start(loop)) is not None:
+        pytest.skip(problem)
+
+
+def test_one_kill_counts_once_whether_its_cgroup_or_its_log_line_comes_first() -> None:
+    """Linux counts a kill in the kernel's cgroup, then logs it: a round may read the counter
+    before the line is read, or after. Either way: one kill told, with its pid."""
+    cgroup = f"{KERNELS}/kernel-{K}"
+
+    def killed(count: int) -> Snapshot:
+        used = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=count, peak=1 << 30))
+        return Snapshot(notebooks=(used,), owners={100: K}, kernel_states={}, kernels={K})
+
+    async def run(counter_first: bool) -> list:
+        counter = {"now": 0}
+        posted: list = []
+        watch = OomWatch(
+            posted.append,
+            lambda: killed(counter["now"]),
+            lambda: None,
+            lambda _c: None,
+            kernels_cgroup=KERNELS,
+            kills=lambda kernel_id: counter["now"] if kernel_id == K else None,
+        )
+        _following(watch, asyncio.get_running_loop())
+        try:
+            watch.sampled(killed(0))
+            counter["now"] = 1  # the kill: counted first
+            if counter_first:
+                watch.sampled(killed(1))
+            for line in _oom(999_999_996, memcg=cgroup):
+                watch.line(line)
+            for _ in range(3):
+                watch.sampled(killed(1))
+        finally:
+            watch.close()
+        return posted
+
+    for counter_first in (True, False):
+        posted = asyncio.run(run(counter_first))
+        assert [(k.kernel_id, k.pid) for k in posted] == [(K, 999_999_996)], counter_first
+
+
+def test_a_kill_whose_line_never_comes_is_told_a_round_later() -> None:
+    """The log is followed but its line is lost (overwritten, rate-limited): the cgroup's
+    counter tells it at the round after the one that first showed it."""
+
+    async def run() -> list:
+        posted: list = []
+        watch = OomWatch(posted.append, Snapshot, lambda: None, lambda _c: None)
+        _following(watch, asyncio.get_running_loop())
+        used = _usage(100, Cgroup(50 << 20, 1 << 30, oom_kills=1, peak=1 << 30))
+        try:
+            watch.sampled(Snapshot(notebooks=(used,)))
+            assert posted == []
+            watch.sampled(Snapshot(notebooks=(used,)))
+        finally:
+            watch.close()
+        return posted
+
+    assert [(k.kernel_id, k.pid) for k in asyncio.run(run())] == [(K, None)]

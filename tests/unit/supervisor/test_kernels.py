@@ -11,11 +11,14 @@ from helpers.launch import make_config
 
 from jlservice.kernels import handover as handover_module
 from jlservice.kernels.handover import Kernel
+from jlservice.metrics.sampler import Snapshot
 from jlservice.start import launcher
 from jlservice.supervisor import reload
 from jlservice.supervisor.events import (
     BackoffElapsed,
     KernelGraceElapsed,
+    NotebooksSampled,
+    OomKilled,
     ReloadRequested,
     StopRequested,
 )
@@ -216,3 +219,24 @@ async def test_giving_up_ends_the_kernels_kept_for_a_start_that_never_came(machi
     assert await m.exit_code() == 1
     assert A.pid not in m.swept[-1]  # the last sweep, at the exit, spared it no more
     assert m.kernels.lost["stop"] == 1
+
+
+def _kill(kernel_id: str) -> OomKilled:
+    return OomKilled(None, "", kernel_id, f"{kernel_id[:2]}.ipynb", 1, None, None, "")
+
+
+async def test_oom_kills_of_kernels_jupyterlab_no_longer_has_are_forgotten(machine) -> None:
+    """view.oom_kills (a series each) holds the kernels JupyterLab lists, and a kernel killed
+    since the round began, which may be too new for it; nothing while JupyterLab does not
+    answer."""
+    m = machine()
+    m.start()
+    await m.ready()
+    m.post(_kill(A.id))
+    m.post(_kill(B.id))
+    await m.step(NotebooksSampled(Snapshot(kernel_states={"idle": 1}, kernels=frozenset({A.id}))))
+    assert set(m.view.oom_kills) == {A.id, B.id}  # B: killed since the round began
+    await m.step(NotebooksSampled(Snapshot(kernel_states=None)))  # JupyterLab did not answer
+    assert set(m.view.oom_kills) == {A.id, B.id}
+    await m.step(NotebooksSampled(Snapshot(kernel_states={"idle": 1}, kernels=frozenset({A.id}))))
+    assert m.view.oom_kills == {A.id: ("0a.ipynb", 1)}
