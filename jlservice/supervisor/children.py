@@ -22,6 +22,7 @@ from jlservice import log, state
 logger = log.get("jlservice.children")
 
 KILL_WAIT_S = 5.0  # after SIGKILL: longer means the process cannot die now (frozen, D state)
+Found = Callable[[], list[psutil.Process]]  # what a sweep ends, looked for on each pass
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,32 @@ def descendants(spare: Iterable[int] = ()) -> list[psutil.Process]:
     return [p for p in procs if p.pid not in spared]
 
 
-def children_but(pids: Iterable[int]) -> set[int]:
-    """The supervisor's own children other than `pids`: spared by a sweep, they leave it
-    `pids` and their descendants alone to end."""
-    try:
-        return {p.pid for p in psutil.Process().children()} - set(pids)
-    except psutil.Error:
-        return set()
+def kernels_of(pids: Iterable[int]) -> Found:
+    """What ending the kernels `pids` ends, looked for again on each pass: their
+    descendants, and what runs in their sessions (a kernel is a session's leader: its
+    children orphaned when it died first). A process that another kernel starts meanwhile,
+    re-parented to the supervisor, is none of theirs and is left alone."""
+    ours = set(pids)
+    sessions = set()
+    for pid in ours:
+        with contextlib.suppress(OSError):
+            sessions.add(os.getsid(pid))
+    sessions.discard(os.getsid(0))  # one that never left ours: its descendants only
+
+    def found() -> list[psutil.Process]:
+        try:
+            procs = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return []
+        theirs, below = [], set(ours)
+        for proc in procs:  # parents come before their children
+            with contextlib.suppress(psutil.Error, OSError):
+                if proc.pid in below or proc.ppid() in below or os.getsid(proc.pid) in sessions:
+                    below.add(proc.pid)
+                    theirs.append(proc)
+        return theirs
+
+    return found
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -164,17 +184,20 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             pass
 
 
-async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
-    """End every leftover descendant but `spare` (the warm parent): SIGTERM, then SIGKILL
-    after `grace` seconds. What SIGKILL does not end within KILL_WAIT_S is stuck (frozen, or
-    in uninterruptible sleep): logged, remembered, sent SIGKILL again by later sweeps but
-    never waited for again.
+async def sweep(
+    reaper: Reaper, grace: float, spare: Iterable[int] = (), found: Found | None = None
+) -> int:
+    """End every leftover descendant but `spare` (the warm parent), or what `found()`
+    returns: SIGTERM, then SIGKILL after `grace` seconds. What SIGKILL does not end within
+    KILL_WAIT_S is stuck (frozen, or in uninterruptible sleep): logged, remembered, sent
+    SIGKILL again by later sweeps but never waited for again.
 
-    Returns how many processes were found. New descendants that appear meanwhile (a kernel
-    forking while dying) are caught on the next pass.
+    Returns how many processes were found. New ones that appear meanwhile (a kernel forking
+    while dying) are caught on the next pass.
     """
     spare = set(spare)
-    procs = descendants(spare)
+    found = found or (lambda: descendants(spare))
+    procs = found()
     stuck = [p for p in procs if reaper.is_stuck(p)]
     _signal_all(stuck, signal.SIGKILL)  # in case they can die by now
     procs = [p for p in procs if p not in stuck]
@@ -186,7 +209,7 @@ async def sweep(reaper: Reaper, grace: float, spare: Iterable[int] = ()) -> int:
     deadline = time.monotonic() + grace
     killed = False
     while True:
-        live = [p for p in descendants(spare) if _alive(p) and not reaper.is_stuck(p)]
+        live = [p for p in found() if _alive(p) and not reaper.is_stuck(p)]
         if not live:
             break
         left = deadline - time.monotonic()

@@ -163,7 +163,7 @@ async def _supervise(
         return await children.sweep(reaper, grace=grace, spare=spare)
 
     async def end(pids: set[int], grace: float) -> int:
-        return await sweep(children.children_but(pids), grace)
+        return await children.sweep(reaper, grace=grace, found=children.kernels_of(pids))
 
     parts = Parts(
         publisher=publisher,

@@ -186,6 +186,8 @@ def not_adopted(early_service_factory) -> tuple:
     kept_id, kept_pid = open_notebook(service, token, "other.ipynb")
     for started in (kernel_id, kept_id):  # both have read their connection files
         assert service.execute(token, started, "1 + 1") == "2"
+    # Ended after the grace, it ignores SIGTERM: the end takes stop_timeout (20 s).
+    service.execute(token, kernel_id, "import signal; _ = signal.signal(15, signal.SIG_IGN)")
     # The next JupyterLab cannot read this kernel's connection file: its adoption fails.
     (service.root / "run" / "lab" / "runtime" / f"kernel-{kernel_id}.json").write_text("{")
     lab, offset = service.lab_pid, service.log_size()
@@ -208,7 +210,8 @@ def test_a_kernel_the_next_jupyterlab_cannot_adopt_waits_out_the_grace(not_adopt
 
 def test_a_kernel_not_adopted_is_ended_after_the_grace(not_adopted):
     """With the default grace (30 s), which has passed since the early test above ran."""
-    service, (kernel_id, pid), (_, kept_pid), offset, daemon = not_adopted
+    service, (kernel_id, pid), (kept_id, kept_pid), offset, daemon = not_adopted
+    token = service.cli("token").stdout.strip()
 
     def lost() -> dict | None:
         events = service.log_events(offset)
@@ -219,8 +222,14 @@ def test_a_kernel_not_adopted_is_ended_after_the_grace(not_adopted):
     exited = next(e for e in service.log_events(offset) if e.get("event") == "lab_exited")
     waited = _when(event) - _when(exited)
     assert 30 <= waited < 30 + 10, f"given up {waited:.1f} s after the crash, not at the grace"
-    wait_for(lambda: not pid_alive(pid), 30, "the unadopted kernel to be ended")
+    # While its end waits out SIGTERM, the other notebook starts a daemon: re-parented to
+    # the supervisor then, it is still none of the ended kernel's.
+    assert pid_alive(pid), "it ignores SIGTERM"
+    later = int(service.execute(token, kept_id, DAEMON))
+    wait_for(lambda: not pid_alive(pid), 60, "the unadopted kernel to be ended")
+    assert [e for e in service.log_events(offset) if e.get("event") == "leftover_killed"]
     assert pid_alive(kept_pid) and pid_alive(service.lab_pid) and pid_alive(daemon)
+    assert pid_alive(later)
     counts = {"kept": 2, "adopted": 1, "waiting": 0}
     wait_for(lambda: service.state()["kernels"] == counts, 10, "the counts published")
     metrics = scrape_text(metrics_url(service))
