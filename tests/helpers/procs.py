@@ -33,9 +33,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | psutil.Process) -> bool:
+    """Whether it runs (not a zombie). Given a psutil.Process, whether that very process
+    does: a suite makes pids wrap (pid_max is often 32768), and a pid checked minutes after
+    it was seen may be another process's."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        process = pid if isinstance(pid, psutil.Process) else psutil.Process(pid)
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 

@@ -211,13 +211,14 @@ def test_the_oom_killer_takes_a_kernels_process_never_jupyterlab(service_factory
     assert returncode == "-9"
     assert memcg.oom_kills() >= 1
 
-    def logged() -> dict | None:
-        found = [e for e in svc.log_events(offset) if e.get("event") == "kernel_oom_killed"]
-        return found[0] if found else None
+    def logged() -> dict | None:  # the hog may lose two before it looks: the one it saw
+        events = svc.log_events(offset)
+        kills = (e for e in events if e.get("event") == "kernel_oom_killed")
+        return next((e for e in kills if e.get("pid") == int(victim)), None)
 
-    line = wait_for(logged, 30, "the kill in jlservice's log")
+    line = wait_for(logged, 30, "the kill of the process the hog saw die, in jlservice's log")
     assert line["notebook"] == NOTEBOOK and line["kernel_id"] == hog_id
-    assert line["pid"] == int(victim) and line["limit_bytes"] == limit
+    assert line["limit_bytes"] == limit
     assert 60 * MIB <= line["memory_bytes"] < 100 * MIB
     assert svc.lab_pid == lab and psutil.Process(lab).is_running()
     assert psutil.Process(other_pid).is_running() and psutil.Process(hog_pid).is_running()

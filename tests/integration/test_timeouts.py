@@ -6,6 +6,7 @@ import datetime
 import os
 import signal
 
+import psutil
 import pytest
 from helpers.procs import pid_alive, wait_for
 from helpers.service import Service
@@ -49,7 +50,7 @@ def test_a_server_that_never_answers_is_stopped_at_start_timeout_and_counted(ser
 
 
 @pytest.fixture(scope="session")
-def stubborn_leftover(early_service_factory) -> tuple[Service, int, int]:
+def stubborn_leftover(early_service_factory) -> tuple[Service, psutil.Process, int]:
     """A crash leaves a process that ignores SIGTERM, with the default stop_timeout (20 s):
     made by an early test, so that the 20 s pass while the other tests run. The service, the
     leftover's pid, and the crashed JupyterLab's."""
@@ -64,13 +65,15 @@ def stubborn_leftover(early_service_factory) -> tuple[Service, int, int]:
         "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         f"pathlib.Path({str(armed)!r}).touch(); time.sleep(600)"
     )
-    stubborn = int(
-        service.execute(
-            token,
-            kernel_id,
-            "import subprocess, sys\n"
-            f"child = subprocess.Popen([sys.executable, '-c', {ignores!r}], "
-            "start_new_session=True)\nprint(child.pid)",
+    stubborn = psutil.Process(
+        int(
+            service.execute(
+                token,
+                kernel_id,
+                "import subprocess, sys\n"
+                f"child = subprocess.Popen([sys.executable, '-c', {ignores!r}], "
+                "start_new_session=True)\nprint(child.pid)",
+            )
         )
     )
     wait_for(armed.exists, 30, "the leftover to ignore SIGTERM")
@@ -83,7 +86,7 @@ def stubborn_leftover(early_service_factory) -> tuple[Service, int, int]:
 def test_a_leftover_that_ignores_sigterm_is_sent_sigterm_first(stubborn_leftover):
     service, stubborn, _ = stubborn_leftover
     wait_for(
-        lambda: [e for e in _events(service, "leftover_process") if e["pid"] == stubborn],
+        lambda: [e for e in _events(service, "leftover_process") if e["pid"] == stubborn.pid],
         60,
         "the leftover to be told to stop",
     )
@@ -96,8 +99,8 @@ def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(stubborn_l
     service, stubborn, old = stubborn_leftover
     state = service.wait_ready(not_pid=old, timeout=120)
 
-    (termed,) = [e for e in _events(service, "leftover_process") if e["pid"] == stubborn]
-    (killed,) = [e for e in _events(service, "leftover_killed") if stubborn in e["pids"]]
+    (termed,) = [e for e in _events(service, "leftover_process") if e["pid"] == stubborn.pid]
+    (killed,) = [e for e in _events(service, "leftover_killed") if stubborn.pid in e["pids"]]
     assert killed["grace_s"] == 20.0  # [restart] stop_timeout's default
     assert 20 <= _when(killed) - _when(termed) < 20 + 5
     assert not pid_alive(stubborn)
