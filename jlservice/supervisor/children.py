@@ -142,27 +142,44 @@ def descendants(spare: Iterable[int] = ()) -> list[psutil.Process]:
 def kernels_of(pids: Iterable[int]) -> Found:
     """What ending the kernels `pids` ends, looked for again on each pass: their
     descendants, and what runs in their sessions (a kernel is a session's leader: its
-    children orphaned when it died first). A process that another kernel starts meanwhile,
-    re-parented to the supervisor, is none of theirs and is left alone."""
-    ours = set(pids)
+    children orphaned when it died first). Once found, a process stays theirs by its
+    identity (pid and start time), re-parented or not; a process another kernel starts
+    meanwhile, re-parented to the supervisor, is none of theirs and is left alone."""
+    began = time.time()
+    theirs: dict[int, float] = {}  # pid → start time
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            theirs[pid] = psutil.Process(pid).create_time()
     sessions = set()
-    for pid in ours:
+    for pid in theirs:
         with contextlib.suppress(OSError):
             sessions.add(os.getsid(pid))
     sessions.discard(os.getsid(0))  # one that never left ours: its descendants only
+
+    def is_theirs(proc: psutil.Process, by_pid: dict[int, psutil.Process]) -> bool:
+        created = proc.create_time()
+        if theirs.get(proc.pid) == created:
+            return True
+        parent = by_pid.get(proc.ppid())
+        if parent is not None and theirs.get(parent.pid) == parent.create_time():
+            return True
+        # A session's number is a pid: after the last of its processes, a new one may
+        # have it; one started since the end began is theirs only through its parent.
+        return created <= began and os.getsid(proc.pid) in sessions
 
     def found() -> list[psutil.Process]:
         try:
             procs = psutil.Process().children(recursive=True)
         except psutil.Error:
             return []
-        theirs, below = [], set(ours)
+        by_pid = {p.pid: p for p in procs}
+        ended = []
         for proc in procs:  # parents come before their children
             with contextlib.suppress(psutil.Error, OSError):
-                if proc.pid in below or proc.ppid() in below or os.getsid(proc.pid) in sessions:
-                    below.add(proc.pid)
-                    theirs.append(proc)
-        return theirs
+                if is_theirs(proc, by_pid):
+                    theirs[proc.pid] = proc.create_time()
+                    ended.append(proc)
+        return ended
 
     return found
 
@@ -184,19 +201,16 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             pass
 
 
-async def sweep(
-    reaper: Reaper, grace: float, spare: Iterable[int] = (), found: Found | None = None
-) -> int:
-    """End every leftover descendant but `spare` (the warm parent), or what `found()`
-    returns: SIGTERM, then SIGKILL after `grace` seconds. What SIGKILL does not end within
-    KILL_WAIT_S is stuck (frozen, or in uninterruptible sleep): logged, remembered, sent
-    SIGKILL again by later sweeps but never waited for again.
+async def sweep(reaper: Reaper, grace: float, found: Found) -> int:
+    """End what `found()` returns (`descendants`: every leftover but the warm parent and
+    the kept kernels; `kernels_of`: some kernels): SIGTERM, then SIGKILL after `grace`
+    seconds. What SIGKILL does not end within KILL_WAIT_S is stuck (frozen, or in
+    uninterruptible sleep): logged, remembered, sent SIGKILL again by later sweeps but never
+    waited for again.
 
     Returns how many processes were found. New ones that appear meanwhile (a kernel forking
     while dying) are caught on the next pass.
     """
-    spare = set(spare)
-    found = found or (lambda: descendants(spare))
     procs = found()
     stuck = [p for p in procs if reaper.is_stuck(p)]
     _signal_all(stuck, signal.SIGKILL)  # in case they can die by now

@@ -160,10 +160,10 @@ async def _supervise(
         return await Lab.adopt(started, launch, reaper, post, start_timeout)
 
     async def sweep(spare: set[int], grace: float) -> int:
-        return await children.sweep(reaper, grace=grace, spare=spare)
+        return await children.sweep(reaper, grace, lambda: children.descendants(spare))
 
     async def end(pids: set[int], grace: float) -> int:
-        return await children.sweep(reaper, grace=grace, found=children.kernels_of(pids))
+        return await children.sweep(reaper, grace, children.kernels_of(pids))
 
     parts = Parts(
         publisher=publisher,

@@ -38,7 +38,7 @@ BASE_PYTHON = getattr(sys, "_base_executable", None) or "/usr/bin/python3"
 # supervisor's from then on, and no kernel.
 DAEMON = (
     "import subprocess\n"
-    "p = subprocess.Popen(['sh', '-c', 'sleep 1000 >/dev/null 2>&1 & echo $!'],"
+    "p = subprocess.Popen(['sh', '-c', 'sleep 100000 >/dev/null 2>&1 & echo $!'],"
     " stdout=subprocess.PIPE, start_new_session=True)\n"
     "print(int(p.stdout.readline())); _ = p.wait()"
 )
@@ -210,8 +210,7 @@ def test_a_kernel_the_next_jupyterlab_cannot_adopt_waits_out_the_grace(not_adopt
 
 def test_a_kernel_not_adopted_is_ended_after_the_grace(not_adopted):
     """With the default grace (30 s), which has passed since the early test above ran."""
-    service, (kernel_id, pid), (kept_id, kept_pid), offset, daemon = not_adopted
-    token = service.cli("token").stdout.strip()
+    service, (kernel_id, pid), (_, kept_pid), offset, daemon = not_adopted
 
     def lost() -> dict | None:
         events = service.log_events(offset)
@@ -222,14 +221,9 @@ def test_a_kernel_not_adopted_is_ended_after_the_grace(not_adopted):
     exited = next(e for e in service.log_events(offset) if e.get("event") == "lab_exited")
     waited = _when(event) - _when(exited)
     assert 30 <= waited < 30 + 10, f"given up {waited:.1f} s after the crash, not at the grace"
-    # While its end waits out SIGTERM, the other notebook starts a daemon: re-parented to
-    # the supervisor then, it is still none of the ended kernel's.
-    assert pid_alive(pid), "it ignores SIGTERM"
-    later = int(service.execute(token, kept_id, DAEMON))
     wait_for(lambda: not pid_alive(pid), 60, "the unadopted kernel to be ended")
     assert [e for e in service.log_events(offset) if e.get("event") == "leftover_killed"]
     assert pid_alive(kept_pid) and pid_alive(service.lab_pid) and pid_alive(daemon)
-    assert pid_alive(later)
     counts = {"kept": 2, "adopted": 1, "waiting": 0}
     wait_for(lambda: service.state()["kernels"] == counts, 10, "the counts published")
     metrics = scrape_text(metrics_url(service))
