@@ -38,7 +38,6 @@ from jlservice.supervisor.events import (
 logger = log.get("jlservice.kernels")
 
 ASK_TIMEOUT_S = 10.0  # for JupyterLab's answer: which kernels it has
-MAX_PATH = 4096  # characters of a notebook path kept for the log
 LOST_REASONS = ("not_adopted", "exited", "user_changed", "survive_restarts_off", "stop")
 
 
@@ -160,7 +159,7 @@ class KernelKeeper:
         if event.generation != self.generation:
             return
         for kernel_id in [k for k in self.waiting if k in event.adopted]:
-            self._notebooks[kernel_id] = event.notebooks.get(kernel_id, "")[:MAX_PATH]
+            self._notebooks[kernel_id] = event.notebooks.get(kernel_id, "")  # capped by fetch
             kernel = self.waiting.pop(kernel_id)
             self.deadlines.pop(kernel_id, None)
             self.adopted[kernel_id] = kernel

@@ -26,7 +26,8 @@ logger = log.get("jlservice.metrics")
 class Exporter:
     def __init__(self, view: SupervisorView, settings: MetricsConfig) -> None:
         self.settings = settings
-        self.sampler = Sampler(view, settings, lambda s: exposition.render(round_families(s)))
+        renderer = exposition.Renderer()
+        self.sampler = Sampler(view, settings, lambda s: renderer.render(round_families(s)))
         view.on_ready = self.sampler.wake
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(view, self.sampler))

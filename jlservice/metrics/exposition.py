@@ -4,7 +4,7 @@
   memory), formatted on each scrape by prometheus_client;
 - what changes only once a sampler round (each kernel's series, the GPUs: most of the
   answer, ~10 series per kernel), formatted once in the sampler's thread when the round is
-  taken (by `render`, as generate_latest would, at a fraction of its cost), and
+  taken (by a `Renderer`, as generate_latest would, at a fraction of its cost), and
   gzip-compressed there too.
 
 A scrape so costs with 64 kernels about what it does with none (one OOM-kill counter each).
@@ -14,7 +14,6 @@ A gzip answer is the two parts' gzip members one after the other, which a gzip r
 
 from __future__ import annotations
 
-import functools
 import gzip
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,27 +36,36 @@ class Rendered:
     gzipped: bytes = b""
 
 
-def render(families: Iterable[Metric]) -> Rendered:
-    """What generate_latest would write for `families` (gauges, counters and infos without
-    _created samples, as jlservice makes them), with each label set's text kept from round to
-    round: escaping every label of every sample is most of prometheus_client's cost."""
-    out = []
-    for family in families:
-        name, kind = family.name, family.type
-        if kind == "counter":
-            name += "_total"
-        elif kind == "info":
-            name, kind = name + "_info", "gauge"
-        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
-        for sample in family.samples:
-            labels = _labels(tuple(sample.labels.items()))
-            out.append(f"{sample.name}{labels} {floatToGoString(sample.value)}\n")
-    text = "".join(out).encode()
-    return Rendered(text, gzip.compress(text, GZIP_LEVEL) if text else b"")
+class Renderer:
+    """What generate_latest would write for a round's families (gauges, counters and infos
+    without _created samples, as jlservice makes them), with each label set's text kept
+    from the round before: escaping every label of every sample is most of
+    prometheus_client's cost. Only the label sets of the last round are kept."""
+
+    def __init__(self) -> None:
+        self._labels: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def render(self, families: Iterable[Metric]) -> Rendered:
+        out, before, self._labels = [], self._labels, {}
+        for family in families:
+            name, kind = family.name, family.type
+            if kind == "counter":
+                name += "_total"
+            elif kind == "info":
+                name, kind = name + "_info", "gauge"
+            doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+            for sample in family.samples:
+                items = tuple(sample.labels.items())
+                labels = before.get(items)
+                if labels is None:
+                    labels = _labels(items)
+                self._labels[items] = labels
+                out.append(f"{sample.name}{labels} {floatToGoString(sample.value)}\n")
+        text = "".join(out).encode()
+        return Rendered(text, gzip.compress(text, GZIP_LEVEL) if text else b"")
 
 
-@functools.lru_cache(maxsize=4096)  # a few label sets per kernel and GPU
 def _labels(items: tuple[tuple[str, str], ...]) -> str:
     if not items:
         return ""
@@ -80,7 +88,7 @@ def app(live: Any, rendered: Callable[[], Rendered]) -> Callable[..., Iterable[b
         headers = [("Content-Type", CONTENT_TYPE)]
         if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
             headers.append(("Content-Encoding", "gzip"))
-            body = gzip.compress(now) + part.gzipped
+            body = gzip.compress(now, GZIP_LEVEL) + part.gzipped
         else:
             body = now + part.text
         headers.append(("Content-Length", str(len(body))))

@@ -28,6 +28,7 @@ STATES = frozenset(
     {"starting", "idle", "busy", "restarting", "autorestarting", "terminating", "dead"}
 )
 _MAX_BYTES = 8 * 1024 * 1024  # of one answer: thousands of sessions fit
+MAX_PATH = 4096  # characters of a notebook path (Linux's PATH_MAX is 4096 bytes)
 _MAX_SECONDS = 10.0  # for one whole answer: a trickle must not hold the sampler
 # 127.0.0.1 must never go through an http_proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -84,8 +85,14 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
         kernel_id = kernel.get("id") if isinstance(kernel, dict) else None
         path = session.get("path")
         if isinstance(kernel_id, str) and kernel_id in notebooks and isinstance(path, str):
-            notebooks[kernel_id] = path
+            notebooks[kernel_id] = _printable(path)
     return Kernels(states, notebooks, activity)
+
+
+def _printable(path: str) -> str:
+    """A notebook path as a label: at most MAX_PATH characters, valid UTF-8 (a server
+    extension of the lab user's may answer anything: a lone surrogate cannot be encoded)."""
+    return path[:MAX_PATH].encode("utf-8", "replace").decode()
 
 
 def _timestamp(value: object) -> float | None:

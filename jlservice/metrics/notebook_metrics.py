@@ -64,7 +64,7 @@ def live(snap: Snapshot, view: SupervisorView, notebook_labels: bool) -> Iterato
     )
     # Every kernel has the series from its start (0), so that the first kill is an increase.
     kills = {u.kernel_id: (u.notebook, 0) for u in snap.notebooks}
-    for kernel_id, (notebook, count) in view.oom_kills.items():
+    for kernel_id, (notebook, count) in dict(view.oom_kills).items():  # the loop adds
         # A kill told before JupyterLab named the kernel's notebook: the round names it.
         kills[kernel_id] = (notebook or kills.get(kernel_id, ("", 0))[0], count)
     for kernel_id, (notebook, count) in kills.items():

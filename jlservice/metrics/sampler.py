@@ -95,6 +95,7 @@ class Sampler:
         self._gpus = GpuReader()
         self._lab_version: tuple[int, str] = (0, "")  # (JupyterLab pid, its version)
         self._space_low = False  # as last logged
+        self._render_failed = False  # as last logged
         self._accounting = usage.Accounting()
         # Set by the supervisor: the kernel's own cgroup (limits), and who hears of each round.
         self.cgroup: Callable[[str], Cgroup | None] = lambda _id: None
@@ -186,8 +187,19 @@ class Sampler:
         )
 
     def formatted(self, snapshot: Snapshot) -> Snapshot:
-        """`snapshot` with its own series formatted, as a scrape serves them."""
-        return dataclasses.replace(snapshot, rendered=self._render(snapshot))
+        """`snapshot` with its own series formatted, as a scrape serves them. Should that
+        fail, the round goes on (the culler, the OOM counts) and scrapes lack the kernels'
+        series, rather than serve an older round's as the current one."""
+        try:
+            rendered = self._render(snapshot)
+        except Exception:
+            if not self._render_failed:
+                logger.exception("metrics_render_failed")
+            self._render_failed = True
+            rendered = Rendered()
+        else:
+            self._render_failed = False
+        return dataclasses.replace(snapshot, rendered=rendered)
 
     def _account(
         self, endpoint: Endpoint | None, found: kernels.Kernels | None

@@ -94,6 +94,22 @@ def test_entries_of_other_shapes_are_left_out(lab) -> None:
     )
 
 
+def test_a_notebook_path_is_a_printable_label_of_bounded_length(lab) -> None:
+    """Paths come from JupyterLab (a server extension of the lab user's may answer
+    anything): a lone surrogate (which no label can encode) or megabytes of path."""
+    endpoint, handler = lab
+    handler.answers["/api/kernels"] = b'[{"id": "k1"}, {"id": "k2"}]'
+    handler.answers["/api/sessions"] = json.dumps(
+        [
+            {"path": "a\udcff.ipynb", "kernel": {"id": "k1"}},
+            {"path": "x" * 10**6, "kernel": {"id": "k2"}},
+        ]
+    ).encode()
+    found = kernels.fetch(endpoint, 2).notebooks
+    assert found["k1"] == "a?.ipynb" and found["k1"].encode()
+    assert found["k2"] == "x" * kernels.MAX_PATH
+
+
 def test_states_the_lab_user_invents_are_one_unknown_series(lab) -> None:
     """Each new string would be a new series of jlservice_kernels{state}: 150,000 of them
     made scrapes of megabytes."""
