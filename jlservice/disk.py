@@ -41,7 +41,8 @@ class OneThread:
     dead server costs one thread and no caller more than its timeout, however long it stays
     dead."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "jlservice-filesystem") -> None:
+        self._name = name
         self._lock = threading.Lock()
         self._asked: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
@@ -51,21 +52,32 @@ class OneThread:
 
     def call(self, fn: Callable[[], T], timeout: float) -> T:
         """fn()'s result, or its exception; errors.NotAnswering after `timeout`."""
+        answer = self.submit(fn)
+        try:
+            return answer.result(timeout)
+        except FutureTimeout:
+            self.gave_up(answer)
+            raise NotAnswering(f"no answer within {timeout:g} s") from None
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """fn() asked of the thread (a daemon: one that never answers does not keep the
+        process from exiting); errors.NotAnswering at once while an earlier call given up
+        on is not answered."""
         with self._lock:
             if self._given_up is not None and not self._given_up.done():
                 raise NotAnswering("still no answer to an earlier call")
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="jlservice-filesystem")
+                self._thread = threading.Thread(target=self._serve, name=self._name)
                 self._thread.daemon = True
                 self._thread.start()
             answer: Future[T] = Future()
             self._asked.put((fn, answer))
-        try:
-            return answer.result(timeout)
-        except FutureTimeout:
-            with self._lock:
-                self._given_up = answer
-            raise NotAnswering(f"no answer within {timeout:g} s") from None
+        return answer
+
+    def gave_up(self, answer: Future[Any]) -> None:
+        """A caller stopped waiting for `answer`: refuse calls until it is answered."""
+        with self._lock:
+            self._given_up = answer
 
     def close(self) -> None:
         """Let the thread end once it has answered what it was asked."""

@@ -8,17 +8,18 @@ Only the running JupyterLab may ask (SO_PEERCRED names the process that connecte
 for a kernel it started: its child, running as the lab user, naming the connection file of
 the kernel id it asks for. The answer is one line: `ok`, or what went wrong.
 
-The check and the placement run in a thread of their own, one at a time, never on the loop:
-reading a process's /proc files (its command line takes the lock of its memory map) blocks
-for as long as that process, the lab user's, holds the lock — no size bound helps there —
-and a cgroup write waits for the kernel's cgroup locks. What the loop reads (`launched`,
-`running`) is only changed on the loop.
+The check and the placement run in a thread of their own (a daemon: jlservice's exit never
+waits for it), one at a time, never on the loop: reading a process's /proc files (its
+command line takes the lock of its memory map) blocks for as long as that process, the lab
+user's, holds the lock — no size bound helps there — and a cgroup write waits for the
+kernel's cgroup locks. A check that takes over TIMEOUT_S is given up on, and later asks are
+refused until it returns. What the loop reads (`launched`, `running`) is only changed on
+the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import select
 import socket
@@ -26,7 +27,8 @@ import struct
 import time
 from pathlib import Path
 
-from jlservice import bounded, log, oom, procfs, users
+from jlservice import bounded, disk, log, oom, procfs, users
+from jlservice.errors import NotAnswering
 from jlservice.kernels.limits import Limits
 from jlservice.metrics.kernels import connection_file_id
 from jlservice.start.launcher import Launch
@@ -49,7 +51,7 @@ class Placer:
         self.running: set[str] = set()  # kernel ids of the last round: their cgroups stay
         self._server: asyncio.AbstractServer | None = None
         self._open = 0
-        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._worker: disk.OneThread | None = None
 
     def names(self) -> dict[int, str]:
         """pid → kernel id of the kernels placed since the last round."""
@@ -67,7 +69,7 @@ class Placer:
 
     async def start(self, path: Path, account: users.Account) -> None:
         path.unlink(missing_ok=True)
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, "jlservice-placer")
+        self._worker = disk.OneThread("jlservice-placer")
         self._server = await asyncio.start_unix_server(self._serve, path)
         # The lab user's alone (root connects anyway); SO_PEERCRED says which process did.
         if os.geteuid() == 0:
@@ -84,7 +86,7 @@ class Placer:
         if self._server is not None:
             self._server.close()
         if self._worker is not None:
-            self._worker.shutdown(wait=False, cancel_futures=True)
+            self._worker.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
@@ -115,9 +117,20 @@ class Placer:
         # Empty cgroups of kernels gone are swept; a kernel restarting (after an OOM kill,
         # say) keeps its cgroup and the count of kills in it.
         spare = self.running | set(self.names().values()) | {kernel_id}
-        placed = await asyncio.get_running_loop().run_in_executor(
-            self._worker, self._check_and_place, pid, peer, kernel_id, launch, spare
-        )
+        assert self._worker is not None
+        try:
+            answer = self._worker.submit(
+                lambda: self._check_and_place(pid, peer, kernel_id, launch, spare)
+            )
+        except NotAnswering:
+            placed: str | int = "refused: jlservice is still checking an earlier kernel"
+        else:
+            done, _ = await asyncio.wait([asyncio.wrap_future(answer)], timeout=TIMEOUT_S)
+            if done:
+                placed = done.pop().result()
+            else:  # a /proc file of the lab user's process that does not answer
+                self._worker.gave_up(answer)
+                placed = f"refused: checking process {pid} took over {TIMEOUT_S:g} s"
         if isinstance(placed, str):
             logger.error("kernel_unlimited", kernel_id=kernel_id[:64], pid=pid, problem=placed)
             return placed
@@ -191,7 +204,6 @@ def _not_its_kernel(pid: int, lab_pid: int, kernel_id: str, launch: Launch) -> s
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
         status = Path(f"/proc/{pid}/status").read_bytes().decode(errors="replace")
-        argv = _command_line(pid)
     except OSError:
         return f"no process {pid}"
     if int(stat.rpartition(b")")[2].split()[1]) != lab_pid:
@@ -199,6 +211,10 @@ def _not_its_kernel(pid: int, lab_pid: int, kernel_id: str, launch: Launch) -> s
     uids = next((line.split()[1:3] for line in status.splitlines() if line.startswith("Uid:")), [])
     if [int(u) for u in uids] != [launch.account.uid] * 2:
         return f"process {pid} does not run as {launch.account.name}"
+    try:  # only now: reading it waits on the process's memory map, which it may hold
+        argv = _command_line(pid)
+    except OSError:
+        return f"no process {pid}"
     runtime = str(launch.jupyter_runtime_dir)
     if not any(connection_file_id(os.fsdecode(a), runtime) == kernel_id for a in argv):
         return f"process {pid} is not kernel {kernel_id[:64]}"

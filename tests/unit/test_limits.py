@@ -154,6 +154,47 @@ def test_a_kernel_that_ends_while_checked_is_not_placed(
     assert placer.names() == {}
 
 
+def test_a_check_that_hangs_is_given_up_and_later_asks_are_refused_until_it_returns(
+    kernel, tmp_path, monkeypatch
+) -> None:
+    """A /proc read of the lab user's process may wait as long as that process likes: the
+    ask is answered after TIMEOUT_S, the next at once, and none keeps jlservice from
+    exiting (the checking thread is a daemon)."""
+    monkeypatch.setattr(placer_module, "TIMEOUT_S", 0.5)
+    released = threading.Event()
+    checked = placer_module._not_its_kernel
+
+    def hangs(*args):
+        released.wait(30)
+        return checked(*args)
+
+    monkeypatch.setattr(placer_module, "_not_its_kernel", hangs)
+    placer = Placer(None)
+    placer.serve_for(os.getpid(), Launched(tmp_path))
+    path, ask = tmp_path / "kernels.sock", {"kernel_id": K, "pid": kernel.pid}
+
+    async def run() -> list[str]:
+        await placer.start(path, Launched.account)
+        try:
+            answers = [await _ask(placer, path, ask), await _ask(placer, path, ask)]
+            thread = next(t for t in threading.enumerate() if t.name == "jlservice-placer")
+            assert thread.daemon
+            released.set()
+            for _ in range(100):  # the hung check returns: asks are answered again
+                if (answer := await _ask(placer, path, ask)) == "ok":
+                    break
+                await asyncio.sleep(0.05)
+            return [*answers, answer]
+        finally:
+            released.set()
+            placer.close()
+
+    slow, refused, ok = asyncio.run(run())
+    assert slow == f"refused: checking process {kernel.pid} took over 0.5 s"
+    assert refused == "refused: jlservice is still checking an earlier kernel"
+    assert ok == "ok"
+
+
 def test_another_user_cannot_reach_the_socket(tmp_path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: another user")
