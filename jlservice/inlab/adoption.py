@@ -93,8 +93,9 @@ def _adopt(manager, kernel_id, pid, specs, provisioner_class):
 
 async def _watch(manager, kernel_ids):
     """What starting a kernel sets up once the loop runs: restarter, activity, the
-    dead-kernel callback, the culler. Its control socket is connected when first needed
-    (an interrupt, a shutdown), as jupyter_client does."""
+    dead-kernel callback, the culler; and the kernel's info, asked once on a control
+    stream of its own (closed once answered). The kernel manager's own control socket is
+    connected when first needed (an interrupt, a shutdown), as jupyter_client does."""
     began = _Took()
     for kernel_id in kernel_ids:
         km = manager._kernels.get(kernel_id)

@@ -27,7 +27,8 @@ def named(environments, taken=()):
     user's own, its environment's) already has, is given to none of them: each such kernel
     is listed as NAME-<hash of its prefix>, which depends on nothing else (neither the
     search order nor what else exists), so another user's environment appearing can never
-    take over, or rename, a name a notebook uses. A name that still collides is dropped.
+    take over a name a notebook uses (it may make it NAME-<hash>: that notebook then asks
+    which kernel to start). A name that still collides is dropped.
     """
     wanted = {}
     for env in environments:

@@ -94,7 +94,10 @@ class Limits:
 
     def apply(self, memory_max: int | None) -> None:
         """A new [kernels] memory_max, for the running kernels too; a kernel it cannot be
-        set for (v1: EBUSY below what it uses) keeps its limit, logged and in describe()."""
+        set for (v1: EBUSY below what it uses) keeps its limit, logged and in describe().
+        Called on the loop at a reload: a limit set below what a kernel uses makes Linux
+        reclaim its memory (or OOM-kill in it) before the write returns, which a reload
+        that lowers the limit accepts (it waits for the placer's thread's lock too)."""
         with self._lock:
             self.memory_max = memory_max
             for path in self._kernel_dirs():

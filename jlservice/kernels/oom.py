@@ -138,12 +138,18 @@ class OomWatch:
         if (match := _KILLED.search(text)) is None:
             return
         pid = int(match[1])
-        constraint, memcg, kernel_id, in_cgroup = self._pending.pop(pid, ("", "", None, False))
+        pending = self._pending.pop(pid, None)
+        constraint, memcg, kernel_id, in_cgroup = pending or ("", "", None, False)
+        kernel_id = kernel_id if kernel_id is not None else self._kernel_of(pid)
+        if pending is None and kernel_id is not None:
+            # No summary line (the kernel rate-limits it in a burst): a kill its own cgroup
+            # counts and nobody told yet is taken as the cgroup's, so that it counts once.
+            in_cgroup = self._kills(kernel_id) is not None and self._untold(kernel_id)
         kill = _Kill(
             pid=pid,
             process=match[2],
             memory=sum(int(kb) for kb in match.groups()[2:]) * 1024,
-            kernel_id=kernel_id if kernel_id is not None else self._kernel_of(pid),
+            kernel_id=kernel_id,
             memcg=memcg if constraint == "CONSTRAINT_MEMCG" else "",
             in_cgroup=in_cgroup,
         )
