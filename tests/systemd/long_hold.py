@@ -67,12 +67,17 @@ class LongHold:
         self._thread.start()
         return self.first
 
-    def result(self, timeout: float) -> LongHold:
+    @property
+    def timeout(self) -> float:
+        """Time enough for the hold, the last wait and a slow start."""
+        return self.hold_s + self.restart.max_delay + 180
+
+    def result(self) -> LongHold:
         """What it saw, once done; begun now if the early test was not run."""
         if not self.first:
             self.begin()
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"still watching after {timeout} s"
+        self._thread.join(self.timeout)
+        assert not self._thread.is_alive(), f"still watching after {self.timeout} s"
         if self.error is not None:
             raise self.error
         return self
@@ -104,3 +109,10 @@ class LongHold:
 
     def _status(self) -> str:
         return self.installed.box.show(self.unit, "StatusText")["StatusText"]
+
+    def end(self) -> None:
+        """Once it is done (a run of the early test alone: wait for it), before its users
+        are removed."""
+        if self._thread.is_alive():
+            self._thread.join(self.timeout)
+        self.installed.box.close()

@@ -319,10 +319,12 @@ def _unit_seconds(key: str) -> float:
 
 
 @pytest.fixture(scope="session")
-def long_hold(early_sandbox: Sandbox, other_user, second_user, early_dir) -> LongHold:
+def long_hold(early_sandbox: Sandbox, other_user, second_user, early_dir) -> Iterator[LongHold]:
     installed = Installed(early_sandbox, other_user.name, Path(other_user.home))
     record = early_dir("long-hold") / "squatter.jsonl"
-    return LongHold(installed, UNIT, _unit_seconds("WatchdogSec"), second_user, record)
+    hold = LongHold(installed, UNIT, _unit_seconds("WatchdogSec"), second_user, record)
+    yield hold
+    hold.end()
 
 
 @pytest.mark.early
@@ -332,7 +334,7 @@ def test_a_port_held_for_long_starts_the_unit_at_the_first_wait(long_hold) -> No
 
 def test_a_port_held_for_long_leaves_the_unit_active_and_it_serves_once_freed(long_hold):
     """LongHold, started by the early test above."""
-    hold = long_hold.result(timeout=long_hold.hold_s + long_hold.restart.max_delay + 180)
+    hold = long_hold.result()
     port = hold.installed.port
     assert {(p["ActiveState"], p["MainPID"], p["NRestarts"]) for p in hold.seen} == {
         ("active", hold.first["MainPID"], "0")
