@@ -19,7 +19,7 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 @pytest.fixture(scope="session")
 def early_sandbox(early_dir) -> Iterator[Sandbox]:
     """The same for a test marked `early`, which a later test looks at: it boots at the start
-    of the run, and the test pulls it down (crash()) as soon as it is done with it."""
+    of the run, and the test pulls it down (close()) as soon as it is done with it."""
     with _booted(early_dir("early-sandbox")) as box:
         yield box
 
