@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `early` run first, in their order: each starts a service that mostly
-    waits (a backoff with the defaults), which a later test of its module looks at; the
-    waiting passes while the other tests run."""
+    """Tests marked `early` run first, in their order: each starts a service (or a unit in a
+    systemd sandbox) that mostly waits (a backoff with the defaults), which a later test of
+    its module looks at; the waiting passes while the other tests run."""
     items.sort(key=lambda item: item.get_closest_marker("early") is None)
 
 
@@ -50,13 +50,17 @@ def service_factory(tmp_path: Path, warm: bool | None, lab_user: users.Account |
 
 
 @pytest.fixture(scope="session")
-def early_service_factory(
-    tmp_path_factory: pytest.TempPathFactory, lab_user: users.Account | None
-) -> Iterator:
+def early_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A directory for what tests marked `early` start, which users they switch to can enter."""
+    return lambda name: _enterable(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def early_service_factory(early_dir, lab_user: users.Account | None) -> Iterator:
     """The same, for the services of tests marked `early` (pytest_collection_modifyitems),
     which later tests look at: they live until the end of the run, or until a test ends them
     with cleanup()."""
-    with _services(_enterable(tmp_path_factory.mktemp("early")), None, lab_user) as make:
+    with _services(early_dir("early"), None, lab_user) as make:
         yield make
 
 

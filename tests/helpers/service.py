@@ -36,6 +36,10 @@ IS_ROOT = os.geteuid() == 0
 # restart forked from the warm parent and cold: each test so marked that starts a service
 # (conftest.pytest_generate_tests). The first start is cold either way.
 WARM_AND_COLD = pytest.mark.warm_and_cold
+# Tests whose restarts or stop do not depend on the start strategy, or that see only the
+# first (cold) start: run once, with the default [restart] warm = true and the warm parent
+# waited for, so that what they check covers it too (without one, a subset of that).
+WARM_ONLY = pytest.mark.parametrize("warm", [True], ids=["warm"], indirect=True)
 
 
 # A network namespace with only its own loopback: there, 0.0.0.0 reaches nothing outside.

@@ -16,14 +16,16 @@ import pytest
 import requests
 from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
 from helpers.procs import pid_alive, wait_for
-from helpers.service import WARM_AND_COLD, NotifySocket, Service, files_exposing
+from helpers.service import WARM_AND_COLD, WARM_ONLY, NotifySocket, Service, files_exposing
 from helpers.squatter import HeldPort, Squatter, port_wait_steps, waits_announced
 
 from jlservice.config import RestartConfig
 
-# WARM_AND_COLD: the tests that restart JupyterLab, or where the warm parent must go with it
-# (a stop, a kill of jlservice, the token in no command line); the others see only the
-# first start, which is cold either way, and run with the default.
+# WARM_AND_COLD: the tests that restart JupyterLab, which a warm or a cold start then serves.
+# WARM_ONLY: where the warm parent must go with JupyterLab or keep the token to itself (a
+# stop, a kill of jlservice, the token in no command line) but nothing restarts: the first
+# start is cold either way, so [restart] warm = false would see a subset of the same
+# processes. The others see only the first start and run with the default.
 
 RESTART = RestartConfig()  # the defaults
 STEPS = port_wait_steps(RESTART)  # 0.5, 1, 2, 4, 8, 16, 30 s
@@ -148,7 +150,7 @@ def test_token_logs_in_and_state_file_is_private(service):
     assert requests.get(url, timeout=30).status_code == 200
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_token_is_in_no_cmdline_no_log_and_no_readable_file(service):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -210,7 +212,7 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     assert service.api("GET", "api/contents", session=session).status_code == 200
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_sigterm_stops_everything_in_time(service):
     service.start()
     token = service.cli("token").stdout.strip()
@@ -230,7 +232,7 @@ def test_sigterm_stops_everything_in_time(service):
     assert "not running" in stopped.stderr
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_sigkill_of_supervisor_takes_jupyterlab_down(service):
     service.start()
     token = service.cli("token").stdout.strip()

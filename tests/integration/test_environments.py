@@ -261,8 +261,8 @@ def test_no_environment_takes_over_a_kernel_name(lab, trees, lab_user, other_use
         assert "venv-torch-py" not in listed, listed.get("venv-torch-py")
         (own,), (other,) = listed_from(listed, mine), listed_from(listed, theirs)
         assert own.startswith("venv-torch-py-") and other.startswith("venv-torch-py-")
-        log = svc.log_path.read_bytes()[offset:].decode(errors="replace")
-        said = [line for line in log.splitlines() if "kernel name venv-torch-py" in line]
+        # JupyterLab's line reaches jlservice's log through a pipe, maybe after the listing.
+        said = wait_for(lambda: _said(svc, offset, "kernel name venv-torch-py"), 10, "the clash")
         assert len(said) == 1 and str(mine) in said[0] and str(theirs) in said[0], said
         line = next(x for x in svc.cli("doctor").stdout.splitlines() if "environments:" in x)
         assert f"owned by other users: torch ({theirs}, uid {other_user.uid})" in line, line
@@ -314,6 +314,12 @@ def test_an_environment_that_never_answers_blocks_no_listing(lab, trees):
         assert svc.lab_pid == lab_pid
     finally:
         dead.rmdir()
+
+
+def _said(svc: Service, offset: int, words: str) -> list[str]:
+    """The lines of the log from byte `offset` on that contain `words`."""
+    log = svc.log_path.read_bytes()[offset:].decode(errors="replace")
+    return [line for line in log.splitlines() if words in line]
 
 
 def crash_and_adopt(svc: Service, kernel_id: str) -> None:

@@ -13,10 +13,15 @@ import time
 import pytest
 import requests
 from helpers.procs import free_port, pid_alive, wait_for
-from helpers.service import WARM_AND_COLD, render_toml
+from helpers.service import WARM_AND_COLD, WARM_ONLY, render_toml
 
 # WARM_AND_COLD: the tests that restart JupyterLab, which a warm or a cold start then
 # serves; the others, where only the first (always cold) start happens, run with the default.
+# Where a test also varies how the change arrives (how the file is saved, SIGHUP or the
+# command), that is noticed before anything starts: each way runs once, and the start
+# strategies are shared out among them (WARM_AND_COLD's warm with its parent waited for).
+# WARM_ONLY: what is checked happens before the restart (the watcher's debounce, the idle
+# policy's wait), and the restart is a plain one, as in the tests above.
 
 
 def _events(svc, name):
@@ -64,9 +69,13 @@ def test_comment_edit_restarts_nothing(service):
     assert len(_events(service, "lab_starting")) == 1
 
 
-@WARM_AND_COLD
-@pytest.mark.parametrize("style", ["in_place", "rename", "sed"])
-def test_port_change_moves_server_and_keeps_login(service, style):
+@pytest.mark.parametrize(
+    ("warm", "style"),
+    [(True, "in_place"), (False, "rename"), (True, "sed")],
+    ids=["warm-in_place", "cold-rename", "warm-sed"],
+    indirect=["warm"],
+)
+def test_port_change_moves_server_and_keeps_login(service, style, warm):
     service.start()
     token = service.cli("token").stdout.strip()
     browser = requests.Session()
@@ -84,7 +93,7 @@ def test_port_change_moves_server_and_keeps_login(service, style):
 
     state = service.wait_ready(not_pid=lab)
     service.port = new_port
-    assert state["port"] == new_port
+    assert state["port"] == new_port and state["started_warm"] is warm
     assert service.api("GET", "api").status_code == 200
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{old_port}/api", timeout=5)
@@ -148,7 +157,7 @@ def _settled(svc) -> None:
     wait_for(lambda: _events(svc, "config_reloaded")[-1]["source"] == "SIGHUP", 30, "SIGHUP")
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_burst_of_saves_restarts_once(service):
     service.start()
     lab = service.lab_pid
@@ -170,8 +179,12 @@ def test_burst_of_saves_restarts_once(service):
     assert service.state()["port"] == state["port"] == service.sections["lab"]["port"]
 
 
-@WARM_AND_COLD
-@pytest.mark.parametrize("trigger", ["SIGHUP", "jlservice reload"])
+@pytest.mark.parametrize(
+    ("warm", "trigger"),
+    [(True, "SIGHUP"), (False, "jlservice reload")],
+    ids=["warm-SIGHUP", "cold-jlservice reload"],
+    indirect=["warm"],
+)
 def test_sighup_and_reload_command_with_notify_handshake(service_factory, trigger, notify_socket):
     svc = service_factory(reload={"watch": False})
     sock = notify_socket
@@ -242,7 +255,7 @@ def test_reload_without_a_running_supervisor_says_so(service):
     assert "jlservice is not running" in result.stderr
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_idle_policy_waits_for_busy_kernel(service_factory):
     svc = service_factory(reload={"when": "idle"})
     svc.start()

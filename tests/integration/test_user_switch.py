@@ -10,13 +10,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers.service import IS_ROOT, WARM_AND_COLD
+from helpers.service import IS_ROOT, WARM_AND_COLD, WARM_ONLY
 
 from jlservice import users
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
-# WARM_AND_COLD: the tests where a warm parent runs as the user beside JupyterLab, or a restart
-# is forked from it; the others see only the first (always cold) start, with the default.
+# WARM_AND_COLD: a restart that root prepares for, forked from the warm parent or cold.
+# WARM_ONLY: the tests where a warm parent runs as the user beside JupyterLab; nothing
+# restarts, and the first start is cold either way, so [restart] warm = false would see a
+# subset of the same processes. The others see only the first start, with the default.
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def user_service(service_factory, other_user):
     return svc
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_lab_kernels_and_files_belong_to_the_user(user_service, other_user):
     svc = user_service.start()
     lab = psutil.Process(svc.lab_pid)
@@ -158,7 +160,7 @@ def test_non_root_cannot_run_lab_as_someone_else(tmp_path, other_user):
     assert f"jlservice runs as {other_user.name}, not root" in result.stderr
 
 
-@WARM_AND_COLD
+@WARM_ONLY
 def test_password_and_https_for_another_user(user_service, other_user):
     """The hash and the key stay root's 0600 files; the lab user gets its own copies."""
     svc = user_service

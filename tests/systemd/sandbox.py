@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -71,6 +72,10 @@ def jupyterlab_pid(supervisor: int) -> int | None:
 
 
 class Sandbox:
+    # One booted at a time in a run, as an early test's runs while later tests do: there is
+    # no cgroup namespace, so two would manage the same host cgroups of a unit.
+    _one_at_a_time = threading.Lock()
+
     def __init__(self, root: Path, name: str = "jlservice-test") -> None:
         self.root = root
         self.name = name
@@ -85,6 +90,7 @@ class Sandbox:
         self.unshare: subprocess.Popen | None = None
         self.systemd: psutil.Process | None = None
         self.pid1: int | None = None  # systemd's PID as seen from outside
+        self._booted = False  # holds _one_at_a_time
         # Without a cgroup namespace systemd makes its slices in the host's hierarchy; what it
         # made (and left empty) is removed again when the sandbox goes.
         self._cgroups_before = _cgroups()
@@ -92,6 +98,9 @@ class Sandbox:
     # ── the machine ─────────────────────────────────────────────────────────
 
     def boot(self, timeout: float = 30) -> None:
+        """Once no other sandbox runs (an early test's is down within two minutes)."""
+        assert Sandbox._one_at_a_time.acquire(timeout=300), "another sandbox ran for 300 s"
+        self._booted = True
         binds = "\n".join(
             f"mount --bind {shlex.quote(str(self.root / src))} {shlex.quote(dst)}"
             for src, dst in BINDS.items()
@@ -136,24 +145,31 @@ exec env container={self.name} SYSTEMD_UNIT_PATH={INSIDE}/units:/etc/systemd/sys
 
     def crash(self) -> None:
         """Pull the plug: SIGKILL PID 1; the kernel then kills everything in its namespace."""
-        if self.systemd is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                self.systemd.kill()  # psutil checks it is still the process it was
-        if self.unshare is not None:
-            if self.systemd is None:  # it never got as far as systemd
-                self.unshare.kill()
-            self.unshare.wait(timeout=30)
-        self.unshare = self.systemd = self.pid1 = None
+        try:
+            if self.systemd is not None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.systemd.kill()  # psutil checks it is still the process it was
+            if self.unshare is not None:
+                if self.systemd is None:  # it never got as far as systemd
+                    self.unshare.kill()
+                self.unshare.wait(timeout=30)
+            self.unshare = self.systemd = self.pid1 = None
+        finally:
+            if self._booted:
+                self._booted = False
+                Sandbox._one_at_a_time.release()
 
     def reboot(self) -> None:
         self.crash()
         self.boot()
 
     def close(self) -> None:
+        """crash(), and remove the cgroups its systemd made (again: nothing)."""
         self.crash()
-        for made in sorted(_cgroups() - self._cgroups_before, key=lambda p: len(p.parts))[::-1]:
+        made, self._cgroups_before = _cgroups() - self._cgroups_before, _cgroups()
+        for path in sorted(made, key=lambda p: len(p.parts))[::-1]:
             with contextlib.suppress(OSError):  # still in use: not ours to remove
-                made.rmdir()
+                path.rmdir()
 
     # ── talking to it ───────────────────────────────────────────────────────
 
@@ -285,7 +301,12 @@ class UserSession:
 
 
 def _cgroups() -> set[Path]:
-    return {Path(d) for d, _, _ in os.walk(CGROUP_ROOT)} if CGROUP_ROOT.is_dir() else set()
+    """Those a systemd makes (slices and scopes, and what is below them): where the machine
+    itself is not run by systemd (as CI's), never one that another test makes meanwhile."""
+    if not CGROUP_ROOT.is_dir():
+        return set()
+    found = (Path(d) for d, _, _ in os.walk(CGROUP_ROOT))
+    return {p for p in found if any(part.endswith((".slice", ".scope")) for part in p.parts)}
 
 
 def available() -> str | None:

@@ -19,11 +19,11 @@ import psutil
 import pytest
 from helpers.procs import free_port, pid_alive, wait_for
 from helpers.service import LabClient
-from helpers.squatter import Squatter, port_wait_steps, waits_announced
+from helpers.squatter import Squatter, waits_announced
+from long_hold import LongHold
 from sandbox import JLSERVICE, Sandbox, jupyterlab_pid
 
 from jlservice.admin import unit_files
-from jlservice.config import RestartConfig
 
 UNIT = "jlservice"
 
@@ -318,50 +318,34 @@ def _unit_seconds(key: str) -> float:
     return float(found[1])
 
 
-def test_a_port_held_for_long_leaves_the_unit_active_and_it_serves_once_freed(
-    installed, second_user, tmp_path
-):
-    """The default [restart] and the shipped unit. The hold outlasts the waits up to max_delay
-    (31.5 s of them), WatchdogSec (jlservice must keep pinging while it waits) and the minute
-    after which the unit used to be failed for good (jlservice exited after each wait, and
-    StartLimitBurst restarts of it ended the unit). Beyond that nothing changes: each wait is
-    max_delay, none counts as a failure, jlservice never exits, so the start limits never see
-    a start; the unit's TimeoutStartSec ended with READY=1 at the first wait. The 10-minute
-    hold is `python -m bench.port_hold --systemd`."""
-    box = installed.box
-    restart = RestartConfig()
-    steps = port_wait_steps(restart)
-    hold_s = max(sum(steps[:-1]) + 5, _unit_seconds("WatchdogSec") + 5, 60.0)
-    account = second_user
-    inside = ("nsenter", "-t", str(box.pid1), "-m", "-p", "setpriv", f"--reuid={account.uid}")
-    inside += (f"--regid={account.gid}", "--clear-groups")
-    squatter = Squatter(tmp_path / "squatter.jsonl", "127.0.0.1", installed.port, b"jupyter-lab")
-    with squatter.start(account, inside):
-        squatter.wait_listening()
-        box.systemctl("daemon-reload")
-        box.systemctl("start", UNIT)  # Type=notify: returns at READY=1, the first wait
-        began = time.monotonic()
-        first = box.show(UNIT, "MainPID", "ActiveState")
-        assert first["ActiveState"] == "active"
-        seen: list[dict[str, str]] = []
-        while time.monotonic() - began < hold_s:
-            seen.append(box.show(UNIT, "ActiveState", "MainPID", "NRestarts", "StatusText"))
-            time.sleep(1)
-    assert {(p["ActiveState"], p["MainPID"], p["NRestarts"]) for p in seen} == {
-        ("active", first["MainPID"], "0")
+@pytest.fixture(scope="session")
+def long_hold(early_sandbox: Sandbox, other_user, second_user, early_dir) -> Iterator[LongHold]:
+    installed = Installed(early_sandbox, other_user.name, Path(other_user.home))
+    record = early_dir("long-hold") / "squatter.jsonl"
+    hold = LongHold(installed, UNIT, _unit_seconds("WatchdogSec"), second_user, record)
+    yield hold
+    hold.end()
+
+
+@pytest.mark.early
+def test_a_port_held_for_long_starts_the_unit_at_the_first_wait(long_hold) -> None:
+    assert long_hold.begin()["ActiveState"] == "active"
+
+
+def test_a_port_held_for_long_leaves_the_unit_active_and_it_serves_once_freed(long_hold):
+    """LongHold, started by the early test above."""
+    hold = long_hold.result()
+    port = hold.installed.port
+    assert {(p["ActiveState"], p["MainPID"], p["NRestarts"]) for p in hold.seen} == {
+        ("active", hold.first["MainPID"], "0")
     }
-    announced = waits_announced([p["StatusText"] for p in seen])
-    assert restart.max_delay in announced and max(announced) == restart.max_delay, announced
-    assert f"port {installed.port} on 127.0.0.1 is in use by " in seen[-1]["StatusText"]
-    freed = time.monotonic()
-    wait_for(
-        lambda: box.show(UNIT, "StatusText")["StatusText"].startswith("JupyterLab ready"),
-        restart.max_delay + 60,
-        "JupyterLab to serve once the port is free",
-    )
-    print(f"port freed → ready under systemd: {time.monotonic() - freed:.1f} s")
-    assert installed.answers(installed.token())
-    assert box.show(UNIT, "NRestarts", "MainPID") == {"NRestarts": "0", "MainPID": first["MainPID"]}
+    announced = waits_announced([p["StatusText"] for p in hold.seen])
+    assert hold.restart.max_delay in announced, announced
+    assert max(announced) == hold.restart.max_delay, announced
+    assert f"port {port} on 127.0.0.1 is in use by " in hold.seen[-1]["StatusText"]
+    print(f"port freed → ready under systemd: {hold.freed_to_ready_s:.1f} s")
+    assert hold.served
+    assert hold.after == {"NRestarts": "0", "MainPID": hold.first["MainPID"]}
 
 
 def _state(installed: Installed) -> dict:
