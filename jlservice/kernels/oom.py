@@ -12,7 +12,8 @@ adds what was killed. Linux counts the kill before it logs it, so a round may se
 whose line is still to come: while the log is followed, a kill the counter shows and no line
 told yet is told (without the detail) only if the next round still shows it untold.
 
-A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled.
+A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled;
+a kernel's kill it also tells JupyterLab's open tabs (kernels.labnotice).
 """
 
 from __future__ import annotations
@@ -71,11 +72,14 @@ class OomWatch:
         path: str = KMSG,
         kernels_cgroup: str | None = None,
         kills: Callable[[str], int | None] = lambda _kernel_id: None,
+        tell_lab: Callable[[OomKilled], None] = lambda _kill: None,
     ) -> None:
         """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
         `limit(memcg)`: the memory limit of the cgroup the kernel log names;
         `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere;
-        `kills(kernel id)`: the OOM-kill counter of its own cgroup now (None: it has none)."""
+        `kills(kernel id)`: the OOM-kill counter of its own cgroup now (None: it has none);
+        `tell_lab(kill)`: a kernel's kill told to JupyterLab's tabs (never waiting)."""
+        self._tell_lab = tell_lab
         self._kernels_cgroup = kernels_cgroup
         self._kills = kills
         self._post = post
@@ -191,6 +195,8 @@ class OomWatch:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
         logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
         self._post(event)
+        if kill.kernel_id is not None:
+            self._tell_lab(event)
 
     def _untold(self, kernel_id: str) -> bool:
         """Whether a kill the log tells of in `kernel_id`'s tree is not counted yet: its

@@ -10,6 +10,7 @@ time and depth, and only the shapes expected are taken.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import time
 import urllib.parse
@@ -149,6 +150,26 @@ def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout:
         with _opener.open(request, timeout=timeout) as response:
             return response.status == 204
     except OSError:
+        return False
+
+
+def post_event(endpoint: Endpoint, event: dict[str, Any], timeout: float) -> bool:
+    """`event` (schema_id, version, data) emitted on JupyterLab's event bus, to every open
+    tab (POST api/events, whose schema a server extension registered); whether JupyterLab
+    took it. `timeout` bounds the connection and each read: one that does not answer costs
+    the caller that long."""
+    if not _ours(endpoint):
+        return False
+    request = urllib.request.Request(
+        f"{endpoint.api_url}/events?no_track_activity=1",
+        data=json.dumps(event).encode(),
+        method="POST",
+        headers={"Authorization": f"token {endpoint.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return response.status == 204
+    except OSError:  # urllib's HTTPError (a 400, a 403) is one
         return False
 
 

@@ -54,8 +54,11 @@ ADOPTION_MODULE, LISTENING_MODULE = "jlservice_adoption", "jlservice_listening"
 # [kernels] environments: jlservice's kernelspec manager, in the same directory, with the
 # modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
 KERNELSPECS_MODULE = "jlservice_kernelspecs"
-# Its labextension, which has the launcher list a new environment at once (read in place:
-# the lab user reads jlservice's package already, as the doctor runs inlab/ from it).
+# Always: the server extension that registers the events jlservice posts to JupyterLab (a
+# kernel's OOM kill, inlab/notices), in the same directory, and jlservice's labextension,
+# which shows them and has the launcher list a new environment at once (read in place: the
+# lab user reads jlservice's package already, as the doctor runs inlab/ from it).
+NOTICES_MODULE = "jlservice_notices"
 LABEXTENSIONS = Path(__file__).resolve().parents[1] / "inlab" / "labextension" / "built"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
 LIMITS_SOCKET = "kernels.sock"  # where the kernel manager asks jlservice to place a kernel
@@ -171,6 +174,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         argv.extend(_keeping_args(private_dir))
     environments = config.kernels.environments
     argv.extend(_environments_args(environments))
+    argv.extend(_notices_args())
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
@@ -199,9 +203,9 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         env.update(conda_env(lab.command[0], env))
     env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
     env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
-    if keep_kernels or environments:  # jlservice's modules import first, then leave os.environ
-        path = [str(private_dir / INLAB_DIR), *filter(None, env.get("PYTHONPATH", "").split(":"))]
-        env["PYTHONPATH"] = os.pathsep.join(path)
+    # jlservice's modules import first, then leave os.environ
+    path = [str(private_dir / INLAB_DIR), *filter(None, env.get("PYTHONPATH", "").split(":"))]
+    env["PYTHONPATH"] = os.pathsep.join(path)
     return Launch(
         argv=tuple(argv),
         env=env,
@@ -240,8 +244,8 @@ def _keeping_args(private_dir: Path) -> list[str]:
 
 def _environments_args(patterns: tuple[str, ...]) -> list[str]:
     """Kernels of the environments `patterns` name, from jlservice's kernelspec manager,
-    also a server extension that tells the front end when they change, and the labextension
-    that hears it; none without (JupyterLab keeps its own manager, lists what it always did)."""
+    also a server extension that tells the front end when they change; none without
+    (JupyterLab keeps its own manager, lists what it always did)."""
     if not patterns:
         return []
     manager = "EnvironmentKernelSpecManager"
@@ -249,6 +253,14 @@ def _environments_args(patterns: tuple[str, ...]) -> list[str]:
         f"--ServerApp.kernel_spec_manager_class={KERNELSPECS_MODULE}.{manager}",
         *(f"--{manager}.environments={p}" for p in patterns),
         f"--ServerApp.jpserver_extensions={KERNELSPECS_MODULE}=True",
+    ]
+
+
+def _notices_args() -> list[str]:
+    """Always (a kernel may be OOM-killed under any settings): the server extension that
+    registers what jlservice tells the tabs, and the labextension that shows it."""
+    return [
+        f"--ServerApp.jpserver_extensions={NOTICES_MODULE}=True",
         f"--LabApp.extra_labextensions_path={LABEXTENSIONS}",
     ]
 

@@ -14,6 +14,7 @@ from jlservice.start.launcher import (
     KERNELS_MODULE,
     KERNELSPECS_MODULE,
     LISTENING_MODULE,
+    NOTICES_MODULE,
     SERVER_CONFIG,
     TLS_CERT,
     TLS_KEY,
@@ -71,10 +72,11 @@ def prepare_private_dir(
             _give(launch.private_dir / name, launch.files[name], owner)
         else:  # no longer configured: no stale key or hash left behind
             (launch.private_dir / name).unlink(missing_ok=True)
+    files.ensure_dir(launch.inlab_dir, 0o755)
+    _install_module(launch.inlab_dir / f"{NOTICES_MODULE}.py", INLAB / "notices.py")
     if launch.keep_kernels:
         _prepare_kernels(launch)
     if launch.environments:
-        files.ensure_dir(launch.inlab_dir, 0o755)
         for name, source in ENVIRONMENT_MODULES.items():
             _install_module(launch.inlab_dir / name, source)
 
@@ -91,7 +93,6 @@ def _prepare_kernels(launch: Launch) -> None:
     A module is rewritten only when it differs: its directory is on the warm parent's
     sys.path, which it watches, and an unchanged file must not make it stale.
     """
-    files.ensure_dir(launch.inlab_dir, 0o755)
     for name, source in KEEPING_MODULES.items():
         _install_module(launch.inlab_dir / name, source)
     _ensure_fifo(launch.kernel_output, launch.account.uid, launch.account.gid)

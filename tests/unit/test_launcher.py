@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers.launch import build
+from helpers.launch import build, make_config
 
 from jlservice import config, errors, net
 from jlservice.start import cold, launcher, private_dir
@@ -83,9 +83,27 @@ def test_options_render_as_flags(tmp_path: Path) -> None:
     ]
     assert [a for a in argv if a.startswith("--ServerApp.jpserver_extensions=")] == [
         "--ServerApp.jpserver_extensions=jlservice_listening=True",  # survive_restarts: ours
+        "--ServerApp.jpserver_extensions=jlservice_notices=True",  # always ours
         "--ServerApp.jpserver_extensions=ext_one=True",
         "--ServerApp.jpserver_extensions=ext.two=False",
     ]
+
+
+def test_the_notices_are_loaded_under_any_settings(tmp_path: Path) -> None:
+    """A kernel's OOM kill is told in JupyterLab whatever [kernels] says: the server extension
+    that registers the event, on PYTHONPATH from the private dir, and the labextension that
+    shows it."""
+    cfg = make_config(tmp_path, {"kernels": {"survive_restarts": False}})
+    launch = launcher.build(cfg, environ={"PATH": "/usr/bin:/bin"})
+    assert not launch.keep_kernels and not launch.environments
+    assert "--ServerApp.jpserver_extensions=jlservice_notices=True" in launch.argv
+    assert f"--LabApp.extra_labextensions_path={launcher.LABEXTENSIONS}" in launch.argv
+    assert (launcher.LABEXTENSIONS / "jlservice" / "package.json").is_file()
+    assert launch.env["PYTHONPATH"] == str(launch.inlab_dir)
+    private_dir.prepare_private_dir(launch, tmp_path / "run", TOKEN, b"c" * 64)
+    module = launch.inlab_dir / "jlservice_notices.py"
+    assert module.read_bytes() == (private_dir.INLAB / "notices.py").read_bytes()
+    assert sorted(p.name for p in launch.inlab_dir.iterdir()) == ["jlservice_notices.py"]
 
 
 def test_options_come_after_the_pinned_flags(tmp_path: Path) -> None:

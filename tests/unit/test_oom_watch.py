@@ -203,3 +203,16 @@ def test_a_kill_whose_line_never_comes_is_told_a_round_later() -> None:
         return posted
 
     assert [(k.kernel_id, k.pid) for k in asyncio.run(run())] == [(K, None)]
+
+
+def test_a_kernels_kill_is_told_to_jupyterlabs_tabs_and_no_other() -> None:
+    told: list = []
+    lab = Endpoint("", "", os.getppid(), 0, "/")
+    snap = Snapshot(notebooks=(_usage(100),), owners={100: K, 4242: K})
+    watch = OomWatch(
+        [].append, lambda: snap, lambda: lab, {"/svc": 1 << 30}.get, tell_lab=told.append
+    )
+    for line in [*_oom(4242), *_oom(os.getpid(), task="bash")]:  # the second: JupyterLab's
+        watch.line(line)
+    (kill,) = told
+    assert (kill.kernel_id, kill.notebook, kill.limit_bytes) == (K, NOTEBOOK, 1 << 30)

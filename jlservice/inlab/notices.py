@@ -1,0 +1,54 @@
+"""What jlservice tells the people in JupyterLab: that the OOM killer ended a process of a
+notebook's kernel, with the notebook, the memory it had and the limit.
+
+Runs inside JupyterLab as the server extension `jlservice_notices` (always loaded), from the
+directory jlservice puts first on JupyterLab's PYTHONPATH, which importing it takes out of
+os.environ again (kernels and terminals never see it). It only registers the event's schema
+on jupyter_server's event bus: jlservice (root) then posts the event to JupyterLab's `POST
+api/events` (token-authenticated, as the sampler asks api/kernels), jupyter_server emits it
+to every open tab's api/events/subscribe, and jlservice's labextension (inlab/labextension/)
+shows it as a notification, as text. Whoever holds the token (the lab user) may post it too:
+it is the lab user's own JupyterLab that shows it.
+"""
+
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OOM_KILLED = "https://jlservice.invalid/events/oom-killed/v1"  # kernels/labnotice.py posts it
+OOM_KILLED_SCHEMA = {
+    "$id": OOM_KILLED,
+    "version": "1",
+    "title": "jlservice: the OOM killer ended a process of a notebook's kernel",
+    "description": "The front end shows `message` in a notification.",
+    "type": "object",
+    "properties": {
+        "kernel_id": {"type": "string", "title": "the kernel's id"},
+        "notebook": {"type": "string", "title": "the notebook's path (empty: no session's)"},
+        "memory_bytes": {"type": "integer", "title": "what the killed process had"},
+        "limit_bytes": {"type": ["integer", "null"], "title": "the limit (null: the machine's)"},
+        "message": {"type": "string", "maxLength": 1024, "title": "what to show, as text"},
+    },
+    "required": ["kernel_id", "notebook", "memory_bytes", "limit_bytes", "message"],
+}
+
+
+def _scrub(env):
+    """PYTHONPATH without this module's directory."""
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    left = [p for p in parts if os.path.abspath(p) != HERE]
+    if left:
+        env["PYTHONPATH"] = os.pathsep.join(left)
+    else:
+        env.pop("PYTHONPATH", None)
+
+
+_scrub(os.environ)
+
+
+def _jupyter_server_extension_points():
+    return [{"module": __name__}]
+
+
+def _load_jupyter_server_extension(serverapp):
+    """The schema registered: jupyter_server's api/events refuses an event without one."""
+    serverapp.event_logger.register_event_schema(OOM_KILLED_SCHEMA)

@@ -1,0 +1,111 @@
+"""A kernel's OOM kill, told to the JupyterLab that runs, so that its open tabs show it: the
+event inlab/notices.py registers, posted to JupyterLab's `POST api/events`; jlservice's
+labextension shows its `message` as a notification (JupyterLab 4 cuts one at MESSAGE_MAX
+characters, and renders it as text: a path's `<b>` stays `<b>`).
+
+Off the loop: the loop only queues the event (never waiting) for one daemon thread that
+posts them one after another, each connection and read within TIMEOUT_S. A JupyterLab that
+does not answer (stopped, gone, busy) misses its notifications: while one post waits, at most
+QUEUED_MAX wait behind it, later ones are dropped, and the thread never keeps jlservice from
+exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from jlservice import log, text
+from jlservice.metrics import kernels
+from jlservice.metrics.view import Endpoint
+from jlservice.supervisor.events import OomKilled
+
+logger = log.get("jlservice.kernels")
+
+OOM_KILLED, VERSION = "https://jlservice.invalid/events/oom-killed/v1", "1"  # inlab/notices
+MESSAGE_MAX = 140  # characters of a notification JupyterLab 4 shows (then "…")
+TIMEOUT_S = 2.0
+QUEUED_MAX = 8
+_ADVICE = "Use less memory or raise [kernels] memory_max."
+_ADVICE_MACHINE = "Use less memory: the machine ran out."
+
+Post = Callable[[Endpoint, dict[str, Any], float], bool]
+
+
+def event(kill: OomKilled) -> dict[str, Any]:
+    """The body of POST api/events for the kill of a process of kernel `kill.kernel_id`."""
+    return {
+        "schema_id": OOM_KILLED,
+        "version": VERSION,
+        "data": {
+            "kernel_id": kill.kernel_id or "",
+            "notebook": kill.notebook,
+            "memory_bytes": kill.memory_bytes,
+            "limit_bytes": kill.limit_bytes,
+            "message": message(kill),
+        },
+    }
+
+
+def message(kill: OomKilled) -> str:
+    """What the notification says, in at most MESSAGE_MAX characters: the notebook (its
+    path cut at the front when it is long: the name is at its end), what the killed process
+    had, the limit, what to do."""
+    # The kernel log's name of it is at most 15 characters (TASK_COMM_LEN), these at most 16.
+    what = text.escape_controls(kill.process)[:16] if kill.process else "a process"
+    if kill.limit_bytes is not None:
+        rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}, limit "
+        rest += f"{_size(kill.limit_bytes)}). {_ADVICE}"
+    else:
+        rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}). {_ADVICE_MACHINE}"
+    whose = text.escape_controls(kill.notebook) if kill.notebook else ""
+    whose = whose or f"The kernel {(kill.kernel_id or '')[:8]}"
+    room = MESSAGE_MAX - len(rest)
+    if len(whose) > room:
+        whose = "…" + whose[len(whose) - room + 1 :]
+    return whose + rest
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+class LabNotice:
+    def __init__(self, post: Post = kernels.post_event) -> None:
+        self._post = post
+        self._queued: queue.Queue[tuple[Endpoint, dict[str, Any]] | None] = queue.Queue(QUEUED_MAX)
+        self._thread: threading.Thread | None = None
+
+    def oom_killed(self, endpoint: Endpoint | None, kill: OomKilled) -> None:
+        """Tell `endpoint`'s tabs of `kill` (a kernel's): queued, never waited for."""
+        if endpoint is None or kill.kernel_id is None:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="jlservice-lab-notice")
+            self._thread.daemon = True
+            self._thread.start()
+        try:
+            self._queued.put_nowait((endpoint, event(kill)))
+        except queue.Full:
+            logger.info("lab_notice_dropped", kernel_id=kill.kernel_id, why="JupyterLab is slow")
+
+    def _serve(self) -> None:
+        while (asked := self._queued.get()) is not None:
+            endpoint, body = asked
+            try:
+                told = self._post(endpoint, body, TIMEOUT_S)
+            except Exception as exc:  # whatever it is, the notice is lost, not the thread
+                told, why = False, repr(exc)
+            else:
+                why = "JupyterLab did not take it"
+            if not told:
+                logger.info("lab_notice_failed", kernel_id=body["data"]["kernel_id"], why=why)
+
+    def close(self) -> None:
+        """Let the thread end once it has posted what is queued."""
+        if self._thread is not None:
+            with contextlib.suppress(queue.Full):  # a daemon: then it ends with jlservice
+                self._queued.put_nowait(None)

@@ -1,0 +1,150 @@
+"""A kernel's OOM kill told to JupyterLab's tabs (kernels.labnotice): the event's shape, as
+jupyter_server's api/events takes it with the schema inlab/notices registers; what the
+notification says; the POST, off the loop and bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+from jupyter_events import EventLogger
+from jupyter_server.services.events.handlers import validate_model
+
+from jlservice.inlab import notices
+from jlservice.kernels import labnotice
+from jlservice.metrics import kernels
+from jlservice.metrics.view import Endpoint
+from jlservice.supervisor.events import OomKilled
+
+K = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
+MIB = 2**20
+
+
+def _kill(notebook: str = "work/train.ipynb", limit: int | None = 300 * MIB) -> OomKilled:
+    return OomKilled(4242, "python3", K, notebook, 312 * MIB, 2 << 30, limit, "/svc")
+
+
+def test_the_event_is_what_jupyter_servers_api_events_takes() -> None:
+    """The body passes jupyter_server's own check of a posted event and the schema the
+    server extension registers (jupyter_events validates the data against it)."""
+    events = EventLogger()
+    events.register_event_schema(notices.OOM_KILLED_SCHEMA)
+    for kill in (_kill(), _kill("", None)):
+        body = labnotice.event(kill)
+        validate_model(body, events.schemas)
+        events.schemas.validate_event(body["schema_id"], body["data"])
+        data = body["data"]
+        assert (data["kernel_id"], data["notebook"]) == (K, kill.notebook)
+        assert (data["memory_bytes"], data["limit_bytes"]) == (312 * MIB, kill.limit_bytes)
+    assert (labnotice.OOM_KILLED, labnotice.VERSION) == (notices.OOM_KILLED, "1")
+
+
+def test_the_message_names_the_notebook_what_it_had_the_limit_and_what_to_do() -> None:
+    assert labnotice.message(_kill()) == (
+        "work/train.ipynb: the OOM killer ended python3 (312 MiB, limit 300 MiB). "
+        "Use less memory or raise [kernels] memory_max."
+    )
+    assert labnotice.message(_kill(limit=None)).endswith(
+        "(312 MiB). Use less memory: the machine ran out."
+    )
+    assert labnotice.message(_kill("")).startswith("The kernel 3f1c2a9e: the OOM killer")
+
+
+def test_a_long_or_hostile_path_keeps_its_name_within_what_jupyterlab_shows() -> None:
+    """JupyterLab cuts a notification at 140 characters: a long path loses its front, never
+    its name or the advice; control characters (a fake second line) are escaped."""
+    deep = "/".join(["a-long-directory-name"] * 10) + "/ünïcødé <b>x</b>.ipynb"
+    said = labnotice.message(_kill(deep))
+    assert len(said) <= labnotice.MESSAGE_MAX
+    assert said.startswith("…") and "ünïcødé <b>x</b>.ipynb: the OOM killer" in said
+    assert said.endswith("raise [kernels] memory_max.")
+    said = labnotice.message(_kill("a\nKernel restarted.\x1b[2J.ipynb"))
+    assert said.startswith("a\\nKernel restarted.\\x1b[2J.ipynb: ")
+
+
+def test_the_loop_never_waits_and_a_slow_lab_misses_what_does_not_fit() -> None:
+    """While JupyterLab does not answer, oom_killed returns at once; QUEUED_MAX notices wait
+    behind the one being posted, later ones are dropped."""
+    release, first = threading.Event(), threading.Event()
+    posted: list[dict] = []
+
+    def post(_endpoint: Endpoint, body: dict, timeout: float) -> bool:
+        assert timeout == labnotice.TIMEOUT_S
+        posted.append(body)
+        first.set()
+        return release.wait(30)
+
+    notice = labnotice.LabNotice(post)
+    lab = Endpoint("http://127.0.0.1:1/api", "t", 1, 0, "/")
+    notice.oom_killed(lab, _kill())
+    assert first.wait(30)
+    for _ in range(labnotice.QUEUED_MAX + 3):
+        notice.oom_killed(lab, _kill())
+    notice.oom_killed(None, _kill())  # no JupyterLab ready: nothing to tell
+    assert len(posted) == 1
+    release.set()
+    notice.close()
+    notice._thread.join(30)
+    assert len(posted) == 1 + labnotice.QUEUED_MAX
+
+
+class _Lab(BaseHTTPRequestHandler):
+    status: ClassVar[int]
+    asked: ClassVar[list[tuple[str, str | None, bytes]]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.asked.append((self.path, self.headers["Authorization"], body))
+        self.send_response(self.status)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def lab() -> Iterator[tuple[Endpoint, type[_Lab]]]:
+    handler = type("Lab", (_Lab,), {"status": 204, "asked": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    # This process plays JupyterLab: the token may go to it.
+    yield (
+        Endpoint(
+            f"http://127.0.0.1:{server.server_port}/api", "tok", os.getpid(), os.geteuid(), "/"
+        ),
+        handler,
+    )
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_event_is_posted_to_api_events_with_the_token(lab) -> None:
+    endpoint, handler = lab
+    body = labnotice.event(_kill())
+    assert kernels.post_event(endpoint, body, 5)
+    ((path, auth, sent),) = handler.asked
+    assert path == "/api/events?no_track_activity=1"  # not activity: the cullers still see idle
+    assert auth == "token tok" and json.loads(sent) == body
+    handler.status = 400  # say, a JupyterLab without the schema
+    assert not kernels.post_event(endpoint, body, 5)
+
+
+def test_a_lab_that_never_answers_costs_the_post_its_timeout() -> None:
+    """Connected (the listen backlog takes it) but never answered: the post gives up."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        endpoint = Endpoint(f"http://127.0.0.1:{port}/api", "tok", os.getpid(), os.geteuid(), "/")
+        done: list[bool] = []
+        post = threading.Thread(
+            target=lambda: done.append(kernels.post_event(endpoint, {"x": 1}, 0.2)), daemon=True
+        )
+        post.start()
+        post.join(30)
+        assert done == [False]
