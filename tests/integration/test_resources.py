@@ -247,11 +247,13 @@ TOASTS = "return Array.from(document.querySelectorAll('.jp-toast-message'), e =>
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (tests/run.sh does it)")
 def test_an_open_notebook_tab_says_its_kernel_was_oom_killed(service_factory, memcg, tmp_path):
     """A notebook open in a browser whose kernel's process the OOM killer ends shows a
-    notification naming the notebook, what the process had, the limit and what to do."""
+    notification naming the notebook, what the process had, the limit and what to do; the
+    lab user's markup in the notebook's name shows as the characters it is."""
     # The tab is driven through window.jupyterapp, which EXPOSE_APP exposes (no change else).
     svc = service_factory(metrics=metrics_section(), lab={"options": EXPOSE_APP})
     svc.start(wrap=memcg.wrap())
-    browser, tab = open_tab(svc, tmp_path / "chromium-profile")
+    name = "<b>x<img src=x>.ipynb"  # short: the notification's 140 characters hold it whole
+    browser, tab = open_tab(svc, tmp_path / "chromium-profile", name=name)
     try:
         memcg.limit(memcg.usage() + 250 * MIB)
         offset = svc.log_size()
@@ -262,14 +264,16 @@ def test_an_open_notebook_tab_says_its_kernel_was_oom_killed(service_factory, me
             return next((e for e in events if e.get("event") == "kernel_oom_killed"), None)
 
         line = wait_for(killed, 120, "a kill of the notebook's process, in jlservice's log")
-        assert line["notebook"] == "tab.ipynb", line
+        assert line["notebook"] == name, line
         said = wait_for(
-            lambda: [t for t in tab.js(TOASTS) or [] if t.startswith("tab.ipynb: ")],
+            lambda: [t for t in tab.js(TOASTS) or [] if t.startswith(f"{name}: ")],
             30,
             "the notification in the tab",
             interval=0.2,
         )
         assert "the OOM killer ended" in said[0] and "limit" in said[0], said
         assert "raise [kernels] memory_max" in said[0], said
+        markup = "return document.querySelector('.jp-toast-message b, .jp-toast-message img')"
+        assert tab.js(markup) is None
     finally:
         browser.close()
