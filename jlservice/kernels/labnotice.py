@@ -63,10 +63,17 @@ def message(kill: OomKilled) -> str:
         rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}). {_ADVICE_MACHINE}"
     whose = text.escape_controls(kill.notebook) if kill.notebook else ""
     whose = whose or f"The kernel {(kill.kernel_id or '')[:8]}"
-    room = MESSAGE_MAX - len(rest)
-    if len(whose) > room:
+    room = MESSAGE_MAX - _js_length(rest)
+    if _js_length(whose) > room:
         whose = "…" + whose[len(whose) - room + 1 :]
+        while _js_length(whose) > room:  # characters beyond the BMP count twice
+            whose = "…" + whose[2:]
     return whose + rest
+
+
+def _js_length(said: str) -> int:
+    """The length JupyterLab measures (JavaScript's: UTF-16 code units)."""
+    return len(said.encode("utf-16-le")) // 2
 
 
 def _size(n: int) -> str:

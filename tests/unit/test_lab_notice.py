@@ -64,6 +64,9 @@ def test_a_long_or_hostile_path_keeps_its_name_within_what_jupyterlab_shows() ->
     assert len(said) <= labnotice.MESSAGE_MAX
     assert said.startswith("…") and "ünïcødé <b>x</b>.ipynb: the OOM killer" in said
     assert said.endswith("raise [kernels] memory_max.")
+    said = labnotice.message(_kill("🐍" * 100 + ".ipynb"))  # JavaScript counts each twice
+    assert len(said.encode("utf-16-le")) // 2 <= labnotice.MESSAGE_MAX
+    assert said.startswith("…🐍") and said.endswith("raise [kernels] memory_max.")
     said = labnotice.message(_kill("a\nKernel restarted.\x1b[2J.ipynb"))
     assert said.startswith("a\\nKernel restarted.\\x1b[2J.ipynb: ")
 
