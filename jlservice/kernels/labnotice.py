@@ -30,6 +30,7 @@ MESSAGE_MAX = 140  # characters of a notification JupyterLab 4 shows (then "…"
 TIMEOUT_S = 2.0
 QUEUED_MAX = 8
 _ADVICE = "Use less memory or raise [kernels] memory_max."
+_ADVICE_SHARED = "Use less memory: the limit is shared with other notebooks."
 _ADVICE_MACHINE = "Use less memory: the machine ran out."
 
 Post = Callable[[Endpoint, dict[str, Any], float], bool]
@@ -54,16 +55,17 @@ def message(kill: OomKilled) -> str:
     """What the notification says, in at most MESSAGE_MAX characters: the notebook (its
     path cut at the front when it is long: the name is at its end), what the killed process
     had, the limit, what to do."""
-    # The kernel log's name of it is at most 15 characters (TASK_COMM_LEN), these at most 16.
-    what = text.escape_controls(kill.process)[:16] if kill.process else "a process"
+    # The kernel log's name of it is at most 15 characters (TASK_COMM_LEN), these at most 16,
+    # cut before they are escaped (an escape is never cut in two).
+    what = text.escape_controls(kill.process[:16]) if kill.process else "a process"
     if kill.limit_bytes is not None:
         rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}, limit "
-        rest += f"{_size(kill.limit_bytes)}). {_ADVICE}"
+        rest += f"{_size(kill.limit_bytes)}). {_ADVICE if kill.own_limit else _ADVICE_SHARED}"
     else:
         rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}). {_ADVICE_MACHINE}"
     whose = text.escape_controls(kill.notebook) if kill.notebook else ""
     whose = whose or f"The kernel {(kill.kernel_id or '')[:8]}"
-    room = MESSAGE_MAX - _js_length(rest)
+    room = max(MESSAGE_MAX - _js_length(rest), 2)
     if _js_length(whose) > room:
         whose = "…" + whose[len(whose) - room + 1 :]
         while _js_length(whose) > room:  # characters beyond the BMP count twice
@@ -81,27 +83,37 @@ def _size(n: int) -> str:
 
 
 class LabNotice:
-    def __init__(self, post: Post = kernels.post_event) -> None:
-        self._post = post
-        self._queued: queue.Queue[tuple[Endpoint, dict[str, Any]] | None] = queue.Queue(QUEUED_MAX)
-        self._thread: threading.Thread | None = None
+    """`endpoint()` is the JupyterLab serving now, asked at each post: a notice queued before
+    a restart goes to the JupyterLab after it."""
 
-    def oom_killed(self, endpoint: Endpoint | None, kill: OomKilled) -> None:
-        """Tell `endpoint`'s tabs of `kill` (a kernel's): queued, never waited for."""
-        if endpoint is None or kill.kernel_id is None:
+    def __init__(
+        self, endpoint: Callable[[], Endpoint | None], post: Post = kernels.post_event
+    ) -> None:
+        self._endpoint = endpoint
+        self._post = post
+        self._queued: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUED_MAX)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def oom_killed(self, kill: OomKilled) -> None:
+        """Tell the tabs of `kill` (a kernel's): queued, never waited for."""
+        if kill.kernel_id is None:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="jlservice-lab-notice")
             self._thread.daemon = True
             self._thread.start()
         try:
-            self._queued.put_nowait((endpoint, event(kill)))
+            self._queued.put_nowait(event(kill))
         except queue.Full:
             logger.info("lab_notice_dropped", kernel_id=kill.kernel_id, why="JupyterLab is slow")
 
     def _serve(self) -> None:
-        while (asked := self._queued.get()) is not None:
-            endpoint, body = asked
+        while not self._closed and (body := self._queued.get()) is not None:
+            kernel_id = body["data"]["kernel_id"]
+            if (endpoint := self._endpoint()) is None:
+                logger.info("lab_notice_dropped", kernel_id=kernel_id, why="JupyterLab is not up")
+                continue
             try:
                 told = self._post(endpoint, body, TIMEOUT_S)
             except Exception as exc:  # whatever it is, the notice is lost, not the thread
@@ -109,10 +121,12 @@ class LabNotice:
             else:
                 why = "JupyterLab did not take it"
             if not told:
-                logger.info("lab_notice_failed", kernel_id=body["data"]["kernel_id"], why=why)
+                logger.info("lab_notice_failed", kernel_id=kernel_id, why=why)
 
     def close(self) -> None:
-        """Let the thread end once it has posted what is queued."""
+        """Let the thread end after the post under way; what is still queued is not posted
+        (jlservice is stopping). A daemon: jlservice never waits for it."""
+        self._closed = True
         if self._thread is not None:
-            with contextlib.suppress(queue.Full):  # a daemon: then it ends with jlservice
+            with contextlib.suppress(queue.Full):  # full: it ends once that post returns
                 self._queued.put_nowait(None)

@@ -178,9 +178,14 @@ class OomWatch:
         self._tell(kill, None, found.notebooks.get(kill.kernel_id or "", "") if found else "")
 
     def _tell(self, kill: _Kill, used: Usage | None, notebook: str) -> None:
-        limit = used.cgroup.limit if used is not None and used.cgroup is not None else None
-        if limit is None and kill.memcg:
-            limit = self._limit(kill.memcg)
+        # The limit that was hit: the kernel's own ([kernels] memory_max), that of the memory
+        # cgroup the kernel log names (the service's, a container's: shared with the others),
+        # or none (the whole machine ran out).
+        own = _is_kernels_own(kill.memcg, kill.kernel_id) if kill.memcg else kill.in_cgroup
+        if own and used is not None and used.cgroup is not None:
+            limit = used.cgroup.limit
+        else:
+            limit = self._limit(kill.memcg) if kill.memcg else None
         event = OomKilled(
             pid=kill.pid,
             process=kill.process,
@@ -190,6 +195,7 @@ class OomWatch:
             notebook_memory_bytes=used.rss_bytes if used is not None else None,
             limit_bytes=limit,
             cgroup=kill.memcg,
+            own_limit=own and limit is not None,
         )
         if kill.kernel_id is not None and kill.in_cgroup:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
@@ -265,3 +271,7 @@ def _ancestry(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             break
     return chain
+
+
+def _is_kernels_own(memcg: str, kernel_id: str | None) -> bool:
+    return kernel_id is not None and memcg.endswith(f"/kernel-{kernel_id}")

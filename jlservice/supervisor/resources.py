@@ -60,7 +60,7 @@ class Resources:
         if early.limits is not None:
             exporter.sampler.cgroup = early.limits.cgroup
         memory = cgroups.memory()
-        self.notice = LabNotice()
+        self.notice = LabNotice(lambda: view.endpoint)
         self.watch = OomWatch(
             post,
             lambda: exporter.sampler.snapshot,
@@ -69,7 +69,7 @@ class Resources:
             self.placer.names if self.placer is not None else dict,
             kernels_cgroup=f"{early.limits.base}/{limits.KERNELS}" if early.limits else None,
             kills=early.limits.oom_kills if early.limits else lambda _kernel_id: None,
-            tell_lab=lambda kill: self.notice.oom_killed(view.endpoint, kill),
+            tell_lab=self.notice.oom_killed,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 
