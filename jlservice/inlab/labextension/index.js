@@ -42,4 +42,48 @@ const oomKilled = {
   },
 };
 
-export default [refresh, oomKilled];
+// A tab's kernel connection that reconnects (JupyterLab came back and adopted the kernel) sends
+// what it queued while its socket was down at once. On "connected", JupyterLab's KernelConnection
+// asks for kernel info and sends its queue on the reply, or after kernelInfoTimeout (3 s); but
+// with the kernel session unchanged its kernel_info_request joins that queue, behind a cell run
+// in the gap, so no reply can come before the timeout. Sending the queue now sends what the
+// timeout would, in the same order; jupyter_server passes no message on before the kernel's
+// iopub is subscribed (its websocket open awaits the nudge), so no output is lost either.
+// It relies on KernelConnection's private queue: where that is not as expected, it does nothing.
+const sendQueued = {
+  id: "jlservice:reconnect-sends-queued",
+  description: "Sends a reconnected kernel connection's queued messages without the kernel info timeout.",
+  autoStart: true,
+  activate(app) {
+    const kernels = app.serviceManager.kernels;
+    const connectTo = kernels.connectTo;
+    if (typeof connectTo !== "function") {
+      return;
+    }
+    // Every connection the kernel and session managers make comes through here.
+    kernels.connectTo = function (...args) {
+      const connection = connectTo.apply(this, args);
+      connection?.connectionStatusChanged?.connect(sendIfStuck);
+      return connection;
+    };
+  },
+};
+
+function sendIfStuck(connection, status) {
+  const queue = connection._pendingMessages;
+  if (
+    status === "connected" &&
+    connection._isRestarting === false &&
+    typeof connection._sendPending === "function" &&
+    Array.isArray(queue) &&
+    queue.some((msg) => msg?.header?.msg_type === "kernel_info_request")
+  ) {
+    try {
+      connection._sendPending(); // in order; each leaves the queue only once sent
+    } catch (error) {
+      console.warn("jlservice:", error);
+    }
+  }
+}
+
+export default [refresh, oomKilled, sendQueued];
