@@ -141,9 +141,9 @@ def measure_tab(session: Session) -> list[Metric]:
             goal=1000,
             goal_on="median",
             note="Chromium, no page reload; warm restart; the cell is run once the tab has "
-            "noticed the lost connection: sent when the tab has reconnected and waited up to "
-            "3 s for a kernel_info reply (JupyterLab's front end queues its kernel_info "
-            "request behind the cell when the kernel session is unchanged)",
+            "noticed the lost connection: queued until the tab has reconnected, then sent by "
+            "jlservice's labextension at once (JupyterLab's front end alone queues its "
+            "kernel_info request behind the cell and waits 3 s for its reply)",
         ),
         Metric(
             "config reload -> the next cell result",

@@ -1,9 +1,10 @@
 """Kernels that outlive the JupyterLab that started them ([kernels] survive_restarts).
 
 Runs inside JupyterLab (jupyter_server >= 2.10, jupyter_client >= 8) as the module
-`jlservice_kernels`, from a directory jlservice puts first on JupyterLab's PYTHONPATH.
-Importing it takes that directory out of os.environ again, so kernels and terminals never
-have it on their path or in their environment.
+`jlservice_kernels`, from a directory jlservice puts first on JupyterLab's PYTHONPATH;
+jlservice_notices (inlab/notices) takes it out of os.environ once loaded, and this module out
+of each kernel's environment, so kernels and terminals never have it on their path or in
+their environment.
 
 - KeepingProvisioner: the local provisioner, with kernels launched independent (no
   JPY_PARENT_PID: ipykernel then does not exit with this server), their oom_score_adj raised
@@ -28,6 +29,7 @@ import json
 import os
 
 from jlservice_adoption import AdoptedProcess, adopt, read_json
+from jlservice_notices import scrub
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_server.services.kernels.kernelmanager import (
@@ -35,25 +37,6 @@ from jupyter_server.services.kernels.kernelmanager import (
     ServerKernelManager,
 )
 from traitlets import Integer, Unicode, default
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _without_here(path_list):
-    """PYTHONPATH without this module's directory (None when nothing else is left)."""
-    parts = [p for p in path_list.split(os.pathsep) if p and os.path.abspath(p) != HERE]
-    return os.pathsep.join(parts) or None
-
-
-def _scrub(env):
-    left = _without_here(env.get("PYTHONPATH", ""))
-    if left is None:
-        env.pop("PYTHONPATH", None)
-    else:
-        env["PYTHONPATH"] = left
-
-
-_scrub(os.environ)
 
 
 def _raise_oom_score(pid, value):
@@ -131,7 +114,7 @@ class KeepingProvisioner(LocalProvisioner):
 
     def _finalize_env(self, env):
         super()._finalize_env(env)
-        _scrub(env)
+        scrub(env)
         env.pop("JPY_PARENT_PID", None)
 
     async def send_signal(self, signum):

@@ -2,12 +2,13 @@
 
 Runs inside JupyterLab as the module `jlservice_kernelspecs` (ServerApp.
 kernel_spec_manager_class), from the directory jlservice puts first on JupyterLab's
-PYTHONPATH, which importing it takes out of os.environ again (kernels and terminals never
-see it). EnvironmentKernelSpecManager lists JupyterLab's kernelspecs as before (the user's
-`ipykernel install --user` ones, its own environment's) and, besides them, one kernelspec
-per kernel each environment has (jlservice_environments finds them, as the lab user). Such
-a kernelspec's argv starts with jlservice_activate, which activates the environment in the
-kernel's own launch and then becomes the kernel.
+PYTHONPATH, which jlservice_notices (inlab/notices) takes out of os.environ again once
+loaded (kernels and terminals never see it). EnvironmentKernelSpecManager lists
+JupyterLab's kernelspecs as before (the user's `ipykernel install --user` ones, its own
+environment's) and, besides them, one kernelspec per kernel each environment has
+(jlservice_environments finds them, as the lab user). Such a kernelspec's argv starts with
+jlservice_activate, which activates the environment in the kernel's own launch and then
+becomes the kernel.
 
 Listing costs a few stat() calls per environment while nothing changed: the Finder only
 looks again where a directory it watches changed. It looks in a thread of its own, never on
@@ -54,19 +55,6 @@ CHANGED_SCHEMA = {
     },
     "required": ["environments"],
 }
-
-
-def _scrub(env):
-    """PYTHONPATH without this module's directory."""
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    left = [p for p in parts if os.path.abspath(p) != HERE]
-    if left:
-        env["PYTHONPATH"] = os.pathsep.join(left)
-    else:
-        env.pop("PYTHONPATH", None)
-
-
-_scrub(os.environ)
 
 
 def wrapped_argv(env, kernel):

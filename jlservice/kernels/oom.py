@@ -12,7 +12,8 @@ adds what was killed. Linux counts the kill before it logs it, so a round may se
 whose line is still to come: while the log is followed, a kill the counter shows and no line
 told yet is told (without the detail) only if the next round still shows it untold.
 
-A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled.
+A collaborator of the supervisor's loop: it logs one warning per kill and posts OomKilled;
+a kernel's kill it also tells JupyterLab's open tabs (kernels.labnotice).
 """
 
 from __future__ import annotations
@@ -71,11 +72,14 @@ class OomWatch:
         path: str = KMSG,
         kernels_cgroup: str | None = None,
         kills: Callable[[str], int | None] = lambda _kernel_id: None,
+        tell_lab: Callable[[OomKilled], None] = lambda _kill: None,
     ) -> None:
         """`snapshot`: the sampler's last round; `endpoint`: the JupyterLab that runs;
         `limit(memcg)`: the memory limit of the cgroup the kernel log names;
         `kernels_cgroup`: where the kernels' own cgroups are (kernels.limits), if anywhere;
-        `kills(kernel id)`: the OOM-kill counter of its own cgroup now (None: it has none)."""
+        `kills(kernel id)`: the OOM-kill counter of its own cgroup now (None: it has none);
+        `tell_lab(kill)`: a kernel's kill told to JupyterLab's tabs (never waiting)."""
+        self._tell_lab = tell_lab
         self._kernels_cgroup = kernels_cgroup
         self._kills = kills
         self._post = post
@@ -174,9 +178,14 @@ class OomWatch:
         self._tell(kill, None, found.notebooks.get(kill.kernel_id or "", "") if found else "")
 
     def _tell(self, kill: _Kill, used: Usage | None, notebook: str) -> None:
-        limit = used.cgroup.limit if used is not None and used.cgroup is not None else None
-        if limit is None and kill.memcg:
-            limit = self._limit(kill.memcg)
+        # The limit that was hit: the kernel's own ([kernels] memory_max), that of the memory
+        # cgroup the kernel log names (the service's, a container's: shared with the others),
+        # or none (the whole machine ran out).
+        own = _is_kernels_own(kill.memcg, kill.kernel_id) if kill.memcg else kill.in_cgroup
+        if own and used is not None and used.cgroup is not None:
+            limit = used.cgroup.limit
+        else:
+            limit = self._limit(kill.memcg) if kill.memcg else None
         event = OomKilled(
             pid=kill.pid,
             process=kill.process,
@@ -186,11 +195,14 @@ class OomWatch:
             notebook_memory_bytes=used.rss_bytes if used is not None else None,
             limit_bytes=limit,
             cgroup=kill.memcg,
+            own_limit=own and limit is not None,
         )
         if kill.kernel_id is not None and kill.in_cgroup:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
         logger.warning("kernel_oom_killed" if kill.kernel_id else "oom_killed", **event.fields())
         self._post(event)
+        if kill.kernel_id is not None:
+            self._tell_lab(event)
 
     def _untold(self, kernel_id: str) -> bool:
         """Whether a kill the log tells of in `kernel_id`'s tree is not counted yet: its
@@ -259,3 +271,7 @@ def _ancestry(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             break
     return chain
+
+
+def _is_kernels_own(memcg: str, kernel_id: str | None) -> bool:
+    return kernel_id is not None and memcg.endswith(f"/kernel-{kernel_id}")

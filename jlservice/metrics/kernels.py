@@ -10,6 +10,7 @@ time and depth, and only the shapes expected are taken.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import time
 import urllib.parse
@@ -17,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from jlservice import bounded, listener
+from jlservice import bounded, listener, localhttp
 from jlservice.metrics.view import Endpoint
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json")
@@ -30,8 +31,6 @@ STATES = frozenset(
 _MAX_BYTES = 8 * 1024 * 1024  # of one answer: thousands of sessions fit
 MAX_PATH = 4096  # characters of a notebook path (Linux's PATH_MAX is 4096 bytes)
 _MAX_SECONDS = 10.0  # for one whole answer: a trickle must not hold the sampler
-# 127.0.0.1 must never go through an http_proxy from the environment.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -146,9 +145,29 @@ def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout:
         url, method="DELETE", headers={"Authorization": f"token {endpoint.token}"}
     )
     try:
-        with _opener.open(request, timeout=timeout) as response:
+        with localhttp.OPENER.open(request, timeout=timeout) as response:
             return response.status == 204
     except OSError:
+        return False
+
+
+def post_event(endpoint: Endpoint, event: dict[str, Any], timeout: float) -> bool:
+    """`event` (schema_id, version, data) emitted on JupyterLab's event bus, to every open
+    tab (POST api/events, whose schema a server extension registered); whether JupyterLab
+    took it. `timeout` bounds the connection and each read: one that does not answer costs
+    the caller that long."""
+    if not _ours(endpoint):
+        return False
+    request = urllib.request.Request(
+        f"{endpoint.api_url}/events?no_track_activity=1",
+        data=json.dumps(event).encode(),
+        method="POST",
+        headers={"Authorization": f"token {endpoint.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with localhttp.OPENER.open(request, timeout=timeout) as response:
+            return response.status == 204
+    except OSError:  # urllib's HTTPError (a 400, a 403) is one
         return False
 
 
@@ -164,7 +183,7 @@ def _open(url: str, token: str, timeout: float) -> bytes:
     deadline = time.monotonic() + _MAX_SECONDS
     chunks: list[bytes] = []
     size = 0
-    with _opener.open(request, timeout=timeout) as response:
+    with localhttp.OPENER.open(request, timeout=timeout) as response:
         while chunk := response.read1(65536):
             size += len(chunk)
             if size > _MAX_BYTES:

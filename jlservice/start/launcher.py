@@ -54,8 +54,17 @@ ADOPTION_MODULE, LISTENING_MODULE = "jlservice_adoption", "jlservice_listening"
 # [kernels] environments: jlservice's kernelspec manager, in the same directory, with the
 # modules it uses (jlservice.inlab.kernelspecs, .environments and .activate).
 KERNELSPECS_MODULE = "jlservice_kernelspecs"
-# Its labextension, which has the launcher list a new environment at once (read in place:
-# the lab user reads jlservice's package already, as the doctor runs inlab/ from it).
+# Always: the server extension that registers the events jlservice posts to JupyterLab (a
+# kernel's OOM kill, inlab/notices), in the same directory.
+NOTICES_MODULE = "jlservice_notices"
+# jlservice's server extensions are enabled by EXTENSIONS_CONFIG in a directory put first
+# on JupyterLab's JUPYTER_CONFIG_PATH, as `jupyter server extension enable` would: jupyter_
+# server merges it with the user's own (the command line would replace a jpserver_extensions
+# of the user's Jupyter config). Its labextension, which shows the events and has the
+# launcher list a new environment at once, is found through JUPYTER_PATH in LABEXTENSIONS'
+# labextensions/ (read in place: the lab user reads jlservice's package already, as the
+# doctor runs inlab/ from it).
+CONFIG_DIR, EXTENSIONS_CONFIG = "config", "jupyter_server_config.d/jlservice.json"
 LABEXTENSIONS = Path(__file__).resolve().parents[1] / "inlab" / "labextension" / "built"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
 LIMITS_SOCKET = "kernels.sock"  # where the kernel manager asks jlservice to place a kernel
@@ -82,6 +91,7 @@ class Launch:
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     keep_kernels: bool = False  # [kernels] survive_restarts
     environments: bool = False  # [kernels] environments: jlservice's kernelspec manager
+    server_extensions: tuple[str, ...] = ()  # jlservice's, enabled in EXTENSIONS_CONFIG
     # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
     # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
@@ -131,6 +141,10 @@ class Launch:
         return self.private_dir / INLAB_DIR
 
     @property
+    def extensions_config(self) -> Path:
+        return self.private_dir / CONFIG_DIR / EXTENSIONS_CONFIG
+
+    @property
     def handover_file(self) -> Path:
         return self.private_dir / HANDOVER
 
@@ -171,6 +185,11 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         argv.extend(_keeping_args(private_dir))
     environments = config.kernels.environments
     argv.extend(_environments_args(environments))
+    extensions = (
+        *([LISTENING_MODULE] if keep_kernels else []),
+        *([KERNELSPECS_MODULE] if environments else []),
+        NOTICES_MODULE,  # always: a kernel may be OOM-killed under any settings
+    )
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
@@ -199,9 +218,13 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         env.update(conda_env(lab.command[0], env))
     env["JUPYTER_TOKEN_FILE"] = str(private_dir / "token")
     env["JUPYTER_RUNTIME_DIR"] = str(private_dir / "runtime")
-    if keep_kernels or environments:  # jlservice's modules import first, then leave os.environ
-        path = [str(private_dir / INLAB_DIR), *filter(None, env.get("PYTHONPATH", "").split(":"))]
-        env["PYTHONPATH"] = os.pathsep.join(path)
+    # jlservice's modules import first (then leave os.environ), its config and data first
+    for name, directory in (
+        ("PYTHONPATH", private_dir / INLAB_DIR),
+        ("JUPYTER_CONFIG_PATH", private_dir / CONFIG_DIR),
+        ("JUPYTER_PATH", LABEXTENSIONS),
+    ):
+        env[name] = os.pathsep.join([str(directory), *filter(None, env.get(name, "").split(":"))])
     return Launch(
         argv=tuple(argv),
         env=env,
@@ -219,17 +242,17 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         public_url=lab.public_url,
         keep_kernels=keep_kernels,
         environments=bool(environments),
+        server_extensions=extensions,
     )
 
 
 def _keeping_args(private_dir: Path) -> list[str]:
     """JupyterLab's kernels, kept across its restarts: jlservice's kernel manager, the
-    sessions (notebook → kernel) in a database that outlives the server, and the server
-    extension that serves the listening socket jlservice holds (start/listening)."""
+    sessions (notebook → kernel) in a database that outlives the server (and the server
+    extension that serves the listening socket jlservice holds, start/listening)."""
     manager = "KeepingMappingKernelManager"
     return [
         f"--ServerApp.kernel_manager_class={KERNELS_MODULE}.{manager}",
-        f"--ServerApp.jpserver_extensions={LISTENING_MODULE}=True",
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
         f"--{manager}.kernel_oom_score_adj={oom.KERNEL}",
@@ -240,16 +263,14 @@ def _keeping_args(private_dir: Path) -> list[str]:
 
 def _environments_args(patterns: tuple[str, ...]) -> list[str]:
     """Kernels of the environments `patterns` name, from jlservice's kernelspec manager,
-    also a server extension that tells the front end when they change, and the labextension
-    that hears it; none without (JupyterLab keeps its own manager, lists what it always did)."""
+    (and a server extension that tells the front end when they change); none without
+    (JupyterLab keeps its own manager, lists what it always did)."""
     if not patterns:
         return []
     manager = "EnvironmentKernelSpecManager"
     return [
         f"--ServerApp.kernel_spec_manager_class={KERNELSPECS_MODULE}.{manager}",
         *(f"--{manager}.environments={p}" for p in patterns),
-        f"--ServerApp.jpserver_extensions={KERNELSPECS_MODULE}=True",
-        f"--LabApp.extra_labextensions_path={LABEXTENSIONS}",
     ]
 
 

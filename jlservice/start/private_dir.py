@@ -3,6 +3,7 @@ own runtime dir, made so that the lab user can read them but never swap them."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -14,6 +15,7 @@ from jlservice.start.launcher import (
     KERNELS_MODULE,
     KERNELSPECS_MODULE,
     LISTENING_MODULE,
+    NOTICES_MODULE,
     SERVER_CONFIG,
     TLS_CERT,
     TLS_KEY,
@@ -71,10 +73,15 @@ def prepare_private_dir(
             _give(launch.private_dir / name, launch.files[name], owner)
         else:  # no longer configured: no stale key or hash left behind
             (launch.private_dir / name).unlink(missing_ok=True)
+    files.ensure_dir(launch.inlab_dir, 0o755)
+    _install_module(launch.inlab_dir / f"{NOTICES_MODULE}.py", INLAB / "notices.py")
+    files.ensure_dir(launch.extensions_config.parent.parent, 0o755)
+    files.ensure_dir(launch.extensions_config.parent, 0o755)
+    enabled = {"ServerApp": {"jpserver_extensions": dict.fromkeys(launch.server_extensions, True)}}
+    _install(launch.extensions_config, json.dumps(enabled, indent=1).encode())
     if launch.keep_kernels:
         _prepare_kernels(launch)
     if launch.environments:
-        files.ensure_dir(launch.inlab_dir, 0o755)
         for name, source in ENVIRONMENT_MODULES.items():
             _install_module(launch.inlab_dir / name, source)
 
@@ -91,7 +98,6 @@ def _prepare_kernels(launch: Launch) -> None:
     A module is rewritten only when it differs: its directory is on the warm parent's
     sys.path, which it watches, and an unchanged file must not make it stale.
     """
-    files.ensure_dir(launch.inlab_dir, 0o755)
     for name, source in KEEPING_MODULES.items():
         _install_module(launch.inlab_dir / name, source)
     _ensure_fifo(launch.kernel_output, launch.account.uid, launch.account.gid)
@@ -99,13 +105,18 @@ def _prepare_kernels(launch: Launch) -> None:
 
 def _install_module(module: Path, source_path: Path) -> None:
     """A module of jlservice.inlab, root's and readable, written only when it differs."""
-    source = source_path.read_bytes()
+    _install(module, source_path.read_bytes())
+
+
+def _install(path: Path, content: bytes) -> None:
+    """`content` at `path`, root's and readable, written only when it differs (the warm
+    parent watches Python's and Jupyter's paths: an unchanged file must not make it stale)."""
     try:
-        current = module.read_bytes() if not module.is_symlink() else None
+        current = path.read_bytes() if not path.is_symlink() else None
     except OSError:
         current = None
-    if current != source:
-        files.write_atomic(module, source, mode=0o644)
+    if current != content:
+        files.write_atomic(path, content, mode=0o644)
 
 
 def _ensure_fifo(path: Path, uid: int, gid: int) -> None:

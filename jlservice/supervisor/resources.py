@@ -1,7 +1,8 @@
 """What `jlservice run` sets up for each notebook's resources, around the supervisor loop:
 the OOM order and the kernels' cgroups before the first child; then the OOM watch on the
-kernel log, the socket that places each new kernel in its cgroup, and new [kernels]
-settings on reload. It speaks to the loop only through the events its parts post."""
+kernel log (which tells JupyterLab's tabs of a kernel's kill), the socket that places each
+new kernel in its cgroup, and new [kernels] settings on reload. It speaks to the loop only
+through the events its parts post."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class Resources:
         keeps_kernels: bool,
     ) -> None:
         from jlservice.kernels.culler import Culler
+        from jlservice.kernels.labnotice import LabNotice
         from jlservice.kernels.oom import OomWatch
         from jlservice.kernels.placer import Placer
 
@@ -58,6 +60,7 @@ class Resources:
         if early.limits is not None:
             exporter.sampler.cgroup = early.limits.cgroup
         memory = cgroups.memory()
+        self.notice = LabNotice(lambda: view.endpoint)
         self.watch = OomWatch(
             post,
             lambda: exporter.sampler.snapshot,
@@ -66,6 +69,7 @@ class Resources:
             self.placer.names if self.placer is not None else dict,
             kernels_cgroup=f"{early.limits.base}/{limits.KERNELS}" if early.limits else None,
             kills=early.limits.oom_kills if early.limits else lambda _kernel_id: None,
+            tell_lab=self.notice.oom_killed,
         )
         self.culler = Culler(post, kernels, lambda: view.endpoint)
 
@@ -118,6 +122,7 @@ class Resources:
 
     def close(self) -> None:
         self.watch.close()
+        self.notice.close()
         self.culler.close()
         if self.placer is not None:
             self.placer.close()

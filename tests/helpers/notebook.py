@@ -5,6 +5,7 @@ exposes): run a cell as Shift+Enter does, read what it shows."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,19 @@ class Tab:
         )
 
 
-def open_tab(service: Any, profile: Path, cells: int = 3) -> tuple[Chromium, Tab]:
-    """Open a notebook of `cells` empty code cells (the first `x = 41`) in a new Chromium."""
+def open_tab(
+    service: Any, profile: Path, cells: int = 3, name: str = "tab.ipynb"
+) -> tuple[Chromium, Tab]:
+    """Open notebook `name` of `cells` empty code cells (the first `x = 41`) in a new
+    Chromium."""
     token = service.cli("token").stdout.strip()
     content = dict(NOTEBOOK, cells=[_cell(s) for s in ["x = 41", *[""] * (cells - 1)]])
     nb = {"type": "notebook", "content": content}
-    service.api("PUT", "api/contents/tab.ipynb", token, json=nb).raise_for_status()
+    path = urllib.parse.quote(name)
+    service.api("PUT", f"api/contents/{path}", token, json=nb).raise_for_status()
     browser = Chromium(profile)
     browser.call("Page.enable")
-    browser.call("Page.navigate", url=f"{service.base}lab/tree/tab.ipynb?token={token}")
+    browser.call("Page.navigate", url=f"{service.base}lab/tree/{path}?token={token}")
     tab = Tab(browser)
     wait_for(
         lambda: tab.kernel_status() is not None,

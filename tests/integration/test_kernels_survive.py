@@ -417,9 +417,10 @@ def test_jupyterlab_in_a_venv_without_jlservice_keeps_its_kernels(service_factor
         kernel_id,
         "import os, sys\n"
         "print('jlservice_kernels' in sys.modules, any('/lab/python' in p for p in sys.path),"
-        " 'PYTHONPATH' in os.environ, 'JPY_PARENT_PID' in os.environ)",
+        " 'PYTHONPATH' in os.environ, 'JPY_PARENT_PID' in os.environ,"
+        " 'JUPYTER_CONFIG_PATH' in os.environ)",
     )
-    assert seen.split() == ["False", "False", "False", "False"]
+    assert seen.split() == ["False", "False", "False", "False", "False"]
     service.execute(token, kernel_id, "x = 41")
     crash_and_adopt(service, kernel_id)
     assert service.execute(token, kernel_id, "x + 1") == "42"

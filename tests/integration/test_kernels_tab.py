@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from helpers.browser import CHROMIUM
@@ -29,6 +31,23 @@ COUNT = (
     "    print(f'line-{i}', flush=True); i += 1; time.sleep(1)\n"
     "print('counted', flush=True)"
 )
+
+
+# How long JupyterLab's front end waits for a kernel_info reply, once a kernel connection is
+# back, before it sends what it queued meanwhile (3 s by default). Its own kernel_info request
+# waits in that queue, behind a cell run in the gap: longer than the test waits, this shows
+# whether jlservice's labextension sent the queue at once, and no clock has to.
+KERNEL_INFO_TIMEOUT_MS = 600_000
+
+
+def _user_settings(directory: Path) -> dict[str, str]:
+    """[lab.options] for JupyterLab user settings in `directory` (the lab user reads them)
+    with KERNEL_INFO_TIMEOUT_MS."""
+    plugin = directory / "@jupyterlab" / "apputils-extension"
+    plugin.mkdir(parents=True)
+    settings = {"kernelInfoTimeout": KERNEL_INFO_TIMEOUT_MS}
+    (plugin / "kernels-settings.jupyterlab-settings").write_text(json.dumps(settings))
+    return {"LabApp.user_settings_dir": str(directory)}
 
 
 def test_an_open_tab_goes_on_after_kill9_without_a_reload(service_factory, tmp_path):
@@ -82,13 +101,18 @@ def test_after_kill9_the_tabs_first_reconnection_gets_through(service_factory, t
     """The tab reconnects its kernel's websocket at once when it closes, while no JupyterLab
     runs: the connection waits for the next one, which takes it. Refused, the front end
     tries again after a random wait that doubles each time (up to 1, 3, 7, 15 s…), or after
-    10-30 s once its look-up of the kernel is refused too."""
+    10-30 s once its look-up of the kernel is refused too. The cell run in the gap, queued
+    by the tab, is sent as soon as the connection is back, without the front end's wait for
+    a kernel_info reply (KERNEL_INFO_TIMEOUT_MS)."""
     # Cold restarts: the gap lasts seconds, so that the tab's first try surely falls in it
     # (a warm restart leaves ~0.3 s; test_an_open_tab_goes_on… runs with the defaults).
-    service = service_factory(lab={"options": EXPOSE_APP}, restart={"warm": False})
+    options = EXPOSE_APP | _user_settings(tmp_path / "lab-settings")
+    service = service_factory(lab={"options": options}, restart={"warm": False})
     service.start()
     browser, tab = open_tab(service, tmp_path / "chromium-profile")
     try:
+        timeout = tab.js("return window.jupyterapp.serviceManager.kernels.kernelInfoTimeout;")
+        assert timeout == KERNEL_INFO_TIMEOUT_MS  # the tab's connection waits that long
         browser.call("Network.enable")
         tab.run(0, "x = 41; print('set')")
         wait_for(lambda: "set" in tab.output(0), 60, "x = 41 in the tab")

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from helpers.browser import CHROMIUM
 from helpers.cgroup import OwnCgroup, own_cgroup
 from helpers.metrics import metrics_section, metrics_url, open_notebook, wait_scrape
+from helpers.notebook import EXPOSE_APP, open_tab
 from helpers.procs import wait_for
 from helpers.service import IS_ROOT
 
@@ -236,3 +238,43 @@ def test_the_oom_killer_takes_a_kernels_process_never_jupyterlab(service_factory
     assert status["last_oom_kill"]["notebook"] == NOTEBOOK
     text = svc.cli("status").stdout
     assert f"OOM kills:   {len(kills)}" in text and hog_id in text, text
+
+
+# The toasts JupyterLab shows (and the notification center keeps), as the user reads them.
+TOASTS = "return Array.from(document.querySelectorAll('.jp-toast-message'), e => e.innerText);"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (tests/run.sh does it)")
+def test_an_open_notebook_tab_says_its_kernel_was_oom_killed(service_factory, memcg, tmp_path):
+    """A notebook open in a browser whose kernel's process the OOM killer ends shows a
+    notification naming the notebook, what the process had, the limit and what to do; the
+    lab user's markup in the notebook's name shows as the characters it is."""
+    # The tab is driven through window.jupyterapp, which EXPOSE_APP exposes (no change else).
+    svc = service_factory(metrics=metrics_section(), lab={"options": EXPOSE_APP})
+    svc.start(wrap=memcg.wrap())
+    name = "<b>x<img src=x>.ipynb"  # short: the notification's 140 characters hold it whole
+    browser, tab = open_tab(svc, tmp_path / "chromium-profile", name=name)
+    try:
+        memcg.limit(memcg.usage() + 250 * MIB)
+        offset = svc.log_size()
+        tab.run(1, HOG)
+
+        def killed() -> dict | None:
+            events = svc.log_events(offset)
+            return next((e for e in events if e.get("event") == "kernel_oom_killed"), None)
+
+        line = wait_for(killed, 120, "a kill of the notebook's process, in jlservice's log")
+        assert line["notebook"] == name, line
+        said = wait_for(
+            lambda: [t for t in tab.js(TOASTS) or [] if t.startswith(f"{name}: ")],
+            30,
+            "the notification in the tab",
+            interval=0.2,
+        )
+        assert "the OOM killer ended" in said[0] and "limit" in said[0], said
+        # The limit hit is the test's cgroup above jlservice's (as a container's would be).
+        assert "the limit is shared with other notebooks" in said[0], said
+        markup = "return document.querySelector('.jp-toast-message b, .jp-toast-message img')"
+        assert tab.js(markup) is None
+    finally:
+        browser.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import socket
@@ -9,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers.launch import build
+from helpers.launch import build, make_config
 
 from jlservice import config, errors, net
 from jlservice.start import cold, launcher, private_dir
@@ -82,10 +83,44 @@ def test_options_render_as_flags(tmp_path: Path) -> None:
         "--ServerApp.allow_origin_pat=b",
     ]
     assert [a for a in argv if a.startswith("--ServerApp.jpserver_extensions=")] == [
-        "--ServerApp.jpserver_extensions=jlservice_listening=True",  # survive_restarts: ours
         "--ServerApp.jpserver_extensions=ext_one=True",
         "--ServerApp.jpserver_extensions=ext.two=False",
     ]
+
+
+def test_the_notices_are_loaded_under_any_settings(tmp_path: Path) -> None:
+    """A kernel's OOM kill is told in JupyterLab whatever [kernels] says: the server extension
+    that registers the event, on PYTHONPATH from the private dir and enabled by a config file
+    there (first on JUPYTER_CONFIG_PATH, which jupyter_server merges with the user's own), and
+    the labextension that shows it, first on JUPYTER_PATH; nothing on the command line."""
+    environ = {"PATH": "/usr/bin:/bin", "JUPYTER_PATH": "/u/share", "JUPYTER_CONFIG_PATH": "/u/e"}
+    cfg = make_config(tmp_path, {"kernels": {"survive_restarts": False}})
+    launch = launcher.build(cfg, environ=environ)
+    assert not launch.keep_kernels and not launch.environments
+    assert not [a for a in launch.argv if "extensions" in a]
+    assert launch.env["PYTHONPATH"] == str(launch.inlab_dir)
+    config_dir = launch.private_dir / launcher.CONFIG_DIR
+    assert launch.env["JUPYTER_CONFIG_PATH"] == f"{config_dir}:/u/e"
+    assert launch.env["JUPYTER_PATH"] == f"{launcher.LABEXTENSIONS}:/u/share"
+    labextension = launcher.LABEXTENSIONS / "labextensions" / "jlservice" / "package.json"
+    assert json.loads(labextension.read_text())["name"] == "jlservice"
+    private_dir.prepare_private_dir(launch, tmp_path / "run", TOKEN, b"c" * 64)
+    module = launch.inlab_dir / "jlservice_notices.py"
+    assert module.read_bytes() == (private_dir.INLAB / "notices.py").read_bytes()
+    assert sorted(p.name for p in launch.inlab_dir.iterdir()) == ["jlservice_notices.py"]
+    enabled = json.loads(launch.extensions_config.read_text())
+    assert enabled == {"ServerApp": {"jpserver_extensions": {"jlservice_notices": True}}}
+    assert launch.extensions_config.stat().st_mode & 0o777 == 0o644
+
+
+def test_jlservices_server_extensions_follow_the_kernels_settings(tmp_path: Path) -> None:
+    kernels = {"survive_restarts": True, "environments": ["/opt/conda"]}
+    launch = launcher.build(make_config(tmp_path, {"kernels": kernels}), environ={})
+    private_dir.prepare_private_dir(launch, tmp_path / "run", TOKEN, b"c" * 64)
+    enabled = json.loads(launch.extensions_config.read_text())["ServerApp"]["jpserver_extensions"]
+    assert enabled == dict.fromkeys(
+        ["jlservice_listening", "jlservice_kernelspecs", "jlservice_notices"], True
+    )
 
 
 def test_options_come_after_the_pinned_flags(tmp_path: Path) -> None:

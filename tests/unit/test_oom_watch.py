@@ -56,6 +56,7 @@ def test_a_kill_in_a_kernels_tree_names_its_notebook_memory_and_limit() -> None:
     assert (kill.kernel_id, kill.notebook, kill.pid, kill.process) == (K, NOTEBOOK, 4242, "python3")
     assert kill.memory_bytes == (102016 + 6508 + 4) * 1024
     assert kill.limit_bytes == 1 << 30 and kill.notebook_memory_bytes == 5 << 30
+    assert not kill.own_limit  # the service's: shared with the other notebooks
 
 
 def test_the_kernels_own_cgroup_names_it_and_its_limit() -> None:
@@ -64,7 +65,20 @@ def test_the_kernels_own_cgroup_names_it_and_its_limit() -> None:
     for line in _oom(999_999_999, memcg=f"{KERNELS}/kernel-{K}"):
         watch.line(line)
     (kill,) = posted
-    assert kill.kernel_id == K and kill.limit_bytes == 2 << 30
+    assert kill.kernel_id == K and kill.limit_bytes == 2 << 30 and kill.own_limit
+
+
+def test_a_kernel_with_a_limit_of_its_own_killed_by_another_says_the_limit_hit() -> None:
+    """Its own cgroup has 2 GiB, the service's (/svc) ran out at 1 GiB, or the machine did:
+    the notice says the limit that was hit, never the kernel's own ("raise memory_max")."""
+    snap = Snapshot(notebooks=(_usage(100, Cgroup(2 << 30, 2 << 30)),), owners={100: K})
+    watch, posted = _watch(snap)
+    for line in _oom(100):
+        watch.line(line)
+    machine = [_oom(100)[0].replace("CONSTRAINT_MEMCG", "CONSTRAINT_NONE"), _oom(100)[1]]
+    for line in machine:
+        watch.line(line)
+    assert [(k.limit_bytes, k.own_limit) for k in posted] == [(1 << 30, False), (None, False)]
 
 
 def test_a_cgroup_of_anyone_elses_named_for_a_kernel_names_none() -> None:
@@ -203,3 +217,16 @@ def test_a_kill_whose_line_never_comes_is_told_a_round_later() -> None:
         return posted
 
     assert [(k.kernel_id, k.pid) for k in asyncio.run(run())] == [(K, None)]
+
+
+def test_a_kernels_kill_is_told_to_jupyterlabs_tabs_and_no_other() -> None:
+    told: list = []
+    lab = Endpoint("", "", os.getppid(), 0, "/")
+    snap = Snapshot(notebooks=(_usage(100),), owners={100: K, 4242: K})
+    watch = OomWatch(
+        [].append, lambda: snap, lambda: lab, {"/svc": 1 << 30}.get, tell_lab=told.append
+    )
+    for line in [*_oom(4242), *_oom(os.getpid(), task="bash")]:  # the second: JupyterLab's
+        watch.line(line)
+    (kill,) = told
+    assert (kill.kernel_id, kill.notebook, kill.limit_bytes) == (K, NOTEBOOK, 1 << 30)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import ssl
 import urllib.error
 import urllib.request
 
-from jlservice import net, users
+from jlservice import localhttp, net, users
 from jlservice.admin.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
 from jlservice.admin.doctor.local import listeners
 from jlservice.cli.common import mask
@@ -17,28 +16,13 @@ from jlservice.config.model import LabConfig
 TIMEOUT = 3.0
 
 
-def _loopback_tls() -> ssl.SSLContext:
-    """JupyterLab's own certificate, reached on loopback: its names need not include the
-    address used here (check_tls verifies the names people use)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-# Never through an http_proxy from the environment: these are this machine's own servers.
-_OPENER = urllib.request.build_opener(
-    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_loopback_tls())
-)
-
-
 def get(url: str, token: str | None = None, scheme: str = "token") -> tuple[int | None, str]:
     """(HTTP status, '') or (None, why there was no answer)."""
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"{scheme} {token}")
     try:
-        with _OPENER.open(request, timeout=TIMEOUT) as response:
+        with localhttp.OPENER.open(request, timeout=TIMEOUT) as response:
             return response.status, ""
     except urllib.error.HTTPError as exc:
         return exc.code, ""
