@@ -47,7 +47,7 @@ RESERVED_TRAITS = {
     "open_browser": "nothing: a service never opens a browser",
     "allow_root": "[lab] allow_root",
     "runtime_dir": "nothing: jlservice gives JupyterLab a private runtime dir",
-    "config_file": "nothing: jlservice passes its own (it holds the password hash)",
+    "config_file": "nothing: it would hide the config jlservice gives JupyterLab (the password)",
     # Who may log in: a token or password of jlservice's, checked by JupyterLab's own classes.
     "token": "`jlservice token --rotate`",
     "password": "[auth] password_file (`jlservice password`)",

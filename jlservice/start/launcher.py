@@ -42,8 +42,9 @@ PRIVATE_ENV = {
     "MANAGERPID",
     "SYSTEMD_EXEC_PID",
 }
-# Files jlservice may hand JupyterLab in its private dir, next to the token.
-SERVER_CONFIG, TLS_CERT, TLS_KEY = "server_config.json", "tls.crt", "tls.key"
+# Files jlservice may hand JupyterLab in its private dir, next to the token; the password
+# hash in CONFIG_DIR (below), whose config comes before the user's own.
+SERVER_CONFIG, TLS_CERT, TLS_KEY = "config/jupyter_server_config.json", "tls.crt", "tls.key"
 # [kernels] survive_restarts: the directory put first on JupyterLab's PYTHONPATH, holding
 # only jlservice's modules: the kernel manager that keeps kernels (jlservice.inlab.kernels,
 # under this name), the adoption it uses (.adoption) and the server extension that serves
@@ -60,10 +61,11 @@ NOTICES_MODULE = "jlservice_notices"
 # jlservice's server extensions are enabled by EXTENSIONS_CONFIG in a directory put first
 # on JupyterLab's JUPYTER_CONFIG_PATH, as `jupyter server extension enable` would: jupyter_
 # server merges it with the user's own (the command line would replace a jpserver_extensions
-# of the user's Jupyter config). Its labextension, which shows the events and has the
-# launcher list a new environment at once, is found through JUPYTER_PATH in LABEXTENSIONS'
-# labextensions/ (read in place: the lab user reads jlservice's package already, as the
-# doctor runs inlab/ from it).
+# of the user's Jupyter config). First on that path, its SERVER_CONFIG (the password) takes
+# precedence over the user's config, which is read as well. jlservice's labextension, which
+# shows the events and has the launcher list a new environment at once, is found through
+# JUPYTER_PATH in LABEXTENSIONS' labextensions/ (read in place: the lab user reads
+# jlservice's package already, as the doctor runs inlab/ from it).
 CONFIG_DIR, EXTENSIONS_CONFIG = "config", "jupyter_server_config.d/jlservice.json"
 LABEXTENSIONS = Path(__file__).resolve().parents[1] / "inlab" / "labextension" / "built"
 HANDOVER, KERNEL_OUTPUT = "kernels.json", "kernel-output"
@@ -194,9 +196,7 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
         argv.append("--ServerApp.allow_remote_access=True")
-    files = _access_files(config)
-    if SERVER_CONFIG in files:  # the hash goes in a file, never on the command line
-        argv.append(f"--ServerApp.config_file={private_dir / SERVER_CONFIG}")
+    files = _access_files(config)  # the hash goes in a file, never on the command line
     if TLS_CERT in files:
         argv.append(f"--ServerApp.certfile={private_dir / TLS_CERT}")
         argv.append(f"--ServerApp.keyfile={private_dir / TLS_KEY}")

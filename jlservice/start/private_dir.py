@@ -68,6 +68,8 @@ def prepare_private_dir(
     # An empty token file turns token login off ([auth] token = false).
     _give(launch.token_file, token.encode() if launch.token_login else b"", owner)
     _give(launch.cookie_secret_file, cookie_secret, owner)
+    files.ensure_dir(launch.extensions_config.parent.parent, 0o755)
+    files.ensure_dir(launch.extensions_config.parent, 0o755)
     for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
         if name in launch.files:
             _give(launch.private_dir / name, launch.files[name], owner)
@@ -75,8 +77,6 @@ def prepare_private_dir(
             (launch.private_dir / name).unlink(missing_ok=True)
     files.ensure_dir(launch.inlab_dir, 0o755)
     _install_module(launch.inlab_dir / f"{NOTICES_MODULE}.py", INLAB / "notices.py")
-    files.ensure_dir(launch.extensions_config.parent.parent, 0o755)
-    files.ensure_dir(launch.extensions_config.parent, 0o755)
     enabled = {"ServerApp": {"jpserver_extensions": dict.fromkeys(launch.server_extensions, True)}}
     _install(launch.extensions_config, json.dumps(enabled, indent=1).encode())
     if launch.keep_kernels:

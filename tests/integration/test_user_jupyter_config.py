@@ -12,6 +12,8 @@ import re
 import secrets
 from pathlib import Path
 
+from jupyter_server.auth import passwd
+
 from jlservice import users
 from jlservice.kernels.labnotice import OOM_KILLED, VERSION
 
@@ -23,7 +25,7 @@ def _readable(path: Path) -> Path:
 
 
 def _user_config(
-    tmp_path: Path, owner: users.Account | None, extension: str, labextension: str
+    tmp_path: Path, owner: users.Account | None, extension: str, labextension: str, more: str = ""
 ) -> dict[str, str]:
     """A Jupyter config dir (the lab user's: Jupyter writes in it), a Python path and a
     labextension dir, as a user has them; the environment that points JupyterLab at them."""
@@ -49,7 +51,7 @@ def _user_config(
     config = _readable(tmp_path / "user" / "jupyter")
     (config / "jupyter_server_config.py").write_text(
         f"c.ServerApp.jpserver_extensions = {{{extension!r}: True}}\n"
-        f"c.LabApp.extra_labextensions_path = [{str(labextensions)!r}]\n"
+        f"c.LabApp.extra_labextensions_path = [{str(labextensions)!r}]\n{more}"
     )
     for path in (*python.iterdir(), *config.iterdir(), *labextensions.rglob("*.json")):
         path.chmod(0o644)
@@ -77,3 +79,21 @@ def test_the_users_own_extensions_load_beside_jlservices(service_factory, lab_us
     assert found, page.text[:500]
     names = {e["name"] for e in json.loads(html.unescape(found[1]))["federated_extensions"]}
     assert {"jlservice", labextension} <= names
+
+
+def test_with_a_password_the_users_config_is_read_and_cannot_replace_it(
+    service_factory, lab_user, tmp_path
+):
+    """jlservice's password comes first: the lab user's own config is read as well (its
+    server extension loads), but its own hashed_password does not replace jlservice's."""
+    extension = "jlstest_user_ext_" + secrets.token_hex(3)
+    theirs = f"c.PasswordIdentityProvider.hashed_password = {passwd('theirs')!r}\n"
+    env = _user_config(tmp_path, lab_user, extension, "jlstest-user-labext", theirs)
+    svc = service_factory(lab={"env": env})
+    assert svc.cli("password", "--stdin", input="jlservices\n").returncode == 0
+    svc.start()
+    token = svc.cli("token").stdout.strip()
+    answer = svc.api("GET", extension, token)
+    assert (answer.status_code, answer.text) == (200, "loaded")
+    assert svc.api("GET", "api/contents", session=svc.login("jlservices")).status_code == 200
+    assert svc.api("GET", "api/contents", session=svc.login("theirs")).status_code == 403

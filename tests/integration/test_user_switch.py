@@ -171,7 +171,7 @@ def test_password_and_https_for_another_user(user_service, other_user):
     assert svc.api("GET", "api").status_code == 200  # https, certificate verified
     assert svc.api("GET", "api/contents", session=svc.login("s3cret")).status_code == 200
     private = Path(psutil.Process(svc.lab_pid).environ()["JUPYTER_TOKEN_FILE"]).parent
-    for name in ("server_config.json", "tls.crt", "tls.key"):
+    for name in ("config/jupyter_server_config.json", "tls.crt", "tls.key"):
         info = (private / name).stat()
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (other_user.uid, 0o600), name
     for name in ("password", "tls.key"):

@@ -180,9 +180,11 @@ def test_launch_carries_hash_and_tls_in_files_not_argv(write_config, lab_base, t
     launch = launcher.build(_load(path), environ={"PATH": "/usr/bin"})
     assert not any("argon2" in a for a in launch.argv)
     private = tmp_path / "r" / "lab"
-    assert f"--ServerApp.config_file={private / 'server_config.json'}" in launch.argv
+    assert not any("config_file" in a for a in launch.argv)  # it would hide the user's own
+    assert launch.env["JUPYTER_CONFIG_PATH"].split(":")[0] == str(private / "config")
     assert f"--ServerApp.certfile={private / 'tls.crt'}" in launch.argv
-    settings = json.loads(launch.files["server_config.json"])["PasswordIdentityProvider"]
+    hashed = launch.files["config/jupyter_server_config.json"]
+    settings = json.loads(hashed)["PasswordIdentityProvider"]
     assert settings == {
         "hashed_password": "argon2:$argon2id$v=19$x",
         "allow_password_change": False,
