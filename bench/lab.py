@@ -4,12 +4,14 @@ run` (the tests' Service, with jlservice's defaults), timed by the same /api pol
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import time
 from typing import Any, ClassVar, NamedTuple
 
+import websocket
 from helpers.procs import stop, wait_for
 from helpers.service import Service, event_time
 
@@ -148,6 +150,23 @@ class Lab(Service):
         self.wait_ready(not_pid=old)
         ready = time.monotonic()
         return Crash(old, offset, kill_wall, (teardown - kill) * 1000, back - kill, ready - kill)
+
+    def add_kernelspec(self, name: str, argv: list[str], language: str = "python") -> str:
+        """A kernelspec `name` that runs `argv`, on this JupyterLab's JUPYTER_PATH; `name`."""
+        spec = self.root / "jupyter-path" / "kernels" / name
+        spec.mkdir(parents=True)
+        kernel = {"argv": argv, "display_name": name, "language": language}
+        (spec / "kernel.json").write_text(json.dumps(kernel))
+        path = filter(None, [str(spec.parent.parent), self.env.get("JUPYTER_PATH")])
+        self.env["JUPYTER_PATH"] = os.pathsep.join(path)
+        return name
+
+    def channels(self, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
+        """A websocket to the kernel's channels."""
+        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        return websocket.create_connection(
+            url, header=[f"Authorization: token {token}"], timeout=timeout
+        )
 
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""
