@@ -170,12 +170,11 @@ class Lab(Service):
 
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""
-        return wait_for(
-            lambda: first_event(self.log_events(offset), name, **match),
-            10.0,
-            f"a {name} event in {self.log_path}",
-            0.01,
-        )
+
+        def found() -> dict[str, Any] | None:
+            return first_event(self.log_events(offset), name, **match)
+
+        return wait_for(found, 10.0, f"a {name} event in {self.log_path}", 0.01)
 
 
 def http_ok(port: int, path: str = "/api", timeout: float = 2.0) -> bool:
@@ -222,14 +221,8 @@ def exited(pid: int) -> bool:
 def first_event(events: list[Any], name: str, **match: Any) -> dict[str, Any] | None:
     """The first event called `name` whose fields equal `match`, or None."""
     fields = {"event": name, **match}
-    return next(
-        (
-            e
-            for e in events
-            if isinstance(e, dict) and all(e.get(k) == v for k, v in fields.items())
-        ),
-        None,
-    )
+    found = (e for e in events if isinstance(e, dict) and fields.items() <= e.items())
+    return next(found, None)
 
 
 def need_event(events: list[Any], name: str, **match: Any) -> dict[str, Any]:

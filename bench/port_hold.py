@@ -2,12 +2,9 @@
 
     python -m bench.port_hold [--minutes 10] [--systemd] [--json PATH]   (--systemd: as root)
 
-Outside systemd, `jlservice run` must keep waiting (never exit), name the holder, and serve
-within max_delay (30 s) of the port being let go. With --systemd, the shipped unit in the
-sandbox of tests/systemd: it must stay active (never `failed`, the same MainPID, NRestarts 0)
-and serve once the port is free. tests/faults/test_port_held.py and
-tests/systemd/test_system_unit.py hold it past every backoff step (about a minute); this is
-the full hold. How: bench/README.md.
+`jlservice run` must keep waiting, name the holder and serve within max_delay (30 s) of the
+port being let go; with --systemd, the shipped unit in the sandbox of tests/systemd must stay
+active (one MainPID, NRestarts 0) and serve once it is free. How: bench/README.md.
 """
 
 from __future__ import annotations
