@@ -19,7 +19,7 @@ import psutil
 from helpers.service import event_time
 
 from .lab import Lab, first_event, need_event
-from .report import Metric, Runs, minus, say
+from .report import Metric, Runs, cpu_percent, minus, say
 from .session import BenchError, Session, options, parse, run, run_timed
 
 PHASES = ("start", "kill", "cli", "idle")
@@ -149,12 +149,7 @@ def measure_idle(lab: Lab, args: Any) -> list[Metric]:
     restarts = lab.state().get("restarts")
     s = Runs("window", windows)
     for _ in range(windows):
-        before, t0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}, time.monotonic()
-        time.sleep(seconds)
-        wall = time.monotonic() - t0
-        cpu = {
-            f"{k} %": (sum(p.cpu_times()[:2]) - before[k]) / wall * 100 for k, p in procs.items()
-        }
+        cpu = {f"{k} %": v for k, v in cpu_percent(procs, seconds).items()}
         s.add(**cpu, **{f"{k} MiB": p.memory_info().rss / 2**20 for k, p in procs.items()})
     if lab.proc.poll() is not None or lab.state().get("restarts") != restarts:
         raise BenchError("JupyterLab restarted or jlservice exited during the idle windows")

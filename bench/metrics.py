@@ -27,7 +27,7 @@ from helpers.procs import free_port
 from nvml.fakenvml import FULL, GIB, FakeNvml, Gpu
 
 from .lab import HOST, Lab, http_ok
-from .report import Metric, Runs, percentile, say
+from .report import Metric, Runs, cpu_percent, percentile, say
 from .session import BenchError, Session, options, parse, run
 
 GPUS = 8
@@ -90,10 +90,7 @@ def cpu_rounds(lab: Lab, rounds: int, seconds: float) -> Runs:
         for name, settings in (("off", {"enabled": False}), ("5", {"interval": 5.0}), ("1", {})):
             set_metrics(lab, **(settings or {"interval": 1.0}))
             time.sleep(1.0)
-            before = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-            time.sleep(seconds)
-            for k, p in procs.items():
-                values[f"{name} {k}"] = (sum(p.cpu_times()[:2]) - before[k]) / seconds * 100
+            values.update({f"{name} {k}": v for k, v in cpu_percent(procs, seconds).items()})
         cpu.add(**values)
     return cpu
 

@@ -28,7 +28,7 @@ from jlservice.metrics.gpu import GpuReader
 from jlservice.metrics.sampler import attribute
 from jlservice.metrics.view import SupervisorView
 
-from .report import percentile, timed_ms
+from .report import cpu_percent, percentile, timed_ms
 
 KERNEL_ID = "0f0e0d0c-real-gpu-check"
 HOLD = (
@@ -161,13 +161,11 @@ def scrapes(port: int) -> dict[str, float]:
         if "jlservice_gpu_memory_used_bytes" not in text:
             raise SystemExit("the exporter never showed GPU series")
         latency = timed_ms(lambda: urllib.request.urlopen(url, timeout=5).read(), 1000)
-        cpu, me = {}, psutil.Process()
+        cpu = {}
         for interval in (1.0, 5.0):
             exporter.apply(MetricsConfig(listen=f"127.0.0.1:{port}", interval=interval))
             time.sleep(interval)
-            cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
-            time.sleep(30)
-            cpu[interval] = (sum(me.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0) * 100
+            cpu[interval] = cpu_percent({"me": psutil.Process()}, 30)["me"]
     finally:
         exporter.stop()
     return {

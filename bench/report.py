@@ -41,6 +41,14 @@ def timed_ms(call: Callable[[], object], times: int) -> list[float]:
     return samples
 
 
+def cpu_percent(procs: Mapping[str, psutil.Process], seconds: float) -> dict[str, float]:
+    """% of one core (user + system) each process used over a window of `seconds`."""
+    before, began = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}, time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - began
+    return {k: (sum(p.cpu_times()[:2]) - before[k]) / wall * 100 for k, p in procs.items()}
+
+
 def minus(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """a - b, sample by sample."""
     return [x - y for x, y in zip(a, b, strict=True)]
