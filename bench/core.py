@@ -9,7 +9,6 @@ the idle supervisor's CPU and memory. How each is measured: bench/README.md.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import psutil
 from helpers.service import event_time
 
 from .lab import Lab, first_event, need_event
-from .report import Metric, Runs, say
+from .report import Metric, Runs, cpu_percent, minus, say
 from .session import BenchError, Session, options, parse, run, run_timed
 
 PHASES = ("start", "kill", "cli", "idle")
@@ -48,40 +47,18 @@ def measure_start(lab: Lab, runs: int, plain: list[float]) -> list[Metric]:
         lab.shutdown()
         s.add(plain=baseline, **started._asdict())
     plain += s["plain"]
-    base = "plain jupyter-lab"
+    vs = ("plain jupyter-lab", plain)
+    adopted = (
+        "until the supervisor logs lab_starting: it spawns JupyterLab first, then imports its "
+        "own machinery and adopts it (context)"
+    )
+    declared = "spawn -> lab_ready event (state.json ready, READY=1); context, no goal"
     return [
         Metric("start->ready: plain jupyter-lab", "s", plain),
-        Metric("start->ready: jlservice run", "s", s["api_s"], base, plain, 1.05),
-        Metric(
-            "  spawn -> lab_starting (adopted)",
-            "s",
-            s["spawned_s"],
-            note="until the supervisor logs lab_starting: it spawns JupyterLab first, "
-            "then imports its own machinery and adopts it (context)",
-        ),
-        Metric(
-            "start->declared ready: jlservice run",
-            "s",
-            s["declared_s"],
-            base,
-            plain,
-            note="spawn -> lab_ready event (state.json ready, READY=1); context, no goal",
-        ),
+        Metric("start->ready: jlservice run", "s", s["api_s"], "ratio <= 1.05", vs=vs),
+        Metric("  spawn -> lab_starting (adopted)", "s", s["spawned_s"], note=adopted),
+        Metric("start->declared ready: jlservice run", "s", s["declared_s"], "", declared, vs),
     ]
-
-
-def stubborn_kernelspec(lab: Lab) -> str:
-    """A kernel that stays when JupyterLab dies (a sleeping Python: its command line names
-    its connection file, as a kernel's does)."""
-    spec = lab.root / "jupyter-path" / "kernels" / STUBBORN
-    spec.mkdir(parents=True)
-    argv = [str(lab.bin / "python"), "-c", "import time; time.sleep(3600)", "{connection_file}"]
-    kernel = {"argv": argv, "display_name": STUBBORN, "language": "none"}
-    (spec / "kernel.json").write_text(json.dumps(kernel))
-    lab.env["JUPYTER_PATH"] = os.pathsep.join(
-        filter(None, [str(spec.parent.parent), lab.env.get("JUPYTER_PATH")])
-    )
-    return STUBBORN
 
 
 def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
@@ -90,7 +67,10 @@ def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
         say("kill: plain cold starts for the baseline (after a warm-up)")
         lab.plain_start()
         plain += [lab.plain_start() for _ in range(args.runs)]
-    kernel = stubborn_kernelspec(lab) if args.kernel == "stubborn" else args.kernel
+    kernel = args.kernel
+    if kernel == "stubborn":  # a sleeping Python whose command line names its connection file
+        argv = [str(lab.bin / "python"), "-c", "import time; time.sleep(3600)", "{connection_file}"]
+        kernel = lab.add_kernelspec(STUBBORN, argv, "none")
     s = Runs("run", args.runs)
     for _ in range(args.runs):
         lab.timed_start()
@@ -114,32 +94,18 @@ def measure_kill(lab: Lab, args: Any, plain: list[float]) -> list[Metric]:
         )
     noticed, teardown, decided = s["noticed"], s["teardown"], s["decided"]
     fresh = f"fresh supervisor per run (first crash: no backoff), {KERNELS[args.kernel]}"
+    os_exit = "when the kernel has torn the process down (polled every 0.2 ms); context"
+    own = "noticed minus OS exit: the supervisor's own share (approximate)"
+    swept = f"orphans swept per run: {[int(n) for n in s['swept']]}"
+    both = [a + b for a, b in zip(noticed, decided, strict=True)]
+    cold = ("plain cold start", plain)
     return [
-        Metric(
-            "kill -9 lab -> /api 200", "s", s["back"], "plain cold start", plain, 1.10, note=fresh
-        ),
-        Metric(
-            "kill -9 -> pid gone/zombie (OS)",
-            "ms",
-            teardown,
-            note="when the kernel has torn the process down (polled every 0.2 ms); context",
-        ),
+        Metric("kill -9 lab -> /api 200", "s", s["back"], "ratio <= 1.1", fresh, cold),
+        Metric("kill -9 -> pid gone/zombie (OS)", "ms", teardown, note=os_exit),
         Metric("kill -9 -> lab_exited (noticed)", "ms", noticed),
-        Metric(
-            "  of which after the OS exit",
-            "ms",
-            [n - t for n, t in zip(noticed, teardown, strict=True)],
-            note="noticed minus OS exit: the supervisor's own share (approximate)",
-        ),
+        Metric("  of which after the OS exit", "ms", minus(noticed, teardown), note=own),
         Metric("lab_exited -> restart_scheduled", "ms", decided),
-        Metric(
-            "noticed + decided",
-            "ms",
-            [a + b for a, b in zip(noticed, decided, strict=True)],
-            goal=10,
-            goal_on="median",
-            note=f"orphans swept per run: {[int(n) for n in s['swept']]}",
-        ),
+        Metric("noticed + decided", "ms", both, "<= 10", swept),
         Metric("restart_scheduled -> lab_starting", "ms", s["respawn"], note="respawn; context"),
     ]
 
@@ -168,8 +134,8 @@ def measure_cli(lab: Lab, cli_runs: int) -> list[Metric]:
     return [
         Metric("python -c pass", "s", bare),
         Metric("jupyter server list", "s", listing),
-        Metric("jlservice token", "s", token, "server list", listing, 0.1),
-        Metric("jlservice token", "s", token, "python -c pass", bare, 2.0),
+        Metric("jlservice token", "s", token, "ratio <= 0.1", vs=("server list", listing)),
+        Metric("jlservice token", "s", token, "ratio <= 2", vs=("python -c pass", bare)),
     ]
 
 
@@ -183,12 +149,7 @@ def measure_idle(lab: Lab, args: Any) -> list[Metric]:
     restarts = lab.state().get("restarts")
     s = Runs("window", windows)
     for _ in range(windows):
-        before, t0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}, time.monotonic()
-        time.sleep(seconds)
-        wall = time.monotonic() - t0
-        cpu = {
-            f"{k} %": (sum(p.cpu_times()[:2]) - before[k]) / wall * 100 for k, p in procs.items()
-        }
+        cpu = {f"{k} %": v for k, v in cpu_percent(procs, seconds).items()}
         s.add(**cpu, **{f"{k} MiB": p.memory_info().rss / 2**20 for k, p in procs.items()})
     if lab.proc.poll() is not None or lab.state().get("restarts") != restarts:
         raise BenchError("JupyterLab restarted or jlservice exited during the idle windows")
@@ -198,10 +159,8 @@ def measure_idle(lab: Lab, args: Any) -> list[Metric]:
         f"{tick:.3f} % (one clock tick per window)"
     )
     return [
-        Metric(
-            "idle supervisor CPU", "%", s["supervisor %"], goal=0.2, goal_on="median", note=note
-        ),
-        Metric("idle supervisor RSS", "MiB", s["supervisor MiB"], goal=60, goal_on="median"),
+        Metric("idle supervisor CPU", "%", s["supervisor %"], "<= 0.2", note),
+        Metric("idle supervisor RSS", "MiB", s["supervisor MiB"], "<= 60"),
         Metric("idle JupyterLab CPU (context)", "%", s["lab %"]),
         Metric("idle JupyterLab RSS (context)", "MiB", s["lab MiB"]),
     ]
@@ -248,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(p, argv, "jlservice", "jupyter-lab", "jupyter", "python")
     if min(args.cli_runs, args.idle_windows or 1) < 1 or args.idle_seconds <= 0:
         p.error("--runs, --cli-runs, --idle-windows and --idle-seconds must be positive")
-    return run("bench/core.py", "jlservice core benchmark", args, args.runs, measure)
+    return run("bench/core.py", "jlservice core benchmark", args, measure)
 
 
 if __name__ == "__main__":

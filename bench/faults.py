@@ -39,12 +39,8 @@ def crashes(session: Session) -> Metric:
         time.sleep(max(0.0, crash.wall + 1.0 - time.time()))  # the next kill 1 s after this one
     lab.shutdown()
     say(f"ten kill -9 one second apart: {', '.join(f'{s:.3f}' for s in back)} s")
-    return Metric(
-        "kill -9 -> /api answering, ten 1 s apart",
-        "s",
-        back,
-        note=f"{warm} of 10 warm; worst {max(back):.3f} s; default [restart]",
-    )
+    note = f"{warm} of 10 warm; worst {max(back):.3f} s; default [restart]"
+    return Metric("kill -9 -> /api answering, ten 1 s apart", "s", back, note=note)
 
 
 def read_only(session: Session, runs: int) -> Metric:
@@ -70,12 +66,8 @@ def read_only(session: Session, runs: int) -> Metric:
             healed.append(time.monotonic() - writable)
             lab.wait_ready()
         lab.shutdown()
-    return Metric(
-        "remount,rw -> state.json current again",
-        "s",
-        healed,
-        note="retried every 5 s (publish.RETRY_S), whatever else is written meanwhile",
-    )
+    note = "retried every 5 s (publish.RETRY_S), whatever else is written meanwhile"
+    return Metric("remount,rw -> state.json current again", "s", healed, note=note)
 
 
 def _spare_ready(spare: Path, old: int) -> bool:
@@ -119,13 +111,13 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     free = reload_latency(session, runs, None, "unblocked")
     note = "RELOADING=1's own MONOTONIC_USEC (when jlservice sent it) - the SIGHUP"
     name = "SIGHUP -> RELOADING=1, stdout a full unread pipe"
-    metrics.append(Metric(name, "ms", blocked, "stdout to a file", free, note=note))
+    metrics.append(Metric(name, "ms", blocked, note=note, vs=("stdout to a file", free)))
     return metrics, {}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(options(__doc__, runs=5), argv, "jlservice", "jupyter-lab", "python")
-    return run("bench/faults.py", "jlservice faults", args, args.runs, measure)
+    return run("bench/faults.py", "jlservice faults", args, measure)
 
 
 if __name__ == "__main__":

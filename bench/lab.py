@@ -4,12 +4,14 @@ run` (the tests' Service, with jlservice's defaults), timed by the same /api pol
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import time
 from typing import Any, ClassVar, NamedTuple
 
+import websocket
 from helpers.procs import stop, wait_for
 from helpers.service import Service, event_time
 
@@ -149,14 +151,30 @@ class Lab(Service):
         ready = time.monotonic()
         return Crash(old, offset, kill_wall, (teardown - kill) * 1000, back - kill, ready - kill)
 
+    def add_kernelspec(self, name: str, argv: list[str], language: str = "python") -> str:
+        """A kernelspec `name` that runs `argv`, on this JupyterLab's JUPYTER_PATH; `name`."""
+        spec = self.root / "jupyter-path" / "kernels" / name
+        spec.mkdir(parents=True)
+        kernel = {"argv": argv, "display_name": name, "language": language}
+        (spec / "kernel.json").write_text(json.dumps(kernel))
+        path = filter(None, [str(spec.parent.parent), self.env.get("JUPYTER_PATH")])
+        self.env["JUPYTER_PATH"] = os.pathsep.join(path)
+        return name
+
+    def channels(self, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
+        """A websocket to the kernel's channels."""
+        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        return websocket.create_connection(
+            url, header=[f"Authorization: token {token}"], timeout=timeout
+        )
+
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""
-        return wait_for(
-            lambda: first_event(self.log_events(offset), name, **match),
-            10.0,
-            f"a {name} event in {self.log_path}",
-            0.01,
-        )
+
+        def found() -> dict[str, Any] | None:
+            return first_event(self.log_events(offset), name, **match)
+
+        return wait_for(found, 10.0, f"a {name} event in {self.log_path}", 0.01)
 
 
 def http_ok(port: int, path: str = "/api", timeout: float = 2.0) -> bool:
@@ -203,14 +221,8 @@ def exited(pid: int) -> bool:
 def first_event(events: list[Any], name: str, **match: Any) -> dict[str, Any] | None:
     """The first event called `name` whose fields equal `match`, or None."""
     fields = {"event": name, **match}
-    return next(
-        (
-            e
-            for e in events
-            if isinstance(e, dict) and all(e.get(k) == v for k, v in fields.items())
-        ),
-        None,
-    )
+    found = (e for e in events if isinstance(e, dict) and fields.items() <= e.items())
+    return next(found, None)
 
 
 def need_event(events: list[Any], name: str, **match: Any) -> dict[str, Any]:

@@ -9,52 +9,63 @@ metrics off. How each is measured: bench/README.md.
 
 from __future__ import annotations
 
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import psutil
-from helpers.metrics import open_notebook, scrape_text, series, wait_scrape
+from helpers.metrics import (
+    Samples,
+    metrics_section,
+    open_notebook,
+    scrape_text,
+    series,
+    wait_scrape,
+)
 from helpers.procs import free_port
 from nvml.fakenvml import FULL, GIB, FakeNvml, Gpu
 
 from .lab import HOST, Lab, http_ok
-from .report import Metric, Runs, percentile, say
+from .report import Metric, Runs, cpu_percent, percentile, say
 from .session import BenchError, Session, options, parse, run
 
 GPUS = 8
+OFF = "[metrics] enabled = false"
+CPU_GOAL = "median - baseline <= 0.5"  # the sampler at interval 5 s, % of one core
 
 
-def busy_machine(session: Session, lab: Lab, kernels: int) -> str:
+def busy_machine(session: Session, lab: Lab, kernels: int, token: str | None = None) -> str:
     """Start `lab` with the fake NVML: `kernels` notebooks with a real kernel each and GPUS
     processes that are no kernel, all holding fake GPU memory; GPU i holds kernels i,
     i + GPUS, … (1 GiB each) and outsider i (0.5 GiB). Waits until /metrics (at
-    [metrics] listen) shows them; its URL."""
+    [metrics] listen, `token` its bearer token) shows them; its URL."""
     (session.work / "nvml").mkdir()
     fake = FakeNvml(session.work / "nvml")
     lab.env.update(fake.env())
     lab.timed_start()
     say(f"opening {kernels} notebooks with a kernel each")
-    token = lab.current["token"]
-    pids = [open_notebook(lab, token, f"notebook {i:02d}.ipynb")[1] for i in range(kernels)]
+    api = lab.current["token"]
+    pids = [open_notebook(lab, api, f"notebook {i:02d}.ipynb")[1] for i in range(kernels)]
     log = lab.root / "sleep.log"
     outsiders = [session.spawn(["sleep", "3600"], log, lab.env).pid for _ in range(GPUS)]
     held = [[(pid, GIB) for pid in pids[i::GPUS]] + [(outsiders[i], GIB // 2)] for i in range(GPUS)]
     fake.write([Gpu(f"GPU-{i:08x}-bench", **FULL, processes=p) for i, p in enumerate(held)])
-    return f"http://{lab.sections['metrics']['listen']}/metrics"
+    url = f"http://{lab.sections['metrics']['listen']}/metrics"
+
+    def shown(samples: Samples) -> bool:
+        return len(series(samples, "jlservice_kernel_gpu_memory_bytes")) == kernels
+
+    wait_scrape(url, shown, f"{kernels} notebooks' GPU memory in /metrics", 120, token)
+    return url
 
 
-def wait_notebooks(url: str, kernels: int, token: str | None = None) -> None:
-    wait_scrape(
-        url,
-        lambda s: len(series(s, "jlservice_kernel_gpu_memory_bytes")) == kernels,
-        f"{kernels} notebooks' GPU memory in /metrics",
-        timeout=60,
-        token=token,
-    )
+def set_metrics(lab: Lab, **values: object) -> None:
+    """[metrics] as `values` (on the same listen address), applied by `jlservice reload`."""
+    lab.sections["metrics"] = {"listen": lab.sections["metrics"]["listen"], **values}
+    lab.write_config()
+    if (done := lab.cli("reload")).returncode != 0:
+        raise BenchError(f"jlservice reload: {done.stderr.strip()}")
 
 
 def scrape_round(port: int, count: int) -> tuple[float, float]:
@@ -68,116 +79,52 @@ def scrape_round(port: int, count: int) -> tuple[float, float]:
     return statistics.median(times), percentile(times, 99)
 
 
-def cpu_window(pids: list[int], seconds: float) -> list[float]:
-    """% of one core each process used over `seconds`."""
-    procs = [psutil.Process(pid) for pid in pids]
-    before = [sum(p.cpu_times()[:2]) for p in procs]
-    time.sleep(seconds)
-    return [
-        (sum(p.cpu_times()[:2]) - b) / seconds * 100 for p, b in zip(procs, before, strict=True)
-    ]
-
-
-def nvidia_smi_ms(runs: int) -> list[float] | None:
-    if (tool := shutil.which("nvidia-smi")) is None:
-        return None
-    query = "index,uuid,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        argv = [tool, f"--query-gpu={query}", "--format=csv,noheader"]
-        subprocess.run(argv, capture_output=True, check=True)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+def cpu_rounds(lab: Lab, rounds: int, seconds: float) -> Runs:
+    """% of one core the supervisor and JupyterLab used over `seconds` windows with
+    [metrics] off, at interval 5 s and at 1 s, switched by live reloads; `rounds` of each."""
+    assert lab.proc is not None
+    procs = {"supervisor": psutil.Process(lab.proc.pid), "lab": psutil.Process(lab.lab_pid)}
+    cpu = Runs("cpu round", rounds)
+    for _ in range(rounds):
+        values = {}
+        for name, settings in (("off", {"enabled": False}), ("5", {"interval": 5.0}), ("1", {})):
+            set_metrics(lab, **(settings or {"interval": 1.0}))
+            time.sleep(1.0)
+            values.update({f"{name} {k}": v for k, v in cpu_percent(procs, seconds).items()})
+        cpu.add(**values)
+    return cpu
 
 
 def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     from prometheus_client import CollectorRegistry, start_http_server
 
     args = session.args
-    metrics_port = free_port()
-    lab = Lab(session, metrics={"listen": f"{HOST}:{metrics_port}", "interval": 5.0})
-
-    def configure(**metrics: object) -> None:
-        lab.sections["metrics"] = {"listen": f"{HOST}:{metrics_port}", **metrics}
-        lab.write_config()
-        if (done := lab.cli("reload")).returncode != 0:
-            raise BenchError(f"jlservice reload: {done.stderr.strip()}")
-
+    lab = Lab(session, metrics=metrics_section(interval=1.0))
     url = busy_machine(session, lab, args.kernels)
-    configure(interval=1.0)
-    wait_notebooks(url, args.kernels)
     empty_port = free_port()
     empty, _thread = start_http_server(empty_port, HOST, registry=CollectorRegistry())
+    port = int(lab.sections["metrics"]["listen"].rpartition(":")[2])
     s = Runs("scrape round", args.rounds)
     for _ in range(args.rounds):
         base50, base99 = scrape_round(empty_port, args.scrapes)
-        p50, p99 = scrape_round(metrics_port, args.scrapes)
+        p50, p99 = scrape_round(port, args.scrapes)
         s.add(p50=p50, p99=p99, empty_p50=base50, empty_p99=base99)
     empty.shutdown()
     size = len(scrape_text(url).encode())
-    assert lab.proc is not None
-    pids = [lab.proc.pid, lab.lab_pid]
-    cpu = Runs("cpu round", args.cpu_rounds)
-    for _ in range(args.cpu_rounds):
-        values = {}
-        for name, settings in (
-            ("off", {"enabled": False}),
-            ("5", {"interval": 5.0}),
-            ("1", {"interval": 1.0}),
-        ):
-            configure(**settings)
-            time.sleep(1.0)
-            values[f"{name} supervisor"], values[f"{name} lab"] = cpu_window(pids, args.cpu_seconds)
-        cpu.add(**values)
+    cpu = cpu_rounds(lab, args.cpu_rounds, args.cpu_seconds)
     lab.shutdown()
-    off = "[metrics] enabled = false"
-    sup, jl = cpu["off supervisor"], cpu["off lab"]
-    rows = [
-        Metric(
-            "scrape p50",
-            "ms",
-            s["p50"],
-            "empty registry",
-            s["empty_p50"],
-            note=f"{size} bytes per scrape",
-        ),
-        Metric(
-            "scrape p99",
-            "ms",
-            s["p99"],
-            "empty registry",
-            s["empty_p99"],
-            5.0,
-            "median",
-            note=f"{GPUS} fake GPUs, {args.kernels} real kernels",
-        ),
-        Metric(
-            "supervisor CPU, interval 5 s",
-            "%",
-            cpu["5 supervisor"],
-            off,
-            sup,
-            0.5,
-            "difference",
-            note="goal on the difference to metrics off",
-        ),
-        Metric("supervisor CPU, interval 1 s", "%", cpu["1 supervisor"], off, sup),
-        Metric(
-            "JupyterLab CPU, interval 5 s",
-            "%",
-            cpu["5 lab"],
-            off,
-            jl,
-            note="answering api/kernels + api/sessions each interval",
-        ),
-        Metric("JupyterLab CPU, interval 1 s", "%", cpu["1 lab"], off, jl),
-    ]
-    if (smi := nvidia_smi_ms(args.rounds * 5)) is None:
-        lab.warn("nvidia-smi is not installed here: no nvidia-smi --query-gpu baseline")
-    else:
-        rows.append(Metric("nvidia-smi --query-gpu", "ms", smi))
-    return rows, {}
+    empty50, empty99 = ("empty registry", s["empty_p50"]), ("empty registry", s["empty_p99"])
+    off, jl = (OFF, cpu["off supervisor"]), (OFF, cpu["off lab"])
+    loaded = f"{GPUS} fake GPUs, {args.kernels} real kernels"
+    answers = "answering api/kernels + api/sessions each interval"
+    return [
+        Metric("scrape p50", "ms", s["p50"], "", f"{size} bytes per scrape", empty50),
+        Metric("scrape p99", "ms", s["p99"], "<= 5", loaded, empty99),
+        Metric("supervisor CPU, interval 5 s", "%", cpu["5 supervisor"], CPU_GOAL, vs=off),
+        Metric("supervisor CPU, interval 1 s", "%", cpu["1 supervisor"], vs=off),
+        Metric("JupyterLab CPU, interval 5 s", "%", cpu["5 lab"], "", answers, jl),
+        Metric("JupyterLab CPU, interval 1 s", "%", cpu["1 lab"], vs=jl),
+    ], {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(p, argv, "jlservice", "python")
     if min(args.rounds, args.scrapes, args.kernels, args.cpu_rounds) < 1:
         p.error("--rounds, --scrapes, --kernels and --cpu-rounds must be positive")
-    return run("bench/metrics.py", "jlservice metrics benchmark", args, args.rounds * 2, measure)
+    return run("bench/metrics.py", "jlservice metrics benchmark", args, measure, args.rounds * 2)
 
 
 if __name__ == "__main__":

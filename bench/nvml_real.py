@@ -28,7 +28,7 @@ from jlservice.metrics.gpu import GpuReader
 from jlservice.metrics.sampler import attribute
 from jlservice.metrics.view import SupervisorView
 
-from .report import percentile
+from .report import cpu_percent, percentile, timed_ms
 
 KERNEL_ID = "0f0e0d0c-real-gpu-check"
 HOLD = (
@@ -43,76 +43,62 @@ QUERY = (
 
 
 def smi(*args: str) -> list[list[str]]:
-    out = subprocess.run(
-        ["nvidia-smi", *args, "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    argv = ["nvidia-smi", *args, "--format=csv,noheader,nounits"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return [[c.strip() for c in line.split(",")] for line in out.strip().splitlines()]
 
 
 def start_holders() -> tuple[list[subprocess.Popen], int, int]:
     """(processes to end, pid of the kernel's GPU child, pid of the outsider)."""
-    kernel = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], '1024'])",
-            HOLD,
-            f"--f=/tmp/kernel-{KERNEL_ID}.json",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    outsider = subprocess.Popen(
-        [sys.executable, "-c", HOLD, "512"], stdout=subprocess.PIPE, text=True
-    )
-    procs = [kernel, outsider]
+    child = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], '1024'])"
+    kernel = [sys.executable, "-c", child, HOLD, f"--f=/tmp/kernel-{KERNEL_ID}.json"]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        for argv in (kernel, [sys.executable, "-c", HOLD, "512"])
+    ]
     for proc in procs:
         if proc.stdout is None or proc.stdout.readline().strip() != "holding":
             raise SystemExit("a GPU memory holder did not start (is PyTorch with CUDA there?)")
-    child = psutil.Process(kernel.pid).children()[0].pid
-    return procs, child, outsider.pid
+    return procs, psutil.Process(procs[0].pid).children()[0].pid, procs[1].pid
 
 
-def compare(reader: GpuReader, child: int, outsider: int) -> list[tuple[str, str, str, bool]]:
-    """(what, jlservice, nvidia-smi, agree) rows."""
-    rows = []
+# What GpuReader and nvidia-smi both report: (what, jlservice's metric and labels, its scale,
+# nvidia-smi's column of QUERY, how far apart the two may be; None: context, not compared).
+NUMBERS = (
+    ("memory total MiB", "memory_total_bytes", (), 2**-20, 5, 1),
+    ("memory used MiB", "memory_used_bytes", (), 2**-20, 6, 64),
+    ("memory free MiB", "memory_free_bytes", (), 2**-20, 7, 64),
+    ("temperature °C", "temperature_celsius", (), 1, 8, 3),
+    ("power limit W", "power_limit_watts", (), 1, 9, 1),
+    ("sm clock MHz", "clock_hertz", (("clock", "sm"),), 1e-6, 10, 200),
+    ("memory clock MHz", "clock_hertz", (("clock", "memory"),), 1e-6, 11, 200),
+    ("power W (context)", "power_watts", (), 1, 12, None),
+    ("energy J (context)", "energy_joules", (), 1, None, None),
+    ("ECC corrected (context)", "ecc_errors", (("type", "corrected"),), 1, None, None),
+    ("ECC uncorrected (context)", "ecc_errors", (("type", "uncorrected"),), 1, None, None),
+)
+Row = tuple[str, str, str, bool]  # what, jlservice's value, nvidia-smi's, whether they agree
+
+
+def compare(reader: GpuReader, child: int, outsider: int) -> list[Row]:
     gpus = reader.sample()
     if not gpus:
         raise SystemExit("GpuReader found no GPU: NVML not usable")
     reference = {int(r[0]): r for r in smi(f"--query-gpu={QUERY}")}
+    rows = []
     for gpu in gpus:
-        ref = reference[gpu.index]
-        info = dict(gpu.info)
-        values = {(m, labels): v for m, labels, v in gpu.values}
-
-        def row(what, ours, theirs, ok, index=gpu.index):
-            rows.append((f"GPU {index} {what}", str(ours), str(theirs), bool(ok)))
-
-        row("uuid", gpu.uuid, ref[1], gpu.uuid == ref[1])
-        row("name", info["name"], ref[2], info["name"] == ref[2])
-        row("pci_bus_id", info["pci_bus_id"], ref[3], info["pci_bus_id"].lower() == ref[3].lower())
-        row("driver_version", info["driver_version"], ref[4], info["driver_version"] == ref[4])
-        total = values[("memory_total_bytes", ())] / 2**20
-        row("memory total MiB", f"{total:.0f}", ref[5], abs(total - float(ref[5])) <= 1)
-        used = values[("memory_used_bytes", ())] / 2**20
-        row("memory used MiB", f"{used:.0f}", ref[6], abs(used - float(ref[6])) <= 64)
-        free = values[("memory_free_bytes", ())] / 2**20
-        row("memory free MiB", f"{free:.0f}", ref[7], abs(free - float(ref[7])) <= 64)
-        temp = values.get(("temperature_celsius", ()))
-        row("temperature °C", temp, ref[8], temp is not None and abs(temp - float(ref[8])) <= 3)
-        limit = values.get(("power_limit_watts", ()))
-        row("power limit W", limit, ref[9], limit is not None and abs(limit - float(ref[9])) <= 1)
-        for clock, col in (("sm", 10), ("memory", 11)):
-            mhz = values.get(("clock_hertz", (("clock", clock),)), 0) / 1e6
-            row(f"{clock} clock MHz", f"{mhz:.0f}", ref[col], abs(mhz - float(ref[col])) <= 200)
-        watts = values.get(("power_watts", ()))
-        row("power W (context)", watts, ref[12], True)
-        row("energy J (context)", values.get(("energy_joules", ())), "-", True)
-        for kind in ("corrected", "uncorrected"):
-            row(f"ECC {kind} (context)", values.get(("ecc_errors", (("type", kind),))), "-", True)
+        ref, info = reference[gpu.index], {"uuid": gpu.uuid, **dict(gpu.info)}
+        for column, key in enumerate(("uuid", "name", "pci_bus_id", "driver_version"), 1):
+            same = info[key].lower() == ref[column].lower()
+            rows.append((f"GPU {gpu.index} {key}", info[key], ref[column], same))
+        values = {(metric, labels): v for metric, labels, v in gpu.values}
+        for what, metric, labels, scale, column, within in NUMBERS:
+            ours = values.get((metric, labels))
+            ours = None if ours is None else round(ours * scale, 1)
+            theirs = "-" if column is None else ref[column]
+            ok = within is None or (ours is not None and abs(ours - float(theirs)) <= within)
+            shown = f"{ours:.0f}" if ours is not None and ours.is_integer() else str(ours)
+            rows.append((f"GPU {gpu.index} {what}", shown, theirs, ok))
     apps = {int(r[0]): float(r[1]) for r in smi("--query-compute-apps=pid,used_memory")}
     seen = {pid: used / 2**20 for gpu in gpus for pid, used in gpu.processes}
     for who, pid in (("kernel's child", child), ("outsider", outsider)):
@@ -122,43 +108,37 @@ def compare(reader: GpuReader, child: int, outsider: int) -> list[tuple[str, str
     return rows
 
 
-def attribution(reader: GpuReader, child: int, outsider: int) -> list[tuple[str, str, str, bool]]:
+def attribution(reader: GpuReader, child: int, outsider: int) -> list[Row]:
+    """The sampler's mapping: the kernel's memory is its child's, the outsider's is other."""
     gpus = reader.sample() or ()
     notebooks = {KERNEL_ID: 'real gpu/check "quoted" ü.ipynb'}
     held, other = attribute(gpus, notebooks, lambda pid: kernels.owner(pid, notebooks))
     mine = [k for k in held if k.kernel_id == KERNEL_ID]
-    child_mib = next(u for g in gpus for p, u in g.processes if p == child) / 2**20
-    outsider_mib = next(u for g in gpus for p, u in g.processes if p == outsider) / 2**20
-    kernel_mib = sum(k.bytes for k in mine) / 2**20
-    other_mib = sum(b for i, _, b in other if i == 0) / 2**20
+    used = {pid: u / 2**20 for g in gpus for pid, u in g.processes}
+    kernel = sum(k.bytes for k in mine) / 2**20
+    rest = sum(b for i, _, b in other if i == 0) / 2**20
+    child_mib, outsider_mib = used[child], used[outsider]
     return [
         (
             "kernel memory MiB (its child's)",
-            f"{kernel_mib:.0f}",
+            f"{kernel:.0f}",
             f"{child_mib:.0f}",
-            kernel_mib == child_mib,
+            kernel == child_mib,
         ),
         ("kernel's notebook", mine[0].notebook if mine else "-", notebooks[KERNEL_ID], bool(mine)),
         (
             "other memory on GPU 0 MiB >= outsider",
-            f"{other_mib:.0f}",
+            f"{rest:.0f}",
             f"{outsider_mib:.0f}",
-            other_mib >= outsider_mib,
+            rest >= outsider_mib,
         ),
     ]
 
 
 def timings(reader: GpuReader) -> dict[str, float]:
-    collect = []
-    for _ in range(200):
-        began = time.perf_counter()
-        reader.sample()
-        collect.append((time.perf_counter() - began) * 1000)
-    tool = []
-    for _ in range(10):
-        began = time.perf_counter()
-        smi(f"--query-gpu={QUERY}")
-        tool.append((time.perf_counter() - began) * 1000)
+    """One GpuReader collection (200 rounds) vs one `nvidia-smi --query-gpu` (10 runs)."""
+    collect = timed_ms(reader.sample, 200)
+    tool = timed_ms(lambda: smi(f"--query-gpu={QUERY}"), 10)
     return {
         "collect_ms_p50": statistics.median(collect),
         "collect_ms_p99": percentile(collect, 99),
@@ -167,32 +147,25 @@ def timings(reader: GpuReader) -> dict[str, float]:
 
 
 def scrapes(port: int) -> dict[str, float]:
-    view = SupervisorView("bench", "nobody", "/")
-    exporter = Exporter(view, MetricsConfig(listen=f"127.0.0.1:{port}", interval=1.0))
+    """1,000 scrapes of an exporter sampling the real GPUs every second, and its process's
+    CPU over 30 s at interval 1 s and 5 s (no JupyterLab: GPU work only)."""
+    config = MetricsConfig(listen=f"127.0.0.1:{port}", interval=1.0)
+    exporter = Exporter(SupervisorView("bench", "nobody", "/"), config)
     exporter.start()
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        deadline = time.monotonic() + 20
-        text = ""
+        deadline, text = time.monotonic() + 20, ""
         while "jlservice_gpu_memory_used_bytes" not in text and time.monotonic() < deadline:
             time.sleep(0.2)
             text = urllib.request.urlopen(url, timeout=5).read().decode()
         if "jlservice_gpu_memory_used_bytes" not in text:
             raise SystemExit("the exporter never showed GPU series")
-        latency = []
-        for _ in range(1000):
-            began = time.perf_counter()
-            urllib.request.urlopen(url, timeout=5).read()
-            latency.append((time.perf_counter() - began) * 1000)
+        latency = timed_ms(lambda: urllib.request.urlopen(url, timeout=5).read(), 1000)
         cpu = {}
-        me = psutil.Process()
         for interval in (1.0, 5.0):
             exporter.apply(MetricsConfig(listen=f"127.0.0.1:{port}", interval=interval))
             time.sleep(interval)
-            cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
-            time.sleep(30)
-            cpu[interval] = (sum(me.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0) * 100
-        sample = text
+            cpu[interval] = cpu_percent({"me": psutil.Process()}, 30)["me"]
     finally:
         exporter.stop()
     return {
@@ -200,7 +173,7 @@ def scrapes(port: int) -> dict[str, float]:
         "scrape_ms_p99": percentile(latency, 99),
         "exporter_cpu_percent_interval_1s": cpu[1.0],
         "exporter_cpu_percent_interval_5s": cpu[5.0],
-        "series": sum(1 for line in sample.splitlines() if line.startswith("jlservice_gpu")),
+        "series": sum(1 for line in text.splitlines() if line.startswith("jlservice_gpu")),
     }
 
 

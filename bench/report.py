@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -11,8 +10,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,29 @@ def percentile(samples: Sequence[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def timed_ms(call: Callable[[], object], times: int) -> list[float]:
+    """Milliseconds each of `times` calls of `call` took."""
+    samples = []
+    for _ in range(times):
+        began = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - began) * 1000)
+    return samples
+
+
+def cpu_percent(procs: Mapping[str, psutil.Process], seconds: float) -> dict[str, float]:
+    """% of one core (user + system) each process used over a window of `seconds`."""
+    before, began = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}, time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - began
+    return {k: (sum(p.cpu_times()[:2]) - before[k]) / wall * 100 for k, p in procs.items()}
+
+
+def minus(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """a - b, sample by sample."""
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
 class Runs(dict[str, list[float]]):
     """Samples by name, one of each per run; each run's values said on stderr."""
 
@@ -47,70 +69,36 @@ class Runs(dict[str, list[float]]):
         say(f"  {self.what} {self.done}/{self.total}: {figures}")
 
 
-# ── a row of the table ───────────────────────────────────────────────────────
-
-GOALS = {  # what goal_on bounds, and how the goal reads
-    "ratio": "ratio <= {goal:g}",  # median ÷ baseline median
-    "median": "<= {goal:g} {unit}",
-    "difference": "median - baseline <= {goal:g} {unit}",  # median − baseline median
-    "max": "max <= {goal:g} {unit}",  # the largest sample
-}
-
-
 @dataclass
 class Metric:
-    """One row: samples of jlservice, optionally samples of a baseline, and a goal."""
+    """One row: jlservice's samples, a goal, a note, and a baseline (`vs`: its name and
+    samples). `goal` bounds, by what it starts with: "ratio <= X" the median ÷ the
+    baseline's median, "median - baseline <= X" their difference, "max <= X" the largest
+    sample, "<= X" the median."""
 
     name: str
     unit: str
     samples: list[float]
-    baseline: str | None = None
-    baseline_samples: list[float] = field(default_factory=list)
-    goal: float | None = None
-    goal_on: str = "ratio"  # one of GOALS
+    goal: str = ""
     note: str = ""
+    vs: tuple[str, list[float]] | None = None
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def baseline_median(self) -> float | None:
-        return statistics.median(self.baseline_samples) if self.baseline_samples else None
-
-    @property
-    def ratio(self) -> float | None:
-        base = self.baseline_median
-        return self.median / base if base else None
-
-    @property
-    def difference(self) -> float | None:
-        base = self.baseline_median
-        return None if base is None else self.median - base
-
-    @property
-    def ok(self) -> bool | None:
-        if self.goal is None:
-            return None
-        value = {"ratio": self.ratio, "difference": self.difference, "max": max(self.samples)}
-        bounded = value.get(self.goal_on, self.median)
-        return None if bounded is None else bounded <= self.goal
+    def figures(self) -> dict[str, Any]:
+        median, base = statistics.median(self.samples), None
+        if self.vs and self.vs[1]:
+            base = statistics.median(self.vs[1])
+        f = {"median": median, "min": min(self.samples), "max": max(self.samples)}
+        f.update(n=len(self.samples), baseline_median=base, ratio=median / base if base else None)
+        f["difference"] = None if base is None else median - base
+        on, _, bound = self.goal.partition("<=")
+        limited = {"ratio": f["ratio"], "median - baseline": f["difference"], "max": f["max"]}
+        value = limited.get(on.strip(), median)
+        f["ok"] = None if not self.goal or value is None else value <= float(bound)
+        return f
 
     def goal_text(self) -> str:
-        return (
-            "" if self.goal is None else GOALS[self.goal_on].format(goal=self.goal, unit=self.unit)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        figures = ("median", "baseline_median", "ratio", "difference", "ok")
-        return {
-            **asdict(self),
-            **{name: getattr(self, name) for name in figures},
-            "goal_text": self.goal_text(),
-            "min": min(self.samples),
-            "max": max(self.samples),
-            "n": len(self.samples),
-        }
+        plain = not self.goal or self.goal.startswith("ratio")
+        return self.goal if plain else f"{self.goal} {self.unit}"
 
 
 def _num(value: float | None, unit: str) -> str:
@@ -125,19 +113,12 @@ def table(metrics: Sequence[Metric]) -> str:
     header = ["metric", "unit", "n", "median", "min", "max", "baseline median", "ratio", "goal", ""]
     rows = [header]
     for m in metrics:
-        base = m.baseline_median
-        rows.append(
-            [
-                m.name,
-                m.unit,
-                str(len(m.samples)),
-                *(_num(v, m.unit) for v in (m.median, min(m.samples), max(m.samples))),
-                f"{_num(base, m.unit)} ({m.baseline})" if base is not None else "",
-                f"{m.ratio:.3f}" if m.ratio is not None else "",
-                m.goal_text(),
-                {True: "PASS", False: "FAIL", None: ""}[m.ok],
-            ]
-        )
+        f = m.figures()
+        figures = [_num(f[k], m.unit) for k in ("median", "min", "max")]
+        base = f"{_num(f['baseline_median'], m.unit)} ({m.vs[0]})" if m.vs and m.vs[1] else ""
+        ratio = f"{f['ratio']:.3f}" if f["ratio"] is not None else ""
+        ok = {True: "PASS", False: "FAIL", None: ""}[f["ok"]]
+        rows.append([m.name, m.unit, str(f["n"]), *figures, base, ratio, m.goal_text(), ok])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -151,8 +132,6 @@ def table(metrics: Sequence[Metric]) -> str:
     notes = [f"  [{i}] {m.name}: {m.note}" for i, m in enumerate(metrics, 1) if m.note]
     return "\n".join(lines + (["", "notes:", *notes] if notes else []))
 
-
-# ── the machine ──────────────────────────────────────────────────────────────
 
 _VERSIONS = """
 import json, sys
@@ -173,35 +152,38 @@ def machine(python: str, env: Mapping[str, str]) -> dict[str, Any]:
         [python, "-c", _VERSIONS], capture_output=True, text=True, env=dict(env), timeout=60
     )
     v = json.loads(done.stdout) if done.returncode == 0 else {}
-    cpu = _value("/proc/cpuinfo", ("model name", "Model", "cpu model"), ":")
     cores = f"{os.cpu_count()} cores, {len(os.sched_getaffinity(0))} usable"
-    system = _value("/etc/os-release", ("PRETTY_NAME=",), "=") or platform.system()
+    try:
+        system = platform.freedesktop_os_release()["PRETTY_NAME"]
+    except (OSError, KeyError):
+        system = platform.system()
     cache = env.get("PYTHONPYCACHEPREFIX") or "__pycache__"
+    bytecode = "PYTHONDONTWRITEBYTECODE=1" if env.get("PYTHONDONTWRITEBYTECODE") else ""
     return {
         "host": socket.gethostname(),
-        "cpu": f"{cpu or platform.processor() or platform.machine()} ({cores})",
+        "cpu": f"{_cpu()} ({cores})",
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "os / kernel": f"{system} / Linux {platform.release()}",
         "python": v.get("python"),
         "jlservice": f"{v.get('jlservice')} (commit {_commit()})",
         "jupyterlab": v.get("jupyterlab"),
         "jupyter_server": v.get("jupyter_server"),
-        "tornado / structlog / psutil": f"{v.get('tornado')} / {v.get('structlog')} / "
-        f"{v.get('psutil')}",
-        "bytecode": "PYTHONDONTWRITEBYTECODE=1"
-        if env.get("PYTHONDONTWRITEBYTECODE")
-        else f"cached ({cache})",
+        "tornado / structlog / psutil": " / ".join(
+            str(v.get(k)) for k in ("tornado", "structlog", "psutil")
+        ),
+        "bytecode": bytecode or f"cached ({cache})",
         "load average at start": " ".join(str(round(x, 2)) for x in os.getloadavg()),
         "running as": "root" if os.geteuid() == 0 else str(os.geteuid()),
     }
 
 
-def _value(path: str, keys: tuple[str, ...], sep: str) -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(keys):
-                return line.split(sep, 1)[1].strip().strip('"')
-    return None
+def _cpu() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(("model name", "Model")))
+    return next(names, None) or platform.processor() or platform.machine()
 
 
 def _commit() -> str | None:
@@ -210,29 +192,22 @@ def _commit() -> str | None:
     asks = (("rev-parse", "--short", "HEAD"), ("status", "--porcelain", "--", "jlservice"))
     try:
         head, dirty = (
-            subprocess.run(
-                ["git", "-C", str(REPO), *ask], capture_output=True, text=True, env=env, timeout=10
-            )
-            for ask in asks
+            subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, env=env)
+            for a in asks
         )
-    except (OSError, subprocess.SubprocessError):
+    except OSError:
         return None
     return None if head.returncode else head.stdout.strip() + ("+dirty" if dirty.stdout else "")
 
 
-# ── the two ends of a run ────────────────────────────────────────────────────
-
-
-def announce(title: str, python: str, env: Mapping[str, str], runs: int) -> dict[str, Any]:
+def announce(title: str, info: Mapping[str, Any], runs: int) -> None:
     """Print the title, the machine and why this run may not be a measurement."""
-    info = machine(python, env)
     width = max(map(len, info))
     print(f"{title}\n\nmachine:", *(f"  {k.ljust(width)}  {v}" for k, v in info.items()), sep="\n")
     if runs < 5:
         print(f"\n  WARNING: --runs {runs} < 5: a smoke run, not a measurement")
     if (load := os.getloadavg()[0]) > 0.5:
         print(f"  WARNING: load average {load:.2f}: machine not quiet", flush=True)
-    return info
 
 
 def finish(
@@ -248,20 +223,22 @@ def finish(
     for warning in warnings:
         print(f"WARNING: {warning}")
     if args.json:
+        rows = [{**asdict(m), **m.figures(), "goal_text": m.goal_text()} for m in metrics]
         report = {"benchmark": script, "started_at": began, "args": vars(args), **extra}
-        report.update(metrics=[m.to_dict() for m in metrics], warnings=list(warnings))
+        report.update(metrics=rows, warnings=list(warnings))
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"\nwrote {path}")
     for m in metrics:  # a goal on the difference: the table shows no difference
-        if m.goal_on == "difference" and m.goal is not None and m.difference is not None:
-            ratio = "" if m.ratio is None else f", ratio {m.ratio:.3f}"
+        f = m.figures()
+        if m.goal.startswith("median - baseline") and f["difference"] is not None:
+            ratio = "" if f["ratio"] is None else f", ratio {f['ratio']:.3f}"
             print(
-                f"\n{m.name} vs {m.baseline} (medians): {m.difference:+.3f} {m.unit} "
-                f"(goal <= +{m.goal:g} {m.unit}){ratio}"
+                f"\n{m.name} vs {m.vs[0]} (medians): {f['difference']:+.3f} {m.unit} "
+                f"(goal <= +{m.goal.partition('<=')[2].strip()} {m.unit}){ratio}"
             )
-    missed = [m.name for m in metrics if m.ok is False]
+    missed = [m.name for m in metrics if m.figures()["ok"] is False]
     if missed:
         print(f"goals missed: {', '.join(missed)}")
     return 3 if args.strict and missed else 0

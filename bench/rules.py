@@ -22,7 +22,7 @@ from helpers.procs import free_port, wait_for
 from helpers.prometheus import RULES, Prometheus, config_for, tool
 
 from .lab import HOST, Lab
-from .metrics import GPUS, busy_machine, wait_notebooks
+from .metrics import GPUS, busy_machine
 from .report import Metric, say
 from .session import BenchError, Session, options, parse, run
 
@@ -56,7 +56,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     token_file.chmod(0o600)
     listen = f"{HOST}:{free_port()}"
     lab = Lab(session, metrics={"listen": listen, "bearer_token_file": str(token_file)})
-    wait_notebooks(busy_machine(session, lab, args.kernels), args.kernels, token)
+    busy_machine(session, lab, args.kernels, token)
 
     directory = session.work / "prometheus"
     directory.mkdir()
@@ -77,7 +77,7 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
     lab.shutdown()
 
     rows = [Metric(f"group {name}", "ms", times) for name, times in seen["groups"].items()]
-    every = sum(row.median for row in rows)
+    every = sum(row.figures()["median"] for row in rows)
     rows[0].note = f"all {len(rows)} groups: {every:.2f} ms an evaluation (sum of medians)"
     costliest = sorted(seen["rules"].items(), key=lambda item: -statistics.median(item[1]))
     rows += [Metric(f"rule {name}", "ms", times) for name, times in costliest[:3]]
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels < 1 or args.seconds <= 0 or args.interval < 0.1:
         p.error("--kernels and --seconds must be positive, --interval at least 0.1")
     runs = int(args.seconds / args.interval)
-    return run("bench/rules.py", "jlservice rule evaluation benchmark", args, runs, measure)
+    return run("bench/rules.py", "jlservice rule evaluation benchmark", args, measure, runs)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 
 from helpers.procs import child_env, stop
 
-from .report import Metric, announce, finish
+from .report import Metric, announce, finish, machine
 
 
 class BenchError(Exception):
@@ -73,14 +73,14 @@ class Session:
     """The work directory, the children's environment and everything started in one run."""
 
     def __init__(self, script: str, args: argparse.Namespace) -> None:
-        self.args = args
+        self.script, self.args = script, args
         self.bin = Path(args.bin_dir)
         self.work = Path(tempfile.mkdtemp(prefix=f"jlservice-bench-{Path(script).stem}-"))
         self.env = child_env()
         if args.bytecode == "cached":  # as an installed package: compiled once, then read
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
-        self.labs: list[Any] = []  # lab.Lab, each ended by its cleanup()
+        self.labs: list[Any] = []  # helpers.service.Service, each ended by its cleanup()
         self.popens: list[subprocess.Popen[bytes]] = []
         self.warnings: list[str] = []
 
@@ -101,35 +101,36 @@ class Session:
         self.popens.append(proc)
         return proc
 
-    def close(self, script: str) -> None:
+    def close(self) -> None:
         for proc in self.popens:
             stop(proc, 30)
         if left := [pid for lab in self.labs for pid in lab.cleanup()]:
-            print(f"{script}: had to kill leftover pids {left}", file=sys.stderr)
+            print(f"{self.script}: had to kill leftover pids {left}", file=sys.stderr)
         if self.args.keep:
             print(f"work directory (logs): {self.work}", file=sys.stderr)
         else:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+Measure = Callable[[Session], tuple[list[Metric], dict[str, Any]]]
+
+
 def run(
-    script: str,
-    title: str,
-    args: argparse.Namespace,
-    runs: int,
-    measure: Callable[[Session], tuple[list[Metric], dict[str, Any]]],
+    script: str, title: str, args: argparse.Namespace, measure: Measure, runs: int | None = None
 ) -> int:
     """Announce the machine, `measure`, clean up, print the table: the exit status.
 
     1 when something failed to start or answer, 130 on Ctrl-C, 3 with --strict when a goal
-    is missed. `measure` returns the rows and what else goes into --json.
+    is missed. `measure` returns the rows and what else goes into --json; `runs` (default
+    --runs) below 5 is said to be a smoke run.
     """
     began = time.time()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the clean-up below
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     session = Session(script, args)
     try:
-        machine = announce(title, str(session.bin / "python"), session.env, runs)
+        info = machine(str(session.bin / "python"), session.env)
+        announce(title, info, args.runs if runs is None else runs)
         metrics, extra = measure(session)
     except (BenchError, AssertionError, subprocess.TimeoutExpired) as exc:
         print(f"\n{script}: FAILED: {exc}", file=sys.stderr)
@@ -138,8 +139,8 @@ def run(
         print(f"\n{script}: interrupted", file=sys.stderr)
         return 130
     finally:
-        session.close(script)
-    return finish(script, began, metrics, session.warnings, args, {"machine": machine, **extra})
+        session.close()
+    return finish(script, began, metrics, session.warnings, args, {"machine": info, **extra})
 
 
 def run_timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
@@ -148,7 +149,6 @@ def run_timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
     done = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=120)
     wall = time.monotonic() - start
     if done.returncode != 0:
-        raise BenchError(
-            f"{' '.join(argv)} exited with {done.returncode}: {(done.stderr or done.stdout)[-500:]}"
-        )
+        output = (done.stderr or done.stdout)[-500:]
+        raise BenchError(f"{' '.join(argv)} exited with {done.returncode}: {output}")
     return wall, done.stdout

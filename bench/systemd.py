@@ -128,18 +128,16 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
             if run:
                 s.add(start=took, by_hand=hand, reboot=reboot)
     scores = exposure(session.work)
-    hand = "jlservice run by hand -> ready"
+    hand = ("jlservice run by hand -> ready", s["by_hand"])
     reboot = "boot of the sandbox's systemd + start of the enabled unit"
     metrics = [
-        Metric("systemctl start -> returns (READY=1)", "s", s["start"], hand, s["by_hand"], 1.05),
+        Metric("systemctl start -> returns (READY=1)", "s", s["start"], "ratio <= 1.05", vs=hand),
         Metric("reboot (kill PID 1) -> token answers", "s", s["reboot"], note=reboot),
     ]
     note = "systemd-analyze security --offline=true (0 = locked down, 10 = exposed)"
     for source, value in scores.items():
-        goal = None if source.startswith("user/") else 5.0
-        metrics.append(
-            Metric(f"exposure {source}", "score", [value], None, [], goal, "median", note)
-        )
+        goal = "" if source.startswith("user/") else "<= 5"
+        metrics.append(Metric(f"exposure {source}", "score", [value], goal, note))
     return metrics, {"exposure": scores}
 
 
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if why := available():
         print(f"bench/systemd.py: {why}", file=sys.stderr)
         return 1
-    return run("bench/systemd.py", "jlservice under systemd", args, args.runs, measure)
+    return run("bench/systemd.py", "jlservice under systemd", args, measure)
 
 
 if __name__ == "__main__":
