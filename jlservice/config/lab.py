@@ -152,7 +152,8 @@ def reserved_argument(word: str, traits: Mapping[str, str] = RESERVED_TRAITS) ->
     return next((t for alias, t in _RESERVED_ALIASES.items() if alias.startswith(name)), None)
 
 
-RESERVED_ENV = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR"}
+# JUPYTER_NO_CONFIG would hide the config jlservice gives JupyterLab: its password, its extensions.
+RESERVED_ENV = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR", "JUPYTER_NO_CONFIG"}
 _OPTION_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -218,7 +219,7 @@ def parse_lab(r: Reader, t: Mapping[str, Any], running_as: users.Account, cwd: P
         if not _ENV_NAME.fullmatch(key):
             r.fail(s, f"env.{key}", "not a valid environment variable name")
         if key in RESERVED_ENV:
-            r.fail(s, f"env.{key}", "is set by jlservice (token and runtime dir); remove it")
+            r.fail(s, f"env.{key}", "is jlservice's (token, runtime dir, config); remove it")
         if not isinstance(value, str):
             r.fail(s, f"env.{key}", f"expected a string, got {kind_of(value)}")
     options = {

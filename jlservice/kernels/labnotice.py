@@ -32,6 +32,7 @@ QUEUED_MAX = 8
 _ADVICE = "Use less memory or raise [kernels] memory_max."
 _ADVICE_SHARED = "Use less memory: the limit is shared with other notebooks."
 _ADVICE_MACHINE = "Use less memory: the machine ran out."
+_ADVICE_UNKNOWN = "Use less memory."
 
 Post = Callable[[Endpoint, dict[str, Any], float], bool]
 
@@ -58,11 +59,16 @@ def message(kill: OomKilled) -> str:
     # The kernel log's name of it is at most 15 characters (TASK_COMM_LEN), these at most 16,
     # cut before they are escaped (an escape is never cut in two).
     what = text.escape_controls(kill.process[:16]) if kill.process else "a process"
+    had = _size(kill.memory_bytes)
     if kill.limit_bytes is not None:
-        rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}, limit "
-        rest += f"{_size(kill.limit_bytes)}). {_ADVICE if kill.own_limit else _ADVICE_SHARED}"
+        had += f", limit {_size(kill.limit_bytes)}"
+    if kill.own_limit is None:  # which limit ran out, only the kernel log says
+        advice = _ADVICE_UNKNOWN
+    elif kill.limit_bytes is None:
+        advice = _ADVICE_MACHINE
     else:
-        rest = f": the OOM killer ended {what} ({_size(kill.memory_bytes)}). {_ADVICE_MACHINE}"
+        advice = _ADVICE if kill.own_limit else _ADVICE_SHARED
+    rest = f": the OOM killer ended {what} ({had}). {advice}"
     whose = text.escape_controls(kill.notebook) if kill.notebook else ""
     whose = whose or f"The kernel {(kill.kernel_id or '')[:8]}"
     room = max(MESSAGE_MAX - _js_length(rest), 2)
@@ -91,28 +97,35 @@ class LabNotice:
     ) -> None:
         self._endpoint = endpoint
         self._post = post
-        self._queued: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUED_MAX)
+        # Each event with the lab user whose kernel it tells of: none goes to the next user's.
+        self._queued: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue(QUEUED_MAX)
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def oom_killed(self, kill: OomKilled) -> None:
         """Tell the tabs of `kill` (a kernel's): queued, never waited for."""
-        if kill.kernel_id is None:
+        if kill.kernel_id is None:  # no kernel's: no tab to tell
+            return
+        if (endpoint := self._endpoint()) is None:
+            logger.info("lab_notice_dropped", kernel_id=kill.kernel_id, why="JupyterLab is not up")
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="jlservice-lab-notice")
             self._thread.daemon = True
             self._thread.start()
         try:
-            self._queued.put_nowait(event(kill))
+            self._queued.put_nowait((endpoint.uid, event(kill)))
         except queue.Full:
             logger.info("lab_notice_dropped", kernel_id=kill.kernel_id, why="JupyterLab is slow")
 
     def _serve(self) -> None:
-        while not self._closed and (body := self._queued.get()) is not None:
+        while not self._closed and (asked := self._queued.get()) is not None:
+            uid, body = asked
             kernel_id = body["data"]["kernel_id"]
-            if (endpoint := self._endpoint()) is None:
-                logger.info("lab_notice_dropped", kernel_id=kernel_id, why="JupyterLab is not up")
+            endpoint = self._endpoint()
+            if endpoint is None or endpoint.uid != uid:
+                why = "JupyterLab is not up" if endpoint is None else "the lab user changed"
+                logger.info("lab_notice_dropped", kernel_id=kernel_id, why=why)
                 continue
             try:
                 told = self._post(endpoint, body, TIMEOUT_S)

@@ -57,7 +57,7 @@ class _Kill:
     process: str
     memory: int  # bytes resident (or its cgroup's peak)
     kernel_id: str | None
-    memcg: str  # the cgroup whose limit was hit ("" for the whole machine)
+    memcg: str | None  # the cgroup whose limit was hit ("": the whole machine; None: unknown)
     in_cgroup: bool = False  # in the kernel's own cgroup, whose counter counts it
 
 
@@ -154,7 +154,7 @@ class OomWatch:
             process=match[2],
             memory=sum(int(kb) for kb in match.groups()[2:]) * 1024,
             kernel_id=kernel_id,
-            memcg=memcg if constraint == "CONSTRAINT_MEMCG" else "",
+            memcg=memcg if constraint == "CONSTRAINT_MEMCG" else ("" if constraint else None),
             in_cgroup=in_cgroup,
         )
         if kill.kernel_id is None and not self._ours(pid):
@@ -180,12 +180,16 @@ class OomWatch:
     def _tell(self, kill: _Kill, used: Usage | None, notebook: str) -> None:
         # The limit that was hit: the kernel's own ([kernels] memory_max), that of the memory
         # cgroup the kernel log names (the service's, a container's: shared with the others),
-        # or none (the whole machine ran out).
-        own = _is_kernels_own(kill.memcg, kill.kernel_id) if kill.memcg else kill.in_cgroup
-        if own and used is not None and used.cgroup is not None:
-            limit = used.cgroup.limit
+        # or none (the whole machine ran out). Known only from the kernel log's summary line:
+        # a kernel's cgroup counts every kill in it, whichever limit ran out.
+        cgroup_limit = used.cgroup.limit if used is not None and used.cgroup is not None else None
+        own: bool | None
+        if kill.memcg is None:  # the cgroup's counter, or no summary line: the kernel's limit
+            own, limit = None, cgroup_limit
+        elif _is_kernels_own(kill.memcg, kill.kernel_id):
+            own, limit = True, cgroup_limit if cgroup_limit is not None else self._limit(kill.memcg)
         else:
-            limit = self._limit(kill.memcg) if kill.memcg else None
+            own, limit = False, self._limit(kill.memcg) if kill.memcg else None
         event = OomKilled(
             pid=kill.pid,
             process=kill.process,
@@ -194,8 +198,8 @@ class OomWatch:
             memory_bytes=kill.memory,
             notebook_memory_bytes=used.rss_bytes if used is not None else None,
             limit_bytes=limit,
-            cgroup=kill.memcg,
-            own_limit=own and limit is not None,
+            cgroup=kill.memcg or "",
+            own_limit=own,
         )
         if kill.kernel_id is not None and kill.in_cgroup:
             self._counted[kill.kernel_id] = self._counted.get(kill.kernel_id, 0) + 1
@@ -221,7 +225,7 @@ class OomWatch:
             self._shown[used.kernel_id] = count
             for _ in range(sure - self._counted.get(used.kernel_id, 0)):
                 peak = used.cgroup.peak if used.cgroup.peak is not None else used.cgroup.charge
-                self._tell(_Kill(None, "", peak, used.kernel_id, "", True), used, used.notebook)
+                self._tell(_Kill(None, "", peak, used.kernel_id, None, True), used, used.notebook)
         if snap.kernel_states is not None:  # JupyterLab answered: kernels it no longer has
             for counts in (self._counted, self._shown):
                 for gone in counts.keys() - snap.kernels:

@@ -70,6 +70,7 @@ def prepare_private_dir(
     _give(launch.cookie_secret_file, cookie_secret, owner)
     files.ensure_dir(launch.extensions_config.parent.parent, 0o755)
     files.ensure_dir(launch.extensions_config.parent, 0o755)
+    (launch.private_dir / "server_config.json").unlink(missing_ok=True)  # the hash before 0.2
     for name in (SERVER_CONFIG, TLS_CERT, TLS_KEY):
         if name in launch.files:
             _give(launch.private_dir / name, launch.files[name], owner)

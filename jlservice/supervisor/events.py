@@ -114,7 +114,7 @@ class OomKilled(NotebookEvent):
     notebook_memory_bytes: int | None  # what its kernel's tree had, at the last round
     limit_bytes: int | None  # of the cgroup whose limit was hit; None: the machine's memory
     cgroup: str  # the memory cgroup that ran out ("" when the whole machine did)
-    own_limit: bool = False  # the limit is the kernel's own ([kernels] memory_max)
+    own_limit: bool | None = False  # the limit hit is the kernel's own; None: which is unknown
 
     def fields(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v not in (None, "")}

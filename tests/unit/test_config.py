@@ -372,10 +372,12 @@ def test_list_of_tables_in_options(write_config, lab_base) -> None:
     assert '[lab] options."ServerApp.x":' in message
 
 
-@pytest.mark.parametrize("name", ["JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR"])
+@pytest.mark.parametrize(
+    "name", ["JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_RUNTIME_DIR", "JUPYTER_NO_CONFIG"]
+)
 def test_reserved_env(write_config, lab_base, name: str) -> None:
     message = lab_error(write_config, lab_base, env={name: "x"})
-    assert f"[lab] env.{name}: is set by jlservice" in message
+    assert f"[lab] env.{name}: is jlservice's" in message
 
 
 @pytest.mark.parametrize("name", ["1ABC", "A-B", "A B", "A=B", "", "É"])

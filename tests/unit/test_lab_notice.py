@@ -35,7 +35,7 @@ MIB = 2**20
 
 
 def _kill(
-    notebook: str = "work/train.ipynb", limit: int | None = 300 * MIB, own: bool = True
+    notebook: str = "work/train.ipynb", limit: int | None = 300 * MIB, own: bool | None = True
 ) -> OomKilled:
     return OomKilled(4242, "python3", K, notebook, 312 * MIB, 2 << 30, limit, "/svc", own)
 
@@ -65,6 +65,9 @@ def test_the_message_names_the_notebook_what_it_had_the_limit_and_what_to_do() -
     )
     assert labnotice.message(_kill(limit=None)).endswith(
         "(312 MiB). Use less memory: the machine ran out."
+    )
+    assert labnotice.message(_kill(own=None)).endswith(  # only the kernel's cgroup counted it
+        "(312 MiB, limit 300 MiB). Use less memory."
     )
     assert labnotice.message(_kill("")).startswith("The kernel 3f1c2a9e: the OOM killer")
 
@@ -122,15 +125,32 @@ def test_the_loop_never_waits_and_a_slow_lab_misses_what_does_not_fit() -> None:
     release.set()
     notice._thread.join(30)
     assert not notice._thread.is_alive()
+    assert len(posted) == 2 + labnotice.QUEUED_MAX  # the post under way, none queued after
 
 
-def test_no_jupyterlab_serving_drops_the_notice() -> None:
+def test_no_jupyterlab_serving_or_another_users_drops_the_notice() -> None:
+    """Queued for one lab user's JupyterLab, never posted to the next user's (a reload that
+    changed [lab] user meanwhile): their notebook's path is not the next user's to see."""
+    release = threading.Event()
     asked: list[dict] = []
-    notice = labnotice.LabNotice(lambda: None, lambda e, b, t: bool(asked.append(b)))
-    notice.oom_killed(_kill())
+
+    def post(_endpoint: Endpoint, body: dict, _timeout: float) -> bool:
+        asked.append(body)
+        return release.wait(30)
+
+    serving: list[Endpoint | None] = [None]
+    notice = labnotice.LabNotice(lambda: serving[0], post)
+    notice.oom_killed(_kill("none.ipynb"))  # no JupyterLab: dropped at once
+    serving[0] = Endpoint("http://127.0.0.1:1/api", "t", 1, 1000, "/")
+    notice.oom_killed(_kill("a.ipynb"))
+    wait_until(lambda: len(asked) == 1)
+    notice.oom_killed(_kill("a-secret.ipynb"))  # queued for uid 1000's JupyterLab
+    serving[0] = Endpoint("http://127.0.0.1:2/api", "t2", 2, 1001, "/")
+    notice.oom_killed(_kill("b.ipynb"))
+    release.set()
+    wait_until(lambda: len(asked) == 2)
     notice.close()
-    notice._thread.join(30)
-    assert not notice._thread.is_alive() and asked == []
+    assert [b["data"]["notebook"] for b in asked] == ["a.ipynb", "b.ipynb"]
 
 
 def wait_until(condition, timeout: float = 30) -> None:

@@ -26,11 +26,18 @@ SYSTEMD_ENV = {
     "JUPYTER_TOKEN": TOKEN,
     "JUPYTER_TOKEN_FILE": "/root/token",
     "JUPYTER_RUNTIME_DIR": "/root/.local/share/jupyter/runtime",
+    "JUPYTER_NO_CONFIG": "1",  # would hide jlservice's password and extensions
     "JOURNAL_STREAM": "8:1234",
     "INVOCATION_ID": "abc",
     "STATE_DIRECTORY": "/var/lib/jlservice",
 }
-NEVER_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JUPYTER_TOKEN")
+NEVER_INHERITED = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JUPYTER_TOKEN",
+    "JUPYTER_NO_CONFIG",
+)
 
 
 # --- argv --------------------------------------------------------------------------------

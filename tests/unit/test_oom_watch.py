@@ -81,6 +81,28 @@ def test_a_kernel_with_a_limit_of_its_own_killed_by_another_says_the_limit_hit()
     assert [(k.limit_bytes, k.own_limit) for k in posted] == [(1 << 30, False), (None, False)]
 
 
+def test_the_machine_running_out_is_not_the_kernels_own_limit_though_its_cgroup_counts_it():
+    snap = Snapshot(notebooks=(_usage(100, Cgroup(2 << 30, 2 << 30)),), owners={100: K})
+    watch, posted = _watch(snap)
+    own = f"{KERNELS}/kernel-{K}"
+    summary, killed = _oom(999_999_999, memcg=own)
+    watch.line(
+        summary.replace("CONSTRAINT_MEMCG", "CONSTRAINT_NONE").replace(f"oom_memcg={own},", "")
+    )
+    watch.line(killed)
+    assert [(k.limit_bytes, k.own_limit) for k in posted] == [(None, False)]
+
+
+def test_a_kill_only_the_kernels_cgroup_counts_says_its_limit_but_not_that_it_was_hit() -> None:
+    """The shipped unit hides the kernel log: the service's MemoryMax may have run out as
+    well as the kernel's own limit, so the advice is not to raise memory_max."""
+    used = _usage(100, Cgroup(50 << 20, 4 << 30, oom_kills=1, peak=1 << 30))
+    watch, posted = _watch(Snapshot(notebooks=(used,), owners={100: K}))
+    watch.sampled(Snapshot(notebooks=(used,)))
+    (kill,) = posted
+    assert (kill.limit_bytes, kill.own_limit) == (4 << 30, None)
+
+
 def test_a_cgroup_of_anyone_elses_named_for_a_kernel_names_none() -> None:
     """Another user's own cgroup called kernel-<id of ours>, or ours for a kernel that is
     not running: no kill of that notebook's told."""
