@@ -10,8 +10,10 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,5 +91,20 @@ class Chromium:
         self._remember()
         with contextlib.suppress(Exception):
             self.ws.close()
+        scratch = self._scratch_dir()
         stop(self.proc, 20)
         self.procs.kill()
+        if scratch is not None:  # a Chromium that is stopped leaves it behind
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _scratch_dir(self) -> Path | None:
+        """The /tmp/org.chromium.Chromium.* directory this Chromium's singleton socket is in
+        (its profile links to it), or None."""
+        try:
+            socket_path = Path(os.readlink(self.profile / "SingletonSocket"))
+        except OSError:
+            return None
+        scratch = socket_path.parent
+        if scratch.parent != Path(tempfile.gettempdir()):
+            return None
+        return scratch if scratch.name.startswith("org.chromium.Chromium.") else None
