@@ -34,26 +34,8 @@ from jlservice.errors import CannotStartNow, Halt, LaunchError, WaitingFor
 from jlservice.metrics.view import Endpoint
 from jlservice.start import Secrets, launcher
 from jlservice.supervisor import children, credentials, policy, reload, risks
+from jlservice.supervisor import events as ev
 from jlservice.supervisor.children import ExitStatus
-from jlservice.supervisor.events import (
-    BackoffElapsed,
-    CertificateCheckDue,
-    ChildExited,
-    Event,
-    KernelGraceElapsed,
-    KernelsChanged,
-    KernelsListed,
-    LabReady,
-    LabUnhealthy,
-    NotebookEvent,
-    PendingReloadDue,
-    ReloadRequested,
-    RotateRequested,
-    StartTimedOut,
-    StopRequested,
-    WarmParentChanged,
-    post_signals,
-)
 from jlservice.supervisor.parts import Lab, Parts
 
 logger = log.get("jlservice.supervisor")
@@ -76,7 +58,7 @@ class Supervisor:
         launch: launcher.Launch,
         secrets: Secrets,
         parts: Parts,
-        events: asyncio.Queue[Event],
+        events: asyncio.Queue[ev.Event],
     ) -> None:
         """`events`: where the parts post what happens."""
         self.config = config
@@ -94,9 +76,11 @@ class Supervisor:
         self.reloads = parts.reloads  # the reload planner
         self.in_start = False  # the starter is at work: events wait until it returns
 
-    def post(self, event: Event) -> None:
+    def post(self, event: ev.Event) -> None:
         self.events.put_nowait(event)
-        if self.in_start and isinstance(event, (StopRequested, ReloadRequested, RotateRequested)):
+        if self.in_start and isinstance(
+            event, (ev.StopRequested, ev.ReloadRequested, ev.RotateRequested)
+        ):
             self.parts.keeper.hurry()  # a start must not keep a command waiting
 
     # ── the loop ────────────────────────────────────────────────────────────
@@ -104,11 +88,12 @@ class Supervisor:
     async def run(self, early_signals: list[int] = ()) -> int:
         """Start JupyterLab and keep it running until a stop; returns the exit status."""
         loop = asyncio.get_running_loop()
-        post_signals(loop, self.post, early_signals)
+        ev.post_signals(loop, self.post, early_signals)
         interval = self.parts.watchdog_interval
         watchdog = loop.create_task(self.publish.feed_watchdog(interval, self._hung))
         try:
-            self._started_up()
+            risks.started(self.config, self.launch)
+            self._check_certificate()
             await self._start()
             # Only now: a JupyterLab that already exited must be reaped as itself.
             self.parts.start_reaping()
@@ -132,56 +117,52 @@ class Supervisor:
             watchdog.cancel()
             self.parts.close()
 
-    async def _handle(self, event: Event) -> None:
+    async def _handle(self, event: ev.Event) -> None:
         lab, phase = self.lab, self.phase
         current = lab is not None and getattr(event, "pid", None) == lab.pid
         match event:
-            case ChildExited() if current:
+            case ev.ChildExited() if current:
                 await self._on_exit(event.status)
-            case LabReady() if current and phase is Phase.STARTING:
+            case ev.LabReady() if current and phase is Phase.STARTING:
                 self._on_ready()
-            case LabUnhealthy() if current and phase is Phase.READY:
+            case ev.LabUnhealthy() if current and phase is Phase.READY:
                 logger.warning("lab_unhealthy", pid=lab.pid, problem=event.problem)
                 self.publish.watchdog()  # jlservice acts on it; systemd need not
                 await self._replace(f"JupyterLab stopped answering: {event.problem}", "unhealthy")
-            case StartTimedOut() if current and phase is Phase.STARTING:
+            case ev.StartTimedOut() if current and phase is Phase.STARTING:
                 timeout = self.config.restart.start_timeout
                 logger.error("lab_start_timeout", pid=lab.pid, timeout_s=timeout)
                 await self._replace(
                     f"JupyterLab did not answer within {timeout:g} s", "start_timeout"
                 )
-            case BackoffElapsed() if phase is Phase.BACKOFF and event.attempt == self.attempt:
+            case ev.BackoffElapsed() if phase is Phase.BACKOFF and event.attempt == self.attempt:
                 await self._start()
-            case StopRequested() if phase is not Phase.STOPPING:
+            case ev.StopRequested() if phase is not Phase.STOPPING:
                 await self._on_stop(event.signal)
-            case RotateRequested() if phase is not Phase.STOPPING:
+            case ev.RotateRequested() if phase is not Phase.STOPPING:
                 await self._on_rotate()
-            case ReloadRequested() if phase is not Phase.STOPPING:
+            case ev.ReloadRequested() if phase is not Phase.STOPPING:
                 await self._on_reload(event.source)
-            case PendingReloadDue() if self.reloads.due(event.generation):
+            case ev.PendingReloadDue() if self.reloads.due(event.generation):
                 self.publish.reload_started()
                 await self._restart_with(self.reloads.take())
-            case WarmParentChanged():
+            case ev.WarmParentChanged():
                 self.publish.warm_parent(self.parts.keeper.describe())
-            case KernelsListed():
+            case ev.KernelsListed():
                 self.parts.kernels.listed(event)
-            case KernelGraceElapsed() if late := self.parts.kernels.expire(event.generation):
+            case ev.KernelGraceElapsed() if late := self.parts.kernels.expire(event.generation):
                 await self.parts.end(late, self.config.restart.stop_timeout)
-            case KernelsChanged():
+            case ev.KernelsChanged():
                 kernels = self.parts.kernels
                 self.publish.kernels(kernels.describe(), kernels.adopted_total, kernels.lost)
-            case NotebookEvent():
+            case ev.NotebookEvent():
                 self.publish.notebook_event(event, self.config.metrics.interval)
-            case CertificateCheckDue():
+            case ev.CertificateCheckDue():
                 self._check_certificate()
             case _:
                 logger.debug("event_ignored", ignored=repr(event), phase=phase.value)
 
     # ── starting ────────────────────────────────────────────────────────────
-
-    def _started_up(self) -> None:
-        risks.started(self.config, self.launch)
-        self._check_certificate()
 
     async def _start(self) -> None:
         """STARTING: start the current launch, or BACKOFF / Halt if it cannot start."""
@@ -257,7 +238,7 @@ class Supervisor:
                 # Frozen, or stuck in the kernel: go on as if it had exited (if it ever
                 # does, that exit is no longer the current JupyterLab's).
                 logger.error("lab_unkillable", pid=lab.pid, state=children.state_of(lab.pid))
-                self.post(ChildExited(lab.pid, ExitStatus(lab.pid, None, signal.SIGKILL)))
+                self.post(ev.ChildExited(lab.pid, ExitStatus(lab.pid, None, signal.SIGKILL)))
 
     async def _on_exit(self, status: ExitStatus) -> None:
         """JupyterLab exited: end its leftovers, then start again, back off, or halt."""
@@ -313,7 +294,7 @@ class Supervisor:
         self.phase = Phase.BACKOFF
         self.publish.backoff(delay, problem, reason)
         logger.info("lab_restart_scheduled", delay_s=delay, failures=self.failures)
-        self.parts.later(delay, BackoffElapsed(self.attempt))
+        self.parts.later(delay, ev.BackoffElapsed(self.attempt))
 
     def _wait_for(self, cause: WaitingFor) -> None:
         """→ BACKOFF until `cause` clears (another program's port, a notebook dir that does
@@ -323,7 +304,7 @@ class Supervisor:
             logger.warning(cause.found, problem=str(cause))
         self.phase = Phase.BACKOFF
         self.publish.waiting(delay, cause)
-        self.parts.later(delay, BackoffElapsed(self.attempt))
+        self.parts.later(delay, ev.BackoffElapsed(self.attempt))
 
     async def _sweep(self, spare: set[int] = frozenset()) -> int:
         """End what JupyterLab left behind but `spare`; the warm parent and the kept kernels
@@ -441,4 +422,4 @@ class Supervisor:
 
     def _check_certificate(self) -> None:
         self.publish.certificate_expiry(risks.certificate_expiry(self.config))
-        self.parts.later(CERTIFICATE_CHECK_S, CertificateCheckDue())
+        self.parts.later(CERTIFICATE_CHECK_S, ev.CertificateCheckDue())
