@@ -94,7 +94,6 @@ class Launch:
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     keep_kernels: bool = False  # [kernels] survive_restarts
     environments: bool = False  # [kernels] environments: jlservice's kernelspec manager
-    server_extensions: tuple[str, ...] = ()  # jlservice's, enabled in EXTENSIONS_CONFIG
     # JupyterLab sees only whether it is set (allow_remote_access), so changing the address
     # alone does not restart JupyterLab.
     public_url: str | None = field(default=None, compare=False)
@@ -144,6 +143,15 @@ class Launch:
         return self.private_dir / INLAB_DIR
 
     @property
+    def server_extensions(self) -> tuple[str, ...]:
+        """jlservice's server extensions this JupyterLab runs, enabled in EXTENSIONS_CONFIG."""
+        return (
+            *([LISTENING_MODULE] if self.keep_kernels else []),
+            *([KERNELSPECS_MODULE] if self.environments else []),
+            NOTICES_MODULE,  # always: a kernel may be OOM-killed under any settings
+        )
+
+    @property
     def extensions_config(self) -> Path:
         return self.private_dir / CONFIG_DIR / EXTENSIONS_CONFIG
 
@@ -188,11 +196,6 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         argv.extend(_keeping_args(private_dir))
     environments = config.kernels.environments
     argv.extend(_environments_args(environments))
-    extensions = (
-        *([LISTENING_MODULE] if keep_kernels else []),
-        *([KERNELSPECS_MODULE] if environments else []),
-        NOTICES_MODULE,  # always: a kernel may be OOM-killed under any settings
-    )
     if account.is_root:
         argv.append("--ServerApp.allow_root=True")
     if lab.public_url:  # behind a proxy: the Host is its name (validation demands a login)
@@ -225,7 +228,9 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         ("JUPYTER_CONFIG_PATH", private_dir / CONFIG_DIR),
         ("JUPYTER_PATH", LABEXTENSIONS),
     ):
-        env[name] = os.pathsep.join([str(directory), *filter(None, env.get(name, "").split(":"))])
+        env[name] = os.pathsep.join(
+            [str(directory), *filter(None, env.get(name, "").split(os.pathsep))]
+        )
     return Launch(
         argv=tuple(argv),
         env=env,
@@ -243,7 +248,6 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> Launch:
         public_url=lab.public_url,
         keep_kernels=keep_kernels,
         environments=bool(environments),
-        server_extensions=extensions,
     )
 
 
