@@ -5,12 +5,72 @@ http_proxy from the environment, over TLS without checking JupyterLab's certific
 our own child, reached on loopback, and its names need not include the address used here),
 and never following a redirect: urllib would follow one anywhere, with the token, after
 reading the whole body first. A redirect is an HTTPError of its 3xx status instead.
+
+The `timeout` given to OPENER.open bounds the answer as a whole — its status line, headers
+and body — not each read: one byte a second would otherwise hold the caller for as long as
+the server likes (http.client reads up to a hundred 64 KiB header lines).
 """
 
 from __future__ import annotations
 
+import http.client
+import io
+import socket
 import ssl
+import time
 import urllib.request
+
+
+class _Deadline(io.RawIOBase):
+    """A response's socket reads, each given only the time left of the whole answer."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, seconds: float) -> None:
+        self._raw, self._sock = raw, sock
+        self._deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def readinto(self, buffer) -> int | None:  # type: ignore[no-untyped-def]
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer took longer than its timeout")
+        self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()  # the socket closes once the connection let go of it too
+        super().close()
+
+
+class _Response(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(sock, *args, **kw)
+        # Made right after the request was sent: the socket's timeout is the one given.
+        if (seconds := sock.gettimeout()) is not None:
+            raw = self.fp.detach()  # nothing read yet; detached, its buffer does not close it
+            self.fp = io.BufferedReader(_Deadline(raw, sock, seconds))
+
+
+class _Connection(http.client.HTTPConnection):
+    response_class = _Response
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    response_class = _Response
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def http_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(_Connection, req)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(_TLSConnection, req, context=self._context)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -26,7 +86,5 @@ def _loopback_tls() -> ssl.SSLContext:
 
 
 OPENER = urllib.request.build_opener(
-    urllib.request.ProxyHandler({}),
-    urllib.request.HTTPSHandler(context=_loopback_tls()),
-    _NoRedirect(),
+    urllib.request.ProxyHandler({}), _HTTP(), _HTTPS(context=_loopback_tls()), _NoRedirect()
 )

@@ -4,7 +4,7 @@ labextension shows its `message` as a notification (JupyterLab 4 cuts one at MES
 characters, and renders it as text: a path's `<b>` stays `<b>`).
 
 Off the loop: the loop only queues the event (never waiting) for one daemon thread that
-posts them one after another, each connection and read within TIMEOUT_S. A JupyterLab that
+posts them one after another, each connection and answer within TIMEOUT_S. A JupyterLab that
 does not answer (stopped, gone, busy) misses its notifications: while one post waits, at most
 QUEUED_MAX wait behind it, later ones are dropped, and the thread never keeps jlservice from
 exiting.
