@@ -14,11 +14,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from jlservice import log
+from jlservice import labapi, log
 from jlservice.config import KernelsConfig
-from jlservice.metrics import kernels
+from jlservice.labapi import Endpoint
 from jlservice.metrics.sampler import Snapshot
-from jlservice.metrics.view import Endpoint
 from jlservice.supervisor.events import Event, KernelCulled
 
 logger = log.get("jlservice.kernels")
@@ -32,7 +31,7 @@ class Culler:
         post: Callable[[Event], None],
         settings: KernelsConfig,
         endpoint: Callable[[], Endpoint | None],
-        shut_down: Callable[[Endpoint, str, float, float], bool] = kernels.shut_down_if_idle,
+        shut_down: Callable[[Endpoint, str, float, float], bool] = labapi.shut_down_if_idle,
     ) -> None:
         self._post = post
         self.settings = settings  # replaced on reload

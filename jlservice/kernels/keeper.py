@@ -20,12 +20,11 @@ from pathlib import Path
 
 import psutil
 
-from jlservice import log, procfs, state
+from jlservice import labapi, log, procfs, state
 from jlservice.kernels import handover, verify
 from jlservice.kernels.handover import Kernel
 from jlservice.kernels.output import KernelOutput
-from jlservice.metrics import kernels as kernels_api
-from jlservice.metrics.view import Endpoint
+from jlservice.labapi import Endpoint
 from jlservice.start import reserve
 from jlservice.start.launcher import Launch
 from jlservice.supervisor.events import (
@@ -42,12 +41,12 @@ LOST_REASONS = ("not_adopted", "exited", "user_changed", "survive_restarts_off",
 
 
 Find = Callable[[Path, int, Iterable[int]], list[Kernel]]
-Ask = Callable[[Endpoint, float], Awaitable["kernels_api.Kernels | None"]]
+Ask = Callable[[Endpoint, float], Awaitable["labapi.Kernels | None"]]
 
 
-async def _fetch(endpoint: Endpoint, timeout: float) -> kernels_api.Kernels | None:
+async def _fetch(endpoint: Endpoint, timeout: float) -> labapi.Kernels | None:
     """JupyterLab's kernels and notebooks, asked off the loop (a blocking HTTP client)."""
-    return await asyncio.to_thread(kernels_api.fetch, endpoint, timeout)
+    return await asyncio.to_thread(labapi.fetch, endpoint, timeout)
 
 
 class KernelKeeper:

@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from jlservice import log, text
-from jlservice.metrics import kernels
-from jlservice.metrics.view import Endpoint
+from jlservice import labapi, log, text
+from jlservice.labapi import Endpoint
 from jlservice.supervisor.events import OomKilled
 
 logger = log.get("jlservice.kernels")
@@ -93,7 +92,7 @@ class LabNotice:
     a restart goes to the JupyterLab after it."""
 
     def __init__(
-        self, endpoint: Callable[[], Endpoint | None], post: Post = kernels.post_event
+        self, endpoint: Callable[[], Endpoint | None], post: Post = labapi.post_event
     ) -> None:
         self._endpoint = endpoint
         self._post = post

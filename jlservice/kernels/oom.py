@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jlservice import log
-from jlservice.metrics import kernels, usage
+from jlservice import labapi, log
+from jlservice.labapi import Endpoint
+from jlservice.metrics import usage
 from jlservice.metrics.sampler import Snapshot
 from jlservice.metrics.usage import Usage
-from jlservice.metrics.view import Endpoint
 from jlservice.supervisor.events import Event, OomKilled
 
 logger = log.get("jlservice.kernels")
@@ -174,7 +174,7 @@ class OomWatch:
         self._tell(kill, used, used.notebook if used is not None else "")
 
     async def _ask_and_tell(self, endpoint: Endpoint, kill: _Kill) -> None:
-        found = await asyncio.to_thread(kernels.fetch, endpoint, ASK_TIMEOUT_S)
+        found = await asyncio.to_thread(labapi.fetch, endpoint, ASK_TIMEOUT_S)
         self._tell(kill, None, found.notebooks.get(kill.kernel_id or "", "") if found else "")
 
     def _tell(self, kill: _Kill, used: Usage | None, notebook: str) -> None:

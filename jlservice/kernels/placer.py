@@ -30,7 +30,7 @@ from pathlib import Path
 from jlservice import bounded, disk, log, oom, procfs, users
 from jlservice.errors import NotAnswering
 from jlservice.kernels.limits import Limits
-from jlservice.metrics.kernels import connection_file_id
+from jlservice.labapi import connection_file_id
 from jlservice.start.launcher import Launch
 
 logger = log.get("jlservice.kernels")

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jlservice import disk, log
+from jlservice import disk, labapi, log
 from jlservice.config import MetricsConfig
 from jlservice.kernels.cgroups import Cgroup
-from jlservice.metrics import kernels, proctree, usage
+from jlservice.labapi import Endpoint
+from jlservice.metrics import proctree, usage
 from jlservice.metrics.exposition import Rendered
 from jlservice.metrics.gpu import GpuReader, GpuSample
-from jlservice.metrics.view import Endpoint, SupervisorView
+from jlservice.metrics.view import SupervisorView
 
 logger = log.get("jlservice.metrics")
 
@@ -153,9 +154,9 @@ class Sampler:
         found = None
         if endpoint is not None:
             # Without notebook labels, the sessions API (notebook paths) is not even read.
-            found = kernels.fetch(endpoint, _HTTP_TIMEOUT, sessions=settings.notebook_labels)
+            found = labapi.fetch(endpoint, _HTTP_TIMEOUT, sessions=settings.notebook_labels)
             if self._lab_version[0] != endpoint.pid:
-                version = kernels.lab_version(endpoint, _HTTP_TIMEOUT)
+                version = labapi.lab_version(endpoint, _HTTP_TIMEOUT)
                 self._lab_version = (endpoint.pid if version else 0, version or "")
         space = self._notebook_space()
         notebooks = found.notebooks if found else {}
@@ -202,7 +203,7 @@ class Sampler:
         return dataclasses.replace(snapshot, rendered=rendered)
 
     def _account(
-        self, endpoint: Endpoint | None, found: kernels.Kernels | None
+        self, endpoint: Endpoint | None, found: labapi.Kernels | None
     ) -> tuple[tuple[usage.Usage, ...], dict[int, str]]:
         """One pass over /proc: each kernel's tree; nothing while no JupyterLab answers."""
         if endpoint is None or found is None:

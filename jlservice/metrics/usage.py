@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jlservice.kernels.cgroups import Cgroup
-from jlservice.metrics.kernels import Activity, connection_file_id
+from jlservice.labapi import Activity, Endpoint, connection_file_id
 from jlservice.metrics.proctree import PAGE, TICK, Proc, Table
-from jlservice.metrics.view import Endpoint
 
 MAX_TREE = 10_000  # processes counted for one kernel (a fork bomb must not hold the sampler)
 

@@ -7,32 +7,12 @@ another thread sees whole (the GIL), so no lock is needed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from jlservice import state
-
-if TYPE_CHECKING:
-    from jlservice.start.launcher import Launch
+from jlservice.labapi import Endpoint
 
 RESTART_REASONS = ("crash", "unhealthy", "reload", "rotate")
 RELOAD_RESULTS = ("applied", "unchanged", "rejected")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How the sampler reaches the JupyterLab that is ready now."""
-
-    api_url: str  # http://HOST:PORT{base_url}api
-    token: str
-    pid: int
-    uid: int  # the lab user's: its kernels run as this uid
-    runtime_dir: str  # JUPYTER_RUNTIME_DIR, where its kernels' connection files are
-
-    @classmethod
-    def of(cls, launch: Launch, token: str, pid: int) -> Endpoint:
-        uid, runtime_dir = launch.account.uid, str(launch.jupyter_runtime_dir)
-        return cls(launch.api_url, token, pid, uid, runtime_dir)
 
 
 class SupervisorView:

@@ -31,7 +31,7 @@ import time
 from jlservice import EX_CONFIG, log, state
 from jlservice.config import Config
 from jlservice.errors import CannotStartNow, Halt, LaunchError, WaitingFor
-from jlservice.metrics.view import Endpoint
+from jlservice.labapi import Endpoint
 from jlservice.start import Secrets, launcher
 from jlservice.supervisor import children, credentials, policy, reload, risks
 from jlservice.supervisor import events as ev

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from jlservice import state
 from jlservice.config import Config
-from jlservice.metrics.view import Endpoint
+from jlservice.labapi import Endpoint
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload
 from jlservice.supervisor.children import ExitStatus

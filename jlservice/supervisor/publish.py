@@ -23,9 +23,10 @@ from typing import Protocol
 
 from jlservice import files, log, login, resources, state
 from jlservice.errors import PortInUse, WaitingFor
+from jlservice.labapi import Endpoint
 from jlservice.metrics import table
 from jlservice.metrics.sampler import Snapshot
-from jlservice.metrics.view import Endpoint, SupervisorView
+from jlservice.metrics.view import SupervisorView
 from jlservice.start.launcher import Launch
 from jlservice.supervisor import reload
 from jlservice.supervisor.events import KernelCulled, NotebookEvent, NotebooksSampled, OomKilled

@@ -6,9 +6,9 @@ import asyncio
 
 from jlservice.config import KernelsConfig
 from jlservice.kernels.culler import Culler
+from jlservice.labapi import Endpoint
 from jlservice.metrics.sampler import KernelMemory, Snapshot
 from jlservice.metrics.usage import Usage
-from jlservice.metrics.view import Endpoint
 
 LAB = Endpoint("http://127.0.0.1:1/api", "t", 1, 1, "/")
 

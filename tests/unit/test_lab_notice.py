@@ -22,11 +22,11 @@ import pytest
 from jupyter_events import EventLogger
 from jupyter_server.services.events.handlers import validate_model
 
+from jlservice import labapi
 from jlservice.admin import tls
 from jlservice.inlab import notices
 from jlservice.kernels import labnotice
-from jlservice.metrics import kernels
-from jlservice.metrics.view import Endpoint
+from jlservice.labapi import Endpoint
 from jlservice.start import launcher
 from jlservice.supervisor.events import OomKilled
 
@@ -209,12 +209,12 @@ def lab() -> Iterator[tuple[Endpoint, type[_Lab]]]:
 def test_the_event_is_posted_to_api_events_with_the_token(lab) -> None:
     endpoint, handler = lab
     body = labnotice.event(_kill())
-    assert kernels.post_event(endpoint, body, 5)
+    assert labapi.post_event(endpoint, body, 5)
     ((path, auth, sent),) = handler.asked
     assert path == "/api/events?no_track_activity=1"  # not activity: the cullers still see idle
     assert auth == "token tok" and json.loads(sent) == body
     handler.status = 400  # say, a JupyterLab without the schema
-    assert not kernels.post_event(endpoint, body, 5)
+    assert not labapi.post_event(endpoint, body, 5)
 
 
 def test_a_lab_that_never_answers_costs_the_post_its_timeout() -> None:
@@ -224,7 +224,7 @@ def test_a_lab_that_never_answers_costs_the_post_its_timeout() -> None:
         endpoint = Endpoint(f"http://127.0.0.1:{port}/api", "tok", os.getpid(), os.geteuid(), "/")
         done: list[bool] = []
         post = threading.Thread(
-            target=lambda: done.append(kernels.post_event(endpoint, {"x": 1}, 0.2)), daemon=True
+            target=lambda: done.append(labapi.post_event(endpoint, {"x": 1}, 0.2)), daemon=True
         )
         post.start()
         post.join(30)
@@ -236,7 +236,7 @@ def test_a_stranger_on_the_port_gets_nothing(lab) -> None:
     endpoint, handler = lab
     with subprocess.Popen(["sleep", "60"]) as died_and_gone:  # JupyterLab's pid, say
         stranger = dataclasses.replace(endpoint, pid=died_and_gone.pid)
-        assert not kernels.post_event(stranger, labnotice.event(_kill()), 5)
+        assert not labapi.post_event(stranger, labnotice.event(_kill()), 5)
         died_and_gone.kill()
     assert handler.asked == []
 
@@ -247,8 +247,8 @@ def test_a_redirect_is_never_followed_with_the_token(lab) -> None:
     endpoint, handler = lab
     with _serving() as (_elsewhere, elsewhere):
         handler.status, handler.location = 302, _elsewhere.api_url + "/stolen"
-        assert not kernels.post_event(endpoint, labnotice.event(_kill()), 5)
-        assert kernels.fetch(endpoint, 5) is None  # the sampler's GETs neither
+        assert not labapi.post_event(endpoint, labnotice.event(_kill()), 5)
+        assert labapi.fetch(endpoint, 5) is None  # the sampler's GETs neither
         assert elsewhere.asked == []
     assert len(handler.asked) == 2
 
@@ -259,7 +259,7 @@ def test_a_jupyterlab_over_tls_is_told_too(tmp_path) -> None:
     (tmp_path / "c.pem").write_bytes(cert)
     (tmp_path / "k.pem").write_bytes(key)
     with _serving((tmp_path / "c.pem", tmp_path / "k.pem")) as (endpoint, handler):
-        assert kernels.post_event(endpoint, labnotice.event(_kill()), 5)
+        assert labapi.post_event(endpoint, labnotice.event(_kill()), 5)
         assert len(handler.asked) == 1
 
 

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import pytest
 
-from jlservice.metrics import kernels
-from jlservice.metrics.view import Endpoint
+from jlservice import labapi
+from jlservice.labapi import Endpoint
 
 
 class _Lab(BaseHTTPRequestHandler):
@@ -64,14 +64,14 @@ def test_kernels_and_their_notebooks(lab) -> None:
     handler.answers["/api/sessions"] = json.dumps(
         [{"path": "a.ipynb", "kernel": {"id": "k1"}}, {"path": "gone.ipynb", "kernel": {"id": "x"}}]
     ).encode()
-    found = kernels.fetch(endpoint, 2)
-    assert found == kernels.Kernels({"idle": 1, "busy": 1}, {"k1": "a.ipynb", "k2": ""})
+    found = labapi.fetch(endpoint, 2)
+    assert found == labapi.Kernels({"idle": 1, "busy": 1}, {"k1": "a.ipynb", "k2": ""})
 
 
 def test_without_sessions_the_notebook_paths_are_not_asked_for(lab) -> None:
     endpoint, handler = lab
     handler.answers["/api/kernels"] = b'[{"id": "k1", "execution_state": "idle"}]'
-    assert kernels.fetch(endpoint, 2, sessions=False).notebooks == {"k1": ""}
+    assert labapi.fetch(endpoint, 2, sessions=False).notebooks == {"k1": ""}
     assert handler.asked == ["/api/kernels"]
 
 
@@ -89,7 +89,7 @@ def test_entries_of_other_shapes_are_left_out(lab) -> None:
             {"kernel": None},
         ]
     ).encode()
-    assert kernels.fetch(endpoint, 2) == kernels.Kernels(
+    assert labapi.fetch(endpoint, 2) == labapi.Kernels(
         {"idle": 0, "busy": 0, "unknown": 1}, {"k1": ""}
     )
 
@@ -105,9 +105,9 @@ def test_a_notebook_path_is_a_printable_label_of_bounded_length(lab) -> None:
             {"path": "x" * 10**6, "kernel": {"id": "k2"}},
         ]
     ).encode()
-    found = kernels.fetch(endpoint, 2).notebooks
+    found = labapi.fetch(endpoint, 2).notebooks
     assert found["k1"] == "a?.ipynb" and found["k1"].encode()
-    assert found["k2"] == "x" * kernels.MAX_PATH
+    assert found["k2"] == "x" * labapi.MAX_PATH
 
 
 def test_states_the_lab_user_invents_are_one_unknown_series(lab) -> None:
@@ -118,7 +118,7 @@ def test_states_the_lab_user_invents_are_one_unknown_series(lab) -> None:
     busy = {"id": "b", "execution_state": "busy"}
     handler.answers["/api/kernels"] = json.dumps([*made_up, busy]).encode()
     handler.answers["/api/sessions"] = b"[]"
-    assert kernels.fetch(endpoint, 2).states == {"idle": 0, "busy": 1, "unknown": 1000}
+    assert labapi.fetch(endpoint, 2).states == {"idle": 0, "busy": 1, "unknown": 1000}
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_states_the_lab_user_invents_are_one_unknown_series(lab) -> None:
 def test_the_jupyterlab_version_is_a_version_or_nothing(lab, page, version) -> None:
     endpoint, handler = lab
     handler.answers["/lab"] = page
-    assert kernels.lab_version(endpoint, 2) == version
+    assert labapi.lab_version(endpoint, 2) == version
 
 
 @pytest.mark.parametrize(
@@ -149,13 +149,13 @@ def test_the_jupyterlab_version_is_a_version_or_nothing(lab, page, version) -> N
 def test_an_answer_that_is_no_list_of_kernels_is_none(lab, kernels_body, sessions_body) -> None:
     endpoint, handler = lab
     handler.answers.update({"/api/kernels": kernels_body, "/api/sessions": sessions_body})
-    assert kernels.fetch(endpoint, 2) is None
+    assert labapi.fetch(endpoint, 2) is None
 
 
 def test_a_trickling_answer_ends_at_the_timeout(lab) -> None:
     endpoint, _ = lab
     began = time.monotonic()
-    assert kernels.lab_version(endpoint, 0.5) is None  # its /lab page trickles
+    assert labapi.lab_version(endpoint, 0.5) is None  # its /lab page trickles
     assert time.monotonic() - began < 5
 
 
@@ -164,8 +164,8 @@ def test_a_port_someone_else_holds_gets_no_token(lab) -> None:
     other = subprocess.Popen(["sleep", "30"])  # "JupyterLab": it does not hold the port
     try:
         theirs = dataclasses.replace(endpoint, pid=other.pid)
-        assert kernels.fetch(theirs, timeout=2) is None
-        assert kernels.lab_version(theirs, timeout=2) is None
+        assert labapi.fetch(theirs, timeout=2) is None
+        assert labapi.lab_version(theirs, timeout=2) is None
         assert handler.asked == []
     finally:
         other.kill()

@@ -14,10 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jlservice.metrics import kernels, proctree, usage
+from jlservice import labapi
+from jlservice.labapi import Endpoint
+from jlservice.metrics import proctree, usage
 from jlservice.metrics.gpu import GpuSample
 from jlservice.metrics.sampler import KernelMemory, attribute
-from jlservice.metrics.view import Endpoint
 
 KERNEL = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
 OTHER = "0a1b2c3d-0000-4000-8000-000000000000"
@@ -135,7 +136,7 @@ def test_the_kernel_nearest_jupyterlab_counts(spawn, tmp_path) -> None:
     ],
 )
 def test_connection_file_is_in_the_runtime_dir(arg: str, found: str | None) -> None:
-    assert kernels.connection_file_id(arg, "/run/lab/runtime") == found
+    assert labapi.connection_file_id(arg, "/run/lab/runtime") == found
 
 
 def test_memory_is_summed_per_gpu_and_kernel() -> None:

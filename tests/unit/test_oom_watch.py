@@ -9,9 +9,9 @@ import pytest
 
 from jlservice.kernels.cgroups import Cgroup
 from jlservice.kernels.oom import OomWatch
+from jlservice.labapi import Endpoint
 from jlservice.metrics.sampler import Snapshot
 from jlservice.metrics.usage import Usage
-from jlservice.metrics.view import Endpoint
 
 K = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
 NOTEBOOK = 'a dir/it\'s "ü".ipynb'

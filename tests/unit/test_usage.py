@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from jlservice.labapi import Activity, Endpoint
 from jlservice.metrics import proctree, usage
-from jlservice.metrics.kernels import Activity
 from jlservice.metrics.proctree import PAGE, TICK, Proc, Table
-from jlservice.metrics.view import Endpoint
 
 K = "3f1c2a9e-6b1d-4c57-9d0e-8a1b2c3d4e5f"
 

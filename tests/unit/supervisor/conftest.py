@@ -22,7 +22,7 @@ from helpers.launch import make_config
 from jlservice import config, state
 from jlservice.kernels.handover import Kernel
 from jlservice.kernels.keeper import KernelKeeper
-from jlservice.metrics.kernels import Kernels
+from jlservice.labapi import Kernels
 from jlservice.metrics.view import SupervisorView
 from jlservice.start import Secrets, Started, launcher
 from jlservice.supervisor import reload

@@ -1,7 +1,9 @@
-"""JupyterLab's kernels (their state and activity) and sessions (kernel id → notebook path).
+"""JupyterLab's REST API as root asks it: its kernels (their state and activity), sessions
+(kernel id → notebook path) and version, a kernel shut down if idle, an event posted to its
+tabs; and which kernel a connection file names.
 
 Which process is which kernel is metrics.usage's to say, from /proc and the connection file
-each kernel names (connection_file_id). Runs in the sampler thread: blocking calls are fine.
+each kernel names (connection_file_id). Blocking calls: callers run them off the loop.
 
 JupyterLab runs as the lab user, so what it answers is read as untrusted: capped in bytes,
 time and depth, and only the shapes expected are taken.
@@ -15,10 +17,12 @@ import re
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jlservice import bounded, listener, localhttp
-from jlservice.metrics.view import Endpoint
+
+if TYPE_CHECKING:
+    from jlservice.start.launcher import Launch
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json")
 _APP_VERSION = re.compile(r'"appVersion":\s*"([\w.+-]{1,64})"')
@@ -29,6 +33,22 @@ STATES = frozenset(
 )
 _MAX_BYTES = 8 * 1024 * 1024  # of one answer: thousands of sessions fit
 MAX_PATH = 4096  # characters of a notebook path (Linux's PATH_MAX is 4096 bytes)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How root reaches the JupyterLab that is ready now."""
+
+    api_url: str  # http://HOST:PORT{base_url}api
+    token: str
+    pid: int
+    uid: int  # the lab user's: its kernels run as this uid
+    runtime_dir: str  # JUPYTER_RUNTIME_DIR, where its kernels' connection files are
+
+    @classmethod
+    def of(cls, launch: Launch, token: str, pid: int) -> Endpoint:
+        uid, runtime_dir = launch.account.uid, str(launch.jupyter_runtime_dir)
+        return cls(launch.api_url, token, pid, uid, runtime_dir)
 
 
 @dataclass(frozen=True)
