@@ -459,17 +459,24 @@ def test_soak_kill9_cycles_keep_every_kernel_busy_or_idle(service):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_a_user_change_ends_the_kernels(service, other_user):
+    service.wait_warm = True
     service.start()
     token = service.cli("token").stdout.strip()
     _, pid = open_notebook(service, token)
     lab, offset = service.lab_pid, service.log_size()
+    warm_parent = service.state()["warm_parent"]["pid"]
     service.notebooks.chmod(0o755)
     os.chown(service.notebooks, other_user.uid, other_user.gid)
     service.sections["lab"].update(user=other_user.name, allow_root=False)
     service.write_config()
     service.wait_ready(not_pid=lab, timeout=90)
     wait_for(lambda: not pid_alive(pid), 30, "the old user's kernel to be ended")
-    assert not any(e.get("event") == "kernel_adopted" for e in service.log_events(offset))
+    events = [(e["event"], e.get("pid")) for e in service.log_events(offset)]
+    names = [name for name, _ in events]
+    assert "kernel_adopted" not in names
+    # The old user's warm parent, which cannot serve the new user, is gone before the new
+    # user's JupyterLab starts, not kept until it is ready.
+    assert events.index(("warm_parent_retired", warm_parent)) < names.index("lab_starting")
     token = service.cli("token").stdout.strip()
     assert service.api("GET", "api/sessions", token).json() == []
 

@@ -114,6 +114,10 @@ class Keeper:
             why = await self._settle(parent)
         parent = self.parent
         why = why or self._unusable(parent, recipe)
+        if parent is not None and parent.recipe != recipe:
+            # It can never serve this launch (another user, say): gone now, not once the
+            # cold start is ready (keep() makes the next one).
+            self._retire("configuration changed")
         if why is not None:
             logger.info("lab_start_cold", reason=why)
             return None
