@@ -11,7 +11,6 @@ import socket
 import time
 from typing import Any, ClassVar, NamedTuple
 
-import websocket
 from helpers.procs import stop, wait_for
 from helpers.service import Service, event_time
 
@@ -160,13 +159,6 @@ class Lab(Service):
         path = filter(None, [str(spec.parent.parent), self.env.get("JUPYTER_PATH")])
         self.env["JUPYTER_PATH"] = os.pathsep.join(path)
         return name
-
-    def channels(self, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
-        """A websocket to the kernel's channels."""
-        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-        return websocket.create_connection(
-            url, header=[f"Authorization: token {token}"], timeout=timeout
-        )
 
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""
