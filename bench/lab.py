@@ -20,14 +20,6 @@ HOST = "127.0.0.1"
 PLAIN_TOKEN = "b" * 48  # the plain baseline's token: throw-away, 127.0.0.1 only
 
 
-class Started(NamedTuple):
-    """One `jlservice run` brought up; seconds from its spawn."""
-
-    api_s: float  # first 200 on /api (our poller)
-    spawned_s: float  # lab_starting event: JupyterLab spawned
-    declared_s: float  # lab_ready event: jlservice declares it ready
-
-
 class Crash(NamedTuple):
     """One kill -9 of JupyterLab and jlservice bringing it back."""
 
@@ -92,8 +84,10 @@ class Lab(Service):
         stop(proc, 45)
         return ready - start
 
-    def timed_start(self) -> Started:
-        """Spawn `jlservice run`; wait for /api and for state.json to say ready."""
+    def timed_start(self) -> dict[str, float]:
+        """Spawn `jlservice run`; wait for /api and for state.json to say ready. Seconds from
+        the spawn to: the first 200 on /api (api_s), the lab_starting event (spawned_s:
+        JupyterLab spawned), the lab_ready event (declared_s: jlservice declares it ready)."""
         wait_port_free(self.port)
         offset = self.log_size()
         start_wall, start = time.time(), time.monotonic()
@@ -102,9 +96,11 @@ class Lab(Service):
         self.wait_ready()
         spawned = self.wait_event("lab_starting", offset)
         declared = self.wait_event("lab_ready", offset)  # logged just after state.json says so
-        return Started(
-            ready - start, event_time(spawned) - start_wall, event_time(declared) - start_wall
-        )
+        return {
+            "api_s": ready - start,
+            "spawned_s": event_time(spawned) - start_wall,
+            "declared_s": event_time(declared) - start_wall,
+        }
 
     def shutdown(self) -> None:
         """SIGTERM `jlservice run`; a warning when it fails or leaves a process behind."""
