@@ -411,8 +411,8 @@ class LabClient:
         base: str | None = None,
         session: requests.Session | None = None,
     ) -> str:
-        """Run `code` in the kernel over its websocket; returns what it printed and its
-        result."""
+        """Run `code` in the kernel over its websocket (`token`, `base`, `session`: as for
+        channels()); returns what it printed and its result."""
         ws = self.channels(token, kernel_id, timeout, base, session)
         try:
             request = execute_request(code)
