@@ -37,15 +37,13 @@ def measure_start(lab: Lab, runs: int, plain: list[float]) -> list[Metric]:
     Appends the plain samples to `plain` (the crash-recovery baseline).
     """
     say("start -> ready: warm-up (plain, jlservice)")
-    lab.plain_start()
-    lab.timed_start()
-    lab.shutdown()
     s = Runs("run", runs)
-    for _ in range(runs):
+    for i in range(runs + 1):  # the first is an untimed warm-up
         baseline = lab.plain_start()
         started = lab.timed_start()
         lab.shutdown()
-        s.add(plain=baseline, **started._asdict())
+        if i:
+            s.add(plain=baseline, **started)
     plain += s["plain"]
     vs = ("plain jupyter-lab", plain)
     adopted = (

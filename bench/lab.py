@@ -11,7 +11,6 @@ import socket
 import time
 from typing import Any, ClassVar, NamedTuple
 
-import websocket
 from helpers.procs import stop, wait_for
 from helpers.service import Service, event_time
 
@@ -19,14 +18,6 @@ from .session import BenchError, Session
 
 HOST = "127.0.0.1"
 PLAIN_TOKEN = "b" * 48  # the plain baseline's token: throw-away, 127.0.0.1 only
-
-
-class Started(NamedTuple):
-    """One `jlservice run` brought up; seconds from its spawn."""
-
-    api_s: float  # first 200 on /api (our poller)
-    spawned_s: float  # lab_starting event: JupyterLab spawned
-    declared_s: float  # lab_ready event: jlservice declares it ready
 
 
 class Crash(NamedTuple):
@@ -93,8 +84,10 @@ class Lab(Service):
         stop(proc, 45)
         return ready - start
 
-    def timed_start(self) -> Started:
-        """Spawn `jlservice run`; wait for /api and for state.json to say ready."""
+    def timed_start(self) -> dict[str, float]:
+        """Spawn `jlservice run`; wait for /api and for state.json to say ready. Seconds from
+        the spawn to: the first 200 on /api (api_s), the lab_starting event (spawned_s:
+        JupyterLab spawned), the lab_ready event (declared_s: jlservice declares it ready)."""
         wait_port_free(self.port)
         offset = self.log_size()
         start_wall, start = time.time(), time.monotonic()
@@ -103,9 +96,11 @@ class Lab(Service):
         self.wait_ready()
         spawned = self.wait_event("lab_starting", offset)
         declared = self.wait_event("lab_ready", offset)  # logged just after state.json says so
-        return Started(
-            ready - start, event_time(spawned) - start_wall, event_time(declared) - start_wall
-        )
+        return {
+            "api_s": ready - start,
+            "spawned_s": event_time(spawned) - start_wall,
+            "declared_s": event_time(declared) - start_wall,
+        }
 
     def shutdown(self) -> None:
         """SIGTERM `jlservice run`; a warning when it fails or leaves a process behind."""
@@ -160,13 +155,6 @@ class Lab(Service):
         path = filter(None, [str(spec.parent.parent), self.env.get("JUPYTER_PATH")])
         self.env["JUPYTER_PATH"] = os.pathsep.join(path)
         return name
-
-    def channels(self, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
-        """A websocket to the kernel's channels."""
-        url = self.base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-        return websocket.create_connection(
-            url, header=[f"Authorization: token {token}"], timeout=timeout
-        )
 
     def wait_event(self, name: str, offset: int = 0, **match: Any) -> dict[str, Any]:
         """The first `name` event (with `match`) in the log from byte `offset`, once written."""

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 from helpers.metrics import (
-    Samples,
     metrics_section,
+    metrics_url,
     open_notebook,
     scrape_text,
     series,
@@ -51,12 +51,9 @@ def busy_machine(session: Session, lab: Lab, kernels: int, token: str | None = N
     outsiders = [session.spawn(["sleep", "3600"], log, lab.env).pid for _ in range(GPUS)]
     held = [[(pid, GIB) for pid in pids[i::GPUS]] + [(outsiders[i], GIB // 2)] for i in range(GPUS)]
     fake.write([Gpu(f"GPU-{i:08x}-bench", **FULL, processes=p) for i, p in enumerate(held)])
-    url = f"http://{lab.sections['metrics']['listen']}/metrics"
-
-    def shown(samples: Samples) -> bool:
-        return len(series(samples, "jlservice_kernel_gpu_memory_bytes")) == kernels
-
-    wait_scrape(url, shown, f"{kernels} notebooks' GPU memory in /metrics", 120, token)
+    url, memory = metrics_url(lab), "jlservice_kernel_gpu_memory_bytes"
+    shown = f"{kernels} notebooks' GPU memory in /metrics"
+    wait_scrape(url, lambda s: len(series(s, memory)) == kernels, shown, 120, token)
     return url
 
 

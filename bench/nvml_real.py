@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,18 +49,17 @@ def smi(*args: str) -> list[list[str]]:
     return [[c.strip() for c in line.split(",")] for line in out.strip().splitlines()]
 
 
-def start_holders() -> tuple[list[subprocess.Popen], int, int]:
-    """(processes to end, pid of the kernel's GPU child, pid of the outsider)."""
+def start_holders(procs: list[subprocess.Popen]) -> tuple[int, int]:
+    """Start the holders, each added to `procs` (to end) as soon as it runs: the pid of the
+    kernel's GPU child, and of the outsider."""
     child = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], '1024'])"
     kernel = [sys.executable, "-c", child, HOLD, f"--f=/tmp/kernel-{KERNEL_ID}.json"]
-    procs = [
-        subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        for argv in (kernel, [sys.executable, "-c", HOLD, "512"])
-    ]
+    for argv in (kernel, [sys.executable, "-c", HOLD, "512"]):
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
     for proc in procs:
         if proc.stdout is None or proc.stdout.readline().strip() != "holding":
             raise SystemExit("a GPU memory holder did not start (is PyTorch with CUDA there?)")
-    return procs, psutil.Process(procs[0].pid).children()[0].pid, procs[1].pid
+    return psutil.Process(procs[0].pid).children()[0].pid, procs[1].pid
 
 
 # What GpuReader and nvidia-smi both report: (what, jlservice's metric and labels, its scale,
@@ -119,20 +119,14 @@ def attribution(reader: GpuReader, child: int, outsider: int) -> list[Row]:
     rest = sum(b for i, _, b in other if i == 0) / 2**20
     child_mib, outsider_mib = used[child], used[outsider]
     return [
-        (
-            "kernel memory MiB (its child's)",
-            f"{kernel:.0f}",
-            f"{child_mib:.0f}",
-            kernel == child_mib,
-        ),
+        mib("kernel memory MiB (its child's)", kernel, child_mib, kernel == child_mib),
         ("kernel's notebook", mine[0].notebook if mine else "-", notebooks[KERNEL_ID], bool(mine)),
-        (
-            "other memory on GPU 0 MiB >= outsider",
-            f"{rest:.0f}",
-            f"{outsider_mib:.0f}",
-            rest >= outsider_mib,
-        ),
+        mib("other memory on GPU 0 MiB >= outsider", rest, outsider_mib, rest >= outsider_mib),
     ]
+
+
+def mib(what: str, ours: float, theirs: float, ok: bool) -> Row:
+    return (what, f"{ours:.0f}", f"{theirs:.0f}", ok)
 
 
 def timings(reader: GpuReader) -> dict[str, float]:
@@ -183,8 +177,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=19877)
     args = parser.parse_args()
     print(smi("--query-gpu=name,driver_version,memory.total")[0], flush=True)
-    procs, child, outsider = start_holders()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the clean-up below
+    procs: list[subprocess.Popen] = []
     try:
+        child, outsider = start_holders(procs)
         reader = GpuReader()
         rows = compare(reader, child, outsider) + attribution(reader, child, outsider)
         figures = timings(reader)

@@ -124,35 +124,25 @@ def metrics(s: Runs, comments: list[dict[str, Any]]) -> list[Metric]:
         return [(a - (s[since][i] if since else 0.0)) * 1000 for i, a in enumerate(s[key])]
 
     detect, debounce = ms("config_change_detected"), DEBOUNCE_S * 1000
-    cold = ("plain cold start", s["plain"])
+    cold, steps = ("plain cold start", s["plain"]), "debounce, stop, cold start"
+    seen = minus(detect, ms("after_s"))
     results = ", ".join(sorted({str(c["result"]) for c in comments}))
+    expected = f"results: {results} (expected: unchanged)"
+    reloaded = [c["reloaded_ms"] for c in comments]
+    restarted = [0.0 if c["kept"] else 1.0 for c in comments]
+    why = "its pid changed, it stopped, /api failed or the result was not 'unchanged'"
     return [
         Metric("cold start: plain jupyter-lab", "s", s["plain"], note="spawn -> first 200 on /api"),
-        Metric(
-            "save -> new port /api 200", "s", s["api_s"], GOAL, "debounce, stop, cold start", cold
-        ),
+        Metric("save -> new port /api 200", "s", s["api_s"], GOAL, steps, cold),
         Metric("  lab_starting -> /api 200", "s", minus(s["api_s"], s["lab_starting"]), vs=cold),
         Metric("rename -> config_change_detected", "ms", detect, note="debounce included"),
         Metric("  minus the debounce window", "ms", [d - debounce for d in detect], "<= 100"),
-        Metric(
-            "  rename -> first fs event seen", "ms", minus(detect, ms("after_s")), note="±0.5 ms"
-        ),
+        Metric("  rename -> first fs event seen", "ms", seen, note="±0.5 ms"),
         Metric("detected -> config_reloaded", "ms", ms("config_reloaded", STEPS[0])),
         Metric("config_reloaded -> lab_exited", "ms", ms("lab_exited", "config_reloaded")),
         Metric("lab_exited -> lab_starting", "ms", ms("lab_starting", "lab_exited")),
-        Metric(
-            "comment edit -> config_reloaded",
-            "ms",
-            [c["reloaded_ms"] for c in comments],
-            note=f"results: {results} (expected: unchanged)",
-        ),
-        Metric(
-            "comment edit: JupyterLab restarted",
-            "count",
-            [0.0 if c["kept"] else 1.0 for c in comments],
-            "max <= 0",
-            "its pid changed, it stopped, /api failed or the result was not 'unchanged'",
-        ),
+        Metric("comment edit -> config_reloaded", "ms", reloaded, note=expected),
+        Metric("comment edit: JupyterLab restarted", "count", restarted, "max <= 0", why),
     ]
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,12 +19,13 @@ from typing import Any
 
 from helpers.accounts import throwaway_user
 from helpers.procs import free_port, stop, wait_for
-from helpers.service import LabClient, Service, render_toml
+from helpers.service import LabClient, render_toml
+from helpers.units import UNITS, exposure, render
 from sandbox import JLSERVICE, Sandbox, available
 
 from jlservice import users
-from jlservice.admin import unit_files
 
+from .lab import Lab
 from .report import Metric, Runs
 from .session import BenchError, Session, options, parse, run
 
@@ -42,11 +41,9 @@ def answers(port: int, token: str) -> bool:
 def by_hand(session: Session, config_text: str, run: int) -> float:
     """spawn -> ready (state.json, polled every 5 ms) of `jlservice run` with the unit's
     configuration and state dirs of its own."""
-    (root := session.work / f"by-hand-{run}").mkdir()
-    svc = Service(root)
+    svc = Lab(session, f"by-hand-{run}")
     svc.command = (JLSERVICE,)
     svc.write_config(config_text + "\n" + render_toml({"service": svc.sections["service"]}))
-    session.labs.append(svc)  # ended with the session
 
     def ready() -> bool:
         if svc.proc.poll() is not None:
@@ -61,30 +58,15 @@ def by_hand(session: Session, config_text: str, run: int) -> float:
     return took
 
 
-def exposure(work: Path) -> dict[str, float]:
+def exposures(work: Path) -> dict[str, float]:
+    """Each shipped unit's `systemd-analyze security` exposure."""
     out = {}
-    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(work / "xdg")}
-    (work / "xdg").mkdir(mode=0o700, exist_ok=True)
-    for source, name, scope in (
-        ("jlservice.service", "jlservice.service", "--system"),
-        ("jlservice@.service", "jlservice@alice.service", "--system"),
-        ("user/jlservice.service", "jlservice.service", "--user"),
-    ):
-        where = work / "units" / scope.strip("-")
-        where.mkdir(parents=True, exist_ok=True)
-        text = unit_files.template(source)
-        (where / name).write_text(unit_files.render_unit(text, [JLSERVICE]))
-        report = subprocess.run(
-            ["systemd-analyze", scope, "security", "--offline=true", "--no-pager", name],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            env=env,
-        ).stdout
-        found = re.search(r"Overall exposure level for \S+: ([\d.]+)", report)
-        if found is None:
+    for source, name, scope in UNITS:
+        path, env = render(work / "units", JLSERVICE, source, name, scope)
+        score, _ = exposure(path, env, scope)
+        if score is None:
             raise BenchError(f"systemd-analyze security said nothing about {source}")
-        out[source] = float(found.group(1))
+        out[source] = score
     return out
 
 
@@ -120,14 +102,13 @@ def measure(session: Session) -> tuple[list[Metric], dict[str, Any]]:
                 raise BenchError("systemctl start returned but JupyterLab does not answer")
             hand = by_hand(session, hand_config, run)
             t0 = time.monotonic()
-            box.crash()
-            box.boot()
+            box.reboot()
             wait_for(lambda t=token: answers(port, t), 120, "the service after the reboot", 0.01)
             reboot = time.monotonic() - t0
             box.systemctl("stop", "jlservice")
             if run:
                 s.add(start=took, by_hand=hand, reboot=reboot)
-    scores = exposure(session.work)
+    scores = exposures(session.work)
     hand = ("jlservice run by hand -> ready", s["by_hand"])
     reboot = "boot of the sandbox's systemd + start of the enabled unit"
     metrics = [

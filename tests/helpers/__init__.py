@@ -8,4 +8,5 @@ pyproject's [tool.pytest.ini_options] pythonpath puts tests/ on sys.path.
 - launch: a launch built from a minimal configuration, for the unit tests
 - metrics: scraping an exporter with prometheus_client's parser
 - nginx, browser: a real nginx and a real headless Chromium, ended by PID
+- units: the shipped systemd units rendered, and `systemd-analyze security`'s exposure
 """

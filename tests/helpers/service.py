@@ -356,6 +356,10 @@ class Service:
         client = LabClient(self.base, self.verify)
         return client.execute(token, kernel_id, code, timeout, base, session)
 
+    def channels(self, token: str, kernel_id: str, timeout: float) -> websocket.WebSocket:
+        """A websocket to the kernel's channels, authenticated by `token`."""
+        return LabClient(self.base, self.verify).channels(token, kernel_id, timeout)
+
 
 class LabClient:
     """JupyterLab's REST API and a kernel's websocket, at `base` (http://HOST:PORT/BASE_URL/)."""
@@ -380,6 +384,24 @@ class LabClient:
             method, self.base + path, headers=headers, timeout=30, **kw
         )
 
+    def channels(
+        self,
+        token: str | None,
+        kernel_id: str,
+        timeout: float,
+        base: str | None = None,
+        session: requests.Session | None = None,
+    ) -> websocket.WebSocket:
+        """A websocket to the kernel's channels, authenticated by `token`, else by the login
+        cookie of `session`; `base`: another way to the server (a proxy)."""
+        url = (base or self.base).replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        if token:
+            header = [f"Authorization: token {token}"]
+        else:
+            assert session is not None
+            header = ["Cookie: " + "; ".join(f"{c.name}={c.value}" for c in session.cookies)]
+        return websocket.create_connection(url, header=header, timeout=timeout)
+
     def execute(
         self,
         token: str | None,
@@ -389,16 +411,9 @@ class LabClient:
         base: str | None = None,
         session: requests.Session | None = None,
     ) -> str:
-        """Run `code` in the kernel over its websocket; returns what it printed and its
-        result. Authenticated by `token`, else by the login cookie of `session`; `base`:
-        another way to the server (a proxy)."""
-        url = (base or self.base).replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
-        if token:
-            header = [f"Authorization: token {token}"]
-        else:
-            assert session is not None
-            header = ["Cookie: " + "; ".join(f"{c.name}={c.value}" for c in session.cookies)]
-        ws = websocket.create_connection(url, header=header, timeout=timeout)
+        """Run `code` in the kernel over its websocket (`token`, `base`, `session`: as for
+        channels()); returns what it printed and its result."""
+        ws = self.channels(token, kernel_id, timeout, base, session)
         try:
             request = execute_request(code)
             msg_id = request["header"]["msg_id"]

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import re
+import functools
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.units import UNITS, exposure, render
 from sandbox import JLSERVICE, available
 
 from jlservice.admin import unit_files
-
-# (file in jlservice/units, name to verify it under, systemd-analyze scope)
-UNITS = [
-    ("jlservice.service", "jlservice.service", "--system"),
-    ("jlservice@.service", "jlservice@alice.service", "--system"),
-    ("user/jlservice.service", "jlservice.service", "--user"),
-]
 
 
 @pytest.fixture
 def rendered(tmp_path: Path):
     if why := available():
         pytest.skip(why)
-
-    def render(source: str, name: str, scope: str) -> tuple[Path, dict[str, str]]:
-        text = unit_files.template(source)
-        where = tmp_path / scope.strip("-")
-        where.mkdir(exist_ok=True)
-        (where / name).write_text(unit_files.render_unit(text, [JLSERVICE]))
-        runtime = tmp_path / "xdg-runtime"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        return where / name, {"XDG_RUNTIME_DIR": str(runtime), "PATH": "/usr/bin:/bin"}
-
-    return render
+    return functools.partial(render, tmp_path, JLSERVICE)
 
 
 @pytest.mark.parametrize(("source", "name", "scope"), UNITS)
@@ -53,15 +37,8 @@ def test_unit_passes_systemd_analyze_verify(rendered, source, name, scope) -> No
 @pytest.mark.parametrize(("source", "name", "scope"), UNITS[:2])
 def test_system_units_exposure_is_below_5(rendered, source, name, scope) -> None:
     path, env = rendered(source, name, scope)
-    out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", "--no-pager", path.name],
-        cwd=path.parent,
-        capture_output=True,
-        text=True,
-        env=env,
-    ).stdout
-    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
-    assert exposure < 5.0, out
+    score, report = exposure(path, env)
+    assert score is not None and score < 5.0, report
 
 
 @pytest.mark.parametrize("source", [u[0] for u in UNITS])
