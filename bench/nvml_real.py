@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -23,7 +24,8 @@ from pathlib import Path
 import psutil
 
 from jlservice.config import MetricsConfig
-from jlservice.metrics import kernels
+from jlservice.labapi import Endpoint
+from jlservice.metrics import proctree, usage
 from jlservice.metrics.exporter import Exporter
 from jlservice.metrics.gpu import GpuReader
 from jlservice.metrics.sampler import attribute
@@ -109,10 +111,14 @@ def compare(reader: GpuReader, child: int, outsider: int) -> list[Row]:
 
 
 def attribution(reader: GpuReader, child: int, outsider: int) -> list[Row]:
-    """The sampler's mapping: the kernel's memory is its child's, the outsider's is other."""
+    """The sampler's mapping: the kernel's memory is its child's, the outsider's is other.
+    This process plays JupyterLab: the kernel is its child naming /tmp/kernel-<id>.json."""
     gpus = reader.sample() or ()
     notebooks = {KERNEL_ID: 'real gpu/check "quoted" ü.ipynb'}
-    held, other = attribute(gpus, notebooks, lambda pid: kernels.owner(pid, notebooks))
+    lab = Endpoint("http://127.0.0.1:1/api", "", os.getpid(), os.geteuid(), "/tmp")
+    table = proctree.scan()
+    owners = usage.owners(table, usage.kernel_roots(table, lab, set(notebooks), os.getpid()))
+    held, other = attribute(gpus, notebooks, owners.get)
     mine = [k for k in held if k.kernel_id == KERNEL_ID]
     used = {pid: u / 2**20 for g in gpus for pid, u in g.processes}
     kernel = sum(k.bytes for k in mine) / 2**20
