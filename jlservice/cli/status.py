@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from jlservice import config, procfs, resources, state
+from jlservice import config, notebooks_file, procfs, state
 from jlservice.cli._client import EX_NOT_RUNNING, config_path, published
 from jlservice.cli.common import mask
 from jlservice.text import escape_controls
@@ -35,7 +35,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if running and current.warm_parent:
             report["warm_parent"]["rss_bytes"] = procfs.rss_bytes(current.warm_parent.pid)
         report["login_url"] = state.login_url(masked)
-        report["notebooks"] = resources.read(service.runtime_dir) if running else None
+        report["notebooks"] = notebooks_file.read(service.runtime_dir) if running else None
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(_describe(masked, running))

@@ -19,7 +19,7 @@ import tty
 from collections.abc import Iterator
 from typing import Any
 
-from jlservice import config, resources, state
+from jlservice import config, notebooks_file, state
 from jlservice.cli._client import config_path, published
 from jlservice.text import escape_controls
 
@@ -99,7 +99,7 @@ def view(service: config.ServiceConfig, sort: str) -> Any:
     except state.StateError:
         current = None
     running = current is not None and state.supervisor_alive(current)
-    table = resources.read(service.runtime_dir) if running else None
+    table = notebooks_file.read(service.runtime_dir) if running else None
     return Group(Text(_header(current, running, table)), _table(table, sort))
 
 

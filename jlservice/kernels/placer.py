@@ -27,7 +27,7 @@ import struct
 import time
 from pathlib import Path
 
-from jlservice import bounded, disk, log, oom, procfs, users
+from jlservice import bounded, disk, log, oom_score, procfs, users
 from jlservice.errors import NotAnswering
 from jlservice.kernels.limits import Limits
 from jlservice.labapi import connection_file_id
@@ -161,7 +161,9 @@ class Placer:
         if problem is not None:
             return problem
         assert ticks is not None
-        oom.set_score(pid, oom.KERNEL)  # as root: its floor too, which a cell cannot lower
+        oom_score.set_score(
+            pid, oom_score.KERNEL
+        )  # as root: its floor too, which a cell cannot lower
         if self.limits is not None:
             before = self.limits.memory.of(pid)
             try:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from jlservice import disk, net, oom, prctl, users
+from jlservice import disk, net, oom_score, prctl, users
 from jlservice.errors import CannotStartNow, LaunchError, NotAnswering, NotebookDirNotAnswering
 from jlservice.start import Secrets, Started, listening, private_dir, reserve
 from jlservice.start.launcher import Launch
@@ -114,7 +114,7 @@ def popen(launch: Launch, listen: tuple[int, ...] = ()) -> subprocess.Popen[byte
     errors, report = os.pipe2(os.O_CLOEXEC)
     try:
         proc = _popen(launch, errors, report, listen)
-        oom.unprotect_child(proc.pid)
+        oom_score.unprotect_child(proc.pid)
         # Both ends of `report` are closed now (ours, and the child's at exec or death).
         if os.read(errors, 64) == _ENTERING:  # the alarm ended it in chdir, before exec
             proc.wait()

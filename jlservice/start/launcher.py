@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jlservice import net, oom, users
+from jlservice import net, oom_score, users
 from jlservice.config import Config, OptionValue
 from jlservice.start.conda import conda_env, uses_nb_conda_kernels
 
@@ -260,7 +260,7 @@ def _keeping_args(private_dir: Path) -> list[str]:
         f"--ServerApp.kernel_manager_class={KERNELS_MODULE}.{manager}",
         f"--{manager}.handover_file={private_dir / HANDOVER}",
         f"--{manager}.kernel_output={private_dir / KERNEL_OUTPUT}",
-        f"--{manager}.kernel_oom_score_adj={oom.KERNEL}",
+        f"--{manager}.kernel_oom_score_adj={oom_score.KERNEL}",
         f"--{manager}.limits_socket={private_dir / LIMITS_SOCKET}",
         f"--SessionManager.database_filepath={private_dir / 'runtime' / 'sessions.db'}",
     ]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from jlservice import files, log, login, resources, state
+from jlservice import files, log, login, notebooks_file, state
 from jlservice.errors import PortInUse, WaitingFor
 from jlservice.labapi import Endpoint
 from jlservice.metrics import table
@@ -70,7 +70,7 @@ class StateFile:
 
     def write_notebooks(self, table: dict[str, object]) -> None:
         with contextlib.suppress(OSError):  # the metrics still say it
-            resources.write(self.runtime_dir, table)
+            notebooks_file.write(self.runtime_dir, table)
 
 
 class Publisher:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from jlservice import log, oom
+from jlservice import log, oom_score
 from jlservice.config import KernelsConfig
 from jlservice.kernels import cgroups, limits
 from jlservice.start.launcher import Launch
@@ -35,7 +35,7 @@ class Early:
 
 
 def before_children(kernels: KernelsConfig, launch: Launch) -> Early:
-    unprotected = oom.protect_self()
+    unprotected = oom_score.protect_self()
     found, said = limits.set_up(kernels.memory_max, launch.keep_kernels)
     return Early(unprotected, found, said)
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from importlib import resources
 
-from jlservice import bounded, oom
+from jlservice import bounded, oom_score
 from jlservice.start import cold
 from jlservice.start.warm.recipe import Recipe
 
@@ -89,7 +89,7 @@ class WarmProcess:
         finally:
             theirs.close()
         proc.returncode = 0  # reaped by the supervisor's Reaper, never by Popen
-        oom.unprotect_child(proc.pid)  # before it has its program, so before it forks
+        oom_score.unprotect_child(proc.pid)  # before it has its program, so before it forks
         assert proc.stdin is not None
         with proc.stdin, contextlib.suppress(BrokenPipeError):
             # A few kB: fits in the pipe, so this does not block.
