@@ -81,7 +81,7 @@ class Supervisor:
         if self.in_start and isinstance(
             event, (ev.StopRequested, ev.ReloadRequested, ev.RotateRequested)
         ):
-            self.parts.keeper.hurry()  # a start must not keep a command waiting
+            self.parts.warm.hurry()  # a start must not keep a command waiting
 
     # ── the loop ────────────────────────────────────────────────────────────
 
@@ -147,7 +147,7 @@ class Supervisor:
                 self.publish.reload_started()
                 await self._restart_with(self.reloads.take())
             case ev.WarmParentChanged():
-                self.publish.warm_parent(self.parts.keeper.describe())
+                self.publish.warm_parent(self.parts.warm.describe())
             case ev.KernelsListed():
                 self.parts.kernels.listed(event)
             case ev.KernelGraceElapsed() if late := self.parts.kernels.expire(event.generation):
@@ -205,12 +205,12 @@ class Supervisor:
         ready_s = lab.mark_ready(lambda: self.config.health)
         self.phase = Phase.READY
         if not self.publish.record.started_warm:
-            self.parts.keeper.cold_start_took(ready_s)
-        self.parts.keeper.keep(self.launch, self.config.restart.warm)  # now: its imports
+            self.parts.warm.cold_start_took(ready_s)
+        self.parts.warm.keep(self.launch, self.config.restart.warm)  # now: its imports
         endpoint = Endpoint.of(self.launch, self.secrets.token, lab.pid)
         # With what the keeper just did (a check, a new warm parent): whoever reads "ready"
         # must not take a warm parent that is checking for one that can serve.
-        warm = self.parts.keeper.describe()
+        warm = self.parts.warm.describe()
         self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering, warm)
         self.parts.kernels.ready(endpoint)
         logger.info("lab_ready", pid=lab.pid, url=self.launch.url, ready_s=round(ready_s, 3))
@@ -254,7 +254,7 @@ class Supervisor:
             state.LastExit(code=status.code, signal=status.signal, at=time.time(), reason=reason)
         )
         kept = self.parts.kernels.exited(
-            self.launch, self._keeps_kernels(), self.parts.keeper.spare(), self.config.kernels.grace
+            self.launch, self._keeps_kernels(), self.parts.warm.spare(), self.config.kernels.grace
         )
         swept = await self._sweep(kept)
         if swept:
@@ -272,7 +272,7 @@ class Supervisor:
                 problem += f" during start-up: {last_words or 'no output'}"
                 if self.publish.record.started_warm:  # maybe the fork's fault: start cold
                     why = f"a JupyterLab it forked {status.describe()} starting"
-                    self.parts.keeper.distrust(self.launch, why)
+                    self.parts.warm.distrust(self.launch, why)
         else:
             problem = self.publish.record.last_error or status.describe()
         if lab.ready:
@@ -309,7 +309,7 @@ class Supervisor:
     async def _sweep(self, spare: set[int] = frozenset()) -> int:
         """End what JupyterLab left behind but `spare`; the warm parent and the kept kernels
         are not leftovers."""
-        spare = self.parts.keeper.spare() | self.parts.kernels.spare() | spare
+        spare = self.parts.warm.spare() | self.parts.kernels.spare() | spare
         return await self.parts.sweep(spare, self.config.restart.stop_timeout)
 
     def _keeps_kernels(self) -> bool:
@@ -325,7 +325,7 @@ class Supervisor:
         logger.info("supervisor_stopping", signal=signame)
         self.publish.stopping()
         self.parts.kernels.stopping()
-        self.parts.keeper.close()
+        self.parts.warm.close()
         if self.lab is not None:
             await self._stop_lab("stop")  # its ChildExited event finishes the stop
         else:
@@ -388,7 +388,7 @@ class Supervisor:
         self.config = new
         self.publish.limits(limits)
         if self.phase is Phase.READY or not new.restart.warm:
-            self.parts.keeper.keep(self.launch, new.restart.warm)  # warm turned on or off
+            self.parts.warm.keep(self.launch, new.restart.warm)  # warm turned on or off
         risks.warn_about_config(new)
         self.publish.certificate_expiry(risks.certificate_expiry(new))
 

@@ -104,7 +104,7 @@ async def _supervise(
     from jlservice.metrics.exporter import Exporter
     from jlservice.metrics.sampler import Snapshot
     from jlservice.metrics.view import SupervisorView
-    from jlservice.start.warm.keeper import Keeper
+    from jlservice.start.warm.keeper import WarmKeeper
     from jlservice.start.warm.strategy import WarmStart
     from jlservice.supervisor import children, reload
     from jlservice.supervisor.events import NotebooksSampled, WarmParentChanged
@@ -151,7 +151,7 @@ async def _supervise(
     exporter.sampler.on_round = sampled
     publisher.limits(early.limits_said)
     exporter.start()
-    keeper = Keeper(reaper, lambda: post(WarmParentChanged()))
+    warm = WarmKeeper(reaper, lambda: post(WarmParentChanged()))
     follower = ConfigFollower(loop, post)
     kernels = KernelKeeper(post, lambda delay, event: loop.call_later(delay, post, event))
 
@@ -170,12 +170,12 @@ async def _supervise(
         starter=FirstStart(
             first,
             WarmStart(
-                keeper,
+                warm,
                 cold,
-                lambda: sweep(keeper.spare() | kernels.spare(), config.restart.stop_timeout),
+                lambda: sweep(warm.spare() | kernels.spare(), config.restart.stop_timeout),
             ),
         ),
-        keeper=keeper,
+        warm=warm,
         kernels=kernels,
         adopt=adopt,
         sweep=sweep,

@@ -43,8 +43,8 @@ class Starter(Protocol):
     async def start(self, launch: launcher.Launch, secrets: Secrets) -> Started: ...
 
 
-class Keeper(Protocol):
-    """The warm parent (start.warm.keeper.Keeper)."""
+class WarmKeeper(Protocol):
+    """The warm parent (start.warm.keeper.WarmKeeper)."""
 
     def keep(self, launch: launcher.Launch, enabled: bool) -> None: ...
     def distrust(self, launch: launcher.Launch, problem: str) -> None: ...
@@ -109,7 +109,7 @@ class ConfigFollower(Protocol):
 class Parts:
     publisher: Publisher
     starter: Starter
-    keeper: Keeper
+    warm: WarmKeeper
     kernels: KernelKeeper
     adopt: Callable[[Started, launcher.Launch, float], Awaitable[Lab]]  # (…, start_timeout)
     sweep: Callable[[set[int], float], Awaitable[int]]  # (spare, grace) → how many ended
@@ -125,6 +125,6 @@ class Parts:
     def close(self) -> None:
         """The loop has ended: stop what still runs."""
         self.follower.stop()
-        self.keeper.close()
+        self.warm.close()
         self.kernels.close()
         self.exporter.stop()

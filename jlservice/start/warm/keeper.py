@@ -54,7 +54,7 @@ def _forked_by(pid: object, launch: launcher.Launch, reaper: children.Reaper) ->
         return reaper.reaped(pid)  # exited meanwhile
 
 
-class Keeper:
+class WarmKeeper:
     def __init__(self, reaper: children.Reaper, changed: Callable[[], None]) -> None:
         """`changed`: called whenever describe() may say something new."""
         self.reaper = reaper

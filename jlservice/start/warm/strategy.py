@@ -8,14 +8,14 @@ from collections.abc import Awaitable, Callable
 
 from jlservice.start import Secrets, Started, launcher
 from jlservice.start.cold import ColdStart, spawn
-from jlservice.start.warm.keeper import Keeper
+from jlservice.start.warm.keeper import WarmKeeper
 
 
 class WarmStart:
     """From the keeper's warm parent when [restart] warm is on and one is ready, else cold."""
 
     def __init__(
-        self, keeper: Keeper, cold: ColdStart, sweep: Callable[[], Awaitable[object]]
+        self, keeper: WarmKeeper, cold: ColdStart, sweep: Callable[[], Awaitable[object]]
     ) -> None:
         """`sweep()`: end what JupyterLab left behind (before a cold start after a fork that
         went wrong)."""

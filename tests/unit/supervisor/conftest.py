@@ -100,7 +100,7 @@ class FakeStarter:
         )
 
 
-class FakeKeeper:
+class FakeWarmKeeper:
     def __init__(self) -> None:
         self.kept: list[tuple[int, bool]] = []  # (port of the launch, enabled)
         self.distrusted: list[str] = []
@@ -194,7 +194,7 @@ class Harness:
         self.config = make_config(tmp_path, sections)
         self.launch = launcher.build(self.config, environ={"PATH": "/usr/bin:/bin"})
         self.starter = FakeStarter()
-        self.keeper = FakeKeeper()
+        self.warm = FakeWarmKeeper()
         self.notifier = FakeNotifier()
         self.records = Records()
         self.view = SupervisorView("test", "tester", "/srv/notebooks")
@@ -289,7 +289,7 @@ class Harness:
         parts = Parts(
             publisher=publisher,
             starter=self.starter,
-            keeper=self.keeper,
+            warm=self.warm,
             kernels=self.kernels,
             adopt=self._adopt,
             sweep=self._sweep,

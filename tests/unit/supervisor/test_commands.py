@@ -48,7 +48,7 @@ async def test_stop_in_every_phase_ends_everything_and_exits_0(machine, phase) -
     assert await m.exit_code() == 0
     assert m.state.status == "stopped" and m.state.lab_pid is None
     assert "STOPPING=1\nSTATUS=Stopping JupyterLab" in m.notifier.sent
-    assert m.keeper.closed and m.swept  # leftovers ended in every case
+    assert m.warm.closed and m.swept  # leftovers ended in every case
     if lab is not None:
         assert "stop" in lab.stops or lab.stops == ["unhealthy"]
 

@@ -26,7 +26,7 @@ async def test_start_then_ready_is_published_to_systemd_state_and_metrics(machin
     assert m.state.status == "starting" and m.state.lab_pid == m.lab.pid
     assert m.sent() == [f"STATUS=Starting JupyterLab on {m.launch.url} as {m.launch.account.name}"]
     assert m.reaping and m.follower.calls == [("follow", (m.config,))]
-    assert m.keeper.kept == []  # the warm parent's imports wait until JupyterLab is ready
+    assert m.warm.kept == []  # the warm parent's imports wait until JupyterLab is ready
     assert not m.view.up
 
     lab = await m.ready()
@@ -36,7 +36,7 @@ async def test_start_then_ready_is_published_to_systemd_state_and_metrics(machin
         f"READY=1\nSTATUS=JupyterLab ready on {m.launch.url} as {m.launch.account.name} "
         f"(pid {lab.pid})"
     ]
-    assert m.keeper.kept == [(m.launch.port, True)]
+    assert m.warm.kept == [(m.launch.port, True)]
     assert m.view.up and m.view.endpoint.pid == lab.pid and m.view.ready_duration == 0.25
 
 
@@ -59,13 +59,13 @@ async def test_the_keeper_learns_how_long_a_cold_start_takes_never_a_warm_one(ma
     m = machine()
     m.start()
     first = await m.ready()
-    assert m.keeper.cold_starts == [0.25]
+    assert m.warm.cold_starts == [0.25]
     m.starter.warm = True
     first.exit()
     await m.settle()
     await m.fire(BackoffElapsed)
     await m.ready()
-    assert m.keeper.cold_starts == [0.25]
+    assert m.warm.cold_starts == [0.25]
 
 
 async def test_a_command_during_a_start_hurries_the_keeper(machine) -> None:
@@ -78,7 +78,7 @@ async def test_a_command_during_a_start_hurries_the_keeper(machine) -> None:
     await m.settle()
     await m.fire(BackoffElapsed)  # the start now waits
     await m.step(StopRequested("SIGTERM"))
-    assert m.keeper.hurried == 1
+    assert m.warm.hurried == 1
     m.starter.slow.set_result(None)
     await m.settle()
     assert await m.exit_code() == 0 and m.lab.stops == ["stop"]
@@ -97,7 +97,7 @@ async def test_exit_before_ready_backs_off_with_its_last_words_and_distrusts_a_f
     problem = "JupyterLab exited with status 1 during start-up: last words"
     assert m.state.last_error == problem
     assert m.sent()[-1] == f"STATUS=Restarting JupyterLab in 0 s: {problem}"
-    assert m.keeper.distrusted == ["a JupyterLab it forked exited with status 1 starting"]
+    assert m.warm.distrusted == ["a JupyterLab it forked exited with status 1 starting"]
     await m.fire(BackoffElapsed)
     m.lab.exit(ExitStatus(m.lab.pid, 1, None))
     await m.settle()
@@ -246,7 +246,7 @@ async def test_warm_parent_changes_reach_state_and_metrics(machine) -> None:
     m = machine()
     m.start()
     await m.ready()
-    m.keeper.parent = WarmParent(777, True)
+    m.warm.parent = WarmParent(777, True)
     await m.step(WarmParentChanged())
     assert m.state.warm_parent == WarmParent(777, True) and m.view.warm_parent.pid == 777
 
@@ -285,10 +285,10 @@ async def test_ready_is_published_with_what_the_keeper_just_did(machine) -> None
     from jlservice.state import WarmParent
 
     m = machine()
-    m.keeper.parent = WarmParent(4242, True)
+    m.warm.parent = WarmParent(4242, True)
     m.start()
     await m.settle()
-    m.keeper.keep = lambda launch, enabled: setattr(m.keeper, "parent", WarmParent(4242, False))
+    m.warm.keep = lambda launch, enabled: setattr(m.warm, "parent", WarmParent(4242, False))
     await m.ready()
     ready = next(r for r in m.records.written if r.status == "ready")
     assert ready.warm_parent == WarmParent(4242, False)

@@ -136,7 +136,7 @@ async def test_reload_applies_what_jupyterlab_never_sees_at_once(machine) -> Non
     new = make_config(m.tmp_path, {"restart": {"warm": False}, "metrics": {"enabled": False}})
     m.plans.append(reload.Plan(reload.UNCHANGED, new, m.launch))
     await m.step(ReloadRequested("SIGHUP"))
-    assert m.keeper.kept[-1] == (m.launch.port, False)  # warm restarts off
+    assert m.warm.kept[-1] == (m.launch.port, False)  # warm restarts off
     assert m.follower.calls[-2:] == [("accept", (new.digest,)), ("follow", (new,))]
     assert m.exporter.calls[-1] == ("apply", (new.metrics,)) and m.supervisor.config is new
 
