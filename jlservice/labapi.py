@@ -75,7 +75,7 @@ def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels 
     try:
         kernels = _get(endpoint, "/kernels", timeout)
         found = _get(endpoint, "/sessions", timeout) if sessions else []
-    except (OSError, ValueError):  # bounded.Malformed is a ValueError
+    except localhttp.ERRORS:  # bounded.Malformed is a ValueError
         return None
     if not isinstance(kernels, list) or not isinstance(found, list):
         return None
@@ -130,7 +130,7 @@ def lab_version(endpoint: Endpoint, timeout: float) -> str | None:
         return None
     try:
         page = _open(url, endpoint.token, timeout).decode(errors="replace")
-    except (OSError, ValueError):
+    except localhttp.ERRORS:
         return None
     match = _APP_VERSION.search(page)
     return match[1] if match else None
@@ -151,7 +151,7 @@ def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout:
         return False
     try:
         kernel = _get(endpoint, f"/kernels/{urllib.parse.quote(kernel_id)}", timeout)
-    except (OSError, ValueError):
+    except localhttp.ERRORS:
         return False
     if not isinstance(kernel, dict) or kernel.get("execution_state") != "idle":
         return False
@@ -165,15 +165,14 @@ def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout:
     try:
         with localhttp.OPENER.open(request, timeout=timeout) as response:
             return response.status == 204
-    except OSError:
+    except localhttp.ERRORS:
         return False
 
 
 def post_event(endpoint: Endpoint, event: dict[str, Any], timeout: float) -> bool:
     """`event` (schema_id, version, data) emitted on JupyterLab's event bus, to every open
     tab (POST api/events, whose schema a server extension registered); whether JupyterLab
-    took it. `timeout` bounds the connection, and the answer as a whole: one that does not
-    answer costs the caller that long."""
+    took it. One that does not answer costs the caller `timeout` (localhttp says how)."""
     if not _ours(endpoint):
         return False
     request = urllib.request.Request(
@@ -185,7 +184,7 @@ def post_event(endpoint: Endpoint, event: dict[str, Any], timeout: float) -> boo
     try:
         with localhttp.OPENER.open(request, timeout=timeout) as response:
             return response.status == 204
-    except OSError:  # urllib's HTTPError (a 400, a 403) is one
+    except localhttp.ERRORS:  # urllib's HTTPError (a 400, a 403) is an OSError
         return False
 
 

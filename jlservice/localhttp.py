@@ -6,19 +6,25 @@ our own child, reached on loopback, and its names need not include the address u
 and never following a redirect: urllib would follow one anywhere, with the token, after
 reading the whole body first. A redirect is an HTTPError of its 3xx status instead.
 
-The `timeout` given to OPENER.open bounds the answer as a whole — its status line, headers
-and body — not each read: one byte a second would otherwise hold the caller for as long as
-the server likes (http.client reads up to a hundred 64 KiB header lines).
+OPENER.open needs a timeout. It bounds the connection, the TLS handshake (Python's ssl gives
+the whole handshake one deadline) and the request each, and the answer — its status line,
+headers and body — as a whole, not each read: one byte a second would otherwise hold the
+caller for as long as the server likes (http.client reads up to a hundred 64 KiB header
+lines). An answer that is no HTTP raises http.client.HTTPException: ERRORS is everything an
+answer may raise.
 """
 
 from __future__ import annotations
 
 import http.client
 import io
+import numbers
 import socket
 import ssl
 import time
 import urllib.request
+
+ERRORS = (OSError, ValueError, http.client.HTTPException)
 
 
 class _Deadline(io.RawIOBase):
@@ -63,14 +69,20 @@ class _TLSConnection(http.client.HTTPSConnection):
     response_class = _Response
 
 
+def _timed(req: urllib.request.Request) -> urllib.request.Request:
+    if not isinstance(req.timeout, numbers.Real):  # urllib's default: none at all
+        raise ValueError(f"{req.full_url}: root's HTTP to a local server needs a timeout")
+    return req
+
+
 class _HTTP(urllib.request.HTTPHandler):
     def http_open(self, req):  # type: ignore[no-untyped-def]
-        return self.do_open(_Connection, req)
+        return self.do_open(_Connection, _timed(req))
 
 
 class _HTTPS(urllib.request.HTTPSHandler):
     def https_open(self, req):  # type: ignore[no-untyped-def]
-        return self.do_open(_TLSConnection, req, context=self._context)
+        return self.do_open(_TLSConnection, _timed(req), context=self._context)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

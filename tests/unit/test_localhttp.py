@@ -1,58 +1,91 @@
-"""Root's HTTP to this machine's servers: the timeout given bounds the whole answer. The lab
-user's JupyterLab could otherwise trickle its headers a byte at a time, each read well within
-any timeout, and hold root's sampler, notices or doctor for as long as it likes."""
+"""Root's HTTP to this machine's servers: the timeout given bounds the whole answer, and an
+answer that is no HTTP is an error callers expect. The lab user's JupyterLab could otherwise
+trickle its answer a byte at a time, each read well within any timeout, and hold root's
+sampler, notices or doctor for as long as it likes; or answer garbage, which http.client
+raises as neither an OSError nor a ValueError."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from jlservice import localhttp
+from jlservice import labapi, localhttp
 from jlservice.admin import tls
+from jlservice.admin.doctor import http as doctor_http
 
-TRICKLE_S = 20  # how long the server trickles: a client bounded per read waits all of it
+TRICKLE_S = 20  # how long a server trickles: a client bounded per read waits all of it
+Serve = Callable[[socket.socket, threading.Event], None]
 
 
-def _trickle(conn: socket.socket, stop: threading.Event) -> None:
-    try:
-        conn.recv(65536)  # the request
-        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+def _trickle(head: bytes) -> Serve:
+    """`head` at once, then a byte each 0.05 s (under any one read's timeout)."""
+
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head)
         ends = time.monotonic() + TRICKLE_S
         while not stop.is_set() and time.monotonic() < ends:
-            conn.sendall(b"a")  # a byte each 0.05 s: under any one read's timeout
+            conn.sendall(b"a")
             stop.wait(0.05)
-    except OSError:  # the client gave up
-        pass
-    finally:
-        conn.close()
+
+    return serve
+
+
+def _silent_after(head: bytes) -> Serve:
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head)
+        stop.wait(TRICKLE_S)
+
+    return serve
+
+
+def _answer(raw: bytes) -> Serve:
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(raw)
+
+    return serve
 
 
 @contextlib.contextmanager
-def _trickling(context: ssl.SSLContext | None) -> Iterator[int]:
+def _serving(serve: Serve, context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """A server on a free port answering each request with `serve`, until the test ends."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            conn, _ = listener.accept()
+    def one(conn: socket.socket) -> None:
+        try:
             if context is not None:
                 conn = context.wrap_socket(conn, server_side=True)
-            _trickle(conn, stop)
+            conn.recv(65536)  # the request
+            serve(conn, stop)
+        except OSError:  # the client gave up
+            pass
+        finally:
+            conn.close()
 
-    server = threading.Thread(target=serve, daemon=True)
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    server = threading.Thread(target=accept, daemon=True)
     server.start()
     try:
         yield listener.getsockname()[1]
     finally:
         stop.set()
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
         listener.close()
         server.join(30)
 
@@ -66,12 +99,47 @@ def _server_tls(tmp_path: Path) -> ssl.SSLContext:
     return context
 
 
+SLOW = {
+    "headers trickled": _trickle(b"HTTP/1.1 200 OK\r\nX-Slow: "),
+    "silence after the headers": _silent_after(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+    "a chunk trickled": _trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffff\r\n"),
+}
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_headers_trickled_a_byte_at_a_time_end_at_the_timeout(scheme, tmp_path) -> None:
+@pytest.mark.parametrize("how", list(SLOW))
+def test_a_slow_answer_ends_at_the_timeout(how, scheme, tmp_path) -> None:
     context = _server_tls(tmp_path) if scheme == "https" else None
-    with _trickling(context) as port:
+    with _serving(SLOW[how], context) as port:
         request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/api")
         began = time.monotonic()
-        with pytest.raises(TimeoutError):
-            localhttp.OPENER.open(request, timeout=0.5)
+        with pytest.raises(TimeoutError), localhttp.OPENER.open(request, timeout=0.5) as answer:
+            answer.read()
         assert time.monotonic() - began < TRICKLE_S / 4
+
+
+def test_a_request_without_a_timeout_is_refused() -> None:
+    served = _serving(_answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    with served as port, pytest.raises(ValueError, match="needs a timeout"):
+        localhttp.OPENER.open(f"http://127.0.0.1:{port}/api")
+
+
+GARBAGE = {
+    "no status line": b"garbage\r\n\r\n",
+    "a chunk size that is none": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "too many headers": b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("how", list(GARBAGE))
+def test_an_answer_that_is_no_http_is_no_answer_to_every_caller(how) -> None:
+    with _serving(_answer(GARBAGE[how])) as port:
+        # This process plays JupyterLab: the token may go to it.
+        lab = labapi.Endpoint(f"http://127.0.0.1:{port}/api", "t", os.getpid(), os.geteuid(), "/")
+        assert labapi.fetch(lab, 2) is None
+        assert labapi.lab_version(lab, 2) is None
+        assert labapi.shut_down_if_idle(lab, "k1", time.time(), 2) is False
+        assert labapi.post_event(lab, {"x": 1}, 2) is False
+        if how != "a chunk size that is none":  # the doctor reads no body
+            status, why = doctor_http.get(f"http://127.0.0.1:{port}/api")
+            assert status is None and why.startswith("not an HTTP answer"), why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import urllib.error
 import urllib.request
@@ -26,6 +27,8 @@ def get(url: str, token: str | None = None, scheme: str = "token") -> tuple[int 
             return response.status, ""
     except urllib.error.HTTPError as exc:
         return exc.code, ""
+    except http.client.HTTPException as exc:  # what answers there speaks no HTTP
+        return None, f"not an HTTP answer ({type(exc).__name__})"
     except (urllib.error.URLError, OSError) as exc:
         return None, str(getattr(exc, "reason", exc))
 
