@@ -11,6 +11,7 @@ the exporter's CPU. Exit status 1 when a check fails. How: bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -191,9 +192,12 @@ def main() -> int:
         rows = compare(reader, child, outsider) + attribution(reader, child, outsider)
         figures = timings(reader)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up runs to its end
         for proc in procs:
-            for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-                p.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for p in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+                    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                        p.kill()
             proc.wait()
     figures.update(scrapes(args.port))
     width = max(len(r[0]) for r in rows)

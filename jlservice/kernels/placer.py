@@ -161,9 +161,8 @@ class Placer:
         if problem is not None:
             return problem
         assert ticks is not None
-        oom_score.set_score(
-            pid, oom_score.KERNEL
-        )  # as root: its floor too, which a cell cannot lower
+        # As root: its floor too, which a cell cannot lower.
+        oom_score.set_score(pid, oom_score.KERNEL)
         if self.limits is not None:
             before = self.limits.memory.of(pid)
             try:

@@ -208,7 +208,7 @@ class Supervisor:
             self.parts.warm.cold_start_took(ready_s)
         self.parts.warm.keep(self.launch, self.config.restart.warm)  # now: its imports
         endpoint = Endpoint.of(self.launch, self.secrets.token, lab.pid)
-        # With what the keeper just did (a check, a new warm parent): whoever reads "ready"
+        # With what the warm keeper just did (a check, a new warm parent): whoever reads "ready"
         # must not take a warm parent that is checking for one that can serve.
         warm = self.parts.warm.describe()
         self.publish.ready(self.launch, endpoint, lab.started, ready_s, lambda: lab.answering, warm)

@@ -32,7 +32,8 @@ def _lab(runtime: Path, **changes) -> Endpoint:
 
 
 class _Kernels:
-    """kernels.owner as the sampler asks it: which kernel's tree `pid` is in, this round."""
+    """The sampler's mapping (usage.kernel_roots, then owners): which kernel's tree `pid` is
+    in, this round."""
 
     @staticmethod
     def owner(pid: int, ids: set[str], lab: Endpoint, me: int = -1) -> str | None:

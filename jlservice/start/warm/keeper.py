@@ -117,7 +117,7 @@ class WarmKeeper:
         if parent is not None and parent.recipe != recipe:
             # It can never serve this launch (another user, say): gone now, not once the
             # cold start is ready (keep() makes the next one).
-            self._retire("configuration changed")
+            self._retire(recipe if isinstance(recipe, str) else "configuration changed")
         if why is not None:
             logger.info("lab_start_cold", reason=why)
             return None

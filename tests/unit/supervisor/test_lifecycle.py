@@ -279,8 +279,8 @@ async def test_a_jupyterlab_sigkill_cannot_end_is_left_behind_and_the_next_one_s
     assert m.state.status == "starting" and m.supervisor.lab is m.lab
 
 
-async def test_ready_is_published_with_what_the_keeper_just_did(machine) -> None:
-    """At ready the keeper asks the warm parent to check itself: whoever reads "ready" must
+async def test_ready_is_published_with_what_the_warm_keeper_just_did(machine) -> None:
+    """At ready the warm keeper asks the warm parent to check itself: whoever reads "ready" must
     see that it cannot serve yet (or a crash then would be taken for a warm one)."""
     from jlservice.state import WarmParent
 
