@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import textwrap
 
 import psutil
 import pytest
@@ -106,4 +107,72 @@ def test_a_leftover_that_ignores_sigterm_is_killed_after_stop_timeout(stubborn_l
     assert not pid_alive(stubborn)
     restarted = [e for e in _events(service, "lab_starting") if e["pid"] == state["lab_pid"]]
     assert _when(restarted[0]) >= _when(killed)  # no new JupyterLab beside the old one's
+    service.cleanup()
+
+
+# A stand-in for JupyterLab that ignores SIGTERM (as one wedged in a shutdown hook would):
+# it answers jlservice's readiness probe, GET {base_url}api, on the address it is given.
+STUBBORN_LAB = textwrap.dedent(
+    """\
+    #!/usr/bin/python3
+    import http.server, signal, sys
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    given = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    api = given["ServerApp.base_url"] + "api"
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path.split("?")[0] == api
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b'{"version": "2.0.0"}' if ok else b"")
+        def log_message(self, *args):
+            pass
+    address = (given["ServerApp.ip"], int(given["ServerApp.port"]))
+    http.server.HTTPServer(address, Api).serve_forever()
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def stubborn_lab(early_service_factory) -> tuple[Service, int]:
+    """A JupyterLab that ignores SIGTERM, its jlservice told to stop (SIGTERM) by an early
+    test, with the default stop_timeout (20 s), which passes while the other tests run. The
+    service and the JupyterLab's pid."""
+    # The stand-in binds its own port: it cannot serve the socket jlservice holds for
+    # JupyterLab when kernels survive restarts.
+    service = early_service_factory("stubborn-lab", kernels={"survive_restarts": False})
+    script = service.root / "stubborn-lab"
+    script.write_text(STUBBORN_LAB)
+    script.chmod(0o755)
+    service.sections["lab"]["command"] = [str(script)]
+    service.write_config()
+    service.start()
+    lab = service.lab_pid
+    service.signal(signal.SIGTERM)
+    return service, lab
+
+
+@pytest.mark.early
+def test_a_jupyterlab_that_ignores_sigterm_is_sent_sigterm_first(stubborn_lab):
+    service, lab = stubborn_lab
+    wait_for(
+        lambda: [e for e in _events(service, "lab_stopping") if e["pid"] == lab],
+        60,
+        "jlservice to stop JupyterLab",
+    )
+    assert pid_alive(lab), "it ignores SIGTERM: still there, until stop_timeout"
+
+
+def test_a_jupyterlab_that_ignores_sigterm_is_killed_after_stop_timeout(stubborn_lab):
+    """SIGTERM, then SIGKILL after the default stop_timeout (20 s); then jlservice stops
+    (the stop was asked by an early test, above)."""
+    service, lab = stubborn_lab
+    assert service.wait_exit(timeout=120) == 0
+    (stopping,) = [e for e in _events(service, "lab_stopping") if e["pid"] == lab]
+    (timed_out,) = [e for e in _events(service, "lab_stop_timeout") if e["pid"] == lab]
+    (exited,) = [e for e in _events(service, "lab_exited") if e["pid"] == lab]
+    assert timed_out["timeout_s"] == 20.0  # [restart] stop_timeout's default
+    assert 20 <= _when(timed_out) - _when(stopping) < 20 + 5
+    assert exited["status"] == "killed by SIGKILL"
+    assert not pid_alive(lab)
     service.cleanup()
