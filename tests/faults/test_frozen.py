@@ -105,8 +105,14 @@ def test_a_frozen_leftover_is_left_behind_and_jupyterlab_restarts(frozen_leftove
     """(Killed by the early test above.)"""
     svc, freezer, shell, old, killed, token = frozen_leftover
     svc.wait_ready(not_pid=old)
-    # When it was ready, from its log: this test may run long after that.
-    (ready,) = [e for e in svc.log_events() if e["event"] == "lab_ready" and e["pid"] != old]
+    # When it was ready, from its log (this test may run long after that; the line may
+    # follow state.json by a moment: the log is written by a thread of its own).
+    readies = wait_for(
+        lambda: [e for e in svc.log_events() if e["event"] == "lab_ready" and e["pid"] != old],
+        30,
+        "the new JupyterLab's lab_ready line",
+    )
+    (ready,) = readies
     took = event_time(ready) - killed
     # The sweep's SIGTERM grace, then KILL_WAIT_S after SIGKILL, then a (warm) start.
     bound = RestartConfig().stop_timeout + children.KILL_WAIT_S + 30
