@@ -109,15 +109,11 @@ class WarmKeeper:
         if not self.enabled:
             return None
         recipe = for_launch(launch)
-        why = None
-        if (parent := self.parent) is not None and parent.recipe == recipe:
-            why = await self._settle(parent)
+        why = self._mismatch(recipe)
+        if why is None and self.parent is not None:
+            why = await self._settle(self.parent)
         parent = self.parent
-        why = why or self._unusable(parent, recipe)
-        if parent is not None and parent.recipe != recipe:
-            # It can never serve this launch (another user, say): gone now, not once the
-            # cold start is ready (keep() makes the next one).
-            self._retire(recipe if isinstance(recipe, str) else "configuration changed")
+        why = why or self._unusable(parent)
         if why is not None:
             logger.info("lab_start_cold", reason=why)
             return None
@@ -233,17 +229,24 @@ class WarmKeeper:
                 return why
         return None
 
-    def _unusable(self, parent: WarmProcess | None, recipe: Recipe | str) -> str | None:
+    def _mismatch(self, recipe: Recipe | str) -> str | None:
+        """Why the warm parent can never serve a launch of `recipe` (another user, say),
+        retiring it now rather than once the cold start is ready (keep() makes the next)."""
         if isinstance(recipe, str):
+            self._retire(recipe)
             return recipe
+        if self.parent is not None and self.parent.recipe != recipe:
+            self._retire("configuration changed")
+            return "the configuration changed since the warm parent started"
+        return None
+
+    def _unusable(self, parent: WarmProcess | None) -> str | None:
         if parent is None:
             return self._failed[1] if self._failed else "no warm parent yet"
         if not parent.ready:
             return "the warm parent is still importing JupyterLab"
         if parent.checking:
             return "the warm parent is checking its packages and Jupyter configuration"
-        if parent.recipe != recipe:
-            return "the configuration changed since the warm parent started"
         return None
 
     def _spawn(self, recipe: Recipe) -> None:
