@@ -55,10 +55,11 @@ class _Deadline(io.RawIOBase):
 class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args, **kw) -> None:  # type: ignore[no-untyped-def]
         super().__init__(sock, *args, **kw)
-        # Made right after the request was sent: the socket's timeout is the one given.
-        if (seconds := sock.gettimeout()) is not None:
-            raw = self.fp.detach()  # nothing read yet; detached, its buffer does not close it
-            self.fp = io.BufferedReader(_Deadline(raw, sock, seconds))
+        # Made right after the request was sent: the socket's timeout is the one given
+        # (_timed made sure there is one).
+        seconds = float(sock.gettimeout())  # type: ignore[arg-type]
+        raw = self.fp.detach()  # nothing read yet; detached, its buffer does not close it
+        self.fp = io.BufferedReader(_Deadline(raw, sock, seconds))
 
 
 class _Connection(http.client.HTTPConnection):
