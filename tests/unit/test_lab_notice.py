@@ -15,15 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from helpers import tls_server
 from jupyter_events import EventLogger
 from jupyter_server.services.events.handlers import validate_model
 
 from jlservice import labapi
-from jlservice.admin import tls
 from jlservice.inlab import notices
 from jlservice.kernels import labnotice
 from jlservice.labapi import Endpoint
@@ -181,17 +180,17 @@ class _Lab(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _serving(tls: tuple[Path, Path] | None = None) -> Iterator[tuple[Endpoint, type[_Lab]]]:
+def _serving(
+    context: ssl.SSLContext | None = None,
+) -> Iterator[tuple[Endpoint, type[_Lab]]]:
     """A JupyterLab played by this process (the token may go to it)."""
     handler = type("Lab", (_Lab,), {"status": 204, "asked": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if tls is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*tls)
+    if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    scheme = "https" if tls else "http"
+    scheme = "https" if context else "http"
     url = f"{scheme}://127.0.0.1:{server.server_port}/api"
     try:
         yield Endpoint(url, "tok", os.getpid(), os.geteuid(), "/"), handler
@@ -255,10 +254,7 @@ def test_a_redirect_is_never_followed_with_the_token(lab) -> None:
 
 def test_a_jupyterlab_over_tls_is_told_too(tmp_path) -> None:
     """[tls]: JupyterLab's own certificate, whose names need not include 127.0.0.1."""
-    cert, key = tls.self_signed(["lab.example.org"], 30)
-    (tmp_path / "c.pem").write_bytes(cert)
-    (tmp_path / "k.pem").write_bytes(key)
-    with _serving((tmp_path / "c.pem", tmp_path / "k.pem")) as (endpoint, handler):
+    with _serving(tls_server.server_context(tmp_path)) as (endpoint, handler):
         assert labapi.post_event(endpoint, labnotice.event(_kill()), 5)
         assert len(handler.asked) == 1
 

@@ -14,12 +14,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
+from helpers import tls_server
 
 from jlservice import labapi, localhttp
-from jlservice.admin import tls
 from jlservice.admin.doctor import http as doctor_http
 
 TRICKLE_S = 20  # how long a server trickles: a client bounded per read waits all of it
@@ -90,15 +89,6 @@ def _serving(serve: Serve, context: ssl.SSLContext | None = None) -> Iterator[in
         server.join(30)
 
 
-def _server_tls(tmp_path: Path) -> ssl.SSLContext:
-    cert, key = tls.self_signed(["lab.example.org"], 30)
-    (tmp_path / "c.pem").write_bytes(cert)
-    (tmp_path / "k.pem").write_bytes(key)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
-    return context
-
-
 SLOW = {
     "headers trickled": _trickle(b"HTTP/1.1 200 OK\r\nX-Slow: "),
     "silence after the headers": _silent_after(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
@@ -109,7 +99,7 @@ SLOW = {
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("how", list(SLOW))
 def test_a_slow_answer_ends_at_the_timeout(how, scheme, tmp_path) -> None:
-    context = _server_tls(tmp_path) if scheme == "https" else None
+    context = tls_server.server_context(tmp_path) if scheme == "https" else None
     with _serving(SLOW[how], context) as port:
         request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/api")
         began = time.monotonic()
