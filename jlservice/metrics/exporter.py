@@ -8,8 +8,6 @@ once and JupyterLab runs without metrics (a later reload tries again); a reload 
 from __future__ import annotations
 
 import errno
-import threading
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -35,7 +33,7 @@ class Exporter:
         # The token of the settings of the moment: a reload changes it without a restart.
         answer = exposition.app(self.registry, lambda: self.sampler.snapshot.rendered)
         self._app = server.guarded(answer, lambda: self.settings.bearer_token)
-        self._server: tuple[WSGIServer, threading.Thread] | None = None
+        self._server: server.Serving | None = None
 
     def start(self) -> None:
         self.apply(self.settings)
@@ -81,8 +79,5 @@ class Exporter:
 
     def _stop_server(self) -> None:
         assert self._server is not None
-        http, thread = self._server
-        self._server = None
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=5)
+        serving, self._server = self._server, None
+        serving.stop()

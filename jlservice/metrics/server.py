@@ -8,6 +8,7 @@ neither hold a thread of the root supervisor for long nor make it start threads 
 from __future__ import annotations
 
 import hmac
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -55,14 +56,38 @@ def authorized(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode())
 
 
-def serve(ip: str, port: int, app: WsgiApp) -> tuple[WSGIServer, threading.Thread]:
+def serve(ip: str, port: int, app: WsgiApp) -> Serving:
     """Listen on ip:port (OSError if it cannot) and serve `app` from a daemon thread."""
     server = (_Server6 if ":" in ip else _Server)((ip, port), _Handler)
     server.set_app(app)
-    thread = threading.Thread(target=server.serve_forever, name="jlservice-metrics-http")
-    thread.daemon = True
-    thread.start()
-    return server, thread
+    return Serving(server)
+
+
+class Serving:
+    """A server's accept loop on a thread of its own until stop(). It sleeps until a client
+    or stop() comes (socketserver's serve_forever wakes twice a second to look for a stop)."""
+
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        self._wake, self._waker = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="jlservice-metrics-http")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
+            while all(key.fileobj is not self._wake for key, _ in selector.select()):
+                self._server._handle_request_noblock()  # what serve_forever does for each
+
+    def stop(self) -> None:
+        """Stop accepting and close the port; scrapes under way finish on their threads."""
+        self._waker.send(b"\0")
+        self._thread.join(timeout=5)
+        self._server.server_close()
+        self._wake.close()
+        self._waker.close()
 
 
 class _Handler(WSGIRequestHandler):

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -80,3 +81,24 @@ def test_silent_clients_hold_few_threads_and_not_for_long(exporter) -> None:
     early = sum(after < server.CLIENT_TIMEOUT for after in closed_after.values())
     assert early >= len(silent) - server.MAX_CLIENTS  # closed without waiting for them
     wait_for(lambda: _get(exporter, f"Bearer {TOKEN}").status_code == 200, 10, "a scrape")
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_server_sleeps_until_a_scrape_and_a_stop_frees_its_port(exporter) -> None:
+    """No wake-ups while nobody scrapes (an idle supervisor costs nothing), and the stop
+    needs no poll to notice it: the port is free again as stop() returns."""
+    (thread,) = (t for t in threading.enumerate() if t.name == "jlservice-metrics-http")
+    assert _get(exporter, f"Bearer {TOKEN}").status_code == 200
+    before = _wakeups(thread)
+    time.sleep(1.2)  # socketserver's serve_forever would have woken twice
+    assert _wakeups(thread) == before
+    assert _get(exporter, f"Bearer {TOKEN}").status_code == 200  # still serving
+    exporter.stop()
+    assert not thread.is_alive()
+    with socket.socket() as again:  # as a new server binds it (the scrapes' TIME_WAIT)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(exporter.settings.address)
