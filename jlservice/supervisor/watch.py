@@ -9,6 +9,7 @@ last ones seen, and only a real change (or a disappearance) is reported — once
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,17 @@ logger = log.get("jlservice.watch")
 
 DEBOUNCE_S = 0.2
 MAX_DELAY_S = 1.0  # a file that never stops changing is still reloaded this often
+
+
+class _StopNoise(logging.Filter):
+    """watchdog's inotify emitter logs an error for an event that comes in as it stops (a
+    write in the watched directory then): nothing is wrong, and jlservice is stopping."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_StopNoise())
 
 
 def read_digest(path: Path) -> str | None:
