@@ -146,30 +146,40 @@ exec env container={self.name} SYSTEMD_UNIT_PATH={INSIDE}/units:/etc/systemd/sys
     def crash(self) -> None:
         """Pull the plug: SIGKILL PID 1; the kernel then kills everything in its namespace."""
         try:
-            if self.systemd is not None:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    self.systemd.kill()  # psutil checks it is still the process it was
-            if self.unshare is not None:
-                if self.systemd is None:  # it never got as far as systemd
-                    self.unshare.kill()
-                self.unshare.wait(timeout=30)
-            self.unshare = self.systemd = self.pid1 = None
+            self._pull_plug()
         finally:
-            if self._booted:
-                self._booted = False
-                Sandbox._one_at_a_time.release()
+            self._let_go()
 
     def reboot(self) -> None:
         self.crash()
         self.boot()
 
     def close(self) -> None:
-        """crash(), and remove the cgroups its systemd made (again: nothing)."""
-        self.crash()
-        made, self._cgroups_before = _cgroups() - self._cgroups_before, _cgroups()
-        for path in sorted(made, key=lambda p: len(p.parts))[::-1]:
-            with contextlib.suppress(OSError):  # still in use: not ours to remove
-                path.rmdir()
+        """crash(), and remove the cgroups its systemd made (again: nothing) before the next
+        sandbox may boot: its systemd's new cgroups are empty for a while too."""
+        try:
+            self._pull_plug()
+            made, self._cgroups_before = _cgroups() - self._cgroups_before, _cgroups()
+            for path in sorted(made, key=lambda p: len(p.parts))[::-1]:
+                with contextlib.suppress(OSError):  # still in use: not ours to remove
+                    path.rmdir()
+        finally:
+            self._let_go()
+
+    def _pull_plug(self) -> None:
+        if self.systemd is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.systemd.kill()  # psutil checks it is still the process it was
+        if self.unshare is not None:
+            if self.systemd is None:  # it never got as far as systemd
+                self.unshare.kill()
+            self.unshare.wait(timeout=30)
+        self.unshare = self.systemd = self.pid1 = None
+
+    def _let_go(self) -> None:
+        if self._booted:
+            self._booted = False
+            Sandbox._one_at_a_time.release()
 
     # ── talking to it ───────────────────────────────────────────────────────
 
