@@ -8,8 +8,6 @@ import json
 import os
 import secrets
 import signal
-import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -95,51 +93,51 @@ def test_a_warm_started_lab_is_the_cold_one_served_faster(service_factory, other
     wait_for(lambda: not pid_alive(kernel_pid), 30, "the kernel to be shut down")
 
 
-def _site_packages() -> Path:
-    return Path(sysconfig.get_paths()["purelib"])
-
-
 def test_a_new_server_extension_refreshes_the_warm_parent(service_factory, tmp_path):
+    """Installed on JupyterLab's sys.path and enabled in its Jupyter config path: here
+    directories of the test's own on PYTHONPATH and JUPYTER_CONFIG_PATH (watched as
+    site-packages and etc/jupyter are), since the suite's venv serves tests running at once."""
     name = "jlstest_ext_" + secrets.token_hex(3)
-    module = _site_packages() / f"{name}.py"
-    enable = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / f"{name}.json"
-    svc = _warm_service(service_factory)
+    ext = tmp_path / "ext"
+    enabled = ext / "config" / "jupyter_server_config.d"
+    enabled.mkdir(parents=True)
+    for directory in (ext, ext / "config", enabled):
+        directory.chmod(0o755)
+    env = {"PYTHONPATH": str(ext), "JUPYTER_CONFIG_PATH": str(ext / "config")}
+    svc = _warm_service(service_factory, lab={"env": env})
     svc.start()
     before = _warm_pid(svc)
-    try:
-        module.write_text(
-            "from jupyter_server.base.handlers import JupyterHandler\n"
-            "class Loaded(JupyterHandler):\n"
-            "    def get(self):\n"
-            "        self.finish('loaded')\n"
-            "def _jupyter_server_extension_points():\n"
-            f"    return [{{'module': {name!r}}}]\n"
-            "def _load_jupyter_server_extension(app):\n"
-            "    base = app.web_app.settings['base_url']\n"
-            f"    app.web_app.add_handlers('.*$', [(base + {name!r}, Loaded)])\n"
-        )
-        module.chmod(0o644)
-        enable.parent.mkdir(parents=True, exist_ok=True)
-        enable.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {name: True}}}))
-        enable.chmod(0o644)
+    module = ext / f"{name}.py"
+    module.write_text(
+        "from jupyter_server.base.handlers import JupyterHandler\n"
+        "class Loaded(JupyterHandler):\n"
+        "    def get(self):\n"
+        "        self.finish('loaded')\n"
+        "def _jupyter_server_extension_points():\n"
+        f"    return [{{'module': {name!r}}}]\n"
+        "def _load_jupyter_server_extension(app):\n"
+        "    base = app.web_app.settings['base_url']\n"
+        f"    app.web_app.add_handlers('.*$', [(base + {name!r}, Loaded)])\n"
+    )
+    module.chmod(0o644)
+    enable = enabled / f"{name}.json"
+    enable.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {name: True}}}))
+    enable.chmod(0o644)
 
-        # Replaced in the background, before any restart asks for it.
-        def refreshed() -> bool:
-            warm = svc.state().get("warm_parent") or {}
-            return warm.get("pid") not in (None, before) and warm.get("ready")
+    # Replaced in the background, before any restart asks for it.
+    def refreshed() -> bool:
+        warm = svc.state().get("warm_parent") or {}
+        return warm.get("pid") not in (None, before) and warm.get("ready")
 
-        wait_for(refreshed, 60, "a new warm parent after the install")
-        assert not pid_alive(before)
-        events = [e for e in svc.log_events() if e["event"] == "warm_parent_retired"]
-        assert events[-1]["reason"] == "packages or Jupyter configuration changed"
+    wait_for(refreshed, 60, "a new warm parent after the install")
+    assert not pid_alive(before)
+    events = [e for e in svc.log_events() if e["event"] == "warm_parent_retired"]
+    assert events[-1]["reason"] == "packages or Jupyter configuration changed"
 
-        state = _crash(svc)
-        assert state["started_warm"] is True
-        response = requests.get(svc.base + name, timeout=30)
-        assert response.status_code == 200 and response.text == "loaded"
-    finally:
-        module.unlink(missing_ok=True)
-        enable.unlink(missing_ok=True)
+    state = _crash(svc)
+    assert state["started_warm"] is True
+    response = requests.get(svc.base + name, timeout=30)
+    assert response.status_code == 200 and response.text == "loaded"
 
 
 def _waited_for(svc: Service, offset: int, pid: int) -> None:
