@@ -12,7 +12,9 @@ from nvml.fakenvml import FakeNvml
 
 from jlservice import users
 
-pytest_plugins = ["helpers.skips"]  # an unexpected skip fails where every test must run
+# helpers.skips: an unexpected skip fails where every test must run; helpers.workers: what
+# must run on one pytest-xdist worker.
+pytest_plugins = ["helpers.skips", "helpers.workers"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -38,4 +38,8 @@ python=/usr/bin/python3  # the system Python: users made by the tests can run a 
 
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
-exec "$venv/bin/python" -m pytest "$@"
+# Two workers (pytest-xdist): many tests mostly wait (for a backoff, a timeout, a sampler
+# round), which one at a time leaves the 2 cores half idle. Each module runs on one worker
+# (tests/helpers/workers.py), in collection order (`early` tests first). A short basetemp:
+# unix socket paths under it must stay within 108 bytes. Options given here win.
+exec "$venv/bin/python" -m pytest -n 2 --no-loadscope-reorder --basetemp=/tmp/jlst-tests "$@"

@@ -84,6 +84,7 @@ def _pings_keep_coming(sock: NotifySocket, count: int) -> None:
     assert max(gaps) < 1.8, gaps
 
 
+@pytest.mark.alone
 def test_a_clock_jump_of_hours_restarts_nothing(service_factory, other_user, tmp_path):
     clock = FakeClock(tmp_path / "faketime")
     sock = NotifySocket(tmp_path / "notify.sock")
@@ -132,6 +133,7 @@ def test_a_clock_jump_of_hours_restarts_nothing(service_factory, other_user, tmp
         sock.close()
 
 
+@pytest.mark.alone
 def test_a_clock_jump_back_loses_no_backoff(service_factory, other_user, tmp_path):
     clock = FakeClock(tmp_path / "faketime")
     sock = NotifySocket(tmp_path / "notify.sock")

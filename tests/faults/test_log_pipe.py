@@ -32,6 +32,7 @@ def _pings(sock: NotifySocket, since: float) -> list[float]:
     return [t for t, m in sock.messages if m.get("WATCHDOG") == "1" and t >= since]
 
 
+@pytest.mark.alone
 def test_an_unread_output_pipe_blocks_nothing(service_factory, full_pipe, notify_socket):
     svc: Service = service_factory(metrics=metrics_section())
     # 2 s: pings every second; the test sees any pause the blocked log would cause.

@@ -46,6 +46,7 @@ def crash_and_wait(svc: Service, old: int) -> dict:
     )
 
 
+@pytest.mark.alone
 def test_a_full_state_disk_stops_nothing_and_heals_once_freed(service_factory, small_fs):
     svc = service_factory(service={"state_dir": str(small_fs / "state")})
     svc.state_dir = small_fs / "state"

@@ -212,6 +212,7 @@ def test_kill9_restarts_with_same_token_and_ends_orphans(service):
     assert service.api("GET", "api/contents", session=session).status_code == 200
 
 
+@pytest.mark.alone
 @WARM_ONLY
 def test_sigterm_stops_everything_in_time(service):
     service.start()

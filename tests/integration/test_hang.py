@@ -15,6 +15,7 @@ import itertools
 import os
 import signal
 
+import pytest
 from helpers.metrics import metrics_section, metrics_url, open_notebook, value, wait_scrape
 from helpers.procs import pid_alive, wait_for
 from helpers.service import WARM_ONLY
@@ -34,6 +35,7 @@ def _pings(sock) -> list[float]:
     return [t for t, m in sock.messages if m.get("WATCHDOG") == "1"]
 
 
+@pytest.mark.alone
 def test_a_hang_is_replaced_and_seen_by_notify_metrics_and_the_kernel(
     service_factory, notify_socket
 ):

@@ -102,6 +102,7 @@ def down_alerts(prom: Prometheus) -> dict[str, str]:
     }
 
 
+@pytest.mark.alone
 def test_prometheus_scrapes_jlservice_and_alerts_on_a_stopped_jupyterlab(
     service_factory, fake_nvml, prometheus, tmp_path: Path
 ) -> None:

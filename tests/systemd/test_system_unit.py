@@ -198,6 +198,7 @@ def test_a_hung_jupyterlab_is_replaced_by_jlservice_before_the_watchdog(installe
     assert not pid_alive(hung)
 
 
+@pytest.mark.alone
 def test_stopped_jlservice_is_killed_by_the_watchdog_and_restarted(installed) -> None:
     # WatchdogSec=3, not the shipped 30: the same watchdog, in seconds rather than half a
     # minute. The shipped 30 s, with jlservice acting first on a hang: the test above.
