@@ -77,17 +77,41 @@ def reload(args: argparse.Namespace) -> int:
         print(f"reload pending: {latest.reload_pending}")
         return 0
     if result == "applied":
-        latest = wait_state(
-            service,
-            lambda s: s.status in (state.READY, state.FAILED) and s.lab_pid != current.lab_pid,
-            300,
-            "restart JupyterLab",
-        )
-        if latest.status == state.FAILED:
-            raise CommandError(f"reloaded, but JupyterLab failed: {latest.last_error}")
-        print(f"reloaded: JupyterLab restarted with the new settings ({latest.url})")
+        return _restarted(service, current)
+    return _unchanged(service, current, latest)
+
+
+def _restarted(service: config.ServiceConfig, asked: state.State) -> int:
+    latest = wait_state(
+        service,
+        lambda s: s.status in (state.READY, state.FAILED) and s.lab_pid != asked.lab_pid,
+        300,
+        "restart JupyterLab",
+    )
+    if latest.status == state.FAILED:
+        raise CommandError(f"reloaded, but JupyterLab failed: {latest.last_error}")
+    print(f"reloaded: JupyterLab restarted with the new settings ({latest.url})")
+    return 0
+
+
+def _unchanged(service: config.ServiceConfig, asked: state.State, answer: state.State) -> int:
+    """Nothing changed since the last reload. JupyterLab kept running, or it was not serving
+    all along: the file watch applied the saved file first and restarts it (people edit,
+    then reload out of habit), or it crashed, or it backs off."""
+    if asked.status == answer.status == state.READY and answer.lab_pid == asked.lab_pid:
+        print("reloaded: nothing JupyterLab sees changed, so it kept running")
         return 0
-    print("reloaded: nothing JupyterLab sees changed, so it kept running")
+    latest = wait_state(
+        service,
+        lambda s: s.status in (state.READY, state.BACKOFF, state.FAILED),
+        300,
+        "have JupyterLab serving again",
+    )
+    if latest.status != state.READY:
+        why = latest.last_error or latest.status
+        print(f"reloaded: nothing JupyterLab sees changed; it is not serving ({why})")
+        return 0
+    print(f"reloaded: JupyterLab restarted meanwhile and serves these settings ({latest.url})")
     return 0
 
 

@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -253,6 +254,39 @@ def test_reload_without_a_running_supervisor_says_so(service):
     result = service.cli("reload")
     assert result.returncode == 3  # LSB: not running
     assert "jlservice is not running" in result.stderr
+
+
+def test_a_reload_after_the_file_watch_applied_the_edit_says_jupyterlab_restarted(
+    service_factory, tmp_path
+):
+    """People edit, then run `jlservice reload` out of habit: the file watch may have
+    applied the file already, restarting JupyterLab. The command then has nothing left to
+    change, but must not say JupyterLab "kept running": it waits until it serves again."""
+    # A JupyterLab that takes 5 s to start (a wrapper that waits, then execs it; cold, as
+    # a shell wrapper is): the command surely comes while the watch's restart is under way.
+    wrapper = tmp_path / "slow-jupyter-lab"
+    jupyter_lab = os.path.join(os.path.dirname(sys.executable), "jupyter-lab")
+    wrapper.write_text(f'#!/bin/sh\nsleep 5\nexec {jupyter_lab} "$@"\n')
+    wrapper.chmod(0o755)
+    svc = service_factory(lab={"command": [str(wrapper)]}).start()
+    old, offset = svc.lab_pid, svc.log_size()
+    svc.sections["lab"]["port"] = svc.port = free_port()
+    svc.write_config()
+
+    def watch_applied() -> bool:
+        return any(
+            e.get("event") == "config_reloaded" and e.get("source") == "file"
+            for e in svc.log_events(offset)
+        )
+
+    wait_for(watch_applied, 30, "the file watch's reload")
+    done = svc.cli("reload")
+    assert done.returncode == 0, done.stderr
+    assert "JupyterLab restarted meanwhile and serves these settings" in done.stdout, done.stdout
+    state = svc.state()
+    assert state["status"] == "ready" and state["lab_pid"] not in (None, old)
+    assert state["last_reload"]["result"] == "unchanged"
+    assert requests.get(f"{svc.base}api", timeout=10).status_code == 200  # the new port
 
 
 @WARM_ONLY
