@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+_ESCAPED = re.compile(r"\\([0-7]{3})")  # mountinfo writes a space in a path as \040
 
 
 def start_time(pid: int) -> float | None:
@@ -34,3 +40,16 @@ def rss_bytes(pid: int) -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> Iterator[tuple[Path, str, list[str]]]:
+    """(mount point, filesystem type, super options) of each line of `mountinfo`."""
+    text = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = Path(mountinfo).read_text()
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) >= 5 and len(rest) >= 3:
+            point = _ESCAPED.sub(lambda m: chr(int(m[1], 8)), fields[4])
+            yield Path(point), rest[0], rest[2].split(",")

@@ -5,9 +5,10 @@ hybrid layout). Paths inside a hierarchy are what /proc/PID/cgroup and the kerne
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from jlservice import procfs
 
 UNLIMITED_V1 = 1 << 62  # v1 says "no limit" with PAGE_COUNTER_MAX pages in bytes (~2^63)
 
@@ -81,7 +82,7 @@ def memory(mountinfo: str = "/proc/self/mountinfo") -> Memory | None:
     """The memory controller's hierarchy: v1's `memory` mount if there is one (a hybrid
     layout puts the controller there), else the v2 mount whose root offers it."""
     v2 = None
-    for mount, fstype, options in _mounts(mountinfo):
+    for mount, fstype, options in procfs.mounts(mountinfo):
         if fstype == "cgroup" and "memory" in options:
             return Memory(mount, 1)
         if fstype == "cgroup2" and v2 is None:
@@ -94,16 +95,7 @@ def memory(mountinfo: str = "/proc/self/mountinfo") -> Memory | None:
 def unified(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
     """Where the v2 hierarchy is mounted (/sys/fs/cgroup on v2, …/unified on a hybrid
     layout), if anywhere."""
-    return next((m for m, fstype, _ in _mounts(mountinfo) if fstype == "cgroup2"), None)
-
-
-def _mounts(mountinfo: str) -> Iterator[tuple[Path, str, list[str]]]:
-    """(mount point, filesystem type, super options) of each line of `mountinfo`."""
-    for line in (_read(Path(mountinfo)) or "").splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rest = left.split(), right.split()
-        if len(fields) >= 5 and len(rest) >= 3:
-            yield Path(fields[4]), rest[0], rest[2].split(",")
+    return next((m for m, fstype, _ in procfs.mounts(mountinfo) if fstype == "cgroup2"), None)
 
 
 def _read(path: Path) -> str | None:

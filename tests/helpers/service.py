@@ -26,7 +26,7 @@ import pytest
 import requests
 import websocket
 
-from jlservice import users
+from jlservice import procfs, users
 
 from .procs import Processes, child_env, free_port, stop, wait_for
 
@@ -456,7 +456,7 @@ def files_exposing(secret: str, roots: list[Path]) -> list[str]:
     """Files under `roots` that contain `secret` and that another user could read. Mounts
     below them are not entered: a test running meanwhile may have one that hangs."""
     exposed = []
-    mounts = _mount_points()
+    mounts = {str(point) for point, _, _ in procfs.mounts()}
     for root in roots:
         for dirpath, dirs, files in os.walk(root):
             dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in mounts]
@@ -471,12 +471,6 @@ def files_exposing(secret: str, roots: list[Path]) -> list[str]:
                     if secret.encode() in path.read_bytes() and _world_readable(path):
                         exposed.append(str(path))
     return exposed
-
-
-def _mount_points() -> set[str]:
-    with open("/proc/self/mountinfo") as mountinfo:
-        points = (line.split()[4] for line in mountinfo)
-        return {p.encode().decode("unicode_escape") for p in points}  # "\\040" is a space
 
 
 def _world_readable(path: Path) -> bool:
