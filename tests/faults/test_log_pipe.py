@@ -14,7 +14,7 @@ import pytest
 from helpers import fs
 from helpers.metrics import metrics_section, metrics_url, value, wait_scrape
 from helpers.procs import wait_for
-from helpers.service import NotifySocket, Service
+from helpers.service import Service
 
 from jlservice import log
 from jlservice.supervisor.lab_output import LINES_PER_S
@@ -26,10 +26,6 @@ FLOOD = log.MAX_QUEUED + 5_000  # lines: more than the queue holds
 def full_pipe() -> Iterator[int]:
     with fs.full_pipe() as write:
         yield write
-
-
-def _pings(sock: NotifySocket, since: float) -> list[float]:
-    return [t for t, m in sock.messages if m.get("WATCHDOG") == "1" and t >= since]
 
 
 @pytest.mark.alone
@@ -70,11 +66,10 @@ def test_an_unread_output_pipe_blocks_nothing(service_factory, full_pipe, notify
     notify_socket.read_until(lambda m: m.get("READY") == "1", timeout=30)
     assert svc.state()["last_reload"]["result"] == "unchanged"
 
-    # The watchdog is fed all along (the log is blocked throughout): pings a second apart,
-    # timed as they arrive while the test reads them.
-    since = time.monotonic()
-    notify_socket.read_until(lambda _: len(_pings(notify_socket, since)) >= 4, timeout=30)
-    pings = _pings(notify_socket, since)
+    # The watchdog is fed all along (the log is blocked throughout): pings a second apart.
+    since = time.time()
+    notify_socket.read_until(lambda _: len(notify_socket.pings(since)) >= 4, timeout=30)
+    pings = notify_socket.pings(since)
     assert max(b - a for a, b in itertools.pairwise(pings)) < 1.8, pings
 
     # SIGTERM still stops it cleanly, within the stop timeout and the log's last flush.

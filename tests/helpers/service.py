@@ -517,5 +517,10 @@ class NotifySocket:
                 return fields
         raise AssertionError(f"no matching notification; got {self.messages}")
 
+    def pings(self, since: float = 0.0) -> list[float]:
+        """When each WATCHDOG=1 read so far was sent, from `since` (time.time(), not
+        time.monotonic(): the stamps are the kernel's wall clock)."""
+        return [t for t, m in self.messages if m.get("WATCHDOG") == "1" and t >= since]
+
     def close(self) -> None:
         self.sock.close()

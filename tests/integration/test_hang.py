@@ -30,11 +30,6 @@ def _when(event: dict) -> float:
     return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
-def _pings(sock) -> list[float]:
-    """When each WATCHDOG=1 read so far was sent."""
-    return [t for t, m in sock.messages if m.get("WATCHDOG") == "1"]
-
-
 @pytest.mark.alone
 def test_a_hang_is_replaced_and_seen_by_notify_metrics_and_the_kernel(
     service_factory, notify_socket
@@ -55,9 +50,9 @@ def test_a_hang_is_replaced_and_seen_by_notify_metrics_and_the_kernel(
 
     # Pings every 0.5 s (half of WATCHDOG_USEC) while JupyterLab answers: the times they were
     # sent, however late they are read.
-    seen = len(_pings(notify_socket))
-    notify_socket.read_until(lambda _: len(_pings(notify_socket)) >= seen + 5, timeout=30)
-    gaps = [b - a for a, b in itertools.pairwise(_pings(notify_socket)[-5:])]
+    seen = len(notify_socket.pings())
+    notify_socket.read_until(lambda _: len(notify_socket.pings()) >= seen + 5, timeout=30)
+    gaps = [b - a for a, b in itertools.pairwise(notify_socket.pings()[-5:])]
     assert all(0.45 <= gap < 1.0 for gap in gaps), f"watchdog pings not every 0.5 s: {gaps}"
 
     token = state["token"]
@@ -82,7 +77,7 @@ def test_a_hang_is_replaced_and_seen_by_notify_metrics_and_the_kernel(
 
     # sd_notify: no ping from the first failed probe until jlservice acts on it, one then,
     # and READY=1 (read above) once it has been replaced.
-    pings = _pings(notify_socket)
+    pings = notify_socket.pings()
     assert acted - failed >= 3, "[health] interval 5 s and timeout 3 s: a pause to see"
     assert [t for t in pings if failed < t < acted] == [], "pings went on while it hung"
     assert [t for t in pings if t < failed], "pings before the hang"
