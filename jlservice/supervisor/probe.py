@@ -1,65 +1,114 @@
 """Ask JupyterLab whether it serves: unauthenticated GET {base_url}api answers 200.
 
-tornado is imported on the first probe, not with this module: by then JupyterLab has been
-spawned, and the import overlaps its start-up instead of delaying it.
+HTTP/1.0 on the loop's own streams, one connection per request: the whole exchange is
+bounded by one timeout on the monotonic clock (tornado's client times requests by the wall
+clock, and a clock stepped forward failed the probe in flight), and a request that runs out
+of time closes its connection, however the server behaves. JupyterLab runs as the lab user,
+who may make it answer anything: the answer's head and body are bounded, and one that is no
+HTTP is a problem like any other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
 from jlservice import bounded
+from jlservice.localhttp import LOOPBACK_TLS
 
+MAX_HEAD = 64 << 10  # the status line and headers
 MAX_BODY = 8 << 20  # api/kernels of thousands of kernels; whatever answers is not trusted
+_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
+_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,10})[ \t]*\r", re.IGNORECASE)
 
 
-async def _get(url: str, timeout: float, token: str | None = None):
-    """GET `url` without raising on HTTP errors (tornado imported on first use)."""
-    from tornado.httpclient import AsyncHTTPClient
+class _NoHTTP(Exception):
+    """The answer is not HTTP, or more than this client reads."""
 
-    headers = {"Authorization": f"token {token}"} if token else None
-    # Over https the certificate is not verified: this is our own child on a loopback
-    # address, and a certificate made for the public name need not name 127.0.0.1.
-    # The loop's one client is made here, on the first probe: its size limit holds for all.
-    return await AsyncHTTPClient(max_body_size=MAX_BODY).fetch(
-        url,
-        headers=headers,
-        request_timeout=timeout,
-        connect_timeout=timeout,
-        validate_cert=False,
-        follow_redirects=False,
-        raise_error=False,
+
+class _Answer(NamedTuple):
+    code: int
+    body: bytes
+
+
+async def _exchange(url: str, token: str | None) -> _Answer:
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    head = f"GET {path}{'?' + parts.query if parts.query else ''} HTTP/1.0\r\n"
+    head += f"Host: {parts.netloc}\r\n"
+    if token:
+        head += f"Authorization: token {token}\r\n"
+    reader, writer = await asyncio.open_connection(
+        parts.hostname,
+        parts.port,
+        # Over https the certificate is not checked: our own child on a loopback address,
+        # whose certificate is made for the public name.
+        ssl=LOOPBACK_TLS if parts.scheme == "https" else None,
+        limit=MAX_HEAD,
     )
+    try:
+        writer.write(head.encode("latin-1") + b"\r\n")
+        return await _read_answer(reader)
+    finally:
+        writer.transport.abort()  # read, or given up on: nothing is left to say
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> _Answer:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise _NoHTTP(f"headers over {MAX_HEAD >> 10} KiB") from None
+    except asyncio.IncompleteReadError:
+        raise _NoHTTP("the connection closed before the headers ended") from None
+    status = _STATUS.match(head)
+    if status is None:
+        raise _NoHTTP("the answer is not HTTP")
+    code = int(status[1])
+    if (length := _LENGTH.search(head)) is not None:
+        if int(length[1]) > MAX_BODY:
+            raise _NoHTTP(f"a body over {MAX_BODY >> 20} MiB")
+        try:
+            return _Answer(code, await reader.readexactly(int(length[1])))
+        except asyncio.IncompleteReadError:
+            raise _NoHTTP("the connection closed before the body ended") from None
+    body = bytearray()  # no length: an HTTP/1.0 answer ends where the connection does
+    while chunk := await reader.read(MAX_BODY + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _NoHTTP(f"a body over {MAX_BODY >> 20} MiB")
+    return _Answer(code, bytes(body))
+
+
+async def _problem(url: str, timeout: float, token: str | None = None) -> str | _Answer:
+    """The answer to GET `url` within `timeout` seconds in all, or what went wrong."""
+    try:
+        return await asyncio.wait_for(_exchange(url, token), timeout)
+    except asyncio.TimeoutError:
+        return f"{url}: no answer within {timeout:g} s"
+    except OSError as exc:
+        return f"{url}: {exc.strerror or exc}"
+    except _NoHTTP as exc:
+        return f"{url}: {exc}"
 
 
 async def api_problem(url: str, timeout: float) -> str | None:
     """None if GET `url` answers 200 within `timeout` seconds, else what went wrong."""
-    from tornado.httpclient import HTTPClientError
-
-    try:
-        response = await _get(url, timeout)
-    except HTTPClientError as exc:  # timeouts arrive here as code 599
-        return f"{url}: {exc.message}"
-    except OSError as exc:
-        return f"{url}: {exc.strerror or exc}"
-    if response.code == 200:
-        return None
-    if response.code == 599:
-        return f"{url}: {response.error}"
-    return f"{url} answered HTTP {response.code}"
+    answer = await _problem(url, timeout)
+    if isinstance(answer, str):
+        return answer
+    return None if answer.code == 200 else f"{url} answered HTTP {answer.code}"
 
 
 async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
     """How many kernels are executing code right now (GET api/kernels), or None if unknown:
     no answer, or one that is not a list of kernels (the lab user can make it say anything)."""
-    from tornado.httpclient import HTTPClientError
-
-    try:
-        response = await _get(url, timeout, token)
-    except (HTTPClientError, OSError):
-        return None
-    if response.code != 200:
+    answer = await _problem(url, timeout, token)
+    if isinstance(answer, str) or answer.code != 200:
         return None
     try:
-        kernels = bounded.objects(bounded.loads(response.body, MAX_BODY))
+        kernels = bounded.objects(bounded.loads(answer.body, MAX_BODY))
     except bounded.Malformed:
         return None
     return sum(1 for k in kernels if k.get("execution_state") == "busy")

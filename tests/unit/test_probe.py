@@ -1,0 +1,191 @@
+"""The supervisor's probe of JupyterLab, against servers the test plays: over TLS without
+checking a certificate made for the public name, with no TLS context made per probe (each
+would read the CA store: ~30 ms of the loop's CPU, every 0.1 s while JupyterLab starts);
+bounded by one timeout on the monotonic clock, closing what it gave up on; and bounded in
+what it reads from an answer the lab user may make say anything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from helpers import tls_server
+
+from jlservice.supervisor import probe
+
+Serve = Callable[[socket.socket], None]
+CLOSED_WITHIN_S = 2.0
+
+
+def _answer(raw: bytes) -> Serve:
+    """`raw`, then the end of what the server sends (as an HTTP/1.0 server ends an answer)."""
+
+    def serve(conn: socket.socket) -> None:
+        conn.sendall(raw)
+        conn.shutdown(socket.SHUT_WR)
+
+    return serve
+
+
+def _ok(body: bytes = b"{}") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@contextlib.contextmanager
+def _serving(
+    serve: Serve,
+    context: ssl.SSLContext | None = None,
+    seen: list[bytes] | None = None,
+    accepted: Callable[[], None] = lambda: None,
+) -> Iterator[str]:
+    """A server answering each connection with `serve` once it has read the request head;
+    `seen`: each request's head, then b"closed" once the client closed its end;
+    `accepted`: called on each connection before anything else (the TLS handshake)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    threads: list[threading.Thread] = []
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head and (data := conn.recv(4096)):
+                head += data
+            if seen is not None:
+                seen.append(head)
+            serve(conn)
+            with contextlib.suppress(OSError):
+                if conn.recv(1) == b"" and seen is not None:
+                    seen.append(b"closed")
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            accepted()
+            if context is not None:
+                try:
+                    conn = context.wrap_socket(conn, server_side=True)
+                except OSError:
+                    conn.close()
+                    continue
+            thread = threading.Thread(target=one, args=(conn,), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    scheme = "https" if context else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        acceptor.join()
+        for thread in threads:
+            thread.join(timeout=15)
+
+
+def _api_problem(url: str, timeout: float = 5.0) -> str | None:
+    return asyncio.run(probe.api_problem(url, timeout))
+
+
+def test_a_tls_jupyterlab_is_probed_without_checking_its_certificate(tmp_path):
+    context = tls_server.server_context(tmp_path)  # a certificate for lab.example.org only
+    seen: list[bytes] = []
+    with _serving(_answer(_ok()), context, seen) as url:
+        assert _api_problem(url + "api") is None
+    assert seen[0].startswith(b"GET /api HTTP/1.0\r\n")
+    with _serving(_answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"), context) as url:
+        assert _api_problem(url + "api") == f"{url}api answered HTTP 404"
+
+
+def test_probes_read_no_ca_store(tmp_path, monkeypatch):
+    loaded = []
+    real = ssl.SSLContext.load_default_certs
+    monkeypatch.setattr(
+        ssl.SSLContext, "load_default_certs", lambda *a, **k: loaded.append(1) or real(*a, **k)
+    )
+
+    async def probes(url: str) -> list[str | None]:
+        return [await probe.api_problem(url + "api", timeout=5) for _ in range(3)]
+
+    with _serving(_answer(_ok()), tls_server.server_context(tmp_path)) as url:
+        assert asyncio.run(probes(url)) == [None, None, None]
+    assert loaded == []
+
+
+def test_a_silent_server_is_given_up_on_in_time_and_its_connection_closed():
+    seen: list[bytes] = []
+    with _serving(lambda conn: None, seen=seen) as url:  # reads the request, never answers
+        begun = time.monotonic()
+        assert _api_problem(url + "api", timeout=0.5) == f"{url}api: no answer within 0.5 s"
+        assert time.monotonic() - begun < 0.5 + CLOSED_WITHIN_S
+        deadline = time.monotonic() + CLOSED_WITHIN_S
+        while "closed" not in str(seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen[-1] == b"closed", "the probe left its connection open"
+
+
+def test_a_trickled_answer_is_bounded_as_a_whole():
+    def trickle(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(100):  # a header byte each 0.05 s: 5 s if nobody stops it
+                conn.sendall(b"X")
+                time.sleep(0.05)
+
+    with _serving(trickle) as url:
+        begun = time.monotonic()
+        assert _api_problem(url + "api", timeout=0.5) == f"{url}api: no answer within 0.5 s"
+        assert time.monotonic() - begun < 0.5 + CLOSED_WITHIN_S
+
+
+def test_the_wall_clock_stepped_forward_mid_request_fails_no_probe(tmp_path, monkeypatch):
+    """An NTP step or a resumed VM while the probe connects: the old client (tornado's)
+    timed requests by time.time() and failed the one in flight at once."""
+    real = time.time
+
+    def step() -> None:
+        monkeypatch.setattr(time, "time", lambda: real() + 12 * 3600)
+        time.sleep(0.2)
+
+    with _serving(_answer(_ok()), tls_server.server_context(tmp_path), accepted=step) as url:
+        assert _api_problem(url + "api", timeout=5) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "the answer is not HTTP"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 10_000, "headers over 64 KiB"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 9999999999\r\n\r\n", "a body over 8 MiB"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "the connection closed before"),
+        (b"HTTP/1.1 200 OK\r\nServer: x\r\n", "the connection closed before the headers"),
+    ],
+    ids=["not-http", "huge-head", "huge-length", "short-body", "no-end-of-head"],
+)
+def test_an_answer_that_is_no_http_is_a_problem(raw, problem):
+    with _serving(_answer(raw)) as url:
+        assert _api_problem(url + "api").startswith(f"{url}api: {problem}")
+
+
+def test_busy_kernels_counts_an_answer_that_ends_with_its_connection():
+    kernels = b'[{"id": "a", "execution_state": "busy"}, {"id": "b", "execution_state": "idle"}]'
+    seen: list[bytes] = []
+    with _serving(_answer(b"HTTP/1.0 200 OK\r\n\r\n" + kernels), seen=seen) as url:
+        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t0k", timeout=5)) == 1
+    assert b"\r\nAuthorization: token t0k\r\n" in seen[0]
+
+
+def test_busy_kernels_does_not_read_past_its_bound():
+    endless = b"HTTP/1.0 200 OK\r\n\r\n[" + b'{"execution_state": "busy"},' * 400_000
+    with _serving(_answer(endless)) as url:
+        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t", timeout=10)) is None
