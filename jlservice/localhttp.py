@@ -21,35 +21,11 @@ import io
 import numbers
 import socket
 import ssl
-import time
 import urllib.request
 
+from jlservice import deadline
+
 ERRORS = (OSError, ValueError, http.client.HTTPException)
-
-
-class _Deadline(io.RawIOBase):
-    """A response's socket reads, each given only the time left of the whole answer."""
-
-    def __init__(self, raw: io.RawIOBase, sock: socket.socket, seconds: float) -> None:
-        self._raw, self._sock = raw, sock
-        self._deadline = time.monotonic() + seconds
-
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._raw.fileno()
-
-    def readinto(self, buffer) -> int | None:  # type: ignore[no-untyped-def]
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the answer took longer than its timeout")
-        self._sock.settimeout(left)
-        return self._raw.readinto(buffer)
-
-    def close(self) -> None:
-        self._raw.close()  # the socket closes once the connection let go of it too
-        super().close()
 
 
 class _Response(http.client.HTTPResponse):
@@ -59,7 +35,7 @@ class _Response(http.client.HTTPResponse):
         # (_timed made sure there is one).
         seconds = float(sock.gettimeout())  # type: ignore[arg-type]
         raw = self.fp.detach()  # nothing read yet; detached, its buffer does not close it
-        self.fp = io.BufferedReader(_Deadline(raw, sock, seconds))
+        self.fp = io.BufferedReader(deadline.Reads(raw, sock, seconds))
 
 
 class _Connection(http.client.HTTPConnection):
@@ -100,7 +76,7 @@ def _loopback_tls() -> ssl.SSLContext:
     return context
 
 
-LOOPBACK_TLS = _loopback_tls()  # one for every call: making one per call reads nothing new
+LOOPBACK_TLS = _loopback_tls()  # shared by every call (asyncio's too: supervisor/probe.py)
 OPENER = urllib.request.build_opener(
     urllib.request.ProxyHandler({}), _HTTP(), _HTTPS(context=LOOPBACK_TLS), _NoRedirect()
 )

@@ -1,5 +1,5 @@
-"""The exporter's HTTP server: a thread for each scrape, a few at a time, each bounded in
-time, and the bearer token checked on every request.
+"""The exporter's HTTP server: a thread for each scrape, a few at a time, each request
+bounded in time as a whole, and the bearer token checked on every request.
 
 Every local account can connect to the port. A client that connects and sends nothing must
 neither hold a thread of the root supervisor for long nor make it start threads without end.
@@ -8,6 +8,7 @@ neither hold a thread of the root supervisor for long nor make it start threads 
 from __future__ import annotations
 
 import hmac
+import io
 import selectors
 import socket
 import threading
@@ -16,14 +17,14 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from jlservice import log
+from jlservice import deadline, log
 
 logger = log.get("jlservice.metrics")
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 MAX_CLIENTS = 16  # at once; more are closed at once
-CLIENT_TIMEOUT = 5.0  # seconds for each read or write of one client
+CLIENT_TIMEOUT = 5.0  # seconds for a client's request, and for each write of the answer
 _REFUSED = (
     b"401 Unauthorized: send the token of [metrics] bearer_token_file as "
     b"'Authorization: Bearer TOKEN'\n"
@@ -91,7 +92,13 @@ class Serving:
 
 
 class _Handler(WSGIRequestHandler):
-    timeout = CLIENT_TIMEOUT
+    timeout = CLIENT_TIMEOUT  # each write
+
+    def setup(self) -> None:
+        super().setup()
+        # The request as a whole, not each read: a byte a second would hold the thread.
+        raw = self.rfile.detach()
+        self.rfile = io.BufferedReader(deadline.Reads(raw, self.connection, CLIENT_TIMEOUT))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per scrape is noise

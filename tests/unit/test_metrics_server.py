@@ -83,6 +83,37 @@ def test_silent_clients_hold_few_threads_and_not_for_long(exporter) -> None:
     wait_for(lambda: _get(exporter, f"Bearer {TOKEN}").status_code == 200, 10, "a scrape")
 
 
+def test_trickling_clients_are_dropped_once_their_time_is_up(exporter, monkeypatch) -> None:
+    """A byte every 0.3 s from each of MAX_CLIENTS local connections, each read well within
+    any timeout: every thread the server has is theirs, until the time for a whole request
+    is up. Then a scrape is served again."""
+    monkeypatch.setattr(server, "CLIENT_TIMEOUT", 1.0)  # 5 s by default: the test, shorter
+    ip, port = exporter.settings.address
+    trickling = [socket.create_connection((ip, port)) for _ in range(server.MAX_CLIENTS)]
+    opened = time.monotonic()
+    try:
+        time.sleep(0.5)  # all accepted, each on a thread of its own
+        for s in trickling:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        ends = opened + server.CLIENT_TIMEOUT + 5
+        while time.monotonic() < ends and _open(trickling):
+            for s in _open(trickling):
+                s.sendall(b"X")
+            time.sleep(0.3)
+        assert not _open(trickling), "a client that never ends its request holds a thread"
+        assert time.monotonic() - opened < server.CLIENT_TIMEOUT + 3  # 0.5 s to accept
+    finally:
+        for s in trickling:
+            s.close()
+    assert _get(exporter, f"Bearer {TOKEN}").status_code == 200
+
+
+def _open(sockets: list[socket.socket]) -> list[socket.socket]:
+    """Those the server has not closed yet (a read would not see the end)."""
+    closed = select.select(sockets, [], [], 0)[0]
+    return [s for s in sockets if s not in closed]
+
+
 def _wakeups(thread: threading.Thread) -> int:
     status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
     return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
