@@ -209,8 +209,8 @@ def parse_lab(r: Reader, t: Mapping[str, Any], running_as: users.Account, cwd: P
     if not 1 <= port <= 65535:
         r.fail(s, "port", f"{port} is not a port (1–65535)")
     base_url = r.get(t, s, "base_url", str, "/")
-    if any(c in base_url for c in "?#% \t\r\n"):
-        r.fail(s, "base_url", f"{base_url!r} must be a plain URL path such as /jupyter/")
+    if not (base_url.isascii() and base_url.isprintable()) or any(c in base_url for c in "?#% "):
+        r.fail(s, "base_url", f"{base_url!r} must be a plain ASCII URL path such as /jupyter/")
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
 
     command = _command(r, t, account)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from jlservice import log
 from jlservice.config import HealthConfig
+from jlservice.deadline import within
 from jlservice.supervisor import probe
 from jlservice.supervisor.events import Event, LabReady, LabUnhealthy
 
@@ -37,7 +38,7 @@ async def wait_ready(
                 logger.warning("lab_port_taken", pid=pid, problem=who)
                 told = True
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(output.wait(), 1.0 if told else 0.1)
+            await within(1.0 if told else 0.1, output.wait())
     post(LabReady(pid))
 
 

@@ -11,11 +11,13 @@ HTTP is a problem like any other.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from jlservice import bounded
+from jlservice.deadline import within
 from jlservice.localhttp import LOOPBACK_TLS
 
 MAX_HEAD = 64 << 10  # the status line and headers
@@ -24,8 +26,9 @@ _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,10})[ \t]*\r", re.IGNORECASE)
 
 
-class _NoHTTP(Exception):
-    """The answer is not HTTP, or more than this client reads."""
+class _Failed(Exception):
+    """No answer, or one that is not HTTP or more than this client reads; str() says
+    which in a few words."""
 
 
 class _Answer(NamedTuple):
@@ -33,13 +36,26 @@ class _Answer(NamedTuple):
     body: bytes
 
 
-async def _exchange(url: str, token: str | None) -> _Answer:
+async def _get(url: str, timeout: float, token: str | None = None, body: bool = True) -> _Answer:
+    """GET `url` within `timeout` seconds in all; `body`: read it too. _Failed says why
+    there is no answer."""
+    try:
+        return await within(timeout, _exchange(url, token, body))
+    except asyncio.TimeoutError:
+        raise _Failed(f"{url}: no answer within {timeout:g} s") from None
+    except OSError as exc:  # asyncio's own words name the call, not the reason
+        raise _Failed(f"{url}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    except _Failed as exc:
+        raise _Failed(f"{url}: {exc}") from None
+
+
+async def _exchange(url: str, token: str | None, body: bool) -> _Answer:
     parts = urlsplit(url)
-    path = parts.path or "/"
-    head = f"GET {path}{'?' + parts.query if parts.query else ''} HTTP/1.0\r\n"
-    head += f"Host: {parts.netloc}\r\n"
+    query = f"?{parts.query}" if parts.query else ""
+    head = f"GET {parts.path or '/'}{query} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
     if token:
         head += f"Authorization: token {token}\r\n"
+    request = (head + "\r\n").encode("ascii")  # the configuration's base_url is ASCII
     reader, writer = await asyncio.open_connection(
         parts.hostname,
         parts.port,
@@ -49,63 +65,57 @@ async def _exchange(url: str, token: str | None) -> _Answer:
         limit=MAX_HEAD,
     )
     try:
-        writer.write(head.encode("latin-1") + b"\r\n")
-        return await _read_answer(reader)
+        writer.write(request)
+        return await _read_answer(reader, body)
     finally:
         writer.transport.abort()  # read, or given up on: nothing is left to say
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> _Answer:
+async def _read_answer(reader: asyncio.StreamReader, body: bool) -> _Answer:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
-        raise _NoHTTP(f"headers over {MAX_HEAD >> 10} KiB") from None
+        raise _Failed(f"headers over {MAX_HEAD >> 10} KiB") from None
     except asyncio.IncompleteReadError:
-        raise _NoHTTP("the connection closed before the headers ended") from None
+        raise _Failed("the connection closed before the headers ended") from None
     status = _STATUS.match(head)
     if status is None:
-        raise _NoHTTP("the answer is not HTTP")
+        raise _Failed("the answer is not HTTP")
     code = int(status[1])
+    if not body:
+        return _Answer(code, b"")
     if (length := _LENGTH.search(head)) is not None:
         if int(length[1]) > MAX_BODY:
-            raise _NoHTTP(f"a body over {MAX_BODY >> 20} MiB")
+            raise _Failed(f"a body over {MAX_BODY >> 20} MiB")
         try:
             return _Answer(code, await reader.readexactly(int(length[1])))
         except asyncio.IncompleteReadError:
-            raise _NoHTTP("the connection closed before the body ended") from None
-    body = bytearray()  # no length: an HTTP/1.0 answer ends where the connection does
-    while chunk := await reader.read(MAX_BODY + 1 - len(body)):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise _NoHTTP(f"a body over {MAX_BODY >> 20} MiB")
-    return _Answer(code, bytes(body))
-
-
-async def _problem(url: str, timeout: float, token: str | None = None) -> str | _Answer:
-    """The answer to GET `url` within `timeout` seconds in all, or what went wrong."""
-    try:
-        return await asyncio.wait_for(_exchange(url, token), timeout)
-    except asyncio.TimeoutError:
-        return f"{url}: no answer within {timeout:g} s"
-    except OSError as exc:
-        return f"{url}: {exc.strerror or exc}"
-    except _NoHTTP as exc:
-        return f"{url}: {exc}"
+            raise _Failed("the connection closed before the body ended") from None
+    content = bytearray()  # no length: an HTTP/1.0 answer ends where the connection does
+    while chunk := await reader.read(MAX_BODY + 1 - len(content)):
+        content += chunk
+        if len(content) > MAX_BODY:
+            raise _Failed(f"a body over {MAX_BODY >> 20} MiB")
+    return _Answer(code, bytes(content))
 
 
 async def api_problem(url: str, timeout: float) -> str | None:
     """None if GET `url` answers 200 within `timeout` seconds, else what went wrong."""
-    answer = await _problem(url, timeout)
-    if isinstance(answer, str):
-        return answer
+    try:
+        answer = await _get(url, timeout, body=False)
+    except _Failed as exc:
+        return str(exc)
     return None if answer.code == 200 else f"{url} answered HTTP {answer.code}"
 
 
 async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
     """How many kernels are executing code right now (GET api/kernels), or None if unknown:
     no answer, or one that is not a list of kernels (the lab user can make it say anything)."""
-    answer = await _problem(url, timeout, token)
-    if isinstance(answer, str) or answer.code != 200:
+    try:
+        answer = await _get(url, timeout, token)
+    except _Failed:
+        return None
+    if answer.code != 200:
         return None
     try:
         kernels = bounded.objects(bounded.loads(answer.body, MAX_BODY))

@@ -327,7 +327,9 @@ def test_umask_is_octal(write_config, lab_base, tmp_path, umask: str, value: int
     assert load_lab(write_config, lab_base, tmp_path, umask=umask).lab.umask == value
 
 
-@pytest.mark.parametrize("base_url", ["/a b/", "/x?y", "/x#y", "/50%", "/a\tb"])
+@pytest.mark.parametrize(
+    "base_url", ["/a b/", "/x?y", "/x#y", "/50%", "/a\tb", "/日本/", "/a\x0bb"]
+)
 def test_bad_base_url(write_config, lab_base, base_url: str) -> None:
     assert "[lab] base_url:" in lab_error(write_config, lab_base, base_url=base_url)
 
