@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from jlservice import bounded, disk, log, oom_score, procfs, users
+from jlservice.deadline import within
 from jlservice.errors import NotAnswering
 from jlservice.kernels.limits import Limits
 from jlservice.labapi import connection_file_id
@@ -94,9 +95,9 @@ class Placer:
             sock = writer.get_extra_info("socket")
             if self._open > MAX_CONNECTIONS or _peer(sock) != self._lab_pid():
                 return  # closed unread: only the running JupyterLab may ask, a few at once
-            line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
+            line = await within(TIMEOUT_S, reader.readline())
             writer.write((await self._answer(line)).encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), TIMEOUT_S)
+            await within(TIMEOUT_S, writer.drain())
         except (OSError, asyncio.TimeoutError, ValueError):
             pass  # the asker gave up: its kernel runs without a limit, and it says so
         finally:

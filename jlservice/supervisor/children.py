@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import psutil
 
 from jlservice import log, state
+from jlservice.deadline import within
 
 logger = log.get("jlservice.children")
 
@@ -121,7 +122,7 @@ class Reaper:
         """Wait until some child exits (or `timeout` passes)."""
         self._changed.clear()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await within(timeout, self._changed.wait())
 
 
 def descendants(spare: Iterable[int] = ()) -> list[psutil.Process]:

@@ -17,6 +17,7 @@ import psutil
 
 from jlservice import listener, log
 from jlservice.config import HealthConfig
+from jlservice.deadline import within
 from jlservice.start import Started, launcher
 from jlservice.supervisor import children, health
 from jlservice.supervisor.events import ChildExited, Event, StartTimedOut
@@ -129,13 +130,13 @@ class Lab:
             os.kill(self.pid, signal.SIGTERM)
             os.kill(self.pid, signal.SIGCONT)  # a stopped (hung) process must run to exit
         try:
-            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+            await within(timeout, asyncio.shield(self.exited))
         except asyncio.TimeoutError:
             logger.warning("lab_stop_timeout", pid=self.pid, timeout_s=timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             try:
-                await asyncio.wait_for(asyncio.shield(self.exited), children.KILL_WAIT_S)
+                await within(children.KILL_WAIT_S, asyncio.shield(self.exited))
             except asyncio.TimeoutError:
                 with contextlib.suppress(psutil.Error):
                     self._reaper.mark_stuck([psutil.Process(self.pid)])
@@ -149,5 +150,5 @@ class Lab:
         Kernels inherit JupyterLab's output pipe; with them swept it closes promptly.
         """
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.output.closed), 1.0)
+            await within(1.0, asyncio.shield(self.output.closed))
         return self.output.last_line

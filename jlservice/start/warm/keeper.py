@@ -24,6 +24,7 @@ from collections.abc import Callable
 import psutil
 
 from jlservice import log, procfs, state
+from jlservice.deadline import within
 from jlservice.start import launcher, listening
 from jlservice.start.warm.process import EXIT_STALE, WarmProcess, parse
 from jlservice.start.warm.recipe import Recipe, for_launch
@@ -129,7 +130,7 @@ class WarmKeeper:
         self.reaper.expect_adoption()  # an exit reaped from now on may be the new server's
         try:
             socket.send_fds(parent.sock, [json.dumps(request).encode()], [output, *listen])
-            raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
+            raw = await within(FORK_TIMEOUT_S, parent.receive())
             if not raw:
                 raise ConnectionAbortedError("it exited")
             kind, value = parse(raw, ("pid", "error", "stale"))
@@ -220,7 +221,7 @@ class WarmKeeper:
                 return "a command is waiting"
             if (left := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._news.wait(), left)
+                    await within(left, self._news.wait())
             elif parent.ready:
                 return None  # its check retires it
             else:
@@ -266,7 +267,7 @@ class WarmKeeper:
         """Its "ready", or why not."""
         problem = None
         try:
-            raw = await asyncio.wait_for(parent.receive(), HELLO_TIMEOUT_S)
+            raw = await within(HELLO_TIMEOUT_S, parent.receive())
             if not raw:
                 raise ConnectionAbortedError("exited while importing")
             kind, value = parse(raw, ("pid", "error"))
@@ -303,7 +304,7 @@ class WarmKeeper:
     async def _fresh(self, parent: WarmProcess) -> None:
         try:
             parent.sock.send(b'{"check": true}')
-            raw = await asyncio.wait_for(parent.receive(), FORK_TIMEOUT_S)
+            raw = await within(FORK_TIMEOUT_S, parent.receive())
             if not raw:
                 return  # it exited: its status says why
             parse(raw, ("fresh",))
