@@ -103,13 +103,22 @@ def test_a_read_only_state_disk_stops_nothing_and_heals_once_writable(service_fa
     wait_scrape(url, lambda m: value(m, "jlservice_state_write_failing") == 0, "failing: 0")
 
 
+def _removed(directory: Path) -> bool:
+    try:
+        shutil.rmtree(directory)
+    except OSError:  # a file made in it while it was emptied
+        return False
+    return True
+
+
 def test_a_deleted_state_dir_is_made_again_with_what_is_in_use(service_factory):
     svc = service_factory()
     svc.start()
     token = svc.cli("token").stdout.strip()
     old = svc.lab_pid
     secrets = {name: (svc.state_dir / name).read_bytes() for name in ("token", "cookie_secret")}
-    shutil.rmtree(svc.state_dir)
+    # rm -rf, again while jlservice writes in it meanwhile (its warm parent, just ready).
+    wait_for(lambda: _removed(svc.state_dir), 10, f"{svc.state_dir} removed")
 
     now = crash_and_wait(svc, old)
     assert svc.api("GET", "api/status", token=token).status_code == 200  # the same token
