@@ -4,7 +4,8 @@ A timeout on each read lets whoever is on the other end — the lab user's Jupyt
 local account at the exporter's port — send a byte at a time, each well within it, for as
 long as they like. And a bound on an await must not swallow the cancel of the task that
 waits: asyncio.wait_for on Python 3.10 and 3.11 loses a cancel that comes in the step in
-which the awaited thing finishes, and a task told to stop then runs on for good.
+which the awaited thing finishes, and a task told to stop then runs on for good. (3.10 has
+no asyncio.timeout: there `within` is wait_for, and the race remains.)
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class Reads(io.RawIOBase):
 
 
 async def within(seconds: float, awaitable: Awaitable[T]) -> T:
-    """`awaitable`'s result, or asyncio.TimeoutError after `seconds` (monotonic)."""
+    """`awaitable`'s result, or asyncio.TimeoutError after `seconds` (monotonic). An answer
+    that comes in the very step the time runs out is given up on too. Not for clean-up in a
+    task being cancelled: on 3.11 the time running out then raises CancelledError."""
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(seconds):
             return await awaitable

@@ -100,6 +100,11 @@ class _Handler(WSGIRequestHandler):
         raw = self.rfile.detach()
         self.rfile = io.BufferedReader(deadline.Reads(raw, self.connection, CLIENT_TIMEOUT))
 
+    def parse_request(self) -> bool:
+        read = super().parse_request()
+        self.connection.settimeout(CLIENT_TIMEOUT)  # the request is in: each write its own
+        return read
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per scrape is noise
 

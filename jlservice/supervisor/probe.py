@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import ssl
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -43,6 +44,8 @@ async def _get(url: str, timeout: float, token: str | None = None, body: bool = 
         return await within(timeout, _exchange(url, token, body))
     except asyncio.TimeoutError:
         raise _Failed(f"{url}: no answer within {timeout:g} s") from None
+    except ssl.SSLError as exc:  # its errno is OpenSSL's, not the system's
+        raise _Failed(f"{url}: TLS: {exc.reason or exc}") from None
     except OSError as exc:  # asyncio's own words name the call, not the reason
         raise _Failed(f"{url}: {os.strerror(exc.errno) if exc.errno else exc}") from None
     except _Failed as exc:

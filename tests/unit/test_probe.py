@@ -134,6 +134,23 @@ def test_a_silent_server_is_given_up_on_in_time_and_its_connection_closed():
         assert seen[-1] == b"closed", "the probe left its connection open"
 
 
+def test_a_tls_error_is_said_so():
+    """https to a server that speaks plain HTTP (a certfile missing from the lab's start)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+
+        def plain() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        server = threading.Thread(target=plain, daemon=True)
+        server.start()
+        problem = _api_problem(url + "api")
+        server.join()
+    assert problem.startswith(f"{url}api: TLS: ") and "not permitted" not in problem, problem
+
+
 def test_a_closed_port_is_said_so():
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))  # bound, never listening: nobody else takes it
