@@ -6,23 +6,22 @@ raises as neither an OSError nor a ValueError."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import tls_server
+from helpers.played_server import Serve
+from helpers.played_server import answer as _answer
+from helpers.played_server import serving as _serving
 
 from jlservice import labapi, localhttp
 from jlservice.admin.doctor import http as doctor_http
 
 TRICKLE_S = 20  # how long a server trickles: a client bounded per read waits all of it
-Serve = Callable[[socket.socket, threading.Event], None]
 
 
 def _trickle(head: bytes) -> Serve:
@@ -44,49 +43,6 @@ def _silent_after(head: bytes) -> Serve:
         stop.wait(TRICKLE_S)
 
     return serve
-
-
-def _answer(raw: bytes) -> Serve:
-    def serve(conn: socket.socket, stop: threading.Event) -> None:
-        conn.sendall(raw)
-
-    return serve
-
-
-@contextlib.contextmanager
-def _serving(serve: Serve, context: ssl.SSLContext | None = None) -> Iterator[int]:
-    """A server on a free port answering each request with `serve`, until the test ends."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def one(conn: socket.socket) -> None:
-        try:
-            if context is not None:
-                conn = context.wrap_socket(conn, server_side=True)
-            conn.recv(65536)  # the request
-            serve(conn, stop)
-        except OSError:  # the client gave up
-            pass
-        finally:
-            conn.close()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    server = threading.Thread(target=accept, daemon=True)
-    server.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
-        listener.close()
-        server.join(30)
 
 
 SLOW = {

@@ -12,25 +12,15 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from helpers import tls_server
+from helpers import played_server, tls_server
+from helpers.played_server import answer as _answer
 
 from jlservice.supervisor import probe
 
-Serve = Callable[[socket.socket], None]
 CLOSED_WITHIN_S = 2.0
-
-
-def _answer(raw: bytes) -> Serve:
-    """`raw`, then the end of what the server sends (as an HTTP/1.0 server ends an answer)."""
-
-    def serve(conn: socket.socket) -> None:
-        conn.sendall(raw)
-        conn.shutdown(socket.SHUT_WR)
-
-    return serve
 
 
 def _ok(body: bytes = b"{}") -> bytes:
@@ -38,59 +28,10 @@ def _ok(body: bytes = b"{}") -> bytes:
 
 
 @contextlib.contextmanager
-def _serving(
-    serve: Serve,
-    context: ssl.SSLContext | None = None,
-    seen: list[bytes] | None = None,
-    accepted: Callable[[], None] = lambda: None,
-) -> Iterator[str]:
-    """A server answering each connection with `serve` once it has read the request head;
-    `seen`: each request's head, then b"closed" once the client closed its end;
-    `accepted`: called on each connection before anything else (the TLS handshake)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    threads: list[threading.Thread] = []
-
-    def one(conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            head = b""
-            while b"\r\n\r\n" not in head and (data := conn.recv(4096)):
-                head += data
-            if seen is not None:
-                seen.append(head)
-            serve(conn)
-            with contextlib.suppress(OSError):
-                if conn.recv(1) == b"" and seen is not None:
-                    seen.append(b"closed")
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            accepted()
-            if context is not None:
-                try:
-                    conn = context.wrap_socket(conn, server_side=True)
-                except OSError:
-                    conn.close()
-                    continue
-            thread = threading.Thread(target=one, args=(conn,), daemon=True)
-            threads.append(thread)
-            thread.start()
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    scheme = "https" if context else "http"
-    try:
-        yield f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/"
-    finally:
-        listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        acceptor.join()
-        for thread in threads:
-            thread.join(timeout=15)
+def _serving(serve, context: ssl.SSLContext | None = None, **kw) -> Iterator[str]:
+    """played_server.serving, as the URL the probe asks."""
+    with played_server.serving(serve, context, **kw) as port:
+        yield f"{'https' if context else 'http'}://127.0.0.1:{port}/"
 
 
 def _api_problem(url: str, timeout: float = 5.0) -> str | None:
@@ -100,7 +41,7 @@ def _api_problem(url: str, timeout: float = 5.0) -> str | None:
 def test_a_tls_jupyterlab_is_probed_without_checking_its_certificate(tmp_path):
     context = tls_server.server_context(tmp_path)  # a certificate for lab.example.org only
     seen: list[bytes] = []
-    with _serving(_answer(_ok()), context, seen) as url:
+    with _serving(_answer(_ok()), context, seen=seen) as url:
         assert _api_problem(url + "api") is None
     assert seen[0].startswith(b"GET /api HTTP/1.0\r\n")
     with _serving(_answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"), context) as url:
@@ -124,7 +65,7 @@ def test_probes_read_no_ca_store(tmp_path, monkeypatch):
 
 def test_a_silent_server_is_given_up_on_in_time_and_its_connection_closed():
     seen: list[bytes] = []
-    with _serving(lambda conn: None, seen=seen) as url:  # reads the request, never answers
+    with _serving(lambda conn, stop: None, seen=seen) as url:  # reads the request, never answers
         begun = time.monotonic()
         assert _api_problem(url + "api", timeout=0.5) == f"{url}api: no answer within 0.5 s"
         assert time.monotonic() - begun < 0.5 + CLOSED_WITHIN_S
@@ -159,12 +100,11 @@ def test_a_closed_port_is_said_so():
 
 
 def test_a_trickled_answer_is_bounded_as_a_whole():
-    def trickle(conn: socket.socket) -> None:
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\n")
-        with contextlib.suppress(OSError):
-            for _ in range(100):  # a header byte each 0.05 s: 5 s if nobody stops it
-                conn.sendall(b"X")
-                time.sleep(0.05)
+        for _ in range(100):  # a header byte each 0.05 s: 5 s if nobody stops it
+            conn.sendall(b"X")
+            stop.wait(0.05)
 
     with _serving(trickle) as url:
         begun = time.monotonic()
@@ -202,7 +142,7 @@ def test_an_answer_that_is_no_http_is_a_problem(raw, problem):
 def test_the_probe_reads_no_body():
     """200 is all it asks: a body it would not use is not read (8 MiB every 0.1 s)."""
     with _serving(
-        lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9000000\r\n\r\n")
+        lambda conn, stop: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9000000\r\n\r\n")
     ) as url:
         assert _api_problem(url + "api", timeout=1) is None
 
