@@ -412,15 +412,21 @@ class LabClient:
         session: requests.Session | None = None,
     ) -> str:
         """Run `code` in the kernel over its websocket (`token`, `base`, `session`: as for
-        channels()); returns what it printed and its result."""
+        channels()); returns what it printed and its result once the kernel has replied and
+        is idle again. An error raises only then: after an error ipykernel aborts the requests
+        that reach it while it flushes its queue, so a next request sent on the error message
+        itself (as after an interrupt) could be answered 'aborted'; sent after idle, it runs."""
         ws = self.channels(token, kernel_id, timeout, base, session)
         try:
             request = execute_request(code)
             msg_id = request["header"]["msg_id"]
             ws.send(json.dumps(request))
-            out = []
+            out: list[str] = []
+            error: str | None = None
+            reply: str | None = None
+            idle = False
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (idle and reply):
                 msg = json.loads(ws.recv())
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
@@ -429,10 +435,18 @@ class LabClient:
                 elif msg["msg_type"] == "execute_result":
                     out.append(msg["content"]["data"]["text/plain"])
                 elif msg["msg_type"] == "error":
-                    raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+                    error = "kernel error: " + "\n".join(msg["content"]["traceback"])
+                elif msg["msg_type"] == "execute_reply":
+                    reply = msg["content"]["status"]
                 elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(out)
-            raise AssertionError("kernel did not finish in time")
+                    idle = True
+            if not (idle and reply):
+                raise AssertionError("kernel did not finish in time")
+            if error:
+                raise AssertionError(error)
+            if reply != "ok":
+                raise AssertionError(f"kernel answered {reply!r} to {code!r}")
+            return "".join(out)
         finally:
             ws.close()
 
