@@ -25,13 +25,12 @@ class Kernel(NamedTuple):
 
 
 def write(launch: Launch, keep: bool, kernels: Iterable[Kernel] = ()) -> None:
-    """`keep`: JupyterLab leaves its kernels running when it exits (jlservice keeps them)."""
+    """`keep`: JupyterLab leaves its kernels running when it exits (jlservice keeps them).
+    Not fsynced: kernels do not outlive the machine, so what a power cut loses is of no use."""
     if not launch.keep_kernels:
         launch.handover_file.unlink(missing_ok=True)
         return
-    data = {
-        "keep": keep,
-        "kernels": [{"id": k.id, "pid": k.pid} for k in kernels],
-    }
+    data = {"keep": keep, "kernels": [{"id": k.id, "pid": k.pid} for k in kernels]}
     owner = (launch.account.uid, launch.account.gid)
-    files.write_atomic(launch.handover_file, json.dumps(data).encode(), owner=owner)
+    body = json.dumps(data).encode()
+    files.write_atomic(launch.handover_file, body, owner=owner, durable=False)
