@@ -413,9 +413,10 @@ class LabClient:
     ) -> str:
         """Run `code` in the kernel over its websocket (`token`, `base`, `session`: as for
         channels()); returns what it printed and its result once the kernel has replied and
-        is idle again. An error raises only then: after an error ipykernel aborts the requests
-        that reach it while it flushes its queue, so a next request sent on the error message
-        itself (as after an interrupt) could be answered 'aborted'; sent after idle, it runs."""
+        is idle again. An error raises only then: after an error ipykernel answers 'aborted' to
+        the requests queued before the end of its abort, which it queues before it reports
+        idle; a next request sent on the error message itself (as after an interrupt) could be
+        one of them."""
         ws = self.channels(token, kernel_id, timeout, base, session)
         try:
             request = execute_request(code)
@@ -441,7 +442,8 @@ class LabClient:
                 elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     idle = True
             if not (idle and reply):
-                raise AssertionError("kernel did not finish in time")
+                seen = f"reply {reply!r}, idle {idle}" + (f"; {error}" if error else "")
+                raise AssertionError(f"kernel did not finish in time ({seen})")
             if error:
                 raise AssertionError(error)
             if reply != "ok":

@@ -365,11 +365,11 @@ class Harness:
         return [m for m in self.notifier.sent if m.startswith(prefix) and m != "WATCHDOG=1"]
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(autouse=True)
 def _small_heap() -> Iterator[None]:
     """The loop collects garbage at each ready (gc.collect): here a full collection walks
-    pytest's heap (~90 ms), jlservice's own is a small part of it. Frozen, what exists now is
-    left out of every collection, and what the tests make is still collected."""
+    pytest's heap (~90 ms), jlservice's own is a small part of it. Frozen for each test, what
+    existed before it is left out of its collections; what it makes is still collected."""
     gc.freeze()
     yield
     gc.unfreeze()
