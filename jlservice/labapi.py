@@ -15,7 +15,6 @@ import datetime
 import json
 import re
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +69,6 @@ class Kernels:
 def fetch(endpoint: Endpoint, timeout: float, sessions: bool = True) -> Kernels | None:
     """JupyterLab's kernels and (with `sessions`) their notebooks, or None if it does not
     answer as JupyterLab does."""
-    if not _ours(endpoint):
-        return None
     try:
         kernels = _get(endpoint, "/kernels", timeout)
         found = _get(endpoint, "/sessions", timeout) if sessions else []
@@ -126,29 +123,29 @@ def _timestamp(value: object) -> float | None:
 def lab_version(endpoint: Endpoint, timeout: float) -> str | None:
     """JupyterLab's version, from the page config its /lab page carries."""
     url = endpoint.api_url.removesuffix("api") + "lab"
-    if not _ours(endpoint):
-        return None
     try:
-        page = _open(url, endpoint.token, timeout).decode(errors="replace")
+        page = _open(_request(endpoint, url), timeout).decode(errors="replace")
     except localhttp.ERRORS:
         return None
     match = _APP_VERSION.search(page)
     return match[1] if match else None
 
 
-def _ours(endpoint: Endpoint) -> bool:
-    """Whether the token may go to who listens there: jlservice's JupyterLab, not a process
-    that took the port after it died."""
+def _request(endpoint: Endpoint, url: str, **kw: Any) -> localhttp.Request:
+    """A request with the token, sent only to jlservice's JupyterLab, not to a process that
+    took the port after it died (localhttp.Request's `stranger`)."""
     address = urllib.parse.urlsplit(endpoint.api_url)
-    stranger = listener.stranger(address.hostname, address.port, endpoint.pid, endpoint.uid)
-    return stranger is None
+
+    def stranger() -> str | None:
+        return listener.stranger(address.hostname, address.port, endpoint.pid, endpoint.uid)
+
+    headers = {"Authorization": f"token {endpoint.token}", **kw.pop("headers", {})}
+    return localhttp.Request(url, stranger, headers=headers, **kw)
 
 
 def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout: float) -> bool:
     """Shut kernel `kernel_id` down if JupyterLab says it is still idle, with no activity
     after `since` (Unix time): a cell started since the round that chose it keeps it."""
-    if not _ours(endpoint):
-        return False
     try:
         kernel = _get(endpoint, f"/kernels/{urllib.parse.quote(kernel_id)}", timeout)
     except localhttp.ERRORS:
@@ -159,9 +156,7 @@ def shut_down_if_idle(endpoint: Endpoint, kernel_id: str, since: float, timeout:
     if last is None or last > since:
         return False
     url = f"{endpoint.api_url}/kernels/{urllib.parse.quote(kernel_id)}"
-    request = urllib.request.Request(
-        url, method="DELETE", headers={"Authorization": f"token {endpoint.token}"}
-    )
+    request = _request(endpoint, url, method="DELETE")
     try:
         with localhttp.OPENER.open(request, timeout=timeout) as response:
             return response.status == 204
@@ -173,13 +168,12 @@ def post_event(endpoint: Endpoint, event: dict[str, Any], timeout: float) -> boo
     """`event` (schema_id, version, data) emitted on JupyterLab's event bus, to every open
     tab (POST api/events, whose schema a server extension registered); whether JupyterLab
     took it. One that does not answer costs the caller `timeout` (localhttp says how)."""
-    if not _ours(endpoint):
-        return False
-    request = urllib.request.Request(
+    request = _request(
+        endpoint,
         f"{endpoint.api_url}/events?no_track_activity=1",
         data=json.dumps(event).encode(),
         method="POST",
-        headers={"Authorization": f"token {endpoint.token}", "Content-Type": "application/json"},
+        headers={"Content-Type": "application/json"},
     )
     try:
         with localhttp.OPENER.open(request, timeout=timeout) as response:
@@ -190,13 +184,13 @@ def post_event(endpoint: Endpoint, event: dict[str, Any], timeout: float) -> boo
 
 def _get(endpoint: Endpoint, path: str, timeout: float) -> Any:
     # Looking must not count as activity: the server would never look idle to its cullers.
-    url = f"{endpoint.api_url}{path}?no_track_activity=1"
-    return bounded.loads(_open(url, endpoint.token, timeout), _MAX_BYTES)
+    request = _request(endpoint, f"{endpoint.api_url}{path}?no_track_activity=1")
+    return bounded.loads(_open(request, timeout), _MAX_BYTES)
 
 
-def _open(url: str, token: str, timeout: float) -> bytes:
+def _open(request: localhttp.Request, timeout: float) -> bytes:
     """The body, at most _MAX_BYTES (`timeout` for the whole answer: localhttp)."""
-    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    url = request.full_url
     chunks: list[bytes] = []
     size = 0
     with localhttp.OPENER.open(request, timeout=timeout) as response:

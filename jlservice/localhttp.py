@@ -12,16 +12,24 @@ headers and body — as a whole, not each read: one byte a second would otherwis
 caller for as long as the server likes (http.client reads up to a hundred 64 KiB header
 lines). An answer that is no HTTP raises http.client.HTTPException: ERRORS is everything an
 answer may raise.
+
+A credential goes in a `Request` with `stranger`: asked once the connection is made and
+before a byte is sent, it names who other than JupyterLab holds the port, and then nothing
+is sent (NotSent). Asked any earlier, the port could change hands in between: JupyterLab
+dies, another local user's process binds the port, and the token goes to it.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import numbers
 import socket
 import ssl
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 from jlservice import deadline
 
@@ -38,12 +46,42 @@ class _Response(http.client.HTTPResponse):
         self.fp = io.BufferedReader(deadline.Reads(raw, sock, seconds))
 
 
+Stranger = Callable[[], str | None]  # who other than JupyterLab holds the port, or None
+
+
+class NotSent(PermissionError):
+    """Connected to someone other than JupyterLab: the request was not sent."""
+
+
+class Request(urllib.request.Request):
+    def __init__(self, url: str, stranger: Stranger | None = None, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self.stranger = stranger
+
+
+def vouch(stranger: Stranger | None) -> None:
+    """Raise NotSent if `stranger()` names someone."""
+    if stranger is not None and (who := stranger()) is not None:
+        raise NotSent(f"not sent: {who}")
+
+
 class _Connection(http.client.HTTPConnection):
+    """Asks the request's `stranger` once connected (over TLS: after the handshake), before
+    the request is sent."""
+
     response_class = _Response
 
+    def __init__(self, *args: Any, stranger: Stranger | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.stranger = stranger
 
-class _TLSConnection(http.client.HTTPSConnection):
-    response_class = _Response
+    def connect(self) -> None:
+        super().connect()
+        vouch(self.stranger)
+
+
+class _TLSConnection(_Connection, http.client.HTTPSConnection):
+    pass
 
 
 def _timed(req: urllib.request.Request) -> urllib.request.Request:
@@ -52,14 +90,19 @@ def _timed(req: urllib.request.Request) -> urllib.request.Request:
     return req
 
 
+def _vouched(connection: type, req: urllib.request.Request) -> Callable[..., Any]:
+    return functools.partial(connection, stranger=getattr(req, "stranger", None))
+
+
 class _HTTP(urllib.request.HTTPHandler):
     def http_open(self, req):  # type: ignore[no-untyped-def]
-        return self.do_open(_Connection, _timed(req))
+        return self.do_open(_vouched(_Connection, req), _timed(req))
 
 
 class _HTTPS(urllib.request.HTTPSHandler):
     def https_open(self, req):  # type: ignore[no-untyped-def]
-        return self.do_open(_TLSConnection, _timed(req), context=self._context)
+        connection = _vouched(_TLSConnection, req)
+        return self.do_open(connection, _timed(req), context=self._context)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from jlservice import bounded
 from jlservice.deadline import within
-from jlservice.localhttp import LOOPBACK_TLS
+from jlservice.localhttp import LOOPBACK_TLS, Stranger, vouch
 
 MAX_HEAD = 64 << 10  # the status line and headers
 MAX_BODY = 8 << 20  # api/kernels of thousands of kernels; whatever answers is not trusted
@@ -37,11 +37,17 @@ class _Answer(NamedTuple):
     body: bytes
 
 
-async def _get(url: str, timeout: float, token: str | None = None, body: bool = True) -> _Answer:
-    """GET `url` within `timeout` seconds in all; `body`: read it too. _Failed says why
-    there is no answer."""
+async def _get(
+    url: str,
+    timeout: float,
+    token: str | None = None,
+    body: bool = True,
+    stranger: Stranger | None = None,
+) -> _Answer:
+    """GET `url` within `timeout` seconds in all; `body`: read it too; `stranger`: as for
+    localhttp.Request. _Failed says why there is no answer."""
     try:
-        return await within(timeout, _exchange(url, token, body))
+        return await within(timeout, _exchange(url, token, body, stranger))
     except asyncio.TimeoutError:
         raise _Failed(f"{url}: no answer within {timeout:g} s") from None
     except ssl.SSLError as exc:  # its errno is OpenSSL's, not the system's
@@ -52,7 +58,7 @@ async def _get(url: str, timeout: float, token: str | None = None, body: bool = 
         raise _Failed(f"{url}: {exc}") from None
 
 
-async def _exchange(url: str, token: str | None, body: bool) -> _Answer:
+async def _exchange(url: str, token: str | None, body: bool, stranger: Stranger | None) -> _Answer:
     parts = urlsplit(url)
     query = f"?{parts.query}" if parts.query else ""
     head = f"GET {parts.path or '/'}{query} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
@@ -68,6 +74,7 @@ async def _exchange(url: str, token: str | None, body: bool) -> _Answer:
         limit=MAX_HEAD,
     )
     try:
+        vouch(stranger)  # connected, nothing sent yet
         writer.write(request)
         return await _read_answer(reader, body)
     finally:
@@ -111,11 +118,12 @@ async def api_problem(url: str, timeout: float) -> str | None:
     return None if answer.code == 200 else f"{url} answered HTTP {answer.code}"
 
 
-async def busy_kernels(url: str, token: str, timeout: float) -> int | None:
+async def busy_kernels(url: str, token: str, timeout: float, stranger: Stranger) -> int | None:
     """How many kernels are executing code right now (GET api/kernels), or None if unknown:
-    no answer, or one that is not a list of kernels (the lab user can make it say anything)."""
+    no answer, one that is not a list of kernels (the lab user can make it say anything), or
+    a port another process holds (`stranger`: localhttp.Request's; the token is not sent)."""
     try:
-        answer = await _get(url, timeout, token)
+        answer = await _get(url, timeout, token, stranger=stranger)
     except _Failed:
         return None
     if answer.code != 200:

@@ -96,7 +96,7 @@ async def wait_idle(
                 logger.warning("reload_idle_unknown", problem=who)
                 told = True
         else:
-            busy = await probe.busy_kernels(url, token, timeout=min(5.0, left))
+            busy = await probe.busy_kernels(url, token, min(5.0, left), stranger)
             if busy == 0:
                 return
             if busy is None and not unknown_logged:

@@ -163,7 +163,7 @@ def lab_api() -> Iterator[tuple[str, list[bytes]]]:
 def test_busy_kernels_is_unknown_for_a_malformed_answer(lab_api, reply: bytes) -> None:
     url, body = lab_api
     body[0] = reply
-    assert asyncio.run(probe.busy_kernels(url, "token", 10)) is None
+    assert asyncio.run(probe.busy_kernels(url, "token", 10, lambda: None)) is None
 
 
 def test_busy_kernels_counts_busy_kernels(lab_api) -> None:
@@ -171,4 +171,4 @@ def test_busy_kernels_counts_busy_kernels(lab_api) -> None:
     body[0] = json.dumps(
         [{"execution_state": "busy"}, {"execution_state": "idle"}, {"execution_state": "busy"}]
     ).encode()
-    assert asyncio.run(probe.busy_kernels(url, "token", 10)) == 2
+    assert asyncio.run(probe.busy_kernels(url, "token", 10, lambda: None)) == 2

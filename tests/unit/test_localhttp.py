@@ -7,6 +7,7 @@ raises as neither an OSError nor a ValueError."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -89,3 +90,42 @@ def test_an_answer_that_is_no_http_is_no_answer_to_every_caller(how) -> None:
         if how != "a chunk size that is none":  # the doctor reads no body
             status, why = doctor_http.get(f"http://127.0.0.1:{port}/api")
             assert status is None and why.startswith("not an HTTP answer"), why
+
+
+SQUATTER = "127.0.0.1:8888 is held by pid 4242 (jupyter-lab) of user eve"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_who_holds_the_port_is_asked_once_connected_and_a_stranger_is_sent_nothing(
+    scheme, tmp_path
+) -> None:
+    """Asked before connecting, the port could change hands in between (JupyterLab dies,
+    another user's process binds the port) and the token go to that process."""
+    context = tls_server.server_context(tmp_path) if scheme == "https" else None
+    connected = threading.Event()
+    asked_once_connected: list[bool] = []
+
+    def stranger() -> str:
+        asked_once_connected.append(connected.wait(5))
+        return SQUATTER
+
+    seen: list[bytes] = []
+    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), context, seen, connected.set) as port:
+        url = f"{scheme}://127.0.0.1:{port}/api"
+        request = localhttp.Request(url, stranger, headers={"Authorization": "token secret"})
+        with pytest.raises(localhttp.ERRORS, match="not sent: " + re.escape(SQUATTER)):
+            localhttp.OPENER.open(request, timeout=5)
+    assert asked_once_connected == [True]
+    assert seen[0] == b""  # not a byte of the request
+
+
+def test_the_doctor_sends_a_token_only_with_a_check_of_who_holds_the_port() -> None:
+    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n")) as port:
+        url = f"http://127.0.0.1:{port}/api/status"
+        with pytest.raises(ValueError, match="a token goes only with a check"):
+            doctor_http.get(url, "secret")
+        assert doctor_http.get(url, "secret", stranger=lambda: SQUATTER) == (
+            None,
+            f"not sent: {SQUATTER}",
+        )
+        assert doctor_http.get(url, "secret", stranger=lambda: None) == (200, "")

@@ -158,12 +158,34 @@ def test_the_probe_reads_no_body():
 )
 def test_busy_kernels_is_unknown_from_a_body_it_cannot_read(raw):
     with _serving(_answer(raw)) as url:
-        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t", timeout=10)) is None
+        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t", 10, lambda: None)) is None
 
 
 def test_busy_kernels_counts_an_answer_that_ends_with_its_connection():
     kernels = b'[{"id": "a", "execution_state": "busy"}, {"id": "b", "execution_state": "idle"}]'
     seen: list[bytes] = []
     with _serving(_answer(b"HTTP/1.0 200 OK\r\n\r\n" + kernels), seen=seen) as url:
-        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t0k", timeout=5)) == 1
+        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t0k", 5, lambda: None)) == 1
     assert b"\r\nAuthorization: token t0k\r\n" in seen[0]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_busy_kernels_asks_who_holds_the_port_once_connected_and_sends_a_stranger_nothing(
+    tls, tmp_path
+):
+    """The reload's idle wait sends the token: who holds the port is asked once connected
+    (asked before, the port could change hands in between) and a stranger gets no byte."""
+    connected = threading.Event()
+    asked_once_connected: list[bool] = []
+
+    def stranger() -> str:
+        asked_once_connected.append(connected.wait(5))
+        return "127.0.0.1:8888 is held by pid 4242 (jupyter-lab) of user eve"
+
+    seen: list[bytes] = []
+    context = tls_server.server_context(tmp_path) if tls else None
+    played = _serving(_answer(_ok(b"[]")), context, seen=seen, accepted=connected.set)
+    with played as url:
+        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t0k", 5, stranger)) is None
+    assert asked_once_connected == [True]
+    assert seen[0] == b""

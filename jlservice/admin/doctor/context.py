@@ -53,7 +53,7 @@ class Context(NamedTuple):
         running = current is not None and state.supervisor_alive(current)
         stranger = None
         if running and current.status == state.READY and current.lab_pid:
-            stranger = _stranger(current)
+            stranger = lab_stranger(current)
         return cls(path, cfg, error, current, state_error, running, stranger)
 
     @property
@@ -62,7 +62,7 @@ class Context(NamedTuple):
         return self.running and self.state.status == state.READY and self.stranger is None
 
 
-def _stranger(s: state.State) -> str | None:
+def lab_stranger(s: state.State) -> str | None:
     account = users.lookup(s.user)
     uid = account.uid if account is not None else -1  # nobody's socket is then the lab's
     return listener.stranger(s.ip, s.port, s.lab_pid, uid)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import urllib.error
-import urllib.request
 
 from jlservice import localhttp, net, users
-from jlservice.admin.doctor.context import NEEDS_CONFIG, NEEDS_LAB, Context, Result, not_checked
+from jlservice.admin.doctor.context import (
+    NEEDS_CONFIG,
+    NEEDS_LAB,
+    Context,
+    Result,
+    lab_stranger,
+    not_checked,
+)
 from jlservice.admin.doctor.local import listeners
 from jlservice.cli.common import mask
 from jlservice.config.access import few
@@ -17,9 +23,17 @@ from jlservice.config.model import LabConfig
 TIMEOUT = 3.0
 
 
-def get(url: str, token: str | None = None, scheme: str = "token") -> tuple[int | None, str]:
-    """(HTTP status, '') or (None, why there was no answer)."""
-    request = urllib.request.Request(url)
+def get(
+    url: str,
+    token: str | None = None,
+    scheme: str = "token",
+    stranger: localhttp.Stranger | None = None,
+) -> tuple[int | None, str]:
+    """(HTTP status, '') or (None, why there was no answer). With a `token`, `stranger` says
+    who else holds the port once connected (localhttp.Request): then the token is not sent."""
+    if token and stranger is None:
+        raise ValueError(f"{url}: a token goes only with a check of who holds the port")
+    request = localhttp.Request(url, stranger)
     if token:
         request.add_header("Authorization", f"{scheme} {token}")
     try:
@@ -59,7 +73,7 @@ def check_token(ctx: Context) -> Result:
     s = ctx.state
     if not s.token_login:
         return Result("token", None, "token login is off ([auth] token = false)")
-    code, why = get(_url(ctx, "api/status"), s.token)
+    code, why = get(_url(ctx, "api/status"), s.token, stranger=lambda: lab_stranger(s))
     if code == 200:
         return Result("token", True, f"the token in the state file ({mask(s.token)}) logs in")
     return Result(
@@ -137,15 +151,20 @@ def check_metrics(ctx: Context) -> Result:
                 name, True, f"GET {url} → 200 (no bearer_token_file: open to every local account)"
             )
         return Result(name, False, f"GET {url} → {code or why}", fix)
-    if not _held_by_supervisor(ctx, *metrics.address):
+    supervisor = ctx.state.supervisor_pid
+    held = f"{metrics.listen} is not held by jlservice (pid {supervisor})"
+
+    def stranger() -> str | None:
+        return None if _held_by_supervisor(ctx, *metrics.address) else held
+
+    if stranger() is not None:
         return Result(
             name,
             False,
-            f"{metrics.listen} is not held by jlservice (pid {ctx.state.supervisor_pid}): "
-            "the bearer token was not sent",
+            f"{held}: the bearer token was not sent",
             "see the log for metrics_listen_failed; free the port or change [metrics] listen",
         )
-    code, why = get(url, metrics.bearer_token, scheme="Bearer")
+    code, why = get(url, metrics.bearer_token, "Bearer", stranger)
     if code == 401:
         fix = "`jlservice reload`: jlservice reads bearer_token_file at start and reload only"
     if code != 200:
