@@ -74,6 +74,10 @@ def stranger(ip: str, port: int, pid: int, uid: int) -> str | None:
     host = ipaddress.ip_address(reachable_host(ip))
     where = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
     sockets = [s for s in listening(port) if _reaches(s, host)]
+    if any(s.ip.version == host.version for s in sockets):
+        # Then an IPv6 socket beside them is IPv6-only: a dual-stack one cannot be bound next
+        # to another user's IPv4 socket, and takes no IPv4 connection (anyone may hold one).
+        sockets = [s for s in sockets if s.ip.version == host.version]
     if not sockets:
         return f"nothing listens on {where}"
     foreign = [s for s in sockets if s.uid != uid]

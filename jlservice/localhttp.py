@@ -13,10 +13,11 @@ caller for as long as the server likes (http.client reads up to a hundred 64 KiB
 lines). An answer that is no HTTP raises http.client.HTTPException: ERRORS is everything an
 answer may raise.
 
-A credential goes in a `Request` with `stranger`: asked once the connection is made and
-before a byte is sent, it names who other than JupyterLab holds the port, and then nothing
-is sent (NotSent). Asked any earlier, the port could change hands in between: JupyterLab
-dies, another local user's process binds the port, and the token goes to it.
+A credential (an Authorization header) goes only in a `Request` with `stranger`: asked once
+the TCP connection is made, before the TLS handshake and before a byte is sent, it names who
+other than the server meant holds the port, and then nothing is sent (NotSent). Asked any
+earlier, the port could change hands in between: JupyterLab dies, another local user's
+process binds the port, and the token goes to it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args, **kw) -> None:  # type: ignore[no-untyped-def]
         super().__init__(sock, *args, **kw)
         # Made right after the request was sent: the socket's timeout is the one given
-        # (_timed made sure there is one).
+        # (_checked made sure there is one).
         seconds = float(sock.gettimeout())  # type: ignore[arg-type]
         raw = self.fp.detach()  # nothing read yet; detached, its buffer does not close it
         self.fp = io.BufferedReader(deadline.Reads(raw, sock, seconds))
@@ -50,10 +51,17 @@ Stranger = Callable[[], str | None]  # who other than JupyterLab holds the port,
 
 
 class NotSent(PermissionError):
-    """Connected to someone other than JupyterLab: the request was not sent."""
+    """Connected to someone other than the server meant: the request was not sent."""
+
+    def __init__(self, who: str) -> None:
+        super().__init__(f"not sent: {who}")
+        self.who = who
 
 
 class Request(urllib.request.Request):
+    """A urllib Request with `stranger`: who other than the server meant holds the port
+    (None: nobody), asked once connected; needed for a request with a credential."""
+
     def __init__(self, url: str, stranger: Stranger | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self.stranger = stranger
@@ -62,12 +70,12 @@ class Request(urllib.request.Request):
 def vouch(stranger: Stranger | None) -> None:
     """Raise NotSent if `stranger()` names someone."""
     if stranger is not None and (who := stranger()) is not None:
-        raise NotSent(f"not sent: {who}")
+        raise NotSent(who)
 
 
 class _Connection(http.client.HTTPConnection):
-    """Asks the request's `stranger` once connected (over TLS: after the handshake), before
-    the request is sent."""
+    """Asks the request's `stranger` once the TCP connection is made, before anything else
+    (over TLS, the handshake: its other end may make it last)."""
 
     response_class = _Response
 
@@ -76,17 +84,24 @@ class _Connection(http.client.HTTPConnection):
         self.stranger = stranger
 
     def connect(self) -> None:
-        super().connect()
+        http.client.HTTPConnection.connect(self)  # TCP only, also for _TLSConnection
         vouch(self.stranger)
+        self._secure()
+
+    def _secure(self) -> None:
+        pass
 
 
 class _TLSConnection(_Connection, http.client.HTTPSConnection):
-    pass
+    def _secure(self) -> None:
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
-def _timed(req: urllib.request.Request) -> urllib.request.Request:
+def _checked(req: urllib.request.Request) -> urllib.request.Request:
     if not isinstance(req.timeout, numbers.Real):  # urllib's default: none at all
         raise ValueError(f"{req.full_url}: root's HTTP to a local server needs a timeout")
+    if req.has_header("Authorization") and getattr(req, "stranger", None) is None:
+        raise ValueError(f"{req.full_url}: a credential goes only with a check of the port")
     return req
 
 
@@ -96,13 +111,13 @@ def _vouched(connection: type, req: urllib.request.Request) -> Callable[..., Any
 
 class _HTTP(urllib.request.HTTPHandler):
     def http_open(self, req):  # type: ignore[no-untyped-def]
-        return self.do_open(_vouched(_Connection, req), _timed(req))
+        return self.do_open(_vouched(_Connection, req), _checked(req))
 
 
 class _HTTPS(urllib.request.HTTPSHandler):
     def https_open(self, req):  # type: ignore[no-untyped-def]
         connection = _vouched(_TLSConnection, req)
-        return self.do_open(connection, _timed(req), context=self._context)
+        return self.do_open(connection, _checked(req), context=self._context)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

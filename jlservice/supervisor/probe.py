@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import ssl
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -63,22 +64,44 @@ async def _exchange(url: str, token: str | None, body: bool, stranger: Stranger 
     query = f"?{parts.query}" if parts.query else ""
     head = f"GET {parts.path or '/'}{query} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
     if token:
+        if stranger is None:
+            raise ValueError(f"{url}: a token goes only with a check of the port")
         head += f"Authorization: token {token}\r\n"
     request = (head + "\r\n").encode("ascii")  # the configuration's base_url is ASCII
-    reader, writer = await asyncio.open_connection(
-        parts.hostname,
-        parts.port,
-        # Over https the certificate is not checked: our own child on a loopback address,
-        # whose certificate is made for the public name.
-        ssl=LOOPBACK_TLS if parts.scheme == "https" else None,
-        limit=MAX_HEAD,
-    )
+    sock = await _connected(parts.hostname, parts.port)
     try:
-        vouch(stranger)  # connected, nothing sent yet
+        vouch(stranger)  # connected, before the TLS handshake (its other end may stall it)
+        reader, writer = await asyncio.open_connection(
+            sock=sock,
+            # Over https the certificate is not checked: our own child on a loopback address,
+            # whose certificate is made for the public name.
+            ssl=LOOPBACK_TLS if parts.scheme == "https" else None,
+            server_hostname=parts.hostname if parts.scheme == "https" else None,
+            limit=MAX_HEAD,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
         writer.write(request)
         return await _read_answer(reader, body)
     finally:
         writer.transport.abort()  # read, or given up on: nothing is left to say
+
+
+async def _connected(host: str | None, port: int | None) -> socket.socket:
+    """A TCP connection to `host` (an IP address: [lab] ip is one) and `port`."""
+    if host is None or port is None:
+        raise _Failed("no host and port")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def _read_answer(reader: asyncio.StreamReader, body: bool) -> _Answer:

@@ -96,6 +96,29 @@ def test_a_dual_stack_socket_answers_ipv4_too() -> None:
         assert "is held by" in listener.stranger("0.0.0.0", port, os.getpid(), ME + 1)
 
 
+def test_an_ipv6_only_socket_beside_jupyterlabs_ipv4_one_is_no_stranger(held) -> None:
+    """Anyone may listen on [::]:PORT IPv6-only beside JupyterLab's 127.0.0.1:PORT; it takes
+    no IPv4 connection, so it must not keep JupyterLab from counting as ready."""
+    port, _ = held
+    script = (
+        "import os, socket, sys, time\n"
+        "s = socket.socket(socket.AF_INET6)\n"
+        "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+        "s.bind(('::', int(sys.argv[1]))); s.listen()\n"
+        "print(os.getpid(), flush=True); time.sleep(60)"
+    )
+    argv = ["setsid", "--fork", sys.executable, "-c", script, str(port)]  # not our descendant
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    try:
+        assert {str(s.ip) for s in listener.listening(port)} == {"127.0.0.1", "::"}
+        assert listener.stranger("127.0.0.1", port, os.getpid(), ME) is None
+        assert "is held by" in listener.stranger("::1", port, os.getpid(), ME)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_a_process_name_is_read_as_it_is() -> None:
     script = (
         "import ctypes, sys, time\n"

@@ -102,30 +102,42 @@ def test_who_holds_the_port_is_asked_once_connected_and_a_stranger_is_sent_nothi
     """Asked before connecting, the port could change hands in between (JupyterLab dies,
     another user's process binds the port) and the token go to that process."""
     context = tls_server.server_context(tmp_path) if scheme == "https" else None
-    connected = threading.Event()
+    connected, asked = threading.Event(), threading.Event()
     asked_once_connected: list[bool] = []
+
+    def accepted() -> None:  # and over TLS, no handshake until it was asked
+        connected.set()
+        asked.wait(10)
 
     def stranger() -> str:
         asked_once_connected.append(connected.wait(5))
+        asked.set()
         return SQUATTER
 
     seen: list[bytes] = []
-    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), context, seen, connected.set) as port:
+    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), context, seen, accepted) as port:
         url = f"{scheme}://127.0.0.1:{port}/api"
         request = localhttp.Request(url, stranger, headers={"Authorization": "token secret"})
         with pytest.raises(localhttp.ERRORS, match="not sent: " + re.escape(SQUATTER)):
             localhttp.OPENER.open(request, timeout=5)
     assert asked_once_connected == [True]
-    assert seen[0] == b""  # not a byte of the request
+    assert set(seen) <= {b"", b"closed"}  # not a byte of the request (over TLS: no handshake)
 
 
-def test_the_doctor_sends_a_token_only_with_a_check_of_who_holds_the_port() -> None:
-    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n")) as port:
+def test_a_credential_without_a_check_of_the_port_is_refused() -> None:
+    """The rule is kept where every request passes: a caller that forgets the check fails
+    at once, before connecting, rather than send the token to whoever holds the port."""
+    seen: list[bytes] = []
+    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), seen=seen) as port:
         url = f"http://127.0.0.1:{port}/api/status"
-        with pytest.raises(ValueError, match="a token goes only with a check"):
+        bare = urllib.request.Request(url, headers={"Authorization": "token secret"})
+        with pytest.raises(ValueError, match="a credential goes only with a check of the port"):
+            localhttp.OPENER.open(bare, timeout=5)
+        with pytest.raises(ValueError, match="a credential goes only with a check of the port"):
             doctor_http.get(url, "secret")
-        assert doctor_http.get(url, "secret", stranger=lambda: SQUATTER) == (
-            None,
-            f"not sent: {SQUATTER}",
-        )
+        with pytest.raises(localhttp.NotSent) as refused:
+            doctor_http.get(url, "secret", stranger=lambda: SQUATTER)
+        assert refused.value.who == SQUATTER
         assert doctor_http.get(url, "secret", stranger=lambda: None) == (200, "")
+    heads = sorted(h for h in seen if h != b"closed")
+    assert heads[0] == b"" and b"Authorization: token secret" in heads[1]  # refused; vouched

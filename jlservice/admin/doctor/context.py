@@ -73,4 +73,5 @@ def not_checked(name: str, why: str) -> Result:
 
 
 NEEDS_CONFIG = "the configuration is invalid (see above)"
+PORT_TAKEN_FIX = "stop that process; `jlservice status` and the log say what happened to JupyterLab"
 NEEDS_LAB = "JupyterLab is not serving (see above)"

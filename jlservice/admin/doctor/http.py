@@ -10,6 +10,7 @@ from jlservice import localhttp, net, users
 from jlservice.admin.doctor.context import (
     NEEDS_CONFIG,
     NEEDS_LAB,
+    PORT_TAKEN_FIX,
     Context,
     Result,
     lab_stranger,
@@ -29,10 +30,8 @@ def get(
     scheme: str = "token",
     stranger: localhttp.Stranger | None = None,
 ) -> tuple[int | None, str]:
-    """(HTTP status, '') or (None, why there was no answer). With a `token`, `stranger` says
-    who else holds the port once connected (localhttp.Request): then the token is not sent."""
-    if token and stranger is None:
-        raise ValueError(f"{url}: a token goes only with a check of who holds the port")
+    """(HTTP status, '') or (None, why there was no answer). A `token` needs `stranger`
+    (localhttp.Request); NotSent when it named someone once connected."""
     request = localhttp.Request(url, stranger)
     if token:
         request.add_header("Authorization", f"{scheme} {token}")
@@ -44,7 +43,10 @@ def get(
     except http.client.HTTPException as exc:  # what answers there speaks no HTTP
         return None, f"not an HTTP answer ({type(exc).__name__})"
     except (urllib.error.URLError, OSError) as exc:
-        return None, str(getattr(exc, "reason", exc))
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, localhttp.NotSent):
+            raise reason from None
+        return None, str(reason)
 
 
 def _url(ctx: Context, path: str) -> str:
@@ -73,7 +75,10 @@ def check_token(ctx: Context) -> Result:
     s = ctx.state
     if not s.token_login:
         return Result("token", None, "token login is off ([auth] token = false)")
-    code, why = get(_url(ctx, "api/status"), s.token, stranger=lambda: lab_stranger(s))
+    try:
+        code, why = get(_url(ctx, "api/status"), s.token, stranger=lambda: lab_stranger(s))
+    except localhttp.NotSent as exc:  # the port changed hands since the doctor started
+        return Result("token", False, f"{exc.who}: the token is not sent there", PORT_TAKEN_FIX)
     if code == 200:
         return Result("token", True, f"the token in the state file ({mask(s.token)}) logs in")
     return Result(
@@ -152,19 +157,21 @@ def check_metrics(ctx: Context) -> Result:
             )
         return Result(name, False, f"GET {url} → {code or why}", fix)
     supervisor = ctx.state.supervisor_pid
-    held = f"{metrics.listen} is not held by jlservice (pid {supervisor})"
 
     def stranger() -> str | None:
-        return None if _held_by_supervisor(ctx, *metrics.address) else held
+        if _held_by_supervisor(ctx, *metrics.address):
+            return None
+        return f"{metrics.listen} is not held by jlservice (pid {supervisor})"
 
-    if stranger() is not None:
+    try:
+        code, why = get(url, metrics.bearer_token, "Bearer", stranger)
+    except localhttp.NotSent as exc:
         return Result(
             name,
             False,
-            f"{held}: the bearer token was not sent",
+            f"{exc.who}: the bearer token was not sent",
             "see the log for metrics_listen_failed; free the port or change [metrics] listen",
         )
-    code, why = get(url, metrics.bearer_token, "Bearer", stranger)
     if code == 401:
         fix = "`jlservice reload`: jlservice reads bearer_token_file at start and reload only"
     if code != 200:

@@ -8,7 +8,13 @@ import time
 from urllib.parse import urlsplit
 
 from jlservice import disk, net, state
-from jlservice.admin.doctor.context import NEEDS_CONFIG, Context, Result, not_checked
+from jlservice.admin.doctor.context import (
+    NEEDS_CONFIG,
+    PORT_TAKEN_FIX,
+    Context,
+    Result,
+    not_checked,
+)
 from jlservice.errors import NotAnswering
 
 STATVFS_TIMEOUT_S = 2.0
@@ -115,7 +121,7 @@ def check_port(ctx: Context) -> Result:
             "port",
             False,
             f"{ctx.stranger}: the token is not sent there",
-            "stop that process; `jlservice status` and the log say what happened to JupyterLab",
+            PORT_TAKEN_FIX,
         )
     lab = ctx.config.lab
     address = f"{lab.ip}:{lab.port}"
