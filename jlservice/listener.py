@@ -58,8 +58,10 @@ def _reaches(sock: Socket, host: ipaddress.IPv4Address | ipaddress.IPv6Address) 
     """Whether a connection to `host` may land on `sock`."""
     if sock.ip.version == host.version:
         return sock.ip == host or sock.ip.is_unspecified
-    # A dual-stack IPv6 socket takes IPv4 connections too.
-    return host.version == 4 and (sock.ip.is_unspecified or sock.ip.ipv4_mapped == host)
+    # A dual-stack IPv6 socket takes IPv4 connections too; an IPv6-only one does not.
+    if host.version != 4 or sock.v6only:
+        return False
+    return sock.ip.is_unspecified or sock.ip.ipv4_mapped == host
 
 
 def stranger_to(launch, pid: int) -> str | None:
@@ -75,9 +77,10 @@ def stranger(ip: str, port: int, pid: int, uid: int) -> str | None:
     where = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
     sockets = [s for s in listening(port) if _reaches(s, host)]
     if any(s.ip.version == host.version for s in sockets):
-        # Then an IPv6 socket beside them is IPv6-only: a dual-stack one cannot be bound next
-        # to another user's IPv4 socket, and takes no IPv4 connection (anyone may hold one).
-        sockets = [s for s in sockets if s.ip.version == host.version]
+        # Where /proc does not say which IPv6 socket is IPv6-only (netlink does: _reaches),
+        # one beside these is: a dual-stack one cannot listen next to another user's IPv4
+        # socket. It takes no IPv4 connection, and anyone may hold one.
+        sockets = [s for s in sockets if s.ip.version == host.version or s.v6only is False]
     if not sockets:
         return f"nothing listens on {where}"
     foreign = [s for s in sockets if s.uid != uid]

@@ -101,7 +101,8 @@ def _checked(req: urllib.request.Request) -> urllib.request.Request:
     if not isinstance(req.timeout, numbers.Real):  # urllib's default: none at all
         raise ValueError(f"{req.full_url}: root's HTTP to a local server needs a timeout")
     if req.has_header("Authorization") and getattr(req, "stranger", None) is None:
-        raise ValueError(f"{req.full_url}: a credential goes only with a check of the port")
+        # Not in ERRORS: a caller's mistake must not pass for a server that did not answer.
+        raise TypeError(f"{req.full_url}: a credential goes only with a check of the port")
     return req
 
 

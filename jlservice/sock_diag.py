@@ -23,6 +23,8 @@ _REQUEST = struct.Struct("=BBBBI48x")
 # struct inet_diag_msg: family, state, timer, retrans; sockid (sport, dport big-endian, src,
 # dst, interface, cookie); expires, rqueue, wqueue, uid, inode.
 _MESSAGE = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
+_ATTRIBUTE = struct.Struct("=HH")  # struct rtattr: length, type; then the value
+_INET_DIAG_SKV6ONLY = 11  # u8, sent for every IPv6 socket
 _MAX_DUMP = 1 << 20  # bytes of answers: thousands of listening sockets
 
 
@@ -30,6 +32,7 @@ class Socket(NamedTuple):
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     uid: int
     inode: int
+    v6only: bool | None = None  # an IPv6 socket that takes no IPv4 connection; None: unknown
 
 
 def listening(port: int) -> list[Socket]:
@@ -65,17 +68,32 @@ def _dump(sock: socket.socket, family: int, port: int) -> list[Socket]:
             if kind == _NLMSG_ERROR:
                 (errno,) = struct.unpack_from("=i", data, body)
                 raise OSError(-errno, "sock_diag refused the request")
-            if kind == _SOCK_DIAG_BY_FAMILY and (listener := _parse(data, body, family, port)):
+            end = min(offset + length, len(data))
+            if kind == _SOCK_DIAG_BY_FAMILY and (listener := _parse(data, body, end, family, port)):
                 found.append(listener)
             offset += (length + 3) & ~3  # NLMSG_ALIGN
 
 
-def _parse(data: bytes, offset: int, family: int, port: int) -> Socket | None:
-    if offset + _MESSAGE.size > len(data):
+def _parse(data: bytes, offset: int, end: int, family: int, port: int) -> Socket | None:
+    if offset + _MESSAGE.size > end:
         raise OSError("sock_diag: a truncated answer")
     fields = _MESSAGE.unpack_from(data, offset)
     sport, src, uid, inode = fields[4], fields[6], fields[13], fields[14]
     if int.from_bytes(sport, "big") != port:
         return None
-    address = src[:4] if family == socket.AF_INET else src
-    return Socket(ipaddress.ip_address(address), uid, inode)
+    if family == socket.AF_INET:
+        return Socket(ipaddress.ip_address(src[:4]), uid, inode)
+    v6only = _v6only(data, offset + _MESSAGE.size, end)
+    return Socket(ipaddress.ip_address(src), uid, inode, v6only)
+
+
+def _v6only(data: bytes, offset: int, end: int) -> bool | None:
+    """The INET_DIAG_SKV6ONLY attribute among those after the message, if there."""
+    while offset + _ATTRIBUTE.size <= end:
+        length, kind = _ATTRIBUTE.unpack_from(data, offset)
+        if length < _ATTRIBUTE.size:
+            return None
+        if kind == _INET_DIAG_SKV6ONLY and length > _ATTRIBUTE.size:
+            return bool(data[offset + _ATTRIBUTE.size])
+        offset += (length + 3) & ~3  # RTA_ALIGN
+    return None

@@ -65,7 +65,7 @@ async def _exchange(url: str, token: str | None, body: bool, stranger: Stranger 
     head = f"GET {parts.path or '/'}{query} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
     if token:
         if stranger is None:
-            raise ValueError(f"{url}: a token goes only with a check of the port")
+            raise TypeError(f"{url}: a token goes only with a check of the port")
         head += f"Authorization: token {token}\r\n"
     request = (head + "\r\n").encode("ascii")  # the configuration's base_url is ASCII
     sock = await _connected(parts.hostname, parts.port)

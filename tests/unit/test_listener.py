@@ -96,10 +96,15 @@ def test_a_dual_stack_socket_answers_ipv4_too() -> None:
         assert "is held by" in listener.stranger("0.0.0.0", port, os.getpid(), ME + 1)
 
 
-def test_an_ipv6_only_socket_beside_jupyterlabs_ipv4_one_is_no_stranger(held) -> None:
+@pytest.mark.parametrize("asked", ["netlink", "/proc"])
+def test_an_ipv6_only_socket_beside_jupyterlabs_ipv4_one_is_no_stranger(
+    held, asked, monkeypatch
+) -> None:
     """Anyone may listen on [::]:PORT IPv6-only beside JupyterLab's 127.0.0.1:PORT; it takes
     no IPv4 connection, so it must not keep JupyterLab from counting as ready."""
     port, _ = held
+    if asked == "/proc":  # which socket is IPv6-only is then not known, only inferred
+        monkeypatch.setattr(sock_diag, "listening", _refused)
     script = (
         "import os, socket, sys, time\n"
         "s = socket.socket(socket.AF_INET6)\n"
@@ -134,21 +139,26 @@ def test_a_process_name_is_read_as_it_is() -> None:
         proc.wait()
 
 
-@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "::"])
-def test_the_kernel_over_netlink_says_what_proc_net_tcp_says(ip) -> None:
+# Bound to one IPv6 address, a socket is IPv6-only (the kernel sets it); /proc never says.
+V6ONLY = {"127.0.0.1": None, "::1": True, "::": False}
+
+
+@pytest.mark.parametrize("ip", list(V6ONLY))
+def test_the_kernel_over_netlink_says_what_proc_net_tcp_says_and_which_is_ipv6_only(ip) -> None:
     with _holder(ip) as port:
-        from_netlink = sock_diag.listening(port)
-        assert from_netlink == listener._listed(port) and len(from_netlink) == 1
-        assert str(from_netlink[0].ip) == ip and from_netlink[0].inode > 0
+        (from_netlink,) = sock_diag.listening(port)
+        assert [from_netlink._replace(v6only=None)] == listener._listed(port)
+        assert str(from_netlink.ip) == ip and from_netlink.inode > 0
+        assert from_netlink.v6only is V6ONLY[ip]
+
+
+def _refused(port: int):
+    raise PermissionError(1, "Operation not permitted")
 
 
 def test_where_netlink_is_not_allowed_proc_net_tcp_answers(held, monkeypatch) -> None:
     """A sandbox without AF_NETLINK (RestrictAddressFamilies) still tells who listens."""
     port, _ = held
-
-    def refused(port: int):
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(sock_diag, "listening", refused)
+    monkeypatch.setattr(sock_diag, "listening", _refused)
     (sock,) = listener.listening(port)
     assert (str(sock.ip), sock.uid) == ("127.0.0.1", ME)

@@ -126,14 +126,15 @@ def test_who_holds_the_port_is_asked_once_connected_and_a_stranger_is_sent_nothi
 
 def test_a_credential_without_a_check_of_the_port_is_refused() -> None:
     """The rule is kept where every request passes: a caller that forgets the check fails
-    at once, before connecting, rather than send the token to whoever holds the port."""
+    at once, before connecting, rather than send the token to whoever holds the port; and
+    not as an answer that did not come (localhttp.ERRORS), which callers take quietly."""
     seen: list[bytes] = []
     with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), seen=seen) as port:
         url = f"http://127.0.0.1:{port}/api/status"
         bare = urllib.request.Request(url, headers={"Authorization": "token secret"})
-        with pytest.raises(ValueError, match="a credential goes only with a check of the port"):
+        with pytest.raises(TypeError, match="a credential goes only with a check of the port"):
             localhttp.OPENER.open(bare, timeout=5)
-        with pytest.raises(ValueError, match="a credential goes only with a check of the port"):
+        with pytest.raises(TypeError, match="a credential goes only with a check of the port"):
             doctor_http.get(url, "secret")
         with pytest.raises(localhttp.NotSent) as refused:
             doctor_http.get(url, "secret", stranger=lambda: SQUATTER)

@@ -198,7 +198,7 @@ def test_busy_kernels_asks_who_holds_the_port_once_connected_and_sends_a_strange
 
 def test_a_token_without_a_check_of_the_port_is_refused():
     seen: list[bytes] = []
-    with _serving(_answer(_ok(b"[]")), seen=seen) as url:
-        with pytest.raises(ValueError, match="a token goes only with a check of the port"):
-            asyncio.run(probe._get(url + "api/kernels", 5, "t0k"))
+    refused = pytest.raises(TypeError, match="a token goes only with a check of the port")
+    with _serving(_answer(_ok(b"[]")), seen=seen) as url, refused:
+        asyncio.run(probe._get(url + "api/kernels", 5, "t0k"))
     assert seen == []  # not even connected
