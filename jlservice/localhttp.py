@@ -47,7 +47,7 @@ class _Response(http.client.HTTPResponse):
         self.fp = io.BufferedReader(deadline.Reads(raw, sock, seconds))
 
 
-Stranger = Callable[[], str | None]  # who other than JupyterLab holds the port, or None
+Stranger = Callable[[], str | None]  # who other than the server meant holds the port, or None
 
 
 class NotSent(PermissionError):

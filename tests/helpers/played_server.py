@@ -77,3 +77,24 @@ def serving(
         acceptor.join(30)
         for thread in threads:
             thread.join(15)
+
+
+class Squatter:
+    """A port check that names a squatter, and the `accepted` hook of serving() that tells
+    it whether the connection was made when it was asked (over TLS the server holds its
+    handshake until then, so a check made after the handshake would wait in vain)."""
+
+    WHO = "127.0.0.1:8888 is held by pid 4242 (jupyter-lab) of user eve"
+
+    def __init__(self) -> None:
+        self._connected, self._asked = threading.Event(), threading.Event()
+        self.asked_once_connected: list[bool] = []
+
+    def accepted(self) -> None:
+        self._connected.set()
+        self._asked.wait(10)
+
+    def __call__(self) -> str:
+        self.asked_once_connected.append(self._connected.wait(5))
+        self._asked.set()
+        return self.WHO

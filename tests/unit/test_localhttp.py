@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 from helpers import tls_server
-from helpers.played_server import Serve
+from helpers.played_server import Serve, Squatter
 from helpers.played_server import answer as _answer
 from helpers.played_server import serving as _serving
 
@@ -92,7 +92,7 @@ def test_an_answer_that_is_no_http_is_no_answer_to_every_caller(how) -> None:
             assert status is None and why.startswith("not an HTTP answer"), why
 
 
-SQUATTER = "127.0.0.1:8888 is held by pid 4242 (jupyter-lab) of user eve"
+SQUATTER = Squatter.WHO
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -102,25 +102,14 @@ def test_who_holds_the_port_is_asked_once_connected_and_a_stranger_is_sent_nothi
     """Asked before connecting, the port could change hands in between (JupyterLab dies,
     another user's process binds the port) and the token go to that process."""
     context = tls_server.server_context(tmp_path) if scheme == "https" else None
-    connected, asked = threading.Event(), threading.Event()
-    asked_once_connected: list[bool] = []
-
-    def accepted() -> None:  # and over TLS, no handshake until it was asked
-        connected.set()
-        asked.wait(10)
-
-    def stranger() -> str:
-        asked_once_connected.append(connected.wait(5))
-        asked.set()
-        return SQUATTER
-
+    squatter = Squatter()
     seen: list[bytes] = []
-    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), context, seen, accepted) as port:
+    with _serving(_answer(b"HTTP/1.1 200 OK\r\n\r\n"), context, seen, squatter.accepted) as port:
         url = f"{scheme}://127.0.0.1:{port}/api"
-        request = localhttp.Request(url, stranger, headers={"Authorization": "token secret"})
+        request = localhttp.Request(url, squatter, headers={"Authorization": "token secret"})
         with pytest.raises(localhttp.ERRORS, match="not sent: " + re.escape(SQUATTER)):
             localhttp.OPENER.open(request, timeout=5)
-    assert asked_once_connected == [True]
+    assert squatter.asked_once_connected == [True]
     assert set(seen) <= {b"", b"closed"}  # not a byte of the request (over TLS: no handshake)
 
 

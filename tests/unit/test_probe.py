@@ -175,24 +175,13 @@ def test_busy_kernels_asks_who_holds_the_port_once_connected_and_sends_a_strange
 ):
     """The reload's idle wait sends the token: who holds the port is asked once connected
     (asked before, the port could change hands in between) and a stranger gets no byte."""
-    connected, asked = threading.Event(), threading.Event()
-    asked_once_connected: list[bool] = []
-
-    def accepted() -> None:  # and over TLS, no handshake until it was asked
-        connected.set()
-        asked.wait(10)
-
-    def stranger() -> str:
-        asked_once_connected.append(connected.wait(5))
-        asked.set()
-        return "127.0.0.1:8888 is held by pid 4242 (jupyter-lab) of user eve"
-
+    squatter = played_server.Squatter()
     seen: list[bytes] = []
     context = tls_server.server_context(tmp_path) if tls else None
-    played = _serving(_answer(_ok(b"[]")), context, seen=seen, accepted=accepted)
+    played = _serving(_answer(_ok(b"[]")), context, seen=seen, accepted=squatter.accepted)
     with played as url:
-        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t0k", 5, stranger)) is None
-    assert asked_once_connected == [True]
+        assert asyncio.run(probe.busy_kernels(url + "api/kernels", "t0k", 5, squatter)) is None
+    assert squatter.asked_once_connected == [True]
     assert set(seen) <= {b"", b"closed"}  # not a byte of the request (over TLS: no handshake)
 
 
